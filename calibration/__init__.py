@@ -1,0 +1,1 @@
+"""Calibration room: INT8 Q/DQ ONNX graphs calibrated on normal images only."""

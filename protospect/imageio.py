@@ -1,0 +1,76 @@
+"""Image decoding and the one resize that training, export parity checks and the runtime all share.
+
+numpy + OpenCV only (the runtime imports this). Every frame becomes uint8 RGB HxWx3 here, whatever
+it arrived as (gray, 16-bit, BGRA, BGR from OpenCV), so the model always sees the same thing.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from protospect.errors import DataError
+
+
+def to_rgb_uint8(img: np.ndarray, *, bgr: bool = True) -> np.ndarray:
+    """Convert gray / 16-bit / float / 4-channel / BGR arrays to contiguous uint8 RGB HxWx3.
+
+    ``bgr`` says how 3- and 4-channel input is ordered (OpenCV decodes and captures BGR).
+    Raises DataError with the reason for anything that is not an image.
+    """
+    if not isinstance(img, np.ndarray) or img.size == 0:
+        raise DataError("frame is empty or not an array")
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] not in (3, 4)):
+        raise DataError(f"frame has shape {img.shape}; expected HxW, HxWx1, HxWx3 or HxWx4")
+    if img.dtype == np.uint16:
+        img = (img >> 8).astype(np.uint8)  # keep the top 8 bits: exact for 8-bit data stored in 16
+    elif img.dtype in (np.float32, np.float64):
+        img = np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8) if img.max() <= 1.0 else np.clip(img, 0, 255).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        raise DataError(f"frame dtype {img.dtype} is not supported (uint8, uint16, float)")
+    if img.ndim == 2:
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+    if img.shape[2] == 4:
+        return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB if bgr else cv2.COLOR_RGBA2RGB)
+    return np.ascontiguousarray(img[:, :, ::-1]) if bgr else np.ascontiguousarray(img)
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """Decode an image file to uint8 RGB HxWx3; DataError naming the file if missing or unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"image not found: {path}")
+    data = np.fromfile(str(path), dtype=np.uint8)
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if img is None:
+        raise DataError(f"cannot decode image (corrupt or not an image): {path}")
+    return to_rgb_uint8(img, bgr=True)
+
+
+def read_mask(path: str | Path, expected_hw: tuple[int, int] | None = None) -> np.ndarray:
+    """Decode a mask to uint8 {0,1} HxW. With ``expected_hw``, a mask of another size is a DataError."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"mask not found: {path}")
+    data = np.fromfile(str(path), dtype=np.uint8)
+    m = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE) if data.size else None
+    if m is None:
+        raise DataError(f"cannot decode mask: {path}")
+    if expected_hw is not None and tuple(m.shape[:2]) != tuple(expected_hw):
+        raise DataError(f"mask {path} is {m.shape[1]}x{m.shape[0]} but its image is {expected_hw[1]}x{expected_hw[0]}")
+    return (m > 127).astype(np.uint8)
+
+
+def resize_square(img: np.ndarray, size: int) -> np.ndarray:
+    """Resize an RGB image to size x size: area filter when shrinking (no aliasing), bilinear when growing."""
+    h, w = img.shape[:2]
+    interp = cv2.INTER_AREA if (h > size or w > size) else cv2.INTER_LINEAR
+    return cv2.resize(img, (size, size), interpolation=interp)
+
+
+def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """The same geometry as resize_square, for a {0,1} mask (nearest, stays binary)."""
+    return cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
