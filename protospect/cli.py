@@ -16,7 +16,7 @@ from protospect.errors import MissingDependencyError, ProtospectError
 
 # name -> (module, one-line help, pip extra it needs)
 COMMANDS = {
-    "demo-data": ("protospect.training.synthetic_parts", "write the embedded procedurally generated demo part set", "train"),
+    "demo-data": ("protospect.synthetic_parts", "write the embedded procedurally generated demo part set", "runtime"),
     "train": ("protospect.training.cli_train", "train a model on K good images and write an artifact", "train"),
     "eval": ("protospect.training.cli_eval", "few-shot evaluation over shots and seeds -> results.json", "train"),
     "export": ("protospect.export.cli_export", "artifact -> ONNX (FP32, --fp16, --int8)", "train"),

@@ -1,0 +1,13 @@
+"""What every method's deployable model returns, and the metadata it carries."""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+
+class ModelOutputs(NamedTuple):
+    """Field names become the ONNX output names (docs/contracts.md section 6)."""
+
+    anomaly_map: torch.Tensor  # (B, 1, S, S) float32, higher = more anomalous, already blurred
+    image_score: torch.Tensor  # (B,) float32, max of anomaly_map; NG when >= calibration["threshold"]
