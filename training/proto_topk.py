@@ -1,0 +1,77 @@
+"""Distance of every query feature to every prototype, keeping the k nearest: the training hot spot.
+
+Written once and used by PCSNet and PatchCore (docs/contracts.md section 8). Two paths:
+
+* the fused CUDA kernel (``protospect.cpp_ext.torch_op``) when it is importable, built, and the
+  tensors live on CUDA; it returns the indices, and when gradients are needed the k distances are
+  recomputed from those indices with autograd (the kernel has no backward);
+* plain torch otherwise: one GEMM in the expanded form ||q||^2 + ||c||^2 - 2 q.c, clamped at 0
+  (the expansion can go slightly negative in floating point, defect D7), then ``topk(largest=False)``.
+  This path traces to MatMul / ReduceSum / TopK in ONNX.
+"""
+from __future__ import annotations
+
+import torch
+
+_FUSED_OP = None  # cached: the torch_op module, or False once we know it is unavailable
+
+
+def _fused_op():
+    """The cpp_ext torch op if it is importable and built, else None (looked up once)."""
+    global _FUSED_OP
+    if _FUSED_OP is None:
+        try:
+            from protospect.cpp_ext import torch_op  # noqa: PLC0415 (optional, built separately)
+
+            available = getattr(torch_op, "is_available", lambda: True)
+            _FUSED_OP = torch_op if available() else False
+        except (ImportError, OSError, RuntimeError):
+            _FUSED_OP = False
+    return _FUSED_OP or None
+
+
+def sqnorm(x: torch.Tensor) -> torch.Tensor:
+    """Squared L2 norm over the last axis (exports as Mul + ReduceSum)."""
+    return (x * x).sum(dim=-1)
+
+
+def pairwise_sqdist(q: torch.Tensor, bank: torch.Tensor, bank_sqnorm: torch.Tensor | None = None) -> torch.Tensor:
+    """(..., N, D) x (M, D) -> (..., N, M) squared L2 distances through one GEMM, clamped at 0."""
+    if bank_sqnorm is None:
+        bank_sqnorm = sqnorm(bank)
+    d = sqnorm(q).unsqueeze(-1) + bank_sqnorm - 2.0 * torch.matmul(q, bank.t())
+    return d.clamp_min(0.0)
+
+
+def _knn_torch(q, bank, k, bank_sqnorm):
+    d = pairwise_sqdist(q, bank, bank_sqnorm)
+    return torch.topk(d, k, dim=-1, largest=False, sorted=True)
+
+
+def _knn_fused(op, q, bank, k, bank_sqnorm):
+    flat = q.reshape(-1, q.shape[-1])
+    dist, idx = op.knn_sqdist(flat.detach().contiguous(), bank.contiguous(), k, bank_sqnorm)
+    dist = dist.reshape(*q.shape[:-1], k)
+    idx = idx.reshape(*q.shape[:-1], k).long()
+    if q.requires_grad:
+        # Differentiable recomputation of the k selected distances (the bank itself is frozen).
+        chosen = bank[idx]  # (..., N, k, D)
+        dist = ((q.unsqueeze(-2) - chosen) ** 2).sum(-1).clamp_min(0.0)
+    return dist, idx
+
+
+def knn_sqdist(q: torch.Tensor, bank: torch.Tensor, k: int, bank_sqnorm: torch.Tensor | None = None):
+    """The k smallest squared L2 distances of each query to the bank, ascending, and their indices.
+
+    q: (N, D) or (B, N, D); bank: (M, D); returns (sqdist (..., N, k), idx (..., N, k)).
+    """
+    if q.shape[-1] != bank.shape[-1]:
+        raise ValueError(f"query dim {q.shape[-1]} != prototype dim {bank.shape[-1]}")
+    if not 1 <= k <= bank.shape[0]:
+        raise ValueError(f"k={k} must be in [1, {bank.shape[0]}] (the number of prototypes)")
+    exporting = torch.onnx.is_in_onnx_export() if hasattr(torch.onnx, "is_in_onnx_export") else False
+    if q.is_cuda and bank.is_cuda and not exporting:
+        op = _fused_op()
+        if op is not None:
+            return _knn_fused(op, q, bank, k, bank_sqnorm)
+    return _knn_torch(q, bank, k, bank_sqnorm)
