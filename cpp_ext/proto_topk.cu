@@ -1,0 +1,158 @@
+// Host side of the fused prototype distance + top-k kernel: argument checks, launch geometry,
+// workspace layout. The kernels themselves are in proto_topk.cuh (shared with the NVRTC path in
+// launcher.py, which mirrors the geometry below: keep the two in step).
+#include "proto_topk.h"
+
+#include "proto_topk.cuh"
+
+namespace {
+
+using namespace protospect_topk;
+
+constexpr size_t kWorkspaceAlign = 256;
+
+size_t align_bytes(size_t x) { return (x + kWorkspaceAlign - 1) / kWorkspaceAlign * kWorkspaceAlign; }
+
+int ceil_div(int a, int b) { return (a + b - 1) / b; }
+
+// Prototypes per split: a whole number of tiles, so splits never share a tile.
+int segment_length(int M, int splits) { return ceil_div(ceil_div(M, kBlockM), splits) * kBlockM; }
+
+// Splits actually launched for a request: within [1, kMaxSplits], no empty split.
+int effective_splits(int M, int splits) {
+    if (splits < 1) splits = 1;
+    if (splits > kMaxSplits) splits = kMaxSplits;
+    return ceil_div(M, segment_length(M, splits));
+}
+
+int current_sm_count() {
+    int device = 0, sms = 0;
+    if (cudaGetDevice(&device) != cudaSuccess) return 1;
+    if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) return 1;
+    return sms;
+}
+
+int resolve_splits(int Q, int M, int k, int splits) {
+    if (splits <= 0) splits = proto_topk_plan_splits(Q, M, k, current_sm_count());
+    return effective_splits(M, splits);
+}
+
+struct Workspace {
+    float* qnorm = nullptr;     // (Q) when splits > 1
+    float* part_val = nullptr;  // (splits, Q, k) when splits > 1
+    int* part_idx = nullptr;    // (splits, Q, k) when splits > 1
+    int* idx_scratch = nullptr; // (Q, k) when splits == 1 and the caller wants no indices
+    size_t bytes = 0;
+};
+
+// One layout for both the size query and the run (launcher.py mirrors it).
+Workspace carve(void* base, int Q, int k, int splits, bool want_indices) {
+    Workspace ws;
+    auto* p = static_cast<unsigned char*>(base);
+    size_t off = 0;
+    const size_t list = (size_t)Q * k;
+    if (splits > 1) {
+        ws.qnorm = reinterpret_cast<float*>(p + off);
+        off = align_bytes(off + (size_t)Q * sizeof(float));
+        ws.part_val = reinterpret_cast<float*>(p + off);
+        off = align_bytes(off + (size_t)splits * list * sizeof(float));
+        ws.part_idx = reinterpret_cast<int*>(p + off);
+        off = align_bytes(off + (size_t)splits * list * sizeof(int));
+    } else if (!want_indices) {
+        ws.idx_scratch = reinterpret_cast<int*>(p + off);
+        off = align_bytes(off + list * sizeof(int));
+    }
+    ws.bytes = off;
+    return ws;
+}
+
+bool args_ok(const void* queries, const void* bank, const float* bank_sqnorm, int Q, int M, int D, int k, int dtype,
+             const float* out_dist) {
+    return queries != nullptr && bank != nullptr && bank_sqnorm != nullptr && out_dist != nullptr && Q >= 0 &&
+           M >= 1 && D >= 1 && k >= 1 && k <= kMaxK && k <= M && (dtype == kFloat32 || dtype == kFloat16);
+}
+
+int launch(const void* queries, const void* bank, const float* bank_sqnorm, int Q, int M, int D, int k, int dtype,
+           float* out_dist, int* out_idx, void* workspace, size_t workspace_bytes, int splits, float* debug_scores,
+           cudaStream_t stream) {
+    if (!args_ok(queries, bank, bank_sqnorm, Q, M, D, k, dtype, out_dist)) return cudaErrorInvalidValue;
+    if (Q == 0) return cudaSuccess;
+    splits = resolve_splits(Q, M, k, splits);
+    const Workspace ws = carve(workspace, Q, k, splits, out_idx != nullptr);
+    if (ws.bytes > 0 && (workspace == nullptr || workspace_bytes < ws.bytes)) return cudaErrorInvalidValue;
+
+    const bool single = splits == 1;
+    float* list_val = single ? out_dist : ws.part_val;
+    int* list_idx = single ? (out_idx != nullptr ? out_idx : ws.idx_scratch) : ws.part_idx;
+    const int seg_len = segment_length(M, splits);
+    const dim3 grid(ceil_div(Q, kBlockQ), splits);
+
+    cudaError_t err;
+    if (dtype == kFloat16) {
+        const unsigned smem = SmemLayout<__half>::kBytes;
+        err = cudaFuncSetAttribute(proto_topk_partial_f16, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+        if (err != cudaSuccess) return err;
+        proto_topk_partial_f16<<<grid, kThreads, smem, stream>>>(
+            static_cast<const __half*>(queries), static_cast<const __half*>(bank), bank_sqnorm, Q, M, D, k, seg_len,
+            list_val, list_idx, ws.qnorm, single ? 1 : 0, debug_scores);
+    } else {
+        const unsigned smem = SmemLayout<float>::kBytes;
+        err = cudaFuncSetAttribute(proto_topk_partial_f32, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+        if (err != cudaSuccess) return err;
+        proto_topk_partial_f32<<<grid, kThreads, smem, stream>>>(
+            static_cast<const float*>(queries), static_cast<const float*>(bank), bank_sqnorm, Q, M, D, k, seg_len,
+            list_val, list_idx, ws.qnorm, single ? 1 : 0, debug_scores);
+    }
+    err = cudaGetLastError();
+    if (err != cudaSuccess || single) return err;
+
+    int n = 1;
+    while (n < splits * k) n <<= 1;
+    proto_topk_merge_splits<<<Q, 256, n * (sizeof(float) + sizeof(int)), stream>>>(
+        ws.part_val, ws.part_idx, ws.qnorm, Q, k, splits, out_dist, out_idx);
+    return cudaGetLastError();
+}
+
+}  // namespace
+
+extern "C" int proto_topk_bank_sqnorm(const void* bank, int M, int D, int dtype, float* bank_sqnorm,
+                                      cudaStream_t stream) {
+    if (bank == nullptr || bank_sqnorm == nullptr || M < 1 || D < 1) return cudaErrorInvalidValue;
+    const int rows_per_block = 256 / 32;
+    const dim3 grid(ceil_div(M, rows_per_block));
+    if (dtype == kFloat16)
+        proto_topk_bank_sqnorm_f16<<<grid, 256, 0, stream>>>(static_cast<const __half*>(bank), M, D, bank_sqnorm);
+    else if (dtype == kFloat32)
+        proto_topk_bank_sqnorm_f32<<<grid, 256, 0, stream>>>(static_cast<const float*>(bank), M, D, bank_sqnorm);
+    else
+        return cudaErrorInvalidValue;
+    return cudaGetLastError();
+}
+
+extern "C" int proto_topk_plan_splits(int Q, int M, int k, int sm_count) {
+    (void)k;
+    if (Q < 1 || M < 1) return 1;
+    // Aim for two resident blocks per SM; each extra split costs one more partial list per query.
+    const int query_blocks = ceil_div(Q, kBlockQ);
+    const int wanted = ceil_div(2 * (sm_count > 0 ? sm_count : 1), query_blocks);
+    return effective_splits(M, wanted);
+}
+
+extern "C" size_t proto_topk_workspace_bytes(int Q, int M, int k, int splits, int want_indices) {
+    if (Q < 1 || M < 1 || k < 1) return 0;
+    return carve(nullptr, Q, k, resolve_splits(Q, M, k, splits), want_indices != 0).bytes;
+}
+
+extern "C" int proto_topk_run(const void* queries, const void* bank, const float* bank_sqnorm, int Q, int M, int D,
+                              int k, int dtype, float* out_dist, int* out_idx, void* workspace,
+                              size_t workspace_bytes, int splits, cudaStream_t stream) {
+    return launch(queries, bank, bank_sqnorm, Q, M, D, k, dtype, out_dist, out_idx, workspace, workspace_bytes,
+                  splits, nullptr, stream);
+}
+
+extern "C" int proto_topk_run_debug(const void* queries, const void* bank, const float* bank_sqnorm, int Q, int M,
+                                    int D, int k, int dtype, float* out_dist, int* out_idx, void* workspace,
+                                    size_t workspace_bytes, int splits, float* debug_scores, cudaStream_t stream) {
+    return launch(queries, bank, bank_sqnorm, Q, M, D, k, dtype, out_dist, out_idx, workspace, workspace_bytes,
+                  splits, debug_scores, stream);
+}
