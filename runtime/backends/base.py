@@ -1,0 +1,83 @@
+"""The one interface every backend offers, and the checks they share.
+
+    with backend:                      # loads the model, allocates buffers (constructors do nothing)
+        amap, score = backend.infer(img)   # img: uint8 S x S x 3 RGB -> (S x S float32, float)
+    backend.describe()                 # dict for logs and the JSON-lines records
+
+``last_device_ms`` is the GPU-only time of the last infer() where the backend can measure it
+(TensorRT with CUDA events), else None. ``last_stage_ms`` splits infer() further where useful
+(the split path: features / topk / head).
+"""
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from protospect.errors import ConfigError
+from protospect.runtime.model_info import ModelInfo
+
+
+@runtime_checkable
+class Backend(Protocol):
+    name: str
+    info: ModelInfo | None
+    last_device_ms: float | None
+    last_stage_ms: dict
+
+    def __enter__(self) -> "Backend": ...
+
+    def __exit__(self, *exc) -> None: ...
+
+    def infer(self, image_u8: np.ndarray) -> tuple[np.ndarray, float]: ...
+
+    def describe(self) -> dict: ...
+
+
+class BackendBase:
+    """Shared plumbing: activation state, the input check, describe()."""
+
+    name = "base"
+
+    def __init__(self) -> None:
+        self.info: ModelInfo | None = None
+        self.last_device_ms: float | None = None
+        self.last_stage_ms: dict = {}
+        self._active = False
+
+    def __enter__(self):
+        if not self._active:
+            self.activate()
+            self._active = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._active:
+            self._active = False
+            self.deactivate()
+
+    def activate(self) -> None:
+        raise NotImplementedError
+
+    def deactivate(self) -> None:
+        raise NotImplementedError
+
+    def infer(self, image_u8: np.ndarray) -> tuple[np.ndarray, float]:
+        if not self._active:
+            raise RuntimeError(f"{self.name} backend used outside `with backend:`")
+        s = self.info.input_size
+        if image_u8.dtype != np.uint8 or image_u8.shape != (s, s, 3):
+            raise ConfigError(f"{self.name} backend expects uint8 {s}x{s}x3 RGB, got {image_u8.dtype} {image_u8.shape} "
+                              "(frames go through runtime.preprocess first)")
+        amap, score = self.infer_impl(np.ascontiguousarray(image_u8))
+        return amap.reshape(s, s), float(np.asarray(score).reshape(-1)[0])
+
+    def infer_impl(self, image_u8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        d = {"backend": self.name}
+        if self.info is not None:
+            d.update(method=self.info.method, precision=self.info.precision, input_size=self.info.input_size,
+                     threshold=self.info.threshold)
+        return d

@@ -1,0 +1,96 @@
+"""ONNX Runtime backend: CUDA provider when this onnxruntime has it, else the CPU provider."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from protospect._optional import require
+from protospect.errors import ArtifactError
+from protospect.runtime.backends.base import BackendBase
+from protospect.runtime.model_info import ModelInfo
+
+log = logging.getLogger(__name__)
+
+INPUT = "image"
+OUTPUTS = ("anomaly_map", "image_score")
+
+
+def pick_providers(available: list[str], device: str = "auto") -> list[str]:
+    """CUDA first when asked for or available (CPU stays as the fallback ORT needs), else CPU only."""
+    if device == "cpu" or "CUDAExecutionProvider" not in available:
+        return ["CPUExecutionProvider"]
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def low_latency_options(ort, threads: int | None = None):
+    """Session options for batch-1 latency: all cores on one op, no inter-op pool, full graph fusion."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads or os.cpu_count() or 1
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3  # warnings from ORT's own optimiser are noise for the operator
+    return so
+
+
+def open_session(path: Path, *, device: str = "auto", threads: int | None = None):
+    """An InferenceSession on ``path``; ArtifactError naming the file when it is missing or not ONNX."""
+    ort = require("onnxruntime", "runtime")
+    if not Path(path).is_file():
+        raise ArtifactError(f"ONNX model not found: {path}")
+    providers = pick_providers(ort.get_available_providers(), device)
+    try:
+        return ort.InferenceSession(str(path), sess_options=low_latency_options(ort, threads), providers=providers)
+    except Exception as err:  # ORT raises its own Fail/InvalidGraph types
+        raise ArtifactError(f"ONNX Runtime cannot load {path}: {err} (re-export it with `protospect export`)") from err
+
+
+def session_info(session, path: Path) -> ModelInfo:
+    return ModelInfo.from_props(dict(session.get_modelmeta().custom_metadata_map), str(path))
+
+
+class OrtBackend(BackendBase):
+    name = "ort"
+
+    def __init__(self, path: str | Path, *, device: str = "auto", threads: int | None = None):
+        super().__init__()
+        self.path = Path(path)
+        self.device = device
+        self.threads = threads
+        self._session = None
+        self.providers: list[str] = []
+
+    def activate(self) -> None:
+        self._session = open_session(self.path, device=self.device, threads=self.threads)
+        self.providers = self._session.get_providers()
+        self.info = session_info(self._session, self.path)
+        check_io(self._session, self.path, self.info.input_size)
+        log.info("onnxruntime session on %s (%s), %s", self.path.name, ", ".join(self.providers), self.info.describe())
+
+    def deactivate(self) -> None:
+        self._session = None
+
+    def infer_impl(self, image_u8: np.ndarray):
+        amap, score = self._session.run(list(OUTPUTS), {INPUT: image_u8[None]})
+        return amap, score
+
+    def describe(self) -> dict:
+        return {**super().describe(), "providers": self.providers, "model": str(self.path)}
+
+
+def check_io(session, path: Path, size: int) -> None:
+    """The contract's I/O (uint8 [1,S,S,3] -> anomaly_map, image_score), or an ArtifactError saying what differs."""
+    inputs = {i.name: i for i in session.get_inputs()}
+    outputs = {o.name for o in session.get_outputs()}
+    if INPUT not in inputs or inputs[INPUT].type != "tensor(uint8)":
+        got = ", ".join(f"{i.name}:{i.type}" for i in inputs.values())
+        raise ArtifactError(f"{path} must take input '{INPUT}' uint8 [1,{size},{size},3] (NHWC RGB); it takes {got}")
+    shape = inputs[INPUT].shape
+    if len(shape) != 4 or any(isinstance(d, int) and d != want for d, want in zip(shape, (1, size, size, 3))):
+        raise ArtifactError(f"{path}: input '{INPUT}' has shape {shape}, metadata says [1,{size},{size},3]")
+    missing = [o for o in OUTPUTS if o not in outputs]
+    if missing:
+        raise ArtifactError(f"{path} lacks output(s) {', '.join(missing)} (has {', '.join(sorted(outputs))})")

@@ -1,0 +1,214 @@
+"""The split path: features graph -> prototype top-k outside the graph -> head graph.
+
+Folder written by `protospect export ART --split --out DIR` (docs/contracts.md 6):
+  features.onnx  image -> queries [1,N,D] (+ guide [1,G,h,w] for PCSNet)
+  bank.npy       prototypes [M,D] float32
+  head.onnx      knn_sqdist [1,N,k] (+ guide) -> anomaly_map, image_score
+  features.engine / head.engine (+ .json sidecars) when built for a GPU
+
+On a GPU (TensorRT + cuda-python + the compiled kernel) the three steps run on one CUDA stream
+with no host copies in between (protospect.cpp_ext.launcher.ProtoTopK). On CPU the graphs run
+in ONNX Runtime and the top-k is the numpy reference (protospect.cpp_ext.reference.knn_sqdist),
+which is how the split path is tested without a GPU.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from protospect.errors import ArtifactError
+from protospect.runtime import cuda
+from protospect.runtime.backends.base import BackendBase
+from protospect.runtime.backends.ort import open_session, session_info
+from protospect.runtime.model_info import ModelInfo
+
+log = logging.getLogger(__name__)
+
+FILES_CPU = ("features.onnx", "bank.npy", "head.onnx")
+FILES_GPU = ("features.engine", "bank.npy", "head.engine")
+
+
+def is_split_dir(path: Path) -> bool:
+    path = Path(path)
+    return path.is_dir() and (path / "bank.npy").is_file() and (
+        all((path / f).is_file() for f in FILES_CPU) or all((path / f).is_file() for f in FILES_GPU))
+
+
+def load_bank(path: Path) -> np.ndarray:
+    try:
+        bank = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise ArtifactError(f"cannot read prototype bank {path}: {err}") from err
+    if bank.ndim != 2 or bank.shape[0] == 0:
+        raise ArtifactError(f"prototype bank {path} has shape {bank.shape}; expected [M, D] with M > 0")
+    return np.ascontiguousarray(bank, dtype=np.float32)
+
+
+def _split_k(info: ModelInfo, bank: np.ndarray, where: str) -> int:
+    if info.split_k is None:
+        raise ArtifactError(f"{where} lacks protospect.split_k; it is not a split features graph (re-export with --split)")
+    if not 1 <= info.split_k <= bank.shape[0]:
+        raise ArtifactError(f"{where}: split_k={info.split_k} but the bank has {bank.shape[0]} prototypes")
+    return info.split_k
+
+
+class SplitOrtBackend(BackendBase):
+    """CPU (or ORT-CUDA) split path: two ORT sessions and the numpy top-k reference."""
+
+    name = "split-ort"
+
+    def __init__(self, folder: str | Path, *, device: str = "auto", threads: int | None = None):
+        super().__init__()
+        self.folder = Path(folder)
+        self.device = device
+        self.threads = threads
+        self._features = self._head = self._bank = None
+        self._knn = None
+        self._has_guide = False
+        self.k = 0
+
+    def activate(self) -> None:
+        missing = [f for f in FILES_CPU if not (self.folder / f).is_file()]
+        if missing:
+            raise ArtifactError(f"split model folder {self.folder} lacks {', '.join(missing)} "
+                                "(write it with `protospect export ART --split --out DIR`)")
+        self._knn = importlib.import_module("protospect.cpp_ext.reference").knn_sqdist
+        self._features = open_session(self.folder / "features.onnx", device=self.device, threads=self.threads)
+        self._head = open_session(self.folder / "head.onnx", device=self.device, threads=self.threads)
+        self.info = session_info(self._features, self.folder / "features.onnx")
+        self._bank = load_bank(self.folder / "bank.npy")
+        self.k = _split_k(self.info, self._bank, str(self.folder / "features.onnx"))
+        f_out = {o.name for o in self._features.get_outputs()}
+        h_in = {i.name for i in self._head.get_inputs()}
+        if "queries" not in f_out or "knn_sqdist" not in h_in:
+            raise ArtifactError(f"{self.folder}: features.onnx must output 'queries' and head.onnx take 'knn_sqdist' "
+                                f"(have {sorted(f_out)} -> {sorted(h_in)})")
+        self._has_guide = "guide" in f_out and "guide" in h_in
+        log.info("split path on CPU: features.onnx -> numpy top-%d over %d prototypes -> head.onnx%s",
+                 self.k, self._bank.shape[0], " (with guide)" if self._has_guide else "")
+
+    def deactivate(self) -> None:
+        self._features = self._head = self._bank = None
+
+    def infer_impl(self, image_u8: np.ndarray):
+        t0 = time.perf_counter()
+        names = ["queries"] + (["guide"] if self._has_guide else [])
+        outs = dict(zip(names, self._features.run(names, {"image": image_u8[None]})))
+        queries = outs["queries"][0]
+        if queries.shape[-1] != self._bank.shape[1]:
+            raise ArtifactError(f"{self.folder}: queries have D={queries.shape[-1]} but bank.npy has D={self._bank.shape[1]}")
+        t1 = time.perf_counter()
+        dist = np.asarray(self._knn(queries, self._bank, self.k), dtype=np.float32)[None]
+        t2 = time.perf_counter()
+        feed = {"knn_sqdist": dist}
+        if self._has_guide:
+            feed["guide"] = outs["guide"]
+        amap, score = self._head.run(["anomaly_map", "image_score"], feed)
+        t3 = time.perf_counter()
+        self.last_stage_ms = {"features": (t1 - t0) * 1e3, "topk": (t2 - t1) * 1e3, "head": (t3 - t2) * 1e3}
+        return amap, score
+
+    def describe(self) -> dict:
+        return {**super().describe(), "model": str(self.folder), "k": self.k,
+                "prototypes": None if self._bank is None else int(self._bank.shape[0])}
+
+
+class SplitTrtBackend(BackendBase):
+    """GPU split path: features engine -> ProtoTopK kernel -> head engine, one stream, device memory only."""
+
+    name = "split-trt"
+
+    def __init__(self, folder: str | Path):
+        super().__init__()
+        self.folder = Path(folder)
+        self._features = self._head = self._topk = None
+        self._stream = self._bank_dev = self._idx = None
+        self._pinned_in = self._pinned_map = self._pinned_score = None
+        self._events = ()
+        self.k = 0
+
+    def activate(self) -> None:
+        from protospect.runtime.backends.trt import INPUT, TrtEngine, load_sidecar, sidecar_path
+
+        missing = [f for f in FILES_GPU if not (self.folder / f).is_file()]
+        if missing:
+            raise ArtifactError(f"split model folder {self.folder} lacks {', '.join(missing)} for the GPU path "
+                                "(build them with `protospect build-engine DIR/features.onnx` and DIR/head.onnx)")
+        launcher = importlib.import_module("protospect.cpp_ext.launcher")
+        f_path = self.folder / "features.engine"
+        self.info = ModelInfo.from_props(load_sidecar(f_path)["onnx_metadata"], str(sidecar_path(f_path)))
+        bank = load_bank(self.folder / "bank.npy")
+        self.k = _split_k(self.info, bank, str(sidecar_path(f_path)))
+        s = self.info.input_size
+        try:
+            self._stream = cuda.Stream()
+            self._features = TrtEngine(f_path, {INPUT: (1, s, s, 3)}, ("queries",), optional_outputs=("guide",))
+            self._features.load()
+            q = self._features.plan["queries"]
+            n, d = int(q.shape[1]), int(q.shape[2])
+            if d != bank.shape[1]:
+                raise ArtifactError(f"{f_path}: queries have D={d} but bank.npy has D={bank.shape[1]}")
+            head_inputs = {"knn_sqdist": (1, n, self.k)}
+            if "guide" in self._features.plan:
+                head_inputs["guide"] = self._features.plan["guide"].shape
+            self._head = TrtEngine(self.folder / "head.engine", head_inputs, ("anomaly_map", "image_score"))
+            self._head.load()
+            if "guide" in head_inputs:  # the head reads the guide where the features engine wrote it
+                self._head.bind("guide", self._features.buffers["guide"].ptr)
+            self._bank_dev = cuda.DeviceBuffer(bank.nbytes)
+            with cuda.PinnedBuffer(bank.nbytes) as staging:
+                staging.write(bank)
+                self._stream.upload(self._bank_dev, staging, bank.nbytes)
+                self._stream.synchronize()
+            self._idx = cuda.DeviceBuffer(cuda.nbytes((n, self.k), np.int64))
+            self._topk = launcher.ProtoTopK(self._bank_dev.ptr, bank.shape[0], d, q.dtype)
+            self._n = n
+            self._pinned_in = cuda.PinnedBuffer(self._features.plan[INPUT].nbytes)
+            self._pinned_map = cuda.PinnedBuffer(self._head.plan["anomaly_map"].nbytes)
+            self._pinned_score = cuda.PinnedBuffer(self._head.plan["image_score"].nbytes)
+            self._events = tuple(cuda.Event() for _ in range(4))
+        except Exception:
+            self.deactivate()
+            raise
+        log.info("split path on GPU: features.engine -> ProtoTopK k=%d over %d prototypes -> head.engine", self.k, bank.shape[0])
+
+    def deactivate(self) -> None:
+        if self._stream is not None:
+            self._stream.synchronize()
+        for event in self._events:
+            event.destroy()
+        for owner in (self._pinned_in, self._pinned_map, self._pinned_score, self._idx, self._bank_dev,
+                      self._features, self._head):
+            if owner is not None:
+                owner.free()
+        if self._stream is not None:
+            self._stream.destroy()
+        self._features = self._head = self._topk = self._stream = self._bank_dev = self._idx = None
+        self._pinned_in = self._pinned_map = self._pinned_score = None
+        self._events = ()
+
+    def infer_impl(self, image_u8: np.ndarray):
+        f, h, stream = self._features, self._head, self._stream
+        e0, e1, e2, e3 = self._events
+        self._pinned_in.write(image_u8[None])
+        stream.upload(f.buffers["image"], self._pinned_in, f.plan["image"].nbytes)
+        e0.record(stream)
+        f.enqueue(stream)
+        e1.record(stream)
+        self._topk.run(f.buffers["queries"].ptr, self._n, self.k, h.buffers["knn_sqdist"].ptr, self._idx.ptr, stream.handle)
+        e2.record(stream)
+        h.enqueue(stream)
+        e3.record(stream)
+        stream.download(self._pinned_map, h.buffers["anomaly_map"], h.plan["anomaly_map"].nbytes)
+        stream.download(self._pinned_score, h.buffers["image_score"], h.plan["image_score"].nbytes)
+        stream.synchronize()
+        ms = cuda.Event.elapsed_ms
+        self.last_stage_ms = {"features": ms(e0, e1), "topk": ms(e1, e2), "head": ms(e2, e3)}
+        self.last_device_ms = ms(e0, e3)
+        amap = self._pinned_map.view(h.plan["anomaly_map"].dtype, h.plan["anomaly_map"].shape).astype(np.float32)
+        score = self._pinned_score.view(h.plan["image_score"].dtype, h.plan["image_score"].shape).astype(np.float32)
+        return amap, score

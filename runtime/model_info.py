@@ -1,0 +1,71 @@
+"""What the runtime knows about a model, read from ONNX metadata_props or the engine sidecar.
+
+Nothing is guessed from pixel values or file names: input size, threshold and heatmap colour
+range come from the ``protospect.*`` properties that export writes (docs/contracts.md 6-7).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from protospect.errors import ArtifactError
+
+PREFIX = "protospect."
+REQUIRED = ("input_size", "threshold", "map_range")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    input_size: int                      # S: the model takes S x S x 3 uint8 RGB
+    threshold: float                     # NG when image_score >= threshold
+    map_range: tuple[float, float]       # anomaly map values mapped to the colour scale's ends
+    method: str = "unknown"
+    preset: str = "unknown"
+    precision: str = "fp32"
+    graph: str = "full"
+    artifact_sha256: str = ""
+    split_k: int | None = None           # split graphs only
+    grid: tuple[int, int] | None = None  # split graphs only
+    props: dict = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def from_props(cls, props: dict, where: str) -> "ModelInfo":
+        """Parse protospect.* metadata (keys with or without the prefix); ArtifactError naming ``where``."""
+        p = {k[len(PREFIX):] if k.startswith(PREFIX) else k: v for k, v in props.items()}
+        missing = [k for k in REQUIRED if k not in p]
+        if missing:
+            raise ArtifactError(
+                f"{where} lacks metadata {', '.join(PREFIX + k for k in missing)}; "
+                "it was not written by `protospect export` (re-export the artifact)")
+        try:
+            size = _json(p["input_size"])
+            size = [int(s) for s in size] if isinstance(size, list) else [int(size), int(size)]
+            if len(size) != 2 or size[0] != size[1] or size[0] <= 0:
+                raise ValueError(f"input_size {p['input_size']} is not a square [S, S]")
+            lo, hi = (float(v) for v in _json(p["map_range"]))
+            if not hi > lo:
+                raise ValueError(f"map_range {p['map_range']} is empty (hi must exceed lo)")
+            grid = p.get("grid")
+            return cls(
+                input_size=size[0],
+                threshold=float(p["threshold"]),
+                map_range=(lo, hi),
+                method=str(p.get("method", "unknown")),
+                preset=str(p.get("preset", "unknown")),
+                precision=str(p.get("precision", "fp32")),
+                graph=str(p.get("graph", "full")),
+                artifact_sha256=str(p.get("artifact_sha256", "")),
+                split_k=int(p["split_k"]) if "split_k" in p else None,
+                grid=tuple(int(g) for g in _json(grid)) if grid is not None else None,
+                props={PREFIX + k: str(v) for k, v in p.items()},
+            )
+        except (ValueError, TypeError) as err:
+            raise ArtifactError(f"{where} has malformed protospect metadata: {err}") from err
+
+    def describe(self) -> str:
+        return (f"{self.method}/{self.preset} {self.precision} {self.input_size}px "
+                f"threshold={self.threshold:.6g} graph={self.graph}")
+
+
+def _json(value):
+    return json.loads(value) if isinstance(value, str) else value

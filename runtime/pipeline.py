@@ -1,0 +1,147 @@
+"""camera -> capture thread -> preprocess -> infer -> verdict -> sinks, with per-stage timing.
+
+    pipeline = Pipeline(backend, open_source("line.avi"), [JsonlSink("log.jsonl")])
+    report = pipeline.run()          # returns when the source ends, max_frames is reached or stop()
+
+Stages timed per frame (milliseconds, all host clocks):
+  wait          capture stamp -> the loop takes the frame (queueing)
+  preprocess    conversion to RGB uint8 + resize to S x S
+  infer         backend.infer (host -> device -> host for GPU backends)
+  postprocess   verdict from the threshold
+  host_to_host  preprocess + infer + postprocess: frame in host memory -> verdict on host
+  capture_to_verdict  capture stamp -> verdict (what the line sees)
+  sink          all sinks for this frame (not in the frame's own record: it is written there)
+  device        GPU-only time where the backend measures it (TensorRT, CUDA events)
+"""
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+
+from tqdm import tqdm
+
+from protospect.runtime.frames import Frame, LatestFrameQueue
+from protospect.runtime.preprocess import FrameRejected, preprocess
+from protospect.runtime.sinks import Result, Sink
+from protospect.runtime.sources import CaptureThread, Source, default_queue_policy
+from protospect.runtime.stats import RunCounters, StageTimes
+
+log = logging.getLogger(__name__)
+
+STAGE_ORDER = ["wait", "preprocess", "infer", "postprocess", "host_to_host", "capture_to_verdict", "sink", "device"]
+
+
+class Pipeline:
+    def __init__(self, backend, source: Source, sinks: list[Sink] | tuple = (), *, queue_size: int = 2,
+                 policy: str | None = None, max_frames: int | None = None, warmup: int = 0,
+                 backoff_s: float = 0.1, backoff_max_s: float = 5.0, max_reconnect_attempts: int | None = None,
+                 progress: bool = False, on_frame=None):
+        self.backend = backend
+        self.source = source
+        self.sinks = list(sinks)
+        self.queue_size = queue_size
+        self.policy = policy
+        self.max_frames = max_frames
+        self.warmup = warmup
+        self.backoff = (backoff_s, backoff_max_s, max_reconnect_attempts)
+        self.progress = progress
+        self.on_frame = on_frame  # called with each Result (soak uses it to sample memory)
+        self.counters = RunCounters()
+        self.times = StageTimes()
+        self.capture: CaptureThread | None = None
+        self.queue: LatestFrameQueue | None = None
+        self._stop = threading.Event()
+        self._handled = 0
+
+    def stop(self) -> None:
+        """Ask the loop to finish after the current frame (safe from a signal handler)."""
+        self._stop.set()
+
+    def run(self) -> dict:
+        with self.backend:
+            self.source.open()  # SourceError here: the source can never work, nothing to retry
+            self.queue = LatestFrameQueue(self.queue_size, self.policy or default_queue_policy(self.source))
+            b0, b1, b2 = self.backoff
+            self.capture = CaptureThread(self.source, self.queue, backoff_s=b0, backoff_max_s=b1, max_reconnect_attempts=b2)
+            bar = tqdm(total=self.max_frames, desc="frames", unit="f", disable=not self.progress, leave=False)
+            self.capture.start()
+            try:
+                while not self._stop.is_set():
+                    frame = self.queue.get(timeout=0.2)
+                    if frame is None:
+                        if self.queue.closed:
+                            break
+                        continue
+                    self._process(frame)
+                    bar.update(1)
+                    if self.max_frames is not None and self._handled >= self.max_frames:
+                        break
+            finally:
+                bar.close()
+                self.capture.stop()
+                self.capture.join(timeout=10)
+                self.counters.dropped = self.queue.dropped
+                self.counters.reconnects = self.capture.reconnects
+                for sink in self.sinks:
+                    sink.close()
+        return self.report()
+
+    def _process(self, frame: Frame) -> None:
+        info = self.backend.info
+        self._handled += 1
+        t0 = time.monotonic_ns()
+        try:
+            model_in, rgb = preprocess(frame, info.input_size)
+        except FrameRejected as rej:
+            self.counters.rejected[rej.reason] += 1
+            log.warning("frame %d rejected: %s", frame.seq, rej.reason)
+            record = {"seq": frame.seq, "t_capture_ns": frame.t_capture_ns, "t_wall": round(frame.t_wall, 6),
+                      "verdict": "REJECTED", "reason": rej.reason}
+            if frame.origin:
+                record["origin"] = frame.origin
+            for sink in self.sinks:
+                sink.reject(record)
+            return
+        t1 = time.monotonic_ns()
+        amap, score = self.backend.infer(model_in)
+        t2 = time.monotonic_ns()
+        # A score that is not a number cannot clear a part: fail safe to NG.
+        verdict = "NG" if (score >= info.threshold or not math.isfinite(score)) else "OK"
+        t3 = time.monotonic_ns()
+        ms = {"wait": (t0 - frame.t_capture_ns) / 1e6, "preprocess": (t1 - t0) / 1e6, "infer": (t2 - t1) / 1e6,
+              "postprocess": (t3 - t2) / 1e6, "host_to_host": (t3 - t0) / 1e6,
+              "capture_to_verdict": (t3 - frame.t_capture_ns) / 1e6}
+        for stage, value in self.backend.last_stage_ms.items():
+            ms[f"infer.{stage}"] = value
+        if self.backend.last_device_ms is not None:
+            ms["device"] = self.backend.last_device_ms
+        c = self.counters
+        c.processed += 1
+        c.ok += verdict == "OK"
+        c.ng += verdict == "NG"
+        c.dropped = self.queue.dropped
+        c.reconnects = self.capture.reconnects if self.capture else 0
+        result = Result(seq=frame.seq, t_capture_ns=frame.t_capture_ns, t_wall=frame.t_wall, score=score,
+                        verdict=verdict, ms=ms, backend=self.backend.name, rgb=rgb, anomaly_map=amap,
+                        origin=frame.origin, counters=c.as_dict())
+        for sink in self.sinks:
+            sink.write(result)
+        t4 = time.monotonic_ns()
+        if c.processed > self.warmup:  # warm-up frames are processed and logged, not timed
+            c.timed += 1
+            ms["sink"] = (t4 - t3) / 1e6
+            for stage, value in ms.items():
+                self.times.add(stage, value)
+            now = time.monotonic()
+            if c.t_first is None:
+                c.t_first = now
+            c.t_last = now
+        if self.on_frame is not None:
+            self.on_frame(result)
+
+    def report(self) -> dict:
+        return {"counters": self.counters.as_dict(), "stages": self.times.summary(),
+                "backend": self.backend.describe(), "source": self.source.name,
+                "capture_ended": self.capture.ended if self.capture else "", "warmup": self.warmup}

@@ -1,0 +1,33 @@
+"""Frame -> model input: the shared conversion and resize (protospect.imageio), or a rejection reason.
+
+Gray, 16-bit, float and 4-channel frames are converted; frames of any size are resized to S x S
+with the same function training used. Anything else (empty, wrong rank, NaN, unknown dtype) is
+rejected: the caller counts the reason and goes on with the next frame.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from protospect.errors import DataError
+from protospect.imageio import resize_square, to_rgb_uint8
+from protospect.runtime.frames import Frame
+
+
+class FrameRejected(Exception):
+    """A frame that cannot become a model input; ``reason`` is short and stable enough to count by."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def preprocess(frame: Frame, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(model input uint8 S x S x 3 RGB, full-resolution RGB frame) or FrameRejected."""
+    img = frame.image
+    if isinstance(img, np.ndarray) and img.dtype.kind == "f" and img.size and not np.isfinite(img).all():
+        raise FrameRejected("frame has NaN or infinite values")
+    try:
+        rgb = to_rgb_uint8(img, bgr=frame.bgr)
+    except DataError as err:
+        raise FrameRejected(str(err)) from err
+    return resize_square(rgb, size), rgb
