@@ -1,0 +1,75 @@
+"""The `protospect.*` metadata_props every exported graph carries (docs/contracts.md section 6).
+
+All values are strings; structured ones are JSON. The runtime reads them to know the input size,
+the threshold and the map range without any other file.
+"""
+from __future__ import annotations
+
+import json
+
+import onnx
+
+from protospect.errors import ArtifactError
+
+FORMAT_VERSION = "1"
+INPUT_LAYOUT = "NHWC-uint8-RGB"
+PRECISIONS = ("fp32", "fp16", "int8")
+GRAPHS = ("full", "features", "head")
+
+
+def input_size_of(meta: dict) -> int:
+    """The square model input side S from a model's meta (int, or [S, S])."""
+    size = meta.get("input_size")
+    if isinstance(size, (list, tuple)):
+        if len(size) != 2 or size[0] != size[1]:
+            raise ArtifactError(f"model meta input_size {size} is not square; protospect models take S x S input")
+        size = size[0]
+    if not isinstance(size, int) or size <= 0:
+        raise ArtifactError(f"model meta has no usable 'input_size' (got {size!r}); re-train or fix the artifact")
+    return size
+
+
+def build_metadata(meta: dict, calibration: dict, *, artifact_sha256: str, precision: str = "fp32",
+                   graph: str = "full", extra: dict | None = None) -> dict[str, str]:
+    """Return the protospect.* key/value strings for a graph made from a model with ``meta``/``calibration``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} not in {PRECISIONS}")
+    if graph not in GRAPHS:
+        raise ValueError(f"graph {graph!r} not in {GRAPHS}")
+    missing = [k for k in ("threshold", "map_range") if k not in calibration]
+    if missing:
+        raise ArtifactError(f"model calibration lacks {missing}; the artifact was saved before fit() calibrated it")
+    size = input_size_of(meta)
+    lo, hi = (float(v) for v in calibration["map_range"])
+    props = {
+        "protospect.format_version": FORMAT_VERSION,
+        "protospect.method": str(meta.get("method", "")),
+        "protospect.preset": str(meta.get("preset", "")),
+        "protospect.input_layout": INPUT_LAYOUT,
+        "protospect.input_size": json.dumps([size, size]),
+        "protospect.mean": json.dumps([float(v) for v in meta["mean"]]),
+        "protospect.std": json.dumps([float(v) for v in meta["std"]]),
+        "protospect.threshold": repr(float(calibration["threshold"])),
+        "protospect.map_range": json.dumps([lo, hi]),
+        "protospect.artifact_sha256": artifact_sha256,
+        "protospect.precision": precision,
+        "protospect.graph": graph,
+    }
+    for key, value in (extra or {}).items():
+        props[f"protospect.{key}"] = value if isinstance(value, str) else json.dumps(value)
+    return props
+
+
+def set_metadata(model: onnx.ModelProto, props: dict[str, str]) -> onnx.ModelProto:
+    """Write ``props`` into model.metadata_props, replacing keys already there (others are kept)."""
+    kept = [(p.key, p.value) for p in model.metadata_props if p.key not in props]
+    del model.metadata_props[:]
+    for key, value in kept + sorted(props.items()):
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    return model
+
+
+def read_metadata(model: onnx.ModelProto) -> dict[str, str]:
+    """The protospect.* props of a graph."""
+    return {p.key: p.value for p in model.metadata_props if p.key.startswith("protospect.")}

@@ -1,0 +1,205 @@
+"""Artifact / AnomalyModel -> ONNX graph(s) per docs/contracts.md section 6.
+
+`onnx_from_model` traces a deploy wrapper (uint8 NHWC frame in, anomaly_map + image_score out),
+folds constants, writes the protospect.* metadata and checks the graph (onnx.checker full check,
+strict shape inference, static shapes, TopK k within TensorRT's limit). `split_from_model` writes
+features.onnx + bank.npy + head.onnx for the runtime's custom-kernel path.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from protospect.errors import ArtifactError, ConfigError
+from protospect.export.deploy import FeaturesGraph, FullGraph, FullGraphBankInput, HeadGraph
+from protospect.export.graph_utils import ensure_node_names, topk_values
+from protospect.export.metadata import build_metadata, input_size_of, set_metadata
+
+log = logging.getLogger(__name__)
+
+TRT_MAX_TOPK = 3840  # TensorRT's ITopKLayer limit (NvInfer.h, 10.3 and later)
+MIN_OPSET = 17
+
+
+@dataclass
+class ExportedGraph:
+    path: Path
+    metadata: dict[str, str]
+
+
+def onnx_from_artifact(art_dir: str | Path, out_path: str | Path, *, bank_as_input: bool = False,
+                       opset: int = MIN_OPSET) -> ExportedGraph:
+    """Load an artifact (hashes checked) and export its model as one ONNX graph."""
+    model, manifest, sha = _load(art_dir)
+    return onnx_from_model(model, model.meta, model.calibration, out_path, artifact_sha256=sha,
+                           bank_as_input=bank_as_input, opset=opset)
+
+
+def split_from_artifact(art_dir: str | Path, out_dir: str | Path, *, opset: int = MIN_OPSET) -> dict[str, Path]:
+    model, manifest, sha = _load(art_dir)
+    return split_from_model(model, model.meta, model.calibration, out_dir, artifact_sha256=sha, opset=opset)
+
+
+def _load(art_dir):
+    from protospect.training.artifact import artifact_sha256, load_artifact
+
+    model, manifest = load_artifact(art_dir)
+    return model.eval(), manifest, artifact_sha256(art_dir)
+
+
+def onnx_from_model(model: nn.Module, meta: dict, calibration: dict, out_path: str | Path, *,
+                    artifact_sha256: str = "", bank_as_input: bool = False, opset: int = MIN_OPSET) -> ExportedGraph:
+    """Export ``model`` (contract section 4) as the default graph: `image` uint8 [1,S,S,3] -> anomaly_map, image_score.
+
+    With ``bank_as_input`` the prototype bank becomes a graph input `bank` [M, D] (same M and D as
+    exported: shapes stay static) so a new bank can be swapped in without re-export.
+    """
+    _check_opset(opset)
+    size = input_size_of(meta)
+    model = model.eval()
+    image = torch.zeros(1, size, size, 3, dtype=torch.uint8)
+    if bank_as_input:
+        buffer_name, bank = find_bank_buffer(model)
+        wrapper = FullGraphBankInput(model, meta["mean"], meta["std"], buffer_name)
+        args, input_names = (image, bank.detach().clone()), ["image", "bank"]
+    else:
+        wrapper = FullGraph(model, meta["mean"], meta["std"])
+        args, input_names = (image,), ["image"]
+    onnx_model = _trace(wrapper.eval(), args, input_names, ["anomaly_map", "image_score"], opset)
+    _check_topk(onnx_model, where="the full graph")
+    props = build_metadata(meta, calibration, artifact_sha256=artifact_sha256, graph="full")
+    set_metadata(onnx_model, props)
+    expected = {"image": [1, size, size, 3], "anomaly_map": [1, 1, size, size], "image_score": [1]}
+    if bank_as_input:
+        expected["bank"] = list(bank.shape)
+    return ExportedGraph(save_checked(onnx_model, out_path, expected), props)
+
+
+def split_from_model(model: nn.Module, meta: dict, calibration: dict, out_dir: str | Path, *,
+                     artifact_sha256: str = "", opset: int = MIN_OPSET) -> dict[str, Path]:
+    """Write features.onnx, bank.npy and head.onnx (contract section 6) from ``model.split()``."""
+    _check_opset(opset)
+    if not hasattr(model, "split"):
+        raise ConfigError(f"method '{meta.get('method')}' has no split(); export the full graph (drop --split)")
+    size = input_size_of(meta)
+    features, bank, k, head = model.split()
+    k = int(k)
+    bank = bank.detach().float().cpu()
+    if bank.ndim != 2 or k < 1 or k > bank.shape[0]:
+        raise ArtifactError(f"split() returned bank {tuple(bank.shape)} and k={k}; need a (M, D) bank and 1 <= k <= M")
+    if k > TRT_MAX_TOPK:
+        raise ConfigError(f"top-k k={k} exceeds TensorRT's TopK limit of {TRT_MAX_TOPK}; lower k in the method config")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    image = torch.zeros(1, size, size, 3, dtype=torch.uint8)
+    feats_wrapper = FeaturesGraph(features.eval(), meta["mean"], meta["std"]).eval()
+    with torch.no_grad():
+        feats_out = feats_wrapper(image)
+    has_guide = isinstance(feats_out, (tuple, list))
+    queries = feats_out[0] if has_guide else feats_out
+    guide = feats_out[1] if has_guide else None
+    n, d = queries.shape[1], queries.shape[2]
+    if d != bank.shape[1]:
+        raise ArtifactError(f"split(): queries have D={d} but the bank has D={bank.shape[1]}")
+    grid = list(guide.shape[-2:]) if guide is not None else _square_grid(n)
+    feat_names = ["queries", "guide"] if has_guide else ["queries"]
+    feats_onnx = _trace(feats_wrapper, (image,), ["image"], feat_names, opset)
+    extra = {"split_k": str(k), "grid": grid}
+    set_metadata(feats_onnx, build_metadata(meta, calibration, artifact_sha256=artifact_sha256, graph="features", extra=extra))
+    expected = {"image": [1, size, size, 3], "queries": [1, n, d]}
+    if has_guide:
+        expected["guide"] = list(guide.shape)
+    paths = {"features": save_checked(feats_onnx, out_dir / "features.onnx", expected)}
+
+    knn = torch.zeros(1, n, k)
+    head_args = (knn, guide) if has_guide else (knn,)
+    head_names = ["knn_sqdist", "guide"] if has_guide else ["knn_sqdist"]
+    head_onnx = _trace(HeadGraph(head.eval()).eval(), head_args, head_names, ["anomaly_map", "image_score"], opset)
+    set_metadata(head_onnx, build_metadata(meta, calibration, artifact_sha256=artifact_sha256, graph="head", extra={"split_k": str(k)}))
+    expected = {"knn_sqdist": [1, n, k], "anomaly_map": [1, 1, size, size], "image_score": [1]}
+    paths["head"] = save_checked(head_onnx, out_dir / "head.onnx", expected)
+    paths["bank"] = out_dir / "bank.npy"
+    np.save(paths["bank"], np.ascontiguousarray(bank.numpy(), dtype=np.float32))
+    return paths
+
+
+def find_bank_buffer(model: nn.Module) -> tuple[str, torch.Tensor]:
+    """The qualified name and value of the model buffer that holds the prototype bank.
+
+    Prefers the buffer equal to ``model.split()``'s bank; falls back to a single buffer named '*bank'.
+    """
+    buffers = dict(model.named_buffers())
+    if hasattr(model, "split"):
+        bank = model.split()[1]
+        same = [n for n, b in buffers.items() if b.shape == bank.shape and torch.equal(b, bank.to(b.dtype))]
+        if len(same) == 1:
+            return same[0], buffers[same[0]]
+    named = [n for n in buffers if n.split(".")[-1] in ("bank", "memory_bank", "prototypes")]
+    if len(named) == 1:
+        return named[0], buffers[named[0]]
+    raise ConfigError("--bank-as-input: cannot tell which buffer of this model is the prototype bank "
+                      f"(buffers: {', '.join(buffers) or 'none'}); export without --bank-as-input")
+
+
+def _square_grid(n: int) -> list[int]:
+    side = int(round(n ** 0.5))
+    if side * side != n:
+        raise ArtifactError(f"split(): {n} query positions do not form a square grid and no guide gives its shape")
+    return [side, side]
+
+
+def _check_opset(opset: int) -> None:
+    if opset < MIN_OPSET:
+        raise ConfigError(f"--opset {opset} is too old; use {MIN_OPSET} or newer")
+
+
+def _check_topk(model: onnx.ModelProto, where: str) -> None:
+    for name, k in topk_values(model):
+        if k is None:
+            raise ArtifactError(f"TopK node {name} in {where} has a non-constant k; TensorRT needs a constant k")
+        if k > TRT_MAX_TOPK:
+            raise ConfigError(f"TopK node {name} in {where} takes k={k}, over TensorRT's limit of {TRT_MAX_TOPK}; "
+                              "lower k in the method config")
+
+
+def _trace(module: nn.Module, args: tuple, input_names: list[str], output_names: list[str], opset: int) -> onnx.ModelProto:
+    """TorchScript-based export (fast, stable names, plain ops) followed by constant folding."""
+    buf = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # legacy-exporter deprecation and tracer warnings
+        torch.onnx.export(module, args, buf, dynamo=False, opset_version=opset, input_names=input_names,
+                          output_names=output_names, do_constant_folding=True)
+    model = onnx.load_from_string(buf.getvalue())
+    try:
+        import onnxscript.optimizer
+
+        model = onnxscript.optimizer.optimize(model)  # folds Shape/Constant/Identity chains the tracer leaves
+    except ImportError:
+        log.info("onnxscript not installed: graph left unoptimised (pip install onnxscript)")
+    return ensure_node_names(model)
+
+
+def save_checked(model: onnx.ModelProto, out_path: str | Path, expected: dict[str, list[int]]) -> Path:
+    """Full onnx.checker, strict shape inference, the expected static I/O shapes; then save."""
+    try:
+        onnx.checker.check_model(model, full_check=True)
+        inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
+        raise ArtifactError(f"exported graph failed the ONNX check: {err}") from err
+    io_shapes = {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+                 for v in list(inferred.graph.input) + list(inferred.graph.output)}
+    for name, shape in expected.items():
+        if io_shapes.get(name) != list(shape):
+            raise ArtifactError(f"exported graph tensor '{name}' has shape {io_shapes.get(name)}, expected {shape}")
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(out_path))
+    return out_path

@@ -1,0 +1,111 @@
+"""PyTorch vs ONNX Runtime (CPU) on real images through the same preprocessing (imageio.resize_square).
+
+Reports the worst map difference relative to the maps' range, the worst score difference, how many
+OK/NG decisions differ at the model's threshold and, given labels, image AUROC from both.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from protospect.errors import DataError
+from protospect.export.deploy import FullGraph
+from protospect.export.metadata import input_size_of
+from protospect.imageio import read_rgb, resize_square
+
+MAP_TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "int8": None}  # None: report only
+
+
+@dataclass
+class ParityReport:
+    n_images: int
+    precision: str
+    map_max_abs: float
+    map_max_rel: float        # max |diff| / (max - min of the PyTorch maps over all images)
+    score_max_abs: float
+    decisions_differ: int
+    threshold: float
+    auroc_torch: float | None = None
+    auroc_onnx: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        tol = MAP_TOLERANCE.get(self.precision)
+        same_auroc = self.auroc_torch is None or round(self.auroc_torch, 3) == round(self.auroc_onnx, 3)
+        return (tol is None or self.map_max_rel <= tol) and self.decisions_differ == 0 and same_auroc
+
+    def format(self) -> str:
+        tol = MAP_TOLERANCE.get(self.precision)
+        lines = [f"parity ({self.precision}, {self.n_images} images, ONNX Runtime CPU vs PyTorch):",
+                 f"  map max |diff| {self.map_max_abs:.3g} = {self.map_max_rel:.3g} of the map range"
+                 + (f" (goal <= {tol:g})" if tol else " (no goal at this precision)"),
+                 f"  image score max |diff| {self.score_max_abs:.3g}",
+                 f"  OK/NG decisions that differ at threshold {self.threshold:.6g}: {self.decisions_differ}"]
+        if self.auroc_torch is not None:
+            lines.append(f"  image AUROC torch {self.auroc_torch:.4f} vs onnx {self.auroc_onnx:.4f}")
+        lines.append(f"  {'PASS' if self.ok else 'FAIL'}")
+        return "\n".join(lines)
+
+
+def load_images(images, size: int) -> np.ndarray:
+    """Paths or uint8 RGB arrays -> uint8 (N, S, S, 3) through the shared resize."""
+    frames = []
+    for item in images:
+        img = read_rgb(item) if isinstance(item, (str, Path)) else item
+        frames.append(resize_square(img, size))
+    if not frames:
+        raise DataError("parity check got no images")
+    return np.stack(frames)
+
+
+def check_parity(art_dir, onnx_path, images, labels=None) -> ParityReport:
+    """Artifact's PyTorch model vs ``onnx_path`` under ONNX Runtime CPU on ``images``."""
+    from protospect.training.artifact import load_artifact
+
+    model, _ = load_artifact(art_dir)
+    return parity_from_model(model.eval(), onnx_path, images, labels)
+
+
+def parity_from_model(model, onnx_path, images, labels=None) -> ParityReport:
+    from protospect.export.ort_session import cpu_session, graph_precision
+
+    meta, calibration = model.meta, model.calibration
+    frames = load_images(images, input_size_of(meta))
+    session = cpu_session(onnx_path)
+    feed_extra = {}
+    input_names = [i.name for i in session.get_inputs()]
+    if "bank" in input_names:
+        from protospect.export.onnx_export import find_bank_buffer
+
+        feed_extra["bank"] = find_bank_buffer(model)[1].detach().float().cpu().numpy()
+    wrapper = FullGraph(model, meta["mean"], meta["std"]).eval()
+    t_maps, o_maps, t_scores, o_scores = [], [], [], []
+    with torch.no_grad():
+        for frame in tqdm(frames, desc="parity", unit="img", leave=False):
+            t_map, t_score = wrapper(torch.from_numpy(frame[None]))
+            o_map, o_score = session.run(["anomaly_map", "image_score"], {"image": frame[None], **feed_extra})
+            t_maps.append(t_map.numpy())
+            t_scores.append(float(t_score[0]))
+            o_maps.append(np.asarray(o_map, dtype=np.float32))
+            o_scores.append(float(np.asarray(o_score).reshape(-1)[0]))
+    t_maps, o_maps = np.concatenate(t_maps), np.concatenate(o_maps)
+    t_scores, o_scores = np.array(t_scores), np.array(o_scores)
+    diff = float(np.abs(t_maps - o_maps).max())
+    span = float(t_maps.max() - t_maps.min()) or 1.0
+    thr = float(calibration["threshold"])
+    report = ParityReport(
+        n_images=len(frames), precision=graph_precision(onnx_path), map_max_abs=diff, map_max_rel=diff / span,
+        score_max_abs=float(np.abs(t_scores - o_scores).max()),
+        decisions_differ=int(((t_scores >= thr) != (o_scores >= thr)).sum()), threshold=thr)
+    if labels is not None:
+        labels = np.asarray(labels)
+        if len(set(labels.tolist())) == 2:
+            from sklearn.metrics import roc_auc_score
+
+            report.auroc_torch = float(roc_auc_score(labels, t_scores))
+            report.auroc_onnx = float(roc_auc_score(labels, o_scores))
+    return report
