@@ -1,0 +1,68 @@
+"""`protospect eval`: the few-shot protocol over shots and seeds -> results.json, results.md, plots.
+
+    protospect eval --data DIR --category C [C ...] --method patchcore --shots 1 2 4 8 --seeds 0 1 2 --out DIR
+
+One model per (category, K, seed), trained on the K sampled good images only and evaluated once;
+nothing is selected on test data. Several categories append to the same results.json.
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+from pathlib import Path
+
+from protospect.errors import ConfigError
+from protospect.training.cli_train import add_method_arguments, config_overrides_from_args
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, type=Path, help="MVTec-layout root (with --category) or one category folder")
+    p.add_argument("--category", nargs="*", default=None, help="one or more categories under --data")
+    p.add_argument("--shots", nargs="+", type=int, default=[1, 2, 4, 8], metavar="K", help="shot counts (default 1 2 4 8)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="sampling/training seeds (default 0 1 2)")
+    p.add_argument("--out", required=True, type=Path, help="output folder for results.json, results.md and PNGs")
+    p.add_argument("--batch-size", type=int, default=4, help="test images per forward pass (default 4)")
+    p.add_argument("--no-plots", action="store_true", help="skip the heatmap grid and ROC PNGs")
+    add_method_arguments(p, default_method="patchcore")
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The canonical command that reproduces this run (recorded in results.json)."""
+    parts = ["protospect", "eval", "--data", str(args.data)]
+    if args.category:
+        parts += ["--category", *args.category]
+    parts += ["--method", args.method, "--preset", args.preset, "--shots", *map(str, args.shots),
+              "--seeds", *map(str, args.seeds), "--out", str(args.out)]
+    if args.size is not None:
+        parts += ["--size", str(args.size)]
+    if args.backbone_weights is not None:
+        parts += ["--backbone-weights", str(args.backbone_weights)]
+    for s in args.settings:
+        parts += ["--set", s]
+    return shlex.join(parts)
+
+
+def run(args: argparse.Namespace) -> int:
+    from protospect.training.fewshot import evaluate  # noqa: PLC0415 (torch only when the command runs)
+    from protospect.training.methods import get_method  # noqa: PLC0415
+    from protospect.training.results import RESULTS_JSON  # noqa: PLC0415
+
+    if any(k < 1 for k in args.shots):
+        raise ConfigError(f"--shots must all be >= 1 (got {args.shots})")
+    if len(set(args.seeds)) != len(args.seeds) or len(set(args.shots)) != len(args.shots):
+        raise ConfigError("--shots and --seeds must not repeat a value")
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1 (got {args.batch_size})")
+    overrides = config_overrides_from_args(args)
+    get_method(args.method)  # an unknown method fails before any data is read
+    command = command_line(args)
+    for category in args.category or [None]:
+        records = evaluate(args.data, category, args.method, args.shots, args.seeds, args.preset, args.out,
+                           config_overrides=overrides or None, batch_size=args.batch_size, command=command,
+                           plots=not args.no_plots)
+        for r in records:
+            pix = "n/a" if r["pixel_auroc"] is None else f"{r['pixel_auroc'][0]:.1f}"
+            print(f"{r['category']} {r['method']} K={r['K']}: image AUROC {r['image_auroc'][0]:.1f} ± {r['image_auroc'][1]:.1f}, "
+                  f"pixel AUROC {pix}, fit {r['train_seconds'][0]:.1f} s")
+    print(f"wrote {args.out / RESULTS_JSON}")
+    return 0

@@ -1,0 +1,163 @@
+"""The few-shot evaluation protocol: for every K and seed, sample -> fit -> score the whole test set.
+
+Per (K, seed): ``sample_shots`` draws K distinct train/good files, the method's ``fit`` builds (or
+trains) a model and calibrates its threshold on those shots only, then every test image is scored
+once by that final model. Metrics are computed at the model resolution S. Nothing is ever chosen
+by looking at test images: no checkpoint, threshold or setting depends on them.
+
+The records follow docs/contracts.md section 9 (values in percent, [mean, std] over seeds, std is
+the population std so one seed gives 0).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from protospect.errors import DataError
+from protospect.imageio import read_rgb
+from protospect.training import metrics
+from protospect.training.calibrate import to_model_input
+from protospect.training.data import MVTecCategory, TestItem, load_item, sample_shots
+from protospect.training.methods import get_method
+
+log = logging.getLogger(__name__)
+
+PERCENT_KEYS = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "far_at_full_recall",
+                "f1_at_threshold", "escape_rate", "false_alarm_rate")
+
+
+@dataclass
+class TestSet:
+    """The test images of one category at model size S, decoded once and reused for every K and seed."""
+
+    items: list[TestItem]
+    images: np.ndarray  # (N, S, S, 3) uint8
+    labels: np.ndarray  # (N,) {0, 1}
+    masks: np.ndarray | None  # (N, S, S) {0, 1}, None when the category has no masks
+
+    @classmethod
+    def load(cls, cat: MVTecCategory, size: int) -> "TestSet":
+        images, masks = [], []
+        for item in tqdm(cat.test, desc=f"{cat.name}: load test @{size}", leave=False, unit="img"):
+            img, mask = load_item(item, size)
+            images.append(img)
+            masks.append(mask)
+        use_masks = cat.has_masks and all(m is not None for m in masks)
+        return cls(list(cat.test), np.stack(images), np.array([it.label for it in cat.test], np.int8),
+                   np.stack(masks) if use_masks else None)
+
+
+@torch.no_grad()
+def score_images(model, images: np.ndarray, batch_size: int = 4, desc: str = "score") -> tuple[np.ndarray, np.ndarray]:
+    """(image scores (N,), maps (N, S, S)) of uint8 SxS RGB images, in batches, no grad."""
+    mean, std, size = model.meta["mean"], model.meta["std"], int(model.meta["input_size"])
+    scores, maps = [], []
+    for start in tqdm(range(0, len(images), batch_size), desc=desc, leave=False, unit="batch"):
+        out = model(to_model_input(images[start:start + batch_size], size, mean, std))
+        scores.append(out.image_score.float().numpy())
+        maps.append(out.anomaly_map[:, 0].float().numpy())
+    return np.concatenate(scores), np.concatenate(maps)
+
+
+def seed_metrics(test: TestSet, scores: np.ndarray, maps: np.ndarray, threshold: float) -> dict:
+    """Every metric of one (K, seed) run, as fractions (pixel metrics None without masks)."""
+    at_thr = metrics.threshold_stats(test.labels, scores, threshold)
+    result = {
+        "image_auroc": metrics.image_auroc(test.labels, scores),
+        "pixel_auroc": metrics.pixel_auroc(test.masks, maps) if test.masks is not None else None,
+        "aupro": metrics.aupro(test.masks, maps) if test.masks is not None else None,
+        "f1_max": metrics.f1_max(test.labels, scores)[0],
+        "far_at_full_recall": metrics.far_at_full_recall(test.labels, scores),
+        "f1_at_threshold": at_thr["f1"],
+        "escape_rate": at_thr["escape_rate"],
+        "false_alarm_rate": at_thr["false_alarm_rate"],
+    }
+    return result
+
+
+def _mean_std(values: list) -> list[float] | None:
+    if any(v is None for v in values):
+        return None
+    arr = np.asarray(values, dtype=np.float64)
+    return [round(float(np.mean(arr)), 3), round(float(np.std(arr)), 3)]
+
+
+def aggregate(category: str, method: str, preset: str, k: int, runs: list[dict], command: str | None) -> dict:
+    """Per-seed runs -> one results.json record (contracts section 9 plus the documented extra keys)."""
+    record = {"category": category, "method": method, "preset": preset, "K": k, "seeds": [r["seed"] for r in runs]}
+    for key in PERCENT_KEYS:
+        record[key] = _mean_std([None if r[key] is None else 100.0 * r[key] for r in runs])
+    record["train_seconds"] = _mean_std([r["train_seconds"] for r in runs])
+    record["test_ms_per_image"] = _mean_std([r["test_ms_per_image"] for r in runs])
+    record["input_size"] = runs[0]["input_size"]
+    record["threshold"] = [r["threshold"] for r in runs]
+    record["shots"] = {str(r["seed"]): r["shots"] for r in runs}
+    record["per_seed"] = [{k2: (None if r[k2] is None else round(100.0 * r[k2], 3)) for k2 in PERCENT_KEYS} | {"seed": r["seed"]}
+                          for r in runs]
+    record["command"] = command
+    return record
+
+
+def evaluate(data_root, category: str | None, method: str, shots_list: list[int], seeds: list[int], preset: str = "edge",
+             out_dir=None, *, config_overrides: dict | None = None, batch_size: int = 4, command: str | None = None,
+             plots: bool = True) -> list[dict]:
+    """Run the protocol for one category; append its records to ``out_dir``/results.json (+ md, plots).
+
+    Returns the records. Fails early (DataError) when a K exceeds the available train/good images.
+    """
+    from protospect.training import results as results_io  # noqa: PLC0415 (matplotlib only when writing)
+
+    cat = MVTecCategory(data_root, category)
+    too_many = [k for k in shots_list if k > len(cat.train_good)]
+    if too_many:
+        raise DataError(f"K={max(too_many)} but only {len(cat.train_good)} images in {cat.root / 'train' / 'good'}")
+    fit = get_method(method).fit
+    tests: dict[int, TestSet] = {}
+    records, roc_curves, out = [], {}, Path(out_dir) if out_dir is not None else None
+    for k in shots_list:
+        runs = []
+        for seed in seeds:
+            shot_paths = sample_shots(cat.train_good, k, seed)
+            shots_rgb = [read_rgb(p) for p in shot_paths]
+            t0 = time.perf_counter()
+            model = fit(shots_rgb, preset=preset, seed=seed, config_overrides=config_overrides)
+            train_seconds = time.perf_counter() - t0
+            size = int(model.meta["input_size"])
+            if size not in tests:
+                tests[size] = TestSet.load(cat, size)
+            test = tests[size]
+            t0 = time.perf_counter()
+            scores, maps = score_images(model, test.images, batch_size, desc=f"{cat.name} {method} K={k} seed={seed}")
+            test_ms = 1000.0 * (time.perf_counter() - t0) / len(scores)
+            threshold = float(model.calibration["threshold"])
+            run = seed_metrics(test, scores, maps, threshold)
+            run.update(seed=seed, shots=[p.name for p in shot_paths], train_seconds=round(train_seconds, 3),
+                       test_ms_per_image=round(test_ms, 2), input_size=size, threshold=threshold)
+            runs.append(run)
+            log.info("%s %s K=%d seed=%d: image AUROC %.1f, pixel AUROC %s, AUPRO %s, fit %.1f s", cat.name, method, k, seed,
+                     100 * run["image_auroc"], _pct(run["pixel_auroc"]), _pct(run["aupro"]), train_seconds)
+            if out is not None and plots and seed == seeds[0]:
+                from protospect.training import visualize  # noqa: PLC0415
+
+                visualize.heatmap_grid(test, scores, maps, model.calibration,
+                                       out / f"heatmaps_{cat.name}_{method}_K{k}.png", title=f"{cat.name} {method} K={k} seed={seed}")
+                roc_curves[k] = (test.labels.copy(), scores)
+            del model, maps
+        records.append(aggregate(cat.name, method, preset, k, runs, command))
+    if out is not None:
+        results_io.append_records(out, records)
+        if plots and roc_curves:
+            from protospect.training import visualize  # noqa: PLC0415
+
+            visualize.roc_plot(roc_curves, out / f"roc_{cat.name}_{method}.png", title=f"{cat.name} {method} (seed {seeds[0]})")
+    return records
+
+
+def _pct(v) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}"
