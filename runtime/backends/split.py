@@ -126,7 +126,7 @@ class SplitTrtBackend(BackendBase):
         super().__init__()
         self.folder = Path(folder)
         self._features = self._head = self._topk = None
-        self._stream = self._bank_dev = self._idx = None
+        self._stream = None
         self._pinned_in = self._pinned_map = self._pinned_score = None
         self._events = ()
         self.k = 0
@@ -157,15 +157,15 @@ class SplitTrtBackend(BackendBase):
                 head_inputs["guide"] = self._features.plan["guide"].shape
             self._head = TrtEngine(self.folder / "head.engine", head_inputs, ("anomaly_map", "image_score"))
             self._head.load()
+            if self._head.plan["knn_sqdist"].dtype != np.float32:
+                raise ArtifactError(f"{self.folder / 'head.engine'}: input knn_sqdist must be float32 (the kernel writes float32); "
+                                    "export the head with fp32 I/O (keep_io_types)")
             if "guide" in head_inputs:  # the head reads the guide where the features engine wrote it
                 self._head.bind("guide", self._features.buffers["guide"].ptr)
-            self._bank_dev = cuda.DeviceBuffer(bank.nbytes)
-            with cuda.PinnedBuffer(bank.nbytes) as staging:
-                staging.write(bank)
-                self._stream.upload(self._bank_dev, staging, bank.nbytes)
-                self._stream.synchronize()
-            self._idx = cuda.DeviceBuffer(cuda.nbytes((n, self.k), np.int64))
-            self._topk = launcher.ProtoTopK(self._bank_dev.ptr, bank.shape[0], d, q.dtype)
+            if q.dtype not in (np.float16, np.float32):
+                raise ArtifactError(f"{f_path}: queries are {q.dtype}; the top-k kernel takes float16 or float32")
+            # The kernel owns its device copy of the bank, in the queries' dtype.
+            self._topk = launcher.ProtoTopK(np.ascontiguousarray(bank, dtype=q.dtype))
             self._n = n
             self._pinned_in = cuda.PinnedBuffer(self._features.plan[INPUT].nbytes)
             self._pinned_map = cuda.PinnedBuffer(self._head.plan["anomaly_map"].nbytes)
@@ -181,13 +181,14 @@ class SplitTrtBackend(BackendBase):
             self._stream.synchronize()
         for event in self._events:
             event.destroy()
-        for owner in (self._pinned_in, self._pinned_map, self._pinned_score, self._idx, self._bank_dev,
-                      self._features, self._head):
+        for owner in (self._pinned_in, self._pinned_map, self._pinned_score, self._features, self._head):
             if owner is not None:
                 owner.free()
+        if self._topk is not None:
+            self._topk.close()
         if self._stream is not None:
             self._stream.destroy()
-        self._features = self._head = self._topk = self._stream = self._bank_dev = self._idx = None
+        self._features = self._head = self._topk = self._stream = None
         self._pinned_in = self._pinned_map = self._pinned_score = None
         self._events = ()
 
@@ -199,7 +200,7 @@ class SplitTrtBackend(BackendBase):
         e0.record(stream)
         f.enqueue(stream)
         e1.record(stream)
-        self._topk.run(f.buffers["queries"].ptr, self._n, self.k, h.buffers["knn_sqdist"].ptr, self._idx.ptr, stream.handle)
+        self._topk.run(f.buffers["queries"].ptr, self._n, self.k, h.buffers["knn_sqdist"].ptr, 0, stream.handle)
         e2.record(stream)
         h.enqueue(stream)
         e3.record(stream)

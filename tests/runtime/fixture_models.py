@@ -196,6 +196,18 @@ def write_video(path: Path, frames_bgr: list[np.ndarray], fps: float = 10.0) -> 
     return path
 
 
+def decode_video(path: Path) -> list[np.ndarray]:
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, img = cap.read()
+        if not ok:
+            break
+        frames.append(img)
+    cap.release()
+    return frames
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="folder for model.onnx and a replay video parts.avi")
@@ -209,7 +221,9 @@ def main() -> None:
     ref = reference_rgb(args.size, (fw, fh))
     tmp = build_diff_model(out / "model.onnx", ref, threshold=1.0)
     rng = np.random.default_rng(1)
-    thr = calibrate_threshold(tmp, [render_part(rng, (fw, fh)) for _ in range(8)])
+    # Calibrate on good frames that went through the same MJPG codec as the replay video.
+    good = decode_video(write_video(out / "good.avi", [render_part(rng, (fw, fh)) for _ in range(8)]))
+    thr = calibrate_threshold(tmp, good)
     build_diff_model(out / "model.onnx", ref, threshold=thr)
     frames = [render_part(rng, (fw, fh), defect=(i % 10 == 5)) for i in range(args.frames)]
     write_video(out / "parts.avi", frames)

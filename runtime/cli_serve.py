@@ -1,0 +1,75 @@
+"""`protospect serve MODEL --source SRC [--sink DIR] [--view :8080]`: judge every frame, log every verdict.
+
+DIR/verdicts.jsonl gets one line per frame (rejected frames too, with the reason); NG frames are
+saved as DIR/ng/ng_<seq>.png with the heatmap; DIR/summary.json holds the final counters and
+per-stage latencies. Ctrl-C or SIGTERM stops after the current frame, flushes and prints stats.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from protospect.runtime.backends import CHOICES, select_backend
+from protospect.runtime.operator_view import OperatorView, parse_view
+from protospect.runtime.pipeline import Pipeline
+from protospect.runtime.report import stop_on_signals, summary_text, write_json
+from protospect.runtime.sinks import JsonlSink, NgImageSink
+from protospect.runtime.sources import open_source
+
+log = logging.getLogger(__name__)
+
+
+def add_source_arguments(parser: argparse.ArgumentParser, required: bool) -> None:
+    parser.add_argument("model", help="model.onnx, model.engine (with its .json sidecar) or a split export folder")
+    parser.add_argument("--source", required=required, default=None,
+                        help="camera index (0), rtsp://... or http://... URL, video file, image folder or glob, "
+                             "GStreamer pipeline ending in appsink, or genicam:/path/producer.cti[#N]")
+    parser.add_argument("--backend", choices=CHOICES, default="auto", help="force a backend (default: from the model type)")
+    parser.add_argument("--loop", action="store_true", help="replay a video file or folder forever")
+    parser.add_argument("--queue-size", type=int, default=2,
+                        help="frames buffered between capture and inference; live sources drop the oldest (default 2)")
+    parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_source_arguments(parser, required=True)
+    parser.add_argument("--sink", type=Path, default=None, help="folder for verdicts.jsonl, ng/*.png and summary.json")
+    parser.add_argument("--view", default=None, metavar="[127.0.0.1]:PORT", help="serve the live operator page, e.g. --view :8080")
+    parser.add_argument("--max-frames", type=int, default=None, help="stop after N frames (default: until the source ends)")
+    parser.add_argument("--fsync-every", type=int, default=100, help="fsync the log every N lines (and every second)")
+
+
+def run(args: argparse.Namespace) -> int:
+    backend = select_backend(args.model, args.backend, threads=args.threads)
+    source = open_source(args.source, loop=args.loop)
+    view = None
+    with backend:
+        info = backend.info
+        sinks = []
+        if args.sink is not None:
+            sinks.append(JsonlSink(args.sink / "verdicts.jsonl", fsync_every_n=args.fsync_every))
+            sinks.append(NgImageSink(args.sink / "ng", info.map_range))
+        if args.view is not None:
+            host, port = parse_view(args.view)
+            view = OperatorView(host=host, port=port, threshold=info.threshold, map_range=info.map_range,
+                                backend=backend.name).start()
+            sinks.append(view)
+        pipeline = Pipeline(backend, source, sinks, queue_size=args.queue_size, max_frames=args.max_frames,
+                            progress=sys.stderr.isatty())
+        try:
+            with stop_on_signals(pipeline):
+                report = pipeline.run()
+        finally:
+            if view is not None:
+                view.stop()
+    print(summary_text(report))
+    if args.sink is not None:
+        write_json(args.sink / "summary.json", report)
+        print(f"verdicts: {args.sink / 'verdicts.jsonl'}  NG images: {args.sink / 'ng'}")
+    ended = report["capture_ended"]
+    if ended.startswith(("error", "gave up")):
+        print(f"protospect serve: source stopped: {ended}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,57 @@
+"""What serve, bench and soak print at the end, and the SIGINT/SIGTERM hook they share."""
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+from pathlib import Path
+
+from protospect.runtime.pipeline import STAGE_ORDER
+from protospect.runtime.stats import format_table
+
+
+@contextlib.contextmanager
+def stop_on_signals(pipeline):
+    """SIGINT/SIGTERM ask the pipeline to stop after the current frame; sinks are then flushed normally."""
+    previous = {}
+
+    def handler(signum, _frame):
+        pipeline.stop()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[sig] = signal.signal(sig, handler)
+        except ValueError:  # not the main thread (embedded use): the caller stops the pipeline itself
+            pass
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def stage_order(summary: dict) -> list[str]:
+    infer_parts = sorted(s for s in summary if s.startswith("infer."))
+    order = []
+    for s in STAGE_ORDER:
+        order.append(s)
+        if s == "infer":
+            order += infer_parts
+    return order
+
+
+def summary_text(report: dict) -> str:
+    c = report["counters"]
+    lines = [format_table(report["stages"], stage_order(report["stages"])),
+             f"frames: processed {c['processed']} (OK {c['ok']}, NG {c['ng']}), rejected {c['rejected']}, "
+             f"dropped {c['dropped']}, reconnects {c['reconnects']}, {c['fps']:.1f} frames/s"]
+    if c["rejected_reasons"]:
+        lines.append("rejected: " + "; ".join(f"{n} x {r}" for r, n in c["rejected_reasons"].items()))
+    if report.get("capture_ended"):
+        lines.append(f"source {report['source']}: {report['capture_ended']}")
+    return "\n".join(lines)
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n")

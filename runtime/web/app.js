@@ -1,0 +1,73 @@
+// Polls /state.json, shows the verdict and the latest frame, draws the rolling plots.
+// Plain DOM + canvas: no libraries, works offline on the station.
+"use strict";
+
+const POLL_MS = 300;
+let shownSeq = null;
+
+function text(id, value) { document.getElementById(id).textContent = value; }
+
+function plot(canvas, values, opts) {
+  const ctx = canvas.getContext("2d");
+  const w = canvas.width, h = canvas.height, pad = 28;
+  ctx.clearRect(0, 0, w, h);
+  if (!values.length) return;
+  let lo = Math.min(...values), hi = Math.max(...values);
+  if (opts.line !== undefined) { lo = Math.min(lo, opts.line); hi = Math.max(hi, opts.line); }
+  if (hi <= lo) hi = lo + 1e-6;
+  const x = i => pad + (i / Math.max(values.length - 1, 1)) * (w - pad - 4);
+  const y = v => h - 14 - ((v - lo) / (hi - lo)) * (h - 24);
+  ctx.fillStyle = "#9aa0a6"; ctx.font = "11px sans-serif";
+  ctx.fillText(hi.toPrecision(3), 2, 12); ctx.fillText(lo.toPrecision(3), 2, h - 4);
+  if (opts.line !== undefined) {
+    ctx.strokeStyle = "#e0a030"; ctx.setLineDash([4, 4]); ctx.beginPath();
+    ctx.moveTo(pad, y(opts.line)); ctx.lineTo(w - 4, y(opts.line)); ctx.stroke(); ctx.setLineDash([]);
+  }
+  ctx.strokeStyle = opts.color; ctx.lineWidth = 1.5; ctx.beginPath();
+  values.forEach((v, i) => (i ? ctx.lineTo(x(i), y(v)) : ctx.moveTo(x(i), y(v))));
+  ctx.stroke();
+  if (opts.marks) {
+    ctx.fillStyle = "#ff5a4f";
+    opts.marks.forEach((m, i) => { if (m) ctx.fillRect(x(i) - 2, y(values[i]) - 2, 4, 4); });
+  }
+}
+
+function render(s) {
+  const v = document.getElementById("verdict");
+  v.textContent = s.verdict || "-";
+  v.className = s.verdict || "";
+  text("score", s.score === null ? "-" : s.score.toPrecision(4));
+  text("threshold", s.threshold.toPrecision(4));
+  text("seq", s.seq === null ? "-" : s.seq);
+  text("backend", s.backend);
+  text("status", s.running ? "live" : "run finished");
+  text("last_reject", s.last_reject ? "last rejected frame " + s.last_reject : "");
+  const c = s.counters || {};
+  const rows = [["processed", c.processed], ["OK", c.ok], ["NG", c.ng], ["rejected", c.rejected],
+                ["dropped", c.dropped], ["reconnects", c.reconnects], ["frames/s", c.fps],
+                ["host-to-host ms", s.ms && s.ms.host_to_host !== undefined ? s.ms.host_to_host.toFixed(2) : "-"]];
+  document.getElementById("counters").innerHTML =
+    rows.map(([k, val]) => `<tr><td class="k">${k}</td><td>${val === undefined ? "-" : val}</td></tr>`).join("");
+  if (s.seq !== null && s.seq !== shownSeq) {
+    document.getElementById("frame").src = "/frame.jpg?seq=" + s.seq;
+    shownSeq = s.seq;
+  }
+  const hist = s.history;
+  plot(document.getElementById("score_plot"), hist.score, {color: "#6ab0ff", line: s.threshold,
+       marks: hist.verdict.map(x => x === "NG")});
+  plot(document.getElementById("latency_plot"), hist.latency_ms, {color: "#8fd18f"});
+  document.body.dataset.rendered = s.seq === null ? "" : String(s.seq);
+  document.body.dataset.points = String(hist.score.length);
+}
+
+async function poll() {
+  try {
+    const r = await fetch("/state.json", {cache: "no-store"});
+    render(await r.json());
+  } catch (e) {
+    text("status", "disconnected: " + e);
+  }
+  setTimeout(poll, POLL_MS);
+}
+
+poll();
