@@ -1,0 +1,9 @@
+"""Frozen ImageNet feature backbones by name: ``create_backbone("efficientnet_lite0", stages=(2, 3))``.
+
+Importing this package registers every family module below.
+"""
+from protospect.training.backbones._registry import (
+    BackboneSpec, FrozenBackbone, create_backbone, list_backbones, register_backbone)
+from protospect.training.backbones import efficientnet_lite, resnet  # noqa: F401  (registers the builders)
+
+__all__ = ["BackboneSpec", "FrozenBackbone", "create_backbone", "list_backbones", "register_backbone"]
