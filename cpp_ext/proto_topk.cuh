@@ -83,6 +83,11 @@ template <typename T> struct SmemLayout {
     static constexpr unsigned kBytes = align_up(kNumCand + kBlockQ * 4, 128);
 };
 
+// Orin (sm_87) allows 163 KiB of shared memory per block, H100 227 KiB: the partial kernel must fit the smaller.
+static_assert(SmemLayout<__half>::kBytes <= 163u * 1024u && SmemLayout<float>::kBytes <= 163u * 1024u,
+              "partial kernel shared memory exceeds the sm_87 per-block limit");
+static_assert(kMergeCap * 8u <= 48u * 1024u, "merge kernel must fit the default 48 KiB dynamic shared memory");
+
 // ---- small helpers ----------------------------------------------------------------------------
 
 __device__ __forceinline__ float to_float(float x) { return x; }

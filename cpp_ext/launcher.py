@@ -1,0 +1,389 @@
+"""Torch-free binding of the fused top-k kernel for the runtime: numpy + cuda-python only.
+
+The kernels in ``proto_topk.cuh`` are compiled with NVRTC for the running GPU (the cubin is cached
+on disk, so later starts skip the compile) and launched with the driver API on raw device pointers
+and a caller-given CUDA stream, so the kernel can sit between two TensorRT engines on one stream::
+
+    topk = ProtoTopK(bank_numpy)                    # (M, D) float16/float32, copied to the GPU once
+    topk.reserve(Q, k)                              # allocate scratch before any CUDA-graph capture
+    topk.run(q_ptr, Q, k, out_dist_ptr, out_idx_ptr, stream)   # out_idx_ptr may be 0
+
+Launch geometry and the workspace layout mirror ``proto_topk.cu`` (``launch`` and ``carve``); the
+tile sizes and shared-memory bytes are read from the compiled module (``proto_topk_config``), so
+they cannot drift from the kernel. Every CUDA/NVRTC call goes through ``check``.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from protospect._optional import require
+from protospect.errors import ConfigError, CudaError
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("proto_topk.cuh")
+DTYPES = {"float32": 0, "float16": 1}
+MAX_K = 256
+_WORKSPACE_ALIGN = 256
+_CACHE_DIR = Path(os.environ.get("PROTOSPECT_KERNEL_CACHE", Path.home() / ".cache" / "protospect" / "kernels"))
+
+
+def _bindings():
+    return (require("cuda.bindings.driver", "gpu"), require("cuda.bindings.runtime", "gpu"),
+            require("cuda.bindings.nvrtc", "gpu"))
+
+
+def check(result, what: str = "CUDA call"):
+    """Unpack cuda-python's ``(err, *values)``; raise CudaError naming the call on a non-zero code."""
+    if not isinstance(result, tuple):
+        result = (result,)
+    err, values = result[0], result[1:]
+    code = int(getattr(err, "value", err))
+    if code != 0:
+        name = getattr(err, "name", str(err))
+        raise CudaError(f"{what} failed: {name} ({code}); check the GPU with nvidia-smi/tegrastats and that "
+                        "the pointers and sizes passed to ProtoTopK are valid device memory")
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else values
+
+
+# ---- NVRTC ----------------------------------------------------------------------------------------
+
+def cuda_include_dirs() -> list[str]:
+    """Where cuda_fp16.h and mma.h live: $CUDA_HOME/include, /usr/local/cuda/include, or pip's nvidia headers."""
+    dirs = []
+    for env in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(env):
+            dirs.append(os.path.join(os.environ[env], "include"))
+    dirs.append("/usr/local/cuda/include")
+    try:
+        from cuda import pathfinder  # noqa: PLC0415 (optional helper shipped with cuda-python)
+
+        found = pathfinder.find_nvidia_header_directory("cudart")
+        if found:
+            dirs.append(str(found))
+    except Exception:  # noqa: BLE001 (any failure just means one fewer place to look)
+        pass
+    return [d for d in dirs if os.path.isfile(os.path.join(d, "mma.h"))]
+
+
+def compile_cubin(arch: str, source: str | None = None, extra_options: tuple[str, ...] = ()) -> bytes:
+    """NVRTC-compile the kernel source for ``arch`` (e.g. "sm_87", "sm_90") and return the cubin.
+
+    Needs no GPU (NVRTC is a compiler library), so CPU machines can test it.
+    """
+    _, _, nvrtc = _bindings()
+    source = SOURCE.read_text() if source is None else source
+    includes = cuda_include_dirs()
+    if not includes:
+        raise ConfigError("cannot find the CUDA headers (mma.h, cuda_fp16.h) for NVRTC: set CUDA_HOME to the CUDA "
+                          "toolkit, or pip install 'nvidia-cuda-runtime' / 'cuda-toolkit[cudart]'")
+    prog = check(nvrtc.nvrtcCreateProgram(source.encode(), b"proto_topk.cuh", 0, [], []), "nvrtcCreateProgram")
+    try:
+        opts = [f"--gpu-architecture={arch}", "-std=c++17",
+                *[f"--include-path={d}" for d in includes], *extra_options]
+        opts = [o.encode() for o in opts]
+        (err,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
+        size = check(nvrtc.nvrtcGetProgramLogSize(prog), "nvrtcGetProgramLogSize")
+        text = b" " * size
+        check(nvrtc.nvrtcGetProgramLog(prog, text), "nvrtcGetProgramLog")
+        text = text.decode(errors="replace").strip("\x00 \n")
+        if int(err) != 0:
+            raise CudaError(f"NVRTC could not compile {SOURCE.name} for {arch}:\n{text}")
+        if text:
+            log.warning("NVRTC messages for %s (%s):\n%s", SOURCE.name, arch, text)
+        size = check(nvrtc.nvrtcGetCUBINSize(prog), "nvrtcGetCUBINSize")
+        cubin = b" " * size
+        check(nvrtc.nvrtcGetCUBIN(prog, cubin), "nvrtcGetCUBIN")
+        return cubin
+    finally:
+        check(nvrtc.nvrtcDestroyProgram(prog), "nvrtcDestroyProgram")
+
+
+def _cached_cubin(arch: str) -> bytes:
+    """compile_cubin with an on-disk cache keyed by the source text, the arch and the NVRTC version."""
+    _, _, nvrtc = _bindings()
+    major, minor = check(nvrtc.nvrtcVersion(), "nvrtcVersion")
+    source = SOURCE.read_text()
+    key = hashlib.sha256(f"{arch}|{major}.{minor}|".encode() + source.encode()).hexdigest()[:24]
+    path = _CACHE_DIR / f"proto_topk_{arch}_{key}.cubin"
+    if path.is_file():
+        return path.read_bytes()
+    cubin = compile_cubin(arch, source)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(cubin)
+        tmp.replace(path)
+    except OSError as err:  # a read-only home only costs a recompile next time
+        log.warning("could not cache the kernel at %s: %s", path, err)
+    return cubin
+
+
+# ---- launch geometry (mirrors proto_topk.cu) -------------------------------------------------------
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def segment_length(M: int, splits: int, block_m: int) -> int:
+    return _ceil_div(_ceil_div(M, block_m), splits) * block_m
+
+
+def effective_splits(M: int, splits: int, block_m: int, max_splits: int) -> int:
+    splits = min(max(splits, 1), max_splits)
+    return _ceil_div(M, segment_length(M, splits, block_m))
+
+
+def plan_splits(Q: int, M: int, sm_count: int, block_q: int, block_m: int, max_splits: int) -> int:
+    """Bank splits so that about two blocks per SM run (proto_topk_plan_splits)."""
+    wanted = _ceil_div(2 * max(sm_count, 1), _ceil_div(max(Q, 1), block_q))
+    return effective_splits(M, wanted, block_m, max_splits)
+
+
+def _align(x: int) -> int:
+    return _ceil_div(x, _WORKSPACE_ALIGN) * _WORKSPACE_ALIGN
+
+
+def workspace_layout(Q: int, k: int, splits: int, want_indices: bool) -> dict[str, int]:
+    """Byte offsets of the scratch regions and the total (carve() in proto_topk.cu)."""
+    lay, off, n = {}, 0, Q * k
+    if splits > 1:
+        lay["qnorm"] = off
+        off = _align(off + 4 * Q)
+        lay["part_val"] = off
+        off = _align(off + 4 * splits * n)
+        lay["part_idx"] = off
+        off = _align(off + 4 * splits * n)
+    elif not want_indices:
+        lay["idx_scratch"] = off
+        off = _align(off + 4 * n)
+    lay["bytes"] = off
+    return lay
+
+
+# ---- the launcher ----------------------------------------------------------------------------------
+
+class _Args:
+    """A ctypes ``void**`` kernel-argument array that keeps its values alive."""
+
+    def __init__(self, *values):
+        self.values = values
+        self.array = (ctypes.c_void_p * len(values))(*[ctypes.addressof(v) for v in values])
+
+    @property
+    def address(self) -> int:
+        return ctypes.addressof(self.array)
+
+
+def _ptr(x) -> ctypes.c_void_p:
+    return ctypes.c_void_p(int(x) if x else None)
+
+
+class ProtoTopK:
+    """k smallest squared L2 distances of queries to a fixed prototype bank, on raw device pointers.
+
+    ``bank`` is a numpy (M, D) array (copied to the GPU and owned here) or a device pointer (int)
+    with ``M``, ``D`` and ``dtype`` ("float16" | "float32"); the caller then keeps that memory alive.
+    Uses the CUDA context current on this thread (the primary context by default, which is also the
+    one TensorRT and the runtime API use).
+    """
+
+    def __init__(self, bank=None, M: int | None = None, D: int | None = None, dtype: str | None = None,
+                 device: int | None = None):
+        self._driver, self._rt, _ = _bindings()
+        self._owned: list[int] = []
+        self._bank_ptr = self._sqnorm_ptr = 0
+        self._ws_ptr, self._ws_bytes = 0, 0
+        self.M = self.D = 0
+        self.dtype = None
+        if device is not None:
+            check(self._rt.cudaSetDevice(device), f"cudaSetDevice({device})")
+        check(self._rt.cudaFree(0), "cudaFree(0) (creating the primary context)")
+        dev = check(self._rt.cudaGetDevice(), "cudaGetDevice")
+        attr = self._rt.cudaDeviceAttr
+        major = check(self._rt.cudaDeviceGetAttribute(attr.cudaDevAttrComputeCapabilityMajor, dev), "cc major")
+        minor = check(self._rt.cudaDeviceGetAttribute(attr.cudaDevAttrComputeCapabilityMinor, dev), "cc minor")
+        self.sm_count = check(self._rt.cudaDeviceGetAttribute(attr.cudaDevAttrMultiProcessorCount, dev), "SM count")
+        self.arch = f"sm_{major}{minor}"
+        self._module = check(self._driver.cuModuleLoadData(_cached_cubin(self.arch)), "cuModuleLoadData")
+        self._fn = {name: check(self._driver.cuModuleGetFunction(self._module, name.encode()),
+                                f"cuModuleGetFunction({name})")
+                    for name in ("proto_topk_bank_sqnorm_f32", "proto_topk_bank_sqnorm_f16",
+                                 "proto_topk_partial_f32", "proto_topk_partial_f16", "proto_topk_merge_splits")}
+        self._read_config()
+        if bank is not None:
+            self.set_bank(bank, M, D, dtype)
+
+    # -- setup --
+
+    def _read_config(self) -> None:
+        ptr, size = check(self._driver.cuModuleGetGlobal(self._module, b"proto_topk_config"), "cuModuleGetGlobal")
+        cfg = np.zeros(int(size) // 4, dtype=np.int32)
+        check(self._driver.cuMemcpyDtoH(cfg.ctypes.data, ptr, int(size)), "reading proto_topk_config")
+        (self.block_q, self.block_m, self.threads, smem_f32, smem_f16, self.max_k, self.max_splits,
+         self.merge_cap) = (int(x) for x in cfg[:8])
+        self._smem = {0: smem_f32, 1: smem_f16}
+        attr = self._driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+        for code, name in ((0, "proto_topk_partial_f32"), (1, "proto_topk_partial_f16")):
+            check(self._driver.cuFuncSetAttribute(self._fn[name], attr, self._smem[code]),
+                  f"allowing {self._smem[code]} B of shared memory for {name} (needs an sm_80+ GPU)")
+
+    def _malloc(self, nbytes: int) -> int:
+        ptr = int(check(self._rt.cudaMalloc(max(nbytes, 1)), f"cudaMalloc({nbytes})"))
+        self._owned.append(ptr)
+        return ptr
+
+    def _free(self, ptr: int) -> None:
+        if ptr in self._owned:
+            self._owned.remove(ptr)
+            check(self._rt.cudaFree(ptr), "cudaFree")
+
+    def set_bank(self, bank, M: int | None = None, D: int | None = None, dtype: str | None = None,
+                 stream: int = 0) -> None:
+        """Install the (M, D) prototype bank and precompute its squared norms (once per bank)."""
+        if isinstance(bank, np.ndarray):
+            if bank.ndim != 2 or bank.dtype not in (np.float16, np.float32):
+                raise ConfigError(f"bank must be a (M, D) float16/float32 array, got {bank.dtype} {bank.shape}")
+            bank = np.ascontiguousarray(bank)
+            M, D, dtype = bank.shape[0], bank.shape[1], str(bank.dtype)
+            self._free(self._bank_ptr)
+            ptr = self._malloc(bank.nbytes)
+            check(self._rt.cudaMemcpy(ptr, bank.ctypes.data, bank.nbytes,
+                                      self._rt.cudaMemcpyKind.cudaMemcpyHostToDevice), "copying the bank")
+        else:
+            if M is None or D is None or dtype is None:
+                raise ConfigError("set_bank(device_pointer, M, D, dtype): M, D and dtype are required with a pointer")
+            ptr = int(bank)
+        if dtype not in DTYPES:
+            raise ConfigError(f"dtype {dtype!r} is not supported; use one of {sorted(DTYPES)}")
+        if M < 1 or D < 1:
+            raise ConfigError(f"the bank must hold at least one prototype of at least one dim, got M={M}, D={D}")
+        self._bank_ptr, self.M, self.D, self.dtype = ptr, int(M), int(D), dtype
+        self._free(self._sqnorm_ptr)
+        self._sqnorm_ptr = self._malloc(4 * self.M)
+        name = "proto_topk_bank_sqnorm_f16" if dtype == "float16" else "proto_topk_bank_sqnorm_f32"
+        args = _Args(_ptr(self._bank_ptr), ctypes.c_int(self.M), ctypes.c_int(self.D), _ptr(self._sqnorm_ptr))
+        self._launch(name, (_ceil_div(self.M, 8), 1, 1), (256, 1, 1), 0, stream, args)
+        check(self._rt.cudaStreamSynchronize(stream), "computing the prototype norms")
+
+    def _plan(self, Q: int, splits: int | None) -> int:
+        if splits is None:
+            return plan_splits(Q, self.M, self.sm_count, self.block_q, self.block_m, self.max_splits)
+        return effective_splits(self.M, splits, self.block_m, self.max_splits)
+
+    def reserve(self, Q: int, k: int, want_indices: bool = True, splits: int | None = None) -> None:
+        """Grow the scratch for (Q, k) now: do this before capturing ``run`` into a CUDA graph."""
+        need = workspace_layout(Q, k, self._plan(Q, splits), want_indices)["bytes"]
+        if need > self._ws_bytes:
+            self._free(self._ws_ptr)
+            self._ws_ptr, self._ws_bytes = self._malloc(need), need
+
+    # -- the call --
+
+    def _check_call(self, Q: int, k: int) -> None:
+        if not self._bank_ptr:
+            raise ConfigError("ProtoTopK.run before set_bank: give the prototype bank first")
+        if Q < 0:
+            raise ConfigError(f"Q={Q} queries: must be >= 0")
+        if not 1 <= k <= min(self.M, self.max_k):
+            raise ConfigError(f"k={k} must be in [1, {min(self.M, self.max_k)}] (bank of {self.M} prototypes, "
+                              f"kernel limit {self.max_k})")
+
+    def run(self, q_ptr: int, Q: int, k: int, out_dist_ptr: int, out_idx_ptr: int = 0, stream: int = 0,
+            splits: int | None = None, debug_scores_ptr: int = 0) -> None:
+        """Enqueue on ``stream``: out_dist (Q, k) float32 ascending, out_idx (Q, k) int32 (0 = not wanted).
+
+        ``q_ptr``: (Q, D) queries on the device, same dtype as the bank. Nothing is synchronised.
+        ``debug_scores_ptr``: optional (Q, M) float32 buffer receiving every ranking score |m|^2 - 2 q.m.
+        """
+        self._check_call(Q, k)
+        if Q == 0:
+            return
+        splits = self._plan(Q, splits)
+        self.reserve(Q, k, bool(out_idx_ptr), splits)
+        lay = workspace_layout(Q, k, splits, bool(out_idx_ptr))
+        ws = self._ws_ptr
+        single = splits == 1
+        list_val = out_dist_ptr if single else ws + lay["part_val"]
+        list_idx = (out_idx_ptr or ws + lay["idx_scratch"]) if single else ws + lay["part_idx"]
+        qnorm = 0 if single else ws + lay["qnorm"]
+        code = DTYPES[self.dtype]
+        args = _Args(_ptr(q_ptr), _ptr(self._bank_ptr), _ptr(self._sqnorm_ptr), ctypes.c_int(Q), ctypes.c_int(self.M),
+                     ctypes.c_int(self.D), ctypes.c_int(k),
+                     ctypes.c_int(segment_length(self.M, splits, self.block_m)), _ptr(list_val), _ptr(list_idx),
+                     _ptr(qnorm), ctypes.c_int(1 if single else 0), _ptr(debug_scores_ptr))
+        name = "proto_topk_partial_f16" if code == 1 else "proto_topk_partial_f32"
+        self._launch(name, (_ceil_div(Q, self.block_q), splits, 1), (self.threads, 1, 1), self._smem[code], stream,
+                     args)
+        if single:
+            return
+        n = 1
+        while n < splits * k:
+            n <<= 1
+        args = _Args(_ptr(ws + lay["part_val"]), _ptr(ws + lay["part_idx"]), _ptr(qnorm), ctypes.c_int(Q),
+                     ctypes.c_int(k), ctypes.c_int(splits), _ptr(out_dist_ptr), _ptr(out_idx_ptr))
+        self._launch("proto_topk_merge_splits", (Q, 1, 1), (256, 1, 1), 8 * n, stream, args)
+
+    def _launch(self, name: str, grid, block, smem: int, stream: int, args: _Args) -> None:
+        check(self._driver.cuLaunchKernel(self._fn[name], *grid, *block, smem, int(stream), args.address, 0),
+              f"launching {name}")
+
+    # -- numpy convenience (tests, one-off use) --
+
+    def knn_sqdist(self, queries: np.ndarray, k: int, return_indices: bool = True):
+        """Host round trip: numpy (Q, D) -> numpy (Q, k) distances [, indices]. Synchronises."""
+        queries = np.ascontiguousarray(queries, dtype=self.dtype)
+        if queries.ndim != 2 or queries.shape[1] != self.D:
+            raise ConfigError(f"queries must be (Q, {self.D}), got {queries.shape}")
+        Q = queries.shape[0]
+        self._check_call(Q, k)
+        h2d, d2h = self._rt.cudaMemcpyKind.cudaMemcpyHostToDevice, self._rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        q_ptr, d_ptr = self._malloc(queries.nbytes), self._malloc(4 * Q * k)
+        i_ptr = self._malloc(4 * Q * k) if return_indices else 0
+        try:
+            check(self._rt.cudaMemcpy(q_ptr, queries.ctypes.data, queries.nbytes, h2d), "copying the queries")
+            self.run(q_ptr, Q, k, d_ptr, i_ptr, 0)
+            check(self._rt.cudaDeviceSynchronize(), "running the top-k kernel")
+            dist = np.empty((Q, k), np.float32)
+            check(self._rt.cudaMemcpy(dist.ctypes.data, d_ptr, dist.nbytes, d2h), "copying distances back")
+            if not return_indices:
+                return dist
+            idx = np.empty((Q, k), np.int32)
+            check(self._rt.cudaMemcpy(idx.ctypes.data, i_ptr, idx.nbytes, d2h), "copying indices back")
+            return dist, idx
+        finally:
+            for p in (q_ptr, d_ptr, i_ptr):
+                if p:
+                    self._free(p)
+
+    # -- lifetime --
+
+    def close(self) -> None:
+        """Free everything this object allocated and unload the module (idempotent)."""
+        for ptr in list(getattr(self, "_owned", [])):
+            self._free(ptr)
+        self._bank_ptr = self._sqnorm_ptr = self._ws_ptr = 0
+        self._ws_bytes = 0
+        if getattr(self, "_module", None) is not None:
+            check(self._driver.cuModuleUnload(self._module), "cuModuleUnload")
+            self._module = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception as err:  # noqa: BLE001 (never raise from a finaliser; say what leaked)
+            log.warning("ProtoTopK.close failed in __del__: %s", err)
