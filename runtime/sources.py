@@ -338,7 +338,7 @@ class CaptureThread(threading.Thread):
             try:
                 self.source.open()
             except Exception as err:
-                log.warning("reconnect %d to %s failed (%s); next try in %.1f s", attempts, self.source.name, err, min(delay * 2, self.backoff_max_s))
+                log.warning("reconnect %d to %s failed (%s); next try in %.2g s", attempts, self.source.name, err, min(delay * 2, self.backoff_max_s))
                 delay = min(delay * 2, self.backoff_max_s)
                 continue
             self.reconnects += 1

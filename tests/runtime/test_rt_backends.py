@@ -1,0 +1,205 @@
+"""Backends on real ONNX graphs built with onnx.helper, the automatic choice, and the GPU-side logic
+(sidecar check, I/O plan, buffer sizes, CUDA error unpacking) that is testable without a GPU."""
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+
+from fixture_models import build_diff_model, build_split_model, reference_rgb, render_part
+from protospect.errors import ArtifactError, ConfigError, CudaError, MissingDependencyError
+from protospect.imageio import resize_square, to_rgb_uint8
+from protospect.runtime import cuda
+from protospect.runtime.backends import select_backend
+from protospect.runtime.backends.ort import OrtBackend
+from protospect.runtime.backends.split import SplitOrtBackend
+from protospect.runtime.backends.trt import TensorSpec, TrtBackend, check_sidecar, load_sidecar, normalise_cc, plan_io
+from protospect.runtime.model_info import ModelInfo
+
+
+def _numpy_refdiff(img_u8, ref_u8, blur=5):
+    d = np.abs(img_u8.astype(np.float32) / 255 - ref_u8.astype(np.float32) / 255).mean(axis=2)
+    pad = blur // 2
+    padded = np.pad(d, pad)
+    out = np.zeros_like(d)
+    for dy in range(blur):
+        for dx in range(blur):
+            out += padded[dy:dy + d.shape[0], dx:dx + d.shape[1]]
+    return out / blur ** 2
+
+
+def test_ort_backend_matches_numpy_and_reads_metadata(fx):
+    rng = np.random.default_rng(3)
+    img = resize_square(to_rgb_uint8(render_part(rng, (160, 120), defect=True)), 64)
+    with OrtBackend(fx.model) as b:
+        assert b.info.input_size == 64 and b.info.threshold == pytest.approx(fx.threshold)
+        assert b.info.map_range == (0.0, 0.3) and b.info.method == "refdiff"
+        amap, score = b.infer(img)
+        assert b.providers[-1] == "CPUExecutionProvider"
+        with pytest.raises(ConfigError, match="expects uint8 64x64x3"):
+            b.infer(img[:32])
+    want = _numpy_refdiff(img, fx.ref)
+    assert amap.shape == (64, 64) and amap.dtype == np.float32
+    assert np.abs(amap - want).max() < 1e-5
+    assert score == pytest.approx(float(want.max()), abs=1e-6)
+
+
+def test_model_without_protospect_metadata_is_refused(tmp_path):
+    path = build_diff_model(tmp_path / "m.onnx", reference_rgb(32), threshold=0.1,
+                            props_override={"protospect.threshold": "not-a-number"})
+    with pytest.raises(ArtifactError, match="malformed protospect metadata"):
+        with OrtBackend(path):
+            pass
+    with pytest.raises(ArtifactError, match="lacks metadata protospect.threshold"):
+        ModelInfo.from_props({"protospect.input_size": "[8, 8]", "protospect.map_range": "[0, 1]"}, "x.onnx")
+    with pytest.raises(ArtifactError, match="not a square"):
+        ModelInfo.from_props({"protospect.input_size": "[8, 16]", "protospect.map_range": "[0, 1]",
+                              "protospect.threshold": "1"}, "x.onnx")
+
+
+def test_select_backend_by_model_type_and_flag(fx, tmp_path, caplog):
+    with caplog.at_level(logging.INFO):
+        b = select_backend(fx.model)
+    assert isinstance(b, OrtBackend) and "backend: ort" in caplog.text and "chosen from the model type" in caplog.text
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"not really an engine")
+    assert isinstance(select_backend(engine), TrtBackend)
+    with pytest.raises(ConfigError, match="build an engine first"):
+        select_backend(fx.model, "trt")
+    with pytest.raises(ConfigError, match="--backend ort cannot run"):
+        select_backend(engine, "ort")
+    with pytest.raises(ArtifactError, match="model not found"):
+        select_backend(tmp_path / "nothing.onnx")
+    split = build_split_model(tmp_path / "split", reference_rgb(32), k=2, cell=8, threshold=0.1)
+    with caplog.at_level(logging.INFO):
+        assert isinstance(select_backend(split), SplitOrtBackend)
+    assert "split-ort" in caplog.text and "GPU path unavailable" in caplog.text
+
+
+def test_split_cpu_path_equals_direct_computation(tmp_path):
+    ref = reference_rgb(64)
+    rng = np.random.default_rng(0)
+    bank = rng.uniform(0, 1, (40, 3)).astype(np.float32)
+    folder = build_split_model(tmp_path / "split", ref, k=3, cell=8, threshold=0.1, bank=bank)
+    img = resize_square(to_rgb_uint8(render_part(rng, (160, 120), defect=True)), 64)
+    with SplitOrtBackend(folder) as b:
+        amap, score = b.infer(img)
+        assert b.k == 3 and set(b.last_stage_ms) == {"features", "topk", "head"}
+    cells = (img.astype(np.float32) / 255).reshape(8, 8, 8, 8, 3).mean(axis=(1, 3)).reshape(64, 3)
+    d2 = ((cells[:, None, :] - bank[None]) ** 2).sum(-1)
+    grid = np.sqrt(np.sort(d2, axis=1)[:, :3].mean(axis=1)).reshape(8, 8)
+    want = np.kron(grid, np.ones((8, 8)))
+    assert np.abs(amap - want).max() < 1e-4
+    assert score == pytest.approx(float(grid.max()), rel=1e-4)
+
+
+def test_split_folder_missing_parts(tmp_path):
+    folder = build_split_model(tmp_path / "s", reference_rgb(32), k=2, cell=8, threshold=0.1)
+    (folder / "head.onnx").unlink()
+    with pytest.raises(ArtifactError, match="lacks head.onnx"):
+        with SplitOrtBackend(folder):
+            pass
+
+
+# ---- TensorRT side, without TensorRT -----------------------------------------------------------
+
+def _sidecar(tmp_path, **over):
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"x")
+    data = {"tensorrt_version": "10.3.0.30", "gpu_name": "Orin", "compute_capability": "8.7", "onnx_sha256": "0" * 64,
+            "onnx_metadata": {"protospect.input_size": "[64, 64]", "protospect.threshold": "0.5",
+                              "protospect.map_range": "[0, 1]"}}
+    data.update(over)
+    (tmp_path / "model.engine.json").write_text(json.dumps(data))
+    return engine
+
+
+def test_sidecar_accepts_same_build_and_refuses_mismatch(tmp_path):
+    engine = _sidecar(tmp_path)
+    sc = load_sidecar(engine)
+    check_sidecar(sc, "10.3.0.26", (8, 7), "model.engine")  # same major.minor.patch, other build number
+    with pytest.raises(ArtifactError, match="built with TensorRT 10.3.0.30 but this is TensorRT 11.1.0"):
+        check_sidecar(sc, "11.1.0", "8.7", "model.engine")
+    with pytest.raises(ArtifactError, match=r"compute capability 8.7 \(Orin\) but this GPU is 9.0"):
+        check_sidecar(sc, "10.3.0", "sm_90", "model.engine")
+    assert normalise_cc([8, 7]) == normalise_cc("87") == normalise_cc(8.7) == "8.7"
+    (tmp_path / "model.engine.json").unlink()
+    with pytest.raises(ArtifactError, match="sidecar .* not found"):
+        load_sidecar(engine)
+
+
+def test_trt_backend_without_tensorrt_names_the_extra(tmp_path):
+    try:
+        import tensorrt  # noqa: F401
+        pytest.skip("TensorRT is installed here; the missing-dependency path cannot be exercised")
+    except ImportError:
+        pass
+    with pytest.raises(MissingDependencyError, match=r"protospect\[trt\]"):
+        with TrtBackend(_sidecar(tmp_path)):
+            pass
+
+
+def test_io_plan_resolves_names_shapes_and_bytes():
+    specs = [TensorSpec("image", True, (-1, 64, 64, 3), np.dtype(np.uint8)),
+             TensorSpec("anomaly_map", False, (1, 1, 64, 64), np.dtype(np.float32)),
+             TensorSpec("image_score", False, (1,), np.dtype(np.float32))]
+    plan = plan_io(specs, {"image": (1, 64, 64, 3)}, ("anomaly_map", "image_score"), "m.engine")
+    assert plan["image"].shape == (1, 64, 64, 3) and plan["image"].nbytes == 64 * 64 * 3
+    assert plan["anomaly_map"].nbytes == 64 * 64 * 4 and plan["image_score"].nbytes == 4
+    with pytest.raises(ArtifactError, match="shape"):
+        plan_io(specs, {"image": (1, 32, 32, 3)}, ("anomaly_map", "image_score"), "m.engine")
+    with pytest.raises(ArtifactError, match="no output tensor 'image_score'"):
+        plan_io(specs[:2], {"image": (1, 64, 64, 3)}, ("anomaly_map", "image_score"), "m.engine")
+    with pytest.raises(ArtifactError, match="no input tensor 'image'"):
+        plan_io(specs[1:], {"image": (1, 64, 64, 3)}, ("anomaly_map", "image_score"), "m.engine")
+    guide = TensorSpec("guide", False, (1, 4, 8, 8), np.dtype(np.float32))
+    feats = [specs[0], TensorSpec("queries", False, (1, 64, 40), np.dtype(np.float16)), guide]
+    fplan = plan_io(feats, {"image": (1, 64, 64, 3)}, ("queries",), "features.engine", optional_outputs=("guide",))
+    assert fplan["queries"].nbytes == 64 * 40 * 2 and "guide" in fplan
+    with pytest.raises(ArtifactError, match="does not know: guide"):
+        plan_io(feats, {"image": (1, 64, 64, 3)}, ("queries",), "features.engine")
+
+
+def test_cuda_check_unpacks_and_raises():
+    class Err:
+        def __init__(self, value, name):
+            self.value, self.name = value, name
+
+    assert cuda.check((Err(0, "cudaSuccess"), 1234), "cudaMalloc") == 1234
+    assert cuda.check((Err(0, "cudaSuccess"),), "cudaFree") is None
+    assert cuda.check((Err(0, "cudaSuccess"), 1, 2), "x") == (1, 2)
+    with pytest.raises(CudaError, match=r"cudaMalloc\(64\) failed: CUDA error 2 \(cudaErrorMemoryAllocation\)"):
+        cuda.check((Err(2, "cudaErrorMemoryAllocation"), 0), "cudaMalloc(64)")
+    assert cuda.nbytes((1, 256, 256, 3), np.uint8) == 196608
+    assert cuda.nbytes((1, 1, 256, 256), np.float16) == 131072
+    with pytest.raises(ValueError, match="dynamic"):
+        cuda.nbytes((-1, 3), np.float32)
+
+
+@pytest.mark.gpu
+@pytest.mark.trt
+def test_trt_engine_roundtrip_on_gpu(fx, tmp_path):
+    trt = pytest.importorskip("tensorrt", reason="TensorRT not installed (Jetson/GPU machine only)")
+    pytest.importorskip("cuda.bindings", reason="cuda-python not installed")
+    builder = trt.Builder(trt.Logger(trt.Logger.WARNING))
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, trt.Logger(trt.Logger.WARNING))
+    assert parser.parse(fx.model.read_bytes())
+    engine_bytes = builder.build_serialized_network(network, builder.create_builder_config())
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(bytes(engine_bytes))
+    import onnxruntime as ort
+
+    meta = ort.InferenceSession(str(fx.model)).get_modelmeta().custom_metadata_map
+    name, cc = cuda.device_identity()
+    (tmp_path / "model.engine.json").write_text(json.dumps(
+        {"tensorrt_version": trt.__version__, "gpu_name": name, "compute_capability": cc, "onnx_sha256": "",
+         "onnx_metadata": dict(meta)}))
+    img = resize_square(to_rgb_uint8(render_part(np.random.default_rng(1), (160, 120), defect=True)), 64)
+    with OrtBackend(fx.model) as o, TrtBackend(engine) as t:
+        m_o, s_o = o.infer(img)
+        m_t, s_t = t.infer(img)
+        assert t.last_device_ms is not None and t.last_device_ms > 0
+    assert np.abs(m_o - m_t).max() < 1e-4 and abs(s_o - s_t) < 1e-4
