@@ -1,0 +1,122 @@
+"""The pipeline end to end on a generated video: planted defects -> exactly those frames NG, logged and
+saved; bad frames rejected with a reason while the loop goes on; a slow model drops frames, bounded."""
+from __future__ import annotations
+
+import json
+import time
+
+import cv2
+import numpy as np
+
+from fixture_models import render_part
+from protospect.runtime.backends.ort import OrtBackend
+from protospect.runtime.pipeline import Pipeline
+from protospect.runtime.sinks import JsonlSink, NgImageSink
+from protospect.runtime.sources import ArraySource, open_source
+
+
+def _records(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_planted_defects_are_exactly_the_ng_frames(fx, tmp_path):
+    log_path, ng_dir = tmp_path / "verdicts.jsonl", tmp_path / "ng"
+    backend = OrtBackend(fx.model)
+    report = Pipeline(backend, open_source(str(fx.video)),
+                      [JsonlSink(log_path, fsync_every_n=5), NgImageSink(ng_dir, (0.0, 0.3))]).run()
+    recs = _records(log_path)
+    assert [r["seq"] for r in recs] == list(range(fx.n_frames))  # replay is lossless
+    ng = {r["seq"] for r in recs if r["verdict"] == "NG"}
+    assert ng == fx.defect_frames
+    assert {p.name for p in ng_dir.glob("*.png")} == {f"ng_{s:08d}.png" for s in fx.defect_frames}
+    assert not list(ng_dir.glob("*.part"))
+    png = cv2.imread(str(ng_dir / f"ng_{min(fx.defect_frames):08d}.png"))
+    assert png.shape == (120, 160, 3)  # saved at the camera's resolution, heatmap resized onto it
+    for r in recs:
+        assert r["backend"] == "ort" and r["t_capture_ns"] > 0 and r["t_wall"] > 1e9
+        assert set(r["ms"]) >= {"wait", "preprocess", "infer", "postprocess", "host_to_host", "capture_to_verdict"}
+        assert (r["verdict"] == "NG") == (r["score"] >= fx.threshold)
+    c = report["counters"]
+    assert (c["processed"], c["ng"], c["ok"], c["dropped"], c["rejected"]) == (fx.n_frames, 4, fx.n_frames - 4, 0, 0)
+    assert report["capture_ended"] == "eof"
+    assert report["stages"]["host_to_host"]["n"] == fx.n_frames
+
+
+def test_bad_frames_are_rejected_with_reason_and_odd_ones_converted(fx, tmp_path):
+    good = render_part(np.random.default_rng(5), (160, 120))
+    bgra = cv2.cvtColor(good, cv2.COLOR_BGR2BGRA)
+    nan = good.astype(np.float32) / 255
+    nan[0, 0, 0] = np.nan
+    frames = [
+        good,                                         # 0 ok
+        np.empty((0,), np.uint8),                     # 1 empty (an undecodable file in folder replay)
+        cv2.cvtColor(good, cv2.COLOR_BGR2GRAY),       # 2 gray -> converted
+        good.astype(np.uint16) << 8,                  # 3 16-bit -> converted, same pixels as 0
+        good.astype(np.int32),                        # 4 unsupported dtype
+        bgra,                                         # 5 4-channel -> converted, same pixels as 0
+        np.zeros((120, 160, 5), np.uint8),            # 6 five channels
+        nan,                                          # 7 NaN
+        cv2.resize(good, (320, 240)),                 # 8 another size -> resized
+        np.arange(100, dtype=np.uint8),               # 9 a vector
+    ]
+    log_path = tmp_path / "log.jsonl"
+    report = Pipeline(OrtBackend(fx.model), ArraySource(frames, bgr=True), [JsonlSink(log_path)]).run()
+    recs = {r["seq"]: r for r in _records(log_path)}
+    assert sorted(recs) == list(range(10))
+    rejected = {s for s, r in recs.items() if r["verdict"] == "REJECTED"}
+    assert rejected == {1, 4, 6, 7, 9}
+    assert "empty" in recs[1]["reason"] and "int32" in recs[4]["reason"]
+    assert "(120, 160, 5)" in recs[6]["reason"] and "NaN" in recs[7]["reason"]
+    assert recs[3]["score"] == recs[0]["score"] == recs[5]["score"]
+    assert recs[0]["verdict"] == "OK" and recs[2]["verdict"] in ("OK", "NG") and recs[8]["verdict"] in ("OK", "NG")
+    c = report["counters"]
+    assert c["processed"] == 5 and c["rejected"] == 5 and len(c["rejected_reasons"]) == 5
+
+
+class SlowBackend:
+    """Wraps a backend and sleeps in infer(): a model slower than the camera."""
+
+    def __init__(self, inner, delay_s):
+        self.inner, self.delay_s = inner, delay_s
+        self.name = "slow"
+
+    def __enter__(self):
+        self.inner.__enter__()
+        self.info = self.inner.info
+        self.last_device_ms, self.last_stage_ms = None, {}
+        return self
+
+    def __exit__(self, *exc):
+        self.inner.__exit__(*exc)
+
+    def infer(self, img):
+        time.sleep(self.delay_s)
+        return self.inner.infer(img)
+
+    def describe(self):
+        return {"backend": self.name}
+
+
+class LiveArraySource(ArraySource):
+    """A camera at ~500 frames/s: live, so the pipeline keeps only the newest frames."""
+
+    live = True
+
+    def read(self):
+        time.sleep(0.002)
+        return super().read()
+
+
+def test_slow_model_drops_oldest_frames_and_queue_stays_bounded(fx):
+    frame = render_part(np.random.default_rng(2), (160, 120))
+    depths = []
+    pipeline = Pipeline(SlowBackend(OrtBackend(fx.model), 0.03), LiveArraySource([frame], loop=True, bgr=True), [],
+                        queue_size=2, max_frames=8, on_frame=lambda r: depths.append((r.seq, len(pipeline.queue))))
+    report = pipeline.run()
+    assert pipeline.queue.policy == "latest"
+    assert report["counters"]["processed"] == 8
+    assert report["counters"]["dropped"] > 0
+    assert max(d for _, d in depths) <= 2
+    seqs = [s for s, _ in depths]
+    assert seqs == sorted(seqs) and seqs[-1] - seqs[0] > 7  # frames were skipped, never reordered
+    assert pipeline.capture.frames_read >= report["counters"]["processed"] + report["counters"]["dropped"]
