@@ -84,3 +84,29 @@ def topk_values(model: onnx.ModelProto) -> list[tuple[str, int | None]]:
             k = index.constant(node.input[1]) if len(node.input) > 1 else None
             out.append((node.name, None if k is None else int(np.asarray(k).reshape(-1)[0])))
     return out
+
+
+def topological_sort(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Reorder graph nodes so every input is produced before use (converters append Casts at the end)."""
+    graph = model.graph
+    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered = []
+    while pending:
+        progressed = []
+        for node in pending:
+            if all(i in available for i in node.input):
+                ordered.append(node)
+                available.update(node.output)
+            else:
+                progressed.append(node)
+        if len(progressed) == len(pending):
+            missing = sorted({i for n in pending for i in n.input if i not in available})[:5]
+            raise ValueError(f"graph has a cycle or dangling inputs: {missing}")
+        pending = progressed
+    nodes = [onnx.NodeProto() for _ in ordered]
+    for dst, src in zip(nodes, ordered):
+        dst.CopyFrom(src)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return model

@@ -29,6 +29,17 @@ def input_size_of(meta: dict) -> int:
     return size
 
 
+def input_size_of_props(props: dict[str, str], where="the graph") -> int:
+    """S from a graph's protospect.input_size ("[S, S]")."""
+    try:
+        h, w = json.loads(props["protospect.input_size"])
+    except (KeyError, ValueError, TypeError) as err:
+        raise ArtifactError(f"{where} has no valid protospect.input_size metadata; export it with `protospect export`") from err
+    if h != w:
+        raise ArtifactError(f"{where} input size {h}x{w} is not square")
+    return int(h)
+
+
 def build_metadata(meta: dict, calibration: dict, *, artifact_sha256: str, precision: str = "fp32",
                    graph: str = "full", extra: dict | None = None) -> dict[str, str]:
     """Return the protospect.* key/value strings for a graph made from a model with ``meta``/``calibration``."""

@@ -1,0 +1,44 @@
+"""Light augmentations of normal images for INT8 calibration.
+
+K shots alone give few activation samples; small shifts, brightness changes and sensor-like noise
+widen the observed ranges the way a station's frames vary. No flips or rotations: many parts are
+not symmetric, and a flipped part would be an anomaly, not a normal sample.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    per_image: int = 8            # augmented copies per image (the original is always kept)
+    max_shift: float = 0.03       # fraction of the side
+    brightness: float = 0.10      # multiplicative, 1 +- this
+    noise_sigma: float = 2.0      # grey levels
+    seed: int = 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def augment(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
+    """One augmented copy of a uint8 RGB S x S image."""
+    h, w = image.shape[:2]
+    dx, dy = rng.uniform(-cfg.max_shift, cfg.max_shift, size=2) * (w, h)
+    shifted = cv2.warpAffine(image, np.float32([[1, 0, dx], [0, 1, dy]]), (w, h), borderMode=cv2.BORDER_REFLECT_101)
+    gain = rng.uniform(1 - cfg.brightness, 1 + cfg.brightness)
+    noisy = shifted.astype(np.float32) * gain + rng.normal(0.0, cfg.noise_sigma, size=shifted.shape)
+    return np.clip(noisy + 0.5, 0, 255).astype(np.uint8)
+
+
+def expand(images: list[np.ndarray], cfg: AugmentConfig) -> list[np.ndarray]:
+    """Each image followed by ``cfg.per_image`` augmented copies, deterministic for a given seed."""
+    rng = np.random.default_rng(cfg.seed)
+    out = []
+    for img in images:
+        out.append(img)
+        out.extend(augment(img, rng, cfg) for _ in range(cfg.per_image))
+    return out

@@ -1,0 +1,57 @@
+"""onnxruntime CalibrationDataReader over normal images, fed exactly as the runtime feeds frames."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from protospect._optional import require
+from protospect.calibration.augment import AugmentConfig, expand
+from protospect.errors import DataError
+from protospect.imageio import read_rgb, resize_square
+
+_quant = require("onnxruntime.quantization", extra="runtime")
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+
+
+def images_in(folder: str | Path) -> list[Path]:
+    """Sorted image files of a folder; DataError when there are none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"calibration folder not found: {folder}")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in calibration folder {folder}")
+    return files
+
+
+def calibration_frames(images, size: int, cfg: AugmentConfig) -> list[np.ndarray]:
+    """Paths or uint8 RGB arrays -> resized (shared resize) and augmented uint8 S x S x 3 frames."""
+    base = [resize_square(read_rgb(i) if isinstance(i, (str, Path)) else i, size) for i in images]
+    if not base:
+        raise DataError("INT8 calibration needs at least one normal image")
+    return expand(base, cfg)
+
+
+class ImageCalibrationReader(_quant.CalibrationDataReader):
+    """Yields {input_name: uint8 [1, S, S, 3]} once per frame; rewind() starts over."""
+
+    def __init__(self, frames: list[np.ndarray], input_name: str = "image", extra_feed: dict | None = None):
+        self.frames = frames
+        self.input_name = input_name
+        self.extra_feed = extra_feed or {}
+        self._pos = 0
+
+    def get_next(self):
+        if self._pos >= len(self.frames):
+            return None
+        frame = self.frames[self._pos]
+        self._pos += 1
+        return {self.input_name: np.ascontiguousarray(frame[None]), **self.extra_feed}
+
+    def rewind(self):
+        self._pos = 0
+
+    def __len__(self):
+        return len(self.frames)

@@ -1,0 +1,88 @@
+"""Which nodes INT8 must leave in float: the prototype distance + top-k path and the decoder's tail.
+
+Found from the graph's structure, never from node names:
+* distance region: for every TopK, the nodes between the query tensor (the image-derived input of
+  the MatMul/Gemm whose other input is the bank) and the TopK, TopK included. Squared distances
+  are differences of large numbers; INT8 there destroys the ranking the top-k depends on.
+* tail: every node after the TopKs except learned layers (Conv/Gemm/MatMul with constant
+  multi-channel weights) that still have at least ``float_tail`` learned layers after them. So the
+  last ``float_tail`` decoder layers, the upsample, blur and max stay float (pixel maps degrade
+  first under PTQ, anomalib #2298). PatchCore has no learned layer after its TopK: all float.
+A graph without TopK (the split features graph) has nothing excluded.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import onnx
+
+from protospect.errors import ArtifactError
+from protospect.export.graph_utils import GraphIndex
+
+LEARNED_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+
+
+@dataclass
+class FloatRegions:
+    distance: set[str] = field(default_factory=set)
+    tail: set[str] = field(default_factory=set)
+
+    @property
+    def all(self) -> list[str]:
+        return sorted(self.distance | self.tail)
+
+
+def float_regions(model: onnx.ModelProto, float_tail: int = 1) -> FloatRegions:
+    index = GraphIndex(model)
+    bank_inputs = {"bank"}
+    image_inputs = [i for i in index.graph_inputs if i not in bank_inputs and i not in index.initializers]
+    image_derived = _tensors_downstream(index, image_inputs)
+    regions = FloatRegions()
+    topks = [n for n in index.nodes if n.op_type == "TopK"]
+    for topk in topks:
+        above = index.ancestors_of_tensors([topk.input[0]])
+        queries = _query_tensors(index, above, image_derived)
+        if not queries:
+            raise ArtifactError(f"TopK node {topk.name} has no MatMul/Gemm against a bank above it; "
+                                "cannot tell which nodes compute distances (pass nodes_to_exclude explicitly)")
+        regions.distance |= (index.descendants_of_tensors(queries) & above) | {topk.name}
+    after = index.descendants_of_tensors([o for t in topks for o in t.output])
+    learned = {n.name for n in index.nodes if n.name in after and _is_learned(index, n)}
+    by_name = {n.name: n for n in index.nodes}
+    keep_int8 = {name for name in learned
+                 if len(index.descendants_of_tensors(by_name[name].output) & learned) >= float_tail}
+    regions.tail = after - keep_int8
+    return regions
+
+
+def _tensors_downstream(index: GraphIndex, tensors) -> set[str]:
+    names = set(tensors)
+    stack = list(tensors)
+    while stack:
+        for node in index.consumers.get(stack.pop(), []):
+            for out in node.output:
+                if out not in names:
+                    names.add(out)
+                    stack.append(out)
+    return names
+
+
+def _query_tensors(index: GraphIndex, above: set[str], image_derived: set[str]) -> list[str]:
+    """Image-derived inputs of MatMul/Gemm nodes (above a TopK) whose other input is not image-derived."""
+    queries = []
+    for node in index.nodes:
+        if node.name in above and node.op_type in ("MatMul", "Gemm"):
+            a, b = node.input[0], node.input[1]
+            if (a in image_derived) != (b in image_derived):
+                queries.append(a if a in image_derived else b)
+    return queries
+
+
+def _is_learned(index: GraphIndex, node: onnx.NodeProto) -> bool:
+    """A learned layer: constant weight with more than one input channel (a 1-channel blur is not)."""
+    if node.op_type not in LEARNED_OPS or len(node.input) < 2:
+        return False
+    weight = index.constant(node.input[1])
+    if weight is None:
+        return False
+    return weight.ndim >= 2 and weight.shape[1 if node.op_type in ("Conv", "ConvTranspose") else 0] > 1

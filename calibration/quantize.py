@@ -1,0 +1,118 @@
+"""FP32 ONNX -> INT8 Q/DQ ONNX for TensorRT's explicit quantization, calibrated on normal images.
+
+onnxruntime's quantize_static in QDQ format with symmetric INT8 activations and per-channel
+symmetric INT8 weights, biases left float (TensorRT imports no INT32 DequantizeLinear). The
+distance/top-k path and the decoder's tail stay float (calibration.exclusion). Results are cached
+under the sha256 of (ONNX bytes, calibration image bytes, preprocessing and quantization settings).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from protospect._optional import require
+from protospect.calibration.augment import AugmentConfig
+from protospect.calibration.data_reader import ImageCalibrationReader, calibration_frames
+from protospect.calibration.exclusion import float_regions
+from protospect.calibration.qdq_check import QDQReport, check_qdq
+from protospect.errors import ArtifactError, ConfigError
+from protospect.export.metadata import input_size_of_props, read_metadata, set_metadata
+
+log = logging.getLogger(__name__)
+
+OP_TYPES = ["Conv", "ConvTranspose", "Gemm", "MatMul", "Add"]
+METHODS = ("minmax", "entropy", "percentile")
+MIN_SAMPLES = 32  # fewer calibration frames than this gives noisy ranges: warn
+
+
+@dataclass
+class Int8Result:
+    path: Path
+    float_nodes: list[str]
+    qdq: QDQReport
+    n_frames: int
+    cache_hit: bool
+
+
+def int8_from_onnx(onnx_path, out_path, images, *, augment: AugmentConfig | None = None, method: str = "minmax",
+                   float_tail: int = 1, cache_dir: str | Path | None = None) -> Int8Result:
+    """Quantize ``onnx_path`` (protospect FP32 graph) to INT8 Q/DQ at ``out_path``, calibrated on ``images``.
+
+    ``images``: paths or uint8 RGB arrays of normal parts (the artifact's shots by default).
+    """
+    q = require("onnxruntime.quantization", extra="runtime")
+    if method not in METHODS:
+        raise ConfigError(f"calibration method '{method}' not in {', '.join(METHODS)}")
+    onnx_path, out_path = Path(onnx_path), Path(out_path)
+    model = onnx.load(str(onnx_path))
+    props = read_metadata(model)
+    if any(i.name == "bank" for i in model.graph.input):
+        raise ConfigError(f"{onnx_path} takes the bank as an input; INT8 needs the bank inside: drop --bank-as-input")
+    if props.get("protospect.precision", "fp32") != "fp32":
+        raise ConfigError(f"{onnx_path} is already {props['protospect.precision']}; INT8 starts from the FP32 graph")
+    augment = augment or AugmentConfig()
+    frames = calibration_frames(images, input_size_of_props(props, onnx_path), augment)
+    if len(frames) < MIN_SAMPLES:
+        log.warning("only %d calibration frames (< %d): activation ranges may be noisy; add normal images "
+                    "with --calib DIR or raise augmentations", len(frames), MIN_SAMPLES)
+    regions = float_regions(model, float_tail=float_tail)
+    key = _cache_key(onnx_path, frames, augment, method, float_tail)
+    cached = Path(cache_dir) / f"{key}.onnx" if cache_dir else None
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    if cached is not None and cached.is_file():
+        log.info("INT8 graph reused from cache %s", cached)
+        shutil.copyfile(cached, out_path)
+        return _finish(out_path, regions, len(frames), cache_hit=True)
+
+    reader = ImageCalibrationReader(frames)
+    calib = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
+             "percentile": q.CalibrationMethod.Percentile}[method]
+    with tempfile.TemporaryDirectory(prefix="protospect-int8-") as tmp:
+        tmp_out = Path(tmp) / "int8.onnx"
+        q.quantize_static(
+            str(onnx_path), str(tmp_out), reader,
+            quant_format=q.QuantFormat.QDQ, op_types_to_quantize=OP_TYPES, per_channel=True,
+            activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8,
+            nodes_to_exclude=regions.all, calibrate_method=calib,
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
+                           "CalibTensorRangeSymmetric": True},
+        )
+        quantized = onnx.load(str(tmp_out))
+    set_metadata(quantized, {**props, "protospect.precision": "int8"})
+    onnx.checker.check_model(quantized, full_check=True)
+    onnx.save(quantized, str(out_path))
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(out_path, cached)
+    return _finish(out_path, regions, len(frames), cache_hit=False)
+
+
+def _finish(out_path: Path, regions, n_frames: int, cache_hit: bool) -> Int8Result:
+    report = check_qdq(onnx.load(str(out_path)), float_nodes=regions.all)
+    if not report.ok:
+        raise ArtifactError(f"INT8 graph {out_path} has Q/DQ placement TensorRT will not take: " + "; ".join(report.problems[:5]))
+    return Int8Result(out_path, regions.all, report, n_frames, cache_hit)
+
+
+def _cache_key(onnx_path: Path, frames, augment: AugmentConfig, method: str, float_tail: int) -> str:
+    h = hashlib.sha256()
+    h.update(onnx_path.read_bytes())
+    for frame in frames:  # the frames after resize + augmentation: covers image list and preprocessing
+        h.update(frame.tobytes())
+    settings = {"augment": augment.as_dict(), "method": method, "float_tail": float_tail, "op_types": OP_TYPES,
+                "format": "qdq-int8-symmetric-per-channel", "onnxruntime": _ort_version()}
+    h.update(json.dumps(settings, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def _ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
