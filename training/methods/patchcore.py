@@ -9,6 +9,7 @@ No coreset: at K <= 8 the bank is at most 8 x 32 x 32 = 8192 rows for the edge p
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from dataclasses import dataclass
 
@@ -142,6 +143,13 @@ def _create_backbone(cfg: PatchCoreConfig, weights):
     return create_backbone(cfg.backbone, stages=cfg.stages, weights=weights, input_size=cfg.input_size)
 
 
+@functools.lru_cache(maxsize=2)
+def _shared_pretrained_backbone(name: str, stages: tuple[int, ...], weights: str | None, input_size: int):
+    """fit() reuses one frozen backbone across the K x seed loop of an evaluation (it is never modified)."""
+    cfg = PatchCoreConfig(backbone=name, stages=stages, input_size=input_size)
+    return _create_backbone(cfg, weights)
+
+
 def _grid_hw(features: PatchFeatures, size: int) -> tuple[int, int]:
     with torch.no_grad():
         return tuple(features.grid(features.backbone(torch.zeros(1, 3, size, size))).shape[-2:])
@@ -173,8 +181,7 @@ def fit(shots_rgb: list[np.ndarray], preset: str = "edge", seed: int = 0, config
         raise ConfigError("patchcore needs at least one good image")
     torch.manual_seed(seed)
     cfg = resolve_config(preset, config_overrides)
-    backbone = _create_backbone(cfg, cfg.backbone_weights)
-    backbone.eval()
+    backbone = _shared_pretrained_backbone(cfg.backbone, cfg.stages, cfg.backbone_weights, cfg.input_size)
     mean, std = backbone.spec.mean, backbone.spec.std
     features = PatchFeatures(backbone)
 
