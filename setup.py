@@ -43,6 +43,34 @@ extras = {
 }
 extras["all-cpu"] = sorted(set(extras["train"] + extras["runtime"] + extras["dev"]))
 
+
+def _cuda_extension() -> dict:
+    """The fused top-k torch op (cpp_ext/), built only with PROTOSPECT_BUILD_CUDA=1 and torch + nvcc present.
+
+    Normal installs stay fast and need no compiler; without this build, protospect.cpp_ext.torch_op
+    JIT-compiles the same sources on first use. Build with:
+    PROTOSPECT_BUILD_CUDA=1 pip install --no-build-isolation -e .   (torch must be importable here)
+    """
+    if os.environ.get("PROTOSPECT_BUILD_CUDA") != "1":
+        return {}
+    try:
+        from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CUDAExtension
+    except ImportError:
+        print("PROTOSPECT_BUILD_CUDA=1 but torch is not importable (use --no-build-isolation): skipping cpp_ext")
+        return {}
+    if CUDA_HOME is None:
+        print("PROTOSPECT_BUILD_CUDA=1 but no CUDA toolkit found (set CUDA_HOME): skipping cpp_ext")
+        return {}
+    here = os.path.dirname(os.path.abspath(__file__))
+    ext = CUDAExtension(
+        "protospect.cpp_ext._proto_topk_C",
+        sources=["cpp_ext/torch_binding.cpp", "cpp_ext/proto_topk.cu"],
+        include_dirs=[os.path.join(here, "cpp_ext")],
+        extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3"]},
+    )
+    return {"ext_modules": [ext], "cmdclass": {"build_ext": BuildExtension}}
+
+
 setup(
     name="protospect",
     version="0.1.0",
@@ -57,4 +85,5 @@ setup(
     extras_require=extras,
     entry_points={"console_scripts": ["protospect=protospect.cli:main"]},
     license="Apache-2.0",
+    **_cuda_extension(),
 )

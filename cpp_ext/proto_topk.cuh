@@ -455,7 +455,9 @@ __device__ void merge_splits_body(const float* __restrict__ part_val, const int*
 // ---- entry points (C names: the launcher, the torch extension and NVRTC all look these up) -----
 
 // Numbers the hosts need (read by launcher.py through cuModuleGetGlobal): keep in sync by construction.
-extern "C" __device__ int proto_topk_config[8] = {
+// Block form: `extern "C" __device__ int x[] = ...` would leave nvcc's host shadow undefined at link time.
+extern "C" {
+__device__ int proto_topk_config[8] = {
     protospect_topk::kBlockQ,
     protospect_topk::kBlockM,
     protospect_topk::kThreads,
@@ -465,6 +467,7 @@ extern "C" __device__ int proto_topk_config[8] = {
     protospect_topk::kMaxSplits,
     protospect_topk::kMergeCap,
 };
+}
 
 extern "C" __global__ void __launch_bounds__(256) proto_topk_bank_sqnorm_f32(const float* bank, int M, int D, float* out) {
     protospect_topk::bank_sqnorm_body(bank, M, D, out);

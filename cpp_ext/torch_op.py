@@ -51,7 +51,7 @@ def _load():
 
     log.info("JIT-building the proto_topk torch extension (first use only, about a minute)")
     _EXT = load(name="protospect_proto_topk", sources=[str(s) for s in SOURCES], extra_include_paths=[str(HERE)],
-                extra_cflags=["-O3", "-std=c++17"], extra_cuda_cflags=["-O3", "-std=c++17"], verbose=False)
+                extra_cflags=["-O3"], extra_cuda_cflags=["-O3"], verbose=False)
     return _EXT
 
 

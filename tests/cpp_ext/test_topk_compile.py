@@ -1,0 +1,75 @@
+"""The kernel source compiles with NVRTC (the runtime's path) and nvcc for Orin and Hopper, and the
+launch geometry mirrored in launcher.py equals the C launcher's. Runs without a GPU."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from protospect.cpp_ext import launcher
+
+CPP_EXT = Path(launcher.__file__).resolve().parent
+KERNELS = [b"proto_topk_partial_f16", b"proto_topk_partial_f32", b"proto_topk_merge_splits",
+           b"proto_topk_bank_sqnorm_f16", b"proto_topk_bank_sqnorm_f32", b"proto_topk_config"]
+
+
+@pytest.fixture(scope="module")
+def nvrtc_ready():
+    pytest.importorskip("cuda.bindings.nvrtc", reason="cuda-python not installed (pip install 'protospect[gpu]')")
+    if not launcher.cuda_include_dirs():
+        pytest.skip("CUDA headers (mma.h) not found for NVRTC; set CUDA_HOME")
+
+
+@pytest.mark.parametrize("arch", ["sm_87", "sm_90"])
+def test_nvrtc_compiles_the_kernel_source(nvrtc_ready, arch, caplog):
+    cubin = launcher.compile_cubin(arch)
+    assert cubin[:4] == b"\x7fELF"
+    for name in KERNELS:
+        assert name in cubin, f"{name.decode()} missing from the {arch} cubin"
+    assert not [r for r in caplog.records if "NVRTC messages" in r.getMessage()], "NVRTC printed warnings"
+
+
+def test_nvrtc_reports_a_broken_source_as_cuda_error(nvrtc_ready):
+    from protospect.errors import CudaError
+
+    with pytest.raises(CudaError, match="could not compile"):
+        launcher.compile_cubin("sm_90", source='extern "C" __global__ void f() { undefined_symbol(); }')
+
+
+GEOMETRY_MAIN = r"""
+#include <cstdio>
+#include "proto_topk.cu"
+int main() {
+    const int cases[][4] = {CASES};
+    for (const auto& c : cases) {
+        const int splits = proto_topk_plan_splits(c[0], c[1], c[2], c[3]);
+        printf("%d %zu %zu\n", splits, proto_topk_workspace_bytes(c[0], c[1], c[2], splits, 1),
+               proto_topk_workspace_bytes(c[0], c[1], c[2], splits, 0));
+    }
+    printf("smem %u %u\n", protospect_topk::SmemLayout<float>::kBytes, protospect_topk::SmemLayout<__half>::kBytes);
+    return 0;
+}
+"""
+GEOMETRY_CASES = [(4096, 4096, 200, 132), (1024, 1024, 32, 132), (4096, 32768, 1, 132), (1, 1, 1, 8),
+                  (70, 130, 1, 8), (200, 1000, 64, 132), (33, 2000, 200, 16), (5000, 64, 64, 132)]
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not on PATH")
+def test_launcher_geometry_matches_the_c_launcher(tmp_path):
+    src = tmp_path / "geometry.cu"
+    src.write_text(GEOMETRY_MAIN.replace("CASES", ", ".join("{%d, %d, %d, %d}" % c for c in GEOMETRY_CASES)))
+    exe = tmp_path / "geometry"
+    build = subprocess.run(["nvcc", "-std=c++17", "-arch=sm_90", f"-I{CPP_EXT}", str(src), "-o", str(exe)],
+                           capture_output=True, text=True, timeout=240)
+    assert build.returncode == 0, build.stderr
+    lines = subprocess.run([str(exe)], check=True, capture_output=True, text=True, timeout=30).stdout.splitlines()
+    block_q, block_m, max_splits = 64, 64, 8  # proto_topk.cuh kBlockQ, kBlockM, kMaxSplits
+    for (Q, M, k, sms), line in zip(GEOMETRY_CASES, lines):
+        splits, ws_idx, ws_noidx = (int(x) for x in line.split())
+        assert splits == launcher.plan_splits(Q, M, sms, block_q, block_m, max_splits), (Q, M, k, sms)
+        assert ws_idx == launcher.workspace_layout(Q, k, splits, True)["bytes"]
+        assert ws_noidx == launcher.workspace_layout(Q, k, splits, False)["bytes"]
+    smem_f32, smem_f16 = (int(x) for x in lines[-1].split()[1:])
+    assert 48 * 1024 < smem_f16 <= 163 * 1024 and 48 * 1024 < smem_f32 <= 163 * 1024  # opt-in needed, fits Orin
