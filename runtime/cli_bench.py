@@ -17,6 +17,7 @@ import numpy as np
 
 from protospect.errors import ConfigError
 from protospect.runtime.backends import select_backend
+from protospect.runtime.backends.ort import available_cores
 from protospect.runtime.cli_serve import add_source_arguments
 from protospect.runtime.pipeline import Pipeline
 from protospect.runtime.report import stop_on_signals, summary_text, write_json
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     h2h = stages.get("host_to_host")
     print(f"backend: {report['backend']}")
     print(f"source: {report['source']}; {args.warmup} warm-up + {report['counters']['processed'] - min(args.warmup, report['counters']['processed'])} timed frames; "
-          f"machine: {platform.machine()} {platform.processor() or ''} ({_cores()} cores)")
+          f"machine: {platform.machine()} {platform.processor() or ''} ({available_cores()} cores)")
     print(summary_text(report))
     if h2h:
         print(f"HEADLINE host-to-host latency: p50 {h2h['p50']:.2f} ms, p99 {h2h['p99']:.2f} ms, mean {h2h['mean']:.2f} ms; "
@@ -78,9 +79,3 @@ def run(args: argparse.Namespace) -> int:
     write_json(args.out / "bench.json", {**report, "command": " ".join(sys.argv), "warmup": args.warmup, "frames": args.frames})
     print(f"histogram: {hist}  figures: {args.out / 'bench.json'}")
     return 0
-
-
-def _cores() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

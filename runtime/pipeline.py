@@ -93,7 +93,7 @@ class Pipeline:
         self._handled += 1
         t0 = time.monotonic_ns()
         try:
-            model_in, rgb = preprocess(frame, info.input_size)
+            model_in, rgb_fn = preprocess(frame, info.input_size)
         except FrameRejected as rej:
             self.counters.rejected[rej.reason] += 1
             log.warning("frame %d rejected: %s", frame.seq, rej.reason)
@@ -124,7 +124,7 @@ class Pipeline:
         c.dropped = self.queue.dropped
         c.reconnects = self.capture.reconnects if self.capture else 0
         result = Result(seq=frame.seq, t_capture_ns=frame.t_capture_ns, t_wall=frame.t_wall, score=score,
-                        verdict=verdict, ms=ms, backend=self.backend.name, rgb=rgb, anomaly_map=amap,
+                        verdict=verdict, ms=ms, backend=self.backend.name, rgb_fn=rgb_fn, anomaly_map=amap,
                         origin=frame.origin, counters=c.as_dict())
         for sink in self.sinks:
             sink.write(result)

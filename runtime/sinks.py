@@ -11,6 +11,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -29,10 +30,17 @@ class Result:
     verdict: str                 # "OK" | "NG"
     ms: dict                     # stage -> milliseconds
     backend: str
-    rgb: np.ndarray              # full-resolution frame, uint8 RGB
+    rgb_fn: Callable[[], np.ndarray]  # full-resolution frame, uint8 RGB, converted on first use
     anomaly_map: np.ndarray      # S x S float32
     origin: str = ""
     counters: dict = field(default_factory=dict)
+    _rgb: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def rgb(self) -> np.ndarray:
+        if self._rgb is None:
+            self._rgb = self.rgb_fn()
+        return self._rgb
 
     def record(self) -> dict:
         rec = {"seq": self.seq, "t_capture_ns": self.t_capture_ns, "t_wall": round(self.t_wall, 6),

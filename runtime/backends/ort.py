@@ -25,10 +25,15 @@ def pick_providers(available: list[str], device: str = "auto") -> list[str]:
     return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
+def available_cores() -> int:
+    """Cores this process may run on (a container or taskset can give fewer than the machine has)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def low_latency_options(ort, threads: int | None = None):
     """Session options for batch-1 latency: all cores on one op, no inter-op pool, full graph fusion."""
     so = ort.SessionOptions()
-    so.intra_op_num_threads = threads or os.cpu_count() or 1
+    so.intra_op_num_threads = threads or available_cores()
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

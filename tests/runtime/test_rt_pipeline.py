@@ -120,3 +120,18 @@ def test_slow_model_drops_oldest_frames_and_queue_stays_bounded(fx):
     seqs = [s for s, _ in depths]
     assert seqs == sorted(seqs) and seqs[-1] - seqs[0] > 7  # frames were skipped, never reordered
     assert pipeline.capture.frames_read >= report["counters"]["processed"] + report["counters"]["dropped"]
+
+
+def test_preprocess_fast_path_gives_the_contract_pixels():
+    from protospect.imageio import resize_square, to_rgb_uint8
+    from protospect.runtime.frames import stamp
+    from protospect.runtime.preprocess import preprocess
+
+    rng = np.random.default_rng(4)
+    for h, w in [(480, 640), (120, 160), (40, 30), (256, 256)]:  # shrink, grow, and identity
+        bgr = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        model_in, full = preprocess(stamp(0, bgr, bgr=True), 64)
+        assert np.array_equal(model_in, resize_square(to_rgb_uint8(bgr, bgr=True), 64))
+        assert np.array_equal(full(), to_rgb_uint8(bgr, bgr=True))
+        rgb_in, _ = preprocess(stamp(0, bgr, bgr=False), 64)  # an RGB source is not swapped
+        assert np.array_equal(rgb_in, resize_square(bgr, 64))

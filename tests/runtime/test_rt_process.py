@@ -113,6 +113,14 @@ def test_serve_command_in_process(fx, tmp_path, capsys):
     assert {p.name for p in (tmp_path / "ng").glob("*.png")} == {f"ng_{s:08d}.png" for s in fx.defect_frames if s < 15}
 
 
+def test_serve_with_operator_page_and_refused_public_bind(fx, capsys, caplog):
+    caplog.set_level("INFO")
+    assert cli_main(["serve", str(fx.model), "--source", str(fx.video), "--view", "127.0.0.1:0", "--max-frames", "3"]) == 0
+    assert "operator page: http://127.0.0.1:" in caplog.text
+    assert cli_main(["serve", str(fx.model), "--source", str(fx.video), "--view", "0.0.0.0:8080"]) == 1
+    assert "127.0.0.1 only" in capsys.readouterr().err
+
+
 def test_serve_reports_a_missing_source_as_one_line_error(fx, tmp_path, capsys):
     assert cli_main(["serve", str(fx.model), "--source", str(tmp_path / "nope.avi")]) == 1
     err = capsys.readouterr().err
