@@ -38,14 +38,20 @@ class RssProbe:
         self.every = max(1, every)
         self.samples: list[tuple[int, int]] = []
         self.echo = echo
+        self.last_rss = 0
         self._n = 0
 
     def __call__(self, _result) -> None:
         self._n += 1
+        self.last_rss = rss_bytes()  # one read of /proc/self/statm: cheap next to a frame
         if self._n == 1 or self._n % self.every == 0:
-            self.samples.append((self._n, rss_bytes()))
+            self.samples.append((self._n, self.last_rss))
             if self.echo:
-                print(f"frame {self._n:>8d}  RSS {self.samples[-1][1] / MIB:8.1f} MiB", flush=True)
+                print(f"frame {self._n:>8d}  RSS {self.last_rss / MIB:8.1f} MiB", flush=True)
+
+    @property
+    def frames(self) -> int:
+        return self._n
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,13 +69,16 @@ def run(args: argparse.Namespace) -> int:
                             on_frame=probe, progress=False)
         with stop_on_signals(pipeline):
             report = pipeline.run()
-    probe.samples.append((report["counters"]["processed"], rss_bytes()))
+    if not probe.samples or probe.samples[-1][0] != probe.frames:  # the last frame, if not on the grid
+        probe.samples.append((probe.frames, probe.last_rss))
+    after = rss_bytes()  # after shutdown and the percentile table: not part of the loop's footprint
     (n0, r0), (n1, r1) = probe.samples[0], probe.samples[-1]
     print(summary_text(report))
     print(f"SOAK RSS start (frame {n0}) {r0 / MIB:.1f} MiB, end (frame {n1}) {r1 / MIB:.1f} MiB, "
-          f"growth {(r1 - r0) / MIB:+.1f} MiB, max {max(r for _, r in probe.samples) / MIB:.1f} MiB")
+          f"growth {(r1 - r0) / MIB:+.1f} MiB, max {max(r for _, r in probe.samples) / MIB:.1f} MiB; "
+          f"after shutdown {after / MIB:.1f} MiB")
     if args.sink:
-        write_json(args.sink / "soak.json", {**report, "rss_samples": probe.samples})
+        write_json(args.sink / "soak.json", {**report, "rss_samples": probe.samples, "rss_after_shutdown": after})
     return 0
 
 

@@ -149,7 +149,8 @@ def test_soak_prints_start_and_end_rss(fx, tmp_path):
     assert out.returncode == 0, out.stderr
     assert "SOAK RSS start (frame 1)" in out.stdout and "end (frame 300)" in out.stdout
     soak = json.loads((tmp_path / "soak.json").read_text())
-    assert [n for n, _ in soak["rss_samples"]] == [1, 100, 200, 300, 300]
+    assert [n for n, _ in soak["rss_samples"]] == [1, 100, 200, 300] and soak["rss_after_shutdown"] > 0
+    assert "after shutdown" in out.stdout
     assert len((tmp_path / "verdicts.jsonl").read_text().splitlines()) == 300
 
 
