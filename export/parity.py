@@ -62,6 +62,19 @@ def load_images(images, size: int) -> np.ndarray:
     return np.stack(frames)
 
 
+def shot_views(paths, size: int, views: int = 2, seed: int = 0) -> list[np.ndarray]:
+    """Augmented views (shift, brightness, noise) of the shots, without the shots themselves.
+
+    A memory-bank model maps its own shots to distance ~0, where sqrt turns float rounding of
+    the GEMM-form distance (~1e-4) into ~1e-2 map noise; that measures sqrt(0), not the export.
+    """
+    from protospect.calibration.augment import AugmentConfig, augment
+
+    rng = np.random.default_rng(seed)
+    cfg = AugmentConfig(seed=seed)
+    return [augment(frame, rng, cfg) for frame in load_images(paths, size) for _ in range(views)]
+
+
 def check_parity(art_dir, onnx_path, images, labels=None) -> ParityReport:
     """Artifact's PyTorch model vs ``onnx_path`` under ONNX Runtime CPU on ``images``."""
     from protospect.training.artifact import load_artifact

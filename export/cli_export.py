@@ -1,0 +1,122 @@
+"""`protospect export ART --out model.onnx [--fp16 | --int8 [--calib DIR]] [--bank-as-input] [--split] [--check]`.
+
+Precision table (anything else is refused, never rewritten):
+
+| graph              | fp32 | --fp16 | --int8 |
+| full (default)     | yes  | yes    | yes    |
+| --bank-as-input    | yes  | yes    | no: INT8 needs the bank inside the graph |
+| --split            | yes  | features.onnx converted, head.onnx stays fp32 |
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+from pathlib import Path
+
+from protospect.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("artifact", type=Path, metavar="ART", help="artifact directory from `protospect train`")
+    parser.add_argument("--out", type=Path, required=True, help="model.onnx (or a folder with --split)")
+    precision = parser.add_mutually_exclusive_group()
+    precision.add_argument("--fp16", action="store_true", help="float16 graph, float32 distance/top-k/head, same I/O")
+    precision.add_argument("--int8", action="store_true", help="INT8 Q/DQ graph (explicit quantization) calibrated on normal images")
+    parser.add_argument("--calib", type=Path, default=None, metavar="DIR",
+                        help="folder of normal images for --int8 (default: the artifact's shots)")
+    parser.add_argument("--calib-method", choices=["minmax", "entropy", "percentile"], default="minmax")
+    parser.add_argument("--calib-augment", type=int, default=8, metavar="N", help="augmented copies per calibration image")
+    parser.add_argument("--float-tail", type=int, default=1, metavar="N",
+                        help="learned layers after the top-k kept float under --int8 (default 1)")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="INT8 cache folder, keyed by sha256 of graph, images and settings (default: none)")
+    parser.add_argument("--bank-as-input", action="store_true", help="the prototype bank becomes graph input 'bank'")
+    parser.add_argument("--split", action="store_true", help="features.onnx + bank.npy + head.onnx in the --out folder")
+    parser.add_argument("--opset", type=int, default=17)
+    parser.add_argument("--check", action="store_true", help="parity with PyTorch under ONNX Runtime CPU on the shots")
+    parser.add_argument("--check-images", type=Path, default=None, metavar="DIR",
+                        help="images for --check (default: 2 augmented views of each shot)")
+
+
+def validate(args: argparse.Namespace) -> None:
+    if args.calib is not None and not args.int8:
+        raise ConfigError("--calib only applies to --int8")
+    if args.int8 and args.bank_as_input:
+        raise ConfigError("--int8 with --bank-as-input is not supported: INT8 needs the bank inside the graph")
+    if args.split and args.bank_as_input:
+        raise ConfigError("--split already keeps the bank outside (bank.npy); drop --bank-as-input")
+    if not args.split and args.out.suffix != ".onnx":
+        raise ConfigError(f"--out {args.out} should end in .onnx (or add --split for a folder)")
+
+
+def run(args: argparse.Namespace) -> int:
+    validate(args)
+    from protospect.export import onnx_export
+    from protospect.export.inspect import census
+    from protospect.export.shots import shot_paths
+    from protospect.training.artifact import artifact_sha256, load_artifact
+
+    model, manifest = load_artifact(args.artifact)
+    sha = artifact_sha256(args.artifact)
+    precision = "fp16" if args.fp16 else "int8" if args.int8 else "fp32"
+    with tempfile.TemporaryDirectory(prefix="protospect-export-") as tmp:
+        if args.split:
+            paths = onnx_export.split_from_model(model, model.meta, model.calibration, args.out, artifact_sha256=sha, opset=args.opset)
+            if precision != "fp32":
+                fp32_features = Path(tmp) / "features.fp32.onnx"
+                paths["features"].replace(fp32_features)
+                _convert(args, precision, fp32_features, paths["features"], manifest)
+            written = [paths["features"], paths["head"]]
+        else:
+            target = args.out if precision == "fp32" else Path(tmp) / "model.fp32.onnx"
+            onnx_export.onnx_from_model(model, model.meta, model.calibration, target, artifact_sha256=sha,
+                                        bank_as_input=args.bank_as_input, opset=args.opset)
+            if precision != "fp32":
+                _convert(args, precision, target, args.out, manifest)
+            written = [args.out]
+    for path in written:
+        print(census(path).format())
+    if args.check:
+        if args.split:
+            log.warning("--check compares the full graph only; the split graphs are checked by the tests")
+        else:
+            from protospect.calibration.data_reader import images_in
+            from protospect.export.metadata import input_size_of
+            from protospect.export.parity import parity_from_model, shot_views
+
+            images = (images_in(args.check_images) if args.check_images
+                      else shot_views(shot_paths(manifest), input_size_of(model.meta)))
+            report = parity_from_model(model, args.out, images)
+            print(report.format())
+            if precision == "fp32" and not report.ok:
+                print("protospect export: parity check FAILED", flush=True)
+                return 1
+    target = args.out
+    engine = (args.out / "features.engine") if args.split else args.out.with_suffix(".engine")
+    onnx_in = (args.out / "features.onnx") if args.split else args.out
+    print(f"next: protospect build-engine {onnx_in} --out {engine}   (on the target device)")
+    print(f"      protospect serve {target} --source CAMERA_OR_FOLDER   (ONNX Runtime)")
+    return 0
+
+
+def _convert(args, precision: str, fp32_path: Path, out_path: Path, manifest: dict) -> None:
+    if precision == "fp16":
+        from protospect.export.fp16 import fp16_from_onnx
+
+        _, kept = fp16_from_onnx(fp32_path, out_path)
+        print(f"fp16: {len(kept)} nodes kept float32 (distance/top-k and head)")
+        return
+    from protospect.calibration.augment import AugmentConfig
+    from protospect.calibration.data_reader import images_in
+    from protospect.calibration.quantize import int8_from_onnx
+    from protospect.export.shots import shot_paths
+
+    images = images_in(args.calib) if args.calib else shot_paths(manifest)
+    result = int8_from_onnx(fp32_path, out_path, images, augment=AugmentConfig(per_image=args.calib_augment),
+                            method=args.calib_method, float_tail=args.float_tail, cache_dir=args.cache_dir)
+    print(f"int8: calibrated on {len(images)} images x {args.calib_augment + 1} views = {result.n_frames} frames"
+          f"{' (cache hit)' if result.cache_hit else ''}; {len(result.qdq.quantized)} layers INT8, "
+          f"{len(result.float_nodes)} nodes float (Q/DQ placement checked for TensorRT)")
