@@ -2,9 +2,10 @@
 
 Written once and used by PCSNet and PatchCore (docs/contracts.md section 8). Two paths:
 
-* the fused CUDA kernel (``protospect.cpp_ext.torch_op``) when it is importable, built, and the
-  tensors live on CUDA; it returns the indices, and when gradients are needed the k distances are
-  recomputed from those indices with autograd (the kernel has no backward);
+* the fused CUDA kernel (``protospect.cpp_ext.torch_op``) when it is importable, built, and
+  supports the call (CUDA tensors, fp16/fp32, k within its limit); it returns the indices, and
+  when gradients are needed the k distances are recomputed from them with autograd (no backward
+  in the kernel);
 * plain torch otherwise: one GEMM in the expanded form ||q||^2 + ||c||^2 - 2 q.c, clamped at 0
   (the expansion can go slightly negative in floating point, defect D7), then ``topk(largest=False)``.
   This path traces to MatMul / ReduceSum / TopK in ONNX.
@@ -72,6 +73,7 @@ def knn_sqdist(q: torch.Tensor, bank: torch.Tensor, k: int, bank_sqnorm: torch.T
     exporting = torch.onnx.is_in_onnx_export() if hasattr(torch.onnx, "is_in_onnx_export") else False
     if q.is_cuda and bank.is_cuda and not exporting:
         op = _fused_op()
-        if op is not None:
+        supports = getattr(op, "supports", None)
+        if op is not None and (supports is None or supports(q.reshape(-1, q.shape[-1]), bank, k)):
             return _knn_fused(op, q, bank, k, bank_sqnorm)
     return _knn_torch(q, bank, k, bank_sqnorm)

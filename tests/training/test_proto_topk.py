@@ -1,0 +1,65 @@
+"""knn_sqdist: exact against brute force, non-negative, differentiable, and exportable to ONNX."""
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from protospect.training.proto_topk import knn_sqdist  # noqa: E402
+
+pytestmark = pytest.mark.torch
+
+
+def test_matches_brute_force_batched():
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 50, 16, generator=g, dtype=torch.float64)
+    bank = torch.randn(40, 16, generator=g, dtype=torch.float64)
+    d, idx = knn_sqdist(q, bank, 5)
+    brute = ((q[:, :, None, :] - bank[None, None]) ** 2).sum(-1)
+    ref, ref_idx = brute.sort(dim=-1)
+    assert d.shape == (2, 50, 5) and idx.shape == (2, 50, 5)
+    torch.testing.assert_close(d, ref[..., :5])
+    assert torch.equal(idx, ref_idx[..., :5])
+    assert torch.all(d[..., 1:] >= d[..., :-1])  # ascending
+
+
+def test_unbatched_and_clamped_at_zero():
+    bank = torch.randn(30, 64) * 100.0  # large norms: the expanded form cancels badly
+    d, idx = knn_sqdist(bank.clone(), bank, 1)  # every query is a prototype
+    assert d.shape == (30, 1)
+    assert torch.all(d >= 0)
+    assert torch.equal(idx[:, 0], torch.arange(30))
+
+
+def test_gradient_flows_to_queries():
+    q = torch.randn(10, 8, requires_grad=True)
+    bank = torch.randn(20, 8)
+    d, _ = knn_sqdist(q, bank, 3)
+    d.sum().backward()
+    assert q.grad is not None and q.grad.abs().sum() > 0
+
+
+def test_bad_k_is_rejected():
+    with pytest.raises(ValueError, match="k=21"):
+        knn_sqdist(torch.randn(4, 8), torch.randn(20, 8), 21)
+
+
+def test_exports_to_matmul_topk(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    bank = torch.randn(64, 12)
+
+    class Knn(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("bank", bank)
+
+        def forward(self, q):
+            return knn_sqdist(q, self.bank, 4)[0]
+
+    q = torch.randn(1, 20, 12)
+    path = tmp_path / "knn.onnx"
+    torch.onnx.export(Knn(), (q,), str(path), input_names=["q"], output_names=["d"], dynamo=False)
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert {"MatMul", "TopK"} <= ops
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"q": q.numpy()})[0]
+    np.testing.assert_allclose(got, Knn()(q).numpy(), rtol=1e-4, atol=1e-4)

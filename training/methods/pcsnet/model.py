@@ -1,0 +1,109 @@
+"""The deployable PCSNet: features (backbone + PFA + guide) -> prototype k-NN -> head (CAS + blur + max).
+
+The three parts are separate modules so ``split()`` can hand them to the split export unchanged
+(docs/contracts.md sections 4 and 6); ``forward`` chains them exactly as the split runtime does.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from protospect.training.layers import GaussianBlur
+from protospect.training.methods.base import ModelOutputs
+from protospect.training.proto_topk import knn_sqdist
+
+from .cas import CAS
+from .pfa import PFA
+from .presets import PCSNetConfig
+
+SQRT_EPS = 1e-12  # distances are square-rooted after clamping here: no NaN, finite gradient (D7)
+
+
+class PCSNetFeatures(nn.Module):
+    """normalised image (B,3,S,S) -> queries (B, N, D) row-major grid positions, guide (B, G, h, w)."""
+
+    def __init__(self, backbone: nn.Module, cfg: PCSNetConfig):
+        super().__init__()
+        self.backbone = backbone
+        spec = backbone.spec
+        sizes = [cfg.input_size // r for r in spec.reductions]
+        self.pfa = PFA(list(spec.channels), sizes, cfg.grid)
+        self.guide = nn.Conv2d(self.pfa.dim, cfg.guide_dim, kernel_size=1, bias=True)
+
+    @property
+    def dim(self) -> int:
+        return self.pfa.dim
+
+    def from_backbone(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """PFA descriptor phi (B,D,h,w) and guide (B,G,h,w) from precomputed backbone maps."""
+        phi = self.pfa(feats)
+        return phi, self.guide(phi)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        phi, guide = self.from_backbone(self.backbone(x))
+        return as_queries(phi), guide
+
+
+def as_queries(phi: torch.Tensor) -> torch.Tensor:
+    """(B, D, h, w) -> (B, h*w, D), positions in row-major order."""
+    return phi.flatten(2).transpose(1, 2)
+
+
+class PCSNetHead(nn.Module):
+    """k nearest squared distances (B, N, k) + guide (B, G, h, w) -> ModelOutputs at S x S."""
+
+    def __init__(self, cfg: PCSNetConfig):
+        super().__init__()
+        self.cas = CAS(cfg.guide_dim, cfg.k, cfg.cas_width, cfg.bins, cfg.dropout)
+        self.blur = GaussianBlur(cfg.blur_sigma)
+        self.out_size = int(cfg.input_size)
+
+    def logits(self, knn_sq: torch.Tensor, guide: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
+        """Raw (unblurred) segmentation map (B, 1, *out_size); what L_SEG trains."""
+        b, n, k = knn_sq.shape
+        h, w = guide.shape[-2:]
+        dist = knn_sq.clamp_min(SQRT_EPS).sqrt().transpose(1, 2).reshape(b, k, h, w)
+        m = self.cas(guide, dist)
+        return F.interpolate(m, size=out_size, mode="bilinear", align_corners=False)
+
+    def forward(self, knn_sqdist: torch.Tensor, guide: torch.Tensor, out_size: tuple[int, int] | None = None) -> ModelOutputs:
+        size = out_size if out_size is not None else (self.out_size, self.out_size)
+        m = self.blur(self.logits(knn_sqdist, guide, size))
+        return ModelOutputs(anomaly_map=m, image_score=m.flatten(1).amax(dim=1))
+
+
+class PCSNetModel(nn.Module):
+    """AnomalyModel: forward(normalised x) -> ModelOutputs; carries meta, calibration and the bank."""
+
+    def __init__(self, backbone: nn.Module, cfg: PCSNetConfig, meta: dict):
+        super().__init__()
+        self.cfg = cfg
+        self.features = PCSNetFeatures(backbone, cfg)
+        self.head = PCSNetHead(cfg)
+        self.k = int(cfg.k)
+        self.register_buffer("bank", torch.zeros(cfg.grid * cfg.grid, self.features.dim))
+        self.meta = meta
+        self.calibration: dict = {}
+        self.eval()
+
+    @torch.no_grad()
+    def set_bank_from_backbone(self, feats: list[torch.Tensor]) -> None:
+        """Prototypes = per-position mean of the shots' PFA features, eval mode, no grad (fixes D3)."""
+        was_training = self.training
+        self.eval()
+        phi, _ = self.features.from_backbone(feats)
+        self.bank.copy_(as_queries(phi).mean(dim=0))
+        self.train(was_training)
+
+    def knn(self, queries: torch.Tensor) -> torch.Tensor:
+        sq, _ = knn_sqdist(queries, self.bank, self.k)
+        return sq
+
+    def forward(self, x: torch.Tensor) -> ModelOutputs:
+        queries, guide = self.features(x)
+        return self.head(self.knn(queries), guide, out_size=(int(x.shape[-2]), int(x.shape[-1])))
+
+    def split(self) -> tuple[nn.Module, torch.Tensor, int, nn.Module]:
+        """(features_module, bank (M, D), k, head_module) for the split export."""
+        return self.features, self.bank, self.k, self.head

@@ -1,0 +1,92 @@
+"""PCSNet configuration: one frozen dataclass, two named presets, and validated overrides."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from protospect.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class PCSNetConfig:
+    # backbone and geometry
+    backbone: str
+    input_size: int  # S: the model sees S x S images and returns S x S maps
+    stages: tuple[int, ...]  # timm features_only indices tapped by the PFA
+    grid: int  # every tapped stage is resampled to grid x grid; M = grid^2 prototypes
+    weights: str | None = None  # backbone weights file, "random", or None for the default
+    # heads
+    k: int = 200  # nearest prototype distances per position fed to CAS
+    guide_dim: int = 896  # channels of the learned 1x1 guide projection of all D PFA channels
+    cas_width: int = 896
+    bins: tuple[int, ...] = (64, 32, 16, 8)  # pyramid sizes; each must divide grid
+    dropout: float = 0.1
+    blur_sigma: float = 4.0
+    # losses (algorithms.md 1.7)
+    nu: float = 1e-3
+    alpha: float = 0.2
+    r_init: float = 1e-5
+    loss_k: int = 3  # nearest prototypes in L_NFC / L_AFS / L_PDC
+    pdc_topk: int = 50  # largest pixel distances averaged into an image's L_PDC score
+    w_pdc: float = 50.0
+    w_seg: float = 40.0
+    afs_mask_threshold: float = 0.5  # grid cell is pseudo-anomalous if this fraction of its pixels is
+    # optimisation (algorithms.md 1.8; fixed length, no selection on any test data)
+    steps: int = 100
+    batch_size: int = 2  # clean shots per step; as many NSA images are added
+    lr_pfa: float = 1e-3
+    lr_cas: float = 1e-4
+    weight_decay: float = 1e-5
+    # pseudo anomalies and calibration
+    category: str | None = None  # picks the NSA table row; None/unknown -> defaults
+    calib_augments: int = 4  # jittered copies per shot scored for the threshold
+    calib_anomalies: int = 2  # fresh NSA images per shot scored for the threshold
+
+    def validate(self) -> "PCSNetConfig":
+        if self.grid < 1 or self.input_size < self.grid:
+            raise ConfigError(f"pcsnet: grid {self.grid} must be between 1 and input_size {self.input_size}")
+        bad = [b for b in self.bins if b <= 0 or self.grid % b]
+        if bad:
+            raise ConfigError(f"pcsnet: pyramid bins {bad} do not divide grid {self.grid}; "
+                              f"use divisors such as {self.grid}, {self.grid // 2}, {self.grid // 4} (ONNX needs exact pooling)")
+        if not 1 <= self.k <= self.grid * self.grid:
+            raise ConfigError(f"pcsnet: k={self.k} must be between 1 and grid^2={self.grid ** 2}")
+        if self.loss_k > self.k:
+            raise ConfigError(f"pcsnet: loss_k={self.loss_k} must not exceed k={self.k}")
+        if self.steps < 1 or self.batch_size < 1:
+            raise ConfigError("pcsnet: steps and batch_size must be >= 1")
+        return self
+
+
+PRESETS: dict[str, PCSNetConfig] = {
+    # The published model, defects fixed: WRN-50-2 layers 1-3 (D = 1792) at 224, 64x64 grid.
+    "paper": PCSNetConfig(
+        backbone="wide_resnet50_2", input_size=224, stages=(1, 2, 3), grid=64,
+        k=200, guide_dim=896, cas_width=896, bins=(64, 32, 16, 8), steps=100, batch_size=2,
+    ),
+    # Jetson-sized: EfficientNet-Lite0 stages 2-3 (40 + 112 = 152 channels) at 256 -> 32x32 grid.
+    # Chosen by measurement on held-out normals vs pseudo anomalies; see docs/pcsnet.md.
+    "edge": PCSNetConfig(
+        backbone="efficientnet_lite0", input_size=256, stages=(2, 3), grid=32,
+        k=16, guide_dim=64, cas_width=64, bins=(32, 16, 8, 4), steps=150, batch_size=4,
+    ),
+}
+
+
+def resolve_config(preset: str, overrides: dict | None = None) -> PCSNetConfig:
+    """Preset + overrides -> validated config. Unknown presets or keys are ConfigErrors."""
+    if preset not in PRESETS:
+        raise ConfigError(f"pcsnet: unknown preset '{preset}' (available: {', '.join(sorted(PRESETS))})")
+    return config_from_dict({**dataclasses.asdict(PRESETS[preset]), **(overrides or {})})
+
+
+def config_from_dict(values: dict) -> PCSNetConfig:
+    names = {f.name for f in dataclasses.fields(PCSNetConfig)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"pcsnet: unknown config key(s) {unknown}; valid keys: {', '.join(sorted(names))}")
+    fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    try:
+        return PCSNetConfig(**fixed).validate()
+    except TypeError as err:
+        raise ConfigError(f"pcsnet: incomplete config: {err}") from err

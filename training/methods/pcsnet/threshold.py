@@ -1,0 +1,105 @@
+"""OK/NG threshold and map normalisation from the K good images only (fixes D14).
+
+Normal scores: each shot, slightly jittered (shift, gain, noise), scored against a prototype bank
+rebuilt *without* that shot (leave-one-out; with K = 1 the full bank is all there is). That mimics
+a new good part, which is never in the bank either. Anomalous scores: fresh NSA pseudo anomalies
+(a different random stream from training) scored with the full bank. No test image is involved.
+
+* threshold: just above the highest normal score, 10 % of the way to the median pseudo-anomaly
+  score when the two groups separate; otherwise the F1-optimal cut between them.
+* map_range [lo, hi]: lo = 1st percentile of normal map pixels, hi = 95th percentile of the
+  pseudo-anomaly image scores (above the threshold): (map - lo) / (hi - lo) is ~0 for good
+  surface and ~1 for a clear defect.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+
+from protospect.training.synthesis import make_pseudo_anomaly, nsa_params_for, object_mask
+
+from .model import PCSNetModel, as_queries
+from .train_loop import backbone_features, to_tensor
+
+CALIB_SEED_OFFSET = 7919  # calibration draws must not repeat the training pseudo anomalies
+
+
+def jitter(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A plausible re-shot of a good part: <= 2 % shift, +-5 % gain, sigma-2 sensor noise."""
+    h, w = img.shape[:2]
+    dx, dy = rng.uniform(-0.02, 0.02, size=2) * (w, h)
+    moved = cv2.warpAffine(img, np.float32([[1, 0, dx], [0, 1, dy]]), (w, h), borderMode=cv2.BORDER_REFLECT)
+    out = moved.astype(np.float32) * rng.uniform(0.95, 1.05) + rng.normal(0, 2.0, size=img.shape)
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+@torch.no_grad()
+def _score(model: PCSNetModel, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    x = to_tensor(images, model.meta["mean"], model.meta["std"])
+    out = model(x)
+    return out.image_score.numpy(), out.anomaly_map.numpy()
+
+
+def choose_threshold(normal: np.ndarray, anomalous: np.ndarray) -> float:
+    top = float(normal.max())
+    if anomalous.size == 0:
+        return top * 1.05 if top > 0 else top + 1e-3
+    mid = float(np.median(anomalous))
+    if mid > top:
+        return top + 0.1 * (mid - top)
+    cand = np.unique(np.concatenate([normal, anomalous]))
+    f1 = [_f1(normal, anomalous, t) for t in cand]
+    return float(cand[int(np.argmax(f1))])
+
+
+def _f1(normal, anomalous, t):
+    tp = float((anomalous >= t).sum())
+    fp = float((normal >= t).sum())
+    fn = float((anomalous < t).sum())
+    return 2 * tp / max(2 * tp + fp + fn, 1e-9)
+
+
+@torch.no_grad()
+def calibrate(model: PCSNetModel, images: list[np.ndarray], seed: int) -> dict:
+    """Set and return model.calibration = {threshold, map_range, ...} from the shots alone."""
+    cfg = model.cfg
+    rng = np.random.default_rng(seed + CALIB_SEED_OFFSET)
+    model.eval()
+    feats = backbone_features(model, to_tensor(images, model.meta["mean"], model.meta["std"]))
+    phi, _ = model.features.from_backbone(feats)
+    per_shot = as_queries(phi)  # (K, M, D)
+    full_bank = model.bank.clone()
+    k_shots = per_shot.shape[0]
+
+    normal_scores, normal_maps = [], []
+    for i, img in enumerate(images):
+        if k_shots > 1:  # leave shot i out of the bank
+            model.bank.copy_((per_shot.sum(0) - per_shot[i]) / (k_shots - 1))
+        s, m = _score(model, [jitter(img, rng) for _ in range(cfg.calib_augments)])
+        normal_scores.append(s)
+        normal_maps.append(m)
+    model.bank.copy_(full_bank)
+
+    params = nsa_params_for(cfg.category)
+    anomalies = []
+    for img in images:
+        obj = object_mask(img, params)
+        for _ in range(cfg.calib_anomalies):
+            out = make_pseudo_anomaly(img, rng, params, obj)
+            if out is not None:
+                anomalies.append(out[0])
+    anomalous = _score(model, anomalies)[0] if anomalies else np.zeros(0, np.float32)
+    normal = np.concatenate(normal_scores)
+    threshold = choose_threshold(normal, anomalous)
+    lo = float(np.percentile(np.concatenate([m.ravel() for m in normal_maps]), 1))
+    hi = float(np.percentile(anomalous, 95)) if anomalous.size else threshold
+    if hi <= threshold:
+        hi = threshold + max(threshold - lo, 1e-6)
+    model.calibration = {
+        "threshold": float(threshold),
+        "map_range": [lo, hi],
+        "normal_scores": [float(v) for v in normal],
+        "pseudo_anomaly_scores": [float(v) for v in anomalous],
+    }
+    return model.calibration
