@@ -17,8 +17,8 @@
 //   3. per query, keep a sorted running top-k in global memory (the output itself, or a per-split
 //      partial buffer: O(Q k) extra memory) plus a threshold = its k-th value in shared memory.
 //      Scores below the threshold are appended to a per-query candidate buffer in shared memory;
-//      when the buffer may overflow on the next tile, the owning warp merges buffer + running list
-//      with a bitonic sort on (value, index) and keeps the first k.
+//      when the buffer may overflow on the next tile, the owning warp sorts the buffer (bitonic, on
+//      (value, index)) and merges it into the running list by rank, keeping the first k.
 //      Tiles go in increasing prototype order, so a score EQUAL to the threshold always has a
 //      larger index than the k-th element and can be dropped: `s < threshold` is exact for ties.
 //   4. with several splits of the bank (to fill the GPU when Q is small), a second kernel merges
@@ -42,7 +42,7 @@ constexpr int kThreads = kWarps * 32;
 constexpr int kCandCap = 2 * kBlockM;  // candidate slots per query: a flush leaves room for one tile
 constexpr int kMaxK = 256;
 constexpr int kMaxSplits = 8;
-constexpr int kStagingCap = 512;   // power of two >= kMaxK + kCandCap (one warp's merge buffer)
+constexpr int kStagingCap = kMaxK;  // one warp's copy of a running list during a merge
 constexpr int kMergeCap = kMaxSplits * kMaxK;  // power of two >= splits * k (merge kernel)
 constexpr int kScoreLd = kBlockM + 4;          // score tile row stride (floats); multiple of 4 for WMMA
 constexpr int kSentinelIdx = 0x7fffffff;        // padding index: sorts after every real index
@@ -51,8 +51,8 @@ enum Dtype { kFloat32 = 0, kFloat16 = 1 };
 
 static_assert(kBlockQ % kWarps == 0, "each warp owns the same number of query rows");
 static_assert(kBlockM == 64, "the epilogue gives each lane two columns of a tile row");
-static_assert(kMaxK + kCandCap <= kStagingCap, "a merge must fit one warp's staging buffer");
-static_assert((kStagingCap & (kStagingCap - 1)) == 0 && (kMergeCap & (kMergeCap - 1)) == 0, "bitonic sizes");
+static_assert((kCandCap & (kCandCap - 1)) == 0 && (kMergeCap & (kMergeCap - 1)) == 0, "bitonic sizes");
+static_assert(kCandCap >= 32 && kCandCap >= 2 * kBlockM, "a flush sorts >= 32 slots and leaves room for a tile");
 
 // ---- per-dtype tile geometry ------------------------------------------------------------------
 
@@ -266,41 +266,70 @@ template <> struct TileDot<float> {
 
 // ---- running top-k per query ------------------------------------------------------------------
 
-// Merge query row ql's candidate buffer into its running sorted list (global, row `list_*`).
-// Called by the whole owning warp; afterwards num_kept = min(k, old + candidates), the buffer is
-// empty and the threshold is the k-th value once k entries exist (+inf before).
+// Number of entries of the sorted pairs (val, idx)[0, n) that order before (v, id): a lower bound.
+__device__ __forceinline__ int count_before(const float* val, const int* idx, int n, float v, int id) {
+    int lo = 0, hi = n;
+    while (lo < hi) {
+        const int mid = (lo + hi) >> 1;
+        if (pair_less(val[mid], idx[mid], v, id))
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+// Merge query row ql's candidate buffer (cand_*, this row's kCandCap slots) into its sorted running
+// list (list_*, global). Called by the whole owning warp; afterwards num_kept = min(k, old + new),
+// the buffer is empty and the threshold is the k-th value once k entries exist (+inf before).
+//   1. bitonic-sort the candidates in place (padded to a power of two with (+inf, sentinel));
+//   2. copy the running list to this warp's staging area (the list is rewritten in place);
+//   3. merge by rank: an element's place in the union is its place in its own sorted list plus the
+//      number of entries of the other list ordering before it. Candidate indices never repeat a
+//      list index (each prototype is seen once per split), so the places form a permutation.
 __device__ void flush_candidates(int ql, int k, int lane, float* list_val, int* list_idx, float* cand_val,
-                                 int* cand_idx, float* stage_val, int* stage_idx, float* threshold,
-                                 int* num_kept, int* num_cand) {
+                                 int* cand_idx, float* old_val, int* old_idx, float* threshold, int* num_kept,
+                                 int* num_cand) {
     const int n_old = num_kept[ql];
     const int n_new = num_cand[ql];
-    const int total = n_old + n_new;
-    const int n = next_pow2(total < 32 ? 32 : total);  // <= kStagingCap (static_assert above)
-    for (int i = lane; i < n; i += 32) {
-        float v = pos_inf();
-        int id = kSentinelIdx;
-        if (i < n_old) {
-            v = list_val[i];
-            id = list_idx[i];
-        } else if (i < total) {
-            v = cand_val[ql * kCandCap + (i - n_old)];
-            id = cand_idx[ql * kCandCap + (i - n_old)];
-        }
-        stage_val[i] = v;
-        stage_idx[i] = id;
+    const int n = next_pow2(n_new < 32 ? 32 : n_new);  // <= kCandCap
+    for (int i = n_new + lane; i < n; i += 32) {
+        cand_val[i] = pos_inf();
+        cand_idx[i] = kSentinelIdx;
     }
     __syncwarp();
-    bitonic_sort_pairs(stage_val, stage_idx, n, lane, 32, WarpSync());
-    const int keep = total < k ? total : k;
-    for (int i = lane; i < keep; i += 32) {
-        list_val[i] = stage_val[i];
-        list_idx[i] = stage_idx[i];
+    bitonic_sort_pairs(cand_val, cand_idx, n, lane, 32, WarpSync());
+    for (int i = lane; i < n_old; i += 32) {
+        old_val[i] = list_val[i];
+        old_idx[i] = list_idx[i];
     }
-    __syncwarp();  // orders the list writes and the staging reads below for the whole warp
+    __syncwarp();
+    const int keep = min(k, n_old + n_new);
+    for (int j = lane; j < n_old; j += 32) {
+        const float v = old_val[j];
+        const int id = old_idx[j];
+        const int pos = j + count_before(cand_val, cand_idx, n_new, v, id);
+        if (pos < keep) {
+            list_val[pos] = v;
+            list_idx[pos] = id;
+            if (pos == k - 1) threshold[ql] = v;
+        }
+    }
+    for (int j = lane; j < n_new; j += 32) {
+        const float v = cand_val[j];
+        const int id = cand_idx[j];
+        const int pos = j + count_before(old_val, old_idx, n_old, v, id);
+        if (pos < keep) {
+            list_val[pos] = v;
+            list_idx[pos] = id;
+            if (pos == k - 1) threshold[ql] = v;
+        }
+    }
+    __syncwarp();  // list, threshold and staging complete for the whole warp
     if (lane == 0) {
         num_kept[ql] = keep;
         num_cand[ql] = 0;
-        threshold[ql] = keep == k ? stage_val[k - 1] : pos_inf();
+        if (keep < k) threshold[ql] = pos_inf();  // (keep == k: set above by the lane that placed entry k-1)
     }
     __syncwarp();
 }
@@ -394,7 +423,8 @@ __device__ void partial_topk_body(const T* __restrict__ queries, const T* __rest
             __syncwarp();
             if (base > kCandCap - kBlockM)  // the next tile might not fit: merge now
                 flush_candidates(ql, k, lane, list_val + (size_t)(q0 + ql) * k, list_idx + (size_t)(q0 + ql) * k,
-                                 cand_val, cand_idx, stage_val, stage_idx, threshold, num_kept, num_cand);
+                                 cand_val + ql * kCandCap, cand_idx + ql * kCandCap, stage_val, stage_idx, threshold,
+                                 num_kept, num_cand);
         }
         __syncthreads();  // the next tile rewrites scores and bn
     }
@@ -403,8 +433,8 @@ __device__ void partial_topk_body(const T* __restrict__ queries, const T* __rest
         float* lv = list_val + (size_t)(q0 + ql) * k;
         int* li = list_idx + (size_t)(q0 + ql) * k;
         if (num_cand[ql] > 0)
-            flush_candidates(ql, k, lane, lv, li, cand_val, cand_idx, stage_val, stage_idx, threshold, num_kept,
-                             num_cand);
+            flush_candidates(ql, k, lane, lv, li, cand_val + ql * kCandCap, cand_idx + ql * kCandCap, stage_val,
+                             stage_idx, threshold, num_kept, num_cand);
         const int kept = num_kept[ql];
         for (int i = lane; i < k; i += 32) {
             float v = i < kept ? lv[i] : pos_inf();  // a split shorter than k is padded

@@ -10,13 +10,25 @@ from topk_cases import make_case, make_tie_case
 
 from protospect.cpp_ext import reference
 
-BLOCK_M, CAND_CAP, STAGING_CAP, MAX_SPLITS = 64, 128, 512, 8  # proto_topk.cuh constants
+BLOCK_M, CAND_CAP, STAGING_CAP, MAX_SPLITS = 64, 128, 256, 8  # proto_topk.cuh constants
 SENTINEL = 0x7FFFFFFF
 
 
 def _sorted_pairs(vals, idx):
     order = np.lexsort((idx, vals))  # value, then index
     return vals[order], idx[order]
+
+
+def _count_before(vals, idx, v, i):
+    """count_before in proto_topk.cuh: binary search for the entries ordering before (v, i)."""
+    lo, hi = 0, len(vals)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if vals[mid] < v or (vals[mid] == v and idx[mid] < i):
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
 
 
 def _partial(scores_row, m_begin, m_end, k):
@@ -26,11 +38,21 @@ def _partial(scores_row, m_begin, m_end, k):
     thr = np.inf
 
     def flush():
+        """flush_candidates: sort the buffer, then place every entry by rank (a permutation)."""
         nonlocal list_v, list_i, thr, cand_v, cand_i
-        assert len(list_v) + len(cand_v) <= STAGING_CAP
-        v, i = _sorted_pairs(np.concatenate([list_v, np.float32(cand_v)]), np.concatenate([list_i, np.int64(cand_i)]))
-        list_v, list_i = v[:k], i[:k]
-        thr = list_v[k - 1] if len(list_v) == k else np.inf
+        assert len(cand_v) <= CAND_CAP and len(list_v) <= STAGING_CAP
+        new_v, new_i = _sorted_pairs(np.float32(cand_v), np.int64(cand_i))
+        keep = min(k, len(list_v) + len(new_v))
+        out_v, out_i = np.full(keep, np.nan, np.float32), np.full(keep, -1, np.int64)
+        for mine, other in (((list_v, list_i), (new_v, new_i)), ((new_v, new_i), (list_v, list_i))):
+            for j in range(len(mine[0])):
+                pos = j + _count_before(other[0], other[1], mine[0][j], mine[1][j])
+                if pos < keep:
+                    assert out_i[pos] == -1, "two entries ranked into one place"
+                    out_v[pos], out_i[pos] = mine[0][j], mine[1][j]
+        assert (out_i >= 0).all()
+        list_v, list_i = out_v, out_i
+        thr = list_v[k - 1] if keep == k else np.inf
         cand_v, cand_i = [], []
 
     for m0 in range(m_begin, m_end, BLOCK_M):
