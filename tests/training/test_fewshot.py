@@ -1,0 +1,93 @@
+"""The few-shot loop on a generated MVTec-layout category: records, merging, plots, no-mask fallback."""
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from protospect.training import fewshot, metrics
+from protospect.training.results import markdown_table
+
+from mvtec_tiny import make_category
+
+pytestmark = pytest.mark.torch
+OVERRIDES = {"input_size": 64}
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    torch.set_num_threads(2)
+    root = tmp_path_factory.mktemp("data")
+    make_category(root, "part", n_train=4, n_good=4, n_defect=4)
+    out = tmp_path_factory.mktemp("out")
+    records = fewshot.evaluate(root, "part", "patchcore", [1, 2], [0, 1], "edge", out,
+                               config_overrides=OVERRIDES, command="protospect eval (test)")
+    return root, out, records
+
+
+def test_records_follow_the_results_schema(evaluated):
+    _, out, records = evaluated
+    assert [r["K"] for r in records] == [1, 2]
+    saved = json.loads((out / "results.json").read_text())
+    assert saved == records
+    for r in records:
+        assert {"category", "method", "preset", "K", "seeds", "image_auroc", "pixel_auroc", "aupro", "f1_max"} <= set(r)
+        assert r["category"] == "part" and r["method"] == "patchcore" and r["preset"] == "edge" and r["seeds"] == [0, 1]
+        for key in fewshot.PERCENT_KEYS:
+            mean, std = r[key]
+            assert 0.0 <= mean <= 100.0 and std >= 0.0
+        assert r["command"] == "protospect eval (test)" and r["input_size"] == 64
+        assert len(r["per_seed"]) == 2 and r["train_seconds"][0] > 0
+        for seed, names in r["shots"].items():
+            assert len(names) == r["K"] == len(set(names))  # K distinct files per seed
+    # The planted blobs are obvious; a working baseline ranks them above the good parts.
+    assert records[1]["image_auroc"][0] >= 90.0 and records[1]["pixel_auroc"][0] >= 80.0
+
+
+def test_mean_and_std_are_over_seeds(evaluated):
+    _, _, records = evaluated
+    r = records[0]
+    per_seed = [s["image_auroc"] for s in r["per_seed"]]
+    assert r["image_auroc"][0] == pytest.approx(np.mean(per_seed), abs=1e-3)
+    assert r["image_auroc"][1] == pytest.approx(np.std(per_seed), abs=1e-3)
+
+
+def test_markdown_and_pictures_are_written(evaluated):
+    _, out, records = evaluated
+    md = (out / "results.md").read_text()
+    assert "| part | patchcore | edge | 64 | 2 | 0 1 |" in md and "protospect eval (test)" in md
+    for name in ["heatmaps_part_patchcore_K1.png", "heatmaps_part_patchcore_K2.png", "roc_part_patchcore.png"]:
+        img = cv2.imread(str(out / name))
+        assert img is not None and img.shape[0] > 100 and img.shape[1] > 100, name
+
+
+def test_second_category_appends_and_rerun_replaces(evaluated, tmp_path):
+    root, out, records = evaluated
+    make_category(root, "other", n_train=2, n_good=2, n_defect=2, seed=4)
+    fewshot.evaluate(root, "other", "patchcore", [1], [0], "edge", out, config_overrides=OVERRIDES, plots=False)
+    fewshot.evaluate(root, "other", "patchcore", [1], [0], "edge", out, config_overrides=OVERRIDES, plots=False)
+    saved = json.loads((out / "results.json").read_text())
+    assert [(r["category"], r["K"]) for r in saved] == [("part", 1), ("part", 2), ("other", 1)]
+    assert "| other | patchcore |" in markdown_table(saved)
+
+
+def test_category_without_masks_gives_image_metrics_only(tmp_path):
+    cat = make_category(tmp_path, "nomask", n_train=2, n_good=2, n_defect=2, seed=2)
+    shutil.rmtree(cat / "ground_truth")
+    (r,) = fewshot.evaluate(tmp_path, "nomask", "patchcore", [1], [0], "edge", None, config_overrides=OVERRIDES)
+    assert r["pixel_auroc"] is None and r["aupro"] is None and r["image_auroc"] is not None
+
+
+def test_seed_metrics_agree_with_the_metric_functions():
+    rng = np.random.default_rng(0)
+    masks = np.zeros((4, 8, 8), np.uint8)
+    masks[2:, 2:5, 2:5] = 1
+    maps = rng.random((4, 8, 8)) + masks
+    test = fewshot.TestSet(items=[], images=np.zeros((4, 8, 8, 3), np.uint8), labels=np.array([0, 0, 1, 1]), masks=masks)
+    scores = maps.max(axis=(1, 2))
+    m = fewshot.seed_metrics(test, scores, maps, threshold=float(np.median(scores)))
+    assert m["image_auroc"] == metrics.image_auroc(test.labels, scores)
+    assert m["aupro"] == metrics.aupro(masks, maps) and m["pixel_auroc"] == metrics.pixel_auroc(masks, maps)
+    assert m["false_alarm_rate"] == metrics.threshold_stats(test.labels, scores, float(np.median(scores)))["false_alarm_rate"]
