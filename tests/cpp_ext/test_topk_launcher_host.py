@@ -1,0 +1,44 @@
+"""Host-side behaviour of the torch-free launcher that needs no GPU: error checking and geometry."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from protospect.cpp_ext import launcher
+from protospect.errors import CudaError
+
+runtime = pytest.importorskip("cuda.bindings.runtime", reason="cuda-python not installed (pip install 'protospect[gpu]')")
+
+
+def test_check_returns_values_and_raises_named_cuda_error():
+    ok = runtime.cudaError_t.cudaSuccess
+    assert launcher.check((ok,)) is None
+    assert launcher.check((ok, 7)) == 7
+    assert launcher.check((ok, 1, 2)) == (1, 2)
+    with pytest.raises(CudaError, match=r"cudaMalloc\(8\) failed: cudaErrorMemoryAllocation"):
+        launcher.check((runtime.cudaError_t.cudaErrorMemoryAllocation, None), "cudaMalloc(8)")
+
+
+def test_without_a_gpu_construction_fails_with_cuda_error():
+    err, count = runtime.cudaGetDeviceCount()
+    if int(err) == 0 and count > 0:
+        pytest.skip("a CUDA GPU is present (this test covers machines without one)")
+    with pytest.raises(CudaError, match="cudaFree"):
+        launcher.ProtoTopK(np.zeros((4, 3), np.float32))
+
+
+@pytest.mark.parametrize("Q,M,splits", [(4096, 4096, 5), (10, 100, 8), (1, 64, 3), (300, 32768, 8)])
+def test_splits_cover_the_bank_without_empty_segments(Q, M, splits):
+    eff = launcher.effective_splits(M, splits, 64, 8)
+    seg = launcher.segment_length(M, eff, 64)
+    assert 1 <= eff <= min(splits, 8) and seg % 64 == 0
+    assert (eff - 1) * seg < M <= eff * seg  # the last segment is non-empty, all prototypes covered
+
+
+def test_workspace_layout_regions_do_not_overlap():
+    lay = launcher.workspace_layout(Q=1000, k=200, splits=3, want_indices=True)
+    assert lay["qnorm"] == 0 and lay["part_val"] >= 4 * 1000
+    assert lay["part_idx"] >= lay["part_val"] + 4 * 3 * 1000 * 200 and lay["bytes"] >= lay["part_idx"] + 4 * 3 * 1000 * 200
+    assert all(v % 256 == 0 for v in lay.values())
+    assert launcher.workspace_layout(1000, 200, 1, True)["bytes"] == 0
+    assert launcher.workspace_layout(1000, 200, 1, False)["bytes"] >= 4 * 1000 * 200
