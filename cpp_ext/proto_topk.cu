@@ -3,6 +3,8 @@
 // launcher.py, which mirrors the geometry below: keep the two in step).
 #include "proto_topk.h"
 
+#include <stdint.h>
+
 #include "proto_topk.cuh"
 
 namespace {
@@ -32,6 +34,27 @@ int current_sm_count() {
     return sms;
 }
 
+// Opt the partial kernel into >48 KiB of dynamic shared memory once per device and dtype: the call
+// is host-side and idempotent (a race only repeats it), and skipping it later keeps launches cheap
+// and free of non-stream API calls during CUDA-graph capture.
+cudaError_t allow_big_smem(int dtype) {
+    constexpr int kMaxDevices = 64;
+    static bool done[kMaxDevices][2] = {};
+    int device = 0;
+    cudaError_t err = cudaGetDevice(&device);
+    if (err != cudaSuccess) return err;
+    const bool cacheable = device >= 0 && device < kMaxDevices;
+    if (cacheable && done[device][dtype]) return cudaSuccess;
+    if (dtype == kFloat16)
+        err = cudaFuncSetAttribute(proto_topk_partial_f16, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                   (int)SmemLayout<__half>::kBytes);
+    else
+        err = cudaFuncSetAttribute(proto_topk_partial_f32, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                   (int)SmemLayout<float>::kBytes);
+    if (err == cudaSuccess && cacheable) done[device][dtype] = true;
+    return err;
+}
+
 int resolve_splits(int Q, int M, int k, int splits) {
     if (splits <= 0) splits = proto_topk_plan_splits(Q, M, k, current_sm_count());
     return effective_splits(M, splits);
@@ -48,7 +71,7 @@ struct Workspace {
 // One layout for both the size query and the run (launcher.py mirrors it).
 Workspace carve(void* base, int Q, int k, int splits, bool want_indices) {
     Workspace ws;
-    auto* p = static_cast<unsigned char*>(base);
+    const uintptr_t p = reinterpret_cast<uintptr_t>(base);  // integer math: base may be null (size query)
     size_t off = 0;
     const size_t list = (size_t)Q * k;
     if (splits > 1) {
@@ -87,18 +110,15 @@ int launch(const void* queries, const void* bank, const float* bank_sqnorm, int 
     const int seg_len = segment_length(M, splits);
     const dim3 grid(ceil_div(Q, kBlockQ), splits);
 
-    cudaError_t err;
+    cudaError_t err = allow_big_smem(dtype);
+    if (err != cudaSuccess) return err;
     if (dtype == kFloat16) {
         const unsigned smem = SmemLayout<__half>::kBytes;
-        err = cudaFuncSetAttribute(proto_topk_partial_f16, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-        if (err != cudaSuccess) return err;
         proto_topk_partial_f16<<<grid, kThreads, smem, stream>>>(
             static_cast<const __half*>(queries), static_cast<const __half*>(bank), bank_sqnorm, Q, M, D, k, seg_len,
             list_val, list_idx, ws.qnorm, single ? 1 : 0, debug_scores);
     } else {
         const unsigned smem = SmemLayout<float>::kBytes;
-        err = cudaFuncSetAttribute(proto_topk_partial_f32, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-        if (err != cudaSuccess) return err;
         proto_topk_partial_f32<<<grid, kThreads, smem, stream>>>(
             static_cast<const float*>(queries), static_cast<const float*>(bank), bank_sqnorm, Q, M, D, k, seg_len,
             list_val, list_idx, ws.qnorm, single ? 1 : 0, debug_scores);
