@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Compile the fused prototype top-k kernel (cpp_ext/proto_topk.cu) for Jetson Orin (sm_87) and
 # Hopper (sm_90) with nvcc, printing ptxas register/shared-memory/spill figures. Runs on a machine
-# without a GPU. Exits non-zero on a compile error, a compiler warning, or a register spill.
+# without a GPU. Exits non-zero on a compile error, a compiler warning, or a register spill, and
+# (exit 2) when nvcc is missing unless ALLOW_NO_NVCC=1.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -11,7 +12,11 @@ ARCHES="${ARCHES:-87 90}"
 OUT="$(mktemp -d)"
 trap 'rm -rf "$OUT"' EXIT
 
-command -v "$NVCC" >/dev/null || { echo "compile_kernel.sh: nvcc not found (set NVCC=/path/to/nvcc)" >&2; exit 2; }
+if ! command -v "$NVCC" >/dev/null; then
+    echo "compile_kernel.sh: nvcc not found (set NVCC=/path/to/nvcc)" >&2
+    [ "${ALLOW_NO_NVCC:-0}" = "1" ] && { echo "ALLOW_NO_NVCC=1: skipping the kernel compile"; exit 0; }
+    exit 2
+fi
 "$NVCC" --version | tail -n 1
 
 status=0
