@@ -262,6 +262,8 @@ class ProtoTopK:
             if M is None or D is None or dtype is None:
                 raise ConfigError("set_bank(device_pointer, M, D, dtype): M, D and dtype are required with a pointer")
             ptr = int(bank)
+            if ptr == 0:
+                raise ConfigError("set_bank got a null device pointer: pass the bank's device address or a numpy array")
         if dtype not in DTYPES:
             raise ConfigError(f"dtype {dtype!r} is not supported; use one of {sorted(DTYPES)}")
         if M < 1 or D < 1:

@@ -119,16 +119,21 @@ def test_bank_splits_give_identical_results(path_op, splits):
     np.testing.assert_array_equal(base[1], split[1])
 
 
-def test_debug_scores_are_the_full_ranking_matrix(torch_op):
+@pytest.mark.parametrize("dtype,D", [("float32", 37), ("float16", 37), ("float16", 64)])  # fp16 D=64: vector loads
+def test_debug_scores_are_the_full_ranking_matrix(torch_op, dtype, D):
+    """The first thing to look at if a result is off: the (Q, M) scores the kernel ranked, tile by tile."""
     import torch
 
-    queries, bank = make_case(70, 150, 37, seed=2)
-    tq, tb = torch.from_numpy(queries).cuda(), torch.from_numpy(bank).cuda()
+    queries, bank = make_case(70, 150, D, seed=2)
+    tq = torch.from_numpy(queries).cuda().to(getattr(torch, dtype))
+    tb = torch.from_numpy(bank).cuda().to(getattr(torch, dtype))
     dist, idx, scores = torch_op.knn_sqdist(tq, tb, 5, debug_scores=True)
-    want = (tb * tb).sum(1)[None, :] - 2.0 * tq @ tb.T
-    torch.testing.assert_close(scores, want, rtol=1e-4, atol=1e-3)
-    qn = (tq * tq).sum(1, keepdim=True)
-    torch.testing.assert_close(dist, (torch.gather(scores, 1, idx.long()) + qn).clamp_min(0), rtol=1e-5, atol=1e-4)
+    qf, bf = tq.double(), tb.double()
+    want = ((bf * bf).sum(1)[None, :] - 2.0 * qf @ bf.T).float()
+    bad = ~torch.isclose(scores, want, rtol=1e-4, atol=1e-3)
+    assert not bad.any(), f"first bad (query, prototype): {bad.nonzero()[:5].tolist()} (tile = index // 64)"
+    qn = (qf * qf).sum(1, keepdim=True).float()
+    torch.testing.assert_close(dist, (torch.gather(scores, 1, idx.long()) + qn).clamp_min(0), rtol=1e-5, atol=1e-3)
 
 
 def test_torch_op_without_indices_and_under_a_cuda_graph(torch_op):
