@@ -1,0 +1,126 @@
+"""The TensorRT backends' data path on a CPU machine, with API-faithful fakes of tensorrt and
+cuda-python (tests/runtime/fake_gpu.py): the plumbing is exercised, TensorRT itself is not."""
+from __future__ import annotations
+
+import ctypes
+import importlib.machinery
+import sys
+import types
+
+import numpy as np
+import pytest
+
+import fake_gpu
+from fixture_models import build_split_model, reference_rgb, render_part
+from protospect.errors import ArtifactError
+from protospect.imageio import resize_square, to_rgb_uint8
+from protospect.runtime.backends import select_backend
+from protospect.runtime.backends.ort import OrtBackend
+from protospect.runtime.backends.split import SplitOrtBackend, SplitTrtBackend
+from protospect.runtime.backends.trt import TrtBackend
+
+
+@pytest.fixture()
+def fake_stack(monkeypatch):
+    rt = fake_gpu.make_cudart()
+    trt = fake_gpu.make_tensorrt()
+    bindings = types.ModuleType("cuda.bindings")
+    bindings.__spec__ = importlib.machinery.ModuleSpec("cuda.bindings", None)  # find_spec() needs one
+    bindings.runtime = rt
+    cuda_pkg = types.ModuleType("cuda")
+    cuda_pkg.bindings = bindings
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setitem(sys.modules, "cuda", cuda_pkg)
+    monkeypatch.setitem(sys.modules, "cuda.bindings", bindings)
+    monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", rt)
+    return rt, trt
+
+
+def _frame(seed=1, defect=True):
+    return resize_square(to_rgb_uint8(render_part(np.random.default_rng(seed), (160, 120), defect=defect)), 64)
+
+
+def test_trt_backend_data_path_matches_ort_and_frees_everything(fx, tmp_path, fake_stack):
+    rt, _ = fake_stack
+    engine = fake_gpu.write_fake_engine(tmp_path / "model.engine", fx.model)
+    img = _frame()
+    with OrtBackend(fx.model) as ort_b:
+        want_map, want_score = ort_b.infer(img)
+    backend = select_backend(engine)
+    assert isinstance(backend, TrtBackend)
+    with backend:
+        assert backend.info.threshold == pytest.approx(fx.threshold)
+        for _ in range(2):  # buffers are reused frame to frame
+            amap, score = backend.infer(img)
+            assert np.array_equal(amap, want_map) and score == want_score
+        assert backend.last_device_ms == 0.25
+        amap2, _ = backend.infer(_frame(2, defect=False))
+        assert not np.array_equal(amap2, amap)  # a new frame really went through the "device"
+        assert np.array_equal(amap, want_map)   # and the returned arrays are copies, not pinned views
+        assert len(rt.allocs) == 3 + 3  # device: image, anomaly_map, image_score; pinned: the same three
+    assert rt.allocs == {}  # every allocation freed on exit
+    kinds = [k for op, k in rt.calls if op == "memcpy"]
+    assert kinds[:3] == [1, 2, 2]  # upload the frame, download map and score
+
+
+def test_trt_backend_refuses_engine_from_other_gpu_or_version(fx, tmp_path, fake_stack):
+    rt, _ = fake_stack
+    other_gpu = fake_gpu.write_fake_engine(tmp_path / "a.engine", fx.model, cc="9.0")
+    with pytest.raises(ArtifactError, match="compute capability 9.0"):
+        with TrtBackend(other_gpu):
+            pass
+    other_trt = fake_gpu.write_fake_engine(tmp_path / "b.engine", fx.model, trt_version="11.1.0")
+    with pytest.raises(ArtifactError, match="TensorRT 11.1.0 but this is TensorRT 10.3.0.30"):
+        with TrtBackend(other_trt):
+            pass
+    corrupt = fake_gpu.write_fake_engine(tmp_path / "c.engine", fx.model)
+    corrupt.write_bytes(b"\x00not an engine")
+    with pytest.raises(ArtifactError, match="could not deserialize"):
+        with TrtBackend(corrupt):
+            pass
+    assert rt.allocs == {}
+
+
+class FakeProtoTopK:
+    """protospect.cpp_ext.launcher.ProtoTopK's interface over host pointers, via the numpy reference."""
+
+    instances = []
+
+    def __init__(self, bank, M=None, D=None, dtype=None):
+        self.bank = np.array(bank)
+        self.closed = False
+        FakeProtoTopK.instances.append(self)
+
+    def run(self, q_ptr, Q, k, out_dist_ptr, out_idx_ptr=0, stream=0):
+        from protospect.cpp_ext.reference import knn_sqdist
+
+        d = self.bank.shape[1]
+        q = np.frombuffer((ctypes.c_float * (Q * d)).from_address(q_ptr), np.float32).reshape(Q, d)
+        out = np.frombuffer((ctypes.c_float * (Q * k)).from_address(out_dist_ptr), np.float32).reshape(Q, k)
+        out[...] = knn_sqdist(q, self.bank, k)
+        assert out_idx_ptr == 0  # the head needs distances only
+
+    def close(self):
+        self.closed = True
+
+
+def test_split_trt_path_matches_split_ort(tmp_path, fake_stack, monkeypatch):
+    import protospect.cpp_ext.launcher as launcher
+
+    monkeypatch.setattr(launcher, "ProtoTopK", FakeProtoTopK)
+    rng = np.random.default_rng(0)
+    folder = build_split_model(tmp_path / "split", reference_rgb(64), k=3, cell=8, threshold=0.1,
+                               bank=rng.uniform(0, 1, (40, 3)).astype(np.float32))
+    img = _frame()
+    with SplitOrtBackend(folder) as cpu:
+        want_map, want_score = cpu.infer(img)
+    fake_gpu.write_fake_engine(folder / "features.engine", folder / "features.onnx")
+    fake_gpu.write_fake_engine(folder / "head.engine", folder / "head.onnx")
+    backend = select_backend(folder)
+    assert isinstance(backend, SplitTrtBackend)
+    rt, _ = fake_stack
+    with backend:
+        amap, score = backend.infer(img)
+        assert set(backend.last_stage_ms) == {"features", "topk", "head"} and backend.last_device_ms == 0.25
+    assert np.abs(amap - want_map).max() < 1e-6 and score == pytest.approx(want_score)
+    assert FakeProtoTopK.instances[-1].closed and rt.allocs == {}
