@@ -18,7 +18,7 @@ import numpy as np
 from protospect.errors import ConfigError
 from protospect.runtime.backends import select_backend
 from protospect.runtime.backends.ort import available_cores
-from protospect.runtime.cli_serve import add_source_arguments
+from protospect.runtime.cli_serve import add_source_arguments, check_common
 from protospect.runtime.pipeline import Pipeline
 from protospect.runtime.report import stop_on_signals, summary_text, write_json
 from protospect.runtime.sources import ArraySource, open_source
@@ -47,6 +47,7 @@ def _size(spec: str | None, s: int) -> tuple[int, int]:
 def run(args: argparse.Namespace) -> int:
     if args.frames < 1 or args.warmup < 0:
         raise ConfigError("--frames must be >= 1 and --warmup >= 0")
+    check_common(args)
     backend = select_backend(args.model, args.backend, threads=args.threads)
     with backend:
         s = backend.info.input_size

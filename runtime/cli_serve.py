@@ -11,6 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
+from protospect.errors import ConfigError
 from protospect.runtime.backends import CHOICES, select_backend
 from protospect.runtime.operator_view import OperatorView, parse_view
 from protospect.runtime.pipeline import Pipeline
@@ -41,7 +42,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fsync-every", type=int, default=100, help="fsync the log every N lines (and every second)")
 
 
+def check_common(args: argparse.Namespace) -> None:
+    if args.queue_size < 1:
+        raise ConfigError(f"--queue-size {args.queue_size}: must be >= 1 (2 keeps latency at about one frame)")
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads {args.threads}: must be >= 1")
+    if getattr(args, "max_frames", None) is not None and args.max_frames < 1:
+        raise ConfigError(f"--max-frames {args.max_frames}: must be >= 1")
+
+
 def run(args: argparse.Namespace) -> int:
+    check_common(args)
     backend = select_backend(args.model, args.backend, threads=args.threads)
     source = open_source(args.source, loop=args.loop)
     view = None

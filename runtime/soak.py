@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from protospect.runtime.backends import select_backend
-from protospect.runtime.cli_serve import add_source_arguments
+from protospect.runtime.cli_serve import add_source_arguments, check_common
 from protospect.runtime.pipeline import Pipeline
 from protospect.runtime.report import stop_on_signals, summary_text, write_json
 from protospect.runtime.sinks import JsonlSink
@@ -55,6 +55,7 @@ class RssProbe:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_common(args)
     backend = select_backend(args.model, args.backend, threads=args.threads)
     probe = RssProbe(args.rss_every or max(1, args.frames // 10))
     with backend:

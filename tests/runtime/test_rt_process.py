@@ -125,6 +125,8 @@ def test_serve_reports_a_missing_source_as_one_line_error(fx, tmp_path, capsys):
     assert cli_main(["serve", str(fx.model), "--source", str(tmp_path / "nope.avi")]) == 1
     err = capsys.readouterr().err
     assert "error: source not found" in err and "Traceback" not in err
+    assert cli_main(["serve", str(fx.model), "--source", str(fx.video), "--queue-size", "0"]) == 1
+    assert "--queue-size 0: must be >= 1" in capsys.readouterr().err
 
 
 def test_bench_prints_table_headline_and_writes_histogram(fx, tmp_path, capsys):
