@@ -73,3 +73,16 @@ def test_launcher_geometry_matches_the_c_launcher(tmp_path):
         assert ws_noidx == launcher.workspace_layout(Q, k, splits, False)["bytes"]
     smem_f32, smem_f16 = (int(x) for x in lines[-1].split()[1:])
     assert 48 * 1024 < smem_f16 <= 163 * 1024 and 48 * 1024 < smem_f32 <= 163 * 1024  # opt-in needed, fits Orin
+
+
+def test_cubin_cache_compiles_once_per_source_and_arch(nvrtc_ready, tmp_path, monkeypatch):
+    monkeypatch.setattr(launcher, "_CACHE_DIR", tmp_path)
+    first = launcher._cached_cubin("sm_87")
+    cached = list(tmp_path.glob("proto_topk_sm_87_*.cubin"))
+    assert len(cached) == 1 and cached[0].read_bytes() == first
+
+    def no_compile(*args, **kwargs):
+        raise AssertionError("the cached cubin should have been used")
+
+    monkeypatch.setattr(launcher, "compile_cubin", no_compile)
+    assert launcher._cached_cubin("sm_87") == first
