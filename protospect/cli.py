@@ -23,6 +23,7 @@ COMMANDS = {
     "build-engine": ("protospect.export.cli_build_engine", "ONNX -> TensorRT engine + sidecar JSON", "trt"),
     "serve": ("protospect.runtime.cli_serve", "run a model on a camera/video/folder and log every verdict", "runtime"),
     "bench": ("protospect.runtime.cli_bench", "per-stage latency of a model on a source", "runtime"),
+    "soak": ("protospect.runtime.soak", "replay a source for N frames and print resident memory", "runtime"),
 }
 
 
