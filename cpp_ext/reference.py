@@ -63,6 +63,12 @@ def knn_sqdist(queries: np.ndarray, bank: np.ndarray, k: int, return_indices: bo
         d = np.einsum("qd,qd->q", q, q)[:, None] + bank_sq[None, :] - 2.0 * (q @ b64.T)
         np.maximum(d, 0.0, out=d)
         d[np.isnan(d)] = np.inf
+        if not return_indices:
+            # Values only (the runtime's CPU split path): tie order cannot change them, so skip the
+            # per-row (value, index) sort; partition + sort is ~100x faster at 4096 x 2048.
+            part = np.partition(d, k - 1, axis=1)[:, :k] if k < n_m else d
+            dist_out[start : start + chunk] = np.sort(part, axis=1)
+            continue
         idx = _smallest_k_rows(d, k)
         dist_out[start : start + chunk] = np.take_along_axis(d, idx, axis=1)
         idx_out[start : start + chunk] = idx
