@@ -40,11 +40,15 @@ def list_images(folder: Path) -> list[Path]:
                   if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+MASK_SUFFIXES = (".png", ".bmp", ".tif", ".tiff")
+
+
 def _find_mask(gt_dir: Path, image: Path) -> Path | None:
-    # MVTec names masks <stem>_mask.png; some conversions keep the image's stem.
-    for candidate in (gt_dir / f"{image.stem}_mask.png", gt_dir / f"{image.stem}.png"):
-        if candidate.is_file():
-            return candidate
+    # MVTec/MPDD name masks <stem>_mask.png; converted BTAD/VisA sets keep the image's stem (png or bmp).
+    for name in (f"{image.stem}_mask", image.stem):
+        for suffix in MASK_SUFFIXES:
+            if (gt_dir / f"{name}{suffix}").is_file():
+                return gt_dir / f"{name}{suffix}"
     return None
 
 

@@ -71,6 +71,21 @@ def test_missing_masks_mean_image_level_only(tmp_path, caplog):
     assert img.shape == (32, 32, 3) and mask is None
 
 
+def test_masks_named_like_the_image_are_found(tmp_path):
+    """BTAD/VisA conversions keep the image's stem for the mask (png or bmp)."""
+    cat_dir = make_category(tmp_path)
+    gt = cat_dir / "ground_truth" / "crack"
+    (gt / "000_mask.png").rename(gt / "000.png")
+    m = cv2.imread(str(gt / "001_mask.png"), cv2.IMREAD_GRAYSCALE)
+    write_png(gt / "001.bmp", m)
+    (gt / "001_mask.png").unlink()
+    cat = MVTecCategory(cat_dir)
+    assert cat.has_masks
+    names = {it.path.name: it.mask_path.name for it in cat.test if it.label}
+    assert names == {"000.png": "000.png", "001.png": "001.bmp", "002.png": "002_mask.png"}
+    assert all(load_item(it, 32)[1].sum() > 0 for it in cat.test if it.label)
+
+
 @pytest.mark.parametrize("breakage,message", [
     (lambda c: None, "category folder not found"),
     (lambda c: (c / "train" / "good").rename(c / "train" / "ok"), "no train/good"),
