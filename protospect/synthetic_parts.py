@@ -15,7 +15,6 @@ turned face, a drop shadow, a lighting gradient and sensor noise. Defects (exact
 from __future__ import annotations
 
 import argparse
-import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,6 @@ import numpy as np
 
 from protospect.errors import ConfigError, DataError
 
-log = logging.getLogger(__name__)
 
 DEFECT_TYPES = ("scratch", "dent", "missing", "stain")
 CATEGORY = "flange"
@@ -40,7 +38,7 @@ class _Pose:
     cy: float
     radius: float  # outer rim radius in pixels
     angle: float  # bolt circle rotation, radians
-    light: float  # light direction, radians
+    light: float  # direction the light travels (lamp -> scene, image plane), radians
     gradient: float  # lighting gradient strength across the image
     tint: tuple[float, float, float]
 
@@ -101,9 +99,9 @@ def _render_clean(rng: np.random.Generator, size: int, pose: _Pose) -> _Part:
     R = pose.radius
     light = np.array([np.cos(pose.light), np.sin(pose.light)], np.float32)
 
-    # Belt: dark, slightly mottled; the part casts a soft shadow away from the light.
+    # Belt: dark, slightly mottled; the part casts a soft shadow downstream of the light.
     belt = 42.0 + 4.0 * _smooth_noise(rng, (size, size), size / 40) + 1.5 * rng.standard_normal((size, size), np.float32)
-    shadow_r = np.hypot(dx + light[0] * 0.03 * size, dy + light[1] * 0.03 * size)
+    shadow_r = np.hypot(dx - light[0] * 0.03 * size, dy - light[1] * 0.03 * size)
     shadow = cv2.GaussianBlur(_coverage(R - shadow_r), (0, 0), 0.02 * size)
     belt = belt * (1.0 - 0.45 * shadow)
 
@@ -137,7 +135,8 @@ def _render_clean(rng: np.random.Generator, size: int, pose: _Pose) -> _Part:
 
     disc = _coverage(R - r)
     solid = disc * through
-    gradient = 1.0 + pose.gradient * ((xx - pose.cx) * light[0] + (yy - pose.cy) * light[1]) / size * -1.0
+    # Brighter near the lamp, darker downstream.
+    gradient = 1.0 - pose.gradient * ((xx - pose.cx) * light[0] + (yy - pose.cy) * light[1]) / size
     tint = np.array(pose.tint, np.float32)
     face_rgb = (face * gradient)[..., None] * tint
     plain_rgb = (plain_face * gradient)[..., None] * tint
@@ -194,9 +193,9 @@ def _dent(rng: np.random.Generator, part: _Part, size: int) -> np.ndarray:
     mask = ((q <= 1.0) & part.metal).astype(np.uint8)
     depth = rng.uniform(40, 70)
     light = np.array([np.cos(part.pose.light), np.sin(part.pose.light)])
-    # Crater: darker in the middle; the flank facing the light is brighter, the far one darker.
+    # Crater: darker in the middle; its far wall faces the lamp (brighter), its near wall is in shade.
     flank = ((xx - x0) * light[0] + (yy - y0) * light[1]) / max(ax, ay)
-    shade = -depth * (0.35 + 0.65 * (1.0 - q)) - 0.6 * depth * flank
+    shade = -depth * (0.35 + 0.65 * (1.0 - q)) + 0.6 * depth * flank
     part.image += (mask * shade)[..., None]
     return mask
 
@@ -222,8 +221,9 @@ def _stain(rng: np.random.Generator, part: _Part, size: int) -> np.ndarray:
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     field = np.zeros((size, size), np.float32)
     scale = rng.uniform(0.02, 0.045) * size
-    for _ in range(int(rng.integers(3, 7))):  # a few overlapping blobs make an irregular outline
-        bx, by = x0 + rng.normal(0, scale), y0 + rng.normal(0, scale)
+    # A few overlapping blobs make an irregular outline; the first sits on (x0, y0), so the mask is never empty.
+    for i in range(int(rng.integers(3, 7))):
+        bx, by = (x0, y0) if i == 0 else (x0 + rng.normal(0, scale), y0 + rng.normal(0, scale))
         s = scale * rng.uniform(0.5, 1.0)
         field += np.exp(-((xx - bx) ** 2 + (yy - by) ** 2) / (2 * s * s))
     mask = ((field > 0.5) & part.metal).astype(np.uint8)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -107,8 +108,6 @@ def check_stages(name: str, stages: tuple[int, ...], valid: range) -> None:
 
 def load_state_dict_file(path, backbone: str) -> dict:
     """torch.load a state_dict (tensors only) with a one-line ConfigError for anything unusable."""
-    from pathlib import Path
-
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"backbone {backbone}: weight file not found: {path} (check --backbone-weights)")
