@@ -18,7 +18,7 @@ from pathlib import Path
 import onnx
 
 from protospect._optional import require
-from protospect.calibration.augment import AugmentConfig
+from protospect.calibration.augment import MIN_FRAMES, AugmentConfig
 from protospect.calibration.data_reader import ImageCalibrationReader, calibration_frames
 from protospect.calibration.exclusion import float_regions
 from protospect.calibration.qdq_check import QDQReport, check_qdq
@@ -29,7 +29,6 @@ log = logging.getLogger(__name__)
 
 OP_TYPES = ["Conv", "ConvTranspose", "Gemm", "MatMul", "Add"]
 METHODS = ("minmax", "entropy", "percentile")
-MIN_SAMPLES = 32  # fewer calibration frames than this gives noisy ranges: warn
 
 
 @dataclass
@@ -59,9 +58,9 @@ def int8_from_onnx(onnx_path, out_path, images, *, augment: AugmentConfig | None
         raise ConfigError(f"{onnx_path} is already {props['protospect.precision']}; INT8 starts from the FP32 graph")
     augment = augment or AugmentConfig()
     frames = calibration_frames(images, input_size_of_props(props, onnx_path), augment)
-    if len(frames) < MIN_SAMPLES:
+    if len(frames) < MIN_FRAMES:
         log.warning("only %d calibration frames (< %d): activation ranges may be noisy; add normal images "
-                    "with --calib DIR or raise augmentations", len(frames), MIN_SAMPLES)
+                    "with --calib DIR or raise --calib-augment", len(frames), MIN_FRAMES)
     regions = float_regions(model, float_tail=float_tail)
     key = _cache_key(onnx_path, frames, augment, method, float_tail)
     cached = Path(cache_dir) / f"{key}.onnx" if cache_dir else None

@@ -28,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calib", type=Path, default=None, metavar="DIR",
                         help="folder of normal images for --int8 (default: the artifact's shots)")
     parser.add_argument("--calib-method", choices=["minmax", "entropy", "percentile"], default="minmax")
-    parser.add_argument("--calib-augment", type=int, default=8, metavar="N", help="augmented copies per calibration image")
+    parser.add_argument("--calib-augment", type=int, default=None, metavar="N",
+                        help="augmented copies per calibration image (default: enough for 32 frames, at least 4)")
     parser.add_argument("--float-tail", type=int, default=1, metavar="N",
                         help="learned layers after the top-k kept float under --int8 (default 1)")
     parser.add_argument("--cache-dir", type=Path, default=None,
@@ -117,6 +118,6 @@ def _convert(args, precision: str, fp32_path: Path, out_path: Path, manifest: di
     images = images_in(args.calib) if args.calib else shot_paths(manifest)
     result = int8_from_onnx(fp32_path, out_path, images, augment=AugmentConfig(per_image=args.calib_augment),
                             method=args.calib_method, float_tail=args.float_tail, cache_dir=args.cache_dir)
-    print(f"int8: calibrated on {len(images)} images x {args.calib_augment + 1} views = {result.n_frames} frames"
+    print(f"int8: calibrated on {len(images)} images -> {result.n_frames} frames with augmentations"
           f"{' (cache hit)' if result.cache_hit else ''}; {len(result.qdq.quantized)} layers INT8, "
           f"{len(result.float_nodes)} nodes float (Q/DQ placement checked for TensorRT)")

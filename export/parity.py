@@ -88,7 +88,8 @@ def parity_from_model(model, onnx_path, images, labels=None) -> ParityReport:
 
     meta, calibration = model.meta, model.calibration
     frames = load_images(images, input_size_of(meta))
-    session = cpu_session(onnx_path)
+    precision = graph_precision(onnx_path)
+    session = cpu_session(onnx_path, simulate_qdq=precision == "int8")  # see cpu_session: what TensorRT computes
     feed_extra = {}
     input_names = [i.name for i in session.get_inputs()]
     if "bank" in input_names:
@@ -111,7 +112,7 @@ def parity_from_model(model, onnx_path, images, labels=None) -> ParityReport:
     span = float(t_maps.max() - t_maps.min()) or 1.0
     thr = float(calibration["threshold"])
     report = ParityReport(
-        n_images=len(frames), precision=graph_precision(onnx_path), map_max_abs=diff, map_max_rel=diff / span,
+        n_images=len(frames), precision=precision, map_max_abs=diff, map_max_rel=diff / span,
         score_max_abs=float(np.abs(t_scores - o_scores).max()),
         decisions_differ=int(((t_scores >= thr) != (o_scores >= thr)).sum()), threshold=thr)
     if labels is not None:
