@@ -121,6 +121,11 @@ def test_cli_command(tmp_path, capsys):
     out = capsys.readouterr().out
     assert str(tmp_path / CATEGORY) in out and "protospect eval" in out
     assert len(list((tmp_path / CATEGORY).rglob("*.png"))) == 2 + 1 + 2 * len(DEFECT_TYPES)
+    # A folder it did not write is refused with one line and exit code 1.
+    (tmp_path / "other" / CATEGORY).mkdir(parents=True)
+    assert main(["demo-data", "--out", str(tmp_path / "other")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("protospect demo-data: error:") and "\n" not in err
 
 
 def test_imports_and_renders_without_torch(tmp_path):
