@@ -68,7 +68,7 @@ PRESETS: dict[str, PCSNetConfig] = {
     # Chosen by measurement on held-out normals vs pseudo anomalies; see docs/pcsnet.md.
     "edge": PCSNetConfig(
         backbone="efficientnet_lite0", input_size=256, stages=(2, 3), grid=32,
-        k=16, guide_dim=64, cas_width=64, bins=(32, 16, 8, 4), steps=150, batch_size=4,
+        k=16, guide_dim=64, cas_width=64, bins=(32, 16, 8, 4), steps=100, batch_size=2,
     ),
 }
 
