@@ -1,6 +1,6 @@
 """PRN (training/methods/prn): shapes, learning, frozen backbone, prototypes, export parity, round trip.
 
-Everything runs at 64 x 64 with a randomly initialised ResNet18 so that the file takes well under a
+Everything runs at 64 x 64 with a randomly initialised EfficientNet-Lite0 so that the file takes well under a
 minute on 2 CPU cores; the accuracy of the real presets is measured by the lead's acceptance runs.
 """
 from __future__ import annotations
@@ -24,8 +24,8 @@ from protospect.training.methods.prn.modules import ElementwiseAffine, PatchAtte
 pytestmark = pytest.mark.torch
 torch.set_num_threads(2)
 
-TINY = {"backbone": "resnet18", "weights": "random", "input_size": 64, "steps": 4, "batch_size": 4,
-        "msa_divisors": [1, 2, 4], "decoder_channels": [8, 8, 16], "final_channels": 8, "calibration_views": 2}
+TINY = {"backbone": "efficientnet_lite0", "weights": "random", "input_size": 64, "steps": 4, "batch_size": 4,
+        "msa_divisors": [1, 2], "decoder_channels": [8, 8, 16], "final_channels": 8, "calibration_views": 2}
 
 
 def part_image(rng: np.random.Generator, size: int = 72) -> np.ndarray:
