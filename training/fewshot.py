@@ -57,11 +57,12 @@ class TestSet:
 def score_images(model, images: np.ndarray, batch_size: int = 4, desc: str = "score") -> tuple[np.ndarray, np.ndarray]:
     """(image scores (N,), maps (N, S, S)) of uint8 SxS RGB images, in batches, no grad."""
     mean, std, size = model.meta["mean"], model.meta["std"], int(model.meta["input_size"])
+    device = next(iter(model.buffers()), torch.zeros(0)).device  # a method may return a CUDA model
     scores, maps = [], []
     for start in tqdm(range(0, len(images), batch_size), desc=desc, leave=False, unit="batch"):
-        out = model(to_model_input(images[start:start + batch_size], size, mean, std))
-        scores.append(out.image_score.float().numpy())
-        maps.append(out.anomaly_map[:, 0].float().numpy())
+        out = model(to_model_input(images[start:start + batch_size], size, mean, std).to(device))
+        scores.append(out.image_score.float().cpu().numpy())
+        maps.append(out.anomaly_map[:, 0].float().cpu().numpy())
     return np.concatenate(scores), np.concatenate(maps)
 
 
