@@ -1,0 +1,63 @@
+"""`protospect export` end to end on a real artifact: files, printed census, parity, refusals."""
+from __future__ import annotations
+
+import onnx
+import pytest
+
+from protospect.cli import main
+
+pytestmark = pytest.mark.torch
+
+
+def test_export_check_prints_census_parity_and_next_step(patchcore, tmp_path, capsys):
+    _, art = patchcore
+    out = tmp_path / "model.onnx"
+    assert main(["export", str(art), "--out", str(out), "--check"]) == 0
+    text = capsys.readouterr().out
+    assert out.is_file() and "ops:" in text and "TopK 1" in text
+    assert "parity (fp32" in text and "PASS" in text
+    assert f"protospect build-engine {out}" in text
+
+
+def test_export_int8_with_calib_folder(patchcore, demo_category, tmp_path, capsys):
+    _, art = patchcore
+    out = tmp_path / "model.int8.onnx"
+    assert main(["export", str(art), "--out", str(out), "--int8", "--calib", str(demo_category / "train" / "good"),
+                 "--calib-augment", "7"]) == 0
+    text = capsys.readouterr().out
+    assert "int8: calibrated on 4 images -> 32 frames" in text and "Q/DQ placement checked" in text
+    props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert props["protospect.precision"] == "int8"
+
+
+def test_export_split_fp16(patchcore, tmp_path, capsys):
+    _, art = patchcore
+    out = tmp_path / "split"
+    assert main(["export", str(art), "--out", str(out), "--split", "--fp16"]) == 0
+    assert {p.name for p in out.iterdir()} == {"features.onnx", "head.onnx", "bank.npy"}
+    precision = lambda f: {p.key: p.value for p in onnx.load(str(out / f)).metadata_props}["protospect.precision"]  # noqa: E731
+    assert precision("features.onnx") == "fp16" and precision("head.onnx") == "fp32"
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--int8", "--bank-as-input"], "--bank-as-input"),
+    (["--calib", "somewhere"], "--calib only applies"),
+    (["--fp16", "--split", "--bank-as-input"], "bank.npy"),
+])
+def test_invalid_combinations_are_refused_not_rewritten(patchcore, tmp_path, capsys, extra, message):
+    _, art = patchcore
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(art), "--out", str(out), *extra]) == 1
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_fp16_and_int8_together_is_an_argparse_error(patchcore, tmp_path):
+    with pytest.raises(SystemExit):
+        main(["export", str(patchcore[1]), "--out", str(tmp_path / "m.onnx"), "--fp16", "--int8"])
+
+
+def test_missing_artifact_is_one_line(tmp_path, capsys):
+    assert main(["export", str(tmp_path / "nope"), "--out", str(tmp_path / "m.onnx")]) == 1
+    assert "artifact directory not found" in capsys.readouterr().err
