@@ -39,7 +39,7 @@ extras = {
     "gpu": ["onnxruntime-gpu>=1.18", "cuda-python>=12.6"],
     "trt": ["tensorrt>=10.3"],
     "camera": ["harvesters"],
-    "dev": ["pytest>=8"],
+    "dev": ["pytest>=8", "scikit-image"],  # scikit-image: the chelsea ImageNet check
 }
 extras["all-cpu"] = sorted(set(extras["train"] + extras["runtime"] + extras["dev"]))
 
