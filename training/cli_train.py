@@ -69,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
     shot_paths = sample_shots(cat.train_good, args.shots, args.seed)
     shots_rgb = [read_rgb(p) for p in shot_paths]
     t0 = time.perf_counter()
-    model = method.fit(shots_rgb, preset=args.preset, seed=args.seed, config_overrides=overrides or None)
+    overrides = {"category": cat.name, **overrides}  # pcsnet/prn pick their pseudo-anomaly table row with it
+    model = method.fit(shots_rgb, preset=args.preset, seed=args.seed, config_overrides=overrides)
     train_seconds = time.perf_counter() - t0
     out = save_artifact(model, args.out, shots=shot_paths, seed=args.seed,
                         data={"root": str(cat.root.parent), "category": cat.name},

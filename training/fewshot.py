@@ -119,6 +119,8 @@ def evaluate(data_root, category: str | None, method: str, shots_list: list[int]
     if too_many:
         raise DataError(f"K={max(too_many)} but only {len(cat.train_good)} images in {cat.root / 'train' / 'good'}")
     fit = get_method(method).fit
+    # Every method takes the category name (pcsnet/prn pick their pseudo-anomaly table row with it).
+    config_overrides = {"category": cat.name, **(config_overrides or {})}
     tests: dict[int, TestSet] = {}
     records, roc_curves, out = [], {}, Path(out_dir) if out_dir is not None else None
     for k in shots_list:

@@ -48,6 +48,7 @@ class PatchCoreConfig:
     backbone_weights: str | None = None  # None = the backbone's default (packaged ImageNet weights)
     calibration_margin: float = 1.0  # threshold = margin * max(held-out normal score), see calibrate.py
     calibration_views: int = 8  # K = 1 only: augmented views of the single shot used as normal samples
+    category: str | None = None  # recorded only (eval/train pass it to every method; pcsnet/prn use it for NSA)
 
 
 PRESETS = {
