@@ -196,3 +196,26 @@ def test_wrong_weight_file_is_a_config_error(tmp_path):
     garbage.write_bytes(b"not a checkpoint")
     with pytest.raises(ConfigError, match="cannot read weight file"):
         create_backbone("efficientnet_lite0", weights=garbage)
+
+
+def test_memoized_features_are_exact_and_only_inside_the_context():
+    import torch
+    from protospect.training.backbones import create_backbone, memoize_features
+
+    a = create_backbone("efficientnet_lite0", weights="random", input_size=64)
+    torch.manual_seed(1)
+    b = create_backbone("efficientnet_lite0", weights="random", input_size=64)  # other weights
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        ref_a, ref_b = a(x), b(x)
+        with memoize_features():
+            first = a(x)
+            second = a(x)                      # hit: same weights, same pixels
+            other = b(x)                       # different weights must not hit a's entry
+            shifted = a(x + 1e-3)              # different pixels must not hit
+        for f, r in zip(second, ref_a):
+            assert torch.equal(f, r)
+        for f, r in zip(other, ref_b):
+            assert torch.equal(f, r)
+        assert not torch.equal(shifted[0], first[0])
+        assert a._weights_fp != b._weights_fp

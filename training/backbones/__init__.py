@@ -6,4 +6,6 @@ from protospect.training.backbones._registry import (
     BackboneSpec, FrozenBackbone, create_backbone, list_backbones, register_backbone)
 from protospect.training.backbones import efficientnet_lite, resnet  # noqa: F401  (registers the builders)
 
-__all__ = ["BackboneSpec", "FrozenBackbone", "create_backbone", "list_backbones", "register_backbone"]
+from protospect.training.backbones._memo import memoize_features
+
+__all__ = ["memoize_features", "BackboneSpec", "FrozenBackbone", "create_backbone", "list_backbones", "register_backbone"]

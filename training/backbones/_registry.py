@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from protospect.errors import ConfigError
+from protospect.training.backbones import _memo
 
 _BUILDERS: dict[str, Callable[..., "FrozenBackbone"]] = {}
 
@@ -61,7 +62,7 @@ class FrozenBackbone(nn.Module):
         return super().train(False)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return self.body(x)
+        return _memo.lookup(self, x, self.body)
 
 
 @torch.no_grad()
