@@ -61,8 +61,12 @@ def run(args: argparse.Namespace) -> int:
                            config_overrides=overrides or None, batch_size=args.batch_size, command=command,
                            plots=not args.no_plots)
         for r in records:
-            pix = "n/a" if r["pixel_auroc"] is None else f"{r['pixel_auroc'][0]:.1f}"
-            print(f"{r['category']} {r['method']} K={r['K']}: image AUROC {r['image_auroc'][0]:.1f} ± {r['image_auroc'][1]:.1f}, "
-                  f"pixel AUROC {pix}, fit {r['train_seconds'][0]:.1f} s")
+            print(f"{r['category']} {r['method']} K={r['K']}: image AUROC {_mean_pm_std(r['image_auroc'])}, "
+                  f"pixel AUROC {_mean_pm_std(r['pixel_auroc'])}, AUPRO {_mean_pm_std(r['aupro'])}, "
+                  f"fit {r['train_seconds'][0]:.1f} s")
     print(f"wrote {args.out / RESULTS_JSON}")
     return 0
+
+
+def _mean_pm_std(value) -> str:
+    return "n/a" if value is None else f"{value[0]:.1f} ± {value[1]:.1f}"

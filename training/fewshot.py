@@ -83,7 +83,8 @@ def seed_metrics(test: TestSet, scores: np.ndarray, maps: np.ndarray, threshold:
 
 
 def _mean_std(values: list) -> list[float] | None:
-    if any(v is None for v in values):
+    """[mean, population std], or None when any seed's value is undefined (e.g. AUROC without defects)."""
+    if any(v is None or not np.isfinite(v) for v in values):
         return None
     arr = np.asarray(values, dtype=np.float64)
     return [round(float(np.mean(arr)), 3), round(float(np.std(arr)), 3)]
@@ -99,8 +100,7 @@ def aggregate(category: str, method: str, preset: str, k: int, runs: list[dict],
     record["input_size"] = runs[0]["input_size"]
     record["threshold"] = [r["threshold"] for r in runs]
     record["shots"] = {str(r["seed"]): r["shots"] for r in runs}
-    record["per_seed"] = [{k2: (None if r[k2] is None else round(100.0 * r[k2], 3)) for k2 in PERCENT_KEYS} | {"seed": r["seed"]}
-                          for r in runs]
+    record["per_seed"] = [{k2: _percent(r[k2]) for k2 in PERCENT_KEYS} | {"seed": r["seed"]} for r in runs]
     record["command"] = command
     return record
 
@@ -160,6 +160,10 @@ def evaluate(data_root, category: str | None, method: str, shots_list: list[int]
 
             visualize.roc_plot(roc_curves, out / f"roc_{cat.name}_{method}.png", title=f"{cat.name} {method} (seed {seeds[0]})")
     return records
+
+
+def _percent(v) -> float | None:
+    return None if v is None or not np.isfinite(v) else round(100.0 * v, 3)
 
 
 def _pct(v) -> str:

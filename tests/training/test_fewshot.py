@@ -102,3 +102,14 @@ def test_patchcore_on_real_hazelnut_toy():
     # Measured 100 / 93.2 at S=128 (K=2, seed 0); the bounds leave room for library drift, not for a broken pipeline.
     assert r["image_auroc"][0] >= 95.0 and r["pixel_auroc"][0] >= 85.0
     assert r["shots"]["0"] and all(name.endswith(".jpg") for name in r["shots"]["0"])
+
+
+def test_undefined_metrics_become_null_not_nan():
+    runs = [{"seed": s, "image_auroc": float("nan"), "pixel_auroc": None, "aupro": None, "f1_max": 0.5,
+             "far_at_full_recall": float("nan"), "f1_at_threshold": 0.0, "escape_rate": float("nan"),
+             "false_alarm_rate": 0.25, "train_seconds": 1.0, "test_ms_per_image": 2.0, "input_size": 64,
+             "threshold": 1.0, "shots": ["a.png"]} for s in (0, 1)]
+    r = fewshot.aggregate("c", "patchcore", "edge", 1, runs, None)
+    assert r["image_auroc"] is None and r["f1_max"] == [50.0, 0.0] and r["false_alarm_rate"] == [25.0, 0.0]
+    assert r["per_seed"][0]["image_auroc"] is None
+    json.dumps(r, allow_nan=False)  # strict JSON: no NaN anywhere
