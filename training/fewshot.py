@@ -23,6 +23,7 @@ from protospect.errors import DataError
 from protospect.imageio import read_rgb
 from protospect.training import metrics
 from protospect.training.calibrate import to_model_input
+from protospect.training.backbones import FeatureStore, memoize_features
 from protospect.training.data import MVTecCategory, TestItem, load_item, sample_shots
 from protospect.training.methods import get_method
 
@@ -122,6 +123,8 @@ def evaluate(data_root, category: str | None, method: str, shots_list: list[int]
     # Every method takes the category name (pcsnet/prn pick their pseudo-anomaly table row with it).
     config_overrides = {"category": cat.name, **(config_overrides or {})}
     tests: dict[int, TestSet] = {}
+    # The frozen backbone sees the same test pixels for every (K, seed): compute its features once.
+    feature_store = FeatureStore()
     records, roc_curves, out = [], {}, Path(out_dir) if out_dir is not None else None
     for k in shots_list:
         runs = []
@@ -136,7 +139,8 @@ def evaluate(data_root, category: str | None, method: str, shots_list: list[int]
                 tests[size] = TestSet.load(cat, size)
             test = tests[size]
             t0 = time.perf_counter()
-            scores, maps = score_images(model, test.images, batch_size, desc=f"{cat.name} {method} K={k} seed={seed}")
+            with memoize_features(feature_store):
+                scores, maps = score_images(model, test.images, batch_size, desc=f"{cat.name} {method} K={k} seed={seed}")
             test_ms = 1000.0 * (time.perf_counter() - t0) / len(scores)
             threshold = float(model.calibration["threshold"])
             run = seed_metrics(test, scores, maps, threshold)

@@ -200,7 +200,7 @@ def test_wrong_weight_file_is_a_config_error(tmp_path):
 
 def test_memoized_features_are_exact_and_only_inside_the_context():
     import torch
-    from protospect.training.backbones import create_backbone, memoize_features
+    from protospect.training.backbones import FeatureStore, create_backbone, memoize_features
 
     a = create_backbone("efficientnet_lite0", weights="random", input_size=64)
     torch.manual_seed(1)
@@ -208,9 +208,14 @@ def test_memoized_features_are_exact_and_only_inside_the_context():
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         ref_a, ref_b = a(x), b(x)
-        with memoize_features():
+        store = FeatureStore()
+        with memoize_features(store):
             first = a(x)
-            second = a(x)                      # hit: same weights, same pixels
+        assert len(store.entries) == 1
+        a(x + 5.0)                             # outside the context: nothing is stored
+        assert len(store.entries) == 1
+        with memoize_features(store):
+            second = a(x)                      # hit across contexts: same weights, same pixels
             other = b(x)                       # different weights must not hit a's entry
             shifted = a(x + 1e-3)              # different pixels must not hit
         for f, r in zip(second, ref_a):

@@ -6,6 +6,6 @@ from protospect.training.backbones._registry import (
     BackboneSpec, FrozenBackbone, create_backbone, list_backbones, register_backbone)
 from protospect.training.backbones import efficientnet_lite, resnet  # noqa: F401  (registers the builders)
 
-from protospect.training.backbones._memo import memoize_features
+from protospect.training.backbones._memo import FeatureStore, memoize_features
 
-__all__ = ["memoize_features", "BackboneSpec", "FrozenBackbone", "create_backbone", "list_backbones", "register_backbone"]
+__all__ = ["FeatureStore", "memoize_features", "BackboneSpec", "FrozenBackbone", "create_backbone", "list_backbones", "register_backbone"]

@@ -13,22 +13,31 @@ import hashlib
 
 import torch
 
-_active: dict | None = None
-_budget_bytes = 0
+class FeatureStore:
+    """Holds cached features for one evaluation; bounded by ``max_bytes``."""
+
+    def __init__(self, max_bytes: int = 3 << 30):
+        self.entries: dict = {}
+        self.budget = max_bytes
+
+
+_active: FeatureStore | None = None
 
 
 @contextlib.contextmanager
-def memoize_features(max_bytes: int = 3 << 30):
-    """Cache backbone outputs (up to ``max_bytes``) until the context exits."""
-    global _active, _budget_bytes
+def memoize_features(store: FeatureStore | None = None):
+    """Serve frozen-backbone outputs from ``store`` (a fresh one if None) until the context exits.
+
+    Pass the same store to several contexts (one per scoring pass) so later fits hit earlier entries
+    while the training passes in between stay uncached.
+    """
+    global _active
     outer = _active
-    if outer is None:
-        _active, _budget_bytes = {}, max_bytes
+    _active = store if store is not None else FeatureStore()
     try:
-        yield
+        yield _active
     finally:
-        if outer is None:
-            _active = None
+        _active = outer
 
 
 def _digest(t: torch.Tensor) -> bytes:
@@ -45,19 +54,18 @@ def weights_fingerprint(module: torch.nn.Module) -> bytes:
 
 def lookup(backbone, x: torch.Tensor, compute):
     """compute(x) through the cache when a memoize_features() context is active."""
-    global _budget_bytes
     if _active is None or torch.is_grad_enabled():
         return compute(x)
     fp = getattr(backbone, "_weights_fp", None)
     if fp is None:
         fp = backbone._weights_fp = weights_fingerprint(backbone)
     key = (fp, tuple(x.shape), str(x.dtype), _digest(x))
-    hit = _active.get(key)
+    hit = _active.entries.get(key)
     if hit is not None:
         return [f.clone() for f in hit]
     feats = compute(x)
     size = sum(f.numel() * f.element_size() for f in feats)
-    if size <= _budget_bytes:
-        _active[key] = [f.detach().clone() for f in feats]
-        _budget_bytes -= size
+    if size <= _active.budget:
+        _active.entries[key] = [f.detach().clone() for f in feats]
+        _active.budget -= size
     return feats
