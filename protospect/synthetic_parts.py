@@ -15,6 +15,7 @@ turned face, a drop shadow, a lighting gradient and sensor noise. Defects (exact
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -298,6 +299,36 @@ def write_mvtec_layout(out_dir: str | Path, seed: int = 0, n_train: int = 16, n_
     return cat
 
 
+def write_line_video(path: str | Path, n_frames: int = 200, seed: int = 0, defect_every: int = 10,
+                     frame_size: tuple[int, int] = (320, 320), fps: float = 10.0) -> Path:
+    """An inspection-line video: one part per frame, a defect planted in every ``defect_every``-th frame.
+
+    Writes MJPG ``path`` (.avi) and ``path`` + ``.json`` with the defective frame indices and their
+    defect types, so a replay through ``protospect serve`` can be checked frame by frame.
+    Frames use a seed disjoint from write_mvtec_layout's, so the video never repeats a training shot.
+    """
+    path = Path(path)
+    if n_frames < 1 or defect_every < 1:
+        raise ConfigError("n_frames and defect_every must be >= 1")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    w, h = frame_size
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
+    if not writer.isOpened():
+        raise DataError(f"cannot write video {path} (OpenCV has no MJPG writer?)")
+    truth = {}
+    try:
+        for i in range(n_frames):
+            defect = DEFECT_TYPES[(i // defect_every) % len(DEFECT_TYPES)] if i % defect_every == defect_every - 1 else None
+            img, _ = render_part(np.random.default_rng([seed, 99, i]), size=max(w, h), defect=defect)
+            writer.write(np.ascontiguousarray(cv2.resize(img, (w, h))[..., ::-1]))
+            if defect:
+                truth[i] = defect
+    finally:
+        writer.release()
+    Path(str(path) + ".json").write_text(json.dumps({"frames": n_frames, "defective": truth}, indent=1), encoding="utf-8")
+    return path
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="folder to write into (the set goes to OUT/flange)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every image and mask (default 0)")
@@ -305,6 +336,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-train", type=int, default=16, help="good training images (default 16)")
     parser.add_argument("--n-test-good", type=int, default=12, help="good test images (default 12)")
     parser.add_argument("--n-per-defect", type=int, default=8, help=f"test images per defect type {DEFECT_TYPES} (default 8)")
+    parser.add_argument("--video-frames", type=int, default=0,
+                        help="also write OUT/line.avi: N frames of parts passing the camera, every 10th defective")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -315,5 +348,8 @@ def run(args: argparse.Namespace) -> int:
                              n_per_defect=args.n_per_defect, size=args.size)
     n = args.n_train + args.n_test_good + args.n_per_defect * len(DEFECT_TYPES)
     print(f"wrote {n} images (+ masks) to {cat}")
+    if args.video_frames:
+        video = write_line_video(Path(args.out) / "line.avi", n_frames=args.video_frames, seed=args.seed)
+        print(f"wrote {video} ({args.video_frames} frames; defective frame indices in {video}.json)")
     print(f"next: protospect eval --data {args.out} --category {CATEGORY} --method patchcore --shots 1 2 4 --out runs/demo")
     return 0

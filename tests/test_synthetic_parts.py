@@ -146,3 +146,21 @@ def test_imports_and_renders_without_torch(tmp_path):
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_line_video_has_defects_exactly_in_the_listed_frames(tmp_path):
+    import json
+
+    import cv2
+
+    from protospect.synthetic_parts import write_line_video
+
+    path = write_line_video(tmp_path / "line.avi", n_frames=20, seed=3, defect_every=5, frame_size=(96, 96))
+    truth = json.loads((tmp_path / "line.avi.json").read_text())
+    assert truth["frames"] == 20
+    assert sorted(int(i) for i in truth["defective"]) == [4, 9, 14, 19]
+    cap = cv2.VideoCapture(str(path))
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    assert n == 20
