@@ -41,7 +41,7 @@ class Int8Result:
 
 
 def int8_from_onnx(onnx_path, out_path, images, *, augment: AugmentConfig | None = None, method: str = "minmax",
-                   float_tail: int = 1, cache_dir: str | Path | None = None) -> Int8Result:
+                   float_tail: int = 1, float_stem: int = 3, cache_dir: str | Path | None = None) -> Int8Result:
     """Quantize ``onnx_path`` (protospect FP32 graph) to INT8 Q/DQ at ``out_path``, calibrated on ``images``.
 
     ``images``: paths or uint8 RGB arrays of normal parts (the artifact's shots by default).
@@ -61,8 +61,8 @@ def int8_from_onnx(onnx_path, out_path, images, *, augment: AugmentConfig | None
     if len(frames) < MIN_FRAMES:
         log.warning("only %d calibration frames (< %d): activation ranges may be noisy; add normal images "
                     "with --calib DIR or raise --calib-augment", len(frames), MIN_FRAMES)
-    regions = float_regions(model, float_tail=float_tail)
-    key = _cache_key(onnx_path, frames, augment, method, float_tail)
+    regions = float_regions(model, float_tail=float_tail, float_stem=float_stem)
+    key = _cache_key(onnx_path, frames, augment, method, (float_tail, float_stem))
     cached = Path(cache_dir) / f"{key}.onnx" if cache_dir else None
     out_path.parent.mkdir(parents=True, exist_ok=True)
     if cached is not None and cached.is_file():
@@ -81,7 +81,9 @@ def int8_from_onnx(onnx_path, out_path, images, *, augment: AugmentConfig | None
             activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8,
             nodes_to_exclude=regions.all, calibrate_method=calib,
             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
-                           "CalibTensorRangeSymmetric": True},
+                           "CalibTensorRangeSymmetric": True,
+                           # biases stay float, so no weight scale needs widening for an INT32 bias
+                           "QDQDisableWeightAdjustForInt32Bias": True},
         )
         quantized = onnx.load(str(tmp_out))
     set_metadata(quantized, {**props, "protospect.precision": "int8"})
@@ -100,12 +102,12 @@ def _finish(out_path: Path, regions, n_frames: int, cache_hit: bool) -> Int8Resu
     return Int8Result(out_path, regions.all, report, n_frames, cache_hit)
 
 
-def _cache_key(onnx_path: Path, frames, augment: AugmentConfig, method: str, float_tail: int) -> str:
+def _cache_key(onnx_path: Path, frames, augment: AugmentConfig, method: str, float_layers: tuple) -> str:
     h = hashlib.sha256()
     h.update(onnx_path.read_bytes())
     for frame in frames:  # the frames after resize + augmentation: covers image list and preprocessing
         h.update(frame.tobytes())
-    settings = {"augment": augment.as_dict(), "method": method, "float_tail": float_tail, "op_types": OP_TYPES,
+    settings = {"augment": augment.as_dict(), "method": method, "float_layers": list(float_layers), "op_types": OP_TYPES,
                 "format": "qdq-int8-symmetric-per-channel", "onnxruntime": _ort_version()}
     h.update(json.dumps(settings, sort_keys=True).encode())
     return h.hexdigest()

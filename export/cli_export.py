@@ -32,6 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="augmented copies per calibration image (default: enough for 32 frames, at least 4)")
     parser.add_argument("--float-tail", type=int, default=1, metavar="N",
                         help="learned layers after the top-k kept float under --int8 (default 1)")
+    parser.add_argument("--float-stem", type=int, default=3, metavar="N",
+                        help="first learned layers from the input kept float under --int8 (default 3, see docs/export.md)")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="INT8 cache folder, keyed by sha256 of graph, images and settings (default: none)")
     parser.add_argument("--bank-as-input", action="store_true", help="the prototype bank becomes graph input 'bank'")
@@ -117,7 +119,8 @@ def _convert(args, precision: str, fp32_path: Path, out_path: Path, manifest: di
 
     images = images_in(args.calib) if args.calib else shot_paths(manifest)
     result = int8_from_onnx(fp32_path, out_path, images, augment=AugmentConfig(per_image=args.calib_augment),
-                            method=args.calib_method, float_tail=args.float_tail, cache_dir=args.cache_dir)
+                            method=args.calib_method, float_tail=args.float_tail, float_stem=args.float_stem,
+                            cache_dir=args.cache_dir)
     print(f"int8: calibrated on {len(images)} images -> {result.n_frames} frames with augmentations"
           f"{' (cache hit)' if result.cache_hit else ''}; {len(result.qdq.quantized)} layers INT8, "
           f"{len(result.float_nodes)} nodes float (Q/DQ placement checked for TensorRT)")

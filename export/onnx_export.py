@@ -178,7 +178,8 @@ def _trace(module: nn.Module, args: tuple, input_names: list[str], output_names:
         torch.onnx.export(module, args, buf, dynamo=False, opset_version=opset, input_names=input_names,
                           output_names=output_names, do_constant_folding=True)
     model = onnx.load_from_string(buf.getvalue())
-    logging.getLogger("onnx_ir").setLevel(logging.WARNING)  # the optimizer logs every folded initializer at INFO
+    for name in ("onnx_ir", "onnxscript"):  # the optimizer logs every folded initializer/rewrite at INFO
+        logging.getLogger(name).setLevel(logging.WARNING)
     try:
         import onnxscript.optimizer
 

@@ -88,6 +88,16 @@ def _decoder_graph() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
+def test_stem_layers_kept_float(fp32_graph):
+    model = onnx.load(str(fp32_graph))
+    regions = float_regions(model, float_stem=3)
+    by_name = {n.name: n for n in model.graph.node}
+    assert len(regions.stem) == 3 and {by_name[n].op_type for n in regions.stem} == {"Conv"}
+    first_conv = next(n for n in model.graph.node if n.op_type == "Conv")
+    assert first_conv.name in regions.stem
+    assert float_regions(_decoder_graph(), float_stem=1).stem == {"backbone_conv"}
+
+
 @pytest.mark.parametrize("tail, float_convs", [(1, {"dec_last"}), (2, {"dec2", "dec_last"}), (0, set())])
 def test_decoder_tail_kept_float(tail, float_convs):
     model = _decoder_graph()
