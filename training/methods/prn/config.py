@@ -17,6 +17,7 @@ class PRNConfig:
     # heads
     msa_blocks: int = 1  # stacked MSA blocks per level (PRNet: 3)
     msa_divisors: tuple[int, ...] = (1, 2, 4)  # patch side = H / d; PRNet: (1, 2, 4, 8). Non-dividing ones are dropped per level
+    msa_kernel: int = 3  # kernel of the MSA output block's two convs (PRNet: 3; edge: 1)
     decoder_channels: tuple[int, ...] | None = None  # decoder widths at levels 1..3; None = the backbone's channels
     final_channels: int = 16  # width of the last decoder layer (PRNet: 64)
     decoder_full_res: bool = False  # last decoder layer at S x S (PRNet) or on the level-1 grid, upsampled
@@ -26,8 +27,8 @@ class PRNConfig:
     focal_weight: float = 5.0
     focal_gamma: float = 4.0
     # optimisation: fixed length, final weights, no selection on any test data (P6)
-    steps: int = 120
-    batch_size: int = 8  # half normal shots, half pseudo (or real) anomalies
+    steps: int = 150
+    batch_size: int = 4  # half normal shots, half pseudo (or real) anomalies
     lr: float = 1e-3
     weight_decay: float = 1e-4  # Adam, coupled L2 as in PRNet (which used 1e-2 with lr 1e-4)
     shift: float = 0.03  # random translation (fraction of S) of every training image
@@ -46,6 +47,8 @@ class PRNConfig:
             raise ConfigError(f"prn: input_size {self.input_size} must be a multiple of 32")
         if self.msa_blocks < 0 or not self.msa_divisors or any(d < 1 for d in self.msa_divisors):
             raise ConfigError("prn: msa_blocks must be >= 0 and msa_divisors a non-empty list of integers >= 1")
+        if self.msa_kernel not in (1, 3):
+            raise ConfigError(f"prn: msa_kernel must be 1 or 3, got {self.msa_kernel}")
         if self.decoder_channels is not None and len(self.decoder_channels) != 3:
             raise ConfigError(f"prn: decoder_channels needs 3 widths (levels 1..3), got {self.decoder_channels}")
         if self.steps < 0 or self.batch_size < 2:
@@ -65,9 +68,9 @@ PRESETS: dict[str, PRNConfig] = {
         decoder_channels=None, final_channels=64, decoder_full_res=True, lr=1e-4, weight_decay=1e-2, steps=700, batch_size=16,
     ),
     # Trains in minutes on a CPU: EfficientNet-Lite0 stages 1-4 (24/40/112 + 320 channels),
-    # one MSA block of 3 sizes, narrow decoder ending on the stride-4 grid.
+    # one MSA block of 3 sizes with a 1x1 output block, narrow decoder ending on the stride-4 grid.
     "edge": PRNConfig(
-        backbone="efficientnet_lite0", input_size=256, msa_blocks=1, msa_divisors=(1, 2, 4),
+        backbone="efficientnet_lite0", input_size=256, msa_blocks=1, msa_divisors=(1, 2, 4), msa_kernel=1,
         decoder_channels=(24, 32, 64), final_channels=16,
     ),
 }

@@ -59,7 +59,7 @@ class PRNHead(nn.Module):
         self.msf1 = MultiScaleFusion((c1, c2, c3))
         cat = (2 * c1, 2 * c2, 2 * c3)
         self.msa = nn.ModuleList(
-            nn.Sequential(*[MultiSizeAttention(c, s, cfg.msa_divisors) for _ in range(cfg.msa_blocks)])
+            nn.Sequential(*[MultiSizeAttention(c, s, cfg.msa_divisors, cfg.msa_kernel) for _ in range(cfg.msa_blocks)])
             for c, s in zip(cat, sizes)
         )
         self.msf2 = MultiScaleFusion(cat)
