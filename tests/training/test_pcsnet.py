@@ -16,7 +16,7 @@ pytestmark = pytest.mark.torch
 
 # Lite0 with random weights at 64 px: stage 2 is 8x8, stage 3 4x4 -> an 8x8 grid (M = 64).
 TINY = {"input_size": 64, "grid": 8, "bins": [8, 4, 2], "k": 4, "guide_dim": 8, "cas_width": 8,
-        "steps": 4, "batch_size": 2, "weights": "random", "pdc_topk": 5, "calib_augments": 2, "calib_anomalies": 1}
+        "steps": 4, "batch_size": 2, "backbone_weights": "random", "pdc_topk": 5, "calib_augments": 2, "calib_anomalies": 1}
 
 
 def parts(n=4, size=64, seed=0):
@@ -226,7 +226,7 @@ def test_bad_shots_are_data_errors():
 def test_paper_preset_shapes_with_random_weights():
     """The published sizes (WRN-50 layers 1-3, D = 1792, CAS width 896) at a tiny input."""
     over = {"input_size": 32, "grid": 8, "bins": [8, 4, 2, 1], "k": 8, "steps": 1, "batch_size": 1,
-            "weights": "random", "pdc_topk": 5, "calib_augments": 1, "calib_anomalies": 1}
+            "backbone_weights": "random", "pdc_topk": 5, "calib_augments": 1, "calib_anomalies": 1}
     model = fit(parts(1, size=32), "paper", seed=0, config_overrides=over, progress=False)
     assert model.features.dim == 1792 and model.bank.shape == (64, 1792)
     assert model.head.cas.fuse[0].out_channels == 896

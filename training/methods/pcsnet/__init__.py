@@ -54,17 +54,22 @@ def _check_shots(shots_rgb, size: int) -> list[np.ndarray]:
 
 
 def fit(shots_rgb: list[np.ndarray], preset: str = "edge", seed: int = 0,
-        config_overrides: dict | None = None, progress: bool = True) -> PCSNetModel:
+        config_overrides: dict | None = None, progress: bool = True, device: str | None = None) -> PCSNetModel:
     """Train PCSNet on K good RGB images; returns the eval-mode model with meta and calibration.
 
     ``config_overrides`` may set any PCSNetConfig field, e.g. {"category": "bottle"} to pick the
-    NSA table row, {"weights": "/path/wrn50.pth"} for the paper backbone, {"steps": 50}.
+    NSA table row, {"backbone_weights": "/path/wrn50.pth"} for the paper backbone, {"steps": 50}.
+    ``device``: None = CUDA when available, else CPU; the model is returned on that device.
+    Bit-exact repetition for a seed is guaranteed on CPU (CUDA kernels may differ in the last bits).
     """
+    import torch  # noqa: PLC0415
+
     cfg = resolve_config(preset, config_overrides)
     images = _check_shots(shots_rgb, cfg.input_size)
     seed_everything(seed)  # the PFA/CAS initialisation is part of what the seed fixes
-    backbone = _create_backbone(cfg, cfg.weights)
+    backbone = _create_backbone(cfg, cfg.backbone_weights)
     model = PCSNetModel(backbone, cfg, _meta(cfg, preset, backbone.spec))
+    model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     train_log = train(model, images, seed, progress=progress)
     calibrate(model, images, seed)
     model.meta["train_seconds"] = round(train_log.seconds, 2)

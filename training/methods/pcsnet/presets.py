@@ -14,7 +14,7 @@ class PCSNetConfig:
     input_size: int  # S: the model sees S x S images and returns S x S maps
     stages: tuple[int, ...]  # timm features_only indices tapped by the PFA
     grid: int  # every tapped stage is resampled to grid x grid; M = grid^2 prototypes
-    weights: str | None = None  # backbone weights file, "random", or None for the default
+    backbone_weights: str | None = None  # weights file, "random", or None for the default source
     # heads
     k: int = 200  # nearest prototype distances per position fed to CAS
     guide_dim: int = 896  # channels of the learned 1x1 guide projection of all D PFA channels

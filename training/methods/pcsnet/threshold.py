@@ -38,9 +38,9 @@ def jitter(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 @torch.no_grad()
 def _score(model: PCSNetModel, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    x = to_tensor(images, model.meta["mean"], model.meta["std"])
+    x = to_tensor(images, model.meta["mean"], model.meta["std"]).to(model.bank.device)
     out = model(x)
-    return out.image_score.numpy(), out.anomaly_map.numpy()
+    return out.image_score.cpu().numpy(), out.anomaly_map.cpu().numpy()
 
 
 def choose_threshold(normal: np.ndarray, anomalous: np.ndarray) -> float:

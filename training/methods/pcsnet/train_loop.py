@@ -60,6 +60,7 @@ def to_tensor(images: list[np.ndarray], mean, std) -> torch.Tensor:
 @torch.no_grad()
 def backbone_features(model: PCSNetModel, x: torch.Tensor, chunk: int = 8) -> list[torch.Tensor]:
     bb = model.features.backbone
+    x = x.to(model.bank.device)
     parts = [bb(x[i:i + chunk]) for i in range(0, x.shape[0], chunk)]
     return [torch.cat([p[j] for p in parts]) for j in range(len(parts[0]))]
 
@@ -143,6 +144,7 @@ def _step(model, criterion, optimizer, clean_feats, idx, source, cfg):
     masks = torch.zeros(n_clean + n_anom, 1, s, s)
     if n_anom:
         masks[n_clean:, 0] = torch.from_numpy(np.stack(anom_masks)).float()
+    labels, masks = labels.to(model.bank.device), masks.to(model.bank.device)
 
     phi, guide = model.features.from_backbone(feats)
     sq = model.knn(as_queries(phi))

@@ -57,7 +57,9 @@ def planted_sets(normals, category, textures):
 def score(model, images, chunk=4):
     maps = []
     for i in range(0, len(images), chunk):
-        maps.append(model(to_tensor(images[i:i + chunk], model.meta["mean"], model.meta["std"])).anomaly_map[:, 0].numpy())
+        x = to_tensor(images[i:i + chunk], model.meta["mean"], model.meta["std"])
+        x = x.to(next(iter(model.buffers())).device)
+        maps.append(model(x).anomaly_map[:, 0].cpu().numpy())
     return np.concatenate(maps)
 
 
@@ -76,7 +78,7 @@ def evaluate(model, normals, sets):
                       "pixel_auroc": 100 * roc_auc_score(px_labels, px_scores),
                       "recall_at_threshold": float((maps.reshape(len(imgs), -1).max(1) >= model.calibration["threshold"]).mean())}
     rows["heldout_normal_scores"] = sorted(round(float(v), 3) for v in normal_maps.reshape(len(normals), -1).max(1))
-    if "normal_scores" in model.calibration:  # pcsnet's calibration details
+    if "pseudo_anomaly_scores" in model.calibration:  # pcsnet's calibration details
         rows["calib_normal_max"] = round(max(model.calibration["normal_scores"]), 3)
         rows["calib_pseudo_scores"] = sorted(round(v, 3) for v in model.calibration["pseudo_anomaly_scores"])
     rows["threshold"] = round(model.calibration["threshold"], 3)
