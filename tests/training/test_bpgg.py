@@ -18,7 +18,7 @@ from protospect.training.methods.prn.fit import create_backbone
 
 pytestmark = pytest.mark.torch
 
-TINY = {"weights": "random", "input_size": 64, "steps": 3, "episodes_per_step": 2, "hidden": 16, "dim": 8,
+TINY = {"backbone_weights": "random", "input_size": 64, "steps": 3, "episodes_per_step": 2, "hidden": 16, "dim": 8,
         "calibration_views": 2, "pseudo_supports": 2}
 
 
@@ -196,6 +196,17 @@ def test_build_and_state_dict_round_trip(fitted, tmp_path):
     with torch.no_grad():
         a, b = fitted(x), rebuilt.eval()(x)
     assert torch.equal(a.anomaly_map, b.anomaly_map)
+
+
+def test_artifact_round_trip(fitted, tmp_path):
+    from protospect.training.artifact import load_artifact, save_artifact
+
+    save_artifact(fitted, tmp_path / "art", shots=["a.png", "b.png", "c.png"], seed=0, data={"root": "gen", "category": "part"})
+    loaded, manifest = load_artifact(tmp_path / "art")
+    assert manifest["method"] == "bpgg" and manifest["meta"]["support"] == ["a/1", "a/2", "b/3"]
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(fitted(x).anomaly_map, loaded(x).anomaly_map)
 
 
 def test_onnx_parity(fitted, data, tmp_path):

@@ -24,7 +24,7 @@ from protospect.training.methods.prn.modules import ElementwiseAffine, PatchAtte
 pytestmark = pytest.mark.torch
 torch.set_num_threads(2)
 
-TINY = {"backbone": "efficientnet_lite0", "weights": "random", "input_size": 64, "steps": 4, "batch_size": 4,
+TINY = {"backbone": "efficientnet_lite0", "backbone_weights": "random", "input_size": 64, "steps": 4, "batch_size": 4,
         "msa_divisors": [1, 2], "decoder_channels": [8, 8, 16], "final_channels": 8, "calibration_views": 2}
 
 
@@ -77,7 +77,7 @@ def test_fit_outputs_contract(fitted):
 
 def test_paper_preset_shapes_at_tiny_size():
     """PRNet's architecture (3 MSA blocks of 4 sizes, full-width decoder at S), shapes only."""
-    cfg = resolve_config("paper", {"input_size": 64, "weights": "random"})
+    cfg = resolve_config("paper", {"input_size": 64, "backbone_weights": "random"})
     assert cfg.msa_blocks == 3 and cfg.backbone == "resnet18" and cfg.decoder_full_res
     model = assemble(cfg, create_backbone(cfg, "random"), 2, {})
     assert len(model.head.msa[0]) == 3
@@ -244,6 +244,20 @@ def test_build_and_state_dict_round_trip(fitted, tmp_path):
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         a, b = fitted(x), rebuilt(x)
+    assert torch.equal(a.anomaly_map, b.anomaly_map) and torch.equal(a.image_score, b.image_score)
+
+
+def test_artifact_round_trip(fitted, tmp_path):
+    """save_artifact -> load_artifact (JSON manifest, hashes, build(meta), strict state_dict)."""
+    from protospect.training.artifact import load_artifact, save_artifact
+
+    save_artifact(fitted, tmp_path / "art", shots=["a.png", "b.png", "c.png"], seed=0, data={"root": "gen", "category": "part"})
+    loaded, manifest = load_artifact(tmp_path / "art")
+    assert manifest["method"] == "prn" and loaded.meta == fitted.meta
+    assert loaded.calibration["threshold"] == fitted.calibration["threshold"]
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        a, b = fitted(x), loaded(x)
     assert torch.equal(a.anomaly_map, b.anomaly_map) and torch.equal(a.image_score, b.image_score)
 
 

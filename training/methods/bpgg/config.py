@@ -13,7 +13,7 @@ class BPGGConfig:
     backbone: str
     input_size: int
     stages: tuple[int, ...] = (2, 3)
-    weights: str | None = None  # backbone weights file, "random", or None for the default source
+    backbone_weights: str | None = None  # backbone weights file, "random", or None for the default source
     # the only trained part: a small 1x1-conv adapter on the frozen features
     hidden: int = 128
     dim: int = 64

@@ -150,7 +150,7 @@ def fit(shots_rgb: list[np.ndarray], preset: str = "edge", seed: int = 0, config
     data_in = {k: overrides.pop(k, None) for k in DATA_KEYS}
     rng = seed_everything(seed)
     cfg = resolve_config(preset, overrides)
-    backbone = create_backbone(cfg, cfg.weights)
+    backbone = create_backbone(cfg, cfg.backbone_weights)
     model = assemble(cfg, backbone, _meta(cfg, preset, backbone))
 
     shots = [resize_square(s, cfg.input_size) for s in shots_rgb]
@@ -188,5 +188,5 @@ def calibrate(model: BPGGModel, data: SupportSet, shots: list[np.ndarray], cfg: 
 
 def build(meta: dict) -> BPGGModel:
     """An empty model of the shape ``meta`` describes, for load_artifact to fill with load_state_dict."""
-    cfg = config_from_dict({**meta["config"], "weights": None})
+    cfg = config_from_dict({**meta["config"], "backbone_weights": None})
     return assemble(cfg, create_backbone(cfg, "random"), dict(meta))

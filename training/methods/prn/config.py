@@ -13,7 +13,7 @@ class PRNConfig:
     backbone: str
     input_size: int  # S; the MSA parameters are tied to it (element-wise q/k/v per token element)
     stages: tuple[int, ...] = (1, 2, 3, 4)
-    weights: str | None = None  # backbone weights file, "random", or None for the default source
+    backbone_weights: str | None = None  # backbone weights file, "random", or None for the default source
     # heads
     msa_blocks: int = 1  # stacked MSA blocks per level (PRNet: 3)
     msa_divisors: tuple[int, ...] = (1, 2, 4)  # patch side = H / d; PRNet: (1, 2, 4, 8). Non-dividing ones are dropped per level

@@ -162,7 +162,7 @@ def fit(shots_rgb: list[np.ndarray], preset: str = "edge", seed: int = 0, config
     data = {k: overrides.pop(k, None) for k in DATA_KEYS}
     rng = seed_everything(seed)
     cfg = resolve_config(preset, overrides)
-    backbone = create_backbone(cfg, cfg.weights)
+    backbone = create_backbone(cfg, cfg.backbone_weights)
     mean, std, size = backbone.spec.mean, backbone.spec.std, cfg.input_size
 
     shots = [resize_square(s, size) for s in shots_rgb]
@@ -231,6 +231,6 @@ def calibrate(model: PRNModel, shots: list[np.ndarray], cfg: PRNConfig, seed: in
 
 def build(meta: dict) -> PRNModel:
     """An empty model of the shape ``meta`` describes, for load_artifact to fill with load_state_dict."""
-    cfg = config_from_dict({**meta["config"], "weights": None})
+    cfg = config_from_dict({**meta["config"], "backbone_weights": None})
     backbone = create_backbone(cfg, "random")  # the weights come from the artifact's state_dict
     return assemble(cfg, backbone, int(meta["n_prototypes"]), dict(meta))
