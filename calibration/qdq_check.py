@@ -4,7 +4,9 @@
   pair and its weight through a DequantizeLinear of an INT8 constant (per-channel: axis 0 for Conv);
 * every scale is a positive float32 constant and every zero point an INT8 zero (symmetric);
 * no INT32 (bias) DequantizeLinear, which TensorRT cannot import;
-* nodes meant to stay float read no DequantizeLinear output.
+* float learned layers and the distance/top-k nodes read no DequantizeLinear output (other float
+  nodes, e.g. a ReLU between two INT8 decoder convs, may read one: TensorRT then runs them on the
+  dequantized value, which is what the graph says).
 """
 from __future__ import annotations
 
@@ -29,9 +31,12 @@ class QDQReport:
         return not self.problems
 
 
-def check_qdq(model: onnx.ModelProto, float_nodes=(), per_channel: bool = True) -> QDQReport:
+def check_qdq(model: onnx.ModelProto, float_nodes=(), strict_nodes=(), per_channel: bool = True) -> QDQReport:
+    """``float_nodes``: every node meant to stay float; ``strict_nodes``: those of them that must not
+    even read a dequantized tensor (the distance/top-k path). Float learned layers are always strict."""
     index = GraphIndex(model)
     float_nodes = set(float_nodes)
+    strict_nodes = set(strict_nodes)
     report = QDQReport()
     for node in index.nodes:
         if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
@@ -43,7 +48,7 @@ def check_qdq(model: onnx.ModelProto, float_nodes=(), per_channel: bool = True) 
     for node in index.nodes:
         from_dq = [i for i in node.input if i and _op(index, i) == "DequantizeLinear"]
         if node.name in float_nodes:
-            if from_dq:
+            if from_dq and (node.name in strict_nodes or node.op_type in QUANTIZED_OPS):
                 report.problems.append(f"{node.op_type} {node.name} should stay float but reads Q/DQ tensor(s) {from_dq}")
             if node.op_type in QUANTIZED_OPS:
                 report.float_layers.append(node.name)

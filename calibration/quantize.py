@@ -83,7 +83,10 @@ def int8_from_onnx(onnx_path, out_path, images, *, augment: AugmentConfig | None
             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
                            "CalibTensorRangeSymmetric": True,
                            # biases stay float, so no weight scale needs widening for an INT32 bias
-                           "QDQDisableWeightAdjustForInt32Bias": True},
+                           "QDQDisableWeightAdjustForInt32Bias": True,
+                           # Q/DQ on the inputs of learned layers only (TensorRT's recommended placement;
+                           # it fuses the next layer's input Q into this layer's output)
+                           "OpTypesToExcludeOutputQuantization": ["Conv", "ConvTranspose", "Gemm", "MatMul"]},
         )
         quantized = onnx.load(str(tmp_out))
     set_metadata(quantized, {**props, "protospect.precision": "int8"})
@@ -96,7 +99,7 @@ def int8_from_onnx(onnx_path, out_path, images, *, augment: AugmentConfig | None
 
 
 def _finish(out_path: Path, regions, n_frames: int, cache_hit: bool) -> Int8Result:
-    report = check_qdq(onnx.load(str(out_path)), float_nodes=regions.all)
+    report = check_qdq(onnx.load(str(out_path)), float_nodes=regions.all, strict_nodes=regions.distance)
     if not report.ok:
         raise ArtifactError(f"INT8 graph {out_path} has Q/DQ placement TensorRT will not take: " + "; ".join(report.problems[:5]))
     return Int8Result(out_path, regions.all, report, n_frames, cache_hit)

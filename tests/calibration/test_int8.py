@@ -114,8 +114,10 @@ def test_int8_graph_has_tensorrt_qdq_placement(int8_result, fp32_graph):
     props = {p.key: p.value for p in q.metadata_props}
     assert props["protospect.precision"] == "int8"
     assert props["protospect.threshold"] == {p.key: p.value for p in onnx.load(str(fp32_graph)).metadata_props}["protospect.threshold"]
-    report = check_qdq(q, float_nodes=result.float_nodes)
+    regions = float_regions(onnx.load(str(fp32_graph)), float_stem=3)
+    report = check_qdq(q, float_nodes=result.float_nodes, strict_nodes=regions.distance)
     assert report.ok, report.problems
+    assert len(regions.stem) == 3 and set(report.float_layers) >= regions.stem
     n_backbone = sum(1 for n in q.graph.node if n.op_type == "Conv" and n.name not in result.float_nodes)
     assert len([n for n in report.quantized if "Conv" in n]) == n_backbone >= 20
     assert set(report.float_layers) >= {n.name for n in q.graph.node if n.op_type == "MatMul"}
