@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import tempfile
 from pathlib import Path
 
@@ -57,14 +58,27 @@ def validate(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     validate(args)
-    from protospect.export import onnx_export
     from protospect.export.inspect import census
-    from protospect.export.shots import shot_paths
     from protospect.training.artifact import artifact_sha256, load_artifact
 
     model, manifest = load_artifact(args.artifact)
-    sha = artifact_sha256(args.artifact)
     precision = "fp16" if args.fp16 else "int8" if args.int8 else "fp32"
+    for path in _write_graphs(args, model, manifest, artifact_sha256(args.artifact), precision):
+        print(census(path).format())
+    if args.check and not _check(args, model, manifest, precision):
+        print("protospect export: parity check FAILED (graph kept for inspection)", file=sys.stderr)
+        return 1
+    onnx_in = args.out / "features.onnx" if args.split else args.out
+    engine = args.out / "features.engine" if args.split else args.out.with_suffix(".engine")
+    print(f"next: protospect build-engine {onnx_in} --out {engine}   (on the target device)")
+    print(f"      protospect serve {args.out} --source CAMERA_OR_FOLDER   (ONNX Runtime)")
+    return 0
+
+
+def _write_graphs(args, model, manifest: dict, sha: str, precision: str) -> list[Path]:
+    """The FP32 graph(s), converted to ``precision`` when asked; returns the .onnx files written."""
+    from protospect.export import onnx_export
+
     with tempfile.TemporaryDirectory(prefix="protospect-export-") as tmp:
         if args.split:
             paths = onnx_export.split_from_model(model, model.meta, model.calibration, args.out, artifact_sha256=sha, opset=args.opset)
@@ -72,37 +86,30 @@ def run(args: argparse.Namespace) -> int:
                 fp32_features = Path(tmp) / "features.fp32.onnx"
                 paths["features"].replace(fp32_features)
                 _convert(args, precision, fp32_features, paths["features"], manifest)
-            written = [paths["features"], paths["head"]]
-        else:
-            target = args.out if precision == "fp32" else Path(tmp) / "model.fp32.onnx"
-            onnx_export.onnx_from_model(model, model.meta, model.calibration, target, artifact_sha256=sha,
-                                        bank_as_input=args.bank_as_input, opset=args.opset)
-            if precision != "fp32":
-                _convert(args, precision, target, args.out, manifest)
-            written = [args.out]
-    for path in written:
-        print(census(path).format())
-    if args.check:
-        if args.split:
-            log.warning("--check compares the full graph only; the split graphs are checked by the tests")
-        else:
-            from protospect.calibration.data_reader import images_in
-            from protospect.export.metadata import input_size_of
-            from protospect.export.parity import parity_from_model, shot_views
+            return [paths["features"], paths["head"]]
+        fp32_path = args.out if precision == "fp32" else Path(tmp) / "model.fp32.onnx"
+        onnx_export.onnx_from_model(model, model.meta, model.calibration, fp32_path, artifact_sha256=sha,
+                                    bank_as_input=args.bank_as_input, opset=args.opset)
+        if precision != "fp32":
+            _convert(args, precision, fp32_path, args.out, manifest)
+        return [args.out]
 
-            images = (images_in(args.check_images) if args.check_images
-                      else shot_views(shot_paths(manifest), input_size_of(model.meta)))
-            report = parity_from_model(model, args.out, images)
-            print(report.format())
-            if precision == "fp32" and not report.ok:
-                print("protospect export: parity check FAILED", flush=True)
-                return 1
-    target = args.out
-    engine = (args.out / "features.engine") if args.split else args.out.with_suffix(".engine")
-    onnx_in = (args.out / "features.onnx") if args.split else args.out
-    print(f"next: protospect build-engine {onnx_in} --out {engine}   (on the target device)")
-    print(f"      protospect serve {target} --source CAMERA_OR_FOLDER   (ONNX Runtime)")
-    return 0
+
+def _check(args, model, manifest: dict, precision: str) -> bool:
+    """Parity report on --check-images or augmented views of the shots; False when FP32 misses its goal."""
+    if args.split:
+        log.warning("--check compares the full graph; the split graphs are covered by tests/export")
+        return True
+    from protospect.calibration.data_reader import images_in
+    from protospect.export.metadata import input_size_of
+    from protospect.export.parity import parity_from_model, shot_views
+    from protospect.export.shots import shot_paths
+
+    images = (images_in(args.check_images) if args.check_images
+              else shot_views(shot_paths(manifest), input_size_of(model.meta)))
+    report = parity_from_model(model, args.out, images)
+    print(report.format())
+    return precision != "fp32" or report.ok
 
 
 def _convert(args, precision: str, fp32_path: Path, out_path: Path, manifest: dict) -> None:

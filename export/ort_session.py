@@ -11,8 +11,9 @@ from protospect._optional import require
 def cpu_session(onnx_path: str | Path, threads: int = 2, *, simulate_qdq: bool = False):
     """A CPU session. ``simulate_qdq`` runs Q/DQ nodes as float ops (graph optimisations off): the
     arithmetic TensorRT's explicit quantization emulates. Without it ORT fuses them into its own
-    INT8 kernels, whose s8s8 path saturates on x86 CPUs without VNNI (measured: 56 % feature error
-    on an AVX2 machine vs 6.6 % simulated), so ORT CPU INT8 accuracy says little about TensorRT.
+    INT8 kernels, whose s8s8 path saturates on x86 CPUs without VNNI (measured with every layer
+    INT8: 56 % feature error on an AVX2 machine vs 6.6 % simulated), so ORT CPU INT8 accuracy need
+    not be TensorRT's.
     """
     ort = require("onnxruntime", extra="runtime")
     opts = ort.SessionOptions()

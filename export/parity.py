@@ -121,8 +121,8 @@ def parity_from_model(model, onnx_path, images, labels=None) -> ParityReport:
     if labels is not None:
         labels = np.asarray(labels)
         if len(set(labels.tolist())) == 2:
-            from sklearn.metrics import roc_auc_score
+            from protospect.training.metrics import image_auroc
 
-            report.auroc_torch = float(roc_auc_score(labels, t_scores))
-            report.auroc_onnx = float(roc_auc_score(labels, o_scores))
+            report.auroc_torch = float(image_auroc(labels, t_scores))
+            report.auroc_onnx = float(image_auroc(labels, o_scores))
     return report
