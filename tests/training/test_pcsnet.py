@@ -66,8 +66,18 @@ def test_meta_and_calibration(tiny_model):
     cal = tiny_model.calibration
     lo, hi = cal["map_range"]
     assert lo < hi and np.isfinite(cal["threshold"])
-    # The threshold sits above every normal calibration score (or is the F1 cut if they overlap).
-    assert cal["threshold"] >= max(cal["normal_scores"]) or min(cal["pseudo_anomaly_scores"]) <= max(cal["normal_scores"])
+    assert cal["threshold"] > max(cal["normal_scores"])  # no calibration normal is flagged NG
+
+
+def test_threshold_rule():
+    from protospect.training.methods.pcsnet.threshold import choose_threshold
+
+    normal = np.array([0.1, 0.2, 0.3])
+    # separable: halfway between the top normal (0.3) and the pseudo anomalies' lower quartile (0.5)
+    assert choose_threshold(normal, np.array([0.5, 0.5, 0.9, 1.0, 1.1])) == pytest.approx(0.4)
+    # overlapping: just above the top normal, never inside the normal range
+    t = choose_threshold(normal, np.array([0.15, 0.25, 0.35]))
+    assert 0.3 < t < 0.31
 
 
 def test_bank_is_per_position_mean_of_shots(tiny_model):

@@ -6,7 +6,7 @@ a new good part, which is never in the bank either. Anomalous scores: fresh NSA 
 (a different random stream from training) scored with the full bank. No test image is involved.
 
 * threshold: halfway between the highest normal score and the lower quartile of the
-  pseudo-anomaly scores when the two groups separate; otherwise the F1-optimal cut between them.
+  pseudo-anomaly scores when the two groups separate; otherwise just above the highest normal.
   Halfway, not "just above the normals": the shots were also training images, so even their
   leave-one-out scores come out lower than a new good part's (measured in docs/pcsnet.md).
 * map_range [lo, hi]: lo = 1st percentile of normal map pixels, hi = 95th percentile of the
@@ -50,16 +50,9 @@ def choose_threshold(normal: np.ndarray, anomalous: np.ndarray) -> float:
     low = float(np.percentile(anomalous, 25))
     if low > top:
         return top + 0.5 * (low - top)
-    cand = np.unique(np.concatenate([normal, anomalous]))
-    f1 = [_f1(normal, anomalous, t) for t in cand]
-    return float(cand[int(np.argmax(f1))])
-
-
-def _f1(normal, anomalous, t):
-    tp = float((anomalous >= t).sum())
-    fp = float((normal >= t).sum())
-    fn = float((anomalous < t).sum())
-    return 2 * tp / max(2 * tp + fp + fn, 1e-9)
+    # Pseudo anomalies that score like normals say nothing about where real defects start; an
+    # F1 cut between them flagged 8-10 of 10 held-out good PCB images. Flag no calibration normal.
+    return top * 1.001 if top > 0 else top + 1e-6
 
 
 @torch.no_grad()

@@ -110,7 +110,7 @@ def train(model: PCSNetModel, images: list[np.ndarray], seed: int, progress: boo
     with deterministic_torch():
         clean_feats = backbone_features(model, to_tensor(images, mean, std))  # once: backbone frozen
         model.set_bank_from_backbone(clean_feats)
-        criterion = PCSNetLoss(cfg)
+        criterion = PCSNetLoss(cfg).to(model.bank.device)
         optimizer = make_optimizer(model, criterion)
         source = PseudoAnomalySource(images, cfg.category, rng)
         k_shots = len(images)

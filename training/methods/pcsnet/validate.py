@@ -17,10 +17,10 @@ import time
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
 
 from protospect.imageio import read_rgb, resize_square
 from protospect.training.data import MVTecCategory, sample_shots
+from protospect.training.metrics import image_auroc, pixel_auroc
 from protospect.training.synthesis import make_pseudo_anomaly, nsa_params_for, object_mask
 
 from . import fit
@@ -74,8 +74,8 @@ def evaluate(model, normals, sets):
         labels = np.r_[np.zeros(len(normals)), np.ones(len(imgs))]
         px_scores = np.concatenate([normal_maps.ravel(), maps.ravel()])
         px_labels = np.concatenate([np.zeros(normal_maps.size, bool), masks.ravel()])
-        rows[kind] = {"image_auroc": 100 * roc_auc_score(labels, img_scores),
-                      "pixel_auroc": 100 * roc_auc_score(px_labels, px_scores),
+        rows[kind] = {"image_auroc": 100 * image_auroc(labels, img_scores),
+                      "pixel_auroc": 100 * pixel_auroc(px_labels, px_scores),
                       "recall_at_threshold": float((maps.reshape(len(imgs), -1).max(1) >= model.calibration["threshold"]).mean())}
     rows["heldout_normal_scores"] = sorted(round(float(v), 3) for v in normal_maps.reshape(len(normals), -1).max(1))
     if "pseudo_anomaly_scores" in model.calibration:  # pcsnet's calibration details
