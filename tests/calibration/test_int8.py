@@ -122,6 +122,7 @@ def test_int8_graph_has_tensorrt_qdq_placement(int8_result, fp32_graph):
     assert len([n for n in report.quantized if "Conv" in n]) == n_backbone >= 20
     assert set(report.float_layers) >= {n.name for n in q.graph.node if n.op_type == "MatMul"}
     assert any(t.data_type == TensorProto.INT8 for t in q.graph.initializer)
+    assert {n.domain for n in q.graph.node} == {""} and [(o.domain, o.version) for o in q.opset_import] == [("", 17)]
     assert result.n_frames == fx.SHOTS * (FAST.per_image + 1)
 
 
