@@ -278,3 +278,31 @@ def test_onnx_parity(fitted, tmp_path):
     assert got_map.shape == (1, 1, 64, 64) and got_score.shape == (1,)
     np.testing.assert_allclose(got_map, ref.anomaly_map.numpy(), atol=1e-4)
     np.testing.assert_allclose(got_score, ref.image_score.numpy(), atol=1e-4)
+
+
+def test_threshold_rule_from_normals_and_pseudo_anomalies():
+    from protospect.training.methods.prn.calibration import calibrate_with_pseudo, choose_threshold
+
+    # separated: halfway between the top normal (0.2) and the anomalies' lower quartile (0.6)
+    assert choose_threshold(np.array([0.1, 0.2]), np.array([0.5, 0.6, 0.6, 0.9, 1.0])) == pytest.approx(0.4)
+    # overlapping or none: just above the top normal
+    assert choose_threshold(np.array([0.1, 0.7]), np.array([0.5, 0.6])) == pytest.approx(0.7007)
+    assert choose_threshold(np.array([0.3]), np.zeros(0)) == pytest.approx(0.3003)
+
+    # score = mean brightness; pseudo anomalies brighten the image: leave-one-out pairs, 3 shots
+    shots = [np.full((16, 16, 3), v, np.uint8) for v in (50, 60, 70)]
+    calls = []
+
+    def score_against(bank, queries):
+        calls.append(len(bank))
+        s = np.array([q.mean() / 255 for q in queries])
+        return s, np.stack([np.full((16, 16), v) for v in s])
+
+    def brighten(img, rng):
+        return np.clip(img.astype(int) + 100, 0, 255).astype(np.uint8), np.ones(img.shape[:2], np.uint8)
+
+    cal = calibrate_with_pseudo(shots, score_against, brighten, seed=0)
+    assert calls == [2, 2, 2, 2, 2, 2]  # every query scored against the *other* two shots
+    top, low = max(cal["normal_scores"]), np.percentile(cal["pseudo_anomaly_scores"], 25)
+    assert top < low and cal["threshold"] == pytest.approx(top + 0.5 * (low - top))
+    assert cal["map_range"][0] < cal["threshold"] < cal["map_range"][1]

@@ -23,7 +23,8 @@ from tqdm import tqdm
 
 from protospect.errors import ConfigError, DataError
 from protospect.imageio import resize_mask, resize_square
-from protospect.training.calibrate import calibrate_by_holdout, to_model_input
+from protospect.training.calibrate import to_model_input
+from protospect.training.methods.prn.calibration import calibrate_with_pseudo
 from protospect.training.methods.bpgg.config import BPGGConfig, config_from_dict, config_to_dict, resolve_config
 from protospect.training.methods.bpgg.model import DEFECT, BPGGModel, assemble, cosine_logits, prototypes
 from protospect.training.methods.prn.fit import NSASynth, create_backbone, seed_everything
@@ -171,7 +172,8 @@ def fit(shots_rgb: list[np.ndarray], preset: str = "edge", seed: int = 0, config
 
 @torch.no_grad()
 def calibrate(model: BPGGModel, data: SupportSet, shots: list[np.ndarray], cfg: BPGGConfig, seed: int) -> dict:
-    """Held-out shots scored with prototypes from the defective supports plus the *other* shots."""
+    """Held-out shots (jittered) and their NSA pseudo anomalies, scored with prototypes from the
+    defective supports plus the *other* shots (prn/calibration.py)."""
     spec = model.features.backbone.spec
     d_emb = model.features.adapter(data.raw[: data.n_defect])
     d_masks = data.grid_masks[: data.n_defect]
@@ -182,8 +184,10 @@ def calibrate(model: BPGGModel, data: SupportSet, shots: list[np.ndarray], cfg: 
         out = model.outputs(model.features(to_model_input(queries, cfg.input_size, spec.mean, spec.std)), protos)
         return out.image_score.numpy(), out.anomaly_map[:, 0].numpy()
 
-    return calibrate_by_holdout(shots, score_against, seed=seed, margin=cfg.calibration_margin,
-                                n_views=cfg.calibration_views)
+    cal = calibrate_with_pseudo(shots, score_against, NSASynth(cfg.category), seed, cfg.calibration_views)
+    if cfg.calibration_margin != 1.0:
+        cal["threshold"] *= cfg.calibration_margin
+    return cal
 
 
 def build(meta: dict) -> BPGGModel:

@@ -21,7 +21,8 @@ from tqdm import tqdm
 
 from protospect.errors import ConfigError, DataError
 from protospect.imageio import resize_mask, resize_square
-from protospect.training.calibrate import calibrate_by_holdout, to_model_input
+from protospect.training.calibrate import to_model_input
+from protospect.training.methods.prn.calibration import calibrate_with_pseudo
 from protospect.training.methods.prn.config import PRNConfig, config_from_dict, config_to_dict, resolve_config
 from protospect.training.methods.prn.losses import prn_loss
 from protospect.training.methods.prn.model import PRNModel, PrototypeResiduals, assemble
@@ -213,7 +214,7 @@ def train_head(model: PRNModel, samples: TrainingSamples, cfg: PRNConfig) -> lis
 
 @torch.no_grad()
 def calibrate(model: PRNModel, shots: list[np.ndarray], cfg: PRNConfig, seed: int) -> dict:
-    """Threshold from shots scored against prototypes built without them (training/calibrate.py)."""
+    """Threshold from held-out shots and their pseudo anomalies, scored against prototypes built without them."""
     spec = model.backbone.spec
 
     def feats_of(images):
@@ -225,8 +226,10 @@ def calibrate(model: PRNModel, shots: list[np.ndarray], cfg: PRNConfig, seed: in
         out = model.outputs_from_logits(model.head(q, res))
         return out.image_score.numpy(), out.anomaly_map[:, 0].numpy()
 
-    return calibrate_by_holdout(shots, score_against, seed=seed, margin=cfg.calibration_margin,
-                                n_views=cfg.calibration_views)
+    cal = calibrate_with_pseudo(shots, score_against, NSASynth(cfg.category), seed, cfg.calibration_views)
+    if cfg.calibration_margin != 1.0:
+        cal["threshold"] *= cfg.calibration_margin
+    return cal
 
 
 def build(meta: dict) -> PRNModel:
