@@ -2,7 +2,8 @@
 
 Found from the graph's structure, never from node names:
 * distance region: for every TopK, the nodes between the query tensor (the image-derived input of
-  the MatMul/Gemm whose other input is the bank) and the TopK, TopK included. Squared distances
+  the MatMul/Gemm whose other input is the bank) and the TopK, TopK included, and the bank-side
+  nodes they read (|b|^2, b^T when the exporter left them unfolded). Squared distances
   are differences of large numbers; INT8 there destroys the ranking the top-k depends on.
 * tail: every node after the TopKs except learned layers (Conv/Gemm/MatMul with constant
   multi-channel weights) that still have at least ``float_tail`` learned layers after them. So the
@@ -50,7 +51,12 @@ def float_regions(model: onnx.ModelProto, float_tail: int = 1, float_stem: int =
         if not queries:
             raise ArtifactError(f"TopK node {topk.name} has no MatMul/Gemm against a bank above it; "
                                 "cannot tell which nodes compute distances (pass nodes_to_exclude explicitly)")
-        regions.distance |= (index.descendants_of_tensors(queries) & above) | {topk.name}
+        region = (index.descendants_of_tensors(queries) & above) | {topk.name}
+        # plus the bank side those nodes read: |b|^2 and b^T when not folded into initializers
+        by_name = {n.name: n for n in index.nodes}
+        feeding = index.ancestors_of_tensors([i for name in region for i in by_name[name].input if i])
+        region |= {name for name in feeding if not set(by_name[name].output) & image_derived}
+        regions.distance |= region
     after = index.descendants_of_tensors([o for t in topks for o in t.output])
     learned = {n.name for n in index.nodes if n.name in after and _is_learned(index, n)}
     by_name = {n.name: n for n in index.nodes}

@@ -183,7 +183,10 @@ def _trace(module: nn.Module, args: tuple, input_names: list[str], output_names:
     try:
         import onnxscript.optimizer
 
-        model = onnxscript.optimizer.optimize(model)  # folds Shape/Constant/Identity chains the tracer leaves
+        # Folds Shape/Constant/Identity chains the tracer leaves, and constant work on the bank
+        # (|b|^2, b^T): the default size limits (8 K in, 256 K out) would leave |b|^2 computed per frame
+        # from a second full copy of the bank.
+        model = onnxscript.optimizer.optimize(model, input_size_limit=1 << 26, output_size_limit=1 << 26)
     except ImportError:
         log.info("onnxscript not installed: graph left unoptimised (pip install onnxscript)")
     return ensure_node_names(model)
