@@ -225,3 +225,15 @@ def test_onnx_parity(fitted, data, tmp_path):
             ref = fitted((x - mean) / std)
         np.testing.assert_allclose(got_map, ref.anomaly_map.numpy(), atol=1e-4)
         np.testing.assert_allclose(got_score, ref.image_score.numpy(), atol=1e-4)
+
+
+def test_support_from_a_category_folder(tmp_path, data):
+    """--set support_data=DIR: the defective support is drawn with split_defect_support(seed)."""
+    from protospect.training.data import MVTecCategory
+
+    root = write_category(tmp_path / "widget")
+    shots, _ = data
+    model = fit(shots[:2], "edge", 4, {**TINY, "steps": 1, "support_data": str(root), "support_size": 2})
+    expected, _ = split_defect_support(MVTecCategory(root), 2, seed=4)
+    assert model.meta["support"] == [f"{it.defect_type}/{it.path.name}" for it in expected]
+    assert model.meta["support_source"] == "given"

@@ -26,6 +26,10 @@ class BPGGConfig:
     episodes_per_step: int = 4
     lr: float = 1e-3
     weight_decay: float = 5e-4
+    # defective supports from the command line: drawn (seeded) from the masked defective test images of
+    # this MVTec-layout category folder (split_defect_support); evaluate only on the other images
+    support_data: str | None = None
+    support_size: int = 3
     # defective supports when the caller gives none: NSA pseudo anomalies on the shots (not BPGG's setting)
     pseudo_supports: int = 6
     category: str | None = None  # picks the NSA table row
@@ -38,8 +42,8 @@ class BPGGConfig:
             raise ConfigError("bpgg: needs at least one backbone stage")
         if self.hidden < 1 or self.dim < 1:
             raise ConfigError("bpgg: hidden and dim must be >= 1")
-        if self.steps < 0 or self.episodes_per_step < 1 or self.pseudo_supports < 1:
-            raise ConfigError("bpgg: steps must be >= 0, episodes_per_step and pseudo_supports >= 1")
+        if self.steps < 0 or self.episodes_per_step < 1 or self.pseudo_supports < 1 or self.support_size < 1:
+            raise ConfigError("bpgg: steps must be >= 0, episodes_per_step, pseudo_supports, support_size >= 1")
         return self
 
 

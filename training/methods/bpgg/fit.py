@@ -131,6 +131,15 @@ def _defect_supports(given, names, shots: list[np.ndarray], cfg: BPGGConfig, rng
     return out, names, "nsa-pseudo (not BPGG's setting)"
 
 
+def _support_from_folder(cfg: BPGGConfig, seed: int):
+    """(supports, names) drawn from cfg.support_data's masked defective test images (seeded, logged)."""
+    from protospect.training.data import MVTecCategory  # noqa: PLC0415
+    from protospect.training.methods.bpgg.support import item_name, load_defect_support, split_defect_support  # noqa: PLC0415
+
+    support, _ = split_defect_support(MVTecCategory(cfg.support_data), cfg.support_size, seed)
+    return load_defect_support(support), [item_name(it) for it in support]
+
+
 def _meta(cfg: BPGGConfig, preset: str, backbone) -> dict:
     return {
         "method": "bpgg",
@@ -155,6 +164,8 @@ def fit(shots_rgb: list[np.ndarray], preset: str = "edge", seed: int = 0, config
     model = assemble(cfg, backbone, _meta(cfg, preset, backbone))
 
     shots = [resize_square(s, cfg.input_size) for s in shots_rgb]
+    if not data_in["defect_support"] and cfg.support_data:
+        data_in["defect_support"], data_in["defect_support_names"] = _support_from_folder(cfg, seed)
     defects, names, source = _defect_supports(data_in["defect_support"], data_in["defect_support_names"], shots, cfg, rng)
     zero = np.zeros((cfg.input_size, cfg.input_size), np.uint8)
     data = SupportSet(model, [d[0] for d in defects] + shots, [d[1] for d in defects] + [zero] * len(shots),
