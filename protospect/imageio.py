@@ -39,27 +39,26 @@ def to_rgb_uint8(img: np.ndarray, *, bgr: bool = True) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB) if bgr else np.ascontiguousarray(img)
 
 
-def read_rgb(path: str | Path) -> np.ndarray:
-    """Decode an image file to uint8 RGB HxWx3; DataError naming the file if missing or unreadable."""
+def _decode(path: str | Path, flags: int, what: str) -> np.ndarray:
+    """cv2.imdecode of a file (np.fromfile: works for non-ASCII paths); DataError naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"image not found: {path}")
+        raise DataError(f"{what} not found: {path}")
     data = np.fromfile(str(path), dtype=np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    img = cv2.imdecode(data, flags) if data.size else None
     if img is None:
-        raise DataError(f"cannot decode image (corrupt or not an image): {path}")
-    return to_rgb_uint8(img, bgr=True)
+        raise DataError(f"cannot decode {what} (corrupt or not an image): {path}")
+    return img
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """Decode an image file to uint8 RGB HxWx3; DataError naming the file if missing or unreadable."""
+    return to_rgb_uint8(_decode(path, cv2.IMREAD_UNCHANGED, "image"), bgr=True)
 
 
 def read_mask(path: str | Path, expected_hw: tuple[int, int] | None = None) -> np.ndarray:
     """Decode a mask to uint8 {0,1} HxW. With ``expected_hw``, a mask of another size is a DataError."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"mask not found: {path}")
-    data = np.fromfile(str(path), dtype=np.uint8)
-    m = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE) if data.size else None
-    if m is None:
-        raise DataError(f"cannot decode mask: {path}")
+    m = _decode(path, cv2.IMREAD_GRAYSCALE, "mask")
     if expected_hw is not None and tuple(m.shape[:2]) != tuple(expected_hw):
         raise DataError(f"mask {path} is {m.shape[1]}x{m.shape[0]} but its image is {expected_hw[1]}x{expected_hw[0]}")
     return (m > 127).astype(np.uint8)
