@@ -53,6 +53,12 @@ class TestSet:
         return cls(list(cat.test), np.stack(images), np.array([it.label for it in cat.test], np.int8),
                    np.stack(masks) if use_masks else None)
 
+    def without(self, excluded_paths: set) -> "TestSet":
+        """The same set minus the items at ``excluded_paths`` (e.g. a method's defective support images)."""
+        keep = np.array([it.path not in excluded_paths for it in self.items], bool)
+        return TestSet([it for it, k in zip(self.items, keep) if k], self.images[keep], self.labels[keep],
+                       None if self.masks is None else self.masks[keep])
+
 
 @torch.no_grad()
 def score_images(model, images: np.ndarray, batch_size: int = 4, desc: str = "score") -> tuple[np.ndarray, np.ndarray]:
@@ -101,6 +107,8 @@ def aggregate(category: str, method: str, preset: str, k: int, runs: list[dict],
     record["input_size"] = runs[0]["input_size"]
     record["threshold"] = [r["threshold"] for r in runs]
     record["shots"] = {str(r["seed"]): r["shots"] for r in runs}
+    if any("defect_support" in r for r in runs):  # which test images a method learned from, per seed (not scored)
+        record["defect_support"] = {str(r["seed"]): r.get("defect_support", []) for r in runs}
     record["per_seed"] = [{k2: _percent(r[k2]) for k2 in PERCENT_KEYS} | {"seed": r["seed"]} for r in runs]
     record["command"] = command
     return record
@@ -119,7 +127,7 @@ def evaluate(data_root, category: str | None, method: str, shots_list: list[int]
     too_many = [k for k in shots_list if k > len(cat.train_good)]
     if too_many:
         raise DataError(f"K={max(too_many)} but only {len(cat.train_good)} images in {cat.root / 'train' / 'good'}")
-    fit = get_method(method).fit
+    module = get_method(method)
     # Every method takes the category name (pcsnet/prn pick their pseudo-anomaly table row with it).
     config_overrides = {"category": cat.name, **(config_overrides or {})}
     tests: dict[int, TestSet] = {}
@@ -131,19 +139,27 @@ def evaluate(data_root, category: str | None, method: str, shots_list: list[int]
         for seed in seeds:
             shot_paths = sample_shots(cat.train_good, k, seed)
             shots_rgb = [read_rgb(p) for p in shot_paths]
+            run_overrides, excluded = config_overrides, set()
+            if hasattr(module, "prepare_eval"):
+                # bpgg learns from a few *defective* images: they come out of the test split for this
+                # seed, and only the remaining items are scored (never evaluate on a support image).
+                run_overrides, remaining = module.prepare_eval(cat, seed, config_overrides)
+                excluded = {it.path for it in cat.test} - {it.path for it in remaining}
             t0 = time.perf_counter()
-            model = fit(shots_rgb, preset=preset, seed=seed, config_overrides=config_overrides)
+            model = module.fit(shots_rgb, preset=preset, seed=seed, config_overrides=run_overrides)
             train_seconds = time.perf_counter() - t0
             size = int(model.meta["input_size"])
             if size not in tests:
                 tests[size] = TestSet.load(cat, size)
-            test = tests[size]
+            test = tests[size].without(excluded) if excluded else tests[size]
             t0 = time.perf_counter()
             with memoize_features(feature_store):
                 scores, maps = score_images(model, test.images, batch_size, desc=f"{cat.name} {method} K={k} seed={seed}")
             test_ms = 1000.0 * (time.perf_counter() - t0) / len(scores)
             threshold = float(model.calibration["threshold"])
             run = seed_metrics(test, scores, maps, threshold)
+            if excluded:
+                run["defect_support"] = sorted(str(p) for p in excluded)
             run.update(seed=seed, shots=[p.name for p in shot_paths], train_seconds=round(train_seconds, 3),
                        test_ms_per_image=round(test_ms, 2), input_size=size, threshold=threshold)
             runs.append(run)

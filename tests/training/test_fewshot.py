@@ -113,3 +113,40 @@ def test_undefined_metrics_become_null_not_nan():
     assert r["image_auroc"] is None and r["f1_max"] == [50.0, 0.0] and r["false_alarm_rate"] == [25.0, 0.0]
     assert r["per_seed"][0]["image_auroc"] is None
     json.dumps(r, allow_nan=False)  # strict JSON: no NaN anywhere
+
+
+def test_defective_support_images_are_never_scored(tmp_path, monkeypatch):
+    """A method with prepare_eval (bpgg) takes defective supports out of the test split; the loop
+    must score only the remaining items and record the support per seed."""
+    import types
+
+    import numpy as np
+
+    from protospect.synthetic_parts import write_mvtec_layout
+    from protospect.training import fewshot
+
+    cat_dir = write_mvtec_layout(tmp_path / "data", seed=0, n_train=3, n_test_good=3, n_per_defect=2, size=64)
+    patchcore = fewshot.get_method("patchcore")
+    scored_counts, held_out = [], {}
+
+    def prepare_eval(cat, seed, overrides):
+        defective = [it for it in cat.test if it.label == 1]
+        held_out[seed] = defective[seed]
+        return overrides, [it for it in cat.test if it.path != defective[seed].path]
+
+    real_score = fewshot.score_images
+
+    def counting_score(model, images, *a, **kw):
+        scored_counts.append(len(images))
+        return real_score(model, images, *a, **kw)
+
+    fake = types.SimpleNamespace(fit=patchcore.fit, prepare_eval=prepare_eval)
+    monkeypatch.setattr(fewshot, "get_method", lambda name: fake)
+    monkeypatch.setattr(fewshot, "score_images", counting_score)
+    records = fewshot.evaluate(tmp_path / "data", "flange", "fake", [1], [0, 1], preset="edge",
+                               config_overrides={"input_size": 64}, plots=False)
+    n_test = len(list((cat_dir / "test").rglob("*.png")))
+    assert scored_counts == [n_test - 1, n_test - 1]
+    support = records[0]["defect_support"]
+    assert support["0"] == [str(held_out[0].path)] and support["1"] == [str(held_out[1].path)]
+    assert np.isfinite(records[0]["image_auroc"][0])
