@@ -1,14 +1,14 @@
 """Shared fixtures: where the dev data lives, and markers for tests that need a GPU, TensorRT or torch."""
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 
+from devdata import DEV_DATA, dev_category  # noqa: F401  (re-exported for older imports)
+
 REPO = Path(__file__).resolve().parents[1]
-DEV_DATA = Path(os.environ.get("PROTOSPECT_DEV_DATA", REPO.parent / "shared" / "data"))
 
 
 def pytest_configure(config):
@@ -20,14 +20,6 @@ def pytest_configure(config):
         ("torch", "needs torch (skipped in the torch-free runtime environment)"),
     ]:
         config.addinivalue_line("markers", f"{marker}: {text}")
-
-
-def dev_category(name: str) -> Path:
-    """Path to a dev-data category, or skip the test with the reason."""
-    path = DEV_DATA / name
-    if not (path / "train" / "good").is_dir():
-        pytest.skip(f"dev data not found at {path} (set PROTOSPECT_DEV_DATA); it is never shipped in the repo")
-    return path
 
 
 @pytest.fixture(scope="session")

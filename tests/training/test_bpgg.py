@@ -92,7 +92,7 @@ def test_split_is_disjoint_spread_and_seeded(tmp_path):
 
 @pytest.mark.devdata
 def test_split_on_dev_bottle_is_disjoint():
-    from conftest import dev_category
+    from devdata import dev_category
     from protospect.training.data import MVTecCategory
 
     cat = MVTecCategory(dev_category("bottle"))

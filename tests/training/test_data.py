@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import dev_category
+from devdata import dev_category
 from protospect.errors import ConfigError, DataError
 from protospect.training.data import MVTecCategory, TestItem, clear_cache, load_image, load_item, sample_shots
 

@@ -95,7 +95,7 @@ def test_seed_metrics_agree_with_the_metric_functions():
 
 @pytest.mark.devdata
 def test_patchcore_on_real_hazelnut_toy():
-    from conftest import dev_category
+    from devdata import dev_category
 
     cat = dev_category("hazelnut_toy")
     (r,) = fewshot.evaluate(cat.parent, cat.name, "patchcore", [2], [0], "edge", None, config_overrides={"input_size": 128})
