@@ -74,6 +74,16 @@ def cuda_include_dirs() -> list[str]:
     return [d for d in dirs if os.path.isfile(os.path.join(d, "mma.h"))]
 
 
+def _out_buffer(size: int) -> bytes:
+    """A fresh bytes object for NVRTC to write into.
+
+    Never ``b" " * size``: for size 1 (an empty log) CPython hands back its cached single-byte
+    object, NVRTC overwrites that interpreter-wide singleton, and unrelated code breaks later
+    (seen: torch.load failing in the same process). Length >= 2 is always a new object.
+    """
+    return b"\0" * max(int(size), 2)
+
+
 def compile_cubin(arch: str, source: str | None = None, extra_options: tuple[str, ...] = ()) -> bytes:
     """NVRTC-compile the kernel source for ``arch`` (e.g. "sm_87", "sm_90") and return the cubin.
 
@@ -92,17 +102,17 @@ def compile_cubin(arch: str, source: str | None = None, extra_options: tuple[str
         opts = [o.encode() for o in opts]
         (err,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
         size = check(nvrtc.nvrtcGetProgramLogSize(prog), "nvrtcGetProgramLogSize")
-        text = b" " * size
+        text = _out_buffer(size)
         check(nvrtc.nvrtcGetProgramLog(prog, text), "nvrtcGetProgramLog")
-        text = text.decode(errors="replace").strip("\x00 \n")
+        text = text[:size].decode(errors="replace").strip("\x00 \n")
         if int(err) != 0:
             raise CudaError(f"NVRTC could not compile {SOURCE.name} for {arch}:\n{text}")
         if text:
             log.warning("NVRTC messages for %s (%s):\n%s", SOURCE.name, arch, text)
         size = check(nvrtc.nvrtcGetCUBINSize(prog), "nvrtcGetCUBINSize")
-        cubin = b" " * size
+        cubin = _out_buffer(size)
         check(nvrtc.nvrtcGetCUBIN(prog, cubin), "nvrtcGetCUBIN")
-        return cubin
+        return cubin[:size]
     finally:
         check(nvrtc.nvrtcDestroyProgram(prog), "nvrtcDestroyProgram")
 

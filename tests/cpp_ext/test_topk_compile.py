@@ -86,3 +86,11 @@ def test_cubin_cache_compiles_once_per_source_and_arch(nvrtc_ready, tmp_path, mo
 
     monkeypatch.setattr(launcher, "compile_cubin", no_compile)
     assert launcher._cached_cubin("sm_87") == first
+
+
+def test_nvrtc_compile_leaves_interpreter_constants_alone(nvrtc_ready):
+    """Regression: writing NVRTC's (empty, 1-byte) log into ``b" " * 1`` overwrote CPython's cached
+    single-byte object, and torch.load broke later in the same process."""
+    space = bytes([32])
+    launcher.compile_cubin("sm_90")
+    assert b" " == space and b" " * 1 == space
