@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from protospect.imageio import read_rgb, resize_square
@@ -46,3 +47,22 @@ def held_out_normals(category: Path) -> list[np.ndarray]:
     """Train images that are not shots: normal, and not in the bank."""
     items = sorted((category / "train" / "good").glob("*.png"))[SHOTS:]
     return [resize_square(read_rgb(p), SIZE) for p in items]
+
+
+# Session fixtures shared by tests/export and tests/calibration (each conftest imports them).
+@pytest.fixture(scope="session")
+def demo_category(tmp_path_factory):
+    return write_demo(tmp_path_factory.mktemp("demo"))
+
+
+@pytest.fixture(scope="session")
+def patchcore(demo_category, tmp_path_factory):
+    """(model, artifact dir)."""
+    return fit_patchcore_artifact(demo_category, tmp_path_factory.mktemp("art") / "patchcore")
+
+
+@pytest.fixture(scope="session")
+def fp32_graph(patchcore, tmp_path_factory):
+    from protospect.export.onnx_export import onnx_from_artifact
+
+    return onnx_from_artifact(patchcore[1], tmp_path_factory.mktemp("onnx") / "model.onnx").path
