@@ -40,6 +40,18 @@ log = logging.getLogger(__name__)
 ScoreFn = Callable[[list[np.ndarray], list[np.ndarray]], tuple[np.ndarray, np.ndarray]]
 
 
+CALIB_SEED_OFFSET = 7919  # calibration draws must not repeat a method's training pseudo anomalies
+
+
+def jitter(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A plausible re-shot of a good part: <= 2 % shift, +-5 % gain, sigma-2 sensor noise."""
+    h, w = img.shape[:2]
+    dx, dy = rng.uniform(-0.02, 0.02, size=2) * (w, h)
+    moved = cv2.warpAffine(img, np.float32([[1, 0, dx], [0, 1, dy]]), (w, h), borderMode=cv2.BORDER_REFLECT)
+    out = moved.astype(np.float32) * rng.uniform(0.95, 1.05) + rng.normal(0, 2.0, size=img.shape)
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
 def to_model_input(images_rgb: Sequence[np.ndarray], size: int, mean, std) -> torch.Tensor:
     """uint8 RGB images of any size -> float (B, 3, size, size) normalised, through the shared resize."""
     batch = np.stack([resize_square(im, size) for im in images_rgb])

@@ -15,25 +15,14 @@ a new good part, which is never in the bank either. Anomalous scores: fresh NSA 
 """
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import torch
 
+from protospect.training.calibrate import CALIB_SEED_OFFSET, jitter
 from protospect.training.synthesis import make_pseudo_anomaly, nsa_params_for, object_mask
 
 from .model import PCSNetModel, as_queries
 from .train_loop import backbone_features, to_tensor
-
-CALIB_SEED_OFFSET = 7919  # calibration draws must not repeat the training pseudo anomalies
-
-
-def jitter(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A plausible re-shot of a good part: <= 2 % shift, +-5 % gain, sigma-2 sensor noise."""
-    h, w = img.shape[:2]
-    dx, dy = rng.uniform(-0.02, 0.02, size=2) * (w, h)
-    moved = cv2.warpAffine(img, np.float32([[1, 0, dx], [0, 1, dy]]), (w, h), borderMode=cv2.BORDER_REFLECT)
-    out = moved.astype(np.float32) * rng.uniform(0.95, 1.05) + rng.normal(0, 2.0, size=img.shape)
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
 @torch.no_grad()

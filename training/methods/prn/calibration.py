@@ -17,21 +17,9 @@ from __future__ import annotations
 
 from typing import Callable
 
-import cv2
 import numpy as np
 
-from protospect.training.calibrate import holdout_sets
-
-CALIB_SEED_OFFSET = 7919  # calibration draws must not repeat training's pseudo anomalies
-
-
-def jitter(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A plausible re-shot of a good part: <= 2 % shift, +-5 % gain, sigma-2 sensor noise."""
-    h, w = img.shape[:2]
-    dx, dy = rng.uniform(-0.02, 0.02, size=2) * (w, h)
-    moved = cv2.warpAffine(img, np.float32([[1, 0, dx], [0, 1, dy]]), (w, h), borderMode=cv2.BORDER_REFLECT_101)
-    out = moved.astype(np.float32) * rng.uniform(0.95, 1.05) + rng.normal(0, 2.0, size=img.shape)
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+from protospect.training.calibrate import CALIB_SEED_OFFSET, holdout_sets, jitter
 
 
 def choose_threshold(normal: np.ndarray, anomalous: np.ndarray) -> float:
