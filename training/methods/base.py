@@ -11,3 +11,9 @@ class ModelOutputs(NamedTuple):
 
     anomaly_map: torch.Tensor  # (B, 1, S, S) float32, higher = more anomalous, already blurred
     image_score: torch.Tensor  # (B,) float32, max of anomaly_map; NG when >= calibration["threshold"]
+
+
+def model_meta(method: str, preset: str, backbone_name: str, input_size: int, spec, config: dict, **extra) -> dict:
+    """The meta every AnomalyModel carries (contracts section 4); ``spec`` is the backbone's BackboneSpec."""
+    return {"method": method, "preset": preset, "backbone": backbone_name, "input_size": int(input_size),
+            "mean": [float(v) for v in spec.mean], "std": [float(v) for v in spec.std], "config": config, **extra}

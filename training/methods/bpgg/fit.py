@@ -24,6 +24,7 @@ from tqdm import tqdm
 from protospect.errors import ConfigError, DataError
 from protospect.imageio import resize_mask, resize_square
 from protospect.training.calibrate import to_model_input
+from protospect.training.methods.base import model_meta
 from protospect.training.methods.prn.calibration import calibrate_with_pseudo
 from protospect.training.methods.bpgg.config import BPGGConfig, config_from_dict, config_to_dict, resolve_config
 from protospect.training.methods.bpgg.model import DEFECT, BPGGModel, assemble, cosine_logits, prototypes
@@ -141,16 +142,8 @@ def _support_from_folder(cfg: BPGGConfig, seed: int):
 
 
 def _meta(cfg: BPGGConfig, preset: str, backbone) -> dict:
-    return {
-        "method": "bpgg",
-        "reconstruction": "PANet-style (algorithms.md 3.3); BPGG's own code and details are unpublished",
-        "preset": preset,
-        "backbone": cfg.backbone,
-        "input_size": cfg.input_size,
-        "mean": list(map(float, backbone.spec.mean)),
-        "std": list(map(float, backbone.spec.std)),
-        "config": config_to_dict(cfg),
-    }
+    return model_meta("bpgg", preset, cfg.backbone, cfg.input_size, backbone.spec, config_to_dict(cfg),
+                      reconstruction="PANet-style (algorithms.md 3.3); BPGG's own code and details are unpublished")
 
 
 def fit(shots_rgb: list[np.ndarray], preset: str = "edge", seed: int = 0, config_overrides: dict | None = None) -> BPGGModel:

@@ -13,6 +13,7 @@ import numpy as np
 
 from protospect.errors import ConfigError, DataError
 from protospect.imageio import resize_square
+from protospect.training.methods.base import model_meta
 
 from .model import PCSNetModel
 from .presets import PRESETS, PCSNetConfig, config_from_dict, resolve_config
@@ -30,15 +31,8 @@ def _create_backbone(cfg: PCSNetConfig, weights):
 
 
 def _meta(cfg: PCSNetConfig, preset: str, spec) -> dict:
-    return {
-        "method": "pcsnet",
-        "preset": preset,
-        "backbone": cfg.backbone,
-        "input_size": int(cfg.input_size),
-        "mean": [float(v) for v in spec.mean],
-        "std": [float(v) for v in spec.std],
-        "config": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()},
-    }
+    config = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
+    return model_meta("pcsnet", preset, cfg.backbone, cfg.input_size, spec, config)
 
 
 def _check_shots(shots_rgb, size: int) -> list[np.ndarray]:

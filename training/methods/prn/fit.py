@@ -22,6 +22,7 @@ from tqdm import tqdm
 from protospect.errors import ConfigError, DataError
 from protospect.imageio import resize_mask, resize_square
 from protospect.training.calibrate import to_model_input
+from protospect.training.methods.base import model_meta
 from protospect.training.methods.prn.calibration import calibrate_with_pseudo
 from protospect.training.methods.prn.config import PRNConfig, config_from_dict, config_to_dict, resolve_config
 from protospect.training.methods.prn.losses import prn_loss
@@ -144,16 +145,8 @@ def _real_examples(examples, size: int) -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 def _meta(cfg: PRNConfig, preset: str, backbone, n_prototypes: int) -> dict:
-    return {
-        "method": "prn",
-        "preset": preset,
-        "backbone": cfg.backbone,
-        "input_size": cfg.input_size,
-        "mean": list(map(float, backbone.spec.mean)),
-        "std": list(map(float, backbone.spec.std)),
-        "config": config_to_dict(cfg),
-        "n_prototypes": int(n_prototypes),
-    }
+    return model_meta("prn", preset, cfg.backbone, cfg.input_size, backbone.spec, config_to_dict(cfg),
+                      n_prototypes=int(n_prototypes))
 
 
 def fit(shots_rgb: list[np.ndarray], preset: str = "edge", seed: int = 0, config_overrides: dict | None = None) -> PRNModel:
