@@ -152,18 +152,27 @@ def effective_splits(M: int, splits: int, block_m: int, max_splits: int) -> int:
     return _ceil_div(M, segment_length(M, splits, block_m))
 
 
-def plan_splits(Q: int, M: int, sm_count: int, block_q: int, block_m: int, max_splits: int) -> int:
-    """Bank splits so that about two blocks per SM run (proto_topk_plan_splits)."""
-    wanted = _ceil_div(2 * max(sm_count, 1), _ceil_div(max(Q, 1), block_q))
-    return effective_splits(M, wanted, block_m, max_splits)
+def plan_splits(Q: int, M: int, k: int, sm_count: int, block_q: int, block_m: int, max_splits: int,
+                blocks_per_sm: int) -> int:
+    """Bank splits: one full wave of blocks, each split >= 4k prototypes (proto_topk_plan_splits)."""
+    if Q < 1 or M < 1:
+        return 1
+    by_occupancy = (blocks_per_sm * max(sm_count, 1)) // _ceil_div(Q, block_q)
+    by_k = M // (4 * max(k, 1))
+    return effective_splits(M, max(1, min(by_occupancy, by_k)), block_m, max_splits)
+
+
+def cand_cap(k: int, block_m: int, max_cap: int = 512) -> int:
+    """Candidate slots per query and split (cand_cap in proto_topk.cuh: kMaxCandCap = 512)."""
+    return min(2 * k + block_m, max_cap)
 
 
 def _align(x: int) -> int:
     return _ceil_div(x, _WORKSPACE_ALIGN) * _WORKSPACE_ALIGN
 
 
-def workspace_layout(Q: int, k: int, splits: int, want_indices: bool) -> dict[str, int]:
-    """Byte offsets of the scratch regions and the total (carve() in proto_topk.cu)."""
+def workspace_layout(Q: int, k: int, splits: int, want_indices: bool, block_m: int = 64) -> dict[str, int]:
+    """Byte offsets of the scratch regions and the total (carve() in proto_topk.cu; want_indices is unused)."""
     lay, off, n = {}, 0, Q * k
     if splits > 1:
         lay["qnorm"] = off
@@ -172,9 +181,11 @@ def workspace_layout(Q: int, k: int, splits: int, want_indices: bool) -> dict[st
         off = _align(off + 4 * splits * n)
         lay["part_idx"] = off
         off = _align(off + 4 * splits * n)
-    elif not want_indices:
-        lay["idx_scratch"] = off
-        off = _align(off + 4 * n)
+    cand = splits * Q * cand_cap(k, block_m)
+    lay["cand_val"] = off
+    off = _align(off + 4 * cand)
+    lay["cand_idx"] = off
+    off = _align(off + 4 * cand)
     lay["bytes"] = off
     return lay
 
@@ -239,7 +250,7 @@ class ProtoTopK:
         cfg = np.zeros(int(size) // 4, dtype=np.int32)
         check(self._driver.cuMemcpyDtoH(cfg.ctypes.data, ptr, int(size)), "reading proto_topk_config")
         (self.block_q, self.block_m, self.threads, smem_f32, smem_f16, self.max_k, self.max_splits,
-         self.merge_cap) = (int(x) for x in cfg[:8])
+         self.merge_cap, self.blocks_per_sm) = (int(x) for x in cfg[:9])
         self._smem = {0: smem_f32, 1: smem_f16}
         attr = self._driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
         for code, name in ((0, "proto_topk_partial_f32"), (1, "proto_topk_partial_f16")):
@@ -286,14 +297,15 @@ class ProtoTopK:
         self._launch(name, (_ceil_div(self.M, 8), 1, 1), (256, 1, 1), 0, stream, args)
         check(self._rt.cudaStreamSynchronize(stream), "computing the prototype norms")
 
-    def _plan(self, Q: int, splits: int | None) -> int:
+    def _plan(self, Q: int, k: int, splits: int | None) -> int:
         if splits is None:
-            return plan_splits(Q, self.M, self.sm_count, self.block_q, self.block_m, self.max_splits)
+            return plan_splits(Q, self.M, k, self.sm_count, self.block_q, self.block_m, self.max_splits,
+                               self.blocks_per_sm)
         return effective_splits(self.M, splits, self.block_m, self.max_splits)
 
     def reserve(self, Q: int, k: int, want_indices: bool = True, splits: int | None = None) -> None:
         """Grow the scratch for (Q, k) now: do this before capturing ``run`` into a CUDA graph."""
-        need = workspace_layout(Q, k, self._plan(Q, splits), want_indices)["bytes"]
+        need = workspace_layout(Q, k, self._plan(Q, k, splits), want_indices, self.block_m)["bytes"]
         if need > self._ws_bytes:
             self._free(self._ws_ptr)
             self._ws_ptr, self._ws_bytes = self._malloc(need), need
@@ -319,19 +331,20 @@ class ProtoTopK:
         self._check_call(Q, k)
         if Q == 0:
             return
-        splits = self._plan(Q, splits)
+        splits = self._plan(Q, k, splits)
         self.reserve(Q, k, bool(out_idx_ptr), splits)
-        lay = workspace_layout(Q, k, splits, bool(out_idx_ptr))
+        lay = workspace_layout(Q, k, splits, bool(out_idx_ptr), self.block_m)
         ws = self._ws_ptr
         single = splits == 1
-        list_val = out_dist_ptr if single else ws + lay["part_val"]
-        list_idx = (out_idx_ptr or ws + lay["idx_scratch"]) if single else ws + lay["part_idx"]
+        out_val = out_dist_ptr if single else ws + lay["part_val"]
+        out_ids = out_idx_ptr if single else ws + lay["part_idx"]
         qnorm = 0 if single else ws + lay["qnorm"]
         code = DTYPES[self.dtype]
         args = _Args(_ptr(q_ptr), _ptr(self._bank_ptr), _ptr(self._sqnorm_ptr), ctypes.c_int(Q), ctypes.c_int(self.M),
                      ctypes.c_int(self.D), ctypes.c_int(k),
-                     ctypes.c_int(segment_length(self.M, splits, self.block_m)), _ptr(list_val), _ptr(list_idx),
-                     _ptr(qnorm), ctypes.c_int(1 if single else 0), _ptr(debug_scores_ptr))
+                     ctypes.c_int(segment_length(self.M, splits, self.block_m)), _ptr(ws + lay["cand_val"]),
+                     _ptr(ws + lay["cand_idx"]), _ptr(out_val), _ptr(out_ids), _ptr(qnorm),
+                     ctypes.c_int(1 if single else 0), _ptr(debug_scores_ptr))
         name = "proto_topk_partial_f16" if code == 1 else "proto_topk_partial_f32"
         self._launch(name, (_ceil_div(Q, self.block_q), splits, 1), (self.threads, 1, 1), self._smem[code], stream,
                      args)

@@ -64,12 +64,14 @@ struct Workspace {
     float* qnorm = nullptr;     // (Q) when splits > 1
     float* part_val = nullptr;  // (splits, Q, k) when splits > 1
     int* part_idx = nullptr;    // (splits, Q, k) when splits > 1
-    int* idx_scratch = nullptr; // (Q, k) when splits == 1 and the caller wants no indices
+    float* cand_val = nullptr;  // (splits, Q, cand_cap(k)) candidate buffers
+    int* cand_idx = nullptr;    // (splits, Q, cand_cap(k))
     size_t bytes = 0;
 };
 
-// One layout for both the size query and the run (launcher.py mirrors it).
-Workspace carve(void* base, int Q, int k, int splits, bool want_indices) {
+// One layout for both the size query and the run (launcher.py mirrors it). want_indices no longer
+// changes it (kept in the C ABI for callers built against the first version).
+Workspace carve(void* base, int Q, int k, int splits, bool /*want_indices*/) {
     Workspace ws;
     const uintptr_t p = reinterpret_cast<uintptr_t>(base);  // integer math: base may be null (size query)
     size_t off = 0;
@@ -81,10 +83,12 @@ Workspace carve(void* base, int Q, int k, int splits, bool want_indices) {
         off = align_bytes(off + (size_t)splits * list * sizeof(float));
         ws.part_idx = reinterpret_cast<int*>(p + off);
         off = align_bytes(off + (size_t)splits * list * sizeof(int));
-    } else if (!want_indices) {
-        ws.idx_scratch = reinterpret_cast<int*>(p + off);
-        off = align_bytes(off + list * sizeof(int));
     }
+    const size_t cand = (size_t)splits * Q * cand_cap(k);
+    ws.cand_val = reinterpret_cast<float*>(p + off);
+    off = align_bytes(off + cand * sizeof(float));
+    ws.cand_idx = reinterpret_cast<int*>(p + off);
+    off = align_bytes(off + cand * sizeof(int));
     ws.bytes = off;
     return ws;
 }
@@ -105,8 +109,8 @@ int launch(const void* queries, const void* bank, const float* bank_sqnorm, int 
     if (ws.bytes > 0 && (workspace == nullptr || workspace_bytes < ws.bytes)) return cudaErrorInvalidValue;
 
     const bool single = splits == 1;
-    float* list_val = single ? out_dist : ws.part_val;
-    int* list_idx = single ? (out_idx != nullptr ? out_idx : ws.idx_scratch) : ws.part_idx;
+    float* out_val = single ? out_dist : ws.part_val;
+    int* out_ids = single ? out_idx : ws.part_idx;
     const int seg_len = segment_length(M, splits);
     const dim3 grid(ceil_div(Q, kBlockQ), splits);
 
@@ -116,12 +120,12 @@ int launch(const void* queries, const void* bank, const float* bank_sqnorm, int 
         const unsigned smem = SmemLayout<__half>::kBytes;
         proto_topk_partial_f16<<<grid, kThreads, smem, stream>>>(
             static_cast<const __half*>(queries), static_cast<const __half*>(bank), bank_sqnorm, Q, M, D, k, seg_len,
-            list_val, list_idx, ws.qnorm, single ? 1 : 0, debug_scores);
+            ws.cand_val, ws.cand_idx, out_val, out_ids, ws.qnorm, single ? 1 : 0, debug_scores);
     } else {
         const unsigned smem = SmemLayout<float>::kBytes;
         proto_topk_partial_f32<<<grid, kThreads, smem, stream>>>(
             static_cast<const float*>(queries), static_cast<const float*>(bank), bank_sqnorm, Q, M, D, k, seg_len,
-            list_val, list_idx, ws.qnorm, single ? 1 : 0, debug_scores);
+            ws.cand_val, ws.cand_idx, out_val, out_ids, ws.qnorm, single ? 1 : 0, debug_scores);
     }
     err = cudaGetLastError();
     if (err != cudaSuccess || single) return err;
@@ -150,12 +154,14 @@ extern "C" int proto_topk_bank_sqnorm(const void* bank, int M, int D, int dtype,
 }
 
 extern "C" int proto_topk_plan_splits(int Q, int M, int k, int sm_count) {
-    (void)k;
     if (Q < 1 || M < 1) return 1;
-    // Aim for two resident blocks per SM; each extra split costs one more partial list per query.
+    // Fill the GPU in one wave (kBlocksPerSm resident blocks per SM, never a partial second wave), but
+    // give each split at least 4k prototypes: every split sorts its own first k candidates.
     const int query_blocks = ceil_div(Q, kBlockQ);
-    const int wanted = ceil_div(2 * (sm_count > 0 ? sm_count : 1), query_blocks);
-    return effective_splits(M, wanted);
+    const int by_occupancy = (kBlocksPerSm * (sm_count > 0 ? sm_count : 1)) / query_blocks;
+    const int by_k = M / (4 * (k > 0 ? k : 1));
+    int wanted = by_occupancy < by_k ? by_occupancy : by_k;
+    return effective_splits(M, wanted < 1 ? 1 : wanted);
 }
 
 extern "C" size_t proto_topk_workspace_bytes(int Q, int M, int k, int splits, int want_indices) {

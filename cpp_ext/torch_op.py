@@ -50,8 +50,9 @@ def _load():
     from torch.utils.cpp_extension import load  # noqa: PLC0415
 
     log.info("JIT-building the proto_topk torch extension (first use only, about a minute)")
+    cuda_flags = ["-O3"] + (["-lineinfo"] if os.environ.get("PROTOSPECT_CUDA_LINEINFO") == "1" else [])  # for ncu
     _EXT = load(name="protospect_proto_topk", sources=[str(s) for s in SOURCES], extra_include_paths=[str(HERE)],
-                extra_cflags=["-O3"], extra_cuda_cflags=["-O3"], verbose=False)
+                extra_cflags=["-O3"], extra_cuda_cflags=cuda_flags, verbose=False)
     return _EXT
 
 

@@ -1,6 +1,6 @@
 """A line-by-line numpy model of the kernel's selection logic (proto_topk.cuh), checked against the
-reference on CPU: tile order, the strict `s < threshold` filter with ties, the flush rule and its
-buffer bounds, split padding and the split merge. It cannot find CUDA bugs (indexing, barriers);
+reference on CPU: tile order, the strict `s < threshold` filter with ties, the compaction rule and its
+radix select + stable partition, buffer bounds, split padding and the split merge. It cannot find CUDA bugs (indexing, barriers);
 it does check the algorithm those lines implement, here, without a GPU."""
 from __future__ import annotations
 
@@ -10,8 +10,12 @@ from topk_cases import make_case, make_tie_case
 
 from protospect.cpp_ext import reference
 
-BLOCK_M, CAND_CAP, STAGING_CAP, MAX_SPLITS = 64, 128, 256, 8  # proto_topk.cuh constants
+BLOCK_M, MAX_CAND_CAP, MAX_SPLITS = 64, 512, 8  # proto_topk.cuh constants
 SENTINEL = 0x7FFFFFFF
+
+
+def cand_cap(k):
+    return min(2 * k + BLOCK_M, MAX_CAND_CAP)  # proto_topk.cuh cand_cap
 
 
 def _sorted_pairs(vals, idx):
@@ -19,56 +23,55 @@ def _sorted_pairs(vals, idx):
     return vals[order], idx[order]
 
 
-def _count_before(vals, idx, v, i):
-    """count_before in proto_topk.cuh: binary search for the entries ordering before (v, i)."""
-    lo, hi = 0, len(vals)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if vals[mid] < v or (vals[mid] == v and idx[mid] < i):
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
+def _order_key(v):
+    """order_key in proto_topk.cuh: float32 -> order-preserving uint32 (-0 folded onto +0)."""
+    b = np.float32(v).reshape(1).view(np.uint32).astype(np.uint64)
+    b[b == 0x80000000] = 0
+    return np.where(b & 0x80000000, ~b & 0xFFFFFFFF, b | 0x80000000).astype(np.uint64)
 
 
-def _partial(scores_row, m_begin, m_end, k):
-    """partial_topk_body for one query row over one split; returns the padded sorted list."""
-    list_v, list_i = np.empty(0, np.float32), np.empty(0, np.int64)
-    cand_v, cand_i = [], []
+def _select(cand_v, cand_i, k):
+    """select_row: radix select of the k-th smallest key (8 bits per pass), then a stable partition
+    keeping every smaller key and the first `need` equal ones; the buffer stays in prototype order."""
+    keys = np.concatenate([_order_key(v) for v in cand_v]) if len(cand_v) else np.empty(0, np.uint64)
+    prefix, mask, need = 0, 0, k
+    for shift in (24, 16, 8, 0):
+        match = (keys & mask) == prefix
+        hist = np.bincount(((keys[match] >> shift) & 255).astype(np.int64), minlength=256)
+        cum = np.cumsum(hist)
+        b = int(np.searchsorted(cum, need))  # first bin whose cumulative count reaches need
+        need -= int(cum[b - 1]) if b > 0 else 0
+        prefix |= b << shift
+        mask |= 255 << shift
+    eq = keys == prefix
+    keep = (keys < prefix) | (eq & (np.cumsum(eq) <= need))
+    assert keep.sum() == k
+    return cand_v[keep], cand_i[keep], np.float32(cand_v[eq][0])  # key_value(prefix): the k-th value
+
+
+def _partial(scores_row, m_begin, m_end, k, stats=None):
+    """partial_topk_body for one query row over one split; returns its k smallest (padded), sorted."""
+    cap = cand_cap(k)
+    cand_v, cand_i = np.empty(0, np.float32), np.empty(0, np.int64)
     thr = np.inf
-
-    def flush():
-        """flush_candidates: sort the buffer, then place every entry by rank (a permutation)."""
-        nonlocal list_v, list_i, thr, cand_v, cand_i
-        assert len(cand_v) <= CAND_CAP and len(list_v) <= STAGING_CAP
-        new_v, new_i = _sorted_pairs(np.float32(cand_v), np.int64(cand_i))
-        keep = min(k, len(list_v) + len(new_v))
-        out_v, out_i = np.full(keep, np.nan, np.float32), np.full(keep, -1, np.int64)
-        for mine, other in (((list_v, list_i), (new_v, new_i)), ((new_v, new_i), (list_v, list_i))):
-            for j in range(len(mine[0])):
-                pos = j + _count_before(other[0], other[1], mine[0][j], mine[1][j])
-                if pos < keep:
-                    assert out_i[pos] == -1, "two entries ranked into one place"
-                    out_v[pos], out_i[pos] = mine[0][j], mine[1][j]
-        assert (out_i >= 0).all()
-        list_v, list_i = out_v, out_i
-        thr = list_v[k - 1] if keep == k else np.inf
-        cand_v, cand_i = [], []
-
     for m0 in range(m_begin, m_end, BLOCK_M):
-        filling = len(list_v) < k
-        for c in range(min(BLOCK_M, m_end - m0)):
-            s = scores_row[m0 + c]
-            if filling or s < thr:
-                cand_v.append(s)
-                cand_i.append(m0 + c)
-        assert len(cand_v) <= CAND_CAP
-        if len(cand_v) > CAND_CAP - BLOCK_M:
-            flush()
-    if cand_v:
-        flush()
-    pad = k - len(list_v)
-    return np.concatenate([list_v, np.full(pad, np.inf, np.float32)]), np.concatenate([list_i, np.full(pad, SENTINEL)])
+        if len(cand_v) + BLOCK_M > cap:
+            assert len(cand_v) > k
+            cand_v, cand_i, thr = _select(cand_v, cand_i, k)
+            assert (np.diff(cand_i) > 0).all(), "the buffer stays in prototype order"
+            if stats is not None:
+                stats["compactions"] += 1
+        nm = min(BLOCK_M, m_end - m0)
+        s = scores_row[m0:m0 + nm]
+        keep = (s < thr) | (thr == np.inf)
+        cand_v = np.concatenate([cand_v, s[keep]])
+        cand_i = np.concatenate([cand_i, np.arange(m0, m0 + nm)[keep]])
+        assert len(cand_v) <= cap, "a tile overflowed the candidate buffer"
+    if len(cand_v) > k:
+        cand_v, cand_i, _ = _select(cand_v, cand_i, k)
+    cand_v, cand_i = _sorted_pairs(cand_v, cand_i)  # sort_row (one split) / the merge kernel (several)
+    pad = k - len(cand_v)
+    return np.concatenate([cand_v, np.full(pad, np.inf, np.float32)]), np.concatenate([cand_i, np.full(pad, SENTINEL)])
 
 
 def model_knn(queries, bank, k, splits):
@@ -99,6 +102,10 @@ def test_model_with_exact_ties_equals_reference(Q, M, D, k, splits):
 def test_model_on_random_data_matches_reference():
     queries, bank = make_case(8, 2100, 24, seed=1)
     dist, idx = model_knn(queries, bank, 200, splits=1)
+    stats = {"compactions": 0}
+    q, b = queries[0], bank
+    _partial((b * b).sum(1) - 2.0 * (b @ q), 0, 2100, 200, stats)
+    assert 1 <= stats["compactions"] <= 4  # about 1 + ln(M / k) selections per query, not one per tile
     ref_dist, ref_idx = reference.knn_sqdist(queries, bank, 200, return_indices=True)
     np.testing.assert_allclose(dist, ref_dist, rtol=1e-4, atol=1e-3)
     assert (idx == ref_idx).mean() > 0.99  # fp32 scores: a rare near-tie may swap two neighbours

@@ -65,10 +65,10 @@ def test_launcher_geometry_matches_the_c_launcher(tmp_path):
                            capture_output=True, text=True, timeout=240)
     assert build.returncode == 0, build.stderr
     lines = subprocess.run([str(exe)], check=True, capture_output=True, text=True, timeout=30).stdout.splitlines()
-    block_q, block_m, max_splits = 64, 64, 8  # proto_topk.cuh kBlockQ, kBlockM, kMaxSplits
+    block_q, block_m, max_splits, per_sm = 64, 64, 8, 3  # proto_topk.cuh kBlockQ, kBlockM, kMaxSplits, kBlocksPerSm
     for (Q, M, k, sms), line in zip(GEOMETRY_CASES, lines):
         splits, ws_idx, ws_noidx = (int(x) for x in line.split())
-        assert splits == launcher.plan_splits(Q, M, sms, block_q, block_m, max_splits), (Q, M, k, sms)
+        assert splits == launcher.plan_splits(Q, M, k, sms, block_q, block_m, max_splits, per_sm), (Q, M, k, sms)
         assert ws_idx == launcher.workspace_layout(Q, k, splits, True)["bytes"]
         assert ws_noidx == launcher.workspace_layout(Q, k, splits, False)["bytes"]
     smem_f32, smem_f16 = (int(x) for x in lines[-1].split()[1:])

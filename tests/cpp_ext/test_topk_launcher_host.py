@@ -37,8 +37,20 @@ def test_splits_cover_the_bank_without_empty_segments(Q, M, splits):
 
 def test_workspace_layout_regions_do_not_overlap():
     lay = launcher.workspace_layout(Q=1000, k=200, splits=3, want_indices=True)
+    cand = 4 * 3 * 1000 * launcher.cand_cap(200, 64)
     assert lay["qnorm"] == 0 and lay["part_val"] >= 4 * 1000
-    assert lay["part_idx"] >= lay["part_val"] + 4 * 3 * 1000 * 200 and lay["bytes"] >= lay["part_idx"] + 4 * 3 * 1000 * 200
+    assert lay["part_idx"] >= lay["part_val"] + 4 * 3 * 1000 * 200
+    assert lay["cand_val"] >= lay["part_idx"] + 4 * 3 * 1000 * 200
+    assert lay["cand_idx"] >= lay["cand_val"] + cand and lay["bytes"] >= lay["cand_idx"] + cand
     assert all(v % 256 == 0 for v in lay.values())
-    assert launcher.workspace_layout(1000, 200, 1, True)["bytes"] == 0
-    assert launcher.workspace_layout(1000, 200, 1, False)["bytes"] >= 4 * 1000 * 200
+    single = launcher.workspace_layout(1000, 200, 1, True)
+    assert "part_val" not in single and single["bytes"] >= 8 * 1000 * launcher.cand_cap(200, 64)
+
+
+@pytest.mark.parametrize("Q,M,k,sms,want", [(4096, 4096, 200, 132, 5), (4096, 4096, 1, 132, 6), (4096, 32768, 1, 132, 6),
+                                            (1024, 1024, 32, 132, 8), (100, 100, 64, 132, 1), (64, 4096, 256, 1, 3)])
+def test_split_plan_fills_one_wave_and_keeps_4k_prototypes_per_split(Q, M, k, sms, want):
+    splits = launcher.plan_splits(Q, M, k, sms, 64, 64, 8, 3)
+    assert splits == want
+    assert splits == 1 or M / splits >= 4 * k - 64  # whole tiles per split: within one tile of 4k
+    assert -(-Q // 64) * splits <= max(3 * sms, -(-Q // 64))  # never a second, partial wave
