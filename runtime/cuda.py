@@ -62,8 +62,28 @@ def nbytes(shape, dtype) -> int:
     return int(math.prod(shape)) * np.dtype(dtype).itemsize
 
 
-class DeviceBuffer:
+class _FreedOnExit:
+    """``with`` support and a finaliser around ``free()`` for the allocations below."""
+
+    _what = "buffer"
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.free()
+
+    def __del__(self):
+        try:
+            self.free()
+        except Exception as err:  # interpreter shutdown or a dead context: say so, never raise from __del__
+            log.warning("%s of %d bytes not freed cleanly: %s", self._what, getattr(self, "size", 0), err)
+
+
+class DeviceBuffer(_FreedOnExit):
     """One device allocation. ``resize`` only grows, so equal or smaller tensors never reallocate."""
+
+    _what = "device buffer"
 
     def __init__(self, size: int = 0):
         self.ptr = 0
@@ -83,21 +103,11 @@ class DeviceBuffer:
             ptr, self.ptr, self.size = self.ptr, 0, 0
             check(cudart().cudaFree(ptr), "cudaFree")
 
-    def __enter__(self):
-        return self
 
-    def __exit__(self, *exc):
-        self.free()
-
-    def __del__(self):
-        try:
-            self.free()
-        except Exception as err:  # interpreter shutdown or a dead context: say so, never raise from __del__
-            log.warning("device buffer of %d bytes not freed cleanly: %s", self.size, err)
-
-
-class PinnedBuffer:
+class PinnedBuffer(_FreedOnExit):
     """Page-locked host memory of ``size`` bytes; ``view(dtype, shape)`` is a numpy array on it."""
+
+    _what = "pinned buffer"
 
     def __init__(self, size: int):
         self.size = int(size)
@@ -120,18 +130,6 @@ class PinnedBuffer:
             ptr, self.ptr = self.ptr, 0
             self._bytes = None
             check(cudart().cudaFreeHost(ptr), "cudaFreeHost")
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.free()
-
-    def __del__(self):
-        try:
-            self.free()
-        except Exception as err:
-            log.warning("pinned buffer of %d bytes not freed cleanly: %s", self.size, err)
 
 
 class Stream:

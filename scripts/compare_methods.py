@@ -1,6 +1,7 @@
 """Side-by-side table of methods from one or more results.json files (the issue-3 acceptance check).
 
-usage: python scripts/compare_methods.py RESULTS_DIR [RESULTS_DIR ...] [--shots 2 4 8] [--baseline patchcore]
+usage: python scripts/compare_methods.py RESULTS [RESULTS ...] [--shots 2 4 8] [--baseline patchcore]
+RESULTS: a results.json file or the folder holding one (what `protospect eval --out` writes).
 Prints, per category and K, image AUROC / pixel AUROC / AUPRO (mean over seeds) for every method, then
 each method's mean over all (category, K) cells next to the baseline's over the same cells.
 """
@@ -13,7 +14,8 @@ from pathlib import Path
 def load(dirs):
     records = []
     for d in dirs:
-        records += json.loads((Path(d) / "results.json").read_text(encoding="utf-8"))
+        path = Path(d) / "results.json" if Path(d).is_dir() else Path(d)
+        records += json.loads(path.read_text(encoding="utf-8"))
     return records
 
 
