@@ -19,6 +19,7 @@ class AugmentConfig:
     brightness: float = 0.10      # multiplicative, 1 +- this
     noise_sigma: float = 2.0      # grey levels
     seed: int = 0
+    pseudo_anomalies: int = 4     # NSA copies per image, added only for graphs with an INT8 decoder
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -41,6 +42,27 @@ def copies_per_image(n_images: int, cfg: AugmentConfig) -> int:
     if cfg.per_image is not None:
         return cfg.per_image
     return max(4, -(-MIN_FRAMES // max(n_images, 1)) - 1)
+
+
+def pseudo_anomalies(images: list[np.ndarray], per_image: int, seed: int = 0) -> list[np.ndarray]:
+    """``per_image`` NSA self-swap copies (training.synthesis, default parameters) of each image:
+    normal parts with a pasted patch, so the decoder's calibrated ranges also cover the
+    activations a defect produces, not only those of normal parts."""
+    from protospect.training.synthesis import make_pseudo_anomaly, nsa_params_for, object_mask
+
+    rng = np.random.default_rng(CALIB_NSA_SEED + seed)
+    params = nsa_params_for(None)
+    out = []
+    for img in images:
+        obj = object_mask(img, params)
+        for _ in range(per_image):
+            made = make_pseudo_anomaly(img, rng, params, obj)
+            if made is not None:
+                out.append(made[0])
+    return out
+
+
+CALIB_NSA_SEED = 8_000_003  # the calibration defects' own stream (training and validation use others)
 
 
 def expand(images: list[np.ndarray], cfg: AugmentConfig) -> list[np.ndarray]:

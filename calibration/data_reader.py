@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from protospect._optional import require
-from protospect.calibration.augment import AugmentConfig, expand
+from protospect.calibration.augment import AugmentConfig, expand, pseudo_anomalies
 from protospect.errors import DataError
 from protospect.imageio import read_rgb, resize_square
 
@@ -26,12 +26,16 @@ def images_in(folder: str | Path) -> list[Path]:
     return files
 
 
-def calibration_frames(images, size: int, cfg: AugmentConfig) -> list[np.ndarray]:
-    """Paths or uint8 RGB arrays -> resized (shared resize) and augmented uint8 S x S x 3 frames."""
+def calibration_frames(images, size: int, cfg: AugmentConfig, with_anomalies: bool = False) -> list[np.ndarray]:
+    """Paths or uint8 RGB arrays -> resized (shared resize) and augmented uint8 S x S x 3 frames,
+    followed, with ``with_anomalies``, by ``cfg.pseudo_anomalies`` NSA copies of each image."""
     base = [resize_square(read_rgb(i) if isinstance(i, (str, Path)) else i, size) for i in images]
     if not base:
         raise DataError("INT8 calibration needs at least one normal image")
-    return expand(base, cfg)
+    frames = expand(base, cfg)
+    if with_anomalies and cfg.pseudo_anomalies > 0:
+        frames += pseudo_anomalies(base, cfg.pseudo_anomalies, cfg.seed)
+    return frames
 
 
 class ImageCalibrationReader(_quant.CalibrationDataReader):

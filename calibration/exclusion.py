@@ -9,11 +9,23 @@ Found from the graph's structure, never from node names:
   multi-channel weights) that still have at least ``float_tail`` learned layers after them. So the
   last ``float_tail`` decoder layers, the upsample, blur and max stay float (pixel maps degrade
   first under PTQ, anomalib #2298). PatchCore has no learned layer after its TopK: all float.
-* stem: the first ``float_stem`` learned layers from the input (default 3). Measured on bottle
-  K=2 PatchCore/efficientnet_lite0 (docs/export.md): all layers INT8 cost 2.8 pixel-AUROC and 11
-  AUPRO points; the stem conv and the first block (few channels, full resolution, ~13 % of the
-  backbone's MACs) kept float bring both within 0.5 points.
+* stem: the first ``float_stem`` learned layers from the input (default 3), and every learned
+  layer and residual Add before the TopKs whose output is at stride <= ``float_stride`` (default 4: output side
+  >= S/4, S the side of the first learned layer's input; shapes from ONNX shape inference).
+  Measured on bottle K=2 PatchCore/efficientnet_lite0 (docs/export.md): all layers INT8 cost 2.8
+  pixel-AUROC and 11 AUPRO points; the stem conv and the first block kept float bring both within
+  0.5 points. Measured on PCSNet edge without test images (calibration.sensitivity: held-out
+  train/good images + planted NSA/texture defects, INT8 map error against FP32 in % of the map
+  range, docs/results/pcsnet_precision.md): the stride-2 and stride-4 layers are the backbone's
+  most sensitive (one block INT8 alone: 0.72 and 0.34 % on hazelnut_toy, 2.26 and 1.70 % on
+  deeppcb_44000, against <= 0.57 % for any deeper block); keeping the stride <= 4 layers float
+  took the previous default graph's error from 2.74 to 1.09 % on deeppcb_44000. The rule reads strides, not
+  layer counts, so it means the same for a backbone with more or fewer layers per stage.
 A graph without TopK (the split features graph) has only its stem excluded.
+
+``FloatRegions.decoder_int8`` lists the learned layers after the TopKs that stay INT8 (PCSNet's CAS
+decoder, none for PatchCore): their activation ranges must be calibrated on frames that contain
+defects too (calibration.augment.pseudo_anomalies), or defect activations saturate.
 """
 from __future__ import annotations
 
@@ -32,13 +44,14 @@ class FloatRegions:
     distance: set[str] = field(default_factory=set)
     tail: set[str] = field(default_factory=set)
     stem: set[str] = field(default_factory=set)
+    decoder_int8: set[str] = field(default_factory=set)
 
     @property
     def all(self) -> list[str]:
         return sorted(self.distance | self.tail | self.stem)
 
 
-def float_regions(model: onnx.ModelProto, float_tail: int = 1, float_stem: int = 0) -> FloatRegions:
+def float_regions(model: onnx.ModelProto, float_tail: int = 1, float_stem: int = 0, float_stride: int = 0) -> FloatRegions:
     index = GraphIndex(model)
     bank_inputs = {"bank"}
     image_inputs = [i for i in index.graph_inputs if i not in bank_inputs and i not in index.initializers]
@@ -63,12 +76,39 @@ def float_regions(model: onnx.ModelProto, float_tail: int = 1, float_stem: int =
     keep_int8 = {name for name in learned
                  if len(index.descendants_of_tensors(by_name[name].output) & learned) >= float_tail}
     regions.tail = after - keep_int8
+    regions.decoder_int8 = keep_int8
+    front = [n for n in index.nodes if n.name not in after and n.name not in regions.distance and _is_learned(index, n)]
     if float_stem > 0:
-        front = [n for n in index.nodes if n.name not in after and n.name not in regions.distance and _is_learned(index, n)]
         front_names = {n.name for n in front}
         regions.stem = {n.name for n in front
                         if len(index.ancestors_of_tensors([i for i in n.input if i]) & front_names) < float_stem}
+    if float_stride > 0 and front:
+        # residual Adds too: quantize_static puts Q/DQ on Add inputs, which would feed the float layers
+        adds = [n for n in index.nodes if n.op_type == "Add" and n.name not in after and n.name not in regions.distance]
+        regions.stem |= _fine_layers(model, front, adds, float_stride)
     return regions
+
+
+def _fine_layers(model: onnx.ModelProto, front: list[onnx.NodeProto], adds: list[onnx.NodeProto],
+                 float_stride: int) -> set[str]:
+    """Learned layers and Adds (NCHW outputs) whose output side is >= side / float_stride, where side
+    is the spatial side of the first learned layer's input (the normalised image)."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    shapes = {}
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+        dims = [d.dim_value if d.HasField("dim_value") else 0 for d in vi.type.tensor_type.shape.dim]
+        shapes[vi.name] = dims
+    first_in = shapes.get(front[0].input[0], [])
+    if len(first_in) != 4 or not first_in[-1]:
+        raise ArtifactError(f"cannot tell the input side of {front[0].name} (no static NCHW shape); "
+                            "pass float_stride=0 and list float nodes explicitly")
+    side = first_in[-1]
+    fine = set()
+    for node in front + adds:
+        out = shapes.get(node.output[0], [])
+        if len(out) == 4 and out[-1] and out[-1] * float_stride >= side:
+            fine.add(node.name)
+    return fine
 
 
 def _tensors_downstream(index: GraphIndex, tensors) -> set[str]:

@@ -2,7 +2,9 @@
 
 onnxruntime's quantize_static in QDQ format with symmetric INT8 activations and per-channel
 symmetric INT8 weights, biases left float (TensorRT imports no INT32 DequantizeLinear). The
-distance/top-k path and the decoder's tail stay float (calibration.exclusion). Results are cached
+distance/top-k path, the decoder's tail and the stride <= 4 layers stay float (calibration.exclusion);
+a graph with INT8 decoder layers after the top-k (PCSNet's CAS) is calibrated on NSA pseudo
+anomalies of the images too (calibration.augment.pseudo_anomalies). Results are cached
 under the sha256 of (ONNX bytes, calibration image bytes, preprocessing and quantization settings).
 """
 from __future__ import annotations
@@ -38,15 +40,17 @@ class Int8Result:
     qdq: QDQReport
     n_frames: int
     cache_hit: bool
+    with_anomalies: bool = False  # NSA pseudo-anomaly frames were part of the calibration set
 
 
 def int8_from_onnx(onnx_path, out_path, images, *, augment: AugmentConfig | None = None, method: str = "minmax",
-                   float_tail: int = 1, float_stem: int = 3, cache_dir: str | Path | None = None) -> Int8Result:
+                   float_tail: int = 1, float_stem: int = 3, float_stride: int = 4,
+                   cache_dir: str | Path | None = None) -> Int8Result:
     """Quantize ``onnx_path`` (protospect FP32 graph) to INT8 Q/DQ at ``out_path``, calibrated on ``images``.
 
     ``images``: paths or uint8 RGB arrays of normal parts (the artifact's shots by default).
     """
-    q = require("onnxruntime.quantization", extra="runtime")
+    require("onnxruntime.quantization", extra="runtime")
     if method not in METHODS:
         raise ConfigError(f"calibration method '{method}' not in {', '.join(METHODS)}")
     onnx_path, out_path = Path(onnx_path), Path(out_path)
@@ -57,37 +61,24 @@ def int8_from_onnx(onnx_path, out_path, images, *, augment: AugmentConfig | None
     if props.get("protospect.precision", "fp32") != "fp32":
         raise ConfigError(f"{onnx_path} is already {props['protospect.precision']}; INT8 starts from the FP32 graph")
     augment = augment or AugmentConfig()
-    frames = calibration_frames(images, input_size_of_props(props, onnx_path), augment)
+    regions = float_regions(model, float_tail=float_tail, float_stem=float_stem, float_stride=float_stride)
+    frames = calibration_frames(images, input_size_of_props(props, onnx_path), augment,
+                                with_anomalies=bool(regions.decoder_int8))
     if len(frames) < MIN_FRAMES:
         log.warning("only %d calibration frames (< %d): activation ranges may be noisy; add normal images "
                     "with --calib DIR or raise --calib-augment", len(frames), MIN_FRAMES)
-    regions = float_regions(model, float_tail=float_tail, float_stem=float_stem)
-    key = _cache_key(onnx_path, frames, augment, method, (float_tail, float_stem))
+    key = _cache_key(onnx_path, frames, augment, method, (float_tail, float_stem, float_stride))
     cached = Path(cache_dir) / f"{key}.onnx" if cache_dir else None
     out_path.parent.mkdir(parents=True, exist_ok=True)
     if cached is not None and cached.is_file():
         log.info("INT8 graph reused from cache %s", cached)
         shutil.copyfile(cached, out_path)
-        return _finish(out_path, regions, len(frames), cache_hit=True)
+        return _finish(out_path, regions, len(frames), cache_hit=True, augment=augment)
 
     reader = ImageCalibrationReader(frames)
-    calib = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
-             "percentile": q.CalibrationMethod.Percentile}[method]
     with tempfile.TemporaryDirectory(prefix="protospect-int8-") as tmp:
         tmp_out = Path(tmp) / "int8.onnx"
-        q.quantize_static(
-            str(onnx_path), str(tmp_out), reader,
-            quant_format=q.QuantFormat.QDQ, op_types_to_quantize=OP_TYPES, per_channel=True,
-            activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8,
-            nodes_to_exclude=regions.all, calibrate_method=calib,
-            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
-                           "CalibTensorRangeSymmetric": True,
-                           # biases stay float, so no weight scale needs widening for an INT32 bias
-                           "QDQDisableWeightAdjustForInt32Bias": True,
-                           # Q/DQ on the inputs of learned layers only (TensorRT's recommended placement;
-                           # it fuses the next layer's input Q into this layer's output)
-                           "OpTypesToExcludeOutputQuantization": ["Conv", "ConvTranspose", "Gemm", "MatMul"]},
-        )
+        quantize_qdq(onnx_path, tmp_out, reader, method, regions.all)
         quantized = onnx.load(str(tmp_out))
     set_metadata(quantized, {**props, "protospect.precision": "int8"})
     onnx.checker.check_model(quantized, full_check=True)
@@ -95,14 +86,37 @@ def int8_from_onnx(onnx_path, out_path, images, *, augment: AugmentConfig | None
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(out_path, cached)
-    return _finish(out_path, regions, len(frames), cache_hit=False)
+    return _finish(out_path, regions, len(frames), cache_hit=False, augment=augment)
 
 
-def _finish(out_path: Path, regions, n_frames: int, cache_hit: bool) -> Int8Result:
+def quantize_qdq(onnx_path, out_path, reader, method: str, nodes_to_exclude, calibration_cache_path=None) -> None:
+    """quantize_static with protospect's TensorRT settings (one place: the export and the
+    sensitivity study, calibration.sensitivity, quantize with exactly these)."""
+    q = require("onnxruntime.quantization", extra="runtime")
+    calib = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
+             "percentile": q.CalibrationMethod.Percentile}[method]
+    q.quantize_static(
+        str(onnx_path), str(out_path), reader,
+        quant_format=q.QuantFormat.QDQ, op_types_to_quantize=OP_TYPES, per_channel=True,
+        activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8,
+        nodes_to_exclude=list(nodes_to_exclude), calibrate_method=calib,
+        calibration_cache_path=None if calibration_cache_path is None else str(calibration_cache_path),
+        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
+                       "CalibTensorRangeSymmetric": True,
+                       # biases stay float, so no weight scale needs widening for an INT32 bias
+                       "QDQDisableWeightAdjustForInt32Bias": True,
+                       # Q/DQ on the inputs of learned layers only (TensorRT's recommended placement;
+                       # it fuses the next layer's input Q into this layer's output)
+                       "OpTypesToExcludeOutputQuantization": ["Conv", "ConvTranspose", "Gemm", "MatMul"]},
+    )
+
+
+def _finish(out_path: Path, regions, n_frames: int, cache_hit: bool, augment: AugmentConfig) -> Int8Result:
     report = check_qdq(onnx.load(str(out_path)), float_nodes=regions.all, strict_nodes=regions.distance)
     if not report.ok:
         raise ArtifactError(f"INT8 graph {out_path} has Q/DQ placement TensorRT will not take: " + "; ".join(report.problems[:5]))
-    return Int8Result(out_path, regions.all, report, n_frames, cache_hit)
+    return Int8Result(out_path, regions.all, report, n_frames, cache_hit,
+                      with_anomalies=bool(regions.decoder_int8) and augment.pseudo_anomalies > 0)
 
 
 def _cache_key(onnx_path: Path, frames, augment: AugmentConfig, method: str, float_layers: tuple) -> str:

@@ -35,6 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="learned layers after the top-k kept float under --int8 (default 1)")
     parser.add_argument("--float-stem", type=int, default=3, metavar="N",
                         help="first learned layers from the input kept float under --int8 (default 3, see docs/export.md)")
+    parser.add_argument("--float-stride", type=int, default=4, metavar="N",
+                        help="learned layers before the top-k with output stride <= N kept float under --int8 (default 4; 0: off)")
+    parser.add_argument("--calib-anomalies", type=int, default=4, metavar="N",
+                        help="NSA pseudo-anomaly copies per calibration image, added when the graph has an INT8 "
+                             "decoder after the top-k (PCSNet; default 4, 0: normal frames only)")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="INT8 cache folder, keyed by sha256 of graph, images and settings (default: none)")
     parser.add_argument("--bank-as-input", action="store_true", help="the prototype bank becomes graph input 'bank'")
@@ -125,9 +130,11 @@ def _convert(args, precision: str, fp32_path: Path, out_path: Path, manifest: di
     from protospect.export.shots import shot_paths
 
     images = images_in(args.calib) if args.calib else shot_paths(manifest)
-    result = int8_from_onnx(fp32_path, out_path, images, augment=AugmentConfig(per_image=args.calib_augment),
+    result = int8_from_onnx(fp32_path, out_path, images,
+                            augment=AugmentConfig(per_image=args.calib_augment, pseudo_anomalies=args.calib_anomalies),
                             method=args.calib_method, float_tail=args.float_tail, float_stem=args.float_stem,
-                            cache_dir=args.cache_dir)
+                            float_stride=args.float_stride, cache_dir=args.cache_dir)
     print(f"int8: calibrated on {len(images)} images -> {result.n_frames} frames with augmentations"
+          f"{' and pseudo anomalies' if result.with_anomalies else ''}"
           f"{' (cache hit)' if result.cache_hit else ''}; {len(result.qdq.quantized)} layers INT8, "
           f"{len(result.float_nodes)} nodes float (Q/DQ placement checked for TensorRT)")

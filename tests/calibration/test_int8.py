@@ -172,3 +172,65 @@ def test_refuses_non_fp32_and_bank_input(int8_result, tmp_path, patchcore):
     g = onnx_from_model(model, model.meta, model.calibration, tmp_path / "bank.onnx", bank_as_input=True)
     with pytest.raises(ConfigError, match="bank"):
         int8_from_onnx(g.path, tmp_path / "y.onnx", shots)
+
+
+def _strided_graph() -> onnx.ModelProto:
+    """x [1,3,16,16] -> Conv s2 (stride 2) -> Conv s2 (stride 4) -> Conv s2 (stride 8) -> queries -> TopK
+    over a bank -> decoder Conv(4->8) -> Conv(8->1): a backbone whose layers sit at known strides."""
+    rng = np.random.default_rng(1)
+    w = lambda name, *shape: numpy_helper.from_array(rng.normal(size=shape).astype(np.float32), name)  # noqa: E731
+    c = lambda name, *v: numpy_helper.from_array(np.array(v, np.int64), name)  # noqa: E731
+    inits = [w("w1", 4, 3, 3, 3), w("w2", 6, 4, 3, 3), w("w3", 6, 6, 3, 3), w("bankT", 6, 10),
+             w("d1", 8, 4, 1, 1), w("d2", 1, 8, 1, 1), c("k", 4), c("qshape", 1, 4, 6), c("dshape", 1, 4, 2, 2)]
+    s2 = dict(strides=[2, 2], pads=[1, 1, 1, 1])
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["f1"], name="stride2_conv", **s2),
+        helper.make_node("Conv", ["f1", "w2"], ["f2"], name="stride4_conv", **s2),
+        helper.make_node("Conv", ["f2", "w3"], ["f3"], name="stride8_conv", **s2),
+        helper.make_node("Transpose", ["f3"], ["ft"], perm=[0, 2, 3, 1], name="to_nhwc"),
+        helper.make_node("Reshape", ["ft", "qshape"], ["q"], name="queries"),
+        helper.make_node("MatMul", ["q", "bankT"], ["dots"], name="dist_gemm"),
+        helper.make_node("TopK", ["dots", "k"], ["vals", "idx"], largest=0, name="topk"),
+        helper.make_node("Transpose", ["vals"], ["vt"], perm=[0, 2, 1], name="vt"),
+        helper.make_node("Reshape", ["vt", "dshape"], ["d"], name="to_map"),
+        helper.make_node("Conv", ["d", "d1"], ["h1"], name="dec1"),
+        helper.make_node("Conv", ["h1", "d2"], ["y"], name="dec_last"),
+    ]
+    graph = helper.make_graph(nodes, "strided", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 2, 2])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("stride, fine", [(4, {"stride2_conv", "stride4_conv"}), (2, {"stride2_conv"}),
+                                          (8, {"stride2_conv", "stride4_conv", "stride8_conv"}), (0, set())])
+def test_stride_rule_keeps_fine_resolution_layers_float(stride, fine):
+    """The export default (float_stride=4): layers whose output is at stride <= 4 stay float, found
+    from inferred shapes, whatever their number; decoder layers after the TopK are never 'stem'."""
+    regions = float_regions(_strided_graph(), float_tail=1, float_stem=0, float_stride=stride)
+    assert regions.stem == fine
+    assert regions.distance == {"dist_gemm", "topk"}
+    assert regions.decoder_int8 == {"dec1"} and "dec_last" in regions.tail
+    # union with the count rule: the first layer is float under float_stem=1 whatever the stride rule
+    assert float_regions(_strided_graph(), float_stem=1, float_stride=2).stem == {"stride2_conv"}
+
+
+def test_pseudo_anomaly_frames_only_for_graphs_with_an_int8_decoder(fp32_graph):
+    yy, xx = np.mgrid[0:64, 0:64]
+    img = np.stack([40 + 2 * xx, 60 + 2 * yy, 100 + xx + yy], axis=-1).astype(np.uint8)
+    cfg = AugmentConfig(per_image=3, pseudo_anomalies=2)
+    plain = calibration_frames([img], 64, cfg)
+    both = calibration_frames([img], 64, cfg, with_anomalies=True)
+    assert len(plain) == 4 and len(both) == 6 and all(np.array_equal(a, b) for a, b in zip(plain, both))
+    extra = both[4:]
+    assert all(x.shape == img.shape and x.dtype == np.uint8 and (x != img).any() for x in extra)
+    assert all(np.array_equal(a, b) for a, b in zip(extra, calibration_frames([img], 64, cfg, with_anomalies=True)[4:]))
+    # PatchCore (no learned layer after its TopK) gets normal frames only; a decoder graph gets both.
+    assert float_regions(onnx.load(str(fp32_graph))).decoder_int8 == set()
+    assert float_regions(_decoder_graph()).decoder_int8 == {"dec1", "dec2"}
+
+
+def test_patchcore_default_int8_keeps_stride4_layers_float(int8_result, fp32_graph):
+    result, _, _ = int8_result
+    regions = float_regions(onnx.load(str(fp32_graph)), float_stem=3, float_stride=4)
+    assert len(regions.stem) > 3 and set(result.float_nodes) >= regions.stem
+    assert not result.with_anomalies
