@@ -64,6 +64,19 @@ def test_distance_and_head_found_by_structure(fp32_graph):
     assert len(backbone_convs) >= 20
 
 
+def _distance_nodes(features: str) -> list:
+    """features NCHW -> per-position queries -> GEMM against bankT -> TopK (k smallest) -> map "d"
+    (initializers "qshape", "bankT", "k", "dshape"): the distance path the export keeps float."""
+    return [
+        helper.make_node("Transpose", [features], ["ft"], perm=[0, 2, 3, 1], name="to_nhwc"),
+        helper.make_node("Reshape", ["ft", "qshape"], ["q"], name="queries"),
+        helper.make_node("MatMul", ["q", "bankT"], ["dots"], name="dist_gemm"),
+        helper.make_node("TopK", ["dots", "k"], ["vals", "idx"], largest=0, name="topk"),
+        helper.make_node("Transpose", ["vals"], ["vt"], perm=[0, 2, 1], name="vt"),
+        helper.make_node("Reshape", ["vt", "dshape"], ["d"], name="to_map"),
+    ]
+
+
 def _decoder_graph() -> onnx.ModelProto:
     """image -> Conv -> TopK over a bank -> decoder Conv(4->8) -> Conv(8->8) -> Conv(8->1) -> outputs."""
     rng = np.random.default_rng(0)
@@ -73,12 +86,7 @@ def _decoder_graph() -> onnx.ModelProto:
              numpy_helper.from_array(np.array([1, 4, 4, 4], np.int64), "dshape"), numpy_helper.from_array(np.array([0, 2, 1], np.int64), "unused")]
     nodes = [
         helper.make_node("Conv", ["x", "w0"], ["f"], name="backbone_conv"),
-        helper.make_node("Transpose", ["f"], ["ft"], perm=[0, 2, 3, 1], name="to_nhwc"),
-        helper.make_node("Reshape", ["ft", "qshape"], ["q"], name="queries"),
-        helper.make_node("MatMul", ["q", "bankT"], ["dots"], name="dist_gemm"),
-        helper.make_node("TopK", ["dots", "k"], ["vals", "idx"], largest=0, name="topk"),
-        helper.make_node("Transpose", ["vals"], ["vt"], perm=[0, 2, 1], name="vt"),
-        helper.make_node("Reshape", ["vt", "dshape"], ["d"], name="to_map"),
+        *_distance_nodes("f"),
         helper.make_node("Conv", ["d", "w1"], ["h1"], name="dec1"),
         helper.make_node("Conv", ["h1", "w2"], ["h2"], pads=[1, 1, 1, 1], name="dec2"),
         helper.make_node("Conv", ["h2", "w3"], ["y"], name="dec_last"),
@@ -187,12 +195,7 @@ def _strided_graph() -> onnx.ModelProto:
         helper.make_node("Conv", ["x", "w1"], ["f1"], name="stride2_conv", **s2),
         helper.make_node("Conv", ["f1", "w2"], ["f2"], name="stride4_conv", **s2),
         helper.make_node("Conv", ["f2", "w3"], ["f3"], name="stride8_conv", **s2),
-        helper.make_node("Transpose", ["f3"], ["ft"], perm=[0, 2, 3, 1], name="to_nhwc"),
-        helper.make_node("Reshape", ["ft", "qshape"], ["q"], name="queries"),
-        helper.make_node("MatMul", ["q", "bankT"], ["dots"], name="dist_gemm"),
-        helper.make_node("TopK", ["dots", "k"], ["vals", "idx"], largest=0, name="topk"),
-        helper.make_node("Transpose", ["vals"], ["vt"], perm=[0, 2, 1], name="vt"),
-        helper.make_node("Reshape", ["vt", "dshape"], ["d"], name="to_map"),
+        *_distance_nodes("f3"),
         helper.make_node("Conv", ["d", "d1"], ["h1"], name="dec1"),
         helper.make_node("Conv", ["h1", "d2"], ["y"], name="dec_last"),
     ]
