@@ -44,6 +44,9 @@ def copies_per_image(n_images: int, cfg: AugmentConfig) -> int:
     return max(4, -(-MIN_FRAMES // max(n_images, 1)) - 1)
 
 
+CALIB_NSA_SEED = 8_000_003  # the calibration defects' own stream (training and validation use others)
+
+
 def pseudo_anomalies(images: list[np.ndarray], per_image: int, seed: int = 0) -> list[np.ndarray]:
     """``per_image`` NSA self-swap copies (training.synthesis, default parameters) of each image:
     normal parts with a pasted patch, so the decoder's calibrated ranges also cover the
@@ -60,9 +63,6 @@ def pseudo_anomalies(images: list[np.ndarray], per_image: int, seed: int = 0) ->
             if made is not None:
                 out.append(made[0])
     return out
-
-
-CALIB_NSA_SEED = 8_000_003  # the calibration defects' own stream (training and validation use others)
 
 
 def expand(images: list[np.ndarray], cfg: AugmentConfig) -> list[np.ndarray]:

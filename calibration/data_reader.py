@@ -33,7 +33,7 @@ def calibration_frames(images, size: int, cfg: AugmentConfig, with_anomalies: bo
     if not base:
         raise DataError("INT8 calibration needs at least one normal image")
     frames = expand(base, cfg)
-    if with_anomalies and cfg.pseudo_anomalies > 0:
+    if with_anomalies:
         frames += pseudo_anomalies(base, cfg.pseudo_anomalies, cfg.seed)
     return frames
 

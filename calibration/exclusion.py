@@ -57,6 +57,7 @@ def float_regions(model: onnx.ModelProto, float_tail: int = 1, float_stem: int =
     image_inputs = [i for i in index.graph_inputs if i not in bank_inputs and i not in index.initializers]
     image_derived = _tensors_downstream(index, image_inputs)
     regions = FloatRegions()
+    by_name = {n.name: n for n in index.nodes}
     topks = [n for n in index.nodes if n.op_type == "TopK"]
     for topk in topks:
         above = index.ancestors_of_tensors([topk.input[0]])
@@ -66,13 +67,11 @@ def float_regions(model: onnx.ModelProto, float_tail: int = 1, float_stem: int =
                                 "cannot tell which nodes compute distances (pass nodes_to_exclude explicitly)")
         region = (index.descendants_of_tensors(queries) & above) | {topk.name}
         # plus the bank side those nodes read: |b|^2 and b^T when not folded into initializers
-        by_name = {n.name: n for n in index.nodes}
         feeding = index.ancestors_of_tensors([i for name in region for i in by_name[name].input if i])
         region |= {name for name in feeding if not set(by_name[name].output) & image_derived}
         regions.distance |= region
     after = index.descendants_of_tensors([o for t in topks for o in t.output])
     learned = {n.name for n in index.nodes if n.name in after and _is_learned(index, n)}
-    by_name = {n.name: n for n in index.nodes}
     keep_int8 = {name for name in learned
                  if len(index.descendants_of_tensors(by_name[name].output) & learned) >= float_tail}
     regions.tail = after - keep_int8

@@ -62,8 +62,9 @@ def int8_from_onnx(onnx_path, out_path, images, *, augment: AugmentConfig | None
         raise ConfigError(f"{onnx_path} is already {props['protospect.precision']}; INT8 starts from the FP32 graph")
     augment = augment or AugmentConfig()
     regions = float_regions(model, float_tail=float_tail, float_stem=float_stem, float_stride=float_stride)
-    frames = calibration_frames(images, input_size_of_props(props, onnx_path), augment,
-                                with_anomalies=bool(regions.decoder_int8))
+    # an INT8 decoder after the top-k also sees pseudo anomalies, so defect activations are in range
+    with_anomalies = bool(regions.decoder_int8) and augment.pseudo_anomalies > 0
+    frames = calibration_frames(images, input_size_of_props(props, onnx_path), augment, with_anomalies=with_anomalies)
     if len(frames) < MIN_FRAMES:
         log.warning("only %d calibration frames (< %d): activation ranges may be noisy; add normal images "
                     "with --calib DIR or raise --calib-augment", len(frames), MIN_FRAMES)
@@ -73,7 +74,7 @@ def int8_from_onnx(onnx_path, out_path, images, *, augment: AugmentConfig | None
     if cached is not None and cached.is_file():
         log.info("INT8 graph reused from cache %s", cached)
         shutil.copyfile(cached, out_path)
-        return _finish(out_path, regions, len(frames), cache_hit=True, augment=augment)
+        return _finish(out_path, regions, len(frames), cache_hit=True, with_anomalies=with_anomalies)
 
     reader = ImageCalibrationReader(frames)
     with tempfile.TemporaryDirectory(prefix="protospect-int8-") as tmp:
@@ -86,7 +87,7 @@ def int8_from_onnx(onnx_path, out_path, images, *, augment: AugmentConfig | None
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(out_path, cached)
-    return _finish(out_path, regions, len(frames), cache_hit=False, augment=augment)
+    return _finish(out_path, regions, len(frames), cache_hit=False, with_anomalies=with_anomalies)
 
 
 def quantize_qdq(onnx_path, out_path, reader, method: str, nodes_to_exclude, calibration_cache_path=None) -> None:
@@ -111,12 +112,11 @@ def quantize_qdq(onnx_path, out_path, reader, method: str, nodes_to_exclude, cal
     )
 
 
-def _finish(out_path: Path, regions, n_frames: int, cache_hit: bool, augment: AugmentConfig) -> Int8Result:
+def _finish(out_path: Path, regions, n_frames: int, cache_hit: bool, with_anomalies: bool) -> Int8Result:
     report = check_qdq(onnx.load(str(out_path)), float_nodes=regions.all, strict_nodes=regions.distance)
     if not report.ok:
         raise ArtifactError(f"INT8 graph {out_path} has Q/DQ placement TensorRT will not take: " + "; ".join(report.problems[:5]))
-    return Int8Result(out_path, regions.all, report, n_frames, cache_hit,
-                      with_anomalies=bool(regions.decoder_int8) and augment.pseudo_anomalies > 0)
+    return Int8Result(out_path, regions.all, report, n_frames, cache_hit, with_anomalies)
 
 
 def _cache_key(onnx_path: Path, frames, augment: AugmentConfig, method: str, float_layers: tuple) -> str:

@@ -155,16 +155,13 @@ def main(argv=None) -> int:
             elif mode == "skip" and not set(layers) <= set(default.all):
                 configs[f"skip:{name}"] = set(default.all) | set(layers)
     calib_sets = {"shots": frames}
-    rules = [r for r in filter(None, args.rules.split(","))]
+    rules = list(filter(None, args.rules.split(",")))
     for r in rules:
         t, st, *stride = (int(v) for v in r.split(":"))
         configs[r] = set(float_regions(model, float_tail=t, float_stem=st, float_stride=(stride or [0])[0]).all)
     if rules and args.calib_nsa:
-        from protospect.calibration.augment import pseudo_anomalies
-        from protospect.imageio import read_rgb, resize_square
-
-        base = [resize_square(read_rgb(p), size) for p in shots]
-        calib_sets["shots+nsa"] = frames + pseudo_anomalies(base, args.calib_nsa)
+        calib_sets["shots+nsa"] = calibration_frames(shots, size, AugmentConfig(pseudo_anomalies=args.calib_nsa),
+                                                     with_anomalies=True)
         for r in rules:
             configs[f"{r}+nsa"] = configs[r]
     rows = {}

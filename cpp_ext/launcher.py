@@ -303,12 +303,14 @@ class ProtoTopK:
                                self.blocks_per_sm)
         return effective_splits(self.M, splits, self.block_m, self.max_splits)
 
-    def reserve(self, Q: int, k: int, want_indices: bool = True, splits: int | None = None) -> None:
-        """Grow the scratch for (Q, k) now: do this before capturing ``run`` into a CUDA graph."""
-        need = workspace_layout(Q, k, self._plan(Q, k, splits), want_indices, self.block_m)["bytes"]
-        if need > self._ws_bytes:
+    def reserve(self, Q: int, k: int, want_indices: bool = True, splits: int | None = None) -> dict[str, int]:
+        """Grow the scratch for (Q, k) now: do this before capturing ``run`` into a CUDA graph.
+        Returns the workspace layout (byte offsets) the call will use."""
+        lay = workspace_layout(Q, k, self._plan(Q, k, splits), want_indices, self.block_m)
+        if lay["bytes"] > self._ws_bytes:
             self._free(self._ws_ptr)
-            self._ws_ptr, self._ws_bytes = self._malloc(need), need
+            self._ws_ptr, self._ws_bytes = self._malloc(lay["bytes"]), lay["bytes"]
+        return lay
 
     # -- the call --
 
@@ -332,8 +334,7 @@ class ProtoTopK:
         if Q == 0:
             return
         splits = self._plan(Q, k, splits)
-        self.reserve(Q, k, bool(out_idx_ptr), splits)
-        lay = workspace_layout(Q, k, splits, bool(out_idx_ptr), self.block_m)
+        lay = self.reserve(Q, k, bool(out_idx_ptr), splits)
         ws = self._ws_ptr
         single = splits == 1
         out_val = out_dist_ptr if single else ws + lay["part_val"]

@@ -86,6 +86,26 @@ def check_parity(art_dir, onnx_path, images, labels=None) -> ParityReport:
     return parity_from_model(model.eval(), onnx_path, images, labels)
 
 
+def parity_on_category(data_root, category: str, method: str, out_dir, shots: int = 2, seed: int = 0,
+                       config_overrides: dict | None = None, preset: str = "edge"):
+    """Train ``method`` on ``shots`` good images of an MVTec-layout dev category, export its FP32
+    graph into ``out_dir`` and compare PyTorch with ONNX Runtime on every scored test image (bpgg:
+    all but its defective supports, bpgg.prepare_eval). Returns (ParityReport, scored test items)."""
+    from protospect.export.onnx_export import onnx_from_model
+    from protospect.training.data import MVTecCategory, sample_shots
+    from protospect.training.methods import get_method
+
+    cat = MVTecCategory(Path(data_root), category)
+    module = get_method(method)
+    overrides, items = {"category": cat.name, **(config_overrides or {})}, list(cat.test)
+    if hasattr(module, "prepare_eval"):
+        overrides, items = module.prepare_eval(cat, seed, overrides)
+    shots_rgb = [read_rgb(p) for p in sample_shots(cat.train_good, shots, seed=seed)]
+    model = module.fit(shots_rgb, preset=preset, seed=seed, config_overrides=overrides)
+    graph = onnx_from_model(model, model.meta, model.calibration, Path(out_dir) / f"{method}.onnx").path
+    return parity_from_model(model, graph, [t.path for t in items], [t.label for t in items]), items
+
+
 def parity_from_model(model, onnx_path, images, labels=None) -> ParityReport:
     from protospect.export.ort_session import cpu_session, graph_precision
 

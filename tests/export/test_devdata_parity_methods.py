@@ -17,23 +17,11 @@ pytestmark = [pytest.mark.devdata, pytest.mark.slow, pytest.mark.torch]
 
 @pytest.mark.parametrize("method,category,steps", [("prn", "hazelnut_toy", 10), ("bpgg", "deeppcb_44000", 30)])
 def test_method_parity_on_dev_data(dev_data, tmp_path, method, category, steps):
-    from protospect.export.onnx_export import onnx_from_model
-    from protospect.export.parity import parity_from_model
-    from protospect.imageio import read_rgb
-    from protospect.training.data import MVTecCategory, sample_shots
-    from protospect.training.methods import get_method
+    from protospect.export.parity import parity_on_category
 
     if not (dev_data / category / "train" / "good").is_dir():
         pytest.skip(f"dev category {category} not found under {dev_data}")
-    cat = MVTecCategory(dev_data, category)
-    module = get_method(method)
-    overrides, items = {"category": cat.name, "steps": steps}, list(cat.test)
-    if hasattr(module, "prepare_eval"):  # bpgg: defective supports out of the scored images
-        overrides, items = module.prepare_eval(cat, 0, overrides)
-    shots = [read_rgb(p) for p in sample_shots(cat.train_good, 2, seed=0)]
-    model = module.fit(shots, preset="edge", seed=0, config_overrides=overrides)
-    graph = onnx_from_model(model, model.meta, model.calibration, tmp_path / f"{method}.onnx").path
-    report = parity_from_model(model, graph, [t.path for t in items], [t.label for t in items])
+    report, items = parity_on_category(dev_data, category, method, tmp_path, config_overrides={"steps": steps})
     print(f"{method}: {report.format()}")
     assert len(set(t.label for t in items)) == 2
     assert report.map_max_rel <= 1e-4
