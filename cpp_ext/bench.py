@@ -86,11 +86,14 @@ def _peak_extra_mb(torch, fn) -> float:
     return peak / 2**20
 
 
-def _methods(torch, torch_op, q, bank, sq, k, launcher):
+def _methods(torch, torch_op, q, bank, sq, k, launcher, split_sweep=()):
     """name -> zero-argument callable producing (dist, idx)."""
 
     def fused():
         return torch_op.knn_sqdist(q, bank, k, sq)
+
+    def fused_with(splits):
+        return lambda: torch_op.knn_sqdist(q, bank, k, sq, splits=splits)
 
     def matmul():
         d = (q.float() * q.float()).sum(1, keepdim=True) + sq[None, :] - 2.0 * (q @ bank.T).float()
@@ -102,7 +105,7 @@ def _methods(torch, torch_op, q, bank, sq, k, launcher):
     def gemm():
         return q @ bank.T
 
-    methods = {"fused": fused}
+    methods = {"fused": fused, **{f"fused_s{n}": fused_with(n) for n in split_sweep}}
     if launcher is not None:
         Q = q.shape[0]
         out_d = torch.empty((Q, k), device=q.device, dtype=torch.float32)
@@ -118,7 +121,8 @@ def _methods(torch, torch_op, q, bank, sq, k, launcher):
     return methods
 
 
-def bench_shape(torch, torch_op, shape, dtype_name: str, iters: int, peak_tflops: float | None, use_launcher: bool):
+def bench_shape(torch, torch_op, shape, dtype_name: str, iters: int, peak_tflops: float | None, use_launcher: bool,
+                split_sweep=()):
     Q, M, D, k = shape
     dtype = getattr(torch, dtype_name)
     gen = torch.Generator(device="cuda").manual_seed(0)
@@ -135,7 +139,7 @@ def bench_shape(torch, torch_op, shape, dtype_name: str, iters: int, peak_tflops
             print(f"  (launcher row skipped: {err})")
     flops = 2.0 * Q * M * D
     rows = {}
-    methods = _methods(torch, torch_op, q, bank, sq, k, launcher)
+    methods = _methods(torch, torch_op, q, bank, sq, k, launcher, split_sweep)
     for name, fn in methods.items():
         try:
             plain = _time_ms(torch, fn, iters, graph=False)
@@ -174,6 +178,8 @@ def main(argv=None) -> int:
     ap.add_argument("--peak-tflops", type=float, default=None,
                     help="dense fp16 tensor-core peak of this GPU (e.g. 989 for H100 SXM) for a second floor ratio")
     ap.add_argument("--no-launcher", action="store_true", help="skip the torch-free NVRTC launcher row")
+    ap.add_argument("--split-sweep", nargs="*", type=int, default=[],
+                    help="also time the fused kernel with these explicit bank splits (rows fused_sN)")
     ap.add_argument("--json", default=None, help="also write all figures to this file")
     args = ap.parse_args(argv)
     try:
@@ -191,7 +197,8 @@ def main(argv=None) -> int:
     results = []
     for shape in args.shapes:
         for dtype_name in args.dtypes:
-            rows = bench_shape(torch, torch_op, shape, dtype_name, args.iters, args.peak_tflops, not args.no_launcher)
+            rows = bench_shape(torch, torch_op, shape, dtype_name, args.iters, args.peak_tflops, not args.no_launcher,
+                               args.split_sweep)
             results.append({"shape": list(shape), "dtype": dtype_name, "rows": rows})
             Q, M, D, k = shape
             print(f"\nQ={Q} M={M} D={D} k={k} {dtype_name}")

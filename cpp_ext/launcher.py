@@ -162,17 +162,22 @@ def plan_splits(Q: int, M: int, k: int, sm_count: int, block_q: int, block_m: in
     return effective_splits(M, max(1, min(by_occupancy, by_k)), block_m, max_splits)
 
 
-def cand_cap(k: int, block_m: int, max_cap: int = 512) -> int:
-    """Candidate slots per query and split (cand_cap in proto_topk.cuh: kMaxCandCap = 512)."""
-    return min(2 * k + block_m, max_cap)
+def cand_cap(k: int, slack: int = 128, max_cap: int = 512) -> int:
+    """Candidate slots per query and split (cand_cap in proto_topk.cuh: kCandSlack, kMaxCandCap)."""
+    return min(2 * k + slack, max_cap)
+
+
+def needs_candidates(k: int, dtype: str) -> bool:
+    """The fp16 kernel keeps k = 1 in registers: no candidate buffers (needs_candidates in proto_topk.cu)."""
+    return k > 1 or dtype != "float16"
 
 
 def _align(x: int) -> int:
     return _ceil_div(x, _WORKSPACE_ALIGN) * _WORKSPACE_ALIGN
 
 
-def workspace_layout(Q: int, k: int, splits: int, want_indices: bool, block_m: int = 64) -> dict[str, int]:
-    """Byte offsets of the scratch regions and the total (carve() in proto_topk.cu; want_indices is unused)."""
+def workspace_layout(Q: int, k: int, splits: int, candidates: bool = True) -> dict[str, int]:
+    """Byte offsets of the scratch regions and the total (carve() in proto_topk.cu)."""
     lay, off, n = {}, 0, Q * k
     if splits > 1:
         lay["qnorm"] = off
@@ -181,7 +186,7 @@ def workspace_layout(Q: int, k: int, splits: int, want_indices: bool, block_m: i
         off = _align(off + 4 * splits * n)
         lay["part_idx"] = off
         off = _align(off + 4 * splits * n)
-    cand = splits * Q * cand_cap(k, block_m)
+    cand = splits * Q * cand_cap(k) if candidates else 0
     lay["cand_val"] = off
     off = _align(off + 4 * cand)
     lay["cand_idx"] = off
@@ -249,13 +254,15 @@ class ProtoTopK:
         ptr, size = check(self._driver.cuModuleGetGlobal(self._module, b"proto_topk_config"), "cuModuleGetGlobal")
         cfg = np.zeros(int(size) // 4, dtype=np.int32)
         check(self._driver.cuMemcpyDtoH(cfg.ctypes.data, ptr, int(size)), "reading proto_topk_config")
-        (self.block_q, self.block_m, self.threads, smem_f32, smem_f16, self.max_k, self.max_splits,
-         self.merge_cap, self.blocks_per_sm) = (int(x) for x in cfg[:9])
-        self._smem = {0: smem_f32, 1: smem_f16}
+        cfg = [int(x) for x in cfg]
+        keys = ("block_q", "block_m", "threads", "smem", "blocks_per_sm")
+        # per dtype code (0 fp32, 1 fp16): the two partial kernels tile differently
+        self._geo = {0: dict(zip(keys, cfg[0:5])), 1: dict(zip(keys, cfg[5:10]))}
+        self.max_k, self.max_splits, self.merge_warps = cfg[10:13]
         attr = self._driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
         for code, name in ((0, "proto_topk_partial_f32"), (1, "proto_topk_partial_f16")):
-            check(self._driver.cuFuncSetAttribute(self._fn[name], attr, self._smem[code]),
-                  f"allowing {self._smem[code]} B of shared memory for {name} (needs an sm_80+ GPU)")
+            check(self._driver.cuFuncSetAttribute(self._fn[name], attr, self._geo[code]["smem"]),
+                  f"allowing {self._geo[code]['smem']} B of shared memory for {name} (needs an sm_80+ GPU)")
 
     def _malloc(self, nbytes: int) -> int:
         ptr = int(check(self._rt.cudaMalloc(max(nbytes, 1)), f"cudaMalloc({nbytes})"))
@@ -287,6 +294,9 @@ class ProtoTopK:
                 raise ConfigError("set_bank got a null device pointer: pass the bank's device address or a numpy array")
         if dtype not in DTYPES:
             raise ConfigError(f"dtype {dtype!r} is not supported; use one of {sorted(DTYPES)}")
+        if dtype == "float16" and int(self.arch[3:]) < 80:
+            raise ConfigError(f"the float16 kernel needs tensor-core instructions of sm_80+, this GPU is {self.arch}: "
+                              "use a float32 bank")
         if M < 1 or D < 1:
             raise ConfigError(f"the bank must hold at least one prototype of at least one dim, got M={M}, D={D}")
         self._bank_ptr, self.M, self.D, self.dtype = ptr, int(M), int(D), dtype
@@ -297,16 +307,22 @@ class ProtoTopK:
         self._launch(name, (_ceil_div(self.M, 8), 1, 1), (256, 1, 1), 0, stream, args)
         check(self._rt.cudaStreamSynchronize(stream), "computing the prototype norms")
 
+    @property
+    def _geometry(self) -> dict[str, int]:
+        return self._geo[DTYPES[self.dtype]]
+
     def _plan(self, Q: int, k: int, splits: int | None) -> int:
+        geo = self._geometry
         if splits is None:
-            return plan_splits(Q, self.M, k, self.sm_count, self.block_q, self.block_m, self.max_splits,
-                               self.blocks_per_sm)
-        return effective_splits(self.M, splits, self.block_m, self.max_splits)
+            return plan_splits(Q, self.M, k, self.sm_count, geo["block_q"], geo["block_m"], self.max_splits,
+                               geo["blocks_per_sm"])
+        return effective_splits(self.M, splits, geo["block_m"], self.max_splits)
 
     def reserve(self, Q: int, k: int, want_indices: bool = True, splits: int | None = None) -> dict[str, int]:
         """Grow the scratch for (Q, k) now: do this before capturing ``run`` into a CUDA graph.
-        Returns the workspace layout (byte offsets) the call will use."""
-        lay = workspace_layout(Q, k, self._plan(Q, k, splits), want_indices, self.block_m)
+        Returns the workspace layout (byte offsets) the call will use. (want_indices: kept for
+        callers; the layout does not depend on it.)"""
+        lay = workspace_layout(Q, k, self._plan(Q, k, splits), needs_candidates(k, self.dtype))
         if lay["bytes"] > self._ws_bytes:
             self._free(self._ws_ptr)
             self._ws_ptr, self._ws_bytes = self._malloc(lay["bytes"]), lay["bytes"]
@@ -340,23 +356,21 @@ class ProtoTopK:
         out_val = out_dist_ptr if single else ws + lay["part_val"]
         out_ids = out_idx_ptr if single else ws + lay["part_idx"]
         qnorm = 0 if single else ws + lay["qnorm"]
-        code = DTYPES[self.dtype]
+        code, geo = DTYPES[self.dtype], self._geometry
         args = _Args(_ptr(q_ptr), _ptr(self._bank_ptr), _ptr(self._sqnorm_ptr), ctypes.c_int(Q), ctypes.c_int(self.M),
                      ctypes.c_int(self.D), ctypes.c_int(k),
-                     ctypes.c_int(segment_length(self.M, splits, self.block_m)), _ptr(ws + lay["cand_val"]),
+                     ctypes.c_int(segment_length(self.M, splits, geo["block_m"])), _ptr(ws + lay["cand_val"]),
                      _ptr(ws + lay["cand_idx"]), _ptr(out_val), _ptr(out_ids), _ptr(qnorm),
                      ctypes.c_int(1 if single else 0), _ptr(debug_scores_ptr))
         name = "proto_topk_partial_f16" if code == 1 else "proto_topk_partial_f32"
-        self._launch(name, (_ceil_div(Q, self.block_q), splits, 1), (self.threads, 1, 1), self._smem[code], stream,
+        self._launch(name, (_ceil_div(Q, geo["block_q"]), splits, 1), (geo["threads"], 1, 1), geo["smem"], stream,
                      args)
         if single:
             return
-        n = 1
-        while n < splits * k:
-            n <<= 1
         args = _Args(_ptr(ws + lay["part_val"]), _ptr(ws + lay["part_idx"]), _ptr(qnorm), ctypes.c_int(Q),
                      ctypes.c_int(k), ctypes.c_int(splits), _ptr(out_dist_ptr), _ptr(out_idx_ptr))
-        self._launch("proto_topk_merge_splits", (Q, 1, 1), (256, 1, 1), 8 * n, stream, args)
+        self._launch("proto_topk_merge_splits", (_ceil_div(Q, self.merge_warps), 1, 1), (32 * self.merge_warps, 1, 1),
+                     0, stream, args)
 
     def _launch(self, name: str, grid, block, smem: int, stream: int, args: _Args) -> None:
         check(self._driver.cuLaunchKernel(self._fn[name], *grid, *block, smem, int(stream), args.address, 0),

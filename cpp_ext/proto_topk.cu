@@ -17,14 +17,24 @@ size_t align_bytes(size_t x) { return (x + kWorkspaceAlign - 1) / kWorkspaceAlig
 
 int ceil_div(int a, int b) { return (a + b - 1) / b; }
 
+// Per-dtype launch geometry: the fp16 kernel (tensor cores) and the fp32 kernel (SIMT) tile differently.
+struct Geometry {
+    int block_q, block_m, threads, blocks_per_sm;
+    unsigned smem;
+};
+Geometry geometry(int dtype) {
+    if (dtype == kFloat16) return {kMmaBlockQ, kMmaBlockM, kMmaThreads, kMmaBlocksPerSm, SmemLayoutMma::kBytes};
+    return {kBlockQ, kBlockM, kThreads, kBlocksPerSm, SmemLayoutF32::kBytes};
+}
+
 // Prototypes per split: a whole number of tiles, so splits never share a tile.
-int segment_length(int M, int splits) { return ceil_div(ceil_div(M, kBlockM), splits) * kBlockM; }
+int segment_length(int M, int splits, int block_m) { return ceil_div(ceil_div(M, block_m), splits) * block_m; }
 
 // Splits actually launched for a request: within [1, kMaxSplits], no empty split.
-int effective_splits(int M, int splits) {
+int effective_splits(int M, int splits, int block_m) {
     if (splits < 1) splits = 1;
     if (splits > kMaxSplits) splits = kMaxSplits;
-    return ceil_div(M, segment_length(M, splits));
+    return ceil_div(M, segment_length(M, splits, block_m));
 }
 
 int current_sm_count() {
@@ -34,10 +44,11 @@ int current_sm_count() {
     return sms;
 }
 
-// Opt the partial kernel into >48 KiB of dynamic shared memory once per device and dtype: the call
-// is host-side and idempotent (a race only repeats it), and skipping it later keeps launches cheap
-// and free of non-stream API calls during CUDA-graph capture.
-cudaError_t allow_big_smem(int dtype) {
+// Once per device and dtype: check the GPU can run the kernel (fp16 needs sm_80+ tensor-core
+// instructions) and opt it into >48 KiB of dynamic shared memory. Host-side and idempotent (a race
+// only repeats it); skipping it later keeps launches cheap and free of non-stream API calls during
+// CUDA-graph capture.
+cudaError_t prepare_device(int dtype) {
     constexpr int kMaxDevices = 64;
     static bool done[kMaxDevices][2] = {};
     int device = 0;
@@ -45,33 +56,40 @@ cudaError_t allow_big_smem(int dtype) {
     if (err != cudaSuccess) return err;
     const bool cacheable = device >= 0 && device < kMaxDevices;
     if (cacheable && done[device][dtype]) return cudaSuccess;
-    if (dtype == kFloat16)
+    if (dtype == kFloat16) {
+        int major = 0;
+        err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+        if (err != cudaSuccess) return err;
+        if (major < 8) return cudaErrorNotSupported;
         err = cudaFuncSetAttribute(proto_topk_partial_f16, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                   (int)SmemLayout<__half>::kBytes);
-    else
+                                   (int)SmemLayoutMma::kBytes);
+    } else {
         err = cudaFuncSetAttribute(proto_topk_partial_f32, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                   (int)SmemLayout<float>::kBytes);
+                                   (int)SmemLayoutF32::kBytes);
+    }
     if (err == cudaSuccess && cacheable) done[device][dtype] = true;
     return err;
 }
 
-int resolve_splits(int Q, int M, int k, int splits) {
-    if (splits <= 0) splits = proto_topk_plan_splits(Q, M, k, current_sm_count());
-    return effective_splits(M, splits);
+int resolve_splits(int Q, int M, int k, int dtype, int splits) {
+    if (splits <= 0) splits = proto_topk_plan_splits(Q, M, k, dtype, current_sm_count());
+    return effective_splits(M, splits, geometry(dtype).block_m);
 }
+
+// The fp16 kernel keeps k = 1 in registers: no candidate buffers.
+bool needs_candidates(int k, int dtype) { return k > 1 || dtype != kFloat16; }
 
 struct Workspace {
     float* qnorm = nullptr;     // (Q) when splits > 1
-    float* part_val = nullptr;  // (splits, Q, k) when splits > 1
-    int* part_idx = nullptr;    // (splits, Q, k) when splits > 1
+    float* part_val = nullptr;  // (Q, splits, k) when splits > 1
+    int* part_idx = nullptr;    // (Q, splits, k) when splits > 1
     float* cand_val = nullptr;  // (splits, Q, cand_cap(k)) candidate buffers
-    int* cand_idx = nullptr;    // (splits, Q, cand_cap(k))
+    int* cand_idx = nullptr;    // (splits, Q, cand_cap(k)); both absent for fp16 with k = 1
     size_t bytes = 0;
 };
 
-// One layout for both the size query and the run (launcher.py mirrors it). want_indices no longer
-// changes it (kept in the C ABI for callers built against the first version).
-Workspace carve(void* base, int Q, int k, int splits, bool /*want_indices*/) {
+// One layout for both the size query and the run (launcher.py mirrors it).
+Workspace carve(void* base, int Q, int k, int dtype, int splits) {
     Workspace ws;
     const uintptr_t p = reinterpret_cast<uintptr_t>(base);  // integer math: base may be null (size query)
     size_t off = 0;
@@ -84,7 +102,7 @@ Workspace carve(void* base, int Q, int k, int splits, bool /*want_indices*/) {
         ws.part_idx = reinterpret_cast<int*>(p + off);
         off = align_bytes(off + (size_t)splits * list * sizeof(int));
     }
-    const size_t cand = (size_t)splits * Q * cand_cap(k);
+    const size_t cand = needs_candidates(k, dtype) ? (size_t)splits * Q * cand_cap(k) : 0;
     ws.cand_val = reinterpret_cast<float*>(p + off);
     off = align_bytes(off + cand * sizeof(float));
     ws.cand_idx = reinterpret_cast<int*>(p + off);
@@ -104,35 +122,31 @@ int launch(const void* queries, const void* bank, const float* bank_sqnorm, int 
            cudaStream_t stream) {
     if (!args_ok(queries, bank, bank_sqnorm, Q, M, D, k, dtype, out_dist)) return cudaErrorInvalidValue;
     if (Q == 0) return cudaSuccess;
-    splits = resolve_splits(Q, M, k, splits);
-    const Workspace ws = carve(workspace, Q, k, splits, out_idx != nullptr);
+    splits = resolve_splits(Q, M, k, dtype, splits);
+    const Workspace ws = carve(workspace, Q, k, dtype, splits);
     if (ws.bytes > 0 && (workspace == nullptr || workspace_bytes < ws.bytes)) return cudaErrorInvalidValue;
 
     const bool single = splits == 1;
     float* out_val = single ? out_dist : ws.part_val;
     int* out_ids = single ? out_idx : ws.part_idx;
-    const int seg_len = segment_length(M, splits);
-    const dim3 grid(ceil_div(Q, kBlockQ), splits);
+    const Geometry geo = geometry(dtype);
+    const int seg_len = segment_length(M, splits, geo.block_m);
+    const dim3 grid(ceil_div(Q, geo.block_q), splits);
 
-    cudaError_t err = allow_big_smem(dtype);
+    cudaError_t err = prepare_device(dtype);
     if (err != cudaSuccess) return err;
-    if (dtype == kFloat16) {
-        const unsigned smem = SmemLayout<__half>::kBytes;
-        proto_topk_partial_f16<<<grid, kThreads, smem, stream>>>(
+    if (dtype == kFloat16)
+        proto_topk_partial_f16<<<grid, geo.threads, geo.smem, stream>>>(
             static_cast<const __half*>(queries), static_cast<const __half*>(bank), bank_sqnorm, Q, M, D, k, seg_len,
             ws.cand_val, ws.cand_idx, out_val, out_ids, ws.qnorm, single ? 1 : 0, debug_scores);
-    } else {
-        const unsigned smem = SmemLayout<float>::kBytes;
-        proto_topk_partial_f32<<<grid, kThreads, smem, stream>>>(
+    else
+        proto_topk_partial_f32<<<grid, geo.threads, geo.smem, stream>>>(
             static_cast<const float*>(queries), static_cast<const float*>(bank), bank_sqnorm, Q, M, D, k, seg_len,
             ws.cand_val, ws.cand_idx, out_val, out_ids, ws.qnorm, single ? 1 : 0, debug_scores);
-    }
     err = cudaGetLastError();
     if (err != cudaSuccess || single) return err;
 
-    int n = 1;
-    while (n < splits * k) n <<= 1;
-    proto_topk_merge_splits<<<Q, 256, n * (sizeof(float) + sizeof(int)), stream>>>(
+    proto_topk_merge_splits<<<ceil_div(Q, kMergeWarps), kMergeWarps * 32, 0, stream>>>(
         ws.part_val, ws.part_idx, ws.qnorm, Q, k, splits, out_dist, out_idx);
     return cudaGetLastError();
 }
@@ -153,20 +167,21 @@ extern "C" int proto_topk_bank_sqnorm(const void* bank, int M, int D, int dtype,
     return cudaGetLastError();
 }
 
-extern "C" int proto_topk_plan_splits(int Q, int M, int k, int sm_count) {
+extern "C" int proto_topk_plan_splits(int Q, int M, int k, int dtype, int sm_count) {
     if (Q < 1 || M < 1) return 1;
-    // Fill the GPU in one wave (kBlocksPerSm resident blocks per SM, never a partial second wave), but
-    // give each split at least 4k prototypes: every split sorts its own first k candidates.
-    const int query_blocks = ceil_div(Q, kBlockQ);
-    const int by_occupancy = (kBlocksPerSm * (sm_count > 0 ? sm_count : 1)) / query_blocks;
+    // Fill the GPU in one wave (blocks_per_sm resident blocks per SM, never a partial second wave), but
+    // give each split at least 4k prototypes: every split selects its own k from its candidates.
+    const Geometry geo = geometry(dtype);
+    const int query_blocks = ceil_div(Q, geo.block_q);
+    const int by_occupancy = (geo.blocks_per_sm * (sm_count > 0 ? sm_count : 1)) / query_blocks;
     const int by_k = M / (4 * (k > 0 ? k : 1));
     int wanted = by_occupancy < by_k ? by_occupancy : by_k;
-    return effective_splits(M, wanted < 1 ? 1 : wanted);
+    return effective_splits(M, wanted < 1 ? 1 : wanted, geo.block_m);
 }
 
-extern "C" size_t proto_topk_workspace_bytes(int Q, int M, int k, int splits, int want_indices) {
+extern "C" size_t proto_topk_workspace_bytes(int Q, int M, int k, int dtype, int splits) {
     if (Q < 1 || M < 1 || k < 1) return 0;
-    return carve(nullptr, Q, k, resolve_splits(Q, M, k, splits), want_indices != 0).bytes;
+    return carve(nullptr, Q, k, dtype, resolve_splits(Q, M, k, dtype, splits)).bytes;
 }
 
 extern "C" int proto_topk_run(const void* queries, const void* bank, const float* bank_sqnorm, int Q, int M, int D,

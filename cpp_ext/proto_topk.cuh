@@ -4,91 +4,99 @@
 // squared L2 distances, ascending, ties broken by the smaller prototype index, and those indices,
 // without ever writing the Q x M distance matrix.
 //
-// This header has no host code and includes only <cuda_fp16.h> and <mma.h>, so the very same
-// text compiles with nvcc (proto_topk.cu: C launcher, torch extension) and with NVRTC
-// (launcher.py: torch-free runtime). Kernels are extern "C" so both paths find them by name.
+// This header has no host code and includes only <cuda_fp16.h>, so the very same text compiles
+// with nvcc (proto_topk.cu: C launcher, torch extension) and with NVRTC (launcher.py: torch-free
+// runtime). Kernels are extern "C" so both paths find them by name.
 //
-// Algorithm (one block = kBlockQ queries x one contiguous segment of the bank):
+// Algorithm (one block = a tile of queries x one contiguous segment of the bank, a "split"):
 //   1. rank prototypes by  s(q, m) = |m|^2 - 2 q.m  (|q|^2 is constant per query, added at the end);
 //      |m|^2 comes precomputed per bank (proto_topk_bank_sqnorm_*).
-//   2. stream the segment in tiles of kBlockM prototypes; each tile's dot products q.m are computed
-//      kBlockD dims at a time through shared memory (fp16: WMMA tensor cores, fp32 accumulate;
-//      fp32: SIMT FMA, exact fp32) into a kBlockQ x kBlockM score tile in shared memory.
-//   3. per query, append every score below the query's threshold (+inf at first) to a candidate
-//      buffer of cand_cap(k) = min(2k + kBlockM, 512) slots in global memory (the workspace:
-//      O(splits Q k)). When the next tile might overflow it, the owning warp compacts it: a
-//      radix select (8 key bits per pass) finds the k-th smallest (value, index), a stable
-//      partition keeps the k smallest in buffer order (= prototype order), threshold = the k-th
-//      value. Each compaction drops >= 192 entries, so a query compacts about 1 + ln(M / k) times.
-//      Only the final k are sorted (bitonic, shared memory), and only with a single split: with
-//      several, the merge kernel sorts the splits' lists together anyway.
-//      Tiles go in increasing prototype order, so a score EQUAL to the threshold always has a
-//      larger index than the k-th entry it came from and can be dropped: `s < threshold` is exact
-//      for ties. The last compaction leaves the split's k smallest (the output, sorted, or the
-//      split's partial list).
-//   4. with several splits of the bank (to fill the GPU when Q is small), a second kernel merges
-//      the per-split lists. The last step adds |q|^2 and clamps at 0.
+//   2. stream the segment in tiles of prototypes and compute each tile's dot products q.m:
+//      fp16 (sm_80+): a 128 x 128 tile per block, 8 warps of 64 x 32, mma.sync m16n8k16 tensor-core
+//      instructions fed by ldmatrix from a swizzled, 4-stage cp.async pipeline of 32-dim slices;
+//      the scores never leave the accumulator registers.
+//      fp32: SIMT FMA (exact fp32) into a 64 x 64 score tile in shared memory.
+//   3. k = 1 (fp16): each thread keeps the running minimum of its rows in registers; threads and
+//      warps reduce once, at the end of the segment.
+//      k > 1: every score below the query's threshold (+inf at first) is appended to a candidate
+//      buffer of cand_cap(k) = min(2k + 128, 512) slots in global memory (the workspace:
+//      O(splits Q k)). Between tiles, a row whose buffer might overflow with the next tile is
+//      compacted by its owning warp: a radix select (8 key bits per pass, keys cached in
+//      registers) finds the k-th smallest (value, index), the k smallest are kept, and the
+//      threshold becomes the k-th value. Each compaction drops >= 128 entries, so a query compacts
+//      about 1 + ln(M / k) times per split.
+//      Appends within a tile are unordered (fp16: shared atomics), so the select breaks value ties
+//      on the index itself (a second radix select over the indices of the tied entries; rare).
+//      Tiles go in increasing prototype order and thresholds only change between tiles, so a score
+//      EQUAL to the threshold always has a larger index than the k kept entries <= it and can be
+//      dropped: `s < threshold` is exact for ties.
+//   4. with one split, the block sorts its k and writes the output; with several (to fill the GPU
+//      when Q is small), each writes its k, unsorted, to a (Q, splits, k) list and the merge kernel
+//      (one warp per query) selects and sorts the k smallest of the query's splits * k. The last
+//      step adds |q|^2 and clamps at 0.
 //
-// Warp ownership: query row ql of a block belongs to warp (ql % kWarps) for its whole life, so the
-// per-query state (threshold, count, candidate buffer) needs only __syncwarp; block barriers guard
-// the shared tiles only. fp16 tiles are double-buffered with cp.async (sm_80+): the next 64-dim
-// stage loads while tensor cores work on this one.
+// Warp ownership: a query row belongs to one warp for compaction and the final sort, so that
+// per-row state needs only __syncwarp; block barriers separate the append and compaction phases.
 #pragma once
 
 #include <cuda_fp16.h>
-#include <mma.h>
 
 namespace protospect_topk {
 
-constexpr int kBlockQ = 64;        // queries per block
-constexpr int kBlockM = 64;        // prototypes per tile
+// fp32 kernel (SIMT): 64 queries x 64 prototypes per tile, 4 warps.
+constexpr int kBlockQ = 64;
+constexpr int kBlockM = 64;
 constexpr int kBlockD = 64;        // feature dims per shared-memory stage
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
+constexpr int kBlocksPerSm = 3;    // resident fp32 blocks per SM the split plan aims for (smem allows 3 on H100)
+
+// fp16 kernel (tensor cores, sm_80+): 128 x 128 tile, 8 warps as 2 (queries) x 4 (prototypes).
+constexpr int kMmaBlockQ = 128;
+constexpr int kMmaBlockM = 128;
+constexpr int kMmaBlockK = 32;     // dims per pipeline stage (64 bytes per row)
+constexpr int kMmaStages = 4;
+constexpr int kMmaWarps = 8;
+constexpr int kMmaThreads = kMmaWarps * 32;
+constexpr int kMmaBlocksPerSm = 2;
+
 constexpr int kMaxK = 256;
 constexpr int kMaxSplits = 8;
-constexpr int kBlocksPerSm = 3;  // resident partial blocks per SM the split plan aims for (H100: smem allows 3)
-constexpr int kMaxCandCap = 512;  // candidate slots per query and split, at most (cand_cap)
-constexpr int kStagingCap = kMaxK;         // power of two >= kMaxK: one warp's final sort buffer
-constexpr int kRadixBins = 256;            // radix select: 8 key bits per pass
-constexpr int kMergeCap = kMaxSplits * kMaxK;  // power of two >= splits * k (merge kernel)
-constexpr int kScoreLd = kBlockM + 4;          // score tile row stride (floats); multiple of 4 for WMMA
-constexpr int kSentinelIdx = 0x7fffffff;        // padding index: sorts after every real index
+constexpr int kCandSlack = 128;    // >= the widest tile: slots a compacted buffer keeps free
+constexpr int kMaxCandCap = 512;   // candidate slots per query and split, at most (cand_cap)
+constexpr int kStagingCap = kMaxK; // power of two >= kMaxK: one warp's final sort buffer
+constexpr int kRadixBins = 256;    // radix select: 8 key bits per pass
+constexpr int kMergeWarps = 8;     // merge kernel: one warp per query
+constexpr int kScoreLd = kBlockM + 4;   // fp32 score tile row stride (floats)
+constexpr int kSentinelIdx = 0x7fffffff; // padding index: sorts after every real index
 
 enum Dtype { kFloat32 = 0, kFloat16 = 1 };
 
-static_assert(kBlockQ % kWarps == 0, "each warp owns the same number of query rows");
-static_assert(kBlockM == 64, "the epilogue gives each lane two columns of a tile row");
-static_assert((kStagingCap & (kStagingCap - 1)) == 0 && (kMergeCap & (kMergeCap - 1)) == 0, "bitonic sizes");
-static_assert(kStagingCap >= kMaxK, "the final sort holds k entries in the staging area");
+static_assert(kBlockQ % kWarps == 0 && kMmaBlockQ % kMmaWarps == 0, "each warp owns the same number of query rows");
+static_assert(kBlockM == 64, "the fp32 epilogue gives each lane two columns of a tile row");
+static_assert((kStagingCap & (kStagingCap - 1)) == 0, "bitonic size");
+static_assert(kCandSlack >= kBlockM && kCandSlack >= kMmaBlockM, "a compacted buffer leaves room for any tile");
 
-// Candidate slots per query and split: 2k + kBlockM, at most kMaxCandCap. A compaction (at more than
-// cap - kBlockM entries) drops at least min(k, cap - kBlockM - k) >= 192 of them, and kBlockM slots
-// stay free for the tile that follows it.
-__host__ __device__ constexpr int cand_cap(int k) { return 2 * k + kBlockM < kMaxCandCap ? 2 * k + kBlockM : kMaxCandCap; }
-static_assert(kMaxCandCap - kBlockM >= kMaxK, "a compacted buffer (k entries) leaves room for a tile");
+// Candidate slots per query and split: 2k + kCandSlack, at most kMaxCandCap. A compaction (at more
+// than cap - tile entries) drops at least min(k + kCandSlack - tile, cap - tile - k) >= 128 of them.
+__host__ __device__ constexpr int cand_cap(int k) {
+    return 2 * k + kCandSlack < kMaxCandCap ? 2 * k + kCandSlack : kMaxCandCap;
+}
+static_assert(kMaxCandCap - kCandSlack >= kMaxK, "a compacted buffer (k entries) leaves room for a tile");
+constexpr int kCandPerLane = kMaxCandCap / 32;            // select_row register cache, partial kernels
+constexpr int kMergePerLane = kMaxSplits * kMaxK / 32;    // ... and merge kernel
 
-// ---- per-dtype tile geometry ------------------------------------------------------------------
-
-template <typename T> struct TileGeometry;
-template <> struct TileGeometry<__half> {
-    static constexpr int kLd = kBlockD + 8;  // halves; WMMA needs a multiple of 8, pad dodges bank conflicts
-};
-template <> struct TileGeometry<float> {
-    static constexpr int kLd = kBlockD + 1;  // floats; odd stride = conflict-free column reads
-};
+// ---- per-dtype tile geometry (fp32 kernel) ----------------------------------------------------
 
 __host__ __device__ constexpr unsigned align_up(unsigned x, unsigned a) { return (x + a - 1) / a * a; }
 
-// fp16 tiles are double-buffered (cp.async); fp32 tiles load synchronously into one buffer.
-template <typename T> struct Stages { static constexpr int kValue = 1; };
-template <> struct Stages<__half> { static constexpr int kValue = 2; };
+constexpr int kLd32 = kBlockD + 1;  // floats; odd stride = conflict-free column reads
 
-// Dynamic shared-memory layout of the partial kernel (byte offsets, each region 128-byte aligned).
-template <typename T> struct SmemLayout {
-    static constexpr unsigned kTileBytes = align_up(kBlockQ * TileGeometry<T>::kLd * sizeof(T), 128);  // = B tile
-    static constexpr unsigned kTileA = 0;  // stage s: A at kTileA + 2 s kTileBytes, B right after it
-    static constexpr unsigned kScores = 2u * Stages<T>::kValue * kTileBytes;
+// Dynamic shared-memory layout of the fp32 partial kernel (byte offsets, each region 128-byte aligned).
+struct SmemLayoutF32 {
+    static constexpr unsigned kTileBytes = align_up(kBlockQ * kLd32 * 4, 128);  // = B tile
+    static constexpr unsigned kTileA = 0;
+    static constexpr unsigned kScores = 2u * kTileBytes;
     static constexpr unsigned kStageVal = align_up(kScores + kBlockQ * kScoreLd * 4, 128);
     static constexpr unsigned kStageIdx = align_up(kStageVal + kWarps * kStagingCap * 4, 128);
     static constexpr unsigned kHist = align_up(kStageIdx + kWarps * kStagingCap * 4, 128);
@@ -100,10 +108,32 @@ template <typename T> struct SmemLayout {
 };
 static_assert(kBlockQ == kBlockM, "A and B tiles share one size");
 
-// Orin (sm_87) allows 163 KiB of shared memory per block, H100 227 KiB: the partial kernel must fit the smaller.
-static_assert(SmemLayout<__half>::kBytes <= 163u * 1024u && SmemLayout<float>::kBytes <= 163u * 1024u,
+// Dynamic shared-memory layout of the fp16 (mma) partial kernel. The pipeline region is reused after
+// the main loop for the final sort (per-warp staging) and the k = 1 cross-warp reduction.
+struct SmemLayoutMma {
+    static constexpr unsigned kRowBytes = kMmaBlockK * 2;                       // 64
+    static constexpr unsigned kTileBytes = kMmaBlockQ * kRowBytes;              // 8 KiB (A), same for B
+    static constexpr unsigned kStageBytes = 2 * kTileBytes;
+    static constexpr unsigned kPipe = 0;
+    static constexpr unsigned kPipeBytes = kMmaStages * kStageBytes;            // 64 KiB
+    static constexpr unsigned kHist = kPipeBytes;
+    static constexpr unsigned kQueryNorm = align_up(kHist + kMmaWarps * kRadixBins * 4, 128);
+    static constexpr unsigned kThreshold = align_up(kQueryNorm + kMmaBlockQ * 4, 128);
+    static constexpr unsigned kNumCand = align_up(kThreshold + kMmaBlockQ * 4, 128);
+    static constexpr unsigned kBytes = align_up(kNumCand + kMmaBlockQ * 4, 128);
+    // aliases of the pipeline region, valid after the main loop
+    static constexpr unsigned kStageVal = 0;
+    static constexpr unsigned kStageIdx = kMmaWarps * kStagingCap * 4;
+    static constexpr unsigned kReduce = 0;  // k = 1: (4 column warps, 128 rows) x (value, index)
+};
+static_assert(2u * kMmaWarps * kStagingCap * 4 <= SmemLayoutMma::kPipeBytes, "final-sort staging fits the pipeline");
+static_assert(4u * kMmaBlockQ * 8 <= SmemLayoutMma::kPipeBytes, "k = 1 reduction fits the pipeline");
+
+// Orin (sm_87) allows 163 KiB of shared memory per block, H100 227 KiB: the partial kernels must fit the smaller,
+// and kMmaBlocksPerSm mma blocks must fit an H100 SM together (the split plan counts on it).
+static_assert(SmemLayoutF32::kBytes <= 163u * 1024u && SmemLayoutMma::kBytes <= 163u * 1024u,
               "partial kernel shared memory exceeds the sm_87 per-block limit");
-static_assert(kMergeCap * 8u <= 48u * 1024u, "merge kernel must fit the default 48 KiB dynamic shared memory");
+static_assert(kMmaBlocksPerSm * (SmemLayoutMma::kBytes + 1024u) <= 228u * 1024u, "mma blocks per SM");
 
 // ---- small helpers ----------------------------------------------------------------------------
 
@@ -235,98 +265,14 @@ __device__ __forceinline__ void load_tile(T* dst, const T* __restrict__ src, int
     }
 }
 
-// load_tile's vec16 branch through cp.async: issued now, complete after cp_async_wait + a barrier.
-template <int kRows, int Ld>
-__device__ __forceinline__ void load_tile_async(__half* dst, const __half* __restrict__ src, int row0, int rows_valid,
-                                                int d0, int D) {
-    constexpr int kVec = 8;
-    constexpr int kChunksPerRow = kBlockD / kVec;
-    for (int c = threadIdx.x; c < kRows * kChunksPerRow; c += kThreads) {
-        const int r = c / kChunksPerRow;
-        const int d = (c % kChunksPerRow) * kVec;
-        const bool valid = r < rows_valid && d0 + d < D;
-        cp_async16(dst + r * Ld + d, valid ? src + (size_t)(row0 + r) * D + d0 + d : src, valid);
-    }
-}
-
-template <typename T> struct TileDot;
-
-// fp16: WMMA 16x16x16 on tensor cores, fp32 accumulation. Warp w owns the 32x32 quarter
-// (rows 32*(w/2), cols 32*(w%2)) of the 64x64 tile as 2x2 fragments. With vec16 the 64-dim stages
-// are double-buffered: stage s+1 is copied (cp.async) while stage s is multiplied.
-template <> struct TileDot<__half> {
-    static __device__ void mma_stage(const __half* sA, const __half* sB, int wr, int wc,
-                                     nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float> (&acc)[2][2]) {
-        using namespace nvcuda;
-        constexpr int Ld = TileGeometry<__half>::kLd;
-        for (int kk = 0; kk < kBlockD; kk += 16) {
-            wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> a[2];
-            // bank rows are prototypes, so sB read as (dims x prototypes) is column-major
-            wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::col_major> b[2];
-            for (int i = 0; i < 2; ++i) wmma::load_matrix_sync(a[i], sA + (wr + 16 * i) * Ld + kk, Ld);
-            for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(b[j], sB + (wc + 16 * j) * Ld + kk, Ld);
-            for (int i = 0; i < 2; ++i)
-                for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], a[i], b[j], acc[i][j]);
-        }
-    }
-
-    // tiles: stage s's A at tiles + 2 s kTileElems, its B right after (SmemLayout<__half>).
-    static __device__ void run(const __half* __restrict__ queries, const __half* __restrict__ bank, int q0,
-                               int nq, int m0, int nm, int D, bool vec16, __half* tiles, float* scores) {
-        using namespace nvcuda;
-        constexpr int Ld = TileGeometry<__half>::kLd;
-        constexpr int kTileElems = SmemLayout<__half>::kTileBytes / sizeof(__half);
-        const int warp = threadIdx.x >> 5;
-        const int wr = (warp >> 1) * 32;
-        const int wc = (warp & 1) * 32;
-        wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
-        for (int i = 0; i < 2; ++i)
-            for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.f);
-
-        if (vec16) {
-            const int stages = (D + kBlockD - 1) / kBlockD;
-            load_tile_async<kBlockQ, Ld>(tiles, queries, q0, nq, 0, D);
-            load_tile_async<kBlockM, Ld>(tiles + kTileElems, bank, m0, nm, 0, D);
-            cp_async_commit();
-            for (int st = 0; st < stages; ++st) {
-                if (st + 1 < stages) {  // buffer (st+1)&1 was released by the barrier ending stage st-1
-                    __half* next = tiles + 2 * kTileElems * ((st + 1) & 1);
-                    load_tile_async<kBlockQ, Ld>(next, queries, q0, nq, (st + 1) * kBlockD, D);
-                    load_tile_async<kBlockM, Ld>(next + kTileElems, bank, m0, nm, (st + 1) * kBlockD, D);
-                    cp_async_commit();
-                    cp_async_wait<1>();  // stage st has landed (this thread's copies)
-                } else {
-                    cp_async_wait<0>();
-                }
-                __syncthreads();  // ... and everyone else's
-                const __half* cur = tiles + 2 * kTileElems * (st & 1);
-                mma_stage(cur, cur + kTileElems, wr, wc, acc);
-                __syncthreads();  // before stage st+2 overwrites this buffer
-            }
-        } else {
-            for (int d0 = 0; d0 < D; d0 += kBlockD) {
-                load_tile<__half, kBlockQ, Ld>(tiles, queries, q0, nq, d0, D, false);
-                load_tile<__half, kBlockM, Ld>(tiles + kTileElems, bank, m0, nm, d0, D, false);
-                __syncthreads();
-                mma_stage(tiles, tiles + kTileElems, wr, wc, acc);
-                __syncthreads();  // before the next stage overwrites the tiles
-            }
-        }
-        for (int i = 0; i < 2; ++i)
-            for (int j = 0; j < 2; ++j)
-                wmma::store_matrix_sync(scores + (wr + 16 * i) * kScoreLd + wc + 16 * j, acc[i][j], kScoreLd,
-                                        wmma::mem_row_major);
-    }
-};
-
 // fp32: SIMT FMA (exact fp32, no TF32). Thread (ty = tid/16, tx = tid%16) owns rows ty + 8 i
 // (i < 8) and columns tx + 16 j (j < 4): interleaved so shared reads are broadcast/conflict-free.
-template <> struct TileDot<float> {
+struct TileDotF32 {
     static __device__ void run(const float* __restrict__ queries, const float* __restrict__ bank, int q0,
                                int nq, int m0, int nm, int D, bool /*vec16*/, float* tiles, float* scores) {
-        constexpr int Ld = TileGeometry<float>::kLd;
+        constexpr int Ld = kLd32;
         float* sA = tiles;
-        float* sB = tiles + SmemLayout<float>::kTileBytes / sizeof(float);
+        float* sB = tiles + SmemLayoutF32::kTileBytes / sizeof(float);
         static_assert(kThreads == 128 && kBlockQ == 64 && kBlockM == 64, "thread->output mapping below");
         const int ty = threadIdx.x >> 4;
         const int tx = threadIdx.x & 15;
@@ -365,83 +311,121 @@ __device__ __forceinline__ float key_value(unsigned key) {
     return __uint_as_float((key & 0x80000000u) ? (key & 0x7fffffffu) : ~key);
 }
 
-// Keep the k smallest (value, index) entries of a row's candidate buffer (n > k entries, in
-// increasing prototype order) in place and in that order; returns the k-th smallest value.
-// Radix select on order_key, 8 bits per pass on this warp's 256-bin histogram, then a stable
-// partition: every key below the k-th, and of the keys equal to it the first ones (smallest
-// indices) until k are kept. Called by the whole owning warp.
+// One radix-select step on a warp's 256-bin histogram: the bin holding the `need`-th smallest
+// entry, and how many entries lie in the bins before it. Called by the whole warp.
+__device__ __forceinline__ void radix_pick(const unsigned* hist, int lane, int need, int& bin, unsigned& before) {
+    const unsigned full = 0xffffffffu;
+    unsigned local[8], sum = 0u;  // lane owns bins 8 lane .. 8 lane + 7 (unrolled: stays in registers)
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+        local[j] = hist[8 * lane + j];
+        sum += local[j];
+    }
+    unsigned incl = sum;
+    for (int off = 1; off < 32; off <<= 1) {
+        const unsigned t = __shfl_up_sync(full, incl, off);
+        if (lane >= off) incl += t;
+    }
+    const unsigned excl = incl - sum;
+    const bool mine = excl < (unsigned)need && (unsigned)need <= incl;
+    int b = 0;
+    unsigned bef = 0u;
+    if (mine) {
+        unsigned c = excl;
+        bool found = false;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            if (!found && c + local[j] >= (unsigned)need) {
+                b = 8 * lane + j;
+                bef = c;
+                found = true;
+            }
+            c += local[j];
+        }
+    }
+    const int src = __ffs(__ballot_sync(full, mine)) - 1;
+    bin = __shfl_sync(full, b, src);
+    before = __shfl_sync(full, bef, src);
+}
+
+// Keep the k smallest (value, index) entries of a row's candidate buffer (k < n <= 32 kPerLane
+// entries, in any order) in place, in buffer order; returns the k-th smallest value. Radix select on
+// order_key (8 bits per pass, keys cached in registers), then, only if several entries share the
+// k-th value, a radix select on their indices; then a partition keeping every smaller key and the
+// tied keys up to the cut index. Called by the whole owning warp; cv/ci may be global or shared.
+template <int kPerLane>
 __device__ float select_row(int k, int n, int lane, float* cv, int* ci, unsigned* hist) {
     const unsigned full = 0xffffffffu, below = (1u << lane) - 1u;
+    unsigned keys[kPerLane];
+#pragma unroll
+    for (int j = 0; j < kPerLane; ++j) {
+        const int i = 32 * j + lane;
+        keys[j] = i < n ? order_key(cv[i]) : 0xffffffffu;
+    }
     unsigned prefix = 0u, mask = 0u;
     int need = k;  // rank of the wanted key among the entries matching prefix/mask
     for (int shift = 24; shift >= 0; shift -= 8) {
         for (int b = lane; b < kRadixBins; b += 32) hist[b] = 0u;
         __syncwarp();
-        for (int i = lane; i < n; i += 32) {
-            const unsigned key = order_key(cv[i]);
-            if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 255u], 1u);
-        }
+#pragma unroll
+        for (int j = 0; j < kPerLane; ++j)
+            if (32 * j + lane < n && (keys[j] & mask) == prefix) atomicAdd(&hist[(keys[j] >> shift) & 255u], 1u);
         __syncwarp();
-        unsigned local[8], sum = 0u;  // lane owns bins 8 lane .. 8 lane + 7 (unrolled: stays in registers)
-#pragma unroll
-        for (int j = 0; j < 8; ++j) {
-            local[j] = hist[8 * lane + j];
-            sum += local[j];
-        }
-        unsigned incl = sum;
-        for (int off = 1; off < 32; off <<= 1) {
-            const unsigned t = __shfl_up_sync(full, incl, off);
-            if (lane >= off) incl += t;
-        }
-        const unsigned excl = incl - sum;
-        const bool mine = excl < (unsigned)need && (unsigned)need <= incl;
-        int bin = 0;
-        unsigned before = 0u;
-        if (mine) {
-            unsigned c = excl;
-            bool found = false;
-#pragma unroll
-            for (int j = 0; j < 8; ++j) {
-                if (!found && c + local[j] >= (unsigned)need) {
-                    bin = 8 * lane + j;
-                    before = c;
-                    found = true;
-                }
-                c += local[j];
-            }
-        }
-        const int src = __ffs(__ballot_sync(full, mine)) - 1;
-        bin = __shfl_sync(full, bin, src);
-        before = __shfl_sync(full, before, src);
+        int bin;
+        unsigned before;
+        radix_pick(hist, lane, need, bin, before);
         need -= (int)before;
         prefix |= (unsigned)bin << shift;
         mask |= 255u << shift;
         __syncwarp();  // the histogram is cleared again by the next pass
     }
-    // prefix is the k-th smallest key; `need` entries equal to it are kept (the first ones).
-    int out = 0, eq_seen = 0;
-    for (int base = 0; base < n; base += 32) {
-        const int i = base + lane;
-        float v = 0.f;
-        int id = 0;
-        unsigned key = 0xffffffffu;
-        if (i < n) {
-            v = cv[i];
-            id = ci[i];
-            key = order_key(v);
+    // prefix is the k-th smallest key; `need` of the entries equal to it are kept: those with the
+    // smallest indices. Usually exactly `need` entries are equal and all stay (cut = all indices).
+    int eq = 0;
+#pragma unroll
+    for (int j = 0; j < kPerLane; ++j) eq += (32 * j + lane < n && keys[j] == prefix) ? 1 : 0;
+    for (int off = 16; off > 0; off >>= 1) eq += __shfl_xor_sync(full, eq, off);
+    unsigned cut = 0xffffffffu;
+    if (eq > need) {  // value ties across the boundary: the need-th smallest index among them
+        unsigned iprefix = 0u, imask = 0u;
+        int ineed = need;
+        for (int shift = 24; shift >= 0; shift -= 8) {
+            for (int b = lane; b < kRadixBins; b += 32) hist[b] = 0u;
+            __syncwarp();
+#pragma unroll
+            for (int j = 0; j < kPerLane; ++j) {
+                const int i = 32 * j + lane;
+                if (i < n && keys[j] == prefix) {
+                    const unsigned id = (unsigned)ci[i];
+                    if ((id & imask) == iprefix) atomicAdd(&hist[(id >> shift) & 255u], 1u);
+                }
+            }
+            __syncwarp();
+            int bin;
+            unsigned before;
+            radix_pick(hist, lane, ineed, bin, before);
+            ineed -= (int)before;
+            iprefix |= (unsigned)bin << shift;
+            imask |= 255u << shift;
+            __syncwarp();
         }
+        cut = iprefix;
+    }
+    int out = 0;
+#pragma unroll
+    for (int j = 0; j < kPerLane; ++j) {
+        if (32 * j >= n) break;  // warp-uniform
+        const int i = 32 * j + lane;
+        const int id = i < n ? ci[i] : 0;
         __syncwarp();  // the whole chunk is read before any lane writes into it
-        const bool eq = i < n && key == prefix;
-        const unsigned eq_mask = __ballot_sync(full, eq);
-        const bool keep = (i < n && key < prefix) || (eq && eq_seen + __popc(eq_mask & below) < need);
+        const bool keep = i < n && (keys[j] < prefix || (keys[j] == prefix && (unsigned)id <= cut));
         const unsigned keep_mask = __ballot_sync(full, keep);
-        if (keep) {  // positions only move down, and this chunk was read before the ballots
+        if (keep) {  // positions only move down, and this chunk was read before the ballot
             const int pos = out + __popc(keep_mask & below);
-            cv[pos] = v;
+            cv[pos] = key_value(keys[j]);
             ci[pos] = id;
         }
         out += __popc(keep_mask);
-        eq_seen += __popc(eq_mask);
     }
     __syncwarp();
     return key_value(prefix);
@@ -460,51 +444,41 @@ __device__ void sort_row(int n, int lane, const float* cv, const int* ci, float*
     bitonic_sort_pairs(stage_val, stage_idx, p, lane, 32, WarpSync());  // ends with a __syncwarp
 }
 
-// One block: queries [q0, q0 + kBlockQ) against prototypes [m_begin, m_end) of split blockIdx.y.
-// cand_val/cand_idx: the candidate buffers, (splits, Q, cap) with cap = cand_cap(k).
-// out_val/out_idx: where each query's k smallest go: row q at offset q * k of split blockIdx.y's
-// (Q, k) block (the split's partial list), or of the output itself when finalize != 0 (single
-// split: add |q|^2, clamp at 0, padding -> index -1). out_idx may be null (indices not wanted).
-// qnorm_out (may be null): |q|^2 per query, written by split 0 for the merge kernel.
-// debug_scores (may be null): the full Q x M matrix of ranking scores |m|^2 - 2 q.m, for debugging.
-template <typename T>
-__device__ void partial_topk_body(const T* __restrict__ queries, const T* __restrict__ bank,
-                                  const float* __restrict__ bank_sqnorm, int Q, int M, int D, int k, int seg_len,
-                                  float* cand_val, int* cand_idx, float* out_val, int* out_idx, float* qnorm_out,
-                                  int finalize, float* debug_scores) {
-    using L = SmemLayout<T>;
-    extern __shared__ __align__(128) unsigned char smem[];
-    T* tiles = reinterpret_cast<T*>(smem + L::kTileA);
-    float* scores = reinterpret_cast<float*>(smem + L::kScores);
-    float* bn = reinterpret_cast<float*>(smem + L::kBankNorm);
-    float* qn = reinterpret_cast<float*>(smem + L::kQueryNorm);
-    float* threshold = reinterpret_cast<float*>(smem + L::kThreshold);
-    int* num_cand = reinterpret_cast<int*>(smem + L::kNumCand);
+// Where a block's per-query results go: the output itself (single split; finalize) or split
+// `split`'s slot of the (Q, splits, k) partial lists, which keeps a query's lists contiguous for
+// the merge kernel.
+__device__ __forceinline__ size_t result_offset(int q, int k, int split, int splits, int finalize) {
+    return finalize ? (size_t)q * k : ((size_t)q * splits + split) * k;
+}
 
-    const int warp = threadIdx.x >> 5;
-    const int lane = threadIdx.x & 31;
-    float* stage_val = reinterpret_cast<float*>(smem + L::kStageVal) + warp * kStagingCap;
-    int* stage_idx = reinterpret_cast<int*>(smem + L::kStageIdx) + warp * kStagingCap;
-    unsigned* hist = reinterpret_cast<unsigned*>(smem + L::kHist) + warp * kRadixBins;
-
-    const int q0 = blockIdx.x * kBlockQ;
-    const int nq = min(kBlockQ, Q - q0);
-    const int split = blockIdx.y;
-    const int m_begin = split * seg_len;
-    const int m_end = min(M, m_begin + seg_len);
-    const int cap = cand_cap(k);
-    cand_val += ((size_t)split * Q + q0) * cap;  // row ql's buffer: + ql * cap
-    cand_idx += ((size_t)split * Q + q0) * cap;
-    if (!finalize) {
-        out_val += (size_t)split * Q * k;
-        if (out_idx != nullptr) out_idx += (size_t)split * Q * k;
+// Write one query's kept candidates (kept <= k): sorted, |q|^2 added and clamped, padded, when
+// finalizing; else raw and unsorted into the split's partial list. Called by the whole owning warp.
+__device__ void write_row(int q, int k, int kept, int lane, const float* cv, const int* ci, float qn, int split,
+                          int splits, int finalize, float* stage_val, int* stage_idx, float* out_val, int* out_idx) {
+    const size_t off = result_offset(q, k, split, splits, finalize);
+    if (finalize) {
+        sort_row(kept, lane, cv, ci, stage_val, stage_idx);
+        for (int i = lane; i < k; i += 32) {
+            const float v = i < kept ? stage_val[i] : pos_inf();  // fewer than k prototypes: padded
+            const int id = i < kept ? stage_idx[i] : kSentinelIdx;
+            out_val[off + i] = fmaxf(v + qn, 0.f);  // the GEMM form can dip below 0 by rounding
+            if (out_idx != nullptr) out_idx[off + i] = id == kSentinelIdx ? -1 : id;
+        }
+    } else {
+        for (int i = lane; i < k; i += 32) {
+            out_val[off + i] = i < kept ? cv[i] : pos_inf();
+            if (out_idx != nullptr) out_idx[off + i] = i < kept ? ci[i] : kSentinelIdx;
+        }
     }
-    // 16-byte vector loads need every row start aligned: D a multiple of the vector and aligned bases
-    const bool vec16 = sizeof(T) == 2 && (D % 8) == 0 && ((reinterpret_cast<size_t>(queries) & 15) == 0) &&
-                       ((reinterpret_cast<size_t>(bank) & 15) == 0);
+    __syncwarp();  // the staging area is reused by this warp's next row
+}
 
-    // Per-query state and |q|^2, each row by its owning warp.
-    for (int ql = warp; ql < kBlockQ; ql += kWarps) {
+// |q|^2 of the block's query rows and the per-row state, each row by warp (row % warps).
+template <typename T>
+__device__ void init_rows(const T* __restrict__ queries, int q0, int nq, int rows, int D, int warps, int split,
+                          float* qn, float* threshold, int* num_cand, float* qnorm_out) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    for (int ql = warp; ql < rows; ql += warps) {
         float acc = 0.f;
         if (ql < nq) {
             const T* p = queries + (size_t)(q0 + ql) * D;
@@ -521,12 +495,49 @@ __device__ void partial_topk_body(const T* __restrict__ queries, const T* __rest
             if (qnorm_out != nullptr && split == 0 && ql < nq) qnorm_out[q0 + ql] = acc;
         }
     }
+}
+
+// fp32 block: queries [q0, q0 + kBlockQ) against prototypes [m_begin, m_end) of split blockIdx.y.
+// cand_val/cand_idx: the candidate buffers, (splits, Q, cap) with cap = cand_cap(k).
+// out_val/out_idx: the output (finalize != 0: single split) or the (Q, splits, k) partial lists;
+// out_idx may be null (indices not wanted; only when finalizing).
+// qnorm_out (may be null): |q|^2 per query, written by split 0 for the merge kernel.
+// debug_scores (may be null): the full Q x M matrix of ranking scores |m|^2 - 2 q.m, for debugging.
+__device__ void partial_topk_f32_body(const float* __restrict__ queries, const float* __restrict__ bank,
+                                      const float* __restrict__ bank_sqnorm, int Q, int M, int D, int k, int seg_len,
+                                      float* cand_val, int* cand_idx, float* out_val, int* out_idx, float* qnorm_out,
+                                      int finalize, float* debug_scores) {
+    using L = SmemLayoutF32;
+    extern __shared__ __align__(128) unsigned char smem[];
+    float* tiles = reinterpret_cast<float*>(smem + L::kTileA);
+    float* scores = reinterpret_cast<float*>(smem + L::kScores);
+    float* bn = reinterpret_cast<float*>(smem + L::kBankNorm);
+    float* qn = reinterpret_cast<float*>(smem + L::kQueryNorm);
+    float* threshold = reinterpret_cast<float*>(smem + L::kThreshold);
+    int* num_cand = reinterpret_cast<int*>(smem + L::kNumCand);
+
+    const int warp = threadIdx.x >> 5;
+    const int lane = threadIdx.x & 31;
+    float* stage_val = reinterpret_cast<float*>(smem + L::kStageVal) + warp * kStagingCap;
+    int* stage_idx = reinterpret_cast<int*>(smem + L::kStageIdx) + warp * kStagingCap;
+    unsigned* hist = reinterpret_cast<unsigned*>(smem + L::kHist) + warp * kRadixBins;
+
+    const int q0 = blockIdx.x * kBlockQ;
+    const int nq = min(kBlockQ, Q - q0);
+    const int split = blockIdx.y, splits = gridDim.y;
+    const int m_begin = split * seg_len;
+    const int m_end = min(M, m_begin + seg_len);
+    const int cap = cand_cap(k);
+    cand_val += ((size_t)split * Q + q0) * cap;  // row ql's buffer: + ql * cap
+    cand_idx += ((size_t)split * Q + q0) * cap;
+
+    init_rows(queries, q0, nq, kBlockQ, D, kWarps, split, qn, threshold, num_cand, qnorm_out);
     __syncwarp();
 
     for (int m0 = m_begin; m0 < m_end; m0 += kBlockM) {
         const int nm = min(kBlockM, m_end - m0);
         if (threadIdx.x < kBlockM) bn[threadIdx.x] = threadIdx.x < nm ? bank_sqnorm[m0 + threadIdx.x] : pos_inf();
-        TileDot<T>::run(queries, bank, q0, nq, m0, nm, D, vec16, tiles, scores);
+        TileDotF32::run(queries, bank, q0, nq, m0, nm, D, false, tiles, scores);
         __syncthreads();  // scores and bn complete
 
         for (int ql = warp; ql < nq; ql += kWarps) {
@@ -534,7 +545,7 @@ __device__ void partial_topk_body(const T* __restrict__ queries, const T* __rest
             int* ci = cand_idx + (size_t)ql * cap;
             int n = num_cand[ql];
             if (n + kBlockM > cap) {  // this tile might not fit: keep the k smallest (n > cap - kBlockM >= k)
-                const float kth = select_row(k, n, lane, cv, ci, hist);
+                const float kth = select_row<kCandPerLane>(k, n, lane, cv, ci, hist);
                 n = k;
                 if (lane == 0) {
                     threshold[ql] = kth;
@@ -565,61 +576,377 @@ __device__ void partial_topk_body(const T* __restrict__ queries, const T* __rest
     }
 
     for (int ql = warp; ql < nq; ql += kWarps) {
-        const int q = q0 + ql;
         float* cv = cand_val + (size_t)ql * cap;
         int* ci = cand_idx + (size_t)ql * cap;
         int kept = num_cand[ql];
         if (kept > k) {
-            select_row(k, kept, lane, cv, ci, hist);
+            select_row<kCandPerLane>(k, kept, lane, cv, ci, hist);
             kept = k;
         }
-        if (finalize) {  // the single split's list is the output: sort it
-            sort_row(kept, lane, cv, ci, stage_val, stage_idx);
-            for (int i = lane; i < k; i += 32) {
-                const float v = i < kept ? stage_val[i] : pos_inf();  // fewer than k prototypes: padded
-                const int id = i < kept ? stage_idx[i] : kSentinelIdx;
-                out_val[(size_t)q * k + i] = fmaxf(v + qn[ql], 0.f);  // the GEMM form can dip below 0 by rounding
-                if (out_idx != nullptr) out_idx[(size_t)q * k + i] = id == kSentinelIdx ? -1 : id;
-            }
-        } else {  // a split's partial list, unsorted: the merge kernel sorts all splits together
-            for (int i = lane; i < k; i += 32) {
-                out_val[(size_t)q * k + i] = i < kept ? cv[i] : pos_inf();
-                if (out_idx != nullptr) out_idx[(size_t)q * k + i] = i < kept ? ci[i] : kSentinelIdx;
-            }
-        }
-        __syncwarp();  // the staging area and histogram are reused by this warp's next row
+        write_row(q0 + ql, k, kept, lane, cv, ci, qn[ql], split, splits, finalize, stage_val, stage_idx, out_val,
+                  out_idx);
     }
 }
 
-// Merge the `splits` partial lists of each query (unsorted, k each; one block per query): sort them
-// together on (value, index), keep k, add |q|^2, clamp at 0.
-__device__ void merge_splits_body(const float* __restrict__ part_val, const int* __restrict__ part_idx,
-                                  const float* __restrict__ qnorm, int Q, int k, int splits, float* __restrict__ out_dist,
-                                  int* __restrict__ out_idx) {
-    extern __shared__ __align__(128) unsigned char smem[];
-    const int q = blockIdx.x;
-    const int total = splits * k;  // <= kMergeCap
-    const int n = next_pow2(total);
-    float* val = reinterpret_cast<float*>(smem);
-    int* idx = reinterpret_cast<int*>(smem + n * sizeof(float));
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        float v = pos_inf();
-        int id = kSentinelIdx;
-        if (i < total) {
-            const int s = i / k;
-            const size_t off = ((size_t)s * Q + q) * k + (i % k);
-            v = part_val[off];
-            id = part_idx[off];
+// ---- fp16 partial kernel: mma.sync tensor cores, scores in registers (sm_80+) -----------------
+
+// Byte offset of 16-byte chunk `c` (0..3) of row `r` in a pipeline tile (64-byte rows). The XOR
+// swizzle spreads the 8 rows one ldmatrix phase reads over all 32 banks (rows r and r + 2 would
+// otherwise share banks).
+__device__ __forceinline__ unsigned swizzle(int r, int c) { return r * 64u + ((c ^ ((r >> 1) & 3)) << 4); }
+
+__device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], unsigned addr) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+#endif
+}
+
+// c += a (16 x 16, row-major) * b (16 x 8, column-major), fp16 inputs, fp32 accumulators.
+__device__ __forceinline__ void mma_16816(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
+}
+
+// Copy one pipeline step: dims [d0, d0 + 32) of query rows [q0, q0 + 128) (A) and prototype rows
+// [m0, m0 + 128) (B) into stage buffer `stage` (shared address). Rows and dims out of range are
+// zero. vec16: cp.async 16-byte chunks (D % 8 == 0, aligned bases); else scalar loads (odd D).
+__device__ __forceinline__ void mma_load_step(unsigned stage, const __half* __restrict__ queries,
+                                              const __half* __restrict__ bank, int q0, int nq, int m0, int nm,
+                                              int d0, int D, bool vec16) {
+    using L = SmemLayoutMma;
+    constexpr int kChunks = kMmaBlockQ * 4;  // 16-byte chunks per tile
+#pragma unroll
+    for (int t = 0; t < 2 * kChunks / kMmaThreads; ++t) {
+        const int c = threadIdx.x + t * kMmaThreads;
+        const bool is_b = c >= kChunks;
+        const int r = (c % kChunks) >> 2, ch = c & 3;
+        const int d = d0 + ch * 8;
+        const __half* base = is_b ? bank : queries;
+        const int row = (is_b ? m0 : q0) + r;
+        const bool row_ok = r < (is_b ? nm : nq);
+        const unsigned dst = stage + (is_b ? L::kTileBytes : 0u) + swizzle(r, ch);
+        if (vec16) {
+            const bool valid = row_ok && d < D;
+            const __half* src = valid ? base + (size_t)row * D + d : base;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+            asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0));
+#endif
+        } else {
+            __align__(16) __half v[8];
+#pragma unroll
+            for (int e = 0; e < 8; ++e)
+                v[e] = (row_ok && d + e < D) ? base[(size_t)row * D + d + e] : __float2half(0.f);
+            asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(dst),
+                         "r"(reinterpret_cast<unsigned*>(v)[0]), "r"(reinterpret_cast<unsigned*>(v)[1]),
+                         "r"(reinterpret_cast<unsigned*>(v)[2]), "r"(reinterpret_cast<unsigned*>(v)[3]));
         }
-        val[i] = v;
-        idx[i] = id;
     }
-    __syncthreads();
-    bitonic_sort_pairs(val, idx, n, threadIdx.x, blockDim.x, BlockSync());
+}
+
+// One warp's 64 x 32 share of a 128 x 128 x 32 step: 2 k16 slices, 4 x 4 mma each.
+// Warp (wq, wm) owns query rows wq*64 .. +63 and prototype columns wm*32 .. +31 of the tile.
+__device__ __forceinline__ void mma_compute_step(unsigned stage, int wq, int wm, int lane, float (&acc)[4][4][4]) {
+    using L = SmemLayoutMma;
+#pragma unroll
+    for (int kk = 0; kk < 2; ++kk) {
+        unsigned a[4][4], b[4][2];
+#pragma unroll
+        for (int i = 0; i < 4; ++i)  // lanes 0-15: rows 0-15 at k 0-7; lanes 16-31: the same rows at k 8-15
+            ldmatrix_x4(a[i], stage + swizzle(wq * 64 + i * 16 + (lane & 15), kk * 2 + (lane >> 4)));
+#pragma unroll
+        for (int jj = 0; jj < 2; ++jj) {  // matrices: (n 0-7, k 0-7), (n 0-7, k 8-15), (n 8-15, k 0-7), (n 8-15, k 8-15)
+            unsigned t[4];
+            ldmatrix_x4(t, stage + L::kTileBytes +
+                               swizzle(wm * 32 + jj * 16 + (lane & 7) + ((lane >> 4) << 3), kk * 2 + ((lane >> 3) & 1)));
+            b[2 * jj][0] = t[0];
+            b[2 * jj][1] = t[1];
+            b[2 * jj + 1][0] = t[2];
+            b[2 * jj + 1][1] = t[3];
+        }
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+            for (int j = 0; j < 4; ++j) mma_16816(acc[i][j], a[i], b[j][0], b[j][1]);
+    }
+}
+
+// fp16 block: queries [q0, q0 + 128) against prototypes [m_begin, m_end) of split blockIdx.y; the
+// arguments are those of partial_topk_f32_body. Thread (warp wq/wm, lane g = lane/4, t4 = lane%4)
+// holds acc[i][j][2h + e] = score of query row wq*64 + 16i + g + 8h and prototype column
+// wm*32 + 8j + 2 t4 + e of the current tile (the m16n8 accumulator layout).
+__device__ void partial_topk_mma_body(const __half* __restrict__ queries, const __half* __restrict__ bank,
+                                      const float* __restrict__ bank_sqnorm, int Q, int M, int D, int k, int seg_len,
+                                      float* cand_val, int* cand_idx, float* out_val, int* out_idx, float* qnorm_out,
+                                      int finalize, float* debug_scores) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    using L = SmemLayoutMma;
+    extern __shared__ __align__(128) unsigned char smem[];
+    const unsigned pipe = smem_addr(smem + L::kPipe);
+    float* qn = reinterpret_cast<float*>(smem + L::kQueryNorm);
+    float* threshold = reinterpret_cast<float*>(smem + L::kThreshold);
+    int* num_cand = reinterpret_cast<int*>(smem + L::kNumCand);
+
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int wq = warp >> 2, wm = warp & 3;
+    const int g = lane >> 2, t4 = lane & 3;
+    unsigned* hist = reinterpret_cast<unsigned*>(smem + L::kHist) + warp * kRadixBins;
+
+    const int q0 = blockIdx.x * kMmaBlockQ;
+    const int nq = min(kMmaBlockQ, Q - q0);
+    const int split = blockIdx.y, splits = gridDim.y;
+    const int m_begin = split * seg_len;
+    const int m_end = min(M, m_begin + seg_len);
+    const int cap = cand_cap(k);
+    if (k > 1) {
+        cand_val += ((size_t)split * Q + q0) * cap;  // row ql's buffer: + ql * cap
+        cand_idx += ((size_t)split * Q + q0) * cap;
+    }
+    const bool vec16 = (D % 8) == 0 && ((reinterpret_cast<size_t>(queries) & 15) == 0) &&
+                       ((reinterpret_cast<size_t>(bank) & 15) == 0);
+
+    init_rows(queries, q0, nq, kMmaBlockQ, D, kMmaWarps, split, qn, threshold, num_cand, qnorm_out);
+    __syncthreads();  // rows are read by every warp in the epilogue
+
+    float acc[4][4][4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
+    float best_v[4][2];  // k = 1: running minimum of this thread's rows
+    int best_i[4][2];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            best_v[i][h] = pos_inf();
+            best_i[i][h] = kSentinelIdx;
+        }
+
+    // One flat pipeline over (tile, 32-dim slice) steps: the next tile's first slices load while
+    // this tile's epilogue runs.
+    const int nk = (D + kMmaBlockK - 1) / kMmaBlockK;
+    const int tiles = (m_end - m_begin + kMmaBlockM - 1) / kMmaBlockM;
+    const int steps = tiles * nk;
+#pragma unroll
+    for (int s = 0; s < kMmaStages - 1; ++s) {
+        if (s < steps) {
+            const int m0 = m_begin + (s / nk) * kMmaBlockM;
+            mma_load_step(pipe + s * L::kStageBytes, queries, bank, q0, nq, m0, min(kMmaBlockM, m_end - m0),
+                          (s % nk) * kMmaBlockK, D, vec16);
+        }
+        cp_async_commit();
+    }
+    for (int t = 0; t < steps; ++t) {
+        cp_async_wait<kMmaStages - 2>();  // step t has landed (this thread's copies) ...
+        __syncthreads();                  // ... and everyone's; everyone is done with step t - 1's buffer
+        const int tn = t + kMmaStages - 1;
+        if (tn < steps) {
+            const int m0 = m_begin + (tn / nk) * kMmaBlockM;
+            mma_load_step(pipe + (tn % kMmaStages) * L::kStageBytes, queries, bank, q0, nq, m0,
+                          min(kMmaBlockM, m_end - m0), (tn % nk) * kMmaBlockK, D, vec16);
+        }
+        cp_async_commit();  // always: keeps the group count in step with t
+        mma_compute_step(pipe + (t % kMmaStages) * L::kStageBytes, wq, wm, lane, acc);
+        if (t % nk != nk - 1) continue;
+
+        // ---- epilogue of tile t / nk: scores s = |m|^2 - 2 q.m from the accumulators ----
+        const int m0 = m_begin + (t / nk) * kMmaBlockM;
+        float bnv[4][2];
+        int col[4][2];
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                col[j][e] = m0 + wm * 32 + 8 * j + 2 * t4 + e;
+                bnv[j][e] = col[j][e] < m_end ? __ldg(bank_sqnorm + col[j][e]) : pos_inf();
+            }
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const int ql = wq * 64 + 16 * i + g + 8 * h;
+                const bool row_ok = ql < nq;
+                float s[8];
+#pragma unroll
+                for (int j = 0; j < 4; ++j)
+#pragma unroll
+                    for (int e = 0; e < 2; ++e) {
+                        float v = bnv[j][e] - 2.f * acc[i][j][2 * h + e];
+                        if (v != v) v = pos_inf();  // NaN (bad input) ranks last instead of breaking the sort
+                        s[2 * j + e] = v;
+                        if (debug_scores != nullptr && row_ok && col[j][e] < m_end)
+                            debug_scores[(size_t)(q0 + ql) * M + col[j][e]] = v;
+                    }
+                if (k == 1) {  // increasing columns: the strict pair order keeps the smallest index on ties
+#pragma unroll
+                    for (int c = 0; c < 8; ++c) {
+                        const int m = col[c >> 1][c & 1];
+                        if (m < m_end && pair_less(s[c], m, best_v[i][h], best_i[i][h])) {
+                            best_v[i][h] = s[c];
+                            best_i[i][h] = m;
+                        }
+                    }
+                    continue;
+                }
+                const float thr = threshold[ql];  // +inf until k entries have been kept: take everything
+                unsigned pass = 0u;
+#pragma unroll
+                for (int c = 0; c < 8; ++c)
+                    if (row_ok && col[c >> 1][c & 1] < m_end && (s[c] < thr || thr == pos_inf())) pass |= 1u << c;
+                // the 4 lanes of a quad share the row: one shared atomic per quad reserves their slots
+                const int cnt = __popc(pass);
+                int incl = cnt;
+#pragma unroll
+                for (int off = 1; off < 4; off <<= 1) {
+                    const int x = __shfl_up_sync(0xffffffffu, incl, off, 4);
+                    if (t4 >= off) incl += x;
+                }
+                const int total = __shfl_sync(0xffffffffu, incl, 3, 4);
+                int base = 0;
+                if (t4 == 3 && total > 0) base = atomicAdd(num_cand + ql, total);
+                base = __shfl_sync(0xffffffffu, base, 3, 4);
+                if (cnt > 0) {
+                    float* cv = cand_val + (size_t)ql * cap;
+                    int* ci = cand_idx + (size_t)ql * cap;
+                    int pos = base + incl - cnt;
+#pragma unroll
+                    for (int c = 0; c < 8; ++c)
+                        if (pass & (1u << c)) {
+                            cv[pos] = s[c];
+                            ci[pos] = col[c >> 1][c & 1];
+                            ++pos;
+                        }
+                }
+            }
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+            for (int j = 0; j < 4; ++j)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
+        if (k == 1) continue;
+
+        // ---- compaction: a row that might not fit the next tile keeps its k smallest ----
+        __syncthreads();  // every append of this tile is in place
+        for (int ql = warp; ql < nq; ql += kMmaWarps) {
+            const int n = num_cand[ql];
+            if (n + kMmaBlockM > cap) {  // n > cap - kMmaBlockM >= k
+                const float kth = select_row<kCandPerLane>(k, n, lane, cand_val + (size_t)ql * cap,
+                                                           cand_idx + (size_t)ql * cap, hist);
+                if (lane == 0) {
+                    threshold[ql] = kth;
+                    num_cand[ql] = k;
+                }
+                __syncwarp();
+            }
+        }
+        // the barrier at the top of the next step orders these updates before the next epilogue;
+        // after the last tile, the one below does
+    }
+    cp_async_wait<0>();
+    __syncthreads();  // the pipeline region is free: reuse it
+
+    if (k == 1) {
+        // quad lanes share rows: reduce over their columns, then over the 4 column warps
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+            for (int h = 0; h < 2; ++h)
+#pragma unroll
+                for (int off = 1; off < 4; off <<= 1) {
+                    const float ov = __shfl_xor_sync(0xffffffffu, best_v[i][h], off);
+                    const int oi = __shfl_xor_sync(0xffffffffu, best_i[i][h], off);
+                    if (pair_less(ov, oi, best_v[i][h], best_i[i][h])) {
+                        best_v[i][h] = ov;
+                        best_i[i][h] = oi;
+                    }
+                }
+        float* red_v = reinterpret_cast<float*>(smem + L::kReduce);  // [wm][row]
+        int* red_i = reinterpret_cast<int*>(smem + L::kReduce) + 4 * kMmaBlockQ;
+        if (t4 == 0) {
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    const int ql = wq * 64 + 16 * i + g + 8 * h;
+                    red_v[wm * kMmaBlockQ + ql] = best_v[i][h];
+                    red_i[wm * kMmaBlockQ + ql] = best_i[i][h];
+                }
+        }
+        __syncthreads();
+        const int ql = threadIdx.x;
+        if (ql < nq) {
+            float v = red_v[ql];
+            int id = red_i[ql];
+            for (int w = 1; w < 4; ++w) {
+                const float ov = red_v[w * kMmaBlockQ + ql];
+                const int oi = red_i[w * kMmaBlockQ + ql];
+                if (pair_less(ov, oi, v, id)) {
+                    v = ov;
+                    id = oi;
+                }
+            }
+            const size_t off = result_offset(q0 + ql, 1, split, splits, finalize);
+            if (finalize) {
+                out_val[off] = fmaxf(v + qn[ql], 0.f);
+                if (out_idx != nullptr) out_idx[off] = id == kSentinelIdx ? -1 : id;
+            } else {
+                out_val[off] = v;
+                if (out_idx != nullptr) out_idx[off] = id;
+            }
+        }
+        return;
+    }
+
+    float* stage_val = reinterpret_cast<float*>(smem + L::kStageVal) + warp * kStagingCap;
+    int* stage_idx = reinterpret_cast<int*>(smem + L::kStageIdx) + warp * kStagingCap;
+    for (int ql = warp; ql < nq; ql += kMmaWarps) {
+        float* cv = cand_val + (size_t)ql * cap;
+        int* ci = cand_idx + (size_t)ql * cap;
+        int kept = num_cand[ql];
+        if (kept > k) {
+            select_row<kCandPerLane>(k, kept, lane, cv, ci, hist);
+            kept = k;
+        }
+        write_row(q0 + ql, k, kept, lane, cv, ci, qn[ql], split, splits, finalize, stage_val, stage_idx, out_val,
+                  out_idx);
+    }
+#else
+    __trap();  // the fp16 kernel needs sm_80+ (mma.sync m16n8k16, ldmatrix, cp.async); the hosts check first
+#endif
+}
+
+// Merge the `splits` partial lists of each query ((Q, splits, k), unsorted; one warp per query):
+// select the k smallest (value, index) of the splits * k, sort them, add |q|^2, clamp at 0.
+// Works in place on the partial lists (workspace).
+__device__ void merge_splits_body(float* part_val, int* part_idx, const float* __restrict__ qnorm, int Q, int k,
+                                  int splits, float* __restrict__ out_dist, int* __restrict__ out_idx) {
+    __shared__ unsigned hist_all[kMergeWarps * kRadixBins];
+    __shared__ float stage_val_all[kMergeWarps * kStagingCap];
+    __shared__ int stage_idx_all[kMergeWarps * kStagingCap];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int q = blockIdx.x * kMergeWarps + warp;
+    if (q >= Q) return;  // whole warps only: no block barrier below
+    const int n = splits * k;  // <= kMaxSplits * kMaxK
+    float* cv = part_val + (size_t)q * n;
+    int* ci = part_idx + (size_t)q * n;
+    if (n > k) select_row<kMergePerLane>(k, n, lane, cv, ci, hist_all + warp * kRadixBins);
+    float* stage_val = stage_val_all + warp * kStagingCap;
+    int* stage_idx = stage_idx_all + warp * kStagingCap;
+    sort_row(k, lane, cv, ci, stage_val, stage_idx);
     const float qn = qnorm[q];
-    for (int i = threadIdx.x; i < k; i += blockDim.x) {
-        out_dist[(size_t)q * k + i] = fmaxf(val[i] + qn, 0.f);
-        if (out_idx != nullptr) out_idx[(size_t)q * k + i] = idx[i] == kSentinelIdx ? -1 : idx[i];
+    for (int i = lane; i < k; i += 32) {
+        out_dist[(size_t)q * k + i] = fmaxf(stage_val[i] + qn, 0.f);
+        if (out_idx != nullptr) out_idx[(size_t)q * k + i] = stage_idx[i] == kSentinelIdx ? -1 : stage_idx[i];
     }
 }
 
@@ -628,18 +955,26 @@ __device__ void merge_splits_body(const float* __restrict__ part_val, const int*
 // ---- entry points (C names: the launcher, the torch extension and NVRTC all look these up) -----
 
 // Numbers the hosts need (read by launcher.py through cuModuleGetGlobal): keep in sync by construction.
+// Per dtype (fp32 then fp16): block queries, tile prototypes, threads, dynamic smem bytes, blocks per SM;
+// then max k, max splits, merge warps per block, candidate slack, max candidate slots.
 // Block form: `extern "C" __device__ int x[] = ...` would leave nvcc's host shadow undefined at link time.
 extern "C" {
-__device__ int proto_topk_config[9] = {
+__device__ int proto_topk_config[15] = {
     protospect_topk::kBlockQ,
     protospect_topk::kBlockM,
     protospect_topk::kThreads,
-    (int)protospect_topk::SmemLayout<float>::kBytes,
-    (int)protospect_topk::SmemLayout<__half>::kBytes,
+    (int)protospect_topk::SmemLayoutF32::kBytes,
+    protospect_topk::kBlocksPerSm,
+    protospect_topk::kMmaBlockQ,
+    protospect_topk::kMmaBlockM,
+    protospect_topk::kMmaThreads,
+    (int)protospect_topk::SmemLayoutMma::kBytes,
+    protospect_topk::kMmaBlocksPerSm,
     protospect_topk::kMaxK,
     protospect_topk::kMaxSplits,
-    protospect_topk::kMergeCap,
-    protospect_topk::kBlocksPerSm,
+    protospect_topk::kMergeWarps,
+    protospect_topk::kCandSlack,
+    protospect_topk::kMaxCandCap,
 };
 }
 
@@ -654,19 +989,19 @@ extern "C" __global__ void __launch_bounds__(protospect_topk::kThreads)
 proto_topk_partial_f32(const float* queries, const float* bank, const float* bank_sqnorm, int Q, int M, int D, int k,
                        int seg_len, float* cand_val, int* cand_idx, float* out_val, int* out_idx, float* qnorm_out,
                        int finalize, float* debug_scores) {
-    protospect_topk::partial_topk_body<float>(queries, bank, bank_sqnorm, Q, M, D, k, seg_len, cand_val, cand_idx,
-                                              out_val, out_idx, qnorm_out, finalize, debug_scores);
+    protospect_topk::partial_topk_f32_body(queries, bank, bank_sqnorm, Q, M, D, k, seg_len, cand_val, cand_idx,
+                                           out_val, out_idx, qnorm_out, finalize, debug_scores);
 }
-extern "C" __global__ void __launch_bounds__(protospect_topk::kThreads)
+extern "C" __global__ void __launch_bounds__(protospect_topk::kMmaThreads, protospect_topk::kMmaBlocksPerSm)
 proto_topk_partial_f16(const __half* queries, const __half* bank, const float* bank_sqnorm, int Q, int M, int D,
                        int k, int seg_len, float* cand_val, int* cand_idx, float* out_val, int* out_idx,
                        float* qnorm_out, int finalize, float* debug_scores) {
-    protospect_topk::partial_topk_body<__half>(queries, bank, bank_sqnorm, Q, M, D, k, seg_len, cand_val, cand_idx,
-                                               out_val, out_idx, qnorm_out, finalize, debug_scores);
+    protospect_topk::partial_topk_mma_body(queries, bank, bank_sqnorm, Q, M, D, k, seg_len, cand_val, cand_idx,
+                                           out_val, out_idx, qnorm_out, finalize, debug_scores);
 }
 
-extern "C" __global__ void __launch_bounds__(256)
-proto_topk_merge_splits(const float* part_val, const int* part_idx, const float* qnorm, int Q, int k, int splits,
+extern "C" __global__ void __launch_bounds__(protospect_topk::kMergeWarps * 32)
+proto_topk_merge_splits(float* part_val, int* part_idx, const float* qnorm, int Q, int k, int splits,
                         float* out_dist, int* out_idx) {
     protospect_topk::merge_splits_body(part_val, part_idx, qnorm, Q, k, splits, out_dist, out_idx);
 }

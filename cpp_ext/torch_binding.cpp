@@ -55,7 +55,7 @@ std::vector<at::Tensor> knn_sqdist(const at::Tensor& q, const at::Tensor& bank, 
     auto dist = at::empty({Q, kk}, f32);
     auto idx = return_indices ? at::empty({Q, kk}, q.options().dtype(at::kInt)) : at::empty({0}, q.options().dtype(at::kInt));
     auto debug = debug_scores ? at::full({Q, M}, std::numeric_limits<float>::quiet_NaN(), f32) : at::empty({0}, f32);
-    const size_t ws_bytes = proto_topk_workspace_bytes(Q, M, kk, static_cast<int>(splits), return_indices ? 1 : 0);
+    const size_t ws_bytes = proto_topk_workspace_bytes(Q, M, kk, dtype_code(q), static_cast<int>(splits));
     auto ws = at::empty({static_cast<int64_t>(ws_bytes)}, q.options().dtype(at::kByte));
     const int err = proto_topk_run_debug(q.data_ptr(), bank.data_ptr(), sqnorm.data_ptr<float>(), Q, M, D, kk,
                                          dtype_code(q), dist.data_ptr<float>(),

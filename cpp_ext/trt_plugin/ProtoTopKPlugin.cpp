@@ -66,8 +66,9 @@ public:
     size_t getWorkspaceSize(DynamicPluginTensorDesc const* in, int32_t, DynamicPluginTensorDesc const*, int32_t) const noexcept override {
         const int Q = static_cast<int>(in[0].max.d[0] * in[0].max.d[1]);
         const int M = static_cast<int>(in[1].max.d[0]);
-        // bank norms + the largest kernel workspace (all splits, no index output)
-        return align256(sizeof(float) * M) + proto_topk_workspace_bytes(Q, M, mK, kMaxSplits, 0);
+        const int dtype = in[0].desc.type == DataType::kHALF ? PROTO_TOPK_FLOAT16 : PROTO_TOPK_FLOAT32;
+        // bank norms + the largest kernel workspace (all splits)
+        return align256(sizeof(float) * M) + proto_topk_workspace_bytes(Q, M, mK, dtype, kMaxSplits);
     }
 
     // IPluginV3OneRuntime
@@ -82,7 +83,7 @@ public:
         // Norms every call: M x D reads, small next to the Q x M x D product (could be cached per bank).
         if (proto_topk_bank_sqnorm(inputs[1], M, D, dtype, sqnorm, stream) != 0) return -1;
         auto* ws = static_cast<char*>(workspace) + align256(sizeof(float) * M);
-        const size_t ws_bytes = proto_topk_workspace_bytes(Q, M, mK, kMaxSplits, 0);
+        const size_t ws_bytes = proto_topk_workspace_bytes(Q, M, mK, dtype, kMaxSplits);
         return proto_topk_run(inputs[0], inputs[1], sqnorm, Q, M, D, mK, dtype, static_cast<float*>(outputs[0]), nullptr,
                               ws, ws_bytes, 0, stream) == 0 ? 0 : -1;
         // NOTE: splits = 0 picks by SM count, always <= kMaxSplits, so the workspace above suffices.

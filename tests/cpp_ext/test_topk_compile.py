@@ -43,12 +43,12 @@ GEOMETRY_MAIN = r"""
 #include "proto_topk.cu"
 int main() {
     const int cases[][4] = {CASES};
-    for (const auto& c : cases) {
-        const int splits = proto_topk_plan_splits(c[0], c[1], c[2], c[3]);
-        printf("%d %zu %zu\n", splits, proto_topk_workspace_bytes(c[0], c[1], c[2], splits, 1),
-               proto_topk_workspace_bytes(c[0], c[1], c[2], splits, 0));
-    }
-    printf("smem %u %u\n", protospect_topk::SmemLayout<float>::kBytes, protospect_topk::SmemLayout<__half>::kBytes);
+    for (const auto& c : cases)
+        for (int dtype = 0; dtype < 2; ++dtype) {
+            const int splits = proto_topk_plan_splits(c[0], c[1], c[2], dtype, c[3]);
+            printf("%d %zu\n", splits, proto_topk_workspace_bytes(c[0], c[1], c[2], dtype, splits));
+        }
+    printf("smem %u %u\n", protospect_topk::SmemLayoutF32::kBytes, protospect_topk::SmemLayoutMma::kBytes);
     return 0;
 }
 """
@@ -65,14 +65,18 @@ def test_launcher_geometry_matches_the_c_launcher(tmp_path):
                            capture_output=True, text=True, timeout=240)
     assert build.returncode == 0, build.stderr
     lines = subprocess.run([str(exe)], check=True, capture_output=True, text=True, timeout=30).stdout.splitlines()
-    block_q, block_m, max_splits, per_sm = 64, 64, 8, 3  # proto_topk.cuh kBlockQ, kBlockM, kMaxSplits, kBlocksPerSm
-    for (Q, M, k, sms), line in zip(GEOMETRY_CASES, lines):
-        splits, ws_idx, ws_noidx = (int(x) for x in line.split())
-        assert splits == launcher.plan_splits(Q, M, k, sms, block_q, block_m, max_splits, per_sm), (Q, M, k, sms)
-        assert ws_idx == launcher.workspace_layout(Q, k, splits, True)["bytes"]
-        assert ws_noidx == launcher.workspace_layout(Q, k, splits, False)["bytes"]
+    # proto_topk.cuh (block_q, block_m, blocks per SM) per dtype; kMaxSplits = 8
+    geometry = {"float32": (64, 64, 3), "float16": (128, 128, 2)}
+    cases = [(c, dtype) for c in GEOMETRY_CASES for dtype in ("float32", "float16")]
+    assert len(lines) == len(cases) + 1
+    for ((Q, M, k, sms), dtype), line in zip(cases, lines):
+        splits, ws = (int(x) for x in line.split())
+        block_q, block_m, per_sm = geometry[dtype]
+        assert splits == launcher.plan_splits(Q, M, k, sms, block_q, block_m, 8, per_sm), (Q, M, k, sms, dtype)
+        assert ws == launcher.workspace_layout(Q, k, splits, launcher.needs_candidates(k, dtype))["bytes"]
     smem_f32, smem_f16 = (int(x) for x in lines[-1].split()[1:])
     assert 48 * 1024 < smem_f16 <= 163 * 1024 and 48 * 1024 < smem_f32 <= 163 * 1024  # opt-in needed, fits Orin
+    assert 2 * smem_f16 <= 227 * 1024  # two fp16 blocks per H100 SM, as the split plan assumes
 
 
 def test_cubin_cache_compiles_once_per_source_and_arch(nvrtc_ready, tmp_path, monkeypatch):

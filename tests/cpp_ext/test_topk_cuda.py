@@ -109,12 +109,14 @@ def test_exact_ties_take_the_smaller_index(path_op, dtype, Q, M, D, k):
     np.testing.assert_array_equal(idx, ref_idx)
 
 
+@pytest.mark.parametrize("dtype,k", [("float32", 77), ("float16", 77), ("float16", 1)])
 @pytest.mark.parametrize("splits", [1, 2, 3, 8])
-def test_bank_splits_give_identical_results(path_op, splits):
+def test_bank_splits_give_identical_results(path_op, splits, dtype, k):
     path, op = path_op
     queries, bank = make_case(100, 1100, 40, seed=11)
-    base = _run(path, op, queries, bank, 77, "float32", splits=1)
-    split = _run(path, op, queries, bank, 77, "float32", splits=splits)
+    queries, bank = queries.astype(dtype), bank.astype(dtype)
+    base = _run(path, op, queries, bank, k, dtype, splits=1)
+    split = _run(path, op, queries, bank, k, dtype, splits=splits)
     np.testing.assert_array_equal(base[0], split[0])
     np.testing.assert_array_equal(base[1], split[1])
 
@@ -131,7 +133,7 @@ def test_debug_scores_are_the_full_ranking_matrix(torch_op, dtype, D):
     qf, bf = tq.double(), tb.double()
     want = ((bf * bf).sum(1)[None, :] - 2.0 * qf @ bf.T).float()
     bad = ~torch.isclose(scores, want, rtol=1e-4, atol=1e-3)
-    assert not bad.any(), f"first bad (query, prototype): {bad.nonzero()[:5].tolist()} (tile = index // 64)"
+    assert not bad.any(), f"first bad (query, prototype): {bad.nonzero()[:5].tolist()} (tile = index // 64 fp32, // 128 fp16)"
     qn = (qf * qf).sum(1, keepdim=True).float()
     torch.testing.assert_close(dist, (torch.gather(scores, 1, idx.long()) + qn).clamp_min(0), rtol=1e-5, atol=1e-3)
 

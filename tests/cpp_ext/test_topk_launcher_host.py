@@ -36,15 +36,19 @@ def test_splits_cover_the_bank_without_empty_segments(Q, M, splits):
 
 
 def test_workspace_layout_regions_do_not_overlap():
-    lay = launcher.workspace_layout(Q=1000, k=200, splits=3, want_indices=True)
-    cand = 4 * 3 * 1000 * launcher.cand_cap(200, 64)
+    lay = launcher.workspace_layout(Q=1000, k=200, splits=3)
+    cand = 4 * 3 * 1000 * launcher.cand_cap(200)
     assert lay["qnorm"] == 0 and lay["part_val"] >= 4 * 1000
     assert lay["part_idx"] >= lay["part_val"] + 4 * 3 * 1000 * 200
     assert lay["cand_val"] >= lay["part_idx"] + 4 * 3 * 1000 * 200
     assert lay["cand_idx"] >= lay["cand_val"] + cand and lay["bytes"] >= lay["cand_idx"] + cand
     assert all(v % 256 == 0 for v in lay.values())
-    single = launcher.workspace_layout(1000, 200, 1, True)
-    assert "part_val" not in single and single["bytes"] >= 8 * 1000 * launcher.cand_cap(200, 64)
+    single = launcher.workspace_layout(1000, 200, 1)
+    assert "part_val" not in single and single["bytes"] >= 8 * 1000 * launcher.cand_cap(200)
+    # the fp16 kernel's k = 1 path keeps its minimum in registers: partial lists only, O(splits Q)
+    assert not launcher.needs_candidates(1, "float16") and launcher.needs_candidates(1, "float32")
+    k1 = launcher.workspace_layout(4096, 1, 8, candidates=False)
+    assert k1["bytes"] == k1["cand_val"] == k1["cand_idx"] <= 4096 * 4 + 2 * 8 * 4096 * 4 + 3 * 256
 
 
 @pytest.mark.parametrize("Q,M,k,sms,want", [(4096, 4096, 200, 132, 5), (4096, 4096, 1, 132, 6), (4096, 32768, 1, 132, 6),

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-# (Q, M, D, k): odd D, Q and M not multiples of the 64 x 64 tile, k = 1, k = M, k = 256, M < tile.
+# (Q, M, D, k): odd D, Q and M not multiples of the 64 x 64 (fp32) or 128 x 128 (fp16) tile, k = 1,
+# k = M, k = 256, M < tile, and two shapes with many tiles per split (fp16 pipeline across tiles,
+# several compactions per query).
 SHAPES = [
     (1, 1, 1, 1),
     (5, 7, 3, 7),          # k = M, everything smaller than one tile
@@ -12,6 +14,8 @@ SHAPES = [
     (64, 256, 33, 256),    # k = M = kernel max
     (200, 1000, 152, 64),  # PCSNet-like dim, several splits on a big GPU
     (33, 2000, 9, 200),    # large k relative to one tile: several merges per query
+    (300, 3000, 256, 200), # aligned fp16 rows (cp.async path), many tiles and compactions
+    (257, 5000, 96, 1),    # k = 1 over many tiles, Q one past two fp16 query tiles
 ]
 
 
