@@ -154,11 +154,11 @@ def effective_splits(M: int, splits: int, block_m: int, max_splits: int) -> int:
 
 def plan_splits(Q: int, M: int, k: int, sm_count: int, block_q: int, block_m: int, max_splits: int,
                 blocks_per_sm: int) -> int:
-    """Bank splits: one full wave of blocks, each split >= 4k prototypes (proto_topk_plan_splits)."""
+    """Bank splits: one full wave of blocks, each split >= 2k prototypes (proto_topk_plan_splits)."""
     if Q < 1 or M < 1:
         return 1
     by_occupancy = (blocks_per_sm * max(sm_count, 1)) // _ceil_div(Q, block_q)
-    by_k = M // (4 * max(k, 1))
+    by_k = M // (2 * max(k, 1))
     return effective_splits(M, max(1, min(by_occupancy, by_k)), block_m, max_splits)
 
 

@@ -13,7 +13,7 @@
 //      |m|^2 comes precomputed per bank (proto_topk_bank_sqnorm_*).
 //   2. stream the segment in tiles of prototypes and compute each tile's dot products q.m:
 //      fp16 (sm_80+): a 128 x 128 tile per block, 8 warps of 64 x 32, mma.sync m16n8k16 tensor-core
-//      instructions fed by ldmatrix from a swizzled, 4-stage cp.async pipeline of 32-dim slices;
+//      instructions fed by ldmatrix from a swizzled, 3-stage cp.async pipeline of 64-dim slices;
 //      the scores never leave the accumulator registers.
 //      fp32: SIMT FMA (exact fp32) into a 64 x 64 score tile in shared memory.
 //   3. k = 1 (fp16): each thread keeps the running minimum of its rows in registers; threads and
@@ -54,8 +54,8 @@ constexpr int kBlocksPerSm = 3;    // resident fp32 blocks per SM the split plan
 // fp16 kernel (tensor cores, sm_80+): 128 x 128 tile, 8 warps as 2 (queries) x 4 (prototypes).
 constexpr int kMmaBlockQ = 128;
 constexpr int kMmaBlockM = 128;
-constexpr int kMmaBlockK = 32;     // dims per pipeline stage (64 bytes per row)
-constexpr int kMmaStages = 4;
+constexpr int kMmaBlockK = 64;     // dims per pipeline stage (128 bytes per row)
+constexpr int kMmaStages = 3;
 constexpr int kMmaWarps = 8;
 constexpr int kMmaThreads = kMmaWarps * 32;
 constexpr int kMmaBlocksPerSm = 2;
@@ -83,8 +83,7 @@ __host__ __device__ constexpr int cand_cap(int k) {
     return 2 * k + kCandSlack < kMaxCandCap ? 2 * k + kCandSlack : kMaxCandCap;
 }
 static_assert(kMaxCandCap - kCandSlack >= kMaxK, "a compacted buffer (k entries) leaves room for a tile");
-constexpr int kCandPerLane = kMaxCandCap / 32;            // select_row register cache, partial kernels
-constexpr int kMergePerLane = kMaxSplits * kMaxK / 32;    // ... and merge kernel
+constexpr int kMergePerLane = kMaxSplits * kMaxK / 32;    // select_row register cache for the largest list
 
 // ---- per-dtype tile geometry (fp32 kernel) ----------------------------------------------------
 
@@ -111,11 +110,11 @@ static_assert(kBlockQ == kBlockM, "A and B tiles share one size");
 // Dynamic shared-memory layout of the fp16 (mma) partial kernel. The pipeline region is reused after
 // the main loop for the final sort (per-warp staging) and the k = 1 cross-warp reduction.
 struct SmemLayoutMma {
-    static constexpr unsigned kRowBytes = kMmaBlockK * 2;                       // 64
-    static constexpr unsigned kTileBytes = kMmaBlockQ * kRowBytes;              // 8 KiB (A), same for B
+    static constexpr unsigned kRowBytes = kMmaBlockK * 2;                       // 128
+    static constexpr unsigned kTileBytes = kMmaBlockQ * kRowBytes;              // 16 KiB (A), same for B
     static constexpr unsigned kStageBytes = 2 * kTileBytes;
     static constexpr unsigned kPipe = 0;
-    static constexpr unsigned kPipeBytes = kMmaStages * kStageBytes;            // 64 KiB
+    static constexpr unsigned kPipeBytes = kMmaStages * kStageBytes;            // 96 KiB
     static constexpr unsigned kHist = kPipeBytes;
     static constexpr unsigned kQueryNorm = align_up(kHist + kMmaWarps * kRadixBins * 4, 128);
     static constexpr unsigned kThreshold = align_up(kQueryNorm + kMmaBlockQ * 4, 128);
@@ -349,7 +348,7 @@ __device__ __forceinline__ void radix_pick(const unsigned* hist, int lane, int n
 }
 
 // Keep the k smallest (value, index) entries of a row's candidate buffer (k < n <= 32 kPerLane
-// entries, in any order) in place, in buffer order; returns the k-th smallest value. Radix select on
+// entries, in any order) in place (compacted to the front, in buffer order); returns the k-th smallest value. Radix select on
 // order_key (8 bits per pass, keys cached in registers), then, only if several entries share the
 // k-th value, a radix select on their indices; then a partition keeping every smaller key and the
 // tied keys up to the cut index. Called by the whole owning warp; cv/ci may be global or shared.
@@ -411,16 +410,32 @@ __device__ float select_row(int k, int n, int lane, float* cv, int* ci, unsigned
         }
         cut = iprefix;
     }
+    // Partition. Small buffers read every index first (registers); large ones (merge) chunk by chunk.
+    constexpr bool kHoist = kPerLane <= 16;
+    int ids[kHoist ? kPerLane : 1];
+    if (kHoist) {
+#pragma unroll
+        for (int j = 0; j < (kHoist ? kPerLane : 1); ++j) {
+            const int i = 32 * j + lane;
+            ids[j] = i < n ? ci[i] : 0;
+        }
+        __syncwarp();
+    }
     int out = 0;
 #pragma unroll
     for (int j = 0; j < kPerLane; ++j) {
         if (32 * j >= n) break;  // warp-uniform
         const int i = 32 * j + lane;
-        const int id = i < n ? ci[i] : 0;
-        __syncwarp();  // the whole chunk is read before any lane writes into it
+        int id;
+        if (kHoist) {
+            id = ids[kHoist ? j : 0];
+        } else {
+            id = i < n ? ci[i] : 0;
+            __syncwarp();  // the whole chunk is read before any lane writes into it
+        }
         const bool keep = i < n && (keys[j] < prefix || (keys[j] == prefix && (unsigned)id <= cut));
         const unsigned keep_mask = __ballot_sync(full, keep);
-        if (keep) {  // positions only move down, and this chunk was read before the ballot
+        if (keep) {  // compacted in buffer order; positions only move down
             const int pos = out + __popc(keep_mask & below);
             cv[pos] = key_value(keys[j]);
             ci[pos] = id;
@@ -429,6 +444,18 @@ __device__ float select_row(int k, int n, int lane, float* cv, int* ci, unsigned
     }
     __syncwarp();
     return key_value(prefix);
+}
+
+// select_row with a register cache sized to n (fewer registers and wasted lanes for small buffers);
+// n <= 32 kMaxPerLane: kCandCapPerLane in the partial kernels, kMergePerLane in the merge kernel.
+constexpr int kCandPerLane = kMaxCandCap / 32;
+template <int kMaxPerLane>
+__device__ __forceinline__ float select_any(int k, int n, int lane, float* cv, int* ci, unsigned* hist) {
+    if (n <= 128) return select_row<4>(k, n, lane, cv, ci, hist);
+    if (n <= 256 || kMaxPerLane <= 8) return select_row<8>(k, n, lane, cv, ci, hist);
+    if (n <= 512 || kMaxPerLane <= 16) return select_row<16>(k, n, lane, cv, ci, hist);
+    if (n <= 1024 || kMaxPerLane <= 32) return select_row<32>(k, n, lane, cv, ci, hist);
+    return select_row<kMergePerLane>(k, n, lane, cv, ci, hist);
 }
 
 // Sort a row's n <= k kept candidates on (value, index) into this warp's staging area, padded to
@@ -464,10 +491,22 @@ __device__ void write_row(int q, int k, int kept, int lane, const float* cv, con
             out_val[off + i] = fmaxf(v + qn, 0.f);  // the GEMM form can dip below 0 by rounding
             if (out_idx != nullptr) out_idx[off + i] = id == kSentinelIdx ? -1 : id;
         }
-    } else {
-        for (int i = lane; i < k; i += 32) {
-            out_val[off + i] = i < kept ? cv[i] : pos_inf();
-            if (out_idx != nullptr) out_idx[off + i] = i < kept ? ci[i] : kSentinelIdx;
+    } else {  // loads first, then stores: the compiler cannot tell cv and out_val apart
+        float v[kMaxK / 32];
+        int id[kMaxK / 32];
+#pragma unroll
+        for (int j = 0; j < kMaxK / 32; ++j) {
+            const int i = 32 * j + lane;
+            v[j] = i < kept ? cv[i] : pos_inf();
+            id[j] = i < kept ? ci[i] : kSentinelIdx;
+        }
+#pragma unroll
+        for (int j = 0; j < kMaxK / 32; ++j) {
+            const int i = 32 * j + lane;
+            if (i < k) {
+                out_val[off + i] = v[j];
+                if (out_idx != nullptr) out_idx[off + i] = id[j];
+            }
         }
     }
     __syncwarp();  // the staging area is reused by this warp's next row
@@ -545,7 +584,7 @@ __device__ void partial_topk_f32_body(const float* __restrict__ queries, const f
             int* ci = cand_idx + (size_t)ql * cap;
             int n = num_cand[ql];
             if (n + kBlockM > cap) {  // this tile might not fit: keep the k smallest (n > cap - kBlockM >= k)
-                const float kth = select_row<kCandPerLane>(k, n, lane, cv, ci, hist);
+                const float kth = select_any<kCandPerLane>(k, n, lane, cv, ci, hist);
                 n = k;
                 if (lane == 0) {
                     threshold[ql] = kth;
@@ -580,7 +619,7 @@ __device__ void partial_topk_f32_body(const float* __restrict__ queries, const f
         int* ci = cand_idx + (size_t)ql * cap;
         int kept = num_cand[ql];
         if (kept > k) {
-            select_row<kCandPerLane>(k, kept, lane, cv, ci, hist);
+            select_any<kCandPerLane>(k, kept, lane, cv, ci, hist);
             kept = k;
         }
         write_row(q0 + ql, k, kept, lane, cv, ci, qn[ql], split, splits, finalize, stage_val, stage_idx, out_val,
@@ -590,10 +629,9 @@ __device__ void partial_topk_f32_body(const float* __restrict__ queries, const f
 
 // ---- fp16 partial kernel: mma.sync tensor cores, scores in registers (sm_80+) -----------------
 
-// Byte offset of 16-byte chunk `c` (0..3) of row `r` in a pipeline tile (64-byte rows). The XOR
-// swizzle spreads the 8 rows one ldmatrix phase reads over all 32 banks (rows r and r + 2 would
-// otherwise share banks).
-__device__ __forceinline__ unsigned swizzle(int r, int c) { return r * 64u + ((c ^ ((r >> 1) & 3)) << 4); }
+// Byte offset of 16-byte chunk `c` (0..7) of row `r` in a pipeline tile (128-byte rows). The XOR
+// swizzle puts the 8 rows one ldmatrix phase reads (same logical chunk) in 8 different bank groups.
+__device__ __forceinline__ unsigned swizzle(int r, int c) { return r * 128u + ((c ^ (r & 7)) << 4); }
 
 __device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], unsigned addr) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
@@ -614,48 +652,29 @@ __device__ __forceinline__ void mma_16816(float (&c)[4], const unsigned (&a)[4],
 #endif
 }
 
-// Copy one pipeline step: dims [d0, d0 + 32) of query rows [q0, q0 + 128) (A) and prototype rows
-// [m0, m0 + 128) (B) into stage buffer `stage` (shared address). Rows and dims out of range are
-// zero. vec16: cp.async 16-byte chunks (D % 8 == 0, aligned bases); else scalar loads (odd D).
-__device__ __forceinline__ void mma_load_step(unsigned stage, const __half* __restrict__ queries,
-                                              const __half* __restrict__ bank, int q0, int nq, int m0, int nm,
-                                              int d0, int D, bool vec16) {
-    using L = SmemLayoutMma;
-    constexpr int kChunks = kMmaBlockQ * 4;  // 16-byte chunks per tile
-#pragma unroll
-    for (int t = 0; t < 2 * kChunks / kMmaThreads; ++t) {
-        const int c = threadIdx.x + t * kMmaThreads;
-        const bool is_b = c >= kChunks;
-        const int r = (c % kChunks) >> 2, ch = c & 3;
-        const int d = d0 + ch * 8;
-        const __half* base = is_b ? bank : queries;
-        const int row = (is_b ? m0 : q0) + r;
-        const bool row_ok = r < (is_b ? nm : nq);
-        const unsigned dst = stage + (is_b ? L::kTileBytes : 0u) + swizzle(r, ch);
-        if (vec16) {
-            const bool valid = row_ok && d < D;
-            const __half* src = valid ? base + (size_t)row * D + d : base;
+// 16 bytes global -> shared: cp.async (zero-filled when !valid), or 8 scalar loads where rows are
+// not 16-byte aligned (D % 8 != 0).
+__device__ __forceinline__ void copy_chunk(unsigned dst, const __half* __restrict__ src, int dims_left, bool valid,
+                                          bool vec16) {
+    if (vec16) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-            asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0));
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0));
 #endif
-        } else {
-            __align__(16) __half v[8];
+    } else {
+        __align__(16) __half v[8];
 #pragma unroll
-            for (int e = 0; e < 8; ++e)
-                v[e] = (row_ok && d + e < D) ? base[(size_t)row * D + d + e] : __float2half(0.f);
-            asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(dst),
-                         "r"(reinterpret_cast<unsigned*>(v)[0]), "r"(reinterpret_cast<unsigned*>(v)[1]),
-                         "r"(reinterpret_cast<unsigned*>(v)[2]), "r"(reinterpret_cast<unsigned*>(v)[3]));
-        }
+        for (int e = 0; e < 8; ++e) v[e] = (valid && e < dims_left) ? src[e] : __float2half(0.f);
+        const unsigned* w = reinterpret_cast<const unsigned*>(v);
+        asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(dst), "r"(w[0]), "r"(w[1]), "r"(w[2]), "r"(w[3]));
     }
 }
 
-// One warp's 64 x 32 share of a 128 x 128 x 32 step: 2 k16 slices, 4 x 4 mma each.
+// One warp's 64 x 32 share of a 128 x 128 x 64 step: 4 k16 slices, 4 x 4 mma each.
 // Warp (wq, wm) owns query rows wq*64 .. +63 and prototype columns wm*32 .. +31 of the tile.
 __device__ __forceinline__ void mma_compute_step(unsigned stage, int wq, int wm, int lane, float (&acc)[4][4][4]) {
     using L = SmemLayoutMma;
 #pragma unroll
-    for (int kk = 0; kk < 2; ++kk) {
+    for (int kk = 0; kk < kMmaBlockK / 16; ++kk) {
         unsigned a[4][4], b[4][2];
 #pragma unroll
         for (int i = 0; i < 4; ++i)  // lanes 0-15: rows 0-15 at k 0-7; lanes 16-31: the same rows at k 8-15
@@ -715,12 +734,6 @@ __device__ void partial_topk_mma_body(const __half* __restrict__ queries, const 
     __syncthreads();  // rows are read by every warp in the epilogue
 
     float acc[4][4][4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
     float best_v[4][2];  // k = 1: running minimum of this thread's rows
     int best_i[4][2];
 #pragma unroll
@@ -731,35 +744,63 @@ __device__ void partial_topk_mma_body(const __half* __restrict__ queries, const 
             best_i[i][h] = kSentinelIdx;
         }
 
-    // One flat pipeline over (tile, 32-dim slice) steps: the next tile's first slices load while
-    // this tile's epilogue runs.
+    // Loader geometry: thread tid copies 16-byte chunk (tid % 8) of rows tid / 8 + 32 r (r < 4) of
+    // both tiles, every step. One flat pipeline runs over (tile, 64-dim slice) steps, so the next
+    // tile's first slices load while this tile's epilogue runs.
+    const int ld_row = threadIdx.x >> 3, ld_chunk = threadIdx.x & 7;
+    const unsigned ld_dst = swizzle(ld_row, ld_chunk);  // + 32 r rows = + 4096 r bytes (swizzle uses r & 7)
+    const __half* a_src = queries + (size_t)(q0 + ld_row) * D + ld_chunk * 8;
+    const __half* b_src = bank + (size_t)(m_begin + ld_row) * D + ld_chunk * 8;
+    const size_t rows32 = (size_t)32 * D;  // 32 rows further
     const int nk = (D + kMmaBlockK - 1) / kMmaBlockK;
     const int tiles = (m_end - m_begin + kMmaBlockM - 1) / kMmaBlockM;
-    const int steps = tiles * nk;
-#pragma unroll
-    for (int s = 0; s < kMmaStages - 1; ++s) {
-        if (s < steps) {
-            const int m0 = m_begin + (s / nk) * kMmaBlockM;
-            mma_load_step(pipe + s * L::kStageBytes, queries, bank, q0, nq, m0, min(kMmaBlockM, m_end - m0),
-                          (s % nk) * kMmaBlockK, D, vec16);
-        }
-        cp_async_commit();
-    }
-    for (int t = 0; t < steps; ++t) {
-        cp_async_wait<kMmaStages - 2>();  // step t has landed (this thread's copies) ...
-        __syncthreads();                  // ... and everyone's; everyone is done with step t - 1's buffer
-        const int tn = t + kMmaStages - 1;
-        if (tn < steps) {
-            const int m0 = m_begin + (tn / nk) * kMmaBlockM;
-            mma_load_step(pipe + (tn % kMmaStages) * L::kStageBytes, queries, bank, q0, nq, m0,
-                          min(kMmaBlockM, m_end - m0), (tn % nk) * kMmaBlockK, D, vec16);
-        }
-        cp_async_commit();  // always: keeps the group count in step with t
-        mma_compute_step(pipe + (t % kMmaStages) * L::kStageBytes, wq, wm, lane, acc);
-        if (t % nk != nk - 1) continue;
+    int ld_tile = 0, ld_k = 0, ld_stage = 0;  // the next step to load and its buffer
 
-        // ---- epilogue of tile t / nk: scores s = |m|^2 - 2 q.m from the accumulators ----
-        const int m0 = m_begin + (t / nk) * kMmaBlockM;
+    auto load_next = [&]() {
+        if (ld_tile < tiles) {
+            const unsigned stage = pipe + ld_stage * L::kStageBytes + ld_dst;
+            const int d = ld_k * kMmaBlockK + ld_chunk * 8;
+            const int nm = min(kMmaBlockM, m_end - m_begin - ld_tile * kMmaBlockM);
+            const __half* bt = b_src + (size_t)ld_tile * kMmaBlockM * D;
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+                const int row = ld_row + 32 * r;
+                const bool a_ok = row < nq && d < D, b_ok = row < nm && d < D;
+                copy_chunk(stage + 4096u * r, a_ok ? a_src + r * rows32 + ld_k * kMmaBlockK : queries, D - d, a_ok,
+                           vec16);
+                copy_chunk(stage + L::kTileBytes + 4096u * r, b_ok ? bt + r * rows32 + ld_k * kMmaBlockK : bank, D - d,
+                           b_ok, vec16);
+            }
+            if (++ld_k == nk) {
+                ld_k = 0;
+                ++ld_tile;
+            }
+            ld_stage = ld_stage + 1 == kMmaStages ? 0 : ld_stage + 1;
+        }
+        cp_async_commit();  // always: keeps the group count in step with the steps
+    };
+
+#pragma unroll
+    for (int s = 0; s < kMmaStages - 1; ++s) load_next();
+    int c_stage = 0;
+    for (int tile = 0; tile < tiles; ++tile) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+            for (int j = 0; j < 4; ++j)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
+        for (int kstep = 0; kstep < nk; ++kstep) {
+            cp_async_wait<kMmaStages - 2>();  // this step has landed (this thread's copies) ...
+            __syncthreads();                  // ... and everyone's; everyone is done with the previous buffer
+            load_next();                      // into the buffer the previous step used
+            mma_compute_step(pipe + c_stage * L::kStageBytes, wq, wm, lane, acc);
+            c_stage = c_stage + 1 == kMmaStages ? 0 : c_stage + 1;
+        }
+
+        // ---- epilogue: scores s = |m|^2 - 2 q.m of this tile, from the accumulators ----
+        const int m0 = m_begin + tile * kMmaBlockM;
+        const int nm = min(kMmaBlockM, m_end - m0);
         float bnv[4][2];
         int col[4][2];
 #pragma unroll
@@ -798,22 +839,43 @@ __device__ void partial_topk_mma_body(const __half* __restrict__ queries, const 
                     continue;
                 }
                 const float thr = threshold[ql];  // +inf until k entries have been kept: take everything
+                if (thr == pos_inf()) {
+                    // filling: every valid score is kept, at its column's slot after the row's count
+                    // (a multiple of the tile, so even: float2 stores); the compaction phase adds nm
+                    if (row_ok) {
+                        const size_t base = (size_t)ql * cap + num_cand[ql];
+#pragma unroll
+                        for (int j = 0; j < 4; ++j) {
+                            const int m = col[j][0];
+                            const size_t at = base + (m - m0);
+                            if (m + 1 < m_end) {
+                                *reinterpret_cast<float2*>(cand_val + at) = make_float2(s[2 * j], s[2 * j + 1]);
+                                *reinterpret_cast<int2*>(cand_idx + at) = make_int2(m, m + 1);
+                            } else if (m < m_end) {
+                                cand_val[at] = s[2 * j];
+                                cand_idx[at] = m;
+                            }
+                        }
+                    }
+                    continue;  // thr is the same for the 4 lanes of the quad: no shuffles below are skipped by some
+                }
                 unsigned pass = 0u;
 #pragma unroll
                 for (int c = 0; c < 8; ++c)
-                    if (row_ok && col[c >> 1][c & 1] < m_end && (s[c] < thr || thr == pos_inf())) pass |= 1u << c;
+                    if (row_ok && col[c >> 1][c & 1] < m_end && s[c] < thr) pass |= 1u << c;
                 // the 4 lanes of a quad share the row: one shared atomic per quad reserves their slots
+                const unsigned quad = 0xfu << (lane & ~3);
                 const int cnt = __popc(pass);
                 int incl = cnt;
 #pragma unroll
                 for (int off = 1; off < 4; off <<= 1) {
-                    const int x = __shfl_up_sync(0xffffffffu, incl, off, 4);
+                    const int x = __shfl_up_sync(quad, incl, off, 4);
                     if (t4 >= off) incl += x;
                 }
-                const int total = __shfl_sync(0xffffffffu, incl, 3, 4);
+                const int total = __shfl_sync(quad, incl, 3, 4);
                 int base = 0;
                 if (t4 == 3 && total > 0) base = atomicAdd(num_cand + ql, total);
-                base = __shfl_sync(0xffffffffu, base, 3, 4);
+                base = __shfl_sync(quad, base, 3, 4);
                 if (cnt > 0) {
                     float* cv = cand_val + (size_t)ql * cap;
                     int* ci = cand_idx + (size_t)ql * cap;
@@ -827,27 +889,26 @@ __device__ void partial_topk_mma_body(const __half* __restrict__ queries, const 
                         }
                 }
             }
-#pragma unroll
-        for (int i = 0; i < 4; ++i)
-#pragma unroll
-            for (int j = 0; j < 4; ++j)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
         if (k == 1) continue;
 
         // ---- compaction: a row that might not fit the next tile keeps its k smallest ----
         __syncthreads();  // every append of this tile is in place
         for (int ql = warp; ql < nq; ql += kMmaWarps) {
-            const int n = num_cand[ql];
+            int n = num_cand[ql];
+            const bool filling = threshold[ql] == pos_inf();
+            if (filling) n += nm;  // the tile's slots written above
             if (n + kMmaBlockM > cap) {  // n > cap - kMmaBlockM >= k
-                const float kth = select_row<kCandPerLane>(k, n, lane, cand_val + (size_t)ql * cap,
-                                                           cand_idx + (size_t)ql * cap, hist);
+                const float kth = select_any<kCandPerLane>(k, n, lane, cand_val + (size_t)ql * cap, cand_idx + (size_t)ql * cap, hist);
+                __syncwarp();  // every lane has read num_cand[ql] and threshold[ql]
                 if (lane == 0) {
                     threshold[ql] = kth;
                     num_cand[ql] = k;
                 }
+            } else if (filling) {
                 __syncwarp();
+                if (lane == 0) num_cand[ql] = n;
             }
+            __syncwarp();
         }
         // the barrier at the top of the next step orders these updates before the next epilogue;
         // after the last tile, the one below does
@@ -914,7 +975,7 @@ __device__ void partial_topk_mma_body(const __half* __restrict__ queries, const 
         int* ci = cand_idx + (size_t)ql * cap;
         int kept = num_cand[ql];
         if (kept > k) {
-            select_row<kCandPerLane>(k, kept, lane, cv, ci, hist);
+            select_any<kCandPerLane>(k, kept, lane, cv, ci, hist);
             kept = k;
         }
         write_row(q0 + ql, k, kept, lane, cv, ci, qn[ql], split, splits, finalize, stage_val, stage_idx, out_val,
@@ -939,7 +1000,7 @@ __device__ void merge_splits_body(float* part_val, int* part_idx, const float* _
     const int n = splits * k;  // <= kMaxSplits * kMaxK
     float* cv = part_val + (size_t)q * n;
     int* ci = part_idx + (size_t)q * n;
-    if (n > k) select_row<kMergePerLane>(k, n, lane, cv, ci, hist_all + warp * kRadixBins);
+    if (n > k) select_any<kMergePerLane>(k, n, lane, cv, ci, hist_all + warp * kRadixBins);
     float* stage_val = stage_val_all + warp * kStagingCap;
     int* stage_idx = stage_idx_all + warp * kStagingCap;
     sort_row(k, lane, cv, ci, stage_val, stage_idx);
@@ -985,7 +1046,7 @@ extern "C" __global__ void __launch_bounds__(256) proto_topk_bank_sqnorm_f16(con
     protospect_topk::bank_sqnorm_body(bank, M, D, out);
 }
 
-extern "C" __global__ void __launch_bounds__(protospect_topk::kThreads)
+extern "C" __global__ void __launch_bounds__(protospect_topk::kThreads, protospect_topk::kBlocksPerSm)
 proto_topk_partial_f32(const float* queries, const float* bank, const float* bank_sqnorm, int Q, int M, int D, int k,
                        int seg_len, float* cand_val, int* cand_idx, float* out_val, int* out_idx, float* qnorm_out,
                        int finalize, float* debug_scores) {

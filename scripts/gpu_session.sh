@@ -65,14 +65,19 @@ if wants profile; then  # where the fused kernel's time goes: a (D, k) sweep, th
     --section Occupancy --section WarpStateStats --section LaunchStats --section MemoryWorkloadAnalysis \
     $PY -m protospect.cpp_ext.bench --dtypes float16 --no-launcher --iters 1 --shapes 4096,4096,1792,200
 fi
-if wants hotspots; then  # Nsight Compute source-line stall samples of the partial kernel (needs -lineinfo)
+if wants hotspots; then  # Nsight Compute: source-line stall samples + summary sections of the kernels (needs -lineinfo)
   export PROTOSPECT_CUDA_LINEINFO=1
-  step ncu_src 300 ncu --clock-control none -k regex:proto_topk_partial -c 1 --section SourceCounters \
-    --section WarpStateStats --import-source yes -f -o /tmp/hot $PY -m protospect.cpp_ext.bench --dtypes float16 \
-    --no-launcher --iters 1 --shapes ${HOT_SHAPE:-4096,4096,64,200}
-  ncu -i /tmp/hot.ncu-rep --page source --csv --print-source cuda > "$OUT/hot_cuda.csv" 2>&1
-  ncu -i /tmp/hot.ncu-rep --page details > "$OUT/hot_details.txt" 2>&1
-  TAIL=5 step hot_sizes 10 ls -la "$OUT"
+  n=0
+  for shape in ${HOT_SHAPES:-4096,4096,64,200}; do
+    n=$((n + 1))
+    step "ncu_src_$n" 300 ncu --clock-control none -k "regex:proto_topk_(partial|merge)" -c "${HOT_COUNT:-2}" \
+      --section SourceCounters --section WarpStateStats --section SpeedOfLight --section Occupancy \
+      --section MemoryWorkloadAnalysis --section LaunchStats --import-source yes -f -o "/tmp/hot$n" \
+      $PY -m protospect.cpp_ext.bench --dtypes float16 --no-launcher --iters 1 --shapes "$shape"
+    ncu -i "/tmp/hot$n.ncu-rep" --page source --csv --print-source cuda > "$OUT/hot${n}_cuda.csv" 2>&1
+    ncu -i "/tmp/hot$n.ncu-rep" --page details > "$OUT/hot${n}_details.txt" 2>&1
+  done
+  TAIL=8 step hot_sizes 10 ls -la "$OUT"
 fi
 if wants train && [ -d .devdata ]; then
   for cat in ${TRAIN_SETS:-$(ls .devdata)}; do

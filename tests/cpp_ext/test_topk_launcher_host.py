@@ -51,10 +51,17 @@ def test_workspace_layout_regions_do_not_overlap():
     assert k1["bytes"] == k1["cand_val"] == k1["cand_idx"] <= 4096 * 4 + 2 * 8 * 4096 * 4 + 3 * 256
 
 
-@pytest.mark.parametrize("Q,M,k,sms,want", [(4096, 4096, 200, 132, 5), (4096, 4096, 1, 132, 6), (4096, 32768, 1, 132, 6),
-                                            (1024, 1024, 32, 132, 8), (100, 100, 64, 132, 1), (64, 4096, 256, 1, 3)])
-def test_split_plan_fills_one_wave_and_keeps_4k_prototypes_per_split(Q, M, k, sms, want):
-    splits = launcher.plan_splits(Q, M, k, sms, 64, 64, 8, 3)
+GEOMETRY = {"float32": (64, 64, 3), "float16": (128, 128, 2)}  # proto_topk.cuh: block_q, block_m, blocks per SM
+
+
+@pytest.mark.parametrize("dtype,Q,M,k,sms,want", [
+    ("float32", 4096, 4096, 200, 132, 6), ("float32", 4096, 32768, 1, 132, 6), ("float32", 1024, 1024, 32, 132, 8),
+    ("float32", 100, 100, 64, 132, 1), ("float32", 64, 4096, 256, 1, 3),
+    ("float16", 4096, 4096, 200, 132, 8), ("float16", 4096, 32768, 1, 132, 8), ("float16", 1024, 1024, 32, 132, 8),
+    ("float16", 100, 100, 64, 132, 1), ("float16", 64, 4096, 256, 1, 2), ("float16", 4096, 4096, 1024 // 4, 132, 8)])
+def test_split_plan_fills_one_wave_and_keeps_2k_prototypes_per_split(dtype, Q, M, k, sms, want):
+    block_q, block_m, per_sm = GEOMETRY[dtype]
+    splits = launcher.plan_splits(Q, M, k, sms, block_q, block_m, 8, per_sm)
     assert splits == want
-    assert splits == 1 or M / splits >= 4 * k - 64  # whole tiles per split: within one tile of 4k
-    assert -(-Q // 64) * splits <= max(3 * sms, -(-Q // 64))  # never a second, partial wave
+    assert splits == 1 or M / splits >= 2 * k - block_m  # whole tiles per split: within one tile of 2k
+    assert -(-Q // block_q) * splits <= max(per_sm * sms, -(-Q // block_q))  # never a second, partial wave
