@@ -361,21 +361,40 @@ __device__ float select_row(int k, int n, int lane, float* cv, int* ci, unsigned
         const int i = 32 * j + lane;
         keys[j] = i < n ? order_key(cv[i]) : 0xffffffffu;
     }
-    unsigned prefix = 0u, mask = 0u;
+    // Keys share their leading bits (similar distances: same sign and exponent), so the passes start at
+    // the highest bit where the smallest and largest key differ: fewer passes, and no first pass that
+    // piles every entry into one histogram bin.
+    unsigned kmin = 0xffffffffu, kmax = 0u;
+#pragma unroll
+    for (int j = 0; j < kPerLane; ++j)
+        if (32 * j + lane < n) {
+            kmin = min(kmin, keys[j]);
+            kmax = max(kmax, keys[j]);
+        }
+    for (int off = 16; off > 0; off >>= 1) {
+        kmin = min(kmin, __shfl_xor_sync(full, kmin, off));
+        kmax = max(kmax, __shfl_xor_sync(full, kmax, off));
+    }
+    const unsigned diff = kmin ^ kmax;
+    const int top = diff ? 31 - __clz(diff) : -1;          // highest differing bit; -1: all keys equal
+    unsigned mask = top < 0 ? 0xffffffffu : ~((2u << top) - 1u);  // the bits above `top` (top = 31: none)
+    unsigned prefix = kmin & mask;
     int need = k;  // rank of the wanted key among the entries matching prefix/mask
-    for (int shift = 24; shift >= 0; shift -= 8) {
+    for (int hi = top; hi >= 0; hi -= 8) {
+        const int shift = hi >= 7 ? hi - 7 : 0;
+        const unsigned digit = (2u << (hi - shift)) - 1u;  // up to 8 bits: hi .. shift
         for (int b = lane; b < kRadixBins; b += 32) hist[b] = 0u;
         __syncwarp();
 #pragma unroll
         for (int j = 0; j < kPerLane; ++j)
-            if (32 * j + lane < n && (keys[j] & mask) == prefix) atomicAdd(&hist[(keys[j] >> shift) & 255u], 1u);
+            if (32 * j + lane < n && (keys[j] & mask) == prefix) atomicAdd(&hist[(keys[j] >> shift) & digit], 1u);
         __syncwarp();
         int bin;
         unsigned before;
         radix_pick(hist, lane, need, bin, before);
         need -= (int)before;
         prefix |= (unsigned)bin << shift;
-        mask |= 255u << shift;
+        mask |= digit << shift;
         __syncwarp();  // the histogram is cleared again by the next pass
     }
     // prefix is the k-th smallest key; `need` of the entries equal to it are kept: those with the
@@ -1061,7 +1080,7 @@ proto_topk_partial_f16(const __half* queries, const __half* bank, const float* b
                                            out_val, out_idx, qnorm_out, finalize, debug_scores);
 }
 
-extern "C" __global__ void __launch_bounds__(protospect_topk::kMergeWarps * 32)
+extern "C" __global__ void __launch_bounds__(protospect_topk::kMergeWarps * 32, 1)
 proto_topk_merge_splits(float* part_val, int* part_idx, const float* qnorm, int Q, int k, int splits,
                         float* out_dist, int* out_idx) {
     protospect_topk::merge_splits_body(part_val, part_idx, qnorm, Q, k, splits, out_dist, out_idx);

@@ -32,16 +32,23 @@ def _order_key(v):
 
 
 def _radix_kth(keys, need):
-    """The need-th smallest of `keys` by 8-bit radix passes (radix_pick), and its rank among equals."""
-    prefix, mask = 0, 0
-    for shift in (24, 16, 8, 0):
+    """The need-th smallest of `keys` by radix passes of up to 8 bits from the highest bit where the
+    keys differ (select_row; radix_pick per pass), and its rank among the equal keys."""
+    kmin, kmax = int(keys.min()), int(keys.max())
+    top = (kmin ^ kmax).bit_length() - 1  # -1: all keys equal
+    mask = 0xFFFFFFFF if top < 0 else ~((2 << top) - 1) & 0xFFFFFFFF
+    prefix = kmin & mask
+    for hi in range(top, -1, -8):
+        shift = max(hi - 7, 0)
+        digit = (2 << (hi - shift)) - 1
         match = (keys & mask) == prefix
-        hist = np.bincount(((keys[match] >> shift) & 255).astype(np.int64), minlength=256)
+        hist = np.bincount(((keys[match] >> shift) & digit).astype(np.int64), minlength=256)
         cum = np.cumsum(hist)
         b = int(np.searchsorted(cum, need))  # first bin whose cumulative count reaches need
         need -= int(cum[b - 1]) if b > 0 else 0
         prefix |= b << shift
-        mask |= 255 << shift
+        mask |= digit << shift
+    assert mask == 0xFFFFFFFF
     return prefix, need
 
 
@@ -124,6 +131,17 @@ def test_model_with_exact_ties_equals_reference(Q, M, D, k, splits, dtype):
     ref_dist, ref_idx = reference.knn_sqdist(queries, bank, k, return_indices=True)
     np.testing.assert_array_equal(dist, ref_dist)
     np.testing.assert_array_equal(idx, ref_idx)
+
+
+@pytest.mark.parametrize("values", [[3.0] * 50, [1.0, -1.0, 0.0, -0.0, 7.5, 1e-30, -1e30, 1e30] * 9,
+                                    list(np.linspace(1700, 1900, 300))])
+def test_radix_select_finds_every_rank(values):
+    keys = _order_key(np.array(values, np.float32))
+    ordered = np.sort(keys)
+    for need in range(1, len(keys) + 1, 7):
+        kth, rank = _radix_kth(keys, need)
+        assert kth == ordered[need - 1]
+        assert rank == need - int((keys < kth).sum())
 
 
 def test_select_breaks_value_ties_on_the_index_whatever_the_buffer_order():
