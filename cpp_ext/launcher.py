@@ -167,26 +167,28 @@ def cand_cap(k: int, slack: int = 128, max_cap: int = 512) -> int:
     return min(2 * k + slack, max_cap)
 
 
-def needs_candidates(k: int, dtype: str) -> bool:
-    """The fp16 kernel keeps k = 1 in registers: no candidate buffers (needs_candidates in proto_topk.cu)."""
-    return k > 1 or dtype != "float16"
+def candidate_slots(k: int, dtype: str, splits: int) -> int:
+    """Candidate slots per (split, query) (candidate_slots in proto_topk.cu): the fp16 kernel keeps k = 1
+    in registers and hands the merge one slot per split (none with a single split)."""
+    if k == 1 and dtype == "float16":
+        return 1 if splits > 1 else 0
+    return cand_cap(k)
 
 
 def _align(x: int) -> int:
     return _ceil_div(x, _WORKSPACE_ALIGN) * _WORKSPACE_ALIGN
 
 
-def workspace_layout(Q: int, k: int, splits: int, candidates: bool = True) -> dict[str, int]:
-    """Byte offsets of the scratch regions and the total (carve() in proto_topk.cu)."""
-    lay, off, n = {}, 0, Q * k
+def workspace_layout(Q: int, k: int, splits: int, dtype: str = "float32") -> dict[str, int]:
+    """Byte offsets of the scratch regions, the slots per candidate buffer and the total (carve() in proto_topk.cu)."""
+    lay, off = {}, 0
     if splits > 1:
         lay["qnorm"] = off
         off = _align(off + 4 * Q)
-        lay["part_val"] = off
-        off = _align(off + 4 * splits * n)
-        lay["part_idx"] = off
-        off = _align(off + 4 * splits * n)
-    cand = splits * Q * cand_cap(k) if candidates else 0
+        lay["cand_count"] = off
+        off = _align(off + 4 * splits * Q)
+    lay["slots"] = candidate_slots(k, dtype, splits)
+    cand = splits * Q * lay["slots"]
     lay["cand_val"] = off
     off = _align(off + 4 * cand)
     lay["cand_idx"] = off
@@ -258,7 +260,7 @@ class ProtoTopK:
         keys = ("block_q", "block_m", "threads", "smem", "blocks_per_sm")
         # per dtype code (0 fp32, 1 fp16): the two partial kernels tile differently
         self._geo = {0: dict(zip(keys, cfg[0:5])), 1: dict(zip(keys, cfg[5:10]))}
-        self.max_k, self.max_splits, self.merge_warps = cfg[10:13]
+        self.max_k, self.max_splits, self.merge_threads = cfg[10:13]
         attr = self._driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
         for code, name in ((0, "proto_topk_partial_f32"), (1, "proto_topk_partial_f16")):
             check(self._driver.cuFuncSetAttribute(self._fn[name], attr, self._geo[code]["smem"]),
@@ -322,7 +324,7 @@ class ProtoTopK:
         """Grow the scratch for (Q, k) now: do this before capturing ``run`` into a CUDA graph.
         Returns the workspace layout (byte offsets) the call will use. (want_indices: kept for
         callers; the layout does not depend on it.)"""
-        lay = workspace_layout(Q, k, self._plan(Q, k, splits), needs_candidates(k, self.dtype))
+        lay = workspace_layout(Q, k, self._plan(Q, k, splits), self.dtype)
         if lay["bytes"] > self._ws_bytes:
             self._free(self._ws_ptr)
             self._ws_ptr, self._ws_bytes = self._malloc(lay["bytes"]), lay["bytes"]
@@ -353,24 +355,23 @@ class ProtoTopK:
         lay = self.reserve(Q, k, bool(out_idx_ptr), splits)
         ws = self._ws_ptr
         single = splits == 1
-        out_val = out_dist_ptr if single else ws + lay["part_val"]
-        out_ids = out_idx_ptr if single else ws + lay["part_idx"]
         qnorm = 0 if single else ws + lay["qnorm"]
+        count = 0 if single else ws + lay["cand_count"]
         code, geo = DTYPES[self.dtype], self._geometry
         args = _Args(_ptr(q_ptr), _ptr(self._bank_ptr), _ptr(self._sqnorm_ptr), ctypes.c_int(Q), ctypes.c_int(self.M),
                      ctypes.c_int(self.D), ctypes.c_int(k),
                      ctypes.c_int(segment_length(self.M, splits, geo["block_m"])), _ptr(ws + lay["cand_val"]),
-                     _ptr(ws + lay["cand_idx"]), _ptr(out_val), _ptr(out_ids), _ptr(qnorm),
+                     _ptr(ws + lay["cand_idx"]), _ptr(count), _ptr(out_dist_ptr), _ptr(out_idx_ptr), _ptr(qnorm),
                      ctypes.c_int(1 if single else 0), _ptr(debug_scores_ptr))
         name = "proto_topk_partial_f16" if code == 1 else "proto_topk_partial_f32"
         self._launch(name, (_ceil_div(Q, geo["block_q"]), splits, 1), (geo["threads"], 1, 1), geo["smem"], stream,
                      args)
         if single:
             return
-        args = _Args(_ptr(ws + lay["part_val"]), _ptr(ws + lay["part_idx"]), _ptr(qnorm), ctypes.c_int(Q),
-                     ctypes.c_int(k), ctypes.c_int(splits), _ptr(out_dist_ptr), _ptr(out_idx_ptr))
-        self._launch("proto_topk_merge_splits", (_ceil_div(Q, self.merge_warps), 1, 1), (32 * self.merge_warps, 1, 1),
-                     0, stream, args)
+        args = _Args(_ptr(ws + lay["cand_val"]), _ptr(ws + lay["cand_idx"]), _ptr(count), _ptr(qnorm), ctypes.c_int(Q),
+                     ctypes.c_int(k), ctypes.c_int(splits), ctypes.c_int(lay["slots"]), _ptr(out_dist_ptr),
+                     _ptr(out_idx_ptr))
+        self._launch("proto_topk_merge_splits", (Q, 1, 1), (self.merge_threads, 1, 1), 0, stream, args)
 
     def _launch(self, name: str, grid, block, smem: int, stream: int, args: _Args) -> None:
         check(self._driver.cuLaunchKernel(self._fn[name], *grid, *block, smem, int(stream), args.address, 0),

@@ -76,15 +76,19 @@ int resolve_splits(int Q, int M, int k, int dtype, int splits) {
     return effective_splits(M, splits, geometry(dtype).block_m);
 }
 
-// The fp16 kernel keeps k = 1 in registers: no candidate buffers.
-bool needs_candidates(int k, int dtype) { return k > 1 || dtype != kFloat16; }
+// Candidate slots per (split, query): cand_cap(k); the fp16 kernel keeps k = 1 in registers and hands
+// the merge one slot per split (none with a single split).
+int candidate_slots(int k, int dtype, int splits) {
+    if (k == 1 && dtype == kFloat16) return splits > 1 ? 1 : 0;
+    return cand_cap(k);
+}
 
 struct Workspace {
     float* qnorm = nullptr;     // (Q) when splits > 1
-    float* part_val = nullptr;  // (Q, splits, k) when splits > 1
-    int* part_idx = nullptr;    // (Q, splits, k) when splits > 1
-    float* cand_val = nullptr;  // (splits, Q, cand_cap(k)) candidate buffers
-    int* cand_idx = nullptr;    // (splits, Q, cand_cap(k)); both absent for fp16 with k = 1
+    int* cand_count = nullptr;  // (splits, Q) when splits > 1: entries in each candidate buffer
+    float* cand_val = nullptr;  // (splits, Q, slots) candidate buffers; with several splits, the merge's input
+    int* cand_idx = nullptr;    // (splits, Q, slots)
+    int slots = 0;
     size_t bytes = 0;
 };
 
@@ -93,16 +97,14 @@ Workspace carve(void* base, int Q, int k, int dtype, int splits) {
     Workspace ws;
     const uintptr_t p = reinterpret_cast<uintptr_t>(base);  // integer math: base may be null (size query)
     size_t off = 0;
-    const size_t list = (size_t)Q * k;
     if (splits > 1) {
         ws.qnorm = reinterpret_cast<float*>(p + off);
         off = align_bytes(off + (size_t)Q * sizeof(float));
-        ws.part_val = reinterpret_cast<float*>(p + off);
-        off = align_bytes(off + (size_t)splits * list * sizeof(float));
-        ws.part_idx = reinterpret_cast<int*>(p + off);
-        off = align_bytes(off + (size_t)splits * list * sizeof(int));
+        ws.cand_count = reinterpret_cast<int*>(p + off);
+        off = align_bytes(off + (size_t)splits * Q * sizeof(int));
     }
-    const size_t cand = needs_candidates(k, dtype) ? (size_t)splits * Q * cand_cap(k) : 0;
+    ws.slots = candidate_slots(k, dtype, splits);
+    const size_t cand = (size_t)splits * Q * ws.slots;
     ws.cand_val = reinterpret_cast<float*>(p + off);
     off = align_bytes(off + cand * sizeof(float));
     ws.cand_idx = reinterpret_cast<int*>(p + off);
@@ -127,8 +129,6 @@ int launch(const void* queries, const void* bank, const float* bank_sqnorm, int 
     if (ws.bytes > 0 && (workspace == nullptr || workspace_bytes < ws.bytes)) return cudaErrorInvalidValue;
 
     const bool single = splits == 1;
-    float* out_val = single ? out_dist : ws.part_val;
-    int* out_ids = single ? out_idx : ws.part_idx;
     const Geometry geo = geometry(dtype);
     const int seg_len = segment_length(M, splits, geo.block_m);
     const dim3 grid(ceil_div(Q, geo.block_q), splits);
@@ -138,16 +138,16 @@ int launch(const void* queries, const void* bank, const float* bank_sqnorm, int 
     if (dtype == kFloat16)
         proto_topk_partial_f16<<<grid, geo.threads, geo.smem, stream>>>(
             static_cast<const __half*>(queries), static_cast<const __half*>(bank), bank_sqnorm, Q, M, D, k, seg_len,
-            ws.cand_val, ws.cand_idx, out_val, out_ids, ws.qnorm, single ? 1 : 0, debug_scores);
+            ws.cand_val, ws.cand_idx, ws.cand_count, out_dist, out_idx, ws.qnorm, single ? 1 : 0, debug_scores);
     else
         proto_topk_partial_f32<<<grid, geo.threads, geo.smem, stream>>>(
             static_cast<const float*>(queries), static_cast<const float*>(bank), bank_sqnorm, Q, M, D, k, seg_len,
-            ws.cand_val, ws.cand_idx, out_val, out_ids, ws.qnorm, single ? 1 : 0, debug_scores);
+            ws.cand_val, ws.cand_idx, ws.cand_count, out_dist, out_idx, ws.qnorm, single ? 1 : 0, debug_scores);
     err = cudaGetLastError();
     if (err != cudaSuccess || single) return err;
 
-    proto_topk_merge_splits<<<ceil_div(Q, kMergeWarps), kMergeWarps * 32, 0, stream>>>(
-        ws.part_val, ws.part_idx, ws.qnorm, Q, k, splits, out_dist, out_idx);
+    proto_topk_merge_splits<<<Q, kMergeThreads, 0, stream>>>(ws.cand_val, ws.cand_idx, ws.cand_count, ws.qnorm, Q, k,
+                                                             splits, ws.slots, out_dist, out_idx);
     return cudaGetLastError();
 }
 

@@ -66,7 +66,7 @@ constexpr int kCandSlack = 128;    // >= the widest tile: slots a compacted buff
 constexpr int kMaxCandCap = 512;   // candidate slots per query and split, at most (cand_cap)
 constexpr int kStagingCap = kMaxK; // power of two >= kMaxK: one warp's final sort buffer
 constexpr int kRadixBins = 256;    // radix select: 8 key bits per pass
-constexpr int kMergeWarps = 8;     // merge kernel: one warp per query
+constexpr int kMergeThreads = 256; // merge kernel: one block per query
 constexpr int kScoreLd = kBlockM + 4;   // fp32 score tile row stride (floats)
 constexpr int kSentinelIdx = 0x7fffffff; // padding index: sorts after every real index
 
@@ -83,7 +83,6 @@ __host__ __device__ constexpr int cand_cap(int k) {
     return 2 * k + kCandSlack < kMaxCandCap ? 2 * k + kCandSlack : kMaxCandCap;
 }
 static_assert(kMaxCandCap - kCandSlack >= kMaxK, "a compacted buffer (k entries) leaves room for a tile");
-constexpr int kMergePerLane = kMaxSplits * kMaxK / 32;    // select_row register cache for the largest list
 
 // ---- per-dtype tile geometry (fp32 kernel) ----------------------------------------------------
 
@@ -369,23 +368,17 @@ __device__ unsigned find_cut(int k, int n, int lane, const unsigned (&keys)[kPer
     const unsigned full = 0xffffffffu;
     // Keys share their leading bits (similar distances: same sign and exponent), so the passes start at
     // the highest bit where the smallest and largest key differ: fewer passes, and no first pass that
-    // piles every entry into one histogram bin. (Not for the merge's large buffers: the extra live
-    // registers would spill there; it starts at bit 31.)
-    constexpr bool kSkipPrefix = kPerLane <= 16;
-    unsigned kmin = 0u, kmax = 0xffffffffu;
-    if (kSkipPrefix) {
-        kmin = 0xffffffffu;
-        kmax = 0u;
+    // piles every entry into one histogram bin.
+    unsigned kmin = 0xffffffffu, kmax = 0u;
 #pragma unroll
-        for (int j = 0; j < kPerLane; ++j)
-            if (32 * j + lane < n) {
-                kmin = min(kmin, keys[j]);
-                kmax = max(kmax, keys[j]);
-            }
-        for (int off = 16; off > 0; off >>= 1) {
-            kmin = min(kmin, __shfl_xor_sync(full, kmin, off));
-            kmax = max(kmax, __shfl_xor_sync(full, kmax, off));
+    for (int j = 0; j < kPerLane; ++j)
+        if (32 * j + lane < n) {
+            kmin = min(kmin, keys[j]);
+            kmax = max(kmax, keys[j]);
         }
+    for (int off = 16; off > 0; off >>= 1) {
+        kmin = min(kmin, __shfl_xor_sync(full, kmin, off));
+        kmax = max(kmax, __shfl_xor_sync(full, kmax, off));
     }
     const unsigned diff = kmin ^ kmax;
     const int top = diff ? 31 - __clz(diff) : -1;          // highest differing bit; -1: all keys equal
@@ -452,29 +445,19 @@ __device__ float select_row(int k, int n, int lane, float* cv, int* ci, unsigned
     load_keys(n, lane, cv, keys);
     unsigned cut;
     const unsigned prefix = find_cut(k, n, lane, keys, ci, hist, &cut);
-    // Partition. Small buffers read every index first (registers); large ones (merge) chunk by chunk.
-    constexpr bool kHoist = kPerLane <= 16;
-    int ids[kHoist ? kPerLane : 1];
-    if (kHoist) {
+    int ids[kPerLane];  // every index is read before any entry moves
 #pragma unroll
-        for (int j = 0; j < (kHoist ? kPerLane : 1); ++j) {
-            const int i = 32 * j + lane;
-            ids[j] = i < n ? ci[i] : 0;
-        }
-        __syncwarp();
+    for (int j = 0; j < kPerLane; ++j) {
+        const int i = 32 * j + lane;
+        ids[j] = i < n ? ci[i] : 0;
     }
+    __syncwarp();
     int out = 0;
 #pragma unroll
     for (int j = 0; j < kPerLane; ++j) {
         if (32 * j >= n) break;  // warp-uniform
         const int i = 32 * j + lane;
-        int id;
-        if (kHoist) {
-            id = ids[kHoist ? j : 0];
-        } else {
-            id = i < n ? ci[i] : 0;
-            __syncwarp();  // the whole chunk is read before any lane writes into it
-        }
+        const int id = ids[j];
         const bool keep = i < n && (keys[j] < prefix || (keys[j] == prefix && (unsigned)id <= cut));
         const unsigned keep_mask = __ballot_sync(full, keep);
         if (keep) {  // compacted in buffer order; positions only move down
@@ -488,16 +471,12 @@ __device__ float select_row(int k, int n, int lane, float* cv, int* ci, unsigned
     return key_value(prefix);
 }
 
-// select_row with a register cache sized to n (fewer registers and wasted lanes for small buffers);
-// n <= 32 kMaxPerLane: kCandCapPerLane in the partial kernels, kMergePerLane in the merge kernel.
+// select_row with a register cache sized to n (fewer registers and wasted lanes for small buffers).
 constexpr int kCandPerLane = kMaxCandCap / 32;
-template <int kMaxPerLane>
 __device__ __forceinline__ float select_any(int k, int n, int lane, float* cv, int* ci, unsigned* hist) {
     if (n <= 128) return select_row<4>(k, n, lane, cv, ci, hist);
-    if (n <= 256 || kMaxPerLane <= 8) return select_row<8>(k, n, lane, cv, ci, hist);
-    if (n <= 512 || kMaxPerLane <= 16) return select_row<16>(k, n, lane, cv, ci, hist);
-    if (n <= 1024 || kMaxPerLane <= 32) return select_row<32>(k, n, lane, cv, ci, hist);
-    return select_row<kMergePerLane>(k, n, lane, cv, ci, hist);
+    if (n <= 256) return select_row<8>(k, n, lane, cv, ci, hist);
+    return select_row<kCandPerLane>(k, n, lane, cv, ci, hist);  // n <= kMaxCandCap
 }
 
 // Sort a row's n <= k kept candidates on (value, index) into this warp's staging area, padded to
@@ -513,43 +492,27 @@ __device__ void sort_row(int n, int lane, const float* cv, const int* ci, float*
     bitonic_sort_pairs(stage_val, stage_idx, p, lane, 32, WarpSync());  // ends with a __syncwarp
 }
 
-// Where a block's per-query results go: the output itself (single split; finalize) or split
-// `split`'s slot of the (Q, splits, k) partial lists, which keeps a query's lists contiguous for
-// the merge kernel.
-__device__ __forceinline__ size_t result_offset(int q, int k, int split, int splits, int finalize) {
-    return finalize ? (size_t)q * k : ((size_t)q * splits + split) * k;
-}
-
-// Write one query's kept candidates (kept <= k): sorted, |q|^2 added and clamped, padded, when
-// finalizing; else raw and unsorted into the split's partial list. Called by the whole owning warp.
-__device__ void write_row(int q, int k, int kept, int lane, const float* cv, const int* ci, float qn, int split,
-                          int splits, int finalize, float* stage_val, int* stage_idx, float* out_val, int* out_idx) {
-    const size_t off = result_offset(q, k, split, splits, finalize);
-    if (finalize) {
-        sort_row(kept, lane, cv, ci, stage_val, stage_idx);
-        for (int i = lane; i < k; i += 32) {
-            const float v = i < kept ? stage_val[i] : pos_inf();  // fewer than k prototypes: padded
-            const int id = i < kept ? stage_idx[i] : kSentinelIdx;
-            out_val[off + i] = fmaxf(v + qn, 0.f);  // the GEMM form can dip below 0 by rounding
-            if (out_idx != nullptr) out_idx[off + i] = id == kSentinelIdx ? -1 : id;
-        }
-    } else {  // loads first, then stores: the compiler cannot tell cv and out_val apart
-        float v[kMaxK / 32];
-        int id[kMaxK / 32];
-#pragma unroll
-        for (int j = 0; j < kMaxK / 32; ++j) {
-            const int i = 32 * j + lane;
-            v[j] = i < kept ? cv[i] : pos_inf();
-            id[j] = i < kept ? ci[i] : kSentinelIdx;
-        }
-#pragma unroll
-        for (int j = 0; j < kMaxK / 32; ++j) {
-            const int i = 32 * j + lane;
-            if (i < k) {
-                out_val[off + i] = v[j];
-                if (out_idx != nullptr) out_idx[off + i] = id[j];
-            }
-        }
+// End of a block for one query row of `n` candidates (cv/ci: the row's buffer). Single split
+// (finalize): keep the k smallest, sort them, add |q|^2, clamp, pad, write the output. Several splits:
+// the buffer itself goes to the merge kernel, which only needs its count (cand_count: (splits, Q)).
+// Called by the whole owning warp.
+__device__ void finish_row(int q, int Q, int k, int n, int lane, float* cv, int* ci, float qn, int split, int finalize,
+                           unsigned* hist, float* stage_val, int* stage_idx, float* out_val, int* out_idx,
+                           int* cand_count) {
+    if (!finalize) {
+        if (lane == 0) cand_count[(size_t)split * Q + q] = n;
+        return;
+    }
+    if (n > k) {
+        select_any(k, n, lane, cv, ci, hist);
+        n = k;
+    }
+    sort_row(n, lane, cv, ci, stage_val, stage_idx);
+    for (int i = lane; i < k; i += 32) {
+        const float v = i < n ? stage_val[i] : pos_inf();  // fewer than k prototypes: padded
+        const int id = i < n ? stage_idx[i] : kSentinelIdx;
+        out_val[(size_t)q * k + i] = fmaxf(v + qn, 0.f);  // the GEMM form can dip below 0 by rounding
+        if (out_idx != nullptr) out_idx[(size_t)q * k + i] = id == kSentinelIdx ? -1 : id;
     }
     __syncwarp();  // the staging area is reused by this warp's next row
 }
@@ -579,15 +542,15 @@ __device__ void init_rows(const T* __restrict__ queries, int q0, int nq, int row
 }
 
 // fp32 block: queries [q0, q0 + kBlockQ) against prototypes [m_begin, m_end) of split blockIdx.y.
-// cand_val/cand_idx: the candidate buffers, (splits, Q, cap) with cap = cand_cap(k).
-// out_val/out_idx: the output (finalize != 0: single split) or the (Q, splits, k) partial lists;
-// out_idx may be null (indices not wanted; only when finalizing).
+// cand_val/cand_idx: the candidate buffers, (splits, Q, cap) with cap = cand_cap(k); with several
+// splits they are the blocks' result: cand_count (splits, Q) says how many entries each holds.
+// out_val/out_idx: the output (finalize != 0: single split); out_idx may be null (no indices).
 // qnorm_out (may be null): |q|^2 per query, written by split 0 for the merge kernel.
 // debug_scores (may be null): the full Q x M matrix of ranking scores |m|^2 - 2 q.m, for debugging.
 __device__ void partial_topk_f32_body(const float* __restrict__ queries, const float* __restrict__ bank,
                                       const float* __restrict__ bank_sqnorm, int Q, int M, int D, int k, int seg_len,
-                                      float* cand_val, int* cand_idx, float* out_val, int* out_idx, float* qnorm_out,
-                                      int finalize, float* debug_scores) {
+                                      float* cand_val, int* cand_idx, int* cand_count, float* out_val, int* out_idx,
+                                      float* qnorm_out, int finalize, float* debug_scores) {
     using L = SmemLayoutF32;
     extern __shared__ __align__(128) unsigned char smem[];
     float* tiles = reinterpret_cast<float*>(smem + L::kTileA);
@@ -605,7 +568,7 @@ __device__ void partial_topk_f32_body(const float* __restrict__ queries, const f
 
     const int q0 = blockIdx.x * kBlockQ;
     const int nq = min(kBlockQ, Q - q0);
-    const int split = blockIdx.y, splits = gridDim.y;
+    const int split = blockIdx.y;
     const int m_begin = split * seg_len;
     const int m_end = min(M, m_begin + seg_len);
     const int cap = cand_cap(k);
@@ -626,7 +589,7 @@ __device__ void partial_topk_f32_body(const float* __restrict__ queries, const f
             int* ci = cand_idx + (size_t)ql * cap;
             int n = num_cand[ql];
             if (n + kBlockM > cap) {  // this tile might not fit: keep the k smallest (n > cap - kBlockM >= k)
-                const float kth = select_any<kCandPerLane>(k, n, lane, cv, ci, hist);
+                const float kth = select_any(k, n, lane, cv, ci, hist);
                 n = k;
                 if (lane == 0) {
                     threshold[ql] = kth;
@@ -656,17 +619,9 @@ __device__ void partial_topk_f32_body(const float* __restrict__ queries, const f
         __syncthreads();  // the next tile rewrites scores and bn
     }
 
-    for (int ql = warp; ql < nq; ql += kWarps) {
-        float* cv = cand_val + (size_t)ql * cap;
-        int* ci = cand_idx + (size_t)ql * cap;
-        int kept = num_cand[ql];
-        if (kept > k) {
-            select_any<kCandPerLane>(k, kept, lane, cv, ci, hist);
-            kept = k;
-        }
-        write_row(q0 + ql, k, kept, lane, cv, ci, qn[ql], split, splits, finalize, stage_val, stage_idx, out_val,
-                  out_idx);
-    }
+    for (int ql = warp; ql < nq; ql += kWarps)
+        finish_row(q0 + ql, Q, k, num_cand[ql], lane, cand_val + (size_t)ql * cap, cand_idx + (size_t)ql * cap, qn[ql],
+                   split, finalize, hist, stage_val, stage_idx, out_val, out_idx, cand_count);
 }
 
 // ---- fp16 partial kernel: mma.sync tensor cores, scores in registers (sm_80+) -----------------
@@ -744,8 +699,8 @@ __device__ __forceinline__ void mma_compute_step(unsigned stage, int wq, int wm,
 // wm*32 + 8j + 2 t4 + e of the current tile (the m16n8 accumulator layout).
 __device__ void partial_topk_mma_body(const __half* __restrict__ queries, const __half* __restrict__ bank,
                                       const float* __restrict__ bank_sqnorm, int Q, int M, int D, int k, int seg_len,
-                                      float* cand_val, int* cand_idx, float* out_val, int* out_idx, float* qnorm_out,
-                                      int finalize, float* debug_scores) {
+                                      float* cand_val, int* cand_idx, int* cand_count, float* out_val, int* out_idx,
+                                      float* qnorm_out, int finalize, float* debug_scores) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     using L = SmemLayoutMma;
     extern __shared__ __align__(128) unsigned char smem[];
@@ -761,7 +716,7 @@ __device__ void partial_topk_mma_body(const __half* __restrict__ queries, const 
 
     const int q0 = blockIdx.x * kMmaBlockQ;
     const int nq = min(kMmaBlockQ, Q - q0);
-    const int split = blockIdx.y, splits = gridDim.y;
+    const int split = blockIdx.y;
     const int m_begin = split * seg_len;
     const int m_end = min(M, m_begin + seg_len);
     const int cap = cand_cap(k);
@@ -935,12 +890,13 @@ __device__ void partial_topk_mma_body(const __half* __restrict__ queries, const 
 
         // ---- compaction: a row that might not fit the next tile keeps its k smallest ----
         __syncthreads();  // every append of this tile is in place
+        const bool more = tile + 1 < tiles;  // after the last tile the buffer only has to hold what it holds
         for (int ql = warp; ql < nq; ql += kMmaWarps) {
             int n = num_cand[ql];
             const bool filling = threshold[ql] == pos_inf();
             if (filling) n += nm;  // the tile's slots written above
-            if (n + kMmaBlockM > cap) {  // n > cap - kMmaBlockM >= k
-                const float kth = select_any<kCandPerLane>(k, n, lane, cand_val + (size_t)ql * cap, cand_idx + (size_t)ql * cap, hist);
+            if (more && n + kMmaBlockM > cap) {  // n > cap - kMmaBlockM >= k
+                const float kth = select_any(k, n, lane, cand_val + (size_t)ql * cap, cand_idx + (size_t)ql * cap, hist);
                 __syncwarp();  // every lane has read num_cand[ql] and threshold[ql]
                 if (lane == 0) {
                     threshold[ql] = kth;
@@ -998,13 +954,15 @@ __device__ void partial_topk_mma_body(const __half* __restrict__ queries, const 
                     id = oi;
                 }
             }
-            const size_t off = result_offset(q0 + ql, 1, split, splits, finalize);
+            const int q = q0 + ql;
             if (finalize) {
-                out_val[off] = fmaxf(v + qn[ql], 0.f);
-                if (out_idx != nullptr) out_idx[off] = id == kSentinelIdx ? -1 : id;
-            } else {
-                out_val[off] = v;
-                if (out_idx != nullptr) out_idx[off] = id;
+                out_val[q] = fmaxf(v + qn[ql], 0.f);
+                if (out_idx != nullptr) out_idx[q] = id == kSentinelIdx ? -1 : id;
+            } else {  // a one-slot candidate buffer per (split, query)
+                const size_t at = (size_t)split * Q + q;
+                cand_val[at] = v;
+                cand_idx[at] = id;
+                cand_count[at] = 1;
             }
         }
         return;
@@ -1012,72 +970,159 @@ __device__ void partial_topk_mma_body(const __half* __restrict__ queries, const 
 
     float* stage_val = reinterpret_cast<float*>(smem + L::kStageVal) + warp * kStagingCap;
     int* stage_idx = reinterpret_cast<int*>(smem + L::kStageIdx) + warp * kStagingCap;
-    for (int ql = warp; ql < nq; ql += kMmaWarps) {
-        float* cv = cand_val + (size_t)ql * cap;
-        int* ci = cand_idx + (size_t)ql * cap;
-        int kept = num_cand[ql];
-        if (kept > k) {
-            select_any<kCandPerLane>(k, kept, lane, cv, ci, hist);
-            kept = k;
-        }
-        write_row(q0 + ql, k, kept, lane, cv, ci, qn[ql], split, splits, finalize, stage_val, stage_idx, out_val,
-                  out_idx);
-    }
+    for (int ql = warp; ql < nq; ql += kMmaWarps)
+        finish_row(q0 + ql, Q, k, num_cand[ql], lane, cand_val + (size_t)ql * cap, cand_idx + (size_t)ql * cap, qn[ql],
+                   split, finalize, hist, stage_val, stage_idx, out_val, out_idx, cand_count);
 #else
     __trap();  // the fp16 kernel needs sm_80+ (mma.sync m16n8k16, ldmatrix, cp.async); the hosts check first
 #endif
 }
 
-// Merge the `splits` partial lists of each query ((Q, splits, k), unsorted; one warp per query):
-// select the k smallest (value, index) of the splits * k, sort them, add |q|^2, clamp at 0.
-__device__ void merge_splits_body(const float* __restrict__ part_val, const int* __restrict__ part_idx,
-                                  const float* __restrict__ qnorm, int Q, int k, int splits, float* __restrict__ out_dist,
-                                  int* __restrict__ out_idx) {
-    __shared__ unsigned hist_all[kMergeWarps * kRadixBins];
-    __shared__ float stage_val_all[kMergeWarps * kStagingCap];
-    __shared__ int stage_idx_all[kMergeWarps * kStagingCap];
+// Block-wide helpers of the merge kernel (kMergeThreads threads).
+__device__ __forceinline__ unsigned block_reduce(unsigned x, bool is_max, unsigned* scratch) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int q = blockIdx.x * kMergeWarps + warp;
-    if (q >= Q) return;  // whole warps only: no block barrier below
-    const int n = splits * k;  // <= kMaxSplits * kMaxK
-    const float* cv = part_val + (size_t)q * n;
-    const int* ci = part_idx + (size_t)q * n;
-    float* stage_val = stage_val_all + warp * kStagingCap;
-    int* stage_idx = stage_idx_all + warp * kStagingCap;
-    // the k smallest go straight into the sort buffer (no in-place partition: no per-chunk syncs)
-    unsigned keys[kMergePerLane];
-    load_keys(n, lane, cv, keys);
-    unsigned cut;
-    const unsigned kth = find_cut(k, n, lane, keys, ci, hist_all + warp * kRadixBins, &cut);
-    const unsigned below = (1u << lane) - 1u;
-    int out = 0;
-#pragma unroll
-    for (int j = 0; j < kMergePerLane; ++j) {
-        if (32 * j >= n) break;  // warp-uniform
-        const int i = 32 * j + lane;
-        bool keep = i < n && keys[j] <= kth;
-        int id = 0;
-        if (keep) {
-            id = ci[i];
-            keep = keys[j] < kth || (unsigned)id <= cut;
-        }
-        const unsigned keep_mask = __ballot_sync(0xffffffffu, keep);
-        if (keep) {
-            const int pos = out + __popc(keep_mask & below);
-            stage_val[pos] = key_value(keys[j]);
-            stage_idx[pos] = id;
-        }
-        out += __popc(keep_mask);
+    for (int off = 16; off > 0; off >>= 1) {
+        const unsigned y = __shfl_xor_sync(0xffffffffu, x, off);
+        x = is_max ? max(x, y) : min(x, y);
     }
-    const int p = next_pow2(k < 32 ? 32 : k);  // out == k entries kept; pad for the bitonic sort
-    for (int i = k + lane; i < p; i += 32) {
+    if (lane == 0) scratch[warp] = x;
+    __syncthreads();
+    x = scratch[0];
+    for (int w = 1; w < kMergeThreads / 32; ++w) x = is_max ? max(x, scratch[w]) : min(x, scratch[w]);
+    __syncthreads();  // scratch is reused
+    return x;
+}
+
+// One radix pass over the block's cached keys (digit bits hi .. shift of the entries matching
+// prefix/mask; `keys` are index bits for the tie pass): the bin holding the need-th smallest and the
+// count before it, on every thread.
+template <int kSlots>
+__device__ __forceinline__ void block_radix_pass(const unsigned (&keys)[kSlots], unsigned valid, unsigned mask,
+                                                 unsigned prefix, int shift, unsigned digit, int need,
+                                                 unsigned* hist, int* pick, int& bin, unsigned& before) {
+    hist[threadIdx.x] = 0u;  // kMergeThreads == kRadixBins
+    __syncthreads();
+#pragma unroll
+    for (int j = 0; j < kSlots; ++j)
+        if (((valid >> j) & 1u) && (keys[j] & mask) == prefix) atomicAdd(&hist[(keys[j] >> shift) & digit], 1u);
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        radix_pick(hist, threadIdx.x, need, bin, before);
+        if (threadIdx.x == 0) {
+            pick[0] = bin;
+            pick[1] = (int)before;
+        }
+    }
+    __syncthreads();
+    bin = pick[0];
+    before = (unsigned)pick[1];
+    __syncthreads();  // pick and hist are rewritten by the next pass
+}
+
+// The need-th smallest of the block's keys (slot j valid when bit j of `valid`), by radix passes of
+// up to 8 bits from the highest bit where they differ; `need` becomes its rank among the equal keys.
+template <int kSlots>
+__device__ unsigned block_kth(const unsigned (&keys)[kSlots], unsigned valid, int& need, unsigned* hist,
+                              unsigned* scratch, int* pick) {
+    unsigned kmin = 0xffffffffu, kmax = 0u;
+#pragma unroll
+    for (int j = 0; j < kSlots; ++j)
+        if ((valid >> j) & 1u) {
+            kmin = min(kmin, keys[j]);
+            kmax = max(kmax, keys[j]);
+        }
+    kmin = block_reduce(kmin, false, scratch);
+    kmax = block_reduce(kmax, true, scratch);
+    const unsigned diff = kmin ^ kmax;
+    const int top = diff ? 31 - __clz(diff) : -1;
+    unsigned mask = top < 0 ? 0xffffffffu : ~((2u << top) - 1u);
+    unsigned prefix = kmin & mask;
+    for (int hi = top; hi >= 0; hi -= 8) {
+        const int shift = hi >= 7 ? hi - 7 : 0;
+        const unsigned digit = (2u << (hi - shift)) - 1u;
+        int bin;
+        unsigned before;
+        block_radix_pass(keys, valid, mask, prefix, shift, digit, need, hist, pick, bin, before);
+        need -= (int)before;
+        prefix |= (unsigned)bin << shift;
+        mask |= digit << shift;
+    }
+    return prefix;
+}
+
+// Merge kernel, one block per query: the union of the splits' candidate buffers (cand_count[s, q]
+// entries each, at most kMaxSplits x kMaxCandCap) -> the k smallest (value, index), sorted, |q|^2
+// added, clamped at 0. Each buffer holds its split's k smallest among others, so the union holds
+// the query's k smallest: one exact select over it gives the answer.
+__device__ void merge_splits_body(const float* __restrict__ cand_val, const int* __restrict__ cand_idx,
+                                  const int* __restrict__ cand_count, const float* __restrict__ qnorm, int Q, int k,
+                                  int splits, int cap, float* __restrict__ out_dist, int* __restrict__ out_idx) {
+    constexpr int kSlots = kMaxSplits * kMaxCandCap / kMergeThreads;  // per thread
+    constexpr int kPerSplit = kMaxCandCap / kMergeThreads;
+    static_assert(kMergeThreads == kRadixBins && kSlots <= 32, "one histogram bin per thread, a 32-bit slot mask");
+    __shared__ unsigned hist[kRadixBins];
+    __shared__ float stage_val[kStagingCap];
+    __shared__ int stage_idx[kStagingCap];
+    __shared__ unsigned scratch[kMergeThreads / 32];
+    __shared__ int pick[3];
+    const int q = blockIdx.x;
+
+    // slot j = split (j / kPerSplit), entry threadIdx.x + kMergeThreads (j % kPerSplit) of its buffer
+    unsigned keys[kSlots], valid = 0u;
+#pragma unroll
+    for (int j = 0; j < kSlots; ++j) {
+        const int s = j / kPerSplit, o = threadIdx.x + kMergeThreads * (j % kPerSplit);
+        keys[j] = 0xffffffffu;
+        if (s < splits && o < cand_count[(size_t)s * Q + q]) {
+            keys[j] = order_key(cand_val[((size_t)s * Q + q) * cap + o]);
+            valid |= 1u << j;
+        }
+    }
+    int need = k;
+    const unsigned kth = block_kth(keys, valid, need, hist, scratch, pick);
+
+    // ties at the k-th value: keep the `need` smallest indices among them (rare; a second select)
+    unsigned tie_idx[kSlots], tie = 0u;
+#pragma unroll
+    for (int j = 0; j < kSlots; ++j) {
+        tie_idx[j] = 0u;
+        if (((valid >> j) & 1u) && keys[j] == kth) {
+            const int s = j / kPerSplit, o = threadIdx.x + kMergeThreads * (j % kPerSplit);
+            tie_idx[j] = (unsigned)cand_idx[((size_t)s * Q + q) * cap + o];
+            tie |= 1u << j;
+        }
+    }
+    if (threadIdx.x == 0) pick[2] = 0;
+    __syncthreads();
+    if (tie) atomicAdd(&pick[2], __popc(tie));
+    __syncthreads();
+    const int eq = pick[2];  // entries equal to the k-th value, block-wide
+    __syncthreads();
+    const unsigned cut = eq > need ? block_kth(tie_idx, tie, need, hist, scratch, pick) : 0xffffffffu;
+
+    // gather the k kept entries into the sort buffer (any order: the sort follows)
+    if (threadIdx.x == 0) pick[2] = 0;
+    __syncthreads();
+#pragma unroll
+    for (int j = 0; j < kSlots; ++j) {
+        if (!((valid >> j) & 1u) || keys[j] > kth) continue;
+        const int s = j / kPerSplit, o = threadIdx.x + kMergeThreads * (j % kPerSplit);
+        const int id = ((tie >> j) & 1u) ? (int)tie_idx[j] : cand_idx[((size_t)s * Q + q) * cap + o];
+        if (keys[j] == kth && (unsigned)id > cut) continue;
+        const int pos = atomicAdd(&pick[2], 1);
+        stage_val[pos] = key_value(keys[j]);
+        stage_idx[pos] = id;
+    }
+    __syncthreads();
+    const int p = next_pow2(k < 32 ? 32 : k);  // pick[2] == k entries kept; pad for the bitonic sort
+    for (int i = k + threadIdx.x; i < p; i += kMergeThreads) {
         stage_val[i] = pos_inf();
         stage_idx[i] = kSentinelIdx;
     }
-    __syncwarp();
-    bitonic_sort_pairs(stage_val, stage_idx, p, lane, 32, WarpSync());
+    __syncthreads();
+    bitonic_sort_pairs(stage_val, stage_idx, p, threadIdx.x, kMergeThreads, BlockSync());
     const float qn = qnorm[q];
-    for (int i = lane; i < k; i += 32) {
+    for (int i = threadIdx.x; i < k; i += kMergeThreads) {
         out_dist[(size_t)q * k + i] = fmaxf(stage_val[i] + qn, 0.f);
         if (out_idx != nullptr) out_idx[(size_t)q * k + i] = stage_idx[i] == kSentinelIdx ? -1 : stage_idx[i];
     }
@@ -1089,7 +1134,7 @@ __device__ void merge_splits_body(const float* __restrict__ part_val, const int*
 
 // Numbers the hosts need (read by launcher.py through cuModuleGetGlobal): keep in sync by construction.
 // Per dtype (fp32 then fp16): block queries, tile prototypes, threads, dynamic smem bytes, blocks per SM;
-// then max k, max splits, merge warps per block, candidate slack, max candidate slots.
+// then max k, max splits, merge threads per block (one block per query), candidate slack, max candidate slots.
 // Block form: `extern "C" __device__ int x[] = ...` would leave nvcc's host shadow undefined at link time.
 extern "C" {
 __device__ int proto_topk_config[15] = {
@@ -1105,7 +1150,7 @@ __device__ int proto_topk_config[15] = {
     protospect_topk::kMmaBlocksPerSm,
     protospect_topk::kMaxK,
     protospect_topk::kMaxSplits,
-    protospect_topk::kMergeWarps,
+    protospect_topk::kMergeThreads,
     protospect_topk::kCandSlack,
     protospect_topk::kMaxCandCap,
 };
@@ -1120,21 +1165,21 @@ extern "C" __global__ void __launch_bounds__(256) proto_topk_bank_sqnorm_f16(con
 
 extern "C" __global__ void __launch_bounds__(protospect_topk::kThreads, protospect_topk::kBlocksPerSm)
 proto_topk_partial_f32(const float* queries, const float* bank, const float* bank_sqnorm, int Q, int M, int D, int k,
-                       int seg_len, float* cand_val, int* cand_idx, float* out_val, int* out_idx, float* qnorm_out,
-                       int finalize, float* debug_scores) {
+                       int seg_len, float* cand_val, int* cand_idx, int* cand_count, float* out_val, int* out_idx,
+                       float* qnorm_out, int finalize, float* debug_scores) {
     protospect_topk::partial_topk_f32_body(queries, bank, bank_sqnorm, Q, M, D, k, seg_len, cand_val, cand_idx,
-                                           out_val, out_idx, qnorm_out, finalize, debug_scores);
+                                           cand_count, out_val, out_idx, qnorm_out, finalize, debug_scores);
 }
 extern "C" __global__ void __launch_bounds__(protospect_topk::kMmaThreads, protospect_topk::kMmaBlocksPerSm)
 proto_topk_partial_f16(const __half* queries, const __half* bank, const float* bank_sqnorm, int Q, int M, int D,
-                       int k, int seg_len, float* cand_val, int* cand_idx, float* out_val, int* out_idx,
-                       float* qnorm_out, int finalize, float* debug_scores) {
+                       int k, int seg_len, float* cand_val, int* cand_idx, int* cand_count, float* out_val,
+                       int* out_idx, float* qnorm_out, int finalize, float* debug_scores) {
     protospect_topk::partial_topk_mma_body(queries, bank, bank_sqnorm, Q, M, D, k, seg_len, cand_val, cand_idx,
-                                           out_val, out_idx, qnorm_out, finalize, debug_scores);
+                                           cand_count, out_val, out_idx, qnorm_out, finalize, debug_scores);
 }
 
-extern "C" __global__ void __launch_bounds__(protospect_topk::kMergeWarps * 32)
-proto_topk_merge_splits(const float* part_val, const int* part_idx, const float* qnorm, int Q, int k, int splits,
-                        float* out_dist, int* out_idx) {
-    protospect_topk::merge_splits_body(part_val, part_idx, qnorm, Q, k, splits, out_dist, out_idx);
+extern "C" __global__ void __launch_bounds__(protospect_topk::kMergeThreads)
+proto_topk_merge_splits(const float* cand_val, const int* cand_idx, const int* cand_count, const float* qnorm, int Q,
+                        int k, int splits, int cap, float* out_dist, int* out_idx) {
+    protospect_topk::merge_splits_body(cand_val, cand_idx, cand_count, qnorm, Q, k, splits, cap, out_dist, out_idx);
 }

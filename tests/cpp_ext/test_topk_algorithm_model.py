@@ -68,9 +68,11 @@ def _select(cand_v, cand_i, k):
 
 
 def _partial(scores_row, m_begin, m_end, k, dtype, rng, stats=None):
-    """One query row over one split (partial_topk_*_body): its k smallest, unsorted, padded."""
+    """One query row over one split (partial_topk_*_body): its candidate buffer at the end (<= cap entries,
+    a superset of the split's k smallest), which a single split then selects from and several hand to
+    the merge kernel."""
     tile = TILE_M[dtype]
-    if k == 1 and dtype == "float16":  # running (value, index) minimum in registers
+    if k == 1 and dtype == "float16":  # running (value, index) minimum in registers: a one-slot buffer
         v, i = _sorted_pairs(scores_row[m_begin:m_end], np.arange(m_begin, m_end))
         return v[:1], i[:1]
     cap = cand_cap(k)
@@ -81,26 +83,29 @@ def _partial(scores_row, m_begin, m_end, k, dtype, rng, stats=None):
         s = scores_row[m0:m0 + nm]
         keep = (s < thr) | (thr == np.inf)
         new_v, new_i = s[keep], np.arange(m0, m0 + nm)[keep]
-        if dtype == "float16":  # appends through shared atomics: any order within the tile
+        if dtype == "float16" and thr != np.inf:  # appends through shared atomics: any order within the tile
             order = rng.permutation(len(new_v))
             new_v, new_i = new_v[order], new_i[order]
         cand_v, cand_i = np.concatenate([cand_v, new_v]), np.concatenate([cand_i, new_i])
         assert len(cand_v) <= cap, "a tile overflowed the candidate buffer"
-        if len(cand_v) + tile > cap and m0 + tile < m_end:  # compaction between tiles
+        if len(cand_v) + tile > cap and m0 + tile < m_end:  # compaction, only when another tile follows
             assert len(cand_v) > k
             dropped = len(cand_v) - k
             cand_v, cand_i, thr = _select(cand_v, cand_i, k)
             assert dropped >= CAND_SLACK or dropped >= cap - tile - k + 1
             if stats is not None:
                 stats["compactions"] += 1
-    if len(cand_v) > k:
-        cand_v, cand_i, _ = _select(cand_v, cand_i, k)
-    pad = k - len(cand_v)
-    return np.concatenate([cand_v, np.full(pad, np.inf, np.float32)]), np.concatenate([cand_i, np.full(pad, SENTINEL)])
+    return cand_v, cand_i
 
 
 def _finish(v, i, k, qn):
-    v, i = _sorted_pairs(v, i)  # sort_row
+    """finish_row (one split) / the merge kernel (several): select k, sort, add |q|^2, clamp, pad."""
+    if len(v) > k:
+        v, i, _ = _select(v, i, k)
+    v, i = _sorted_pairs(v, i)
+    pad = k - len(v)
+    v = np.concatenate([v, np.full(pad, np.inf, np.float32)])
+    i = np.concatenate([i, np.full(pad, SENTINEL)])
     return np.maximum(v[:k] + qn, 0), np.where(i[:k] == SENTINEL, -1, i[:k])
 
 
@@ -115,10 +120,9 @@ def model_knn(queries, bank, k, splits, dtype="float16", seed=0):
     dist, idx = np.empty((len(q), k), np.float32), np.empty((len(q), k), np.int64)
     for r in range(len(q)):
         parts = [_partial(scores[r], s * seg, min(M, (s + 1) * seg), k, dtype, rng) for s in range(splits)]
-        v, i = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])  # (splits, k) row
-        if splits > 1 and len(v) > k:  # merge kernel: select in place, then sort
-            v, i, _ = _select(v, i, k)
-        dist[r], idx[r] = _finish(v, i, k, qn[r])
+        v, i = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])  # union of the buffers
+        order = rng.permutation(len(v))  # the merge reads them in no particular order
+        dist[r], idx[r] = _finish(v[order], i[order], k, qn[r])
     return dist, idx
 
 

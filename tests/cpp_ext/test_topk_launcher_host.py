@@ -38,17 +38,19 @@ def test_splits_cover_the_bank_without_empty_segments(Q, M, splits):
 def test_workspace_layout_regions_do_not_overlap():
     lay = launcher.workspace_layout(Q=1000, k=200, splits=3)
     cand = 4 * 3 * 1000 * launcher.cand_cap(200)
-    assert lay["qnorm"] == 0 and lay["part_val"] >= 4 * 1000
-    assert lay["part_idx"] >= lay["part_val"] + 4 * 3 * 1000 * 200
-    assert lay["cand_val"] >= lay["part_idx"] + 4 * 3 * 1000 * 200
+    assert lay["slots"] == launcher.cand_cap(200) == 512
+    assert lay["qnorm"] == 0 and lay["cand_count"] >= 4 * 1000
+    assert lay["cand_val"] >= lay["cand_count"] + 4 * 3 * 1000
     assert lay["cand_idx"] >= lay["cand_val"] + cand and lay["bytes"] >= lay["cand_idx"] + cand
-    assert all(v % 256 == 0 for v in lay.values())
+    assert all(v % 256 == 0 for name, v in lay.items() if name != "slots")
     single = launcher.workspace_layout(1000, 200, 1)
-    assert "part_val" not in single and single["bytes"] >= 8 * 1000 * launcher.cand_cap(200)
-    # the fp16 kernel's k = 1 path keeps its minimum in registers: partial lists only, O(splits Q)
-    assert not launcher.needs_candidates(1, "float16") and launcher.needs_candidates(1, "float32")
-    k1 = launcher.workspace_layout(4096, 1, 8, candidates=False)
-    assert k1["bytes"] == k1["cand_val"] == k1["cand_idx"] <= 4096 * 4 + 2 * 8 * 4096 * 4 + 3 * 256
+    assert "cand_count" not in single and single["bytes"] >= 8 * 1000 * launcher.cand_cap(200)
+    # the fp16 kernel's k = 1 path keeps its minimum in registers: one slot per split, none for one split
+    assert launcher.candidate_slots(1, "float16", 8) == 1 and launcher.candidate_slots(1, "float16", 1) == 0
+    assert launcher.candidate_slots(1, "float32", 8) == launcher.cand_cap(1)
+    k1 = launcher.workspace_layout(4096, 1, 8, "float16")
+    assert k1["bytes"] <= 4 * 4096 + 3 * 4 * 8 * 4096 + 4 * 256  # O(splits Q), not O(Q M)
+    assert launcher.workspace_layout(4096, 1, 1, "float16")["bytes"] == 0
 
 
 GEOMETRY = {"float32": (64, 64, 3), "float16": (128, 128, 2)}  # proto_topk.cuh: block_q, block_m, blocks per SM
