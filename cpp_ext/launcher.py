@@ -245,7 +245,8 @@ class ProtoTopK:
         self._fn = {name: check(self._driver.cuModuleGetFunction(self._module, name.encode()),
                                 f"cuModuleGetFunction({name})")
                     for name in ("proto_topk_bank_sqnorm_f32", "proto_topk_bank_sqnorm_f16",
-                                 "proto_topk_partial_f32", "proto_topk_partial_f16", "proto_topk_merge_splits")}
+                                 "proto_topk_partial_f32", "proto_topk_partial_f16", "proto_topk_merge_splits",
+                                 "proto_topk_merge_min")}
         self._read_config()
         if bank is not None:
             self.set_bank(bank, M, D, dtype)
@@ -367,6 +368,11 @@ class ProtoTopK:
         self._launch(name, (_ceil_div(Q, geo["block_q"]), splits, 1), (geo["threads"], 1, 1), geo["smem"], stream,
                      args)
         if single:
+            return
+        if lay["slots"] == 1:  # fp16 k = 1: each split left one (value, index) per query
+            args = _Args(_ptr(ws + lay["cand_val"]), _ptr(ws + lay["cand_idx"]), _ptr(qnorm), ctypes.c_int(Q),
+                         ctypes.c_int(splits), _ptr(out_dist_ptr), _ptr(out_idx_ptr))
+            self._launch("proto_topk_merge_min", (_ceil_div(Q, 256), 1, 1), (256, 1, 1), 0, stream, args)
             return
         args = _Args(_ptr(ws + lay["cand_val"]), _ptr(ws + lay["cand_idx"]), _ptr(count), _ptr(qnorm), ctypes.c_int(Q),
                      ctypes.c_int(k), ctypes.c_int(splits), ctypes.c_int(lay["slots"]), _ptr(out_dist_ptr),

@@ -146,8 +146,12 @@ int launch(const void* queries, const void* bank, const float* bank_sqnorm, int 
     err = cudaGetLastError();
     if (err != cudaSuccess || single) return err;
 
-    proto_topk_merge_splits<<<Q, kMergeThreads, 0, stream>>>(ws.cand_val, ws.cand_idx, ws.cand_count, ws.qnorm, Q, k,
-                                                             splits, ws.slots, out_dist, out_idx);
+    if (ws.slots == 1)  // fp16 k = 1: each split left one (value, index) per query
+        proto_topk_merge_min<<<ceil_div(Q, 256), 256, 0, stream>>>(ws.cand_val, ws.cand_idx, ws.qnorm, Q, splits,
+                                                                   out_dist, out_idx);
+    else
+        proto_topk_merge_splits<<<Q, kMergeThreads, 0, stream>>>(ws.cand_val, ws.cand_idx, ws.cand_count, ws.qnorm, Q,
+                                                                 k, splits, ws.slots, out_dist, out_idx);
     return cudaGetLastError();
 }
 

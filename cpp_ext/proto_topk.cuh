@@ -1128,6 +1128,27 @@ __device__ void merge_splits_body(const float* __restrict__ cand_val, const int*
     }
 }
 
+// Merge for one-slot buffers (fp16, k = 1), one thread per query: the smallest (value, index) of
+// the splits' minima. The block-per-query kernel above would spend a whole block on `splits` numbers.
+__device__ void merge_min_body(const float* __restrict__ cand_val, const int* __restrict__ cand_idx,
+                               const float* __restrict__ qnorm, int Q, int splits, float* __restrict__ out_dist,
+                               int* __restrict__ out_idx) {
+    const int q = blockIdx.x * blockDim.x + threadIdx.x;
+    if (q >= Q) return;
+    float v = pos_inf();
+    int id = kSentinelIdx;
+    for (int s = 0; s < splits; ++s) {  // coalesced: slot (s, q) of the (splits, Q, 1) buffers
+        const float sv = cand_val[(size_t)s * Q + q];
+        const int si = cand_idx[(size_t)s * Q + q];
+        if (pair_less(sv, si, v, id)) {
+            v = sv;
+            id = si;
+        }
+    }
+    out_dist[q] = fmaxf(v + qnorm[q], 0.f);
+    if (out_idx != nullptr) out_idx[q] = id == kSentinelIdx ? -1 : id;
+}
+
 }  // namespace protospect_topk
 
 // ---- entry points (C names: the launcher, the torch extension and NVRTC all look these up) -----
@@ -1182,4 +1203,9 @@ extern "C" __global__ void __launch_bounds__(protospect_topk::kMergeThreads)
 proto_topk_merge_splits(const float* cand_val, const int* cand_idx, const int* cand_count, const float* qnorm, int Q,
                         int k, int splits, int cap, float* out_dist, int* out_idx) {
     protospect_topk::merge_splits_body(cand_val, cand_idx, cand_count, qnorm, Q, k, splits, cap, out_dist, out_idx);
+}
+extern "C" __global__ void __launch_bounds__(256)
+proto_topk_merge_min(const float* cand_val, const int* cand_idx, const float* qnorm, int Q, int splits, float* out_dist,
+                     int* out_idx) {
+    protospect_topk::merge_min_body(cand_val, cand_idx, qnorm, Q, splits, out_dist, out_idx);
 }
