@@ -245,8 +245,8 @@ class ProtoTopK:
         self._fn = {name: check(self._driver.cuModuleGetFunction(self._module, name.encode()),
                                 f"cuModuleGetFunction({name})")
                     for name in ("proto_topk_bank_sqnorm_f32", "proto_topk_bank_sqnorm_f16",
-                                 "proto_topk_partial_f32", "proto_topk_partial_f16", "proto_topk_merge_splits",
-                                 "proto_topk_merge_min")}
+                                 "proto_topk_partial_f32", "proto_topk_partial_f16", "proto_topk_partial_f16_k1",
+                                 "proto_topk_merge_splits", "proto_topk_merge_min")}
         self._read_config()
         if bank is not None:
             self.set_bank(bank, M, D, dtype)
@@ -263,7 +263,7 @@ class ProtoTopK:
         self._geo = {0: dict(zip(keys, cfg[0:5])), 1: dict(zip(keys, cfg[5:10]))}
         self.max_k, self.max_splits, self.merge_threads = cfg[10:13]
         attr = self._driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
-        for code, name in ((0, "proto_topk_partial_f32"), (1, "proto_topk_partial_f16")):
+        for code, name in ((0, "proto_topk_partial_f32"), (1, "proto_topk_partial_f16"), (1, "proto_topk_partial_f16_k1")):
             check(self._driver.cuFuncSetAttribute(self._fn[name], attr, self._geo[code]["smem"]),
                   f"allowing {self._geo[code]['smem']} B of shared memory for {name} (needs an sm_80+ GPU)")
 
@@ -364,7 +364,7 @@ class ProtoTopK:
                      ctypes.c_int(segment_length(self.M, splits, geo["block_m"])), _ptr(ws + lay["cand_val"]),
                      _ptr(ws + lay["cand_idx"]), _ptr(count), _ptr(out_dist_ptr), _ptr(out_idx_ptr), _ptr(qnorm),
                      ctypes.c_int(1 if single else 0), _ptr(debug_scores_ptr))
-        name = "proto_topk_partial_f16" if code == 1 else "proto_topk_partial_f32"
+        name = "proto_topk_partial_f32" if code == 0 else "proto_topk_partial_f16_k1" if k == 1 else "proto_topk_partial_f16"
         self._launch(name, (_ceil_div(Q, geo["block_q"]), splits, 1), (geo["threads"], 1, 1), geo["smem"], stream,
                      args)
         if single:

@@ -63,6 +63,9 @@ cudaError_t prepare_device(int dtype) {
         if (major < 8) return cudaErrorNotSupported;
         err = cudaFuncSetAttribute(proto_topk_partial_f16, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                    (int)SmemLayoutMma::kBytes);
+        if (err == cudaSuccess)
+            err = cudaFuncSetAttribute(proto_topk_partial_f16_k1, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       (int)SmemLayoutMma::kBytes);
     } else {
         err = cudaFuncSetAttribute(proto_topk_partial_f32, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                    (int)SmemLayoutF32::kBytes);
@@ -136,7 +139,7 @@ int launch(const void* queries, const void* bank, const float* bank_sqnorm, int 
     cudaError_t err = prepare_device(dtype);
     if (err != cudaSuccess) return err;
     if (dtype == kFloat16)
-        proto_topk_partial_f16<<<grid, geo.threads, geo.smem, stream>>>(
+        (k == 1 ? proto_topk_partial_f16_k1 : proto_topk_partial_f16)<<<grid, geo.threads, geo.smem, stream>>>(
             static_cast<const __half*>(queries), static_cast<const __half*>(bank), bank_sqnorm, Q, M, D, k, seg_len,
             ws.cand_val, ws.cand_idx, ws.cand_count, out_dist, out_idx, ws.qnorm, single ? 1 : 0, debug_scores);
     else

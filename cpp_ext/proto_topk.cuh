@@ -672,24 +672,21 @@ __device__ __forceinline__ void mma_compute_step(unsigned stage, int wq, int wm,
     using L = SmemLayoutMma;
 #pragma unroll
     for (int kk = 0; kk < kMmaBlockK / 16; ++kk) {
-        unsigned a[4][4], b[4][2];
+        unsigned a[4][4];
 #pragma unroll
         for (int i = 0; i < 4; ++i)  // lanes 0-15: rows 0-15 at k 0-7; lanes 16-31: the same rows at k 8-15
             ldmatrix_x4(a[i], stage + swizzle(wq * 64 + i * 16 + (lane & 15), kk * 2 + (lane >> 4)));
 #pragma unroll
         for (int jj = 0; jj < 2; ++jj) {  // matrices: (n 0-7, k 0-7), (n 0-7, k 8-15), (n 8-15, k 0-7), (n 8-15, k 8-15)
-            unsigned t[4];
-            ldmatrix_x4(t, stage + L::kTileBytes +
+            unsigned b[4];  // two n8 tiles at a time: fewer live registers than all four
+            ldmatrix_x4(b, stage + L::kTileBytes +
                                swizzle(wm * 32 + jj * 16 + (lane & 7) + ((lane >> 4) << 3), kk * 2 + ((lane >> 3) & 1)));
-            b[2 * jj][0] = t[0];
-            b[2 * jj][1] = t[1];
-            b[2 * jj + 1][0] = t[2];
-            b[2 * jj + 1][1] = t[3];
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                mma_16816(acc[i][2 * jj], a[i], b[0], b[1]);
+                mma_16816(acc[i][2 * jj + 1], a[i], b[2], b[3]);
+            }
         }
-#pragma unroll
-        for (int i = 0; i < 4; ++i)
-#pragma unroll
-            for (int j = 0; j < 4; ++j) mma_16816(acc[i][j], a[i], b[j][0], b[j][1]);
     }
 }
 
@@ -697,7 +694,10 @@ __device__ __forceinline__ void mma_compute_step(unsigned stage, int wq, int wm,
 // arguments are those of partial_topk_f32_body. Thread (warp wq/wm, lane g = lane/4, t4 = lane%4)
 // holds acc[i][j][2h + e] = score of query row wq*64 + 16i + g + 8h and prototype column
 // wm*32 + 8j + 2 t4 + e of the current tile (the m16n8 accumulator layout).
-__device__ void partial_topk_mma_body(const __half* __restrict__ queries, const __half* __restrict__ bank,
+// kOne: the k = 1 specialisation (running minimum in registers), a kernel of its own
+// (proto_topk_partial_f16_k1): in one kernel with the general path the register allocator spills.
+template <bool kOne>
+__device__ __forceinline__ void partial_topk_mma_body(const __half* __restrict__ queries, const __half* __restrict__ bank,
                                       const float* __restrict__ bank_sqnorm, int Q, int M, int D, int k, int seg_len,
                                       float* cand_val, int* cand_idx, int* cand_count, float* out_val, int* out_idx,
                                       float* qnorm_out, int finalize, float* debug_scores) {
@@ -720,7 +720,7 @@ __device__ void partial_topk_mma_body(const __half* __restrict__ queries, const 
     const int m_begin = split * seg_len;
     const int m_end = min(M, m_begin + seg_len);
     const int cap = cand_cap(k);
-    if (k > 1) {
+    if (!kOne) {
         cand_val += ((size_t)split * Q + q0) * cap;  // row ql's buffer: + ql * cap
         cand_idx += ((size_t)split * Q + q0) * cap;
     }
@@ -798,14 +798,14 @@ __device__ void partial_topk_mma_body(const __half* __restrict__ queries, const 
         // ---- epilogue: scores s = |m|^2 - 2 q.m of this tile, from the accumulators ----
         const int m0 = m_begin + tile * kMmaBlockM;
         const int nm = min(kMmaBlockM, m_end - m0);
+        const int col0 = m0 + wm * 32 + 2 * t4;  // column (j, e) = col0 + 8 j + e: computed, not held
         float bnv[4][2];
-        int col[4][2];
 #pragma unroll
         for (int j = 0; j < 4; ++j)
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
-                col[j][e] = m0 + wm * 32 + 8 * j + 2 * t4 + e;
-                bnv[j][e] = col[j][e] < m_end ? __ldg(bank_sqnorm + col[j][e]) : pos_inf();
+                const int c = col0 + 8 * j + e;
+                bnv[j][e] = c < m_end ? __ldg(bank_sqnorm + c) : pos_inf();
             }
 #pragma unroll
         for (int i = 0; i < 4; ++i)
@@ -821,13 +821,13 @@ __device__ void partial_topk_mma_body(const __half* __restrict__ queries, const 
                         float v = bnv[j][e] - 2.f * acc[i][j][2 * h + e];
                         if (v != v) v = pos_inf();  // NaN (bad input) ranks last instead of breaking the sort
                         s[2 * j + e] = v;
-                        if (debug_scores != nullptr && row_ok && col[j][e] < m_end)
-                            debug_scores[(size_t)(q0 + ql) * M + col[j][e]] = v;
+                        if (debug_scores != nullptr && row_ok && col0 + 8 * j + e < m_end)
+                            debug_scores[(size_t)(q0 + ql) * M + col0 + 8 * j + e] = v;
                     }
-                if (k == 1) {  // increasing columns: the strict pair order keeps the smallest index on ties
+                if (kOne) {  // increasing columns: the strict pair order keeps the smallest index on ties
 #pragma unroll
                     for (int c = 0; c < 8; ++c) {
-                        const int m = col[c >> 1][c & 1];
+                        const int m = col0 + 8 * (c >> 1) + (c & 1);
                         if (m < m_end && pair_less(s[c], m, best_v[i][h], best_i[i][h])) {
                             best_v[i][h] = s[c];
                             best_i[i][h] = m;
@@ -843,7 +843,7 @@ __device__ void partial_topk_mma_body(const __half* __restrict__ queries, const 
                         const size_t base = (size_t)ql * cap + num_cand[ql];
 #pragma unroll
                         for (int j = 0; j < 4; ++j) {
-                            const int m = col[j][0];
+                            const int m = col0 + 8 * j;
                             const size_t at = base + (m - m0);
                             if (m + 1 < m_end) {
                                 *reinterpret_cast<float2*>(cand_val + at) = make_float2(s[2 * j], s[2 * j + 1]);
@@ -859,7 +859,7 @@ __device__ void partial_topk_mma_body(const __half* __restrict__ queries, const 
                 unsigned pass = 0u;
 #pragma unroll
                 for (int c = 0; c < 8; ++c)
-                    if (row_ok && col[c >> 1][c & 1] < m_end && s[c] < thr) pass |= 1u << c;
+                    if (row_ok && col0 + 8 * (c >> 1) + (c & 1) < m_end && s[c] < thr) pass |= 1u << c;
                 // the 4 lanes of a quad share the row: one shared atomic per quad reserves their slots
                 const unsigned quad = 0xfu << (lane & ~3);
                 const int cnt = __popc(pass);
@@ -881,12 +881,12 @@ __device__ void partial_topk_mma_body(const __half* __restrict__ queries, const 
                     for (int c = 0; c < 8; ++c)
                         if (pass & (1u << c)) {
                             cv[pos] = s[c];
-                            ci[pos] = col[c >> 1][c & 1];
+                            ci[pos] = col0 + 8 * (c >> 1) + (c & 1);
                             ++pos;
                         }
                 }
             }
-        if (k == 1) continue;
+        if (kOne) continue;
 
         // ---- compaction: a row that might not fit the next tile keeps its k smallest ----
         __syncthreads();  // every append of this tile is in place
@@ -914,7 +914,7 @@ __device__ void partial_topk_mma_body(const __half* __restrict__ queries, const 
     cp_async_wait<0>();
     __syncthreads();  // the pipeline region is free: reuse it
 
-    if (k == 1) {
+    if (kOne) {
         // quad lanes share rows: reduce over their columns, then over the 4 column warps
 #pragma unroll
         for (int i = 0; i < 4; ++i)
@@ -1195,8 +1195,16 @@ extern "C" __global__ void __launch_bounds__(protospect_topk::kMmaThreads, proto
 proto_topk_partial_f16(const __half* queries, const __half* bank, const float* bank_sqnorm, int Q, int M, int D,
                        int k, int seg_len, float* cand_val, int* cand_idx, int* cand_count, float* out_val,
                        int* out_idx, float* qnorm_out, int finalize, float* debug_scores) {
-    protospect_topk::partial_topk_mma_body(queries, bank, bank_sqnorm, Q, M, D, k, seg_len, cand_val, cand_idx,
-                                           cand_count, out_val, out_idx, qnorm_out, finalize, debug_scores);
+    protospect_topk::partial_topk_mma_body<false>(queries, bank, bank_sqnorm, Q, M, D, k, seg_len, cand_val, cand_idx,
+                                                  cand_count, out_val, out_idx, qnorm_out, finalize, debug_scores);
+}
+// k = 1 (same arguments; the hosts launch it for fp16 with k = 1)
+extern "C" __global__ void __launch_bounds__(protospect_topk::kMmaThreads, protospect_topk::kMmaBlocksPerSm)
+proto_topk_partial_f16_k1(const __half* queries, const __half* bank, const float* bank_sqnorm, int Q, int M, int D,
+                          int k, int seg_len, float* cand_val, int* cand_idx, int* cand_count, float* out_val,
+                          int* out_idx, float* qnorm_out, int finalize, float* debug_scores) {
+    protospect_topk::partial_topk_mma_body<true>(queries, bank, bank_sqnorm, Q, M, D, k, seg_len, cand_val, cand_idx,
+                                                 cand_count, out_val, out_idx, qnorm_out, finalize, debug_scores);
 }
 
 extern "C" __global__ void __launch_bounds__(protospect_topk::kMergeThreads)

@@ -11,7 +11,7 @@ import pytest
 from protospect.cpp_ext import launcher
 
 CPP_EXT = Path(launcher.__file__).resolve().parent
-KERNELS = [b"proto_topk_partial_f16", b"proto_topk_partial_f32", b"proto_topk_merge_splits", b"proto_topk_merge_min",
+KERNELS = [b"proto_topk_partial_f16", b"proto_topk_partial_f16_k1", b"proto_topk_partial_f32", b"proto_topk_merge_splits", b"proto_topk_merge_min",
            b"proto_topk_bank_sqnorm_f16", b"proto_topk_bank_sqnorm_f32", b"proto_topk_config"]
 
 
