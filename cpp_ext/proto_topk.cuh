@@ -30,10 +30,12 @@
 //      Tiles go in increasing prototype order and thresholds only change between tiles, so a score
 //      EQUAL to the threshold always has a larger index than the k kept entries <= it and can be
 //      dropped: `s < threshold` is exact for ties.
-//   4. with one split, the block sorts its k and writes the output; with several (to fill the GPU
-//      when Q is small), each writes its k, unsorted, to a (Q, splits, k) list and the merge kernel
-//      (one warp per query) selects and sorts the k smallest of the query's splits * k. The last
-//      step adds |q|^2 and clamps at 0.
+//      While a row is still filling (threshold +inf) every score goes straight to its column's slot.
+//   4. with one split, the block selects and sorts its k and writes the output; with several (to
+//      fill the GPU when Q is small), each block leaves its candidate buffer (<= cap entries, a
+//      superset of its split's k smallest) and count, and the merge kernel (one block per query)
+//      selects and sorts the k smallest of the union; fp16 k = 1 merges the splits' minima with one
+//      thread per query. The last step adds |q|^2 and clamps at 0.
 //
 // Warp ownership: a query row belongs to one warp for compaction and the final sort, so that
 // per-row state needs only __syncwarp; block barriers separate the append and compaction phases.

@@ -1,7 +1,8 @@
 """A line-by-line numpy model of the kernel's selection logic (proto_topk.cuh), checked against the
-reference on CPU: tile order, the strict `s < threshold` filter with ties, the compaction rule and its
-radix select + stable partition, buffer bounds, split padding and the split merge. It cannot find CUDA bugs (indexing, barriers);
-it does check the algorithm those lines implement, here, without a GPU."""
+reference on CPU: tile order, the fill phase, unordered appends within a tile, the strict
+`s < threshold` filter with ties, the compaction rule, the radix passes (from the highest differing
+bit) with the index tie pass, buffer bounds and the merge of the splits' buffers. It cannot find CUDA
+bugs (indexing, barriers); it does check the algorithm those lines implement, here, without a GPU."""
 from __future__ import annotations
 
 import numpy as np
