@@ -162,9 +162,12 @@ def plan_splits(Q: int, M: int, k: int, sm_count: int, block_q: int, block_m: in
     return effective_splits(M, max(1, min(by_occupancy, by_k)), block_m, max_splits)
 
 
-def cand_cap(k: int, slack: int = 128, max_cap: int = 512) -> int:
-    """Candidate slots per query and split (cand_cap in proto_topk.cuh: kCandSlack, kMaxCandCap)."""
-    return min(2 * k + slack, max_cap)
+_CAND_SLACK, _MAX_CAND_CAP = 128, 512  # proto_topk.cuh kCandSlack, kMaxCandCap (test_topk_compile checks the layout)
+
+
+def cand_cap(k: int) -> int:
+    """Candidate slots per query and split (cand_cap in proto_topk.cuh)."""
+    return min(2 * k + _CAND_SLACK, _MAX_CAND_CAP)
 
 
 def candidate_slots(k: int, dtype: str, splits: int) -> int:

@@ -177,7 +177,8 @@ extern "C" int proto_topk_bank_sqnorm(const void* bank, int M, int D, int dtype,
 extern "C" int proto_topk_plan_splits(int Q, int M, int k, int dtype, int sm_count) {
     if (Q < 1 || M < 1) return 1;
     // Fill the GPU in one wave (blocks_per_sm resident blocks per SM, never a partial second wave), but
-    // give each split at least 2k prototypes: every split selects its own k from its candidates.
+    // give each split at least 2k prototypes: each hands the merge up to cand_cap(k) >= 2k candidates,
+    // so thinner splits would only grow the merge's input.
     const Geometry geo = geometry(dtype);
     const int query_blocks = ceil_div(Q, geo.block_q);
     const int by_occupancy = (geo.blocks_per_sm * (sm_count > 0 ? sm_count : 1)) / query_blocks;

@@ -139,26 +139,19 @@ static_assert(kMmaBlocksPerSm * (SmemLayoutMma::kBytes + 1024u) <= 228u * 1024u,
 
 __device__ __forceinline__ float to_float(float x) { return x; }
 __device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
-// Explicit zero: torch builds define __CUDA_NO_HALF_CONVERSIONS__, so no implicit float -> __half.
-template <typename T> __device__ __forceinline__ T zero_value();
-template <> __device__ __forceinline__ float zero_value<float>() { return 0.f; }
-template <> __device__ __forceinline__ __half zero_value<__half>() { return __float2half(0.f); }
 
 __device__ __forceinline__ float pos_inf() { return __int_as_float(0x7f800000); }
 
 // cp.async (sm_80+): 16-byte global -> shared copies that run behind the tensor-core work; a copy of
-// 0 source bytes zero-fills the destination (out-of-range rows and dims). Older GPUs copy directly.
+// 0 source bytes zero-fills the destination (out-of-range rows and dims). `dst` is a shared-space address.
 __device__ __forceinline__ unsigned smem_addr(const void* p) {
     unsigned a;
     asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
     return a;
 }
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+__device__ __forceinline__ void cp_async16(unsigned dst, const void* src, bool valid) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
-                 "r"(valid ? 16 : 0));
-#else
-    *reinterpret_cast<uint4*>(dst) = valid ? *reinterpret_cast<const uint4*>(src) : make_uint4(0u, 0u, 0u, 0u);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0));
 #endif
 }
 __device__ __forceinline__ void cp_async_commit() {
@@ -235,33 +228,18 @@ __device__ void bank_sqnorm_body(const T* __restrict__ bank, int M, int D, float
 
 // ---- dot-product tile: scores[ql][c] = q[q0+ql] . bank[m0+c] ----------------------------------
 
-// Shared-memory tile load: rows [row0, row0+rows_valid) x dims [d0, d0+kBlockD) of a row-major
+// fp32 shared-memory tile load: rows [row0, row0+rows_valid) x dims [d0, d0+kBlockD) of a row-major
 // (rows x D) matrix into dst[row][d] with leading dimension Ld; everything out of range is zero,
 // so partial tiles and odd D need no special case in the math.
-template <typename T, int kRows, int Ld>
-__device__ __forceinline__ void load_tile(T* dst, const T* __restrict__ src, int row0, int rows_valid,
-                                          int d0, int D, bool vec16) {
-    constexpr int kVec = 16 / sizeof(T);          // elements per 16-byte vector
-    constexpr int kChunksPerRow = kBlockD / kVec;
-    if (vec16) {  // D % kVec == 0 and 16-byte aligned base: a whole vector is in or out of range
-        for (int c = threadIdx.x; c < kRows * kChunksPerRow; c += kThreads) {
-            const int r = c / kChunksPerRow;
-            const int d = (c % kChunksPerRow) * kVec;
-            uint4 v = make_uint4(0u, 0u, 0u, 0u);
-            if (r < rows_valid && d0 + d < D)
-                v = *reinterpret_cast<const uint4*>(src + (size_t)(row0 + r) * D + d0 + d);
-            // Ld * sizeof(T) is a multiple of 16 for __half (40 * 2 = 80); the float path uses
-            // the scalar branch below for its odd stride, so this store stays aligned.
-            *reinterpret_cast<uint4*>(dst + r * Ld + d) = v;
-        }
-    } else {
-        for (int e = threadIdx.x; e < kRows * kBlockD; e += kThreads) {
-            const int r = e / kBlockD;
-            const int d = e % kBlockD;
-            T v = zero_value<T>();
-            if (r < rows_valid && d0 + d < D) v = src[(size_t)(row0 + r) * D + d0 + d];
-            dst[r * Ld + d] = v;
-        }
+template <int kRows, int Ld>
+__device__ __forceinline__ void load_tile(float* dst, const float* __restrict__ src, int row0, int rows_valid, int d0,
+                                          int D) {
+    for (int e = threadIdx.x; e < kRows * kBlockD; e += kThreads) {
+        const int r = e / kBlockD;
+        const int d = e % kBlockD;
+        float v = 0.f;
+        if (r < rows_valid && d0 + d < D) v = src[(size_t)(row0 + r) * D + d0 + d];
+        dst[r * Ld + d] = v;
     }
 }
 
@@ -269,7 +247,7 @@ __device__ __forceinline__ void load_tile(T* dst, const T* __restrict__ src, int
 // (i < 8) and columns tx + 16 j (j < 4): interleaved so shared reads are broadcast/conflict-free.
 struct TileDotF32 {
     static __device__ void run(const float* __restrict__ queries, const float* __restrict__ bank, int q0,
-                               int nq, int m0, int nm, int D, bool /*vec16*/, float* tiles, float* scores) {
+                               int nq, int m0, int nm, int D, float* tiles, float* scores) {
         constexpr int Ld = kLd32;
         float* sA = tiles;
         float* sB = tiles + SmemLayoutF32::kTileBytes / sizeof(float);
@@ -281,8 +259,8 @@ struct TileDotF32 {
             for (int j = 0; j < 4; ++j) acc[i][j] = 0.f;
 
         for (int d0 = 0; d0 < D; d0 += kBlockD) {
-            load_tile<float, kBlockQ, Ld>(sA, queries, q0, nq, d0, D, false);
-            load_tile<float, kBlockM, Ld>(sB, bank, m0, nm, d0, D, false);
+            load_tile<kBlockQ, Ld>(sA, queries, q0, nq, d0, D);
+            load_tile<kBlockM, Ld>(sB, bank, m0, nm, d0, D);
             __syncthreads();
 #pragma unroll 4
             for (int kk = 0; kk < kBlockD; ++kk) {
@@ -348,11 +326,7 @@ __device__ __forceinline__ void radix_pick(const unsigned* hist, int lane, int n
     before = __shfl_sync(full, bef, src);
 }
 
-// Keep the k smallest (value, index) entries of a row's candidate buffer (k < n <= 32 kPerLane
-// entries, in any order) in place (compacted to the front, in buffer order); returns the k-th smallest value. Radix select on
-// order_key (8 bits per pass, keys cached in registers), then, only if several entries share the
-// k-th value, a radix select on their indices; then a partition keeping every smaller key and the
-// tied keys up to the cut index. Called by the whole owning warp; cv/ci may be global or shared.
+// Order keys of a row's n candidates, cached per lane: entry 32 j + lane in keys[j].
 template <int kPerLane>
 __device__ __forceinline__ void load_keys(int n, int lane, const float* cv, unsigned (&keys)[kPerLane]) {
 #pragma unroll
@@ -440,6 +414,10 @@ __device__ unsigned find_cut(int k, int n, int lane, const unsigned (&keys)[kPer
     return prefix;
 }
 
+// Keep the k smallest (value, index) entries of a row's candidate buffer (k < n <= 32 kPerLane
+// entries, in any order) in place, compacted to the front in buffer order; returns the k-th smallest
+// value. find_cut, then a partition keeping every smaller key and the tied keys up to the cut index.
+// Called by the whole owning warp; cv/ci may be global or shared.
 template <int kPerLane>
 __device__ float select_row(int k, int n, int lane, float* cv, int* ci, unsigned* hist) {
     const unsigned full = 0xffffffffu, below = (1u << lane) - 1u;
@@ -583,7 +561,7 @@ __device__ void partial_topk_f32_body(const float* __restrict__ queries, const f
     for (int m0 = m_begin; m0 < m_end; m0 += kBlockM) {
         const int nm = min(kBlockM, m_end - m0);
         if (threadIdx.x < kBlockM) bn[threadIdx.x] = threadIdx.x < nm ? bank_sqnorm[m0 + threadIdx.x] : pos_inf();
-        TileDotF32::run(queries, bank, q0, nq, m0, nm, D, false, tiles, scores);
+        TileDotF32::run(queries, bank, q0, nq, m0, nm, D, tiles, scores);
         __syncthreads();  // scores and bn complete
 
         for (int ql = warp; ql < nq; ql += kWarps) {
@@ -656,9 +634,7 @@ __device__ __forceinline__ void mma_16816(float (&c)[4], const unsigned (&a)[4],
 __device__ __forceinline__ void copy_chunk(unsigned dst, const __half* __restrict__ src, int dims_left, bool valid,
                                           bool vec16) {
     if (vec16) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0));
-#endif
+        cp_async16(dst, src, valid);
     } else {
         __align__(16) __half v[8];
 #pragma unroll
@@ -1157,10 +1133,10 @@ __device__ void merge_min_body(const float* __restrict__ cand_val, const int* __
 
 // Numbers the hosts need (read by launcher.py through cuModuleGetGlobal): keep in sync by construction.
 // Per dtype (fp32 then fp16): block queries, tile prototypes, threads, dynamic smem bytes, blocks per SM;
-// then max k, max splits, merge threads per block (one block per query), candidate slack, max candidate slots.
+// then max k, max splits, merge threads per block (one block per query).
 // Block form: `extern "C" __device__ int x[] = ...` would leave nvcc's host shadow undefined at link time.
 extern "C" {
-__device__ int proto_topk_config[15] = {
+__device__ int proto_topk_config[13] = {
     protospect_topk::kBlockQ,
     protospect_topk::kBlockM,
     protospect_topk::kThreads,
@@ -1174,8 +1150,6 @@ __device__ int proto_topk_config[15] = {
     protospect_topk::kMaxK,
     protospect_topk::kMaxSplits,
     protospect_topk::kMergeThreads,
-    protospect_topk::kCandSlack,
-    protospect_topk::kMaxCandCap,
 };
 }
 
