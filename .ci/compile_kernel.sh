@@ -8,7 +8,7 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SRC="$REPO/cpp_ext/proto_topk.cu"
 NVCC="${NVCC:-nvcc}"
-ARCHES="${ARCHES:-87 90}"
+ARCHES="${ARCHES:-87 90 90a}"
 OUT="$(mktemp -d)"
 trap 'rm -rf "$OUT"' EXIT
 

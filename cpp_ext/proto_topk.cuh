@@ -479,7 +479,7 @@ __device__ void sort_row(int n, int lane, const float* cv, const int* ci, float*
 __device__ void finish_row(int q, int Q, int k, int n, int lane, float* cv, int* ci, float qn, int split, int finalize,
                            unsigned* hist, float* stage_val, int* stage_idx, float* out_val, int* out_idx,
                            int* cand_count) {
-    if (!finalize) {
+    if (!finalize) {  // (cutting the buffer to k here, for a smaller merge, measured slower: see the docs)
         if (lane == 0) cand_count[(size_t)split * Q + q] = n;
         return;
     }
@@ -532,7 +532,7 @@ __device__ void partial_topk_f32_body(const float* __restrict__ queries, const f
                                       float* cand_val, int* cand_idx, int* cand_count, float* out_val, int* out_idx,
                                       float* qnorm_out, int finalize, float* debug_scores) {
     using L = SmemLayoutF32;
-    extern __shared__ __align__(128) unsigned char smem[];
+    extern __shared__ __align__(1024) unsigned char smem[];
     float* tiles = reinterpret_cast<float*>(smem + L::kTileA);
     float* scores = reinterpret_cast<float*>(smem + L::kScores);
     float* bn = reinterpret_cast<float*>(smem + L::kBankNorm);
@@ -668,10 +668,110 @@ __device__ __forceinline__ void mma_compute_step(unsigned stage, int wq, int wm,
     }
 }
 
+// ---- wgmma (sm_90a): Hopper's warpgroup MMA, both operands read from shared memory -------------
+//
+// The pipeline tiles above are already in the layout wgmma's 128-byte swizzle expects for K-major
+// operands (rows of 128 bytes, 16-byte chunk c of row r at chunk c ^ (r & 7), 8-row groups 1024 bytes
+// apart, tiles 1024-byte aligned), so the same cp.async loads feed either instruction.
+// PROTOSPECT_TOPK_FORCE_MMA (-D at build time) keeps mma.sync on sm_90a too, for comparisons.
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL) && !defined(PROTOSPECT_TOPK_FORCE_MMA)
+#define PROTOSPECT_TOPK_WGMMA 1
+#else
+#define PROTOSPECT_TOPK_WGMMA 0
+#endif
+
+// Shared-memory matrix descriptor: start address, leading byte offset (unused for swizzled K-major
+// tiles, 16 by convention), stride byte offset 1024 (between 8-row groups), layout 1 = 128-byte swizzle.
+__device__ __forceinline__ unsigned long long wgmma_desc(unsigned addr) {
+    return (unsigned long long)((addr & 0x3ffffu) >> 4) | ((unsigned long long)(16u >> 4) << 16) |
+           ((unsigned long long)(1024u >> 4) << 32) | (1ull << 62);
+}
+
+// d (64 x 128 per warpgroup, fp32) += A (64 x 16, K-major) * B (128 x 16, K-major)^T. Thread t of the
+// warpgroup holds d[j][2h + e] = element (16 (t / 32) + (t % 32) / 4 + 8 h, 8 j + 2 (t % 4) + e): per
+// warp the m16n8 accumulator layout of mma.sync, repeated over 16 column tiles.
+__device__ __forceinline__ void wgmma_m64n128k16(float (&d)[16][4], unsigned long long desc_a,
+                                                 unsigned long long desc_b) {
+#if PROTOSPECT_TOPK_WGMMA
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+        "}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]),
+          "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]),
+          "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]),
+          "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]),
+          "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]),
+          "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),
+          "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]),
+          "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3]),
+          "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]), "+f"(d[8][3]),
+          "+f"(d[9][0]), "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3]),
+          "+f"(d[10][0]), "+f"(d[10][1]), "+f"(d[10][2]), "+f"(d[10][3]),
+          "+f"(d[11][0]), "+f"(d[11][1]), "+f"(d[11][2]), "+f"(d[11][3]),
+          "+f"(d[12][0]), "+f"(d[12][1]), "+f"(d[12][2]), "+f"(d[12][3]),
+          "+f"(d[13][0]), "+f"(d[13][1]), "+f"(d[13][2]), "+f"(d[13][3]),
+          "+f"(d[14][0]), "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]),
+          "+f"(d[15][0]), "+f"(d[15][1]), "+f"(d[15][2]), "+f"(d[15][3])
+        : "l"(desc_a), "l"(desc_b), "r"(1));
+#endif
+}
+
+__device__ __forceinline__ void wgmma_fence() {
+#if PROTOSPECT_TOPK_WGMMA
+    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wgmma_commit_and_wait() {
+#if PROTOSPECT_TOPK_WGMMA
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+#endif
+}
+// Orders this thread's generic-proxy shared-memory writes (cp.async, st.shared) before async-proxy
+// reads (wgmma) that follow a barrier.
+__device__ __forceinline__ void fence_proxy_async() {
+#if PROTOSPECT_TOPK_WGMMA && !defined(PROTOSPECT_TOPK_NO_PROXY_FENCE)
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+
+// Warpgroup wg's 64 x 128 share of a 128 x 128 x 64 step: 4 k16 slices (32 bytes apart in a row).
+__device__ __forceinline__ void wgmma_compute_step(unsigned stage, int wg, float (&acc)[1][16][4]) {
+    using L = SmemLayoutMma;
+    const unsigned a = stage + wg * 64 * L::kRowBytes, b = stage + L::kTileBytes;
+    wgmma_fence();  // the accumulators were written by ordinary instructions (zeroing, the epilogue)
+#pragma unroll
+    for (int kk = 0; kk < kMmaBlockK / 16; ++kk) wgmma_m64n128k16(acc[0], wgmma_desc(a + 32 * kk), wgmma_desc(b + 32 * kk));
+    wgmma_commit_and_wait();
+}
+
+template <bool kCond, typename A, typename B> struct Pick { using type = A; };
+template <typename A, typename B> struct Pick<false, A, B> { using type = B; };
+
+// Which accumulator element is which (query row, prototype column) of the tile, per instruction:
+// element acc[i][j][2h + e] of a thread is row row0 + 16 i + 8 h, column col0 + 8 j + e.
+struct FragMmaSync {  // warp (wq, wm) = (warp / 4, warp % 4): rows wq*64 .. +63, columns wm*32 .. +31
+    static constexpr int kI = 4, kJ = 4, kColGroups = 4;
+    static __device__ __forceinline__ int row0(int warp, int g) { return (warp >> 2) * 64 + g; }
+    static __device__ __forceinline__ int col0(int warp, int t4) { return (warp & 3) * 32 + 2 * t4; }
+    static __device__ __forceinline__ int col_group(int warp) { return warp & 3; }
+};
+struct FragWgmma {  // warpgroup warp / 4: rows (warp / 4)*64 .. +63, all columns; warp % 4: 16 of those rows
+    static constexpr int kI = 1, kJ = 16, kColGroups = 1;
+    static __device__ __forceinline__ int row0(int warp, int g) { return (warp >> 2) * 64 + (warp & 3) * 16 + g; }
+    static __device__ __forceinline__ int col0(int, int t4) { return 2 * t4; }
+    static __device__ __forceinline__ int col_group(int) { return 0; }
+};
+
 // fp16 block: queries [q0, q0 + 128) against prototypes [m_begin, m_end) of split blockIdx.y; the
-// arguments are those of partial_topk_f32_body. Thread (warp wq/wm, lane g = lane/4, t4 = lane%4)
-// holds acc[i][j][2h + e] = score of query row wq*64 + 16i + g + 8h and prototype column
-// wm*32 + 8j + 2 t4 + e of the current tile (the m16n8 accumulator layout).
+// arguments are those of partial_topk_f32_body. The tile's dot products come from wgmma where the
+// build targets sm_90a (Frag = FragWgmma), else from mma.sync (FragMmaSync); Frag says which row and
+// column each accumulator element is (lane g = lane/4, t4 = lane%4).
 // kOne: the k = 1 specialisation (running minimum in registers), a kernel of its own
 // (proto_topk_partial_f16_k1): in one kernel with the general path the register allocator spills.
 template <bool kOne>
@@ -681,15 +781,27 @@ __device__ __forceinline__ void partial_topk_mma_body(const __half* __restrict__
                                       float* qnorm_out, int finalize, float* debug_scores) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     using L = SmemLayoutMma;
-    extern __shared__ __align__(128) unsigned char smem[];
+    // wgmma for the k = 1 kernel only: for k > 1, where the candidate traffic rather than the GEMM sets the
+    // pace, the mma.sync tiles measured faster on the H100 (docs/results/kernel_bench_h100.md);
+    // PROTOSPECT_TOPK_WGMMA_ALL builds both with wgmma, for that comparison.
+#if defined(PROTOSPECT_TOPK_WGMMA_ALL)
+    constexpr bool kWgmmaAll = true;
+#else
+    constexpr bool kWgmmaAll = false;
+#endif
+    // (written in terms of kOne so that `if constexpr` below discards the other instruction's branch)
+    constexpr bool kWgmma = PROTOSPECT_TOPK_WGMMA && (kOne || kWgmmaAll);
+    using Frag = typename Pick<kWgmma, FragWgmma, FragMmaSync>::type;
+    // wgmma's swizzle follows address bits: the pipeline tiles must start on a 1024-byte boundary
+    extern __shared__ __align__(1024) unsigned char smem[];
     const unsigned pipe = smem_addr(smem + L::kPipe);
     float* qn = reinterpret_cast<float*>(smem + L::kQueryNorm);
     float* threshold = reinterpret_cast<float*>(smem + L::kThreshold);
     int* num_cand = reinterpret_cast<int*>(smem + L::kNumCand);
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int wq = warp >> 2, wm = warp & 3;
     const int g = lane >> 2, t4 = lane & 3;
+    const int row0 = Frag::row0(warp, g);
     unsigned* hist = reinterpret_cast<unsigned*>(smem + L::kHist) + warp * kRadixBins;
 
     const int q0 = blockIdx.x * kMmaBlockQ;
@@ -708,11 +820,11 @@ __device__ __forceinline__ void partial_topk_mma_body(const __half* __restrict__
     init_rows(queries, q0, nq, kMmaBlockQ, D, kMmaWarps, split, qn, threshold, num_cand, qnorm_out);
     __syncthreads();  // rows are read by every warp in the epilogue
 
-    float acc[4][4][4];
-    float best_v[4][2];  // k = 1: running minimum of this thread's rows
-    int best_i[4][2];
+    float acc[Frag::kI][Frag::kJ][4];
+    float best_v[Frag::kI][2];  // k = 1: running minimum of this thread's rows
+    int best_i[Frag::kI][2];
 #pragma unroll
-    for (int i = 0; i < 4; ++i)
+    for (int i = 0; i < Frag::kI; ++i)
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
             best_v[i][h] = pos_inf();
@@ -760,57 +872,68 @@ __device__ __forceinline__ void partial_topk_mma_body(const __half* __restrict__
     int c_stage = 0;
     for (int tile = 0; tile < tiles; ++tile) {
 #pragma unroll
-        for (int i = 0; i < 4; ++i)
+        for (int i = 0; i < Frag::kI; ++i)
 #pragma unroll
-            for (int j = 0; j < 4; ++j)
+            for (int j = 0; j < Frag::kJ; ++j)
 #pragma unroll
                 for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
         for (int kstep = 0; kstep < nk; ++kstep) {
             cp_async_wait<kMmaStages - 2>();  // this step has landed (this thread's copies) ...
+            if (kWgmma) fence_proxy_async();  // (wgmma reads shared memory through the async proxy)
             __syncthreads();                  // ... and everyone's; everyone is done with the previous buffer
             load_next();                      // into the buffer the previous step used
-            mma_compute_step(pipe + c_stage * L::kStageBytes, wq, wm, lane, acc);
+            if constexpr (kWgmma)
+                wgmma_compute_step(pipe + c_stage * L::kStageBytes, warp >> 2, acc);  // waits for its wgmma
+            else
+                mma_compute_step(pipe + c_stage * L::kStageBytes, warp >> 2, warp & 3, lane, acc);
             c_stage = c_stage + 1 == kMmaStages ? 0 : c_stage + 1;
         }
 
-        // ---- epilogue: scores s = |m|^2 - 2 q.m of this tile, from the accumulators ----
+        // ---- epilogue: scores s = |m|^2 - 2 q.m of this tile, from the accumulators (in place) ----
         const int m0 = m_begin + tile * kMmaBlockM;
         const int nm = min(kMmaBlockM, m_end - m0);
-        const int col0 = m0 + wm * 32 + 2 * t4;  // column (j, e) = col0 + 8 j + e: computed, not held
-        float bnv[4][2];
+        const int col0 = m0 + Frag::col0(warp, t4);  // column (j, e) = col0 + 8 j + e: computed, not held
+        // |m|^2 of this thread's columns: held across its rows where there are few (mma.sync: 8), reloaded
+        // (L1) per row where there are many (wgmma: 32, too many registers to hold)
+        constexpr bool kHoldNorms = Frag::kJ <= 4;
+        float bnv[kHoldNorms ? Frag::kJ : 1][2];
+        if (kHoldNorms) {
 #pragma unroll
-        for (int j = 0; j < 4; ++j)
+            for (int j = 0; j < (kHoldNorms ? Frag::kJ : 1); ++j)
 #pragma unroll
-            for (int e = 0; e < 2; ++e) {
-                const int c = col0 + 8 * j + e;
-                bnv[j][e] = c < m_end ? __ldg(bank_sqnorm + c) : pos_inf();
-            }
+                for (int e = 0; e < 2; ++e) {
+                    const int c = col0 + 8 * j + e;
+                    bnv[j][e] = c < m_end ? __ldg(bank_sqnorm + c) : pos_inf();
+                }
+        }
 #pragma unroll
-        for (int i = 0; i < 4; ++i)
+        for (int i = 0; i < Frag::kI; ++i)
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
-                const int ql = wq * 64 + 16 * i + g + 8 * h;
+                const int ql = row0 + 16 * i + 8 * h;
                 const bool row_ok = ql < nq;
-                float s[8];
 #pragma unroll
-                for (int j = 0; j < 4; ++j)
+                for (int j = 0; j < Frag::kJ; ++j)
 #pragma unroll
-                    for (int e = 0; e < 2; ++e) {
-                        float v = bnv[j][e] - 2.f * acc[i][j][2 * h + e];
+                    for (int e = 0; e < 2; ++e) {  // the row's scores replace its accumulators
+                        const int c = col0 + 8 * j + e;
+                        const float bn = kHoldNorms ? bnv[kHoldNorms ? j : 0][e] : (c < m_end ? __ldg(bank_sqnorm + c) : pos_inf());
+                        float v = bn - 2.f * acc[i][j][2 * h + e];
                         if (v != v) v = pos_inf();  // NaN (bad input) ranks last instead of breaking the sort
-                        s[2 * j + e] = v;
-                        if (debug_scores != nullptr && row_ok && col0 + 8 * j + e < m_end)
-                            debug_scores[(size_t)(q0 + ql) * M + col0 + 8 * j + e] = v;
+                        acc[i][j][2 * h + e] = v;
+                        if (debug_scores != nullptr && row_ok && c < m_end) debug_scores[(size_t)(q0 + ql) * M + c] = v;
                     }
                 if (kOne) {  // increasing columns: the strict pair order keeps the smallest index on ties
 #pragma unroll
-                    for (int c = 0; c < 8; ++c) {
-                        const int m = col0 + 8 * (c >> 1) + (c & 1);
-                        if (m < m_end && pair_less(s[c], m, best_v[i][h], best_i[i][h])) {
-                            best_v[i][h] = s[c];
-                            best_i[i][h] = m;
+                    for (int j = 0; j < Frag::kJ; ++j)
+#pragma unroll
+                        for (int e = 0; e < 2; ++e) {
+                            const int m = col0 + 8 * j + e;
+                            if (m < m_end && pair_less(acc[i][j][2 * h + e], m, best_v[i][h], best_i[i][h])) {
+                                best_v[i][h] = acc[i][j][2 * h + e];
+                                best_i[i][h] = m;
+                            }
                         }
-                    }
                     continue;
                 }
                 const float thr = threshold[ql];  // +inf until k entries have been kept: take everything
@@ -820,24 +943,27 @@ __device__ __forceinline__ void partial_topk_mma_body(const __half* __restrict__
                     if (row_ok) {
                         const size_t base = (size_t)ql * cap + num_cand[ql];
 #pragma unroll
-                        for (int j = 0; j < 4; ++j) {
+                        for (int j = 0; j < Frag::kJ; ++j) {
                             const int m = col0 + 8 * j;
                             const size_t at = base + (m - m0);
                             if (m + 1 < m_end) {
-                                *reinterpret_cast<float2*>(cand_val + at) = make_float2(s[2 * j], s[2 * j + 1]);
+                                *reinterpret_cast<float2*>(cand_val + at) = make_float2(acc[i][j][2 * h], acc[i][j][2 * h + 1]);
                                 *reinterpret_cast<int2*>(cand_idx + at) = make_int2(m, m + 1);
                             } else if (m < m_end) {
-                                cand_val[at] = s[2 * j];
+                                cand_val[at] = acc[i][j][2 * h];
                                 cand_idx[at] = m;
                             }
                         }
                     }
                     continue;  // thr is the same for the 4 lanes of the quad: no shuffles below are skipped by some
                 }
+                static_assert(2 * Frag::kJ <= 32, "one pass bit per value of a row");
                 unsigned pass = 0u;
 #pragma unroll
-                for (int c = 0; c < 8; ++c)
-                    if (row_ok && col0 + 8 * (c >> 1) + (c & 1) < m_end && s[c] < thr) pass |= 1u << c;
+                for (int j = 0; j < Frag::kJ; ++j)
+#pragma unroll
+                    for (int e = 0; e < 2; ++e)
+                        if (row_ok && col0 + 8 * j + e < m_end && acc[i][j][2 * h + e] < thr) pass |= 1u << (2 * j + e);
                 // the 4 lanes of a quad share the row: one shared atomic per quad reserves their slots
                 const unsigned quad = 0xfu << (lane & ~3);
                 const int cnt = __popc(pass);
@@ -856,12 +982,14 @@ __device__ __forceinline__ void partial_topk_mma_body(const __half* __restrict__
                     int* ci = cand_idx + (size_t)ql * cap;
                     int pos = base + incl - cnt;
 #pragma unroll
-                    for (int c = 0; c < 8; ++c)
-                        if (pass & (1u << c)) {
-                            cv[pos] = s[c];
-                            ci[pos] = col0 + 8 * (c >> 1) + (c & 1);
-                            ++pos;
-                        }
+                    for (int j = 0; j < Frag::kJ; ++j)
+#pragma unroll
+                        for (int e = 0; e < 2; ++e)
+                            if (pass & (1u << (2 * j + e))) {
+                                cv[pos] = acc[i][j][2 * h + e];
+                                ci[pos] = col0 + 8 * j + e;
+                                ++pos;
+                            }
                 }
             }
         if (kOne) continue;
@@ -893,9 +1021,9 @@ __device__ __forceinline__ void partial_topk_mma_body(const __half* __restrict__
     __syncthreads();  // the pipeline region is free: reuse it
 
     if (kOne) {
-        // quad lanes share rows: reduce over their columns, then over the 4 column warps
+        // quad lanes share rows: reduce over their columns, then over the column groups (mma.sync: 4 warps)
 #pragma unroll
-        for (int i = 0; i < 4; ++i)
+        for (int i = 0; i < Frag::kI; ++i)
 #pragma unroll
             for (int h = 0; h < 2; ++h)
 #pragma unroll
@@ -907,16 +1035,17 @@ __device__ __forceinline__ void partial_topk_mma_body(const __half* __restrict__
                         best_i[i][h] = oi;
                     }
                 }
-        float* red_v = reinterpret_cast<float*>(smem + L::kReduce);  // [wm][row]
-        int* red_i = reinterpret_cast<int*>(smem + L::kReduce) + 4 * kMmaBlockQ;
+        float* red_v = reinterpret_cast<float*>(smem + L::kReduce);  // [column group][row]
+        int* red_i = reinterpret_cast<int*>(smem + L::kReduce) + Frag::kColGroups * kMmaBlockQ;
         if (t4 == 0) {
+            const int cg = Frag::col_group(warp);
 #pragma unroll
-            for (int i = 0; i < 4; ++i)
+            for (int i = 0; i < Frag::kI; ++i)
 #pragma unroll
                 for (int h = 0; h < 2; ++h) {
-                    const int ql = wq * 64 + 16 * i + g + 8 * h;
-                    red_v[wm * kMmaBlockQ + ql] = best_v[i][h];
-                    red_i[wm * kMmaBlockQ + ql] = best_i[i][h];
+                    const int ql = row0 + 16 * i + 8 * h;
+                    red_v[cg * kMmaBlockQ + ql] = best_v[i][h];
+                    red_i[cg * kMmaBlockQ + ql] = best_i[i][h];
                 }
         }
         __syncthreads();
@@ -924,7 +1053,7 @@ __device__ __forceinline__ void partial_topk_mma_body(const __half* __restrict__
         if (ql < nq) {
             float v = red_v[ql];
             int id = red_i[ql];
-            for (int w = 1; w < 4; ++w) {
+            for (int w = 1; w < Frag::kColGroups; ++w) {
                 const float ov = red_v[w * kMmaBlockQ + ql];
                 const int oi = red_i[w * kMmaBlockQ + ql];
                 if (pair_less(ov, oi, v, id)) {

@@ -51,9 +51,24 @@ def _load():
 
     log.info("JIT-building the proto_topk torch extension (first use only, about a minute)")
     cuda_flags = ["-O3"] + (["-lineinfo"] if os.environ.get("PROTOSPECT_CUDA_LINEINFO") == "1" else [])  # for ncu
+    cuda_flags += _arch_flags()
     _EXT = load(name="protospect_proto_topk", sources=[str(s) for s in SOURCES], extra_include_paths=[str(HERE)],
                 extra_cflags=["-O3"], extra_cuda_cflags=cuda_flags, verbose=False)
     return _EXT
+
+
+def _arch_flags() -> list[str]:
+    """nvcc flags for the current GPU: on Hopper the arch-specific sm_90a (wgmma), which torch's own
+    list never picks; elsewhere (or with TORCH_CUDA_ARCH_LIST set) torch's choice, so no flags."""
+    torch = _torch()
+    if os.environ.get("TORCH_CUDA_ARCH_LIST") or not torch.cuda.is_available():
+        return []
+    from protospect.cpp_ext.launcher import kernel_arch  # noqa: PLC0415 (numpy-only module)
+
+    arch = kernel_arch(*torch.cuda.get_device_capability())
+    if not arch.endswith("a"):
+        return []
+    return [f"-gencode=arch=compute_{arch[3:]},code={arch}"]
 
 
 def unavailable_reason() -> str | None:

