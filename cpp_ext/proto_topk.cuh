@@ -14,7 +14,8 @@
 //   2. stream the segment in tiles of prototypes and compute each tile's dot products q.m:
 //      fp16 (sm_80+): a 128 x 128 tile per block, 8 warps of 64 x 32, mma.sync m16n8k16 tensor-core
 //      instructions fed by ldmatrix from a swizzled, 3-stage cp.async pipeline of 64-dim slices;
-//      the scores never leave the accumulator registers.
+//      the scores never leave the accumulator registers. Built for sm_90a, the k = 1 kernel uses
+//      wgmma m64n128k16 (two warpgroups, operands from the same tiles) instead of mma.sync.
 //      fp32: SIMT FMA (exact fp32) into a 64 x 64 score tile in shared memory.
 //   3. k = 1 (fp16): each thread keeps the running minimum of its rows in registers; threads and
 //      warps reduce once, at the end of the segment.
