@@ -94,10 +94,20 @@ def _out_buffer(size: int) -> bytes:
 
 
 def compile_cubin(arch: str, source: str | None = None, extra_options: tuple[str, ...] = ()) -> bytes:
-    """NVRTC-compile the kernel source for ``arch`` (e.g. "sm_87", "sm_90") and return the cubin.
+    """NVRTC-compile the kernel source for ``arch`` (e.g. "sm_87", "sm_90a") and return the cubin.
 
     Needs no GPU (NVRTC is a compiler library), so CPU machines can test it.
     """
+    return _nvrtc(arch, source, extra_options, ptx=False)
+
+
+def compile_ptx(arch: str, source: str | None = None, extra_options: tuple[str, ...] = ()) -> str:
+    """The PTX NVRTC makes of the kernel source for ``arch`` ("compute_90a", ...): what the runtime's cubin is
+    built from, for inspection (tests run ptxas on it for register counts)."""
+    return _nvrtc(arch, source, extra_options, ptx=True).decode().rstrip("\x00")
+
+
+def _nvrtc(arch: str, source: str | None, extra_options: tuple[str, ...], ptx: bool) -> bytes:
     _, _, nvrtc = _bindings()
     source = SOURCE.read_text() if source is None else source
     includes = cuda_include_dirs()
@@ -118,10 +128,12 @@ def compile_cubin(arch: str, source: str | None = None, extra_options: tuple[str
             raise CudaError(f"NVRTC could not compile {SOURCE.name} for {arch}:\n{text}")
         if text:
             log.warning("NVRTC messages for %s (%s):\n%s", SOURCE.name, arch, text)
-        size = check(nvrtc.nvrtcGetCUBINSize(prog), "nvrtcGetCUBINSize")
-        cubin = _out_buffer(size)
-        check(nvrtc.nvrtcGetCUBIN(prog, cubin), "nvrtcGetCUBIN")
-        return cubin[:size]
+        get_size, get = (nvrtc.nvrtcGetPTXSize, nvrtc.nvrtcGetPTX) if ptx else (nvrtc.nvrtcGetCUBINSize,
+                                                                                nvrtc.nvrtcGetCUBIN)
+        size = check(get_size(prog), "nvrtcGetPTXSize" if ptx else "nvrtcGetCUBINSize")
+        out = _out_buffer(size)
+        check(get(prog, out), "nvrtcGetPTX" if ptx else "nvrtcGetCUBIN")
+        return out[:size]
     finally:
         check(nvrtc.nvrtcDestroyProgram(prog), "nvrtcDestroyProgram")
 

@@ -1313,7 +1313,17 @@ proto_topk_partial_f16_k1(const __half* queries, const __half* bank, const float
                                                  cand_count, out_val, out_idx, qnorm_out, finalize, debug_scores);
 }
 
-extern "C" __global__ void __launch_bounds__(protospect_topk::kMergeThreads)
+// Hopper: 4 blocks per SM (<= 64 registers). The merge is latency-bound, and NVRTC's build otherwise took
+// 70 registers (3 blocks per SM) where nvcc's took 64: the torch-free launcher was slower at k > 1.
+// Orin keeps the compiler's choice (80 registers; a cap of 64 spills there).
+#ifndef PROTOSPECT_TOPK_MERGE_MIN_BLOCKS
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define PROTOSPECT_TOPK_MERGE_MIN_BLOCKS 4
+#else
+#define PROTOSPECT_TOPK_MERGE_MIN_BLOCKS 1
+#endif
+#endif
+extern "C" __global__ void __launch_bounds__(protospect_topk::kMergeThreads, PROTOSPECT_TOPK_MERGE_MIN_BLOCKS)
 proto_topk_merge_splits(const float* cand_val, const int* cand_idx, const int* cand_count, const float* qnorm, int Q,
                         int k, int splits, int cap, float* out_dist, int* out_idx) {
     protospect_topk::merge_splits_body(cand_val, cand_idx, cand_count, qnorm, Q, k, splits, cap, out_dist, out_idx);
