@@ -1,0 +1,113 @@
+"""How many candidates would a per-query bound shared across splits save? (numpy, CPU; design study for
+issue 5's large-k case, not product code.)
+
+The fused kernel splits the bank into S segments (8 at PCSNet's 4096 x 4096, k = 200) that run at the
+same time; each writes every score below its own running threshold to a candidate buffer, and a merge
+kernel selects the k smallest of the union. With k = 200 and 512 prototypes per split a split never
+compacts, so every score is written and merged (4096 per query). A bound that any split may use must be
+valid: at least k of the query's scores lie at or below it. Two ways splits could publish one, tile by
+tile (all splits assumed in lockstep, which is how one wave of blocks runs):
+
+* quantile-max: each split publishes its r-th smallest score so far, r = ceil(k / S); the max over
+  splits bounds the k-th (S x r >= k scores lie below it). Weak when a query's neighbours sit in one split.
+* cdf-points: each split publishes (value, count) points, its c-th smallest for c in {r, 2r, 4r, k}; the
+  bound is the smallest published value v whose counts (per split, the largest c with its c-th <= v)
+  add up to k.
+
+Prints, per data set, the scores written per query (what the partial kernel stores and the merge reads)
+and the candidates left under the final bound (what the merge would select from), against today's kernel
+(no shared bound) and an oracle (the true k-th known in advance: k).
+
+    python scripts/topk_bound_study.py            # ~1 min on 2 cores
+"""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+
+def smooth_field(rng, grid: int, dim: int, sigma: float) -> np.ndarray:
+    """(grid*grid, dim) features that vary smoothly over a grid x grid image (Gaussian-blurred noise,
+    separable blur by FFT): neighbouring positions have similar features, as PCSNet's per-position
+    prototypes and query features do."""
+    noise = rng.standard_normal((grid, grid, dim)).astype(np.float32)
+    freq = np.fft.fftfreq(grid)
+    kernel = np.exp(-2 * (np.pi * sigma) ** 2 * (freq[:, None] ** 2 + freq[None, :] ** 2))
+    field = np.fft.ifft2(np.fft.fft2(noise, axes=(0, 1)) * kernel[:, :, None], axes=(0, 1)).real
+    field /= field.std()
+    return field.reshape(grid * grid, dim).astype(np.float32)
+
+
+def scores(q: np.ndarray, bank: np.ndarray) -> np.ndarray:
+    return (bank * bank).sum(1)[None, :] - 2.0 * q @ bank.T  # the kernel's ranking score
+
+
+def kth(x: np.ndarray, c: int) -> float:
+    return float(np.partition(x, c - 1)[c - 1]) if len(x) >= c else np.inf
+
+
+def bound(seen: list[np.ndarray], k: int, counts: list[int]) -> float:
+    """The smallest published value with >= k scores provably at or below it (inf: none yet)."""
+    points = [(kth(s, c), c) for s in seen for c in counts if len(s) >= c]
+    best = np.inf
+    for v, _ in points:
+        total = sum(max([c for c in counts if len(s) >= c and kth(s, c) <= v], default=0) for s in seen)
+        if total >= k:
+            best = min(best, v)
+    return best
+
+
+def study_row(row: np.ndarray, k: int, splits: int, tile: int, counts: list[int] | None) -> tuple[int, int]:
+    """(scores written, scores <= the final bound) for one query; counts=None: no shared bound."""
+    M = len(row)
+    seg = M // splits
+    segs = [row[s * seg:(s + 1) * seg] for s in range(splits)]
+    written, tau = 0, np.inf
+    seen = [np.empty(0, np.float32) for _ in range(splits)]
+    for t in range(seg // tile):
+        for s in range(splits):
+            part = segs[s][t * tile:(t + 1) * tile]
+            written += int((part <= tau).sum())
+            seen[s] = np.concatenate([seen[s], part])
+        if counts is not None:
+            tau = min(tau, bound(seen, k, counts))
+    under = int((row <= tau).sum())
+    assert under >= k, "a published bound must leave at least k scores at or below it"
+    return written, under if counts is not None else M
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--queries", type=int, default=128, help="queries sampled per data set")
+    ap.add_argument("--dim", type=int, default=64)
+    ap.add_argument("-k", type=int, default=200)
+    ap.add_argument("--splits", type=int, default=8)
+    ap.add_argument("--tile", type=int, default=128)
+    args = ap.parse_args(argv)
+    rng = np.random.default_rng(0)
+    grid, k, S = 64, args.k, args.splits  # 4096 prototypes, as PCSNet's 64 x 64 feature map
+    r = -(-k // S)
+    sets = {
+        "iid gaussian": (rng.standard_normal((grid * grid, args.dim)).astype(np.float32), None),
+        "smooth field (sigma 4 px)": (smooth_field(rng, grid, args.dim, 4.0), 0.3),
+        "smooth field (sigma 8 px)": (smooth_field(rng, grid, args.dim, 8.0), 0.3),
+    }
+    strategies = {"no shared bound (today)": None, "quantile-max": [r], "cdf-points": [r, 2 * r, 4 * r, k]}
+    print(f"M = {grid * grid}, k = {k}, {S} splits of {grid * grid // S}, tiles of {args.tile}, "
+          f"{args.queries} queries per set, D = {args.dim}; per query: written / under the final bound")
+    for name, (bank, noise) in sets.items():
+        idx = rng.choice(grid * grid, args.queries, replace=False)
+        q = bank[idx] + (noise or 1.0) * rng.standard_normal((args.queries, bank.shape[1])).astype(np.float32)
+        sc = scores(q, bank)
+        print(f"\n{name}")
+        for label, counts in strategies.items():
+            res = np.array([study_row(sc[i], k, S, args.tile, counts) for i in range(args.queries)])
+            print(f"  {label:<24} written {res[:, 0].mean():7.0f}   under bound {res[:, 1].mean():7.0f}   "
+                  f"(worst query: {res[:, 0].max()} / {res[:, 1].max()})")
+        print(f"  {'oracle (true k-th)':<24} written {k:7d}   under bound {k:7d}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
