@@ -14,7 +14,9 @@ tile (all splits assumed in lockstep, which is how one wave of blocks runs):
   bound is the smallest published value v whose counts (per split, the largest c with its c-th <= v)
   add up to k.
 
-Prints, per data set, the scores written per query (what the partial kernel stores and the merge reads)
+Each row also checks the scheme is exact: the k smallest (value, then index) of what was written equal
+the query's k smallest (a coarse-grid data set makes many scores equal). Prints, per data set, the scores
+written per query (what the partial kernel stores and the merge reads)
 and the candidates left under the final bound (what the merge would select from), against today's kernel
 (no shared bound) and an oracle (the true k-th known in advance: k).
 
@@ -65,15 +67,23 @@ def study_row(row: np.ndarray, k: int, splits: int, tile: int, counts: list[int]
     segs = [row[s * seg:(s + 1) * seg] for s in range(splits)]
     written, tau = 0, np.inf
     seen = [np.empty(0, np.float32) for _ in range(splits)]
+    emitted = []  # prototype indices written to the candidate buffers
     for t in range(seg // tile):
         for s in range(splits):
             part = segs[s][t * tile:(t + 1) * tile]
-            written += int((part <= tau).sum())
+            keep = np.flatnonzero(part <= tau)  # <=: a score equal to the bound may still be among the k
+            written += len(keep)
+            emitted.append(s * seg + t * tile + keep)
             seen[s] = np.concatenate([seen[s], part])
         if counts is not None:
             tau = min(tau, bound(seen, k, counts))
     under = int((row <= tau).sum())
     assert under >= k, "a published bound must leave at least k scores at or below it"
+    # exactness: the merge's k smallest (value, then index) of what was written = the row's k smallest
+    cand = np.concatenate(emitted)
+    cand = cand[row[cand] <= tau]
+    got = cand[np.lexsort((cand, row[cand]))][:k]
+    assert np.array_equal(got, np.lexsort((np.arange(M), row))[:k]), "the bound dropped one of the k smallest"
     return written, under if counts is not None else M
 
 
@@ -89,6 +99,8 @@ def main(argv=None) -> int:
     grid, k, S = 64, args.k, args.splits  # 4096 prototypes, as PCSNet's 64 x 64 feature map
     r = -(-k // S)
     sets = {
+        "ties (every score equal)": (np.ones((grid * grid, args.dim), np.float32), None),
+        "ties (scores on a coarse grid)": (np.round(rng.standard_normal((grid * grid, args.dim)) * 2) / 2, None),
         "iid gaussian": (rng.standard_normal((grid * grid, args.dim)).astype(np.float32), None),
         "smooth field (sigma 4 px)": (smooth_field(rng, grid, args.dim, 4.0), 0.3),
         "smooth field (sigma 8 px)": (smooth_field(rng, grid, args.dim, 8.0), 0.3),
@@ -99,6 +111,8 @@ def main(argv=None) -> int:
     for name, (bank, noise) in sets.items():
         idx = rng.choice(grid * grid, args.queries, replace=False)
         q = bank[idx] + (noise or 1.0) * rng.standard_normal((args.queries, bank.shape[1])).astype(np.float32)
+        if name.startswith("ties"):
+            q = np.round(q * 2) / 2  # on the grid too: scores are multiples of 0.25, many equal
         sc = scores(q, bank)
         print(f"\n{name}")
         for label, counts in strategies.items():
