@@ -12,7 +12,8 @@ tile (all splits assumed in lockstep, which is how one wave of blocks runs):
   splits bounds the k-th (S x r >= k scores lie below it). Weak when a query's neighbours sit in one split.
 * cdf-points: each split publishes (value, count) points, its c-th smallest for c in {r, 2r, 4r, k}; the
   bound is the smallest published value v whose counts (per split, the largest c with its c-th <= v)
-  add up to k.
+  add up to k. Also published once only (after tile 0 or 1: one select per row and split, not one per
+  tile, which is what a kernel could afford).
 
 Each row also checks the scheme is exact: the k smallest (value, then index) of what was written equal
 the query's k smallest (a coarse-grid data set makes many scores equal). Prints, per data set, the scores
@@ -60,8 +61,10 @@ def bound(seen: list[np.ndarray], k: int, counts: list[int]) -> float:
     return best
 
 
-def study_row(row: np.ndarray, k: int, splits: int, tile: int, counts: list[int] | None) -> tuple[int, int]:
-    """(scores written, scores <= the final bound) for one query; counts=None: no shared bound."""
+def study_row(row: np.ndarray, k: int, splits: int, tile: int, counts: list[int] | None,
+              publish_after: int | None = None) -> tuple[int, int]:
+    """(scores written, scores <= the final bound) for one query; counts=None: no shared bound.
+    publish_after: publish points only after that tile (one select per row and split), else after every tile."""
     M = len(row)
     seg = M // splits
     segs = [row[s * seg:(s + 1) * seg] for s in range(splits)]
@@ -75,7 +78,7 @@ def study_row(row: np.ndarray, k: int, splits: int, tile: int, counts: list[int]
             written += len(keep)
             emitted.append(s * seg + t * tile + keep)
             seen[s] = np.concatenate([seen[s], part])
-        if counts is not None:
+        if counts is not None and publish_after in (None, t):
             tau = min(tau, bound(seen, k, counts))
     under = int((row <= tau).sum())
     assert under >= k, "a published bound must leave at least k scores at or below it"
@@ -105,7 +108,10 @@ def main(argv=None) -> int:
         "smooth field (sigma 4 px)": (smooth_field(rng, grid, args.dim, 4.0), 0.3),
         "smooth field (sigma 8 px)": (smooth_field(rng, grid, args.dim, 8.0), 0.3),
     }
-    strategies = {"no shared bound (today)": None, "quantile-max": [r], "cdf-points": [r, 2 * r, 4 * r, k]}
+    strategies = {"no shared bound (today)": (None, None), "quantile-max": ([r], None),
+                  "cdf-points": ([r, 2 * r, 4 * r, k], None),
+                  "cdf-points, tile 0 only": ([r, 2 * r, 4 * r, k], 0),
+                  "cdf-points, tile 1 only": ([r, 2 * r, 4 * r, k], 1)}
     print(f"M = {grid * grid}, k = {k}, {S} splits of {grid * grid // S}, tiles of {args.tile}, "
           f"{args.queries} queries per set, D = {args.dim}; per query: written / under the final bound")
     for name, (bank, noise) in sets.items():
@@ -115,8 +121,8 @@ def main(argv=None) -> int:
             q = np.round(q * 2) / 2  # on the grid too: scores are multiples of 0.25, many equal
         sc = scores(q, bank)
         print(f"\n{name}")
-        for label, counts in strategies.items():
-            res = np.array([study_row(sc[i], k, S, args.tile, counts) for i in range(args.queries)])
+        for label, (counts, after) in strategies.items():
+            res = np.array([study_row(sc[i], k, S, args.tile, counts, after) for i in range(args.queries)])
             print(f"  {label:<24} written {res[:, 0].mean():7.0f}   under bound {res[:, 1].mean():7.0f}   "
                   f"(worst query: {res[:, 0].max()} / {res[:, 1].max()})")
         print(f"  {'oracle (true k-th)':<24} written {k:7d}   under bound {k:7d}")
