@@ -736,7 +736,7 @@ __device__ __forceinline__ void wgmma_commit_and_wait() {
 // Orders this thread's generic-proxy shared-memory writes (cp.async, st.shared) before async-proxy
 // reads (wgmma) that follow a barrier.
 __device__ __forceinline__ void fence_proxy_async() {
-#if PROTOSPECT_TOPK_WGMMA && !defined(PROTOSPECT_TOPK_NO_PROXY_FENCE)
+#if PROTOSPECT_TOPK_WGMMA
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 #endif
 }
@@ -1316,12 +1316,10 @@ proto_topk_partial_f16_k1(const __half* queries, const __half* bank, const float
 // Hopper: 4 blocks per SM (<= 64 registers). The merge is latency-bound, and NVRTC's build otherwise took
 // 70 registers (3 blocks per SM) where nvcc's took 64: the torch-free launcher was slower at k > 1.
 // Orin keeps the compiler's choice (80 registers; a cap of 64 spills there).
-#ifndef PROTOSPECT_TOPK_MERGE_MIN_BLOCKS
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 #define PROTOSPECT_TOPK_MERGE_MIN_BLOCKS 4
 #else
 #define PROTOSPECT_TOPK_MERGE_MIN_BLOCKS 1
-#endif
 #endif
 extern "C" __global__ void __launch_bounds__(protospect_topk::kMergeThreads, PROTOSPECT_TOPK_MERGE_MIN_BLOCKS)
 proto_topk_merge_splits(const float* cand_val, const int* cand_idx, const int* cand_count, const float* qnorm, int Q,

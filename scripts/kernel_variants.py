@@ -1,7 +1,7 @@
 """Compare build variants of the fused top-k kernel in one process, on one GPU (development tool).
 
 Each variant is the same proto_topk.cuh compiled by NVRTC with extra -D switches (see the header:
-PROTOSPECT_TOPK_FORCE_MMA, PROTOSPECT_TOPK_NO_PROXY_FENCE) and run through the torch-free launcher
+PROTOSPECT_TOPK_FORCE_MMA, PROTOSPECT_TOPK_WGMMA_ALL) and run through the torch-free launcher
 on the same tensors; outputs must be identical across variants, times are CUDA-graph medians
 (cpp_ext/bench.py's timer), with torch matmul + topk timed in the same run as the yardstick.
 
@@ -38,11 +38,7 @@ def main(argv=None) -> int:
         sq = (bank.float() ** 2).sum(1)
         ref = None
         print(f"\nQ={Q} M={M} D={D} k={k} float16")
-
-        def matmul():
-            d = (q.float() ** 2).sum(1, keepdim=True) + sq[None, :] - 2.0 * (q @ bank.T).float()
-            return torch.topk(d.clamp_min(0.0), k, dim=1, largest=False, sorted=True)
-
+        matmul = bench._methods(torch, None, q, bank, sq, k, None)["matmul"]  # the bench's yardstick
         if not args.once:
             print(f"  {'torch matmul+topk':<18} {bench._time_ms(torch, matmul, args.iters, graph=True):8.3f} ms")
         for name, _ in variants:

@@ -21,7 +21,7 @@ written per query (what the partial kernel stores and the merge reads)
 and the candidates left under the final bound (what the merge would select from), against today's kernel
 (no shared bound) and an oracle (the true k-th known in advance: k).
 
-    python scripts/topk_bound_study.py            # ~1 min on 2 cores
+    python scripts/topk_bound_study.py            # a few seconds on 2 cores
 """
 from __future__ import annotations
 
@@ -52,10 +52,10 @@ def kth(x: np.ndarray, c: int) -> float:
 
 def bound(seen: list[np.ndarray], k: int, counts: list[int]) -> float:
     """The smallest published value with >= k scores provably at or below it (inf: none yet)."""
-    points = [(kth(s, c), c) for s in seen for c in counts if len(s) >= c]
+    points = [[(kth(s, c), c) for c in counts if len(s) >= c] for s in seen]  # per split: (c-th smallest, c)
     best = np.inf
-    for v, _ in points:
-        total = sum(max([c for c in counts if len(s) >= c and kth(s, c) <= v], default=0) for s in seen)
+    for v in {value for split in points for value, _ in split}:
+        total = sum(max([c for value, c in split if value <= v], default=0) for split in points)
         if total >= k:
             best = min(best, v)
     return best
