@@ -18,6 +18,7 @@ import ctypes
 import hashlib
 import logging
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -138,16 +139,32 @@ def _nvrtc(arch: str, source: str | None, extra_options: tuple[str, ...], ptx: b
         check(nvrtc.nvrtcDestroyProgram(prog), "nvrtcDestroyProgram")
 
 
+_DEFINE = re.compile(r"-DPROTOSPECT_TOPK_[A-Z0-9_]+(=[0-9]+)?")
+
+
+def build_defines() -> tuple[str, ...]:
+    """Comparison switches for the kernel build (development: run the whole test suite on a variant),
+    from PROTOSPECT_TOPK_DEFINES, e.g. "-DPROTOSPECT_TOPK_AGG_ATOMICS=1"; both bindings honour it.
+    Only the kernel's own -DPROTOSPECT_TOPK_* switches are accepted: a typo fails loudly, not silently."""
+    defines = tuple(os.environ.get("PROTOSPECT_TOPK_DEFINES", "").split())
+    bad = [d for d in defines if not _DEFINE.fullmatch(d)]
+    if bad:
+        raise ConfigError(f"PROTOSPECT_TOPK_DEFINES takes -DPROTOSPECT_TOPK_NAME[=number] switches only, not {bad}")
+    return defines
+
+
 def _cached_cubin(arch: str) -> bytes:
-    """compile_cubin with an on-disk cache keyed by the source text, the arch and the NVRTC version."""
+    """compile_cubin with an on-disk cache keyed by the source text, the switches, the arch and the NVRTC
+    version."""
     _, _, nvrtc = _bindings()
     major, minor = check(nvrtc.nvrtcVersion(), "nvrtcVersion")
     source = SOURCE.read_text()
-    key = hashlib.sha256(f"{arch}|{major}.{minor}|".encode() + source.encode()).hexdigest()[:24]
+    defines = build_defines()
+    key = hashlib.sha256(f"{arch}|{major}.{minor}|{' '.join(defines)}|".encode() + source.encode()).hexdigest()[:24]
     path = _CACHE_DIR / f"proto_topk_{arch}_{key}.cubin"
     if path.is_file():
         return path.read_bytes()
-    cubin = compile_cubin(arch, source)
+    cubin = compile_cubin(arch, source, extra_options=defines)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")

@@ -290,6 +290,26 @@ __device__ __forceinline__ float key_value(unsigned key) {
     return __uint_as_float((key & 0x80000000u) ? (key & 0x7fffffffu) : ~key);
 }
 
+// Radix histograms count keys that share their leading bits (similar distances): in a select's first
+// pass most lanes of a warp hit one or a few bins, and shared atomics to one address serialise lane by
+// lane (measured on the CPU with scripts/topk_bound_study.py's data: 24-32 of 32 lanes per warp
+// instruction in one bin). PROTOSPECT_TOPK_AGG_ATOMICS (-D at build time; 1: every pass, 2: first
+// passes only, where the bins are concentrated) groups the lanes by bin with match.any (sm_70+) and lets
+// one lane per group add the group's count: the same histogram, fewer atomics. Off by default until
+// timed on a GPU (scripts/kernel_variants.py). Called by all 32 lanes of a warp; `on`: this lane counts.
+#ifndef PROTOSPECT_TOPK_AGG_ATOMICS
+#define PROTOSPECT_TOPK_AGG_ATOMICS 0
+#endif
+__device__ __forceinline__ void hist_add(unsigned* hist, unsigned bin, bool on, bool first_pass) {
+    const bool aggregate = PROTOSPECT_TOPK_AGG_ATOMICS == 1 || (PROTOSPECT_TOPK_AGG_ATOMICS == 2 && first_pass);
+    if (aggregate) {  // warp-uniform
+        const unsigned peers = __match_any_sync(0xffffffffu, on ? bin : 0xffffffffu);  // lanes off: their own group
+        if (on && (int)(threadIdx.x & 31) == __ffs(peers) - 1) atomicAdd(hist + bin, (unsigned)__popc(peers));
+    } else if (on) {
+        atomicAdd(hist + bin, 1u);
+    }
+}
+
 // One radix-select step on a warp's 256-bin histogram: the bin holding the `need`-th smallest
 // entry, and how many entries lie in the bins before it. Called by the whole warp.
 __device__ __forceinline__ void radix_pick(const unsigned* hist, int lane, int need, int& bin, unsigned& before) {
@@ -369,7 +389,7 @@ __device__ unsigned find_cut(int k, int n, int lane, const unsigned (&keys)[kPer
         __syncwarp();
 #pragma unroll
         for (int j = 0; j < kPerLane; ++j)
-            if (32 * j + lane < n && (keys[j] & mask) == prefix) atomicAdd(&hist[(keys[j] >> shift) & digit], 1u);
+            hist_add(hist, (keys[j] >> shift) & digit, 32 * j + lane < n && (keys[j] & mask) == prefix, hi == top);
         __syncwarp();
         int bin;
         unsigned before;
@@ -395,7 +415,7 @@ __device__ unsigned find_cut(int k, int n, int lane, const unsigned (&keys)[kPer
 #pragma unroll
             for (int j = 0; j < kPerLane; ++j) {
                 const int i = 32 * j + lane;
-                if (i < n && keys[j] == prefix) {
+                if (i < n && keys[j] == prefix) {  // (plain atomics: this pass is rare)
                     const unsigned id = (unsigned)ci[i];
                     if ((id & imask) == iprefix) atomicAdd(&hist[(id >> shift) & 255u], 1u);
                 }
@@ -1106,13 +1126,13 @@ __device__ __forceinline__ unsigned block_reduce(unsigned x, bool is_max, unsign
 // count before it, on every thread.
 template <int kSlots>
 __device__ __forceinline__ void block_radix_pass(const unsigned (&keys)[kSlots], unsigned valid, unsigned mask,
-                                                 unsigned prefix, int shift, unsigned digit, int need,
+                                                 unsigned prefix, int shift, unsigned digit, int need, bool first,
                                                  unsigned* hist, int* pick, int& bin, unsigned& before) {
     hist[threadIdx.x] = 0u;  // kMergeThreads == kRadixBins
     __syncthreads();
 #pragma unroll
     for (int j = 0; j < kSlots; ++j)
-        if (((valid >> j) & 1u) && (keys[j] & mask) == prefix) atomicAdd(&hist[(keys[j] >> shift) & digit], 1u);
+        hist_add(hist, (keys[j] >> shift) & digit, ((valid >> j) & 1u) && (keys[j] & mask) == prefix, first);
     __syncthreads();
     if (threadIdx.x < 32) {
         radix_pick(hist, threadIdx.x, need, bin, before);
@@ -1150,7 +1170,7 @@ __device__ unsigned block_kth(const unsigned (&keys)[kSlots], unsigned valid, in
         const unsigned digit = (2u << (hi - shift)) - 1u;
         int bin;
         unsigned before;
-        block_radix_pass(keys, valid, mask, prefix, shift, digit, need, hist, pick, bin, before);
+        block_radix_pass(keys, valid, mask, prefix, shift, digit, need, hi == top, hist, pick, bin, before);
         need -= (int)before;
         prefix |= (unsigned)bin << shift;
         mask |= digit << shift;

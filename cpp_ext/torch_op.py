@@ -37,13 +37,17 @@ def _load():
     global _EXT
     if _EXT is not None:
         return _EXT
-    try:
-        from protospect.cpp_ext import _proto_topk_C as ext  # noqa: PLC0415 (built only on request)
+    from protospect.cpp_ext.launcher import build_defines  # noqa: PLC0415 (numpy-only module)
 
-        _EXT = ext
-        return _EXT
-    except ImportError:
-        pass
+    defines = build_defines()  # comparison switches: only the JIT build can take them
+    if not defines:
+        try:
+            from protospect.cpp_ext import _proto_topk_C as ext  # noqa: PLC0415 (built only on request)
+
+            _EXT = ext
+            return _EXT
+        except ImportError:
+            pass
     if shutil.which("nvcc") is None and not os.environ.get("CUDA_HOME"):
         raise MissingDependencyError("the proto_topk torch extension is not built and nvcc is not on PATH: install the "
                                      "CUDA toolkit, or build it with PROTOSPECT_BUILD_CUDA=1 pip install -e .")
@@ -51,7 +55,7 @@ def _load():
 
     log.info("JIT-building the proto_topk torch extension (first use only, about a minute)")
     cuda_flags = ["-O3"] + (["-lineinfo"] if os.environ.get("PROTOSPECT_CUDA_LINEINFO") == "1" else [])  # for ncu
-    cuda_flags += _arch_flags()
+    cuda_flags += _arch_flags() + list(defines)  # (torch rebuilds when the flags change)
     _EXT = load(name="protospect_proto_topk", sources=[str(s) for s in SOURCES], extra_include_paths=[str(HERE)],
                 extra_cflags=["-O3"], extra_cuda_cflags=cuda_flags, verbose=False)
     return _EXT

@@ -14,6 +14,10 @@ tile (all splits assumed in lockstep, which is how one wave of blocks runs):
   bound is the smallest published value v whose counts (per split, the largest c with its c-th <= v)
   add up to k. Also published once only (after tile 0 or 1: one select per row and split, not one per
   tile, which is what a kernel could afford).
+* thread points: no select at all. In the fp16 kernel's epilogue a tile row's 128 scores sit in 16
+  threads, 8 each; each thread's smallest (and 2nd smallest) are in registers anyway, and the max over the
+  16 threads is a point with count 16 (32) for that tile. Every tile adds such points; loose (a max of
+  minima), but free of the select whose cost made the end-of-split cut slower.
 
 Each row also checks the scheme is exact: the k smallest (value, then index) of what was written equal
 the query's k smallest (a coarse-grid data set makes many scores equal). Prints, per data set, the scores
@@ -21,7 +25,7 @@ written per query (what the partial kernel stores and the merge reads)
 and the candidates left under the final bound (what the merge would select from), against today's kernel
 (no shared bound) and an oracle (the true k-th known in advance: k).
 
-    python scripts/topk_bound_study.py            # a few seconds on 2 cores
+    python scripts/topk_bound_study.py            # 15 s on 2 cores
 """
 from __future__ import annotations
 
@@ -50,36 +54,61 @@ def kth(x: np.ndarray, c: int) -> float:
     return float(np.partition(x, c - 1)[c - 1]) if len(x) >= c else np.inf
 
 
-def bound(seen: list[np.ndarray], k: int, counts: list[int]) -> float:
-    """The smallest published value with >= k scores provably at or below it (inf: none yet)."""
-    points = [[(kth(s, c), c) for c in counts if len(s) >= c] for s in seen]  # per split: (c-th smallest, c)
+def combine(units: list[list[tuple[float, int]]], k: int) -> float:
+    """The smallest published value with >= k scores provably at or below it (inf: none yet). A unit is one
+    publisher's (value, count) points over scores no other unit counts: counts add across units, and within
+    a unit the largest count at or below the value holds."""
     best = np.inf
-    for v in {value for split in points for value, _ in split}:
-        total = sum(max([c for value, c in split if value <= v], default=0) for split in points)
+    for v in {value for unit in units for value, _ in unit}:
+        total = sum(max([c for value, c in unit if value <= v], default=0) for unit in units)
         if total >= k:
             best = min(best, v)
     return best
 
 
-def study_row(row: np.ndarray, k: int, splits: int, tile: int, counts: list[int] | None,
-              publish_after: int | None = None) -> tuple[int, int]:
-    """(scores written, scores <= the final bound) for one query; counts=None: no shared bound.
-    publish_after: publish points only after that tile (one select per row and split), else after every tile."""
+def cdf_points(seen: np.ndarray, counts: list[int]) -> list[tuple[float, int]]:
+    """A split's exact points over everything it has seen: its c-th smallest score, for each c."""
+    return [(kth(seen, c), c) for c in counts if len(seen) >= c]
+
+
+def thread_points(part: np.ndarray, ranks: list[int]) -> list[tuple[float, int]]:
+    """Points a tile's epilogue could publish without a select: in the fp16 kernel's mma.sync layout a tile
+    row's 128 scores sit in 16 threads (4 warps x 4 lanes, 8 columns each); each thread sorts its 8, and the
+    row's point for rank r is the max over threads of their r-th smallest, which >= 16 r scores lie below."""
+    groups = [[wm * 32 + 8 * j + 2 * t4 + e for j in range(4) for e in range(2)] for wm in range(4) for t4 in range(4)]
+    groups = [[c for c in g if c < len(part)] for g in groups]
+    srt = [np.sort(part[g]) for g in groups if g]
+    return [(max(float(x[r - 1]) if len(x) >= r else np.inf for x in srt), len(srt) * r) for r in ranks]
+
+
+def study_row(row: np.ndarray, k: int, splits: int, tile: int, scheme: tuple | None) -> tuple[int, int]:
+    """(scores written, scores <= the final bound) for one query. scheme None: no shared bound (today);
+    ("cdf", counts, after): every split publishes cdf_points of all it has seen, after tile `after` only
+    (one select per row and split) or after every tile (after None); ("threads", ranks): every split
+    publishes thread_points of each tile, which add up over tiles."""
     M = len(row)
     seg = M // splits
     segs = [row[s * seg:(s + 1) * seg] for s in range(splits)]
     written, tau = 0, np.inf
     seen = [np.empty(0, np.float32) for _ in range(splits)]
+    tile_units = []  # ("threads"): every tile's points, per split
     emitted = []  # prototype indices written to the candidate buffers
     for t in range(seg // tile):
+        parts = []
         for s in range(splits):
             part = segs[s][t * tile:(t + 1) * tile]
             keep = np.flatnonzero(part <= tau)  # <=: a score equal to the bound may still be among the k
             written += len(keep)
             emitted.append(s * seg + t * tile + keep)
             seen[s] = np.concatenate([seen[s], part])
-        if counts is not None and publish_after in (None, t):
-            tau = min(tau, bound(seen, k, counts))
+            parts.append(part)
+        if scheme is None:
+            continue
+        if scheme[0] == "cdf" and scheme[2] in (None, t):
+            tau = min(tau, combine([cdf_points(x, scheme[1]) for x in seen], k))
+        elif scheme[0] == "threads":
+            tile_units += [thread_points(part, scheme[1]) for part in parts]
+            tau = min(tau, combine(tile_units, k))
     under = int((row <= tau).sum())
     assert under >= k, "a published bound must leave at least k scores at or below it"
     # exactness: the merge's k smallest (value, then index) of what was written = the row's k smallest
@@ -87,7 +116,7 @@ def study_row(row: np.ndarray, k: int, splits: int, tile: int, counts: list[int]
     cand = cand[row[cand] <= tau]
     got = cand[np.lexsort((cand, row[cand]))][:k]
     assert np.array_equal(got, np.lexsort((np.arange(M), row))[:k]), "the bound dropped one of the k smallest"
-    return written, under if counts is not None else M
+    return written, under if scheme is not None else M
 
 
 def main(argv=None) -> int:
@@ -108,10 +137,13 @@ def main(argv=None) -> int:
         "smooth field (sigma 4 px)": (smooth_field(rng, grid, args.dim, 4.0), 0.3),
         "smooth field (sigma 8 px)": (smooth_field(rng, grid, args.dim, 8.0), 0.3),
     }
-    strategies = {"no shared bound (today)": (None, None), "quantile-max": ([r], None),
-                  "cdf-points": ([r, 2 * r, 4 * r, k], None),
-                  "cdf-points, tile 0 only": ([r, 2 * r, 4 * r, k], 0),
-                  "cdf-points, tile 1 only": ([r, 2 * r, 4 * r, k], 1)}
+    cdf = [r, 2 * r, 4 * r, k]
+    strategies = {"no shared bound (today)": None, "quantile-max": ("cdf", [r], None),
+                  "cdf-points": ("cdf", cdf, None),
+                  "cdf-points, tile 0 only": ("cdf", cdf, 0),
+                  "cdf-points, tile 1 only": ("cdf", cdf, 1),
+                  "thread minima (no select)": ("threads", [1]),
+                  "thread 1st+2nd smallest": ("threads", [1, 2])}
     print(f"M = {grid * grid}, k = {k}, {S} splits of {grid * grid // S}, tiles of {args.tile}, "
           f"{args.queries} queries per set, D = {args.dim}; per query: written / under the final bound")
     for name, (bank, noise) in sets.items():
@@ -121,11 +153,11 @@ def main(argv=None) -> int:
             q = np.round(q * 2) / 2  # on the grid too: scores are multiples of 0.25, many equal
         sc = scores(q, bank)
         print(f"\n{name}")
-        for label, (counts, after) in strategies.items():
-            res = np.array([study_row(sc[i], k, S, args.tile, counts, after) for i in range(args.queries)])
-            print(f"  {label:<24} written {res[:, 0].mean():7.0f}   under bound {res[:, 1].mean():7.0f}   "
+        for label, scheme in strategies.items():
+            res = np.array([study_row(sc[i], k, S, args.tile, scheme) for i in range(args.queries)])
+            print(f"  {label:<27} written {res[:, 0].mean():7.0f}   under bound {res[:, 1].mean():7.0f}   "
                   f"(worst query: {res[:, 0].max()} / {res[:, 1].max()})")
-        print(f"  {'oracle (true k-th)':<24} written {k:7d}   under bound {k:7d}")
+        print(f"  {'oracle (true k-th)':<27} written {k:7d}   under bound {k:7d}")
     return 0
 
 

@@ -92,6 +92,23 @@ def test_cubin_cache_compiles_once_per_source_and_arch(nvrtc_ready, tmp_path, mo
     assert launcher._cached_cubin("sm_87") == first
 
 
+def test_cubin_cache_keeps_comparison_builds_apart(nvrtc_ready, tmp_path, monkeypatch):
+    """PROTOSPECT_TOPK_DEFINES (a development switch: the test suite on a -D variant) builds its own cubin,
+    cached apart from the default build's; anything but a -DPROTOSPECT_TOPK_* switch is refused."""
+    from protospect.errors import ConfigError
+
+    monkeypatch.setattr(launcher, "_CACHE_DIR", tmp_path)
+    monkeypatch.delenv("PROTOSPECT_TOPK_DEFINES", raising=False)
+    default = launcher._cached_cubin("sm_87")
+    monkeypatch.setenv("PROTOSPECT_TOPK_DEFINES", "-DPROTOSPECT_TOPK_AGG_ATOMICS=1")
+    variant = launcher._cached_cubin("sm_87")
+    assert variant != default and len(list(tmp_path.glob("proto_topk_sm_87_*.cubin"))) == 2
+    for bad in ("-O0", "-DNDEBUG", "-DPROTOSPECT_TOPK_AGG_ATOMICS=1;rm"):
+        monkeypatch.setenv("PROTOSPECT_TOPK_DEFINES", bad)
+        with pytest.raises(ConfigError, match="PROTOSPECT_TOPK_DEFINES"):
+            launcher.build_defines()
+
+
 def test_nvrtc_compile_leaves_interpreter_constants_alone(nvrtc_ready):
     """Regression: writing NVRTC's (empty, 1-byte) log into ``b" " * 1`` overwrote CPython's cached
     single-byte object, and torch.load broke later in the same process."""
@@ -141,3 +158,20 @@ def test_nvrtc_merge_kernel_keeps_four_blocks_per_sm_on_hopper(nvrtc_ready, tmp_
     merge = text.split("entry function 'proto_topk_merge_splits'")[1].split("Compiling entry")[0]
     regs = int(merge.split("Used ")[1].split(" registers")[0])
     assert regs <= 64, merge
+
+
+def _entry(ptx: str, name: str) -> str:
+    return ptx.split(f".entry {name}(")[1].split(".entry ")[0]
+
+
+@pytest.mark.parametrize("level", [1, 2])
+def test_aggregated_histogram_switch_builds_and_uses_match_any(nvrtc_ready, level):
+    """-DPROTOSPECT_TOPK_AGG_ATOMICS (a comparison build for scripts/kernel_variants.py, off by default):
+    the radix histograms of the partial kernels' select and of the merge count lanes per bin with
+    match.any; the default build has none. Both build with NVRTC, the variants' path, without warnings."""
+    default = launcher.compile_ptx("compute_90a")
+    agg = launcher.compile_ptx("compute_90a", extra_options=(f"-DPROTOSPECT_TOPK_AGG_ATOMICS={level}",))
+    for name in ("proto_topk_merge_splits", "proto_topk_partial_f16", "proto_topk_partial_f32"):
+        assert "match.any.sync" not in _entry(default, name)
+        assert "match.any.sync" in _entry(agg, name), name
+    assert "match.any.sync" not in _entry(agg, "proto_topk_partial_f16_k1")  # no select there
