@@ -19,6 +19,9 @@ tile (all splits assumed in lockstep, which is how one wave of blocks runs):
   16 threads is a point with count 16 (32) for that tile. Every tile adds such points; loose (a max of
   minima), but free of the select whose cost made the end-of-split cut slower.
 
+Last, per data set: how concentrated a radix select's first pass is (lanes of a warp adding to one
+histogram bin), the case for the kernel's -DPROTOSPECT_TOPK_AGG_ATOMICS comparison build.
+
 Each row also checks the scheme is exact: the k smallest (value, then index) of what was written equal
 the query's k smallest (a coarse-grid data set makes many scores equal). Prints, per data set, the scores
 written per query (what the partial kernel stores and the merge reads)
@@ -119,6 +122,25 @@ def study_row(row: np.ndarray, k: int, splits: int, tile: int, scheme: tuple | N
     return written, under if scheme is not None else M
 
 
+def order_keys(v: np.ndarray) -> np.ndarray:
+    """The kernel's order_key: float bits mapped so that unsigned order is float order."""
+    b = v.astype(np.float32).view(np.uint32).astype(np.uint64)
+    return np.where(b & 0x80000000, ~b & 0xFFFFFFFF, b | 0x80000000)
+
+
+def first_pass_conflicts(row: np.ndarray) -> tuple[int, float]:
+    """A radix select's first pass over one query's scores (the merge kernel's 4096 entries): histogram bins
+    used, and lanes per 32-lane warp instruction that add to its busiest bin (shared atomics to one address
+    serialise: what -DPROTOSPECT_TOPK_AGG_ATOMICS aggregates)."""
+    keys = order_keys(row)
+    top = int(keys.min() ^ keys.max()).bit_length() - 1  # the pass starts at the highest differing bit
+    if top < 0:
+        return 0, 0.0  # every key equal: the select makes no pass
+    bins = (keys >> max(top - 7, 0)) & 255
+    warps = bins[: len(bins) // 32 * 32].reshape(-1, 32)
+    return len(np.unique(bins)), float(np.mean([np.bincount(w).max() for w in warps]))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--queries", type=int, default=128, help="queries sampled per data set")
@@ -158,6 +180,9 @@ def main(argv=None) -> int:
             print(f"  {label:<27} written {res[:, 0].mean():7.0f}   under bound {res[:, 1].mean():7.0f}   "
                   f"(worst query: {res[:, 0].max()} / {res[:, 1].max()})")
         print(f"  {'oracle (true k-th)':<27} written {k:7d}   under bound {k:7d}")
+        conf = np.array([first_pass_conflicts(sc[i]) for i in range(args.queries)])
+        print(f"  first radix pass over a query's {grid * grid} scores: {conf[:, 0].mean():.1f} bins used, "
+              f"{conf[:, 1].mean():.1f} of 32 lanes per warp instruction in its busiest bin")
     return 0
 
 
