@@ -220,8 +220,10 @@ def _align(x: int) -> int:
     return _ceil_div(x, _WORKSPACE_ALIGN) * _WORKSPACE_ALIGN
 
 
-def workspace_layout(Q: int, k: int, splits: int, dtype: str = "float32") -> dict[str, int]:
-    """Byte offsets of the scratch regions, the slots per candidate buffer and the total (carve() in proto_topk.cu)."""
+def workspace_layout(Q: int, k: int, splits: int, dtype: str = "float32", bound_atoms: int = 0) -> dict[str, int]:
+    """Byte offsets of the scratch regions, the slots per candidate buffer and the total (carve() in proto_topk.cu).
+    bound_atoms: the kernel's shared-bound atoms per query (proto_topk_config; 0 unless built with
+    -DPROTOSPECT_TOPK_SHARED_BOUND)."""
     lay, off = {}, 0
     if splits > 1:
         lay["qnorm"] = off
@@ -234,6 +236,9 @@ def workspace_layout(Q: int, k: int, splits: int, dtype: str = "float32") -> dic
     off = _align(off + 4 * cand)
     lay["cand_idx"] = off
     off = _align(off + 4 * cand)
+    if bound_atoms and splits > 1 and dtype == "float16" and k > 1:
+        lay["bound_keys"] = off
+        off = _align(off + 4 * Q * bound_atoms)
     lay["bytes"] = off
     return lay
 
@@ -303,7 +308,7 @@ class ProtoTopK:
         keys = ("block_q", "block_m", "threads", "smem", "blocks_per_sm")
         # per dtype code (0 fp32, 1 fp16): the two partial kernels tile differently
         self._geo = {0: dict(zip(keys, cfg[0:5])), 1: dict(zip(keys, cfg[5:10]))}
-        self.max_k, self.max_splits, self.merge_threads = cfg[10:13]
+        self.max_k, self.max_splits, self.merge_threads, self.bound_atoms = cfg[10:14]
         attr = self._driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
         for code, name in ((0, "proto_topk_partial_f32"), (1, "proto_topk_partial_f16"), (1, "proto_topk_partial_f16_k1")):
             check(self._driver.cuFuncSetAttribute(self._fn[name], attr, self._geo[code]["smem"]),
@@ -367,7 +372,7 @@ class ProtoTopK:
         """Grow the scratch for (Q, k) now: do this before capturing ``run`` into a CUDA graph.
         Returns the workspace layout (byte offsets) the call will use. (want_indices: kept for
         callers; the layout does not depend on it.)"""
-        lay = workspace_layout(Q, k, self._plan(Q, k, splits), self.dtype)
+        lay = workspace_layout(Q, k, self._plan(Q, k, splits), self.dtype, self.bound_atoms)
         if lay["bytes"] > self._ws_bytes:
             self._free(self._ws_ptr)
             self._ws_ptr, self._ws_bytes = self._malloc(lay["bytes"]), lay["bytes"]
@@ -406,6 +411,12 @@ class ProtoTopK:
                      ctypes.c_int(segment_length(self.M, splits, geo["block_m"])), _ptr(ws + lay["cand_val"]),
                      _ptr(ws + lay["cand_idx"]), _ptr(count), _ptr(out_dist_ptr), _ptr(out_idx_ptr), _ptr(qnorm),
                      ctypes.c_int(1 if single else 0), _ptr(debug_scores_ptr))
+        if self.bound_atoms and code == 1:  # shared-bound build: the fp16 kernels take the atoms (0: none)
+            bound = ws + lay["bound_keys"] if "bound_keys" in lay else 0
+            if bound:  # every atom unpublished before the splits start
+                check(self._driver.cuMemsetD8Async(bound, 0xFF, 4 * Q * self.bound_atoms, int(stream)),
+                      "resetting the shared-bound atoms")
+            args = _Args(*args.values, _ptr(bound))
         name = "proto_topk_partial_f32" if code == 0 else "proto_topk_partial_f16_k1" if k == 1 else "proto_topk_partial_f16"
         self._launch(name, (_ceil_div(Q, geo["block_q"]), splits, 1), (geo["threads"], 1, 1), geo["smem"], stream,
                      args)

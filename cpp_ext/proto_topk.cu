@@ -91,6 +91,7 @@ struct Workspace {
     int* cand_count = nullptr;  // (splits, Q) when splits > 1: entries in each candidate buffer
     float* cand_val = nullptr;  // (splits, Q, slots) candidate buffers; with several splits, the merge's input
     int* cand_idx = nullptr;    // (splits, Q, slots)
+    unsigned* bound_keys = nullptr;  // (Q, kBoundAtoms): shared-bound build, fp16, k > 1, several splits
     int slots = 0;
     size_t bytes = 0;
 };
@@ -112,6 +113,10 @@ Workspace carve(void* base, int Q, int k, int dtype, int splits) {
     off = align_bytes(off + cand * sizeof(float));
     ws.cand_idx = reinterpret_cast<int*>(p + off);
     off = align_bytes(off + cand * sizeof(int));
+    if (kSharedBound && splits > 1 && dtype == kFloat16 && k > 1) {
+        ws.bound_keys = reinterpret_cast<unsigned*>(p + off);
+        off = align_bytes(off + (size_t)Q * kBoundAtoms * sizeof(unsigned));
+    }
     ws.bytes = off;
     return ws;
 }
@@ -138,10 +143,18 @@ int launch(const void* queries, const void* bank, const float* bank_sqnorm, int 
 
     cudaError_t err = prepare_device(dtype);
     if (err != cudaSuccess) return err;
+    if (ws.bound_keys != nullptr) {  // every atom unpublished (0xffffffff) before the splits start
+        err = cudaMemsetAsync(ws.bound_keys, 0xff, (size_t)Q * kBoundAtoms * sizeof(unsigned), stream);
+        if (err != cudaSuccess) return err;
+    }
     if (dtype == kFloat16)
         (k == 1 ? proto_topk_partial_f16_k1 : proto_topk_partial_f16)<<<grid, geo.threads, geo.smem, stream>>>(
             static_cast<const __half*>(queries), static_cast<const __half*>(bank), bank_sqnorm, Q, M, D, k, seg_len,
-            ws.cand_val, ws.cand_idx, ws.cand_count, out_dist, out_idx, ws.qnorm, single ? 1 : 0, debug_scores);
+            ws.cand_val, ws.cand_idx, ws.cand_count, out_dist, out_idx, ws.qnorm, single ? 1 : 0, debug_scores
+#if PROTOSPECT_TOPK_SHARED_BOUND
+            , ws.bound_keys
+#endif
+        );
     else
         proto_topk_partial_f32<<<grid, geo.threads, geo.smem, stream>>>(
             static_cast<const float*>(queries), static_cast<const float*>(bank), bank_sqnorm, Q, M, D, k, seg_len,

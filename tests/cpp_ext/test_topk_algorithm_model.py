@@ -99,6 +99,67 @@ def _partial(scores_row, m_begin, m_end, k, dtype, rng, stats=None):
     return cand_v, cand_i
 
 
+BOUND_TILES, BOUND_RANKS, ATOM_WEIGHT = 2, 2, 16  # proto_topk.cuh kBoundTiles, kBoundRanks, kAtomWeight
+
+
+def _tile_atoms(s):
+    """The atoms one fp16 tile row publishes in the shared-bound build: in the mma.sync layout thread
+    (wm, t4) holds columns wm*32 + 8j + 2*t4 + e (j < 4, e < 2); per rank r, the max over the 16 threads
+    of each one's r-th smallest valid score (+inf where a thread has fewer than r)."""
+    atoms = []
+    for r in range(1, BOUND_RANKS + 1):
+        worst = -np.inf
+        for wm in range(4):
+            for t4 in range(4):
+                cols = [c for c in (wm * 32 + 8 * j + 2 * t4 + e for j in range(4) for e in range(2)) if c < len(s)]
+                mine = np.sort(s[cols]) if cols else np.empty(0, np.float32)
+                worst = max(worst, mine[r - 1] if len(mine) >= r else np.inf)
+        atoms.append(np.float32(worst))
+    return atoms
+
+
+def _partials_shared_bound(scores_row, segs, k, rng, stats, strict=False):
+    """All splits of one query row in the shared-bound build (fp16, k > 1), tile by tile: each split
+    filters with its own threshold and the shared bound (s <= bound: ties kept), compacts as _partial
+    does, publishes its atoms after its first BOUND_TILES tiles and then takes the ceil(k / 16)-th
+    smallest atom it can see as a bound. Which other splits' atoms a split sees is random: blocks run
+    unsynchronised, and the kernel must be exact whatever subset (stale, unpublished) it reads.
+    strict: filter with s < bound instead (wrong with ties: the tests show the model can tell)."""
+    tile, cap = TILE_M["float16"], cand_cap(k)
+    st = [dict(v=np.empty(0, np.float32), i=np.empty(0, np.int64), thr=np.inf, bound=np.inf) for _ in segs]
+    published = {}  # (split, tile, rank) -> atom value
+    for t in range(max(-(-(e - b) // tile) for b, e in segs)):
+        for sp in rng.permutation(len(segs)):  # blocks in no particular order
+            (m_begin, m_end), x = segs[sp], st[sp]
+            m0 = m_begin + t * tile
+            if m0 >= m_end:
+                continue
+            nm = min(tile, m_end - m0)
+            s = scores_row[m0:m0 + nm]
+            if x["thr"] == np.inf and x["bound"] == np.inf:  # filling: every score to its column's slot
+                keep = np.ones(nm, bool)
+            else:
+                keep = (s < x["thr"]) & ((s < x["bound"]) if strict else (s <= x["bound"]))
+            order = rng.permutation(int(keep.sum()))  # appends: any order within the tile
+            x["v"] = np.concatenate([x["v"], s[keep][order]])
+            x["i"] = np.concatenate([x["i"], np.arange(m0, m0 + nm)[keep][order]])
+            stats["written"] += int(keep.sum())
+            assert len(x["v"]) <= cap, "a tile overflowed the candidate buffer"
+            more = m0 + tile < m_end
+            if len(x["v"]) + tile > cap and more:
+                x["v"], x["i"], x["thr"] = _select(x["v"], x["i"], k)
+            if not more:
+                continue
+            if t < BOUND_TILES:
+                for r, a in enumerate(_tile_atoms(s)):
+                    published[(sp, t, r)] = a
+            seen = [a for (owner, _, _), a in published.items() if owner == sp or rng.random() < 0.7]
+            seen = np.sort(np.array(seen + [np.inf] * (MAX_SPLITS * BOUND_TILES * BOUND_RANKS - len(seen)), np.float32))
+            x["bound"] = min(x["bound"], seen[-(-k // ATOM_WEIGHT) - 1])
+            stats["bounded"] += int(x["bound"] < np.inf)
+    return [(x["v"], x["i"]) for x in st]
+
+
 def _finish(v, i, k, qn):
     """finish_row (one split) / the merge kernel (several): select k, sort, add |q|^2, clamp, pad."""
     if len(v) > k:
@@ -110,8 +171,11 @@ def _finish(v, i, k, qn):
     return np.maximum(v[:k] + qn, 0), np.where(i[:k] == SENTINEL, -1, i[:k])
 
 
-def model_knn(queries, bank, k, splits, dtype="float16", seed=0):
+def model_knn(queries, bank, k, splits, dtype="float16", seed=0, shared_bound=False, stats=None, strict=False):
+    """The kernel's result on CPU; shared_bound: the -DPROTOSPECT_TOPK_SHARED_BOUND build (fp16, k > 1,
+    several splits), whose scores written and bounded tiles are counted in `stats`."""
     rng = np.random.default_rng(seed)
+    stats = {"written": 0, "bounded": 0} if stats is None else stats
     q, b = queries.astype(np.float32), bank.astype(np.float32)
     scores = ((b * b).sum(1)[None, :] - 2.0 * (q @ b.T)).astype(np.float32)
     qn = (q * q).sum(1)
@@ -120,7 +184,11 @@ def model_knn(queries, bank, k, splits, dtype="float16", seed=0):
     splits = -(-M // seg)
     dist, idx = np.empty((len(q), k), np.float32), np.empty((len(q), k), np.int64)
     for r in range(len(q)):
-        parts = [_partial(scores[r], s * seg, min(M, (s + 1) * seg), k, dtype, rng) for s in range(splits)]
+        segs = [(s * seg, min(M, (s + 1) * seg)) for s in range(splits)]
+        if shared_bound and dtype == "float16" and k > 1 and splits > 1:
+            parts = _partials_shared_bound(scores[r], segs, k, rng, stats, strict)
+        else:
+            parts = [_partial(scores[r], b, e, k, dtype, rng) for b, e in segs]
         v, i = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])  # union of the buffers
         order = rng.permutation(len(v))  # the merge reads them in no particular order
         dist[r], idx[r] = _finish(v[order], i[order], k, qn[r])
@@ -170,3 +238,48 @@ def test_model_on_random_data_matches_reference(dtype):
     ref_dist, ref_idx = reference.knn_sqdist(queries, bank, 200, return_indices=True)
     np.testing.assert_allclose(dist, ref_dist, rtol=1e-4, atol=1e-3)
     assert (idx == ref_idx).mean() > 0.99  # fp32 scores: a rare near-tie may swap two neighbours
+
+
+@pytest.mark.parametrize("Q,M,D,k", [(3, 4096, 5, 256), (3, 4096, 3, 64), (3, 4096, 4, 17), (3, 4096, 6, 200),
+                                     (2, 3000, 4, 100), (3, 4096, 8, 2)])
+def test_shared_bound_model_with_exact_ties_equals_reference(Q, M, D, k):
+    """The -DPROTOSPECT_TOPK_SHARED_BOUND build's algorithm (atoms, bound, `<=` filter) on coarse-grid data
+    where many scores tie across the bound, with random visibility of the other splits' atoms."""
+    queries, bank = make_tie_case(Q, M, D, seed=k)
+    ref_dist, ref_idx = reference.knn_sqdist(queries, bank, k, return_indices=True)
+    for seed in range(3):
+        stats = {"written": 0, "bounded": 0}
+        dist, idx = model_knn(queries, bank, k, MAX_SPLITS, "float16", seed=seed, shared_bound=True, stats=stats)
+        assert stats["bounded"] > 0 and stats["written"] < Q * M  # the bound took part and dropped scores
+        np.testing.assert_array_equal(dist, ref_dist)
+        np.testing.assert_array_equal(idx, ref_idx)
+
+
+def test_shared_bound_model_fails_with_a_strict_filter_on_ties():
+    """The model can tell a wrong filter: with every score equal the bound equals the k-th score once a split
+    sees ceil(k / 16) atoms, and `s < bound` then drops split 0's second tile, which holds part of the k
+    (k = 140: indices 0 .. 139, tile 0 is 0 .. 127)."""
+    queries, bank = np.ones((2, 4), np.float32), np.ones((4096, 4), np.float32)
+    ref_dist, ref_idx = reference.knn_sqdist(queries, bank, 140, return_indices=True)
+    exact = []
+    for seed in range(4):
+        for strict in (False, True):
+            dist, idx = model_knn(queries, bank, 140, MAX_SPLITS, "float16", seed=seed, shared_bound=True,
+                                  strict=strict)
+            exact.append((strict, np.array_equal(dist, ref_dist) and np.array_equal(idx, ref_idx)))
+    assert all(ok for strict, ok in exact if not strict)
+    assert not all(ok for strict, ok in exact if strict)
+
+
+def test_shared_bound_model_writes_fewer_candidates_at_large_k():
+    """PCSNet's case in small: k = 200 over 8 splits of 512 prototypes, where a split's own threshold
+    never filters (every score written). The shared bound must drop a large share, exactly."""
+    queries, bank = make_case(4, 4096, 32, seed=5)
+    plain, shared = {"written": 0, "bounded": 0}, {"written": 0, "bounded": 0}
+    model_knn(queries, bank, 200, MAX_SPLITS, "float16", shared_bound=False, stats=plain)
+    dist, idx = model_knn(queries, bank, 200, MAX_SPLITS, "float16", shared_bound=True, stats=shared)
+    ref_dist, ref_idx = reference.knn_sqdist(queries, bank, 200, return_indices=True)
+    np.testing.assert_allclose(dist, ref_dist, rtol=1e-4, atol=1e-3)
+    assert (idx == ref_idx).mean() > 0.99
+    assert shared["bounded"] > 0
+    assert shared["written"] < 0.8 * 4 * 4096, shared  # 72 % here (D = 32); the study's data: ~57 %

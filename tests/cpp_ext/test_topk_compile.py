@@ -57,11 +57,14 @@ GEOMETRY_CASES = [(4096, 4096, 200, 132), (1024, 1024, 32, 132), (4096, 32768, 1
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not on PATH")
-def test_launcher_geometry_matches_the_c_launcher(tmp_path):
+@pytest.mark.parametrize("defines,bound_atoms", [((), 0), (("-DPROTOSPECT_TOPK_SHARED_BOUND=1",), 32)])
+def test_launcher_geometry_matches_the_c_launcher(tmp_path, defines, bound_atoms):
+    """Split plan and workspace bytes of the C launcher equal launcher.py's mirror, in the default build and
+    in the shared-bound comparison build (its atoms region)."""
     src = tmp_path / "geometry.cu"
     src.write_text(GEOMETRY_MAIN.replace("CASES", ", ".join("{%d, %d, %d, %d}" % c for c in GEOMETRY_CASES)))
     exe = tmp_path / "geometry"
-    build = subprocess.run(["nvcc", "-std=c++17", "-arch=sm_90", f"-I{CPP_EXT}", str(src), "-o", str(exe)],
+    build = subprocess.run(["nvcc", "-std=c++17", "-arch=sm_90", *defines, f"-I{CPP_EXT}", str(src), "-o", str(exe)],
                            capture_output=True, text=True, timeout=240)
     assert build.returncode == 0, build.stderr
     lines = subprocess.run([str(exe)], check=True, capture_output=True, text=True, timeout=30).stdout.splitlines()
@@ -73,7 +76,7 @@ def test_launcher_geometry_matches_the_c_launcher(tmp_path):
         splits, ws = (int(x) for x in line.split())
         block_q, block_m, per_sm = geometry[dtype]
         assert splits == launcher.plan_splits(Q, M, k, sms, block_q, block_m, 8, per_sm), (Q, M, k, sms, dtype)
-        assert ws == launcher.workspace_layout(Q, k, splits, dtype)["bytes"]
+        assert ws == launcher.workspace_layout(Q, k, splits, dtype, bound_atoms)["bytes"]
     smem_f32, smem_f16 = (int(x) for x in lines[-1].split()[1:])
     assert 48 * 1024 < smem_f16 <= 163 * 1024 and 48 * 1024 < smem_f32 <= 163 * 1024  # opt-in needed, fits Orin
     assert 2 * smem_f16 <= 227 * 1024  # two fp16 blocks per H100 SM, as the split plan assumes
@@ -162,6 +165,28 @@ def test_nvrtc_merge_kernel_keeps_four_blocks_per_sm_on_hopper(nvrtc_ready, tmp_
 
 def _entry(ptx: str, name: str) -> str:
     return ptx.split(f".entry {name}(")[1].split(".entry ")[0]
+
+
+@pytest.mark.skipif(shutil.which("ptxas") is None, reason="ptxas not on PATH")
+@pytest.mark.parametrize("arch", ["compute_90a", "compute_87"])
+def test_shared_bound_switch_builds_without_spills_and_touches_only_the_k_gt_1_kernel(nvrtc_ready, tmp_path, arch):
+    """-DPROTOSPECT_TOPK_SHARED_BOUND (a comparison build, off by default): only the fp16 k > 1 partial kernel
+    reads and writes the cross-block atoms (relaxed GPU-scope accesses); NVRTC's build keeps it free of
+    spills at two blocks per SM; the default build has no such accesses and reports 0 atoms."""
+    default = launcher.compile_ptx(arch)
+    ptx = launcher.compile_ptx(arch, extra_options=("-DPROTOSPECT_TOPK_SHARED_BOUND=1",))
+    relaxed = ("ld.relaxed.gpu.global", "st.relaxed.gpu.global")
+    assert all(op in _entry(ptx, "proto_topk_partial_f16") for op in relaxed)
+    for name in ("proto_topk_partial_f16_k1", "proto_topk_partial_f32", "proto_topk_merge_splits"):
+        assert not any(op in _entry(ptx, name) for op in relaxed), name
+    assert not any(op in default for op in relaxed)
+    path = tmp_path / "sb.ptx"
+    path.write_text(ptx)
+    out = subprocess.run(["ptxas", f"-arch=sm_{arch.split('_')[1]}", "-v", str(path), "-o", str(tmp_path / "sb.cubin")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    part = out.stderr.split("entry function 'proto_topk_partial_f16'")[1].split("Compiling entry")[0]
+    assert " 0 bytes spill stores" in part and int(part.split("Used ")[1].split(" registers")[0]) <= 128, part
 
 
 @pytest.mark.parametrize("level", [1, 2])

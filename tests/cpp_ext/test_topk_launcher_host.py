@@ -51,6 +51,12 @@ def test_workspace_layout_regions_do_not_overlap():
     k1 = launcher.workspace_layout(4096, 1, 8, "float16")
     assert k1["bytes"] <= 4 * 4096 + 3 * 4 * 8 * 4096 + 4 * 256  # O(splits Q), not O(Q M)
     assert launcher.workspace_layout(4096, 1, 1, "float16")["bytes"] == 0
+    # the shared-bound comparison build: 32 atoms per query after the buffers, for fp16 k > 1 across splits only
+    sb = launcher.workspace_layout(4096, 200, 8, "float16", bound_atoms=32)
+    assert sb["bound_keys"] >= sb["cand_idx"] + 4 * 8 * 4096 * 512 and sb["bytes"] >= sb["bound_keys"] + 4 * 4096 * 32
+    assert "bound_keys" not in launcher.workspace_layout(4096, 200, 1, "float16", 32)  # one split: nothing to share
+    assert "bound_keys" not in launcher.workspace_layout(4096, 1, 8, "float16", 32)  # k = 1: minima in registers
+    assert "bound_keys" not in launcher.workspace_layout(4096, 200, 8, "float32", 32)
 
 
 GEOMETRY = {"float32": (64, 64, 3), "float16": (128, 128, 2)}  # proto_topk.cuh: block_q, block_m, blocks per SM
