@@ -84,7 +84,7 @@ enum Dtype { kFloat32 = 0, kFloat16 = 1 };
 // Q x kBoundAtoms, reset to 0xff.. = unpublished by the host before the call); the ceil(k / 16)-th
 // smallest of a query's atoms is a bound at or above its k-th score, so scores above it are dropped
 // (`<=` keeps ties: exact). A stale or unpublished atom only loosens the bound. scripts/topk_bound_study.py
-// ("same, tiles 0 and 1 only") models it: ~2350 of 4096 scores written per query at k = 200, not 4096.
+// ("same, tiles 0 and 1 only") models it: ~2300-2500 of 4096 scores written per query at k = 200, not 4096.
 #ifndef PROTOSPECT_TOPK_SHARED_BOUND
 #define PROTOSPECT_TOPK_SHARED_BOUND 0
 #endif

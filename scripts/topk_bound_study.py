@@ -29,6 +29,7 @@ and the candidates left under the final bound (what the merge would select from)
 (no shared bound) and an oracle (the true k-th known in advance: k).
 
     python scripts/topk_bound_study.py            # 15 s on 2 cores
+    python scripts/topk_bound_study.py --real ../shared/data/bottle   # + real PCSNet features (torch)
 """
 from __future__ import annotations
 
@@ -123,6 +124,37 @@ def study_row(row: np.ndarray, k: int, splits: int, tile: int, scheme: tuple | N
     return written, under if scheme is not None else M
 
 
+def real_features(root: str, grid: int, shots: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """(bank, queries) as PCSNet builds them on a real MVTec-layout set (needs torch and the
+    EfficientNet-Lite0 weights package): bank = per-position mean of `shots` good training images'
+    features at a grid x grid map, queries = the features of one good and one defective test image.
+    The PFA's 1x1 convolutions are untrained (seed 0): a random projection of the pooled backbone
+    maps, which keeps their neighbourhood structure (what the bound depends on)."""
+    from pathlib import Path  # noqa: PLC0415 (optional mode)
+
+    import torch  # noqa: PLC0415
+
+    from protospect.training.data import list_images, load_image  # noqa: PLC0415
+    from protospect.training.methods.pcsnet import _create_backbone, _meta  # noqa: PLC0415
+    from protospect.training.methods.pcsnet.model import PCSNetModel  # noqa: PLC0415
+    from protospect.training.methods.pcsnet.presets import resolve_config  # noqa: PLC0415
+    from protospect.training.methods.pcsnet.train_loop import to_tensor  # noqa: PLC0415
+
+    torch.manual_seed(0)
+    cfg = resolve_config("edge", {"grid": grid, "stages": (1, 2, 3), "bins": (grid, grid // 2, grid // 4, grid // 8)})
+    backbone = _create_backbone(cfg, None)
+    model = PCSNetModel(backbone, cfg, _meta(cfg, "edge", backbone.spec)).eval()
+    root = Path(root)
+    defect = sorted(d for d in (root / "test").iterdir() if d.is_dir() and d.name != "good")[0]
+    good = [load_image(p, cfg.input_size) for p in list_images(root / "train" / "good")[:shots]]
+    test = [load_image(p, cfg.input_size) for p in list_images(root / "test" / "good")[:1] + list_images(defect)[:1]]
+    mean, std = backbone.spec.mean, backbone.spec.std
+    with torch.no_grad():
+        model.set_bank_from_backbone(model.features.backbone(to_tensor(good, mean, std)))
+        queries, _ = model.features(to_tensor(test, mean, std))
+    return model.bank.numpy(), queries.reshape(-1, model.features.dim).numpy()
+
+
 def order_keys(v: np.ndarray) -> np.ndarray:
     """The kernel's order_key: float bits mapped so that unsigned order is float order."""
     b = v.astype(np.float32).view(np.uint32).astype(np.uint64)
@@ -149,6 +181,8 @@ def main(argv=None) -> int:
     ap.add_argument("-k", type=int, default=200)
     ap.add_argument("--splits", type=int, default=8)
     ap.add_argument("--tile", type=int, default=128)
+    ap.add_argument("--real", metavar="DIR", help="also a real MVTec-layout set (e.g. ../shared/data/bottle): PCSNet "
+                    "features from EfficientNet-Lite0 (needs torch and its weights package)")
     args = ap.parse_args(argv)
     rng = np.random.default_rng(0)
     grid, k, S = 64, args.k, args.splits  # 4096 prototypes, as PCSNet's 64 x 64 feature map
@@ -170,9 +204,15 @@ def main(argv=None) -> int:
                   "  same, tiles 0 and 1 only": ("threads", [1, 2], 2)}
     print(f"M = {grid * grid}, k = {k}, {S} splits of {grid * grid // S}, tiles of {args.tile}, "
           f"{args.queries} queries per set, D = {args.dim}; per query: written / under the final bound")
+    if args.real:
+        bank, real_q = real_features(args.real, grid)
+        sets[f"{args.real}: PCSNet features (EfficientNet-Lite0, untrained PFA, D = {bank.shape[1]})"] = (bank, real_q)
     for name, (bank, noise) in sets.items():
-        idx = rng.choice(grid * grid, args.queries, replace=False)
-        q = bank[idx] + (noise or 1.0) * rng.standard_normal((args.queries, bank.shape[1])).astype(np.float32)
+        if isinstance(noise, np.ndarray):  # real queries
+            q = noise[rng.choice(len(noise), args.queries, replace=False)]
+        else:
+            idx = rng.choice(grid * grid, args.queries, replace=False)
+            q = bank[idx] + (noise or 1.0) * rng.standard_normal((args.queries, bank.shape[1])).astype(np.float32)
         if name.startswith("ties"):
             q = np.round(q * 2) / 2  # on the grid too: scores are multiples of 0.25, many equal
         sc = scores(q, bank)
