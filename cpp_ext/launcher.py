@@ -430,6 +430,8 @@ class ProtoTopK:
         args = _Args(_ptr(ws + lay["cand_val"]), _ptr(ws + lay["cand_idx"]), _ptr(count), _ptr(qnorm), ctypes.c_int(Q),
                      ctypes.c_int(k), ctypes.c_int(splits), ctypes.c_int(lay["slots"]), _ptr(out_dist_ptr),
                      _ptr(out_idx_ptr))
+        if self.bound_atoms:  # shared-bound build: the merge takes the atoms too (0: none)
+            args = _Args(*args.values, _ptr(ws + lay["bound_keys"] if "bound_keys" in lay else 0))
         self._launch("proto_topk_merge_splits", (Q, 1, 1), (self.merge_threads, 1, 1), 0, stream, args)
 
     def _launch(self, name: str, grid, block, smem: int, stream: int, args: _Args) -> None:

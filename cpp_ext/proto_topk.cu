@@ -167,7 +167,11 @@ int launch(const void* queries, const void* bank, const float* bank_sqnorm, int 
                                                                    out_dist, out_idx);
     else
         proto_topk_merge_splits<<<Q, kMergeThreads, 0, stream>>>(ws.cand_val, ws.cand_idx, ws.cand_count, ws.qnorm, Q,
-                                                                 k, splits, ws.slots, out_dist, out_idx);
+                                                                 k, splits, ws.slots, out_dist, out_idx
+#if PROTOSPECT_TOPK_SHARED_BOUND
+                                                                 , ws.bound_keys
+#endif
+        );
     return cudaGetLastError();
 }
 

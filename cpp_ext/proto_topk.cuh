@@ -83,7 +83,8 @@ enum Dtype { kFloat32 = 0, kFloat16 = 1 };
 // kAtomWeight = 16 further scores lie at or below. Atoms are ordered keys in the workspace (bound_keys:
 // Q x kBoundAtoms, reset to 0xff.. = unpublished by the host before the call); the ceil(k / 16)-th
 // smallest of a query's atoms is a bound at or above its k-th score, so scores above it are dropped
-// (`<=` keeps ties: exact). A stale or unpublished atom only loosens the bound. scripts/topk_bound_study.py
+// (`<=` keeps ties: exact). A stale or unpublished atom only loosens the bound. Level 2 also has the merge
+// skip entries above the final bound (all atoms published by then). scripts/topk_bound_study.py
 // ("same, tiles 0 and 1 only") models it: ~2300-2500 of 4096 scores written per query at k = 200, not 4096.
 #ifndef PROTOSPECT_TOPK_SHARED_BOUND
 #define PROTOSPECT_TOPK_SHARED_BOUND 0
@@ -1284,7 +1285,8 @@ __device__ unsigned block_kth(const unsigned (&keys)[kSlots], unsigned valid, in
 // the query's k smallest: one exact select over it gives the answer.
 __device__ void merge_splits_body(const float* __restrict__ cand_val, const int* __restrict__ cand_idx,
                                   const int* __restrict__ cand_count, const float* __restrict__ qnorm, int Q, int k,
-                                  int splits, int cap, float* __restrict__ out_dist, int* __restrict__ out_idx) {
+                                  int splits, int cap, float* __restrict__ out_dist, int* __restrict__ out_idx,
+                                  const unsigned* __restrict__ bound_keys) {
     constexpr int kSlots = kMaxSplits * kMaxCandCap / kMergeThreads;  // per thread
     constexpr int kPerSplit = kMaxCandCap / kMergeThreads;
     static_assert(kMergeThreads == kRadixBins && kSlots <= 32, "one histogram bin per thread, a 32-bit slot mask");
@@ -1305,6 +1307,21 @@ __device__ void merge_splits_body(const float* __restrict__ cand_val, const int*
             keys[j] = order_key(cand_val[((size_t)s * Q + q) * cap + o]);
             valid |= 1u << j;
         }
+    }
+    // shared-bound build, level 2: every split has published its atoms by now; entries above the query's
+    // final bound cannot be among its k (ties kept), so the select skips them
+    if (PROTOSPECT_TOPK_SHARED_BOUND >= 2 && bound_keys != nullptr) {
+        if (threadIdx.x < 32) {
+            const unsigned sorted = warp_sort_keys(bound_keys[(size_t)q * kBoundAtoms + threadIdx.x], threadIdx.x);
+            const unsigned cut = __shfl_sync(0xffffffffu, sorted, (k + kAtomWeight - 1) / kAtomWeight - 1);
+            if (threadIdx.x == 0) scratch[0] = cut;
+        }
+        __syncthreads();
+        const unsigned cut = scratch[0];  // an order key (0xffffffff: no bound)
+#pragma unroll
+        for (int j = 0; j < kSlots; ++j)
+            if (keys[j] > cut) valid &= ~(1u << j);
+        __syncthreads();  // scratch is reused by the select
     }
     int need = k;
     const unsigned kth = block_kth(keys, valid, need, hist, scratch, pick);
@@ -1418,9 +1435,10 @@ proto_topk_partial_f32(const float* queries, const float* bank, const float* ban
     protospect_topk::partial_topk_f32_body(queries, bank, bank_sqnorm, Q, M, D, k, seg_len, cand_val, cand_idx,
                                            cand_count, out_val, out_idx, qnorm_out, finalize, debug_scores);
 }
-// The fp16 partial kernels take one more argument in the shared-bound build: the atoms (Q x kBoundAtoms
-// order keys, reset to 0xff bytes before each call; null with one split). The hosts read the switch from
-// proto_topk_config and pass it to both (the k = 1 kernel ignores it).
+// The fp16 partial kernels and the merge take one more argument in the shared-bound build: the atoms
+// (Q x kBoundAtoms order keys, reset to 0xff bytes before each call; null with one split or fp32). The
+// hosts read the switch from proto_topk_config and pass it (the k = 1 kernel ignores it; the merge uses it
+// at level 2: PROTOSPECT_TOPK_SHARED_BOUND=2).
 #if PROTOSPECT_TOPK_SHARED_BOUND
 #define PROTOSPECT_TOPK_BOUND_PARAM , unsigned* bound_keys
 #define PROTOSPECT_TOPK_BOUND_ARG bound_keys
@@ -1456,8 +1474,9 @@ proto_topk_partial_f16_k1(const __half* queries, const __half* bank, const float
 #endif
 extern "C" __global__ void __launch_bounds__(protospect_topk::kMergeThreads, PROTOSPECT_TOPK_MERGE_MIN_BLOCKS)
 proto_topk_merge_splits(const float* cand_val, const int* cand_idx, const int* cand_count, const float* qnorm, int Q,
-                        int k, int splits, int cap, float* out_dist, int* out_idx) {
-    protospect_topk::merge_splits_body(cand_val, cand_idx, cand_count, qnorm, Q, k, splits, cap, out_dist, out_idx);
+                        int k, int splits, int cap, float* out_dist, int* out_idx PROTOSPECT_TOPK_BOUND_PARAM) {
+    protospect_topk::merge_splits_body(cand_val, cand_idx, cand_count, qnorm, Q, k, splits, cap, out_dist, out_idx,
+                                       PROTOSPECT_TOPK_BOUND_ARG);
 }
 extern "C" __global__ void __launch_bounds__(256)
 proto_topk_merge_min(const float* cand_val, const int* cand_idx, const float* qnorm, int Q, int splits, float* out_dist,
