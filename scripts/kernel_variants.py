@@ -1,7 +1,8 @@
 """Compare build variants of the fused top-k kernel in one process, on one GPU (development tool).
 
 Each variant is the same proto_topk.cuh compiled by NVRTC with extra -D switches (see the header:
-PROTOSPECT_TOPK_FORCE_MMA, PROTOSPECT_TOPK_WGMMA_ALL) and run through the torch-free launcher
+PROTOSPECT_TOPK_FORCE_MMA, PROTOSPECT_TOPK_WGMMA_ALL, PROTOSPECT_TOPK_SHARED_BOUND=1|2,
+PROTOSPECT_TOPK_AGG_ATOMICS=1|2; several per variant, comma-separated) and run through the torch-free launcher
 on the same tensors; outputs must be identical across variants, times are CUDA-graph medians
 (cpp_ext/bench.py's timer), with torch matmul + topk timed in the same run as the yardstick.
 
