@@ -73,3 +73,60 @@ def test_split_plan_fills_one_wave_and_keeps_2k_prototypes_per_split(dtype, Q, M
     assert splits == want
     assert splits == 1 or M / splits >= 2 * k - block_m  # whole tiles per split: within one tile of 2k
     assert -(-Q // block_q) * splits <= max(per_sm * sms, -(-Q // block_q))  # never a second, partial wave
+
+
+class _FakeDriver:
+    """Records what ProtoTopK.run enqueues besides kernels (the atoms' reset)."""
+
+    def __init__(self):
+        self.memsets = []
+
+    def cuMemsetD8Async(self, ptr, value, nbytes, stream):  # noqa: N802 (the driver API's name)
+        self.memsets.append((int(ptr), value, nbytes, stream))
+        return (0,)
+
+
+def _host_only_launcher(bound_atoms: int, M: int = 4096, D: int = 1792):
+    """A ProtoTopK whose GPU side is replaced by recorders: run()'s argument lists and workspace use are
+    checked on CPU (the geometry values are the fp16/fp32 ones proto_topk_config reports)."""
+    topk = object.__new__(launcher.ProtoTopK)
+    topk._driver, topk._owned, topk._module = _FakeDriver(), [], None
+    topk._bank_ptr, topk._sqnorm_ptr, topk._ws_ptr, topk._ws_bytes = 0x1000, 0x2000, 0, 0
+    topk.M, topk.D, topk.dtype, topk.sm_count = M, D, "float16", 132
+    keys = ("block_q", "block_m", "threads", "smem", "blocks_per_sm")
+    topk._geo = {0: dict(zip(keys, (64, 64, 128, 69632, 3))), 1: dict(zip(keys, (128, 128, 256, 108544, 2)))}
+    topk.max_k, topk.max_splits, topk.merge_threads, topk.bound_atoms = 256, 8, 256, bound_atoms
+    topk._malloc = lambda nbytes: 0x100000
+    topk._free = lambda ptr: None
+    topk.launches = []
+    topk._launch = lambda name, grid, block, smem, stream, args: topk.launches.append(
+        (name, grid, [a.value for a in args.values]))
+    return topk
+
+
+@pytest.mark.parametrize("bound_atoms", [0, 32])
+def test_run_hands_the_shared_bound_atoms_to_the_fp16_kernels_and_resets_them(bound_atoms):
+    """The shared-bound build (proto_topk_config[13] = 32 atoms per query) takes one more argument in the
+    fp16 partial kernels and the merge: the atoms region, reset to 0xff bytes on the call's stream before the
+    partial kernel; the default build's argument lists are unchanged and nothing is reset."""
+    topk = _host_only_launcher(bound_atoms)
+    Q, k = 4096, 200
+    topk.run(0x3000, Q, k, 0x4000, 0x5000, stream=7)
+    lay = launcher.workspace_layout(Q, k, 8, "float16", bound_atoms)
+    (partial, grid, args), (merge, _, margs) = topk.launches
+    assert (partial, merge, grid) == ("proto_topk_partial_f16", "proto_topk_merge_splits", (32, 8, 1))
+    assert len(args) == 16 + (1 if bound_atoms else 0) and len(margs) == 10 + (1 if bound_atoms else 0)
+    if bound_atoms:
+        atoms = 0x100000 + lay["bound_keys"]
+        assert args[-1] == atoms and margs[-1] == atoms
+        assert topk._driver.memsets == [(atoms, 0xFF, 4 * Q * 32, 7)]
+    else:
+        assert "bound_keys" not in lay and topk._driver.memsets == []
+    # k = 1 (fp16): its kernel shares the partial's signature, so it gets a null atoms argument; no reset
+    topk.launches.clear()
+    topk._driver.memsets.clear()
+    topk.run(0x3000, Q, 1, 0x4000, 0x5000, stream=7)
+    (name, _, args), (merge, _, _) = topk.launches
+    assert (name, merge) == ("proto_topk_partial_f16_k1", "proto_topk_merge_min")
+    assert len(args) == 16 + (1 if bound_atoms else 0) and (not bound_atoms or args[-1] is None)
+    assert topk._driver.memsets == []
