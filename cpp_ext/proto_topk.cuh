@@ -78,9 +78,9 @@ enum Dtype { kFloat32 = 0, kFloat16 = 1 };
 // PROTOSPECT_TOPK_SHARED_BOUND (-D at build time; a comparison build, off by default until timed on a GPU):
 // at large k a split's own threshold filters nothing (k = 200, 512 prototypes per split: every score is
 // written and merged), so the splits of a query share a bound. After each of its first kBoundTiles tiles a
-// split publishes, per query, "atoms": for r = 1, 2 the max over the 16 threads holding the row's tile
-// columns of each thread's r-th smallest score (mma.sync layout, 8 columns per thread), which at least
-// kAtomWeight = 16 further scores lie at or below. Atoms are ordered keys in the workspace (bound_keys:
+// split publishes, per query, "atoms": for r = 1, 2 the max over the row's 16 groups of 8 tile columns
+// (mma.sync: one thread's 8; wgmma: a quarter of a thread's 32) of each group's r-th smallest score, which
+// at least kAtomWeight = 16 further scores lie at or below. Atoms are ordered keys in the workspace (bound_keys:
 // Q x kBoundAtoms, reset to 0xff.. = unpublished by the host before the call); the ceil(k / 16)-th
 // smallest of a query's atoms is a bound at or above its k-th score, so scores above it are dropped
 // (`<=` keeps ties: exact). A stale or unpublished atom only loosens the bound. Level 2 also has the merge
@@ -93,7 +93,7 @@ constexpr bool kSharedBound = PROTOSPECT_TOPK_SHARED_BOUND != 0;
 constexpr int kBoundTiles = 2;   // tiles whose atoms a split publishes
 constexpr int kBoundRanks = 2;   // each thread's smallest and 2nd smallest score of the row
 constexpr int kBoundAtoms = kMaxSplits * kBoundTiles * kBoundRanks;  // per query: atom (split, tile, rank)
-constexpr int kAtomWeight = 16;  // threads holding a row's tile columns (mma.sync: 4 warps x 4 lanes)
+constexpr int kAtomWeight = 16;  // groups of 8 columns in a tile row (128 / 8)
 
 static_assert(kBlockQ % kWarps == 0 && kMmaBlockQ % kMmaWarps == 0, "each warp owns the same number of query rows");
 static_assert(kBlockM == 64, "the fp32 epilogue gives each lane two columns of a tile row");
@@ -862,9 +862,10 @@ __device__ __forceinline__ void partial_topk_mma_body(const __half* __restrict__
     // (written in terms of kOne so that `if constexpr` below discards the other instruction's branch)
     constexpr bool kWgmma = PROTOSPECT_TOPK_WGMMA && (kOne || kWgmmaAll);
     using Frag = typename Pick<kWgmma, FragWgmma, FragMmaSync>::type;
-    // the shared bound (kSharedBound build, several splits): its atoms assume the mma.sync layout
-    static_assert(Frag::kColGroups * 4 == kAtomWeight || kWgmma, "threads per tile row = atom weight");
-    const bool share = kSharedBound && !kOne && !kWgmma && bound_keys != nullptr;
+    // the shared bound (kSharedBound build, several splits): an atom is the max over a tile row's groups of
+    // 8 columns (4 lanes x kColGroups warps x kJ / 4 groups per thread = 16 in both layouts)
+    static_assert(Frag::kColGroups * 4 * (Frag::kJ / 4) == kAtomWeight && Frag::kJ % 4 == 0, "16 groups of 8");
+    const bool share = kSharedBound && !kOne && bound_keys != nullptr;
     // wgmma's swizzle follows address bits: the pipeline tiles must start on a 1024-byte boundary
     extern __shared__ __align__(1024) unsigned char smem[];
     const unsigned pipe = smem_addr(smem + L::kPipe);
@@ -1017,21 +1018,28 @@ __device__ __forceinline__ void partial_topk_mma_body(const __half* __restrict__
                     continue;
                 }
                 if (share && tile < kBoundTiles) {  // block-uniform: every lane shuffles
-                    // this thread's two smallest of the row's tile columns; the max over the row's 16 threads
-                    float m1 = pos_inf(), m2 = pos_inf();
+                    // the two smallest of each group of 8 of the row's tile columns (mma.sync: a thread's 8;
+                    // wgmma: 4 groups of a thread's 32); the max over the row's 16 groups
+                    float m1 = -pos_inf(), m2 = -pos_inf();
 #pragma unroll
-                    for (int j = 0; j < Frag::kJ; ++j)
+                    for (int grp = 0; grp < Frag::kJ / 4; ++grp) {
+                        float g1 = pos_inf(), g2 = pos_inf();
 #pragma unroll
-                        for (int e = 0; e < 2; ++e) {
-                            const float v = acc[i][j][2 * h + e];
-                            if (col0 + 8 * j + e >= m_end) continue;
-                            if (v < m1) {
-                                m2 = m1;
-                                m1 = v;
-                            } else if (v < m2) {
-                                m2 = v;
+                        for (int j = 4 * grp; j < 4 * grp + 4; ++j)
+#pragma unroll
+                            for (int e = 0; e < 2; ++e) {
+                                const float v = acc[i][j][2 * h + e];
+                                if (col0 + 8 * j + e >= m_end) continue;
+                                if (v < g1) {
+                                    g2 = g1;
+                                    g1 = v;
+                                } else if (v < g2) {
+                                    g2 = v;
+                                }
                             }
-                        }
+                        m1 = fmaxf(m1, g1);
+                        m2 = fmaxf(m2, g2);
+                    }
 #pragma unroll
                     for (int off = 1; off < 4; off <<= 1) {
                         m1 = fmaxf(m1, __shfl_xor_sync(0xffffffffu, m1, off));

@@ -103,9 +103,10 @@ BOUND_TILES, BOUND_RANKS, ATOM_WEIGHT = 2, 2, 16  # proto_topk.cuh kBoundTiles, 
 
 
 def _tile_atoms(s):
-    """The atoms one fp16 tile row publishes in the shared-bound build: in the mma.sync layout thread
-    (wm, t4) holds columns wm*32 + 8j + 2*t4 + e (j < 4, e < 2); per rank r, the max over the 16 threads
-    of each one's r-th smallest valid score (+inf where a thread has fewer than r)."""
+    """The atoms one fp16 tile row publishes in the shared-bound build: 16 groups of 8 columns, group
+    (wm, t4) = columns wm*32 + 8j + 2*t4 + e (j < 4, e < 2): one thread's in the mma.sync layout, a quarter
+    of lane t4's 32 in the wgmma layout; per rank r, the max over the groups of each one's r-th smallest
+    valid score (+inf where a group has fewer than r)."""
     atoms = []
     for r in range(1, BOUND_RANKS + 1):
         worst = -np.inf

@@ -180,6 +180,10 @@ def test_shared_bound_switch_builds_without_spills_and_touches_only_the_k_gt_1_k
     for name in ("proto_topk_partial_f16_k1", "proto_topk_partial_f32", "proto_topk_merge_splits"):
         assert not any(op in _entry(ptx, name) for op in relaxed), name
     assert not any(op in default for op in relaxed)
+    if arch == "compute_90a":  # with wgmma for k > 1 too: the atoms come from the wgmma accumulators
+        both = launcher.compile_ptx(arch, extra_options=("-DPROTOSPECT_TOPK_SHARED_BOUND=2", "-DPROTOSPECT_TOPK_WGMMA_ALL"))
+        body = _entry(both, "proto_topk_partial_f16")
+        assert "wgmma.mma_async" in body and all(op in body for op in relaxed)
     path = tmp_path / "sb.ptx"
     path.write_text(ptx)
     out = subprocess.run(["ptxas", f"-arch=sm_{arch.split('_')[1]}", "-v", str(path), "-o", str(tmp_path / "sb.cubin")],
