@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from launcher_fakes import host_only_launcher
 
 from protospect.cpp_ext import launcher
 from protospect.errors import CudaError
@@ -75,45 +76,16 @@ def test_split_plan_fills_one_wave_and_keeps_2k_prototypes_per_split(dtype, Q, M
     assert -(-Q // block_q) * splits <= max(per_sm * sms, -(-Q // block_q))  # never a second, partial wave
 
 
-class _FakeDriver:
-    """Records what ProtoTopK.run enqueues besides kernels (the atoms' reset)."""
-
-    def __init__(self):
-        self.memsets = []
-
-    def cuMemsetD8Async(self, ptr, value, nbytes, stream):  # noqa: N802 (the driver API's name)
-        self.memsets.append((int(ptr), value, nbytes, stream))
-        return (0,)
-
-
-def _host_only_launcher(bound_atoms: int, M: int = 4096, D: int = 1792):
-    """A ProtoTopK whose GPU side is replaced by recorders: run()'s argument lists and workspace use are
-    checked on CPU (the geometry values are the fp16/fp32 ones proto_topk_config reports)."""
-    topk = object.__new__(launcher.ProtoTopK)
-    topk._driver, topk._owned, topk._module = _FakeDriver(), [], None
-    topk._bank_ptr, topk._sqnorm_ptr, topk._ws_ptr, topk._ws_bytes = 0x1000, 0x2000, 0, 0
-    topk.M, topk.D, topk.dtype, topk.sm_count = M, D, "float16", 132
-    keys = ("block_q", "block_m", "threads", "smem", "blocks_per_sm")
-    topk._geo = {0: dict(zip(keys, (64, 64, 128, 69632, 3))), 1: dict(zip(keys, (128, 128, 256, 108544, 2)))}
-    topk.max_k, topk.max_splits, topk.merge_threads, topk.bound_atoms = 256, 8, 256, bound_atoms
-    topk._malloc = lambda nbytes: 0x100000
-    topk._free = lambda ptr: None
-    topk.launches = []
-    topk._launch = lambda name, grid, block, smem, stream, args: topk.launches.append(
-        (name, grid, [a.value for a in args.values]))
-    return topk
-
-
 @pytest.mark.parametrize("bound_atoms", [0, 32])
 def test_run_hands_the_shared_bound_atoms_to_the_fp16_kernels_and_resets_them(bound_atoms):
     """The shared-bound build (proto_topk_config[13] = 32 atoms per query) takes one more argument in the
     fp16 partial kernels and the merge: the atoms region, reset to 0xff bytes on the call's stream before the
     partial kernel; the default build's argument lists are unchanged and nothing is reset."""
-    topk = _host_only_launcher(bound_atoms)
+    topk = host_only_launcher(bound_atoms)
     Q, k = 4096, 200
     topk.run(0x3000, Q, k, 0x4000, 0x5000, stream=7)
     lay = launcher.workspace_layout(Q, k, 8, "float16", bound_atoms)
-    (partial, grid, args), (merge, _, margs) = topk.launches
+    (partial, grid, args, _), (merge, _, margs, _) = topk.launches
     assert (partial, merge, grid) == ("proto_topk_partial_f16", "proto_topk_merge_splits", (32, 8, 1))
     assert len(args) == 16 + (1 if bound_atoms else 0) and len(margs) == 10 + (1 if bound_atoms else 0)
     if bound_atoms:
@@ -126,7 +98,31 @@ def test_run_hands_the_shared_bound_atoms_to_the_fp16_kernels_and_resets_them(bo
     topk.launches.clear()
     topk._driver.memsets.clear()
     topk.run(0x3000, Q, 1, 0x4000, 0x5000, stream=7)
-    (name, _, args), (merge, _, _) = topk.launches
+    (name, _, args, _), (merge, _, _, _) = topk.launches
     assert (name, merge) == ("proto_topk_partial_f16_k1", "proto_topk_merge_min")
     assert len(args) == 16 + (1 if bound_atoms else 0) and (not bound_atoms or args[-1] is None)
     assert topk._driver.memsets == []
+
+
+def test_run_replays_its_launch_plan_and_rebuilds_it_when_the_workspace_moves():
+    """run() builds the launch plan (split count, workspace offsets, argument arrays) once per set of
+    arguments and replays it on any stream; a reallocated workspace drops the plans that point into the
+    old one."""
+    topk = host_only_launcher(0, M=1024, D=152)
+    addresses = iter(range(0x100000, 0x10000000, 0x1000000))
+    topk._malloc = lambda nbytes: next(addresses)
+    call = (0x3000, 1024, 16, 0x4000, 0x5000)
+    topk.run(*call, stream=7)
+    first = [(name, grid, args) for name, grid, args, _ in topk.launches]
+    topk.launches.clear()
+    topk.run(*call, stream=9)
+    assert [(name, grid, args) for name, grid, args, _ in topk.launches] == first
+    assert {stream for *_, stream in topk.launches} == {9} and len(topk._calls) == 1
+    topk.run(0x3000, 4096, 200, 0x4000, 0x5000, stream=7)  # needs a larger workspace: reallocated
+    assert len(topk._calls) == 1
+    topk.launches.clear()
+    topk.run(*call, stream=7)
+    again = [(name, grid, args) for name, grid, args, _ in topk.launches]
+    assert [(n, g) for n, g, _ in again] == [(n, g) for n, g, _ in first]
+    cand_val = 8  # the partial kernel's candidate buffer argument: now in the new workspace
+    assert again[0][2][cand_val] != first[0][2][cand_val] and again[0][2][cand_val] >= 0x1100000
