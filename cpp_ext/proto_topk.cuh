@@ -339,6 +339,12 @@ __device__ __forceinline__ unsigned warp_sort_keys(unsigned key, int lane) {
     return key;
 }
 
+// A query's bound from its atoms, one per lane (kSharedBound): the ceil(k / kAtomWeight)-th smallest, as an
+// order key on every lane (>= order_key(+inf): no bound yet). Called by the whole warp.
+__device__ __forceinline__ unsigned atoms_bound_key(unsigned atom, int k, int lane) {
+    return __shfl_sync(0xffffffffu, warp_sort_keys(atom, lane), (k + kAtomWeight - 1) / kAtomWeight - 1);
+}
+
 // Radix histograms count keys that share their leading bits (similar distances): in a select's first
 // pass most lanes of a warp hit one or a few bins, and shared atomics to one address serialise lane by
 // lane (measured on the CPU with scripts/topk_bound_study.py's data: 24-32 of 32 lanes per warp
@@ -1138,8 +1144,7 @@ __device__ __forceinline__ void partial_topk_mma_body(const __half* __restrict__
                     tile_atoms[kBoundRanks * ql + lane] = 0u;  // (every valid row got 16 maxima: never 0)
                 }
                 __syncwarp();  // this split's atoms are in place before the warp reads them back
-                const unsigned sorted = warp_sort_keys(ld_relaxed(atoms + lane), lane);
-                const unsigned kth = __shfl_sync(0xffffffffu, sorted, (k + kAtomWeight - 1) / kAtomWeight - 1);
+                const unsigned kth = atoms_bound_key(ld_relaxed(atoms + lane), k, lane);
                 if (lane == 0 && kth < order_key(pos_inf())) bound[ql] = fminf(bound[ql], key_value(kth));
                 __syncwarp();
             }
@@ -1320,8 +1325,7 @@ __device__ void merge_splits_body(const float* __restrict__ cand_val, const int*
     // final bound cannot be among its k (ties kept), so the select skips them
     if (PROTOSPECT_TOPK_SHARED_BOUND >= 2 && bound_keys != nullptr) {
         if (threadIdx.x < 32) {
-            const unsigned sorted = warp_sort_keys(bound_keys[(size_t)q * kBoundAtoms + threadIdx.x], threadIdx.x);
-            const unsigned cut = __shfl_sync(0xffffffffu, sorted, (k + kAtomWeight - 1) / kAtomWeight - 1);
+            const unsigned cut = atoms_bound_key(bound_keys[(size_t)q * kBoundAtoms + threadIdx.x], k, threadIdx.x);
             if (threadIdx.x == 0) scratch[0] = cut;
         }
         __syncthreads();

@@ -119,6 +119,13 @@ def _tile_atoms(s):
     return atoms
 
 
+def _atoms_bound(atoms, k):
+    """atoms_bound_key: the ceil(k / 16)-th smallest of a query's 32 atom slots (unpublished ones +inf)."""
+    slots = np.full(MAX_SPLITS * BOUND_TILES * BOUND_RANKS, np.inf, np.float32)
+    slots[:len(atoms)] = atoms
+    return np.sort(slots)[-(-k // ATOM_WEIGHT) - 1]
+
+
 def _partials_shared_bound(scores_row, segs, k, rng, stats, strict=False):
     """All splits of one query row in the shared-bound build (fp16, k > 1), tile by tile: each split
     filters with its own threshold and the shared bound (s <= bound: ties kept), compacts as _partial
@@ -155,12 +162,10 @@ def _partials_shared_bound(scores_row, segs, k, rng, stats, strict=False):
                 for r, a in enumerate(_tile_atoms(s)):
                     published[(sp, t, r)] = a
             seen = [a for (owner, _, _), a in published.items() if owner == sp or rng.random() < 0.7]
-            seen = np.sort(np.array(seen + [np.inf] * (MAX_SPLITS * BOUND_TILES * BOUND_RANKS - len(seen)), np.float32))
-            x["bound"] = min(x["bound"], seen[-(-k // ATOM_WEIGHT) - 1])
+            x["bound"] = min(x["bound"], _atoms_bound(seen, k))
             stats["bounded"] += int(x["bound"] < np.inf)
     # level 2: the merge drops entries above the bound from every published atom (all are, by then)
-    final = np.sort(np.array(list(published.values()) + [np.inf] * MAX_SPLITS * BOUND_TILES * BOUND_RANKS, np.float32))
-    stats["final_bound"] = float(final[-(-k // ATOM_WEIGHT) - 1])
+    stats["final_bound"] = float(_atoms_bound(list(published.values()), k))
     return [(x["v"], x["i"]) for x in st]
 
 

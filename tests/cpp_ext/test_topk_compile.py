@@ -38,6 +38,25 @@ def test_nvrtc_reports_a_broken_source_as_cuda_error(nvrtc_ready):
         launcher.compile_cubin("sm_90", source='extern "C" __global__ void f() { undefined_symbol(); }')
 
 
+def _entry(ptx: str, name: str) -> str:
+    """One kernel's body in a PTX text."""
+    return ptx.split(f".entry {name}(")[1].split(".entry ")[0]
+
+
+def _ptxas_entry(ptx: str, arch: str, name: str, tmp_path: Path) -> str:
+    """ptxas -v's report (registers, spills) on one kernel of NVRTC's PTX, as the runtime would assemble it."""
+    path = tmp_path / f"{arch}.ptx"
+    path.write_text(ptx)
+    out = subprocess.run(["ptxas", f"-arch={arch}", "-v", str(path), "-o", str(tmp_path / f"{arch}.cubin")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return (out.stderr + out.stdout).split(f"entry function '{name}'")[1].split("Compiling entry")[0]
+
+
+def _registers(report: str) -> int:
+    return int(report.split("Used ")[1].split(" registers")[0])
+
+
 GEOMETRY_MAIN = r"""
 #include <cstdio>
 #include "proto_topk.cu"
@@ -130,8 +149,7 @@ def test_fp16_k1_tiles_use_wgmma_exactly_on_sm90a(tmp_path, arch):
                             "-o", str(ptx)], capture_output=True, text=True, timeout=240)
     assert build.returncode == 0, build.stderr
     text = ptx.read_text()
-    body = {name: text.split(f".entry {name}(")[1].split(".entry ")[0]
-            for name in ("proto_topk_partial_f16", "proto_topk_partial_f16_k1")}
+    body = {name: _entry(text, name) for name in ("proto_topk_partial_f16", "proto_topk_partial_f16_k1")}
     k1_wgmma = arch == "sm_90a"
     assert ("wgmma.mma_async" in body["proto_topk_partial_f16_k1"]) is k1_wgmma
     assert ("fence.proxy.async" in body["proto_topk_partial_f16_k1"]) is k1_wgmma
@@ -152,19 +170,8 @@ def test_nvrtc_merge_kernel_keeps_four_blocks_per_sm_on_hopper(nvrtc_ready, tmp_
     """Regression: NVRTC's build of the merge kernel took 70 registers (3 blocks of 256 threads per SM)
     where nvcc's took 64, and the torch-free launcher ran 12 % slower at k = 200 on the H100 (0.547 vs
     0.486 ms); __launch_bounds__(256, 4) holds it to 64 (launcher 0.491 vs torch op 0.493 ms after)."""
-    ptx = tmp_path / "proto_topk.ptx"
-    ptx.write_text(launcher.compile_ptx("compute_90a"))
-    out = subprocess.run(["ptxas", "-arch=sm_90a", "-v", str(ptx), "-o", str(tmp_path / "k.cubin")],
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    text = out.stderr + out.stdout
-    merge = text.split("entry function 'proto_topk_merge_splits'")[1].split("Compiling entry")[0]
-    regs = int(merge.split("Used ")[1].split(" registers")[0])
-    assert regs <= 64, merge
-
-
-def _entry(ptx: str, name: str) -> str:
-    return ptx.split(f".entry {name}(")[1].split(".entry ")[0]
+    merge = _ptxas_entry(launcher.compile_ptx("compute_90a"), "sm_90a", "proto_topk_merge_splits", tmp_path)
+    assert _registers(merge) <= 64, merge
 
 
 @pytest.mark.skipif(shutil.which("ptxas") is None, reason="ptxas not on PATH")
@@ -184,13 +191,8 @@ def test_shared_bound_switch_builds_without_spills_and_touches_only_the_k_gt_1_k
         both = launcher.compile_ptx(arch, extra_options=("-DPROTOSPECT_TOPK_SHARED_BOUND=2", "-DPROTOSPECT_TOPK_WGMMA_ALL"))
         body = _entry(both, "proto_topk_partial_f16")
         assert "wgmma.mma_async" in body and all(op in body for op in relaxed)
-    path = tmp_path / "sb.ptx"
-    path.write_text(ptx)
-    out = subprocess.run(["ptxas", f"-arch=sm_{arch.split('_')[1]}", "-v", str(path), "-o", str(tmp_path / "sb.cubin")],
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    part = out.stderr.split("entry function 'proto_topk_partial_f16'")[1].split("Compiling entry")[0]
-    assert " 0 bytes spill stores" in part and int(part.split("Used ")[1].split(" registers")[0]) <= 128, part
+    part = _ptxas_entry(ptx, f"sm_{arch.split('_')[1]}", "proto_topk_partial_f16", tmp_path)
+    assert " 0 bytes spill stores" in part and _registers(part) <= 128, part
 
 
 @pytest.mark.parametrize("level", [1, 2])
