@@ -7,6 +7,20 @@ PY=${PYTHON:-python3}
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
 
+# The torch wheel (a CUDA build on x86_64) unpacks to ~5.6 GB; a full disk otherwise fails halfway through
+# pip with "No space left on device" and leaves a broken venv behind. Check before starting, say what is needed.
+need_gb() {  # $1 = GB needed, $2 = what for
+  local free_kb
+  free_kb=$(df -Pk . | awk 'NR==2 {print $4}')
+  if [ -n "$free_kb" ] && [ "$free_kb" -lt $(( $1 * 1024 * 1024 )) ]; then
+    echo "[setup] error: $2 needs about $1 GB free on $(df -P . | awk 'NR==2 {print $6}'), only $(( free_kb / 1024 )) MB left" >&2
+    exit 1
+  fi
+}
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  need_gb 8 "installing torch into .venv"
+fi
+
 if [ ! -x .venv/bin/python ]; then
   echo "[setup] creating .venv"
   "$PY" -m venv .venv
@@ -16,6 +30,7 @@ fi
 .venv/bin/pip install -q --disable-pip-version-check -e ".[train,runtime,dev]"
 
 if [ ! -x .venv-runtime/bin/python ]; then
+  need_gb 1 "creating .venv-runtime"
   echo "[setup] creating .venv-runtime (no torch)"
   "$PY" -m venv .venv-runtime
 fi
