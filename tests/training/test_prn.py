@@ -306,3 +306,8 @@ def test_threshold_rule_from_normals_and_pseudo_anomalies():
     top, low = max(cal["normal_scores"]), np.percentile(cal["pseudo_anomaly_scores"], 25)
     assert top < low and cal["threshold"] == pytest.approx(top + 0.5 * (low - top))
     assert cal["map_range"][0] < cal["threshold"] < cal["map_range"][1]
+
+    # a calibration margin scales the threshold only; the same jitter stream gives the same scores
+    scaled = calibrate_with_pseudo(shots, score_against, brighten, seed=0, margin=1.5)
+    assert scaled["threshold"] == pytest.approx(1.5 * cal["threshold"])
+    assert scaled["map_range"] == pytest.approx(cal["map_range"])

@@ -188,10 +188,9 @@ def calibrate(model: BPGGModel, data: SupportSet, shots: list[np.ndarray], cfg: 
         out = model.outputs(model.features(to_model_input(queries, cfg.input_size, spec.mean, spec.std)), protos)
         return out.image_score.numpy(), out.anomaly_map[:, 0].numpy()
 
-    cal = calibrate_with_pseudo(shots, score_against, NSASynth(cfg.category), seed, cfg.calibration_views)
-    if cfg.calibration_margin != 1.0:
-        cal["threshold"] *= cfg.calibration_margin
-    return cal
+    return calibrate_with_pseudo(
+        shots, score_against, NSASynth(cfg.category), seed, cfg.calibration_views, margin=cfg.calibration_margin
+    )
 
 
 def build(meta: dict) -> BPGGModel:

@@ -31,8 +31,11 @@ def choose_threshold(normal: np.ndarray, anomalous: np.ndarray) -> float:
     return top * 1.001 if top > 0 else top + 1e-6
 
 
-def calibrate_with_pseudo(shots: list[np.ndarray], score_against: Callable, synth, seed: int, n_views: int = 8) -> dict:
-    """``score_against(bank_images, queries) -> (scores, maps)``; ``synth(img, rng) -> (img, mask) | None``."""
+def calibrate_with_pseudo(
+    shots: list[np.ndarray], score_against: Callable, synth, seed: int, n_views: int = 8, margin: float = 1.0
+) -> dict:
+    """``score_against(bank_images, queries) -> (scores, maps)``; ``synth(img, rng) -> (img, mask) | None``.
+    ``margin`` scales the chosen threshold (the config's calibration_margin); map_range stays on the unscaled one."""
     rng = np.random.default_rng(seed + CALIB_SEED_OFFSET)
     normal_scores, normal_maps, anomalous = [], [], []
     for bank, queries in holdout_sets(shots, seed, n_views):
@@ -47,7 +50,7 @@ def calibrate_with_pseudo(shots: list[np.ndarray], score_against: Callable, synt
     threshold = choose_threshold(normal, anomalous)
     lo = float(np.median(np.concatenate(normal_maps)))
     return {
-        "threshold": threshold,
+        "threshold": threshold * margin,
         "map_range": [lo, lo + 2.0 * max(threshold - lo, 1e-6)],
         "normal_scores": [float(v) for v in normal],
         "pseudo_anomaly_scores": [float(v) for v in anomalous],

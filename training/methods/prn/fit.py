@@ -219,10 +219,9 @@ def calibrate(model: PRNModel, shots: list[np.ndarray], cfg: PRNConfig, seed: in
         out = model.outputs_from_logits(model.head(q, res))
         return out.image_score.numpy(), out.anomaly_map[:, 0].numpy()
 
-    cal = calibrate_with_pseudo(shots, score_against, NSASynth(cfg.category), seed, cfg.calibration_views)
-    if cfg.calibration_margin != 1.0:
-        cal["threshold"] *= cfg.calibration_margin
-    return cal
+    return calibrate_with_pseudo(
+        shots, score_against, NSASynth(cfg.category), seed, cfg.calibration_views, margin=cfg.calibration_margin
+    )
 
 
 def build(meta: dict) -> PRNModel:
