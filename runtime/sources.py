@@ -131,6 +131,17 @@ class VideoCaptureSource(Source):
             self._cap = None
 
 
+def _next_item(src, items: list):
+    """The next of a list-backed source's items (``src._next`` is its cursor); None at the end unless it loops."""
+    if src._next >= len(items):
+        if not src.loop:
+            return None
+        src._next = 0
+    item = items[src._next]
+    src._next += 1
+    return item
+
+
 class FolderSource(Source):
     """Image files in name order (a folder, a glob, or one file); loop=True repeats them forever.
 
@@ -151,12 +162,9 @@ class FolderSource(Source):
         self._next = 0
 
     def read(self) -> np.ndarray | None:
-        if self._next >= len(self.files):
-            if not self.loop:
-                return None
-            self._next = 0
-        path = self.files[self._next]
-        self._next += 1
+        path = _next_item(self, self.files)
+        if path is None:
+            return None
         self.origin = path.name
         data = np.fromfile(str(path), dtype=np.uint8) if path.is_file() else np.empty(0, np.uint8)
         img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
@@ -179,13 +187,7 @@ class ArraySource(Source):
         self._next = 0
 
     def read(self) -> np.ndarray | None:
-        if self._next >= len(self.frames):
-            if not self.loop:
-                return None
-            self._next = 0
-        img = self.frames[self._next]
-        self._next += 1
-        return img
+        return _next_item(self, self.frames)
 
 
 class HarvesterSource(Source):
