@@ -12,8 +12,8 @@ PS=.venv/bin/protospect          # training + export (torch)
 RT=.venv-runtime/bin/protospect  # the station: numpy + OpenCV + ONNX Runtime, no torch
 mkdir -p "$OUT"
 
-echo "== 1/6 demo parts (procedural flanges with planted defects, CC0) + a 200-frame line video"
-$PS demo-data --out "$OUT/data" --video-frames 200
+echo "== 1/6 demo parts (procedural flanges with planted defects, CC0) + a 200-frame line video + 100 good parts"
+$PS demo-data --out "$OUT/data" --video-frames 200 --good-video-frames 100
 
 echo "== 2/6 few-shot evaluation: patchcore baseline vs pcsnet, K=2 and $K, seed 0"
 $PS eval --data "$OUT/data" --category flange --method patchcore --shots 2 "$K" --seeds 0 --out "$OUT/eval"
@@ -30,6 +30,11 @@ echo "== 5/6 the station: replay the line video, log every verdict, save NG fram
 rm -rf "$OUT/station"
 $RT serve "$OUT/model.onnx" --source "$OUT/data/line.avi" --sink "$OUT/station"
 .venv-runtime/bin/python scripts/check_line_verdicts.py "$OUT/station/verdicts.jsonl" "$OUT/data/line.avi.json"
+echo "-- the same line with the threshold set on the line: 100 other good parts through the same camera (MJPG)"
+rm -rf "$OUT/station_line"
+$RT calibrate "$OUT/model.onnx" --source "$OUT/data/line_good.avi" --out "$OUT/station_line/line_threshold.json"
+$RT serve "$OUT/model.onnx" --source "$OUT/data/line.avi" --sink "$OUT/station_line" --threshold "$OUT/station_line/line_threshold.json"
+.venv-runtime/bin/python scripts/check_line_verdicts.py "$OUT/station_line/verdicts.jsonl" "$OUT/data/line.avi.json"
 
 echo "== 6/6 latency: host-to-host per stage, FP32 and INT8, on this machine"
 $RT bench "$OUT/model.onnx" --source "$OUT/data/line.avi" --loop --frames 300 --warmup 30 --out "$OUT/bench_fp32"
@@ -40,4 +45,5 @@ echo "done. Look at:"
 echo "  $OUT/eval/results.md                   accuracy table (image/pixel AUROC, AUPRO, F1)"
 echo "  $OUT/eval/heatmaps_flange_*.png         test images with heatmap overlays"
 echo "  $OUT/station/verdicts.jsonl, ng/*.png   every frame's verdict; NG frames with heatmaps"
+echo "  $OUT/station_line/                      the same with the line-calibrated threshold (line_threshold.png)"
 echo "  $OUT/bench_*/                           latency tables and histograms"

@@ -22,6 +22,7 @@ COMMANDS = {
     "export": ("protospect.export.cli_export", "artifact -> ONNX (FP32, --fp16, --int8)", "train"),
     "build-engine": ("protospect.export.cli_build_engine", "ONNX -> TensorRT engine + sidecar JSON", "trt"),
     "serve": ("protospect.runtime.cli_serve", "run a model on a camera/video/folder and log every verdict", "runtime"),
+    "calibrate": ("protospect.runtime.cli_calibrate", "OK/NG threshold from good parts seen by the station's camera", "runtime"),
     "bench": ("protospect.runtime.cli_bench", "per-stage latency of a model on a source", "runtime"),
     "soak": ("protospect.runtime.soak", "replay a source for N frames and print resident memory", "runtime"),
 }

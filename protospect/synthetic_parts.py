@@ -299,16 +299,22 @@ def write_mvtec_layout(out_dir: str | Path, seed: int = 0, n_train: int = 16, n_
     return cat
 
 
-def write_line_video(path: str | Path, n_frames: int = 200, seed: int = 0, defect_every: int = 10,
-                     frame_size: tuple[int, int] = (320, 320), fps: float = 10.0) -> Path:
-    """An inspection-line video: one part per frame, a defect planted in every ``defect_every``-th frame.
+LINE_STREAM = 99       # random stream of the line video's parts
+GOOD_LINE_STREAM = 98  # a good-parts clip for `protospect calibrate`: other parts than the line video's
+
+
+def write_line_video(path: str | Path, n_frames: int = 200, seed: int = 0, defect_every: int | None = 10,
+                     frame_size: tuple[int, int] = (320, 320), fps: float = 10.0, stream: int = LINE_STREAM) -> Path:
+    """An inspection-line video: one part per frame, a defect planted in every ``defect_every``-th frame
+    (None: good parts only).
 
     Writes MJPG ``path`` (.avi) and ``path`` + ``.json`` with the defective frame indices and their
     defect types, so a replay through ``protospect serve`` can be checked frame by frame.
-    Frames use a seed disjoint from write_mvtec_layout's, so the video never repeats a training shot.
+    Frames use seeds disjoint from write_mvtec_layout's, so a video never repeats a training shot;
+    ``stream`` keeps two videos of one seed apart.
     """
     path = Path(path)
-    if n_frames < 1 or defect_every < 1:
+    if n_frames < 1 or (defect_every is not None and defect_every < 1):
         raise ConfigError("n_frames and defect_every must be >= 1")
     path.parent.mkdir(parents=True, exist_ok=True)
     w, h = frame_size
@@ -318,8 +324,9 @@ def write_line_video(path: str | Path, n_frames: int = 200, seed: int = 0, defec
     truth = {}
     try:
         for i in range(n_frames):
-            defect = DEFECT_TYPES[(i // defect_every) % len(DEFECT_TYPES)] if i % defect_every == defect_every - 1 else None
-            img, _ = render_part(np.random.default_rng([seed, 99, i]), size=max(w, h), defect=defect)
+            planted = defect_every is not None and i % defect_every == defect_every - 1
+            defect = DEFECT_TYPES[(i // defect_every) % len(DEFECT_TYPES)] if planted else None
+            img, _ = render_part(np.random.default_rng([seed, stream, i]), size=max(w, h), defect=defect)
             writer.write(np.ascontiguousarray(cv2.resize(img, (w, h))[..., ::-1]))
             if defect:
                 truth[i] = defect
@@ -338,10 +345,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-per-defect", type=int, default=8, help=f"test images per defect type {DEFECT_TYPES} (default 8)")
     parser.add_argument("--video-frames", type=int, default=0,
                         help="also write OUT/line.avi: N frames of parts passing the camera, every 10th defective")
+    parser.add_argument("--good-video-frames", type=int, default=0,
+                        help="also write OUT/line_good.avi: N frames of other good parts (for `protospect calibrate`)")
 
 
 def run(args: argparse.Namespace) -> int:
-    for name in ("n_train", "n_test_good", "n_per_defect"):
+    for name in ("n_train", "n_test_good", "n_per_defect", "video_frames", "good_video_frames"):
         if getattr(args, name) < 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 0")
     cat = write_mvtec_layout(args.out, seed=args.seed, n_train=args.n_train, n_test_good=args.n_test_good,
@@ -351,5 +360,9 @@ def run(args: argparse.Namespace) -> int:
     if args.video_frames:
         video = write_line_video(Path(args.out) / "line.avi", n_frames=args.video_frames, seed=args.seed)
         print(f"wrote {video} ({args.video_frames} frames; defective frame indices in {video}.json)")
+    if args.good_video_frames:
+        video = write_line_video(Path(args.out) / "line_good.avi", n_frames=args.good_video_frames, seed=args.seed,
+                                 defect_every=None, stream=GOOD_LINE_STREAM)
+        print(f"wrote {video} ({args.good_video_frames} frames, good parts only)")
     print(f"next: protospect eval --data {args.out} --category {CATEGORY} --method patchcore --shots 1 2 4 --out runs/demo")
     return 0

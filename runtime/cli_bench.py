@@ -18,7 +18,7 @@ import numpy as np
 from protospect.errors import ConfigError
 from protospect.runtime.backends import select_backend
 from protospect.runtime.backends.ort import available_cores
-from protospect.runtime.cli_serve import add_source_arguments, check_common
+from protospect.runtime.cli_serve import add_source_arguments, add_threshold_argument, check_common, use_threshold
 from protospect.runtime.pipeline import Pipeline
 from protospect.runtime.report import stop_on_signals, summary_text, write_json
 from protospect.runtime.sources import ArraySource, open_source
@@ -27,6 +27,7 @@ from protospect.runtime.stats import draw_histogram
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_source_arguments(parser, required=False)
+    add_threshold_argument(parser)
     parser.add_argument("--frames", type=int, required=True, help="timed frames")
     parser.add_argument("--warmup", type=int, default=50, help="untimed frames first (default 50)")
     parser.add_argument("--frame-size", default=None, metavar="WxH",
@@ -50,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     check_common(args)
     backend = select_backend(args.model, args.backend, threads=args.threads)
     with backend:
+        use_threshold(backend, args.threshold)
         s = backend.info.input_size
         if args.source is None:
             w, h = _size(args.frame_size, s)

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from protospect.errors import ConfigError
+from protospect.runtime import line_threshold
 from protospect.runtime.backends import CHOICES, select_backend
 from protospect.runtime.operator_view import OperatorView, parse_view
 from protospect.runtime.pipeline import Pipeline
@@ -34,8 +35,23 @@ def add_source_arguments(parser: argparse.ArgumentParser, required: bool) -> Non
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
 
 
+def add_threshold_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threshold", default=None, metavar="VALUE|FILE",
+                        help="OK/NG threshold instead of the model's own: a number, or a file from `protospect calibrate` "
+                             "(checked against the model)")
+
+
+def use_threshold(backend, spec: str | None) -> None:
+    """Put the --threshold override into the active backend's info (verdicts, operator page, summary)."""
+    backend.info = line_threshold.apply(backend.info, spec)
+    if spec is not None:
+        log.info("threshold %.6g (%s); the model's own is %s", backend.info.threshold, backend.info.threshold_source,
+                 backend.info.props.get("protospect.threshold", "?"))
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_source_arguments(parser, required=True)
+    add_threshold_argument(parser)
     parser.add_argument("--sink", type=Path, default=None, help="folder for verdicts.jsonl, ng/*.png and summary.json")
     parser.add_argument("--view", default=None, metavar="[127.0.0.1]:PORT", help="serve the live operator page, e.g. --view :8080")
     parser.add_argument("--max-frames", type=int, default=None, help="stop after N frames (default: until the source ends)")
@@ -57,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
     source = open_source(args.source, loop=args.loop)
     view = None
     with backend:
+        use_threshold(backend, args.threshold)
         info = backend.info
         sinks = []
         if args.sink is not None:

@@ -26,6 +26,7 @@ class ModelInfo:
     artifact_sha256: str = ""
     split_k: int | None = None           # split graphs only
     grid: tuple[int, int] | None = None  # split graphs only
+    threshold_source: str = "model (set on the registration shots at export)"  # or a line calibration
     props: dict = field(default_factory=dict, compare=False)
 
     @classmethod
@@ -64,7 +65,7 @@ class ModelInfo:
 
     def describe(self) -> str:
         return (f"{self.method}/{self.preset} {self.precision} {self.input_size}px "
-                f"threshold={self.threshold:.6g} graph={self.graph}")
+                f"threshold={self.threshold:.6g} ({self.threshold_source}) graph={self.graph}")
 
 
 def _json(value):

@@ -85,8 +85,10 @@ def format_table(summary: dict[str, dict[str, float]], order: list[str] | None =
     return "\n".join(lines)
 
 
-def draw_histogram(values_ms: np.ndarray, path: str, title: str, *, bins: int = 40, size=(800, 420)) -> None:
-    """Latency histogram with p50/p99 markers, drawn with OpenCV (the runtime has no matplotlib)."""
+def draw_histogram(values_ms: np.ndarray, path: str, title: str, *, bins: int = 40, size=(800, 420), unit: str = "ms",
+                   markers: list[tuple[str, float, tuple[int, int, int]]] | None = None) -> None:
+    """Histogram drawn with OpenCV (the runtime has no matplotlib). Vertical lines at ``markers``
+    (label, value, BGR colour), by default the p50 and p99 of the values (latency)."""
     w, h = size
     img = np.full((h, w, 3), 255, np.uint8)
     left, right, top, bottom = 70, 20, 40, 60
@@ -97,7 +99,10 @@ def draw_histogram(values_ms: np.ndarray, path: str, title: str, *, bins: int = 
         cv2.putText(img, "no samples", (left, h // 2), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (0, 0, 255), 1, cv2.LINE_AA)
         cv2.imwrite(str(path), img)
         return
-    lo, hi = float(v.min()), float(v.max())
+    if markers is None:
+        markers = [(f"p{p}", float(np.percentile(v, p)), colour) for p, colour in ((50, (0, 160, 0)), (99, (0, 0, 220)))]
+    lo = min([float(v.min())] + [m[1] for m in markers])
+    hi = max([float(v.max())] + [m[1] for m in markers])
     hi = hi if hi > lo else lo + 1e-3
     counts, edges = np.histogram(v, bins=bins, range=(lo, hi))
     pw, ph = w - left - right, h - top - bottom
@@ -111,15 +116,17 @@ def draw_histogram(values_ms: np.ndarray, path: str, title: str, *, bins: int = 
     cv2.line(img, (left, top), (left, top + ph), (0, 0, 0), 1)
     for frac in (0.0, 0.5, 1.0):
         x = left + int(frac * pw)
-        cv2.putText(img, f"{lo + frac * (hi - lo):.2f}", (x - 20, top + ph + 20), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
-    cv2.putText(img, "ms", (left + pw // 2, h - 12), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+        tick = lo + frac * (hi - lo)
+        cv2.putText(img, f"{tick:.2f}" if unit == "ms" else f"{tick:.3g}", (x - 20, top + ph + 20), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(img, unit, (left + pw // 2, h - 12), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
     cv2.putText(img, str(cmax), (10, top + 10), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
-    for p, colour in ((50, (0, 160, 0)), (99, (0, 0, 220))):
-        q = float(np.percentile(v, p))
+    for i, (label, q, colour) in enumerate(markers):
         x = left + int((q - lo) / (hi - lo) * pw)
         cv2.line(img, (x, top), (x, top + ph), colour, 2)
-        cv2.putText(img, f"p{p} {q:.2f}", (min(x + 4, w - 110), top + 15 + (0 if p == 50 else 18)),
-                    cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, 1, cv2.LINE_AA)
+        text = f"{label} {q:.3g}" if unit != "ms" else f"{label} {q:.2f}"
+        tw = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1)[0][0]
+        tx = x + 4 if x + 4 + tw < w else x - 4 - tw  # left of its line at the right edge
+        cv2.putText(img, text, (tx, top + 15 + 18 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, 1, cv2.LINE_AA)
     cv2.imwrite(str(path), img)
 
 

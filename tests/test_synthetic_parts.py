@@ -164,3 +164,18 @@ def test_line_video_has_defects_exactly_in_the_listed_frames(tmp_path):
     while cap.read()[0]:
         n += 1
     assert n == 20
+
+
+def test_good_parts_clip_has_no_defects_and_other_parts_than_the_line_video(tmp_path):
+    import json
+
+    import cv2
+
+    from protospect.synthetic_parts import GOOD_LINE_STREAM, write_line_video
+
+    line = write_line_video(tmp_path / "line.avi", n_frames=3, seed=0, frame_size=(64, 64))
+    good = write_line_video(tmp_path / "good.avi", n_frames=3, seed=0, defect_every=None, frame_size=(64, 64),
+                            stream=GOOD_LINE_STREAM)
+    assert json.loads((tmp_path / "good.avi.json").read_text()) == {"frames": 3, "defective": {}}
+    first = [cv2.VideoCapture(str(p)).read()[1].astype(int) for p in (line, good)]
+    assert np.abs(first[0] - first[1]).mean() > 1.0  # a different part, not the line video's first frame

@@ -79,5 +79,5 @@ class BackendBase:
         d = {"backend": self.name}
         if self.info is not None:
             d.update(method=self.info.method, precision=self.info.precision, input_size=self.info.input_size,
-                     threshold=self.info.threshold)
+                     threshold=self.info.threshold, threshold_source=self.info.threshold_source)
         return d
