@@ -46,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
 
     backend = select_backend(args.model, args.backend, threads=args.threads)
     source = open_source(args.source, loop=False)
+    if source.live and args.max_frames is None:
+        raise ConfigError("a live source never ends: give --max-frames N (50 or more good parts)")
     with backend:
         info = backend.info
         pipeline = Pipeline(backend, source, [], queue_size=args.queue_size, max_frames=args.max_frames,

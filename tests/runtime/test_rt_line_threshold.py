@@ -124,3 +124,6 @@ def test_calibrate_refuses_too_few_frames_and_loop(fx, mis_thresholded, tmp_path
     assert "at least 10" in capsys.readouterr().err
     assert not (tmp_path / "t.json").exists()
     assert cli_main(["calibrate", str(model), "--source", str(good), "--out", str(tmp_path / "t.json"), "--loop"]) == 1
+    # a camera never ends: calibrate asks for a frame count instead of running until Ctrl-C
+    assert cli_main(["calibrate", str(model), "--source", "0", "--out", str(tmp_path / "t.json")]) == 1
+    assert "--max-frames" in capsys.readouterr().err
