@@ -24,13 +24,18 @@ from protospect.imageio import read_rgb
 from protospect.training import metrics
 from protospect.training.calibrate import to_model_input
 from protospect.training.backbones import FeatureStore, memoize_features
-from protospect.training.data import MVTecCategory, TestItem, load_item, sample_shots
+from protospect.runtime import line_threshold
+from protospect.training.data import MVTecCategory, TestItem, load_image, load_item, sample_shots
 from protospect.training.methods import get_method
 
 log = logging.getLogger(__name__)
 
 PERCENT_KEYS = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "far_at_full_recall",
                 "f1_at_threshold", "escape_rate", "false_alarm_rate")
+# At the threshold a station would set on the line (runtime/line_threshold.py) from train/good images
+# that were not shots; null where fewer than line_threshold.MIN_FRAMES such images exist.
+LINE_KEYS = ("escape_rate_line", "false_alarm_rate_line")
+LINE_GOOD = 30  # new good parts per run for the line threshold
 
 
 @dataclass
@@ -89,6 +94,25 @@ def seed_metrics(test: TestSet, scores: np.ndarray, maps: np.ndarray, threshold:
     return result
 
 
+def line_good_images(train_good: list[Path], shot_paths: list[Path], seed: int, n: int = LINE_GOOD) -> list[Path]:
+    """Up to ``n`` train/good files that are not shots, chosen by ``seed``: the new good parts a station
+    would calibrate its threshold on. Empty when fewer than line_threshold.MIN_FRAMES remain."""
+    rest = sorted(set(map(Path, train_good)) - set(map(Path, shot_paths)))
+    if len(rest) < line_threshold.MIN_FRAMES:
+        return []
+    chosen = np.random.default_rng([seed, 7]).choice(len(rest), size=min(n, len(rest)), replace=False)
+    return [rest[i] for i in sorted(chosen)]
+
+
+def line_metrics(labels: np.ndarray, scores: np.ndarray, good_scores: np.ndarray | None) -> dict:
+    """Escape / false-alarm rates at the line threshold set on ``good_scores`` (None: not available)."""
+    if good_scores is None:
+        return {"line_threshold": None, **{k: None for k in LINE_KEYS}}
+    thr = line_threshold.choose(good_scores)
+    at = metrics.threshold_stats(labels, scores, thr)
+    return {"line_threshold": thr, "escape_rate_line": at["escape_rate"], "false_alarm_rate_line": at["false_alarm_rate"]}
+
+
 def _mean_std(values: list) -> list[float] | None:
     """[mean, population std], or None when any seed's value is undefined (e.g. AUROC without defects)."""
     if any(v is None or not np.isfinite(v) for v in values):
@@ -100,16 +124,17 @@ def _mean_std(values: list) -> list[float] | None:
 def aggregate(category: str, method: str, preset: str, k: int, runs: list[dict], command: str | None) -> dict:
     """Per-seed runs -> one results.json record (contracts section 9 plus the documented extra keys)."""
     record = {"category": category, "method": method, "preset": preset, "K": k, "seeds": [r["seed"] for r in runs]}
-    for key in PERCENT_KEYS:
-        record[key] = _mean_std([None if r[key] is None else 100.0 * r[key] for r in runs])
+    for key in PERCENT_KEYS + LINE_KEYS:
+        record[key] = _mean_std([None if r.get(key) is None else 100.0 * r[key] for r in runs])
     record["train_seconds"] = _mean_std([r["train_seconds"] for r in runs])
     record["test_ms_per_image"] = _mean_std([r["test_ms_per_image"] for r in runs])
     record["input_size"] = runs[0]["input_size"]
     record["threshold"] = [r["threshold"] for r in runs]
+    record["line_threshold"] = [r.get("line_threshold") for r in runs]
     record["shots"] = {str(r["seed"]): r["shots"] for r in runs}
     if any("defect_support" in r for r in runs):  # which test images a method learned from, per seed (not scored)
         record["defect_support"] = {str(r["seed"]): r.get("defect_support", []) for r in runs}
-    record["per_seed"] = [{k2: _percent(r[k2]) for k2 in PERCENT_KEYS} | {"seed": r["seed"]} for r in runs]
+    record["per_seed"] = [{k2: _percent(r.get(k2)) for k2 in PERCENT_KEYS + LINE_KEYS} | {"seed": r["seed"]} for r in runs]
     record["command"] = command
     return record
 
@@ -158,6 +183,10 @@ def evaluate(data_root, category: str | None, method: str, shots_list: list[int]
             test_ms = 1000.0 * (time.perf_counter() - t0) / len(scores)
             threshold = float(model.calibration["threshold"])
             run = seed_metrics(test, scores, maps, threshold)
+            line_paths = line_good_images(cat.train_good, shot_paths, seed)
+            good_scores = (score_images(model, np.stack([load_image(p, size) for p in line_paths]), batch_size,
+                                        desc="line good parts")[0] if line_paths else None)
+            run.update(line_metrics(test.labels, scores, good_scores))
             if excluded:
                 run["defect_support"] = sorted(str(p) for p in excluded)
             run.update(seed=seed, shots=[p.name for p in shot_paths], train_seconds=round(train_seconds, 3),

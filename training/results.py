@@ -25,6 +25,8 @@ _COLUMNS = [  # (header, key); values are "mean ± std" in percent unless noted
     ("F1@thr", "f1_at_threshold"),
     ("escape@thr", "escape_rate"),
     ("false alarm@thr", "false_alarm_rate"),
+    ("escape@line", "escape_rate_line"),
+    ("false alarm@line", "false_alarm_rate_line"),
     ("fit s", "train_seconds"),
 ]
 
@@ -84,6 +86,8 @@ def markdown_table(records: list[dict]) -> str:
     commands = sorted({r["command"] for r in records if r.get("command")})
     notes = ["", "Values in percent, mean ± population std over seeds; fit s in seconds. "
              "@thr = at the threshold calibrated on the shots only (NG when score >= threshold).",
+             "@line = at the threshold a station sets on the line (`protospect calibrate`: max + 0.25 x (max - median)) "
+             "from up to 30 train/good images that were not shots; n/a where fewer than 10 remain.",
              "FAR@100% recall = fraction of good test images flagged NG at the highest threshold that flags every defect."]
     if commands:
         notes += ["", "Commands:", ""] + [f"    {c}" for c in commands]
