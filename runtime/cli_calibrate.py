@@ -8,7 +8,6 @@ threshold file that `serve` and `bench` take with ``--threshold FILE``. Nothing 
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
@@ -37,8 +36,7 @@ def run(args: argparse.Namespace) -> int:
     check_common(args)
     if args.loop:
         raise ConfigError("--loop: calibration reads each good frame once")
-    if not args.margin >= 0:
-        raise ConfigError(f"--margin {args.margin}: must be >= 0")
+    line_threshold.check_margin(args.margin)  # before scoring, not after
     scores = []
 
     def keep(result) -> None:
@@ -69,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"line threshold: {rec['threshold']:.4g} ({rec['rule']})")
     print(f"wrote {args.out} and {png}; use it with: protospect serve {args.model} --source ... --threshold {args.out}")
     ended = report["capture_ended"]
-    if ended.startswith(("error", "gave up")) or not math.isfinite(rec["threshold"]):
+    if ended.startswith(("error", "gave up")):
         print(f"protospect calibrate: source stopped: {ended}", file=sys.stderr)
         return 1
     return 0

@@ -40,10 +40,14 @@ def choose(scores: np.ndarray, margin: float = DEFAULT_MARGIN) -> float:
         raise ConfigError(f"{s.size} good frames scored; at least {MIN_FRAMES} are needed (50 or more is better)")
     if not np.all(np.isfinite(s)):
         raise ConfigError("a good frame scored NaN or inf: the model or the frames are broken, no threshold set")
-    if not margin >= 0:
-        raise ConfigError(f"margin {margin}: must be >= 0")
+    check_margin(margin)
     top, mid = float(s.max()), float(np.median(s))
     return top + margin * (top - mid)
+
+
+def check_margin(margin: float) -> None:
+    if not margin >= 0:  # (also refuses NaN)
+        raise ConfigError(f"margin {margin}: must be >= 0")
 
 
 def identity(info: ModelInfo) -> dict:
@@ -96,7 +100,7 @@ def load(path: Path, info: ModelInfo) -> dict:
         raise ArtifactError(f"{path}: threshold {thr!r} is not a finite number")
     want, got = rec.get("model", {}), identity(info)
     differ = [f"{k} {want.get(k)!r} (file) vs {got[k]!r} (model)" for k in IDENTITY
-              if _norm(want.get(k)) != _norm(got[k])]
+              if want.get(k) != got[k]]
     if differ:
         raise ArtifactError(f"{path} was measured with another model: {'; '.join(differ)}. "
                             "Scores of one model say nothing about another: recalibrate with `protospect calibrate`")
@@ -115,7 +119,3 @@ def apply(info: ModelInfo, spec: str | None) -> ModelInfo:
     if not math.isfinite(value):
         raise ConfigError(f"--threshold {spec}: must be a finite number or a threshold file")
     return replace(info, threshold=value, threshold_source="command line")
-
-
-def _norm(v):
-    return v if not isinstance(v, (list, tuple)) else list(v)

@@ -99,6 +99,7 @@ def draw_histogram(values_ms: np.ndarray, path: str, title: str, *, bins: int = 
         cv2.putText(img, "no samples", (left, h // 2), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (0, 0, 255), 1, cv2.LINE_AA)
         cv2.imwrite(str(path), img)
         return
+    fmt = "{:.2f}" if unit == "ms" else "{:.3g}"
     if markers is None:
         markers = [(f"p{p}", float(np.percentile(v, p)), colour) for p, colour in ((50, (0, 160, 0)), (99, (0, 0, 220)))]
     lo = min([float(v.min())] + [m[1] for m in markers])
@@ -117,13 +118,13 @@ def draw_histogram(values_ms: np.ndarray, path: str, title: str, *, bins: int = 
     for frac in (0.0, 0.5, 1.0):
         x = left + int(frac * pw)
         tick = lo + frac * (hi - lo)
-        cv2.putText(img, f"{tick:.2f}" if unit == "ms" else f"{tick:.3g}", (x - 20, top + ph + 20), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(img, fmt.format(tick), (x - 20, top + ph + 20), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
     cv2.putText(img, unit, (left + pw // 2, h - 12), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
     cv2.putText(img, str(cmax), (10, top + 10), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
     for i, (label, q, colour) in enumerate(markers):
         x = left + int((q - lo) / (hi - lo) * pw)
         cv2.line(img, (x, top), (x, top + ph), colour, 2)
-        text = f"{label} {q:.3g}" if unit != "ms" else f"{label} {q:.2f}"
+        text = f"{label} {fmt.format(q)}"
         tw = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1)[0][0]
         tx = x + 4 if x + 4 + tw < w else x - 4 - tw  # left of its line at the right edge
         cv2.putText(img, text, (tx, top + 15 + 18 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, 1, cv2.LINE_AA)

@@ -4,7 +4,8 @@ usage: python scripts/line_threshold_check.py MODEL.onnx ARTIFACT_DIR DATA_DIR/C
 
 Line calibration gets N train/good images that were *not* the model's shots (read from the artifact's
 manifest), as a station would see new good parts; the test set is then judged with the model's own
-threshold and with the calibrated one, through `protospect serve` on each test folder. Prints escape
+threshold and with the calibrated one: `protospect serve` scores each test folder once, and each score is
+judged at both thresholds the way the station does (NG when score >= threshold, or not finite). Prints escape
 (defective judged OK) and false-alarm (good judged NG) rates for both. Torch-free: runs in .venv-runtime.
 """
 from __future__ import annotations
@@ -18,21 +19,18 @@ from pathlib import Path
 import numpy as np
 
 from protospect.cli import main as cli_main
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+from protospect.runtime.sources import IMAGE_SUFFIXES
 
 
 def images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def judge(model: str, folder: Path, sink: Path, threshold: str | None) -> np.ndarray:
-    """NG flags for every image of ``folder`` (serve, so the station's own path decides)."""
-    extra = ["--threshold", threshold] if threshold is not None else []
-    if cli_main(["serve", model, "--source", str(folder), "--sink", str(sink), *extra]) != 0:
+def scores_of(model: str, folder: Path, sink: Path) -> np.ndarray:
+    """The image score of every image of ``folder``, from the station's own path (serve)."""
+    if cli_main(["serve", model, "--source", str(folder), "--sink", str(sink)]) != 0:
         sys.exit(f"serve failed on {folder}")
-    rows = [json.loads(line) for line in (sink / "verdicts.jsonl").read_text().splitlines()]
-    return np.array([r["verdict"] != "OK" for r in rows])
+    return np.array([json.loads(line)["score"] for line in (sink / "verdicts.jsonl").read_text().splitlines()])
 
 
 def main() -> int:
@@ -59,9 +57,10 @@ def main() -> int:
         rec = json.loads(thr_file.read_text())
         rows = []
         for folder in sorted(p for p in (args.category / "test").iterdir() if p.is_dir()):
-            for name, thr in (("shots", None), ("line", str(thr_file))):
-                flags = judge(args.model, folder, tmp / f"{folder.name}_{name}", thr)
-                rows.append((folder.name, name, int(flags.sum()), flags.size))
+            scores = scores_of(args.model, folder, tmp / folder.name)
+            for name, thr in (("shots", rec["shot_threshold"]), ("line", rec["threshold"])):
+                ng = ~(scores < thr)  # NG when score >= threshold or not a number (pipeline.py)
+                rows.append((folder.name, name, int(ng.sum()), ng.size))
     print(f"\n{args.category.name}: {len(chosen)} train/good images (not shots) for calibration; "
           f"shot threshold {rec['shot_threshold']:.4g}, line threshold {rec['threshold']:.4g}")
     print(f"{'test folder':20s} {'threshold':9s} {'NG':>4s} / n")

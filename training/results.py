@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from protospect.errors import DataError
+from protospect.runtime.line_threshold import DEFAULT_MARGIN, MIN_FRAMES
 
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
@@ -86,8 +87,8 @@ def markdown_table(records: list[dict]) -> str:
     commands = sorted({r["command"] for r in records if r.get("command")})
     notes = ["", "Values in percent, mean ± population std over seeds; fit s in seconds. "
              "@thr = at the threshold calibrated on the shots only (NG when score >= threshold).",
-             "@line = at the threshold a station sets on the line (`protospect calibrate`: max + 0.25 x (max - median)) "
-             "from up to 30 train/good images that were not shots; n/a where fewer than 10 remain.",
+             f"@line = at the threshold a station sets on the line (`protospect calibrate`: max + {DEFAULT_MARGIN:g} x "
+             f"(max - median)) from up to 30 train/good images that were not shots; n/a where fewer than {MIN_FRAMES} remain.",
              "FAR@100% recall = fraction of good test images flagged NG at the highest threshold that flags every defect."]
     if commands:
         notes += ["", "Commands:", ""] + [f"    {c}" for c in commands]
