@@ -18,7 +18,7 @@ from protospect.runtime import line_threshold
 from protospect.runtime.backends import select_backend
 from protospect.runtime.cli_serve import add_source_arguments, check_common
 from protospect.runtime.pipeline import Pipeline
-from protospect.runtime.report import stop_on_signals
+from protospect.runtime.report import source_exit_code, stop_on_signals
 from protospect.runtime.sources import open_source
 from protospect.runtime.stats import draw_histogram
 
@@ -66,8 +66,4 @@ def run(args: argparse.Namespace) -> int:
           f"{rec['good_frames_over_shot_threshold']} of these good frames would be NG")
     print(f"line threshold: {rec['threshold']:.4g} ({rec['rule']})")
     print(f"wrote {args.out} and {png}; use it with: protospect serve {args.model} --source ... --threshold {args.out}")
-    ended = report["capture_ended"]
-    if ended.startswith(("error", "gave up")):
-        print(f"protospect calibrate: source stopped: {ended}", file=sys.stderr)
-        return 1
-    return 0
+    return source_exit_code(report, "calibrate")

@@ -16,7 +16,7 @@ from protospect.runtime import line_threshold
 from protospect.runtime.backends import CHOICES, select_backend
 from protospect.runtime.operator_view import OperatorView, parse_view
 from protospect.runtime.pipeline import Pipeline
-from protospect.runtime.report import stop_on_signals, summary_text, write_json
+from protospect.runtime.report import source_exit_code, stop_on_signals, summary_text, write_json
 from protospect.runtime.sinks import JsonlSink, NgImageSink
 from protospect.runtime.sources import open_source
 
@@ -96,8 +96,4 @@ def run(args: argparse.Namespace) -> int:
     if args.sink is not None:
         write_json(args.sink / "summary.json", report)
         print(f"verdicts: {args.sink / 'verdicts.jsonl'}  NG images: {args.sink / 'ng'}")
-    ended = report["capture_ended"]
-    if ended.startswith(("error", "gave up")):
-        print(f"protospect serve: source stopped: {ended}", file=sys.stderr)
-        return 1
-    return 0
+    return source_exit_code(report, "serve")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
+import sys
 from pathlib import Path
 
 from protospect.runtime.pipeline import STAGE_ORDER
@@ -55,3 +56,12 @@ def summary_text(report: dict) -> str:
 def write_json(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def source_exit_code(report: dict, command: str) -> int:
+    """1 (and why, on stderr) when the source stopped on an error or gave up reconnecting, else 0."""
+    ended = report["capture_ended"]
+    if ended.startswith(("error", "gave up")):
+        print(f"protospect {command}: source stopped: {ended}", file=sys.stderr)
+        return 1
+    return 0
