@@ -2,7 +2,7 @@
 
 Export carries a threshold calibrated on the K registration shots (training/.../threshold.py). On the
 line the images differ from the shots (camera, compression, lighting), and new good parts often score
-higher than the shots did: the demo's MJPG line video scores 0.20-0.34 where the same parts as PNG
+higher than the shots did: the demo's MJPG line video scores 0.14-0.33 where the same parts as PNG
 score 0.03-0.07. The fix every inspection engineer knows: run good parts past the camera and set the
 threshold just above what they score.
 
