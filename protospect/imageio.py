@@ -61,7 +61,8 @@ def read_mask(path: str | Path, expected_hw: tuple[int, int] | None = None) -> n
     m = _decode(path, cv2.IMREAD_GRAYSCALE, "mask")
     if expected_hw is not None and tuple(m.shape[:2]) != tuple(expected_hw):
         raise DataError(f"mask {path} is {m.shape[1]}x{m.shape[0]} but its image is {expected_hw[1]}x{expected_hw[0]}")
-    return (m > 127).astype(np.uint8)
+    # 0/255 masks (MVTec) cut at 127; 0/1 or class-index masks (converted sets) count any non-zero value
+    return (m > (127 if m.max() > 127 else 0)).astype(np.uint8)
 
 
 def resize_square(img: np.ndarray, size: int) -> np.ndarray:
@@ -72,5 +73,9 @@ def resize_square(img: np.ndarray, size: int) -> np.ndarray:
 
 
 def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
-    """The same geometry as resize_square, for a {0,1} mask (nearest, stays binary)."""
-    return cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
+    """The same geometry as resize_square, for a {0,1} mask (nearest, stays binary).
+
+    INTER_NEAREST_EXACT samples each output pixel's centre, as the area / bilinear image resize does;
+    plain INTER_NEAREST samples its top-left corner and shifts the mask by up to half an input cell.
+    """
+    return cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST_EXACT)

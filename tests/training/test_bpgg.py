@@ -88,6 +88,12 @@ def test_split_is_disjoint_spread_and_seeded(tmp_path):
     assert img.shape == (72, 72, 3) and mask.shape == (72, 72) and mask.max() == 1
     evaluated = {f"{it.defect_type}/{it.path.name}" for it in items}
     assert not evaluated & set(overrides["defect_support_names"])
+    # support_size is honoured in eval (it used to be dropped for the default 3) ...
+    two, items2 = prepare_eval(cat, seed=0, config_overrides={"support_size": 2})
+    assert len(two["defect_support"]) == 2 and len(items2) == len(items) + 1
+    # ... and another folder's support, which eval cannot use, is refused instead of silently ignored.
+    with pytest.raises(ConfigError, match="support_data applies to `protospect train` only"):
+        prepare_eval(cat, seed=0, config_overrides={"support_data": "/elsewhere"})
 
 
 @pytest.mark.devdata

@@ -115,6 +115,26 @@ def test_undefined_metrics_become_null_not_nan():
     json.dumps(r, allow_nan=False)  # strict JSON: no NaN anywhere
 
 
+def test_scoring_time_comes_only_from_runs_that_computed_their_features(tmp_path, monkeypatch):
+    """Later seeds read the frozen backbone's test features from the cache: their time is not an
+    inference time, so the record's test_ms_per_image comes from the first seed of each K only."""
+    root = tmp_path / "data"
+    make_category(root, "part", n_train=4, n_good=2, n_defect=2)
+    stores, real = [], fewshot.memoize_features
+
+    def spy(store=None):
+        stores.append(store)
+        return real(store)
+
+    monkeypatch.setattr(fewshot, "memoize_features", spy)
+    (r,) = fewshot.evaluate(root, "part", "patchcore", [1], [0, 1, 2], "edge", None, config_overrides=OVERRIDES)
+    assert stores[0] is None and stores[1] is not None and stores[2] is stores[1]
+    runs = [{"seed": s, "train_seconds": 1.0, "test_ms_per_image": ms, "test_features_cached": s > 0, "input_size": 64,
+             "threshold": 1.0, "shots": ["a.png"]} for s, ms in ((0, 30.0), (1, 5.0), (2, 7.0))]
+    assert fewshot.aggregate("c", "patchcore", "edge", 1, runs, None)["test_ms_per_image"] == [30.0, 0.0]
+    assert r["test_ms_per_image"][0] > 0
+
+
 def test_defective_support_images_are_never_scored(tmp_path, monkeypatch):
     """A method with prepare_eval (bpgg) takes defective supports out of the test split; the loop
     must score only the remaining items and record the support per seed."""

@@ -80,19 +80,56 @@ def test_threshold_rule():
     assert 0.3 < t < 0.31
 
 
-def test_bank_is_per_position_mean_of_shots(tiny_model):
+def _untrained_shot_features(imgs):
+    """Per-shot PFA features of the model fit() starts from (same seed, same initial weights)."""
+    from protospect.training.methods import pcsnet
+    from protospect.training.methods.pcsnet.model import PCSNetModel
+    from protospect.training.methods.pcsnet.train_loop import seed_everything
+    cfg = resolve_config("edge", TINY)
+    seed_everything(0)  # as fit() does before it builds the model
+    backbone = pcsnet._create_backbone(cfg, cfg.backbone_weights)
+    untrained = PCSNetModel(backbone, cfg, pcsnet._meta(cfg, "edge", backbone.spec)).eval()
+    x = to_tensor(imgs, untrained.meta["mean"], untrained.meta["std"])
+    with torch.no_grad():
+        phi, _ = untrained.features.from_backbone(backbone_features(untrained, x))
+    return as_queries(phi)
+
+
+def test_bank_is_per_position_mean_of_the_untrained_shots(tiny_model):
     imgs = parts()
+    per_shot = _untrained_shot_features(imgs)
+    assert tiny_model.bank.shape == (64, tiny_model.features.dim) == per_shot.shape[1:]
+    # The bank is built once from the *untrained* PFA (PCSNet's _init_centroid) and frozen.
+    torch.testing.assert_close(tiny_model.bank, per_shot.mean(0))
+    assert not tiny_model.bank.requires_grad
+    # ... and training moved the PFA, so the trained features' mean is another bank.
     x = to_tensor(imgs, tiny_model.meta["mean"], tiny_model.meta["std"])
     with torch.no_grad():
         phi, _ = tiny_model.features.from_backbone(backbone_features(tiny_model, x))
-    expected = as_queries(phi).mean(0)  # (M, D): position p's prototype = mean over the K shots
-    assert tiny_model.bank.shape == (64, tiny_model.features.dim)
-    # The bank is built from the *untrained* PFA (then frozen); the PFA moved since, so rebuild it.
-    fresh = build(tiny_model.meta)
-    fresh.load_state_dict(tiny_model.state_dict())
-    fresh.set_bank_from_backbone(backbone_features(fresh, x))
-    torch.testing.assert_close(fresh.bank, expected)
-    assert not tiny_model.bank.requires_grad
+    assert not torch.allclose(as_queries(phi).mean(0), tiny_model.bank, atol=1e-4)
+
+
+def test_calibration_leaves_each_shot_out_of_the_deployed_bank(monkeypatch):
+    """Each normal calibration score uses the deployed bank without that shot: the mean of the other
+    shots' untrained-PFA features (it used to be rebuilt from the trained PFA: another bank)."""
+    from protospect.training.methods.pcsnet import threshold
+    imgs = parts()
+    per_shot = _untrained_shot_features(imgs)
+    banks, real_score = [], threshold._score
+
+    def recording_score(model, images):
+        banks.append(model.bank.clone())
+        return real_score(model, images)
+
+    monkeypatch.setattr(threshold, "_score", recording_score)
+    model = fit(imgs, "edge", seed=0, config_overrides=TINY, progress=False)
+    k = len(imgs)
+    assert len(banks) == k + 1  # K leave-one-out normal passes, then the pseudo anomalies on the full bank
+    for i in range(k):
+        torch.testing.assert_close(banks[i], (per_shot.sum(0) - per_shot[i]) / (k - 1))
+    torch.testing.assert_close(banks[k], model.bank)
+    with pytest.raises(ValueError, match="not the features the bank was built from"):
+        threshold.calibrate(model, imgs, 0, per_shot[:, :, :1].expand_as(per_shot).clone())
 
 
 def test_afs_loss_moves_with_pfa_weights():
@@ -244,3 +281,18 @@ def test_paper_preset_shapes_with_random_weights():
         out = model(torch.randn(1, 3, 32, 32))
     assert out.anomaly_map.shape == (1, 1, 32, 32)
     assert np.isfinite(model.train_log.losses[0]["total"])
+
+
+def test_failed_pseudo_anomaly_draws_do_not_starve_later_steps(monkeypatch):
+    """The give-up counter is per draw: with 30 % of NSA draws failing, every step still gets its
+    pseudo anomalies (a run-wide counter gave up on every later draw after 40 failures in total)."""
+    from protospect.training.methods.pcsnet import train_loop
+    rng = np.random.default_rng(0)
+
+    def flaky(img, rng_, params, obj):
+        return None if rng.random() < 0.3 else (img, np.ones(img.shape[:2], np.uint8))
+
+    monkeypatch.setattr(train_loop, "make_pseudo_anomaly", flaky)
+    source = train_loop.PseudoAnomalySource(parts(), None, np.random.default_rng(1))
+    assert all(len(source.draw(2)[0]) == 2 for _ in range(200))
+    assert source.dropped > 40  # the old run-wide limit (20 x n) was passed, and nothing starved

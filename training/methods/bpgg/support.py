@@ -11,7 +11,7 @@ import logging
 
 import numpy as np
 
-from protospect.errors import DataError
+from protospect.errors import ConfigError, DataError
 from protospect.imageio import read_mask, read_rgb
 
 log = logging.getLogger(__name__)
@@ -64,13 +64,18 @@ def load_defect_support(items) -> list[tuple[np.ndarray, np.ndarray]]:
     return out
 
 
-def prepare_eval(category, seed: int, config_overrides: dict | None = None,
-                 n: int = DEFAULT_SUPPORT_SIZE) -> tuple[dict, list]:
+def prepare_eval(category, seed: int, config_overrides: dict | None = None) -> tuple[dict, list]:
     """For the evaluation loop: (config_overrides with the defective support, the test items to score).
 
-    The returned items exclude every support image; score only those.
+    The support comes from the evaluated category's own test split (``support_size`` images, default
+    3); the returned items exclude every support image; score only those. ``support_data`` (another
+    folder's defects) is for ``train`` only: in an evaluation it would be silently replaced, so refuse it.
     """
-    support, remaining = split_defect_support(category, n, seed)
-    overrides = {**(config_overrides or {}), "defect_support": load_defect_support(support),
-                 "defect_support_names": [item_name(it) for it in support]}
+    overrides = dict(config_overrides or {})
+    if overrides.get("support_data"):
+        raise ConfigError("bpgg: support_data applies to `protospect train` only; `eval` draws the defective "
+                          "support from the evaluated category (set support_size to change how many)")
+    support, remaining = split_defect_support(category, int(overrides.get("support_size", DEFAULT_SUPPORT_SIZE)), seed)
+    overrides.update(defect_support=load_defect_support(support),
+                     defect_support_names=[item_name(it) for it in support])
     return overrides, remaining

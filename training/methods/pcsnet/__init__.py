@@ -65,7 +65,8 @@ def fit(shots_rgb: list[np.ndarray], preset: str = "edge", seed: int = 0,
     model = PCSNetModel(backbone, cfg, _meta(cfg, preset, backbone.spec))
     model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     train_log = train(model, images, seed, progress=progress)
-    calibrate(model, images, seed)
+    calibrate(model, images, seed, train_log.shot_prototypes)
+    train_log.shot_prototypes = None  # (K, M, D): not worth keeping on the model
     model.meta["train_seconds"] = round(train_log.seconds, 2)
     model.train_log = train_log
     msg = (f"pcsnet[{preset}] trained on K={len(images)} in {train_log.seconds:.1f} s "

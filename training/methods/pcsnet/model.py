@@ -88,13 +88,21 @@ class PCSNetModel(nn.Module):
         self.eval()
 
     @torch.no_grad()
-    def set_bank_from_backbone(self, feats: list[torch.Tensor]) -> None:
-        """Prototypes = per-position mean of the shots' PFA features, eval mode, no grad (fixes D3)."""
+    @torch.no_grad()
+    def set_bank_from_backbone(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        """Prototypes = per-position mean of the shots' PFA features, eval mode, no grad (fixes D3).
+
+        Returns the per-shot features (K, M, D) the mean was taken over: the bank is built from the
+        *untrained* PFA and frozen, so a leave-one-out bank must be rebuilt from these, not from the
+        trained PFA's features.
+        """
         was_training = self.training
         self.eval()
         phi, _ = self.features.from_backbone(feats)
-        self.bank.copy_(as_queries(phi).mean(dim=0))
+        per_shot = as_queries(phi)
+        self.bank.copy_(per_shot.mean(dim=0))
         self.train(was_training)
+        return per_shot
 
     def knn(self, queries: torch.Tensor) -> torch.Tensor:
         sq, _ = knn_sqdist(queries, self.bank, self.k)

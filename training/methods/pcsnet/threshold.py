@@ -1,7 +1,8 @@
 """OK/NG threshold and map normalisation from the K good images only (fixes D14).
 
 Normal scores: each shot, slightly jittered (shift, gain, noise), scored against a prototype bank
-rebuilt *without* that shot (leave-one-out; with K = 1 the full bank is all there is). That mimics
+rebuilt *without* that shot (leave-one-out; with K = 1 the full bank is all there is), from the same
+per-shot features the deployed bank was averaged from (the untrained PFA's, see model.set_bank_from_backbone). That mimics
 a new good part, which is never in the bank either. Anomalous scores: fresh NSA pseudo anomalies
 (a different random stream from training) scored with the full bank. No test image is involved.
 
@@ -21,8 +22,8 @@ import torch
 from protospect.training.calibrate import CALIB_SEED_OFFSET, jitter
 from protospect.training.synthesis import make_pseudo_anomaly, nsa_params_for, object_mask
 
-from .model import PCSNetModel, as_queries
-from .train_loop import backbone_features, to_tensor
+from .model import PCSNetModel
+from .train_loop import to_tensor
 
 
 @torch.no_grad()
@@ -45,14 +46,18 @@ def choose_threshold(normal: np.ndarray, anomalous: np.ndarray) -> float:
 
 
 @torch.no_grad()
-def calibrate(model: PCSNetModel, images: list[np.ndarray], seed: int) -> dict:
-    """Set and return model.calibration = {threshold, map_range, ...} from the shots alone."""
+def calibrate(model: PCSNetModel, images: list[np.ndarray], seed: int, shot_prototypes: torch.Tensor) -> dict:
+    """Set and return model.calibration = {threshold, map_range, ...} from the shots alone.
+
+    ``shot_prototypes``: the (K, M, D) per-shot features model.bank is the mean of (returned by
+    model.set_bank_from_backbone before training).
+    """
     cfg = model.cfg
     rng = np.random.default_rng(seed + CALIB_SEED_OFFSET)
     model.eval()
-    feats = backbone_features(model, to_tensor(images, model.meta["mean"], model.meta["std"]))
-    phi, _ = model.features.from_backbone(feats)
-    per_shot = as_queries(phi)  # (K, M, D)
+    per_shot = shot_prototypes.to(model.bank.device)
+    if per_shot.shape[0] != len(images) or not torch.allclose(per_shot.mean(0), model.bank, atol=1e-5, rtol=1e-4):
+        raise ValueError("pcsnet.calibrate: shot_prototypes are not the features the bank was built from")
     full_bank = model.bank.clone()
     k_shots = per_shot.shape[0]
 

@@ -29,6 +29,8 @@ class TrainLog:
     cpu_seconds: float = 0.0  # process CPU time (stable on a shared machine; wall time is not)
     losses: list[dict[str, float]] = field(default_factory=list)  # one dict of terms per step
     dropped_anomalies: int = 0  # NSA draws that changed nothing (never labelled anomalous)
+    # (K, M, D) features the bank was averaged from; calibration's leave-one-out needs them, then drops them
+    shot_prototypes: torch.Tensor | None = field(default=None, repr=False)
 
 
 def seed_everything(seed: int) -> None:
@@ -76,13 +78,14 @@ class PseudoAnomalySource:
         self.dropped = 0
 
     def draw(self, n: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        imgs, masks = [], []
+        imgs, masks, failed = [], [], 0
         while len(imgs) < n:
             i = int(self.rng.integers(len(self.images)))
             out = make_pseudo_anomaly(self.images[i], self.rng, self.params, self.objects[i])
             if out is None:
                 self.dropped += 1
-                if self.dropped > 20 * n:
+                failed += 1  # per call: a few failures early in a run must not starve later steps
+                if failed > 20 * n:
                     break  # uniform images: nothing to swap; train on what we have
                 continue
             imgs.append(out[0])
@@ -109,7 +112,7 @@ def train(model: PCSNetModel, images: list[np.ndarray], seed: int, progress: boo
     mean, std = model.meta["mean"], model.meta["std"]
     with deterministic_torch():
         clean_feats = backbone_features(model, to_tensor(images, mean, std))  # once: backbone frozen
-        model.set_bank_from_backbone(clean_feats)
+        log.shot_prototypes = model.set_bank_from_backbone(clean_feats)
         criterion = PCSNetLoss(cfg).to(model.bank.device)
         optimizer = make_optimizer(model, criterion)
         source = PseudoAnomalySource(images, cfg.category, rng)
