@@ -20,7 +20,7 @@ from protospect.runtime.backends import select_backend
 from protospect.runtime.backends.ort import available_cores
 from protospect.runtime.cli_serve import add_source_arguments, add_threshold_argument, check_common, use_threshold
 from protospect.runtime.pipeline import Pipeline
-from protospect.runtime.report import stop_on_signals, summary_text, write_json
+from protospect.runtime.report import exit_code, stop_on_signals, summary_text, write_json
 from protospect.runtime.sources import ArraySource, open_source
 from protospect.runtime.stats import draw_histogram
 
@@ -81,4 +81,4 @@ def run(args: argparse.Namespace) -> int:
                    f"host-to-host latency, {report['backend']['backend']}, n={h2h['n'] if h2h else 0}")
     write_json(args.out / "bench.json", {**report, "command": " ".join(sys.argv), "warmup": args.warmup, "frames": args.frames})
     print(f"histogram: {hist}  figures: {args.out / 'bench.json'}")
-    return 0
+    return exit_code(report, "bench")  # figures from a source that failed are written, but not a success

@@ -18,7 +18,7 @@ from protospect.runtime import line_threshold
 from protospect.runtime.backends import select_backend
 from protospect.runtime.cli_serve import add_source_arguments, check_common
 from protospect.runtime.pipeline import Pipeline
-from protospect.runtime.report import source_exit_code, stop_on_signals
+from protospect.runtime.report import exit_code, stop_on_signals
 from protospect.runtime.sources import open_source
 from protospect.runtime.stats import draw_histogram
 
@@ -52,6 +52,10 @@ def run(args: argparse.Namespace) -> int:
                             policy="block", progress=sys.stderr.isatty(), on_frame=keep)
         with stop_on_signals(pipeline):
             report = pipeline.run()
+    code = exit_code(report, "calibrate")
+    if code:  # scores from a source that broke off say nothing reliable: keep the file the line runs on
+        print(f"protospect calibrate: {args.out} not written (left as it was)", file=sys.stderr)
+        return code
     rejected = report["counters"]["rejected"]
     s = np.asarray(scores, dtype=np.float64)
     rec = line_threshold.record(s, args.margin, info, args.model, report["source"], rejected=rejected)
@@ -66,4 +70,4 @@ def run(args: argparse.Namespace) -> int:
           f"{rec['good_frames_over_shot_threshold']} of these good frames would be NG")
     print(f"line threshold: {rec['threshold']:.4g} ({rec['rule']})")
     print(f"wrote {args.out} and {png}; use it with: protospect serve {args.model} --source ... --threshold {args.out}")
-    return source_exit_code(report, "calibrate")
+    return 0

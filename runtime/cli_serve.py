@@ -1,8 +1,10 @@
 """`protospect serve MODEL --source SRC [--sink DIR] [--view :8080]`: judge every frame, log every verdict.
 
 DIR/verdicts.jsonl gets one line per frame (rejected frames too, with the reason); NG frames are
-saved as DIR/ng/ng_<seq>.png with the heatmap; DIR/summary.json holds the final counters and
-per-stage latencies. Ctrl-C or SIGTERM stops after the current frame, flushes and prints stats.
+saved as DIR/ng/ng_<seq>.png with the heatmap (the first free name: an earlier run's image is never
+replaced; the verdict line names the file); DIR/summary.json holds the final counters and per-stage
+latencies. Ctrl-C or SIGTERM stops after the current frame, flushes and prints stats. A verdict log
+that cannot be written stops the run the same way, with exit code 1.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from protospect.runtime import line_threshold
 from protospect.runtime.backends import CHOICES, select_backend
 from protospect.runtime.operator_view import OperatorView, parse_view
 from protospect.runtime.pipeline import Pipeline
-from protospect.runtime.report import source_exit_code, stop_on_signals, summary_text, write_json
+from protospect.runtime.report import exit_code, stop_on_signals, summary_text, write_json
 from protospect.runtime.sinks import JsonlSink, NgImageSink
 from protospect.runtime.sources import open_source
 
@@ -93,7 +95,12 @@ def run(args: argparse.Namespace) -> int:
             if view is not None:
                 view.stop()
     print(summary_text(report))
+    code = exit_code(report, "serve")
     if args.sink is not None:
-        write_json(args.sink / "summary.json", report)
+        try:
+            write_json(args.sink / "summary.json", report)
+        except OSError as err:  # e.g. the disk that stopped the log is full: the stats above are printed
+            print(f"protospect serve: error: cannot write {args.sink / 'summary.json'}: {err}", file=sys.stderr)
+            code = 1
         print(f"verdicts: {args.sink / 'verdicts.jsonl'}  NG images: {args.sink / 'ng'}")
-    return source_exit_code(report, "serve")
+    return code

@@ -2,7 +2,8 @@
 
   GET /            the page (runtime/web/index.html + app.js): verdict, frame with heatmap,
                    rolling score and latency plots drawn client-side
-  GET /state.json  latest verdict, score, threshold, counters and the recent history
+  GET /state.json  latest verdict, score, threshold, counters and the recent history (strict JSON:
+                   a NaN/inf score is null, with score_not_finite saying which)
   GET /frame.jpg   the latest frame with its heatmap (encoded on request, at most once per frame)
 
 It is a Sink: the pipeline hands it each result; the loop never waits on a browser. close()
@@ -12,8 +13,8 @@ stop() shuts the server down. Serves on 127.0.0.1 only: the station is not a web
 from __future__ import annotations
 
 import collections
-import json
 import logging
+import math
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -21,7 +22,7 @@ from pathlib import Path
 import cv2
 
 from protospect.errors import ConfigError
-from protospect.runtime.sinks import Result, Sink, heat_overlay
+from protospect.runtime.sinks import Result, Sink, heat_overlay, json_text
 
 log = logging.getLogger(__name__)
 
@@ -117,11 +118,13 @@ class OperatorView(Sink):
         with self._lock:
             r = self._latest
             hist = list(self._history)
+            not_finite = None if r is None or math.isfinite(r.score) else str(float(r.score))
             return {
                 "running": self._running, "backend": self.backend, "threshold": self.threshold,
                 "map_range": list(self.map_range),
                 "seq": None if r is None else r.seq, "verdict": None if r is None else r.verdict,
-                "score": None if r is None else r.score, "t_wall": None if r is None else r.t_wall,
+                "score": None if r is None else r.score, "score_not_finite": not_finite,
+                "t_wall": None if r is None else r.t_wall,
                 "ms": {} if r is None else r.ms, "counters": self._counters, "last_reject": self._last_reject,
                 "history": {"seq": [h[0] for h in hist], "score": [h[1] for h in hist],
                             "latency_ms": [h[2] for h in hist], "verdict": [h[3] for h in hist]},
@@ -150,7 +153,7 @@ class OperatorView(Sink):
             name, ctype = STATIC[path]
             body = (WEB_DIR / name).read_bytes()
         elif path == "/state.json":
-            body, ctype = json.dumps(self.state()).encode(), "application/json"
+            body, ctype = json_text(self.state()).encode(), "application/json"  # NaN would break r.json()
         elif path == "/frame.jpg":
             body, ctype = self.frame_jpeg(), "image/jpeg"
             if body is None:

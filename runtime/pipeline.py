@@ -1,7 +1,8 @@
 """camera -> capture thread -> preprocess -> infer -> verdict -> sinks, with per-stage timing.
 
     pipeline = Pipeline(backend, open_source("line.avi"), [JsonlSink("log.jsonl")])
-    report = pipeline.run()          # returns when the source ends, max_frames is reached or stop()
+    report = pipeline.run()          # returns when the source ends, max_frames is reached, stop(),
+                                     # or the verdict log cannot be written (report["sink_error"])
 
 Stages timed per frame (milliseconds, all host clocks):
   wait          capture stamp -> the loop takes the frame (queueing)
@@ -24,7 +25,7 @@ from tqdm import tqdm
 
 from protospect.runtime.frames import Frame, LatestFrameQueue
 from protospect.runtime.preprocess import FrameRejected, preprocess
-from protospect.runtime.sinks import Result, Sink
+from protospect.runtime.sinks import Result, Sink, SinkError
 from protospect.runtime.sources import CaptureThread, Source, default_queue_policy
 from protospect.runtime.stats import RunCounters, StageTimes
 
@@ -40,7 +41,8 @@ class Pipeline:
                  progress: bool = False, on_frame=None):
         self.backend = backend
         self.source = source
-        self.sinks = list(sinks)
+        # Sinks that add notes to a result (the NG image's file name) run before the log that writes them.
+        self.sinks = sorted(sinks, key=lambda s: not s.annotates)
         self.queue_size = queue_size
         self.policy = policy
         self.max_frames = max_frames
@@ -54,6 +56,7 @@ class Pipeline:
         self.queue: LatestFrameQueue | None = None
         self._stop = threading.Event()
         self._handled = 0
+        self.sink_error = ""  # why a sink stopped the run (the verdict log could not be written)
 
     def stop(self) -> None:
         """Ask the loop to finish after the current frame (safe from a signal handler)."""
@@ -61,7 +64,11 @@ class Pipeline:
 
     def run(self) -> dict:
         with self.backend:
-            self.source.open()  # SourceError here: the source can never work, nothing to retry
+            try:
+                self.source.open()  # SourceError here: the source can never work, nothing to retry
+            except BaseException:
+                self._close_sinks()  # the log is closed (fsynced) even when the run never starts
+                raise
             self.queue = LatestFrameQueue(self.queue_size, self.policy or default_queue_policy(self.source))
             b0, b1, b2 = self.backoff
             self.capture = CaptureThread(self.source, self.queue, backoff_s=b0, backoff_max_s=b1, max_reconnect_attempts=b2)
@@ -71,22 +78,36 @@ class Pipeline:
                 while not self._stop.is_set():
                     frame = self.queue.get(timeout=0.2)
                     if frame is None:
-                        if self.queue.closed:
+                        # closed first, then empty: a frame put just before close() is still processed
+                        if self.queue.closed and not len(self.queue):
                             break
+                        for sink in self.sinks:
+                            sink.tick()
                         continue
                     self._process(frame)
                     bar.update(1)
                     if self.max_frames is not None and self._handled >= self.max_frames:
                         break
+            except SinkError as err:
+                self._sink_failed(err)
             finally:
                 bar.close()
                 self.capture.stop()
                 self.capture.join(timeout=10)
                 self.counters.dropped = self.queue.dropped
                 self.counters.reconnects = self.capture.reconnects
-                for sink in self.sinks:
-                    sink.close()
+                self._close_sinks()
         return self.report()
+
+    def _sink_failed(self, err: SinkError) -> None:
+        self.sink_error = self.sink_error or str(err)  # the first says why; the caller reports it
+
+    def _close_sinks(self) -> None:
+        for sink in self.sinks:  # every one, even after another failed
+            try:
+                sink.close()
+            except SinkError as err:
+                self._sink_failed(err)
 
     def _process(self, frame: Frame) -> None:
         info = self.backend.info
@@ -144,4 +165,5 @@ class Pipeline:
     def report(self) -> dict:
         return {"counters": self.counters.as_dict(), "stages": self.times.summary(),
                 "backend": self.backend.describe(), "source": self.source.name,
-                "capture_ended": self.capture.ended if self.capture else "", "warmup": self.warmup}
+                "capture_ended": self.capture.ended if self.capture else "", "warmup": self.warmup,
+                "sink_failures": {s.name: s.failures for s in self.sinks if s.failures}, "sink_error": self.sink_error}

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import sys
 from pathlib import Path
 
 from protospect.runtime.pipeline import STAGE_ORDER
+from protospect.runtime.sinks import finite
 from protospect.runtime.stats import format_table
 
 
@@ -50,16 +52,32 @@ def summary_text(report: dict) -> str:
         lines.append("rejected: " + "; ".join(f"{n} x {r}" for r, n in c["rejected_reasons"].items()))
     if report.get("capture_ended"):
         lines.append(f"source {report['source']}: {report['capture_ended']}")
+    for name, n in report.get("sink_failures", {}).items():
+        lines.append(f"{name}: {n} not saved (the reason is in each frame's verdict line)")
+    if report.get("sink_error"):
+        lines.append(f"run stopped: {report['sink_error']}")
     return "\n".join(lines)
 
 
 def write_json(path: Path, data: dict) -> None:
+    """Via a temporary name: a full disk leaves the previous file, never half of a new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    tmp = path.with_name(path.name + ".part")
+    try:
+        tmp.write_text(json.dumps(finite(data), indent=2, default=str, allow_nan=False) + "\n")
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
 
 
-def source_exit_code(report: dict, command: str) -> int:
-    """1 (and why, on stderr) when the source stopped on an error or gave up reconnecting, else 0."""
+def exit_code(report: dict, command: str) -> int:
+    """1 (and why, one line on stderr) when the verdict log could not be written, or the source stopped
+    on an error or gave up reconnecting; else 0."""
+    if report.get("sink_error"):
+        print(f"protospect {command}: error: {report['sink_error']} (the run stopped there)", file=sys.stderr)
+        return 1
     ended = report["capture_ended"]
     if ended.startswith(("error", "gave up")):
         print(f"protospect {command}: source stopped: {ended}", file=sys.stderr)

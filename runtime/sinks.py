@@ -1,12 +1,18 @@
 """Where verdicts go: a JSON-lines log, NG frames as PNG with the heatmap, (and the live page, web.py).
 
-Every sink has ``write(result)``, ``reject(record)`` and ``close()``. The JSON-lines log flushes
-each line to the OS as it is written (a killed process loses nothing already written) and
-fsyncs every ``fsync_every_n`` lines or ``fsync_every_s`` seconds (survives a power cut too).
+Every sink has ``write(result)``, ``reject(record)``, ``tick()`` (the loop is idle) and ``close()``.
+The JSON-lines log flushes each line to the OS as it is written (a killed process loses nothing
+already written) and fsyncs every ``fsync_every_n`` lines or ``fsync_every_s`` seconds, also when
+no further line comes (survives a power cut too). A log that cannot be written raises SinkError:
+the run must stop, since a verdict that is not logged did not happen. The NG images are evidence,
+not the record: a failed save is noted in the frame's log line and the run goes on.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -16,7 +22,28 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from protospect.errors import ConfigError
+from protospect.errors import ProtospectError
+
+log = logging.getLogger(__name__)
+
+
+class SinkError(ProtospectError):
+    """The verdict log cannot be written (disk full, folder gone): the run stops."""
+
+
+def finite(obj):
+    """obj with every NaN/inf float replaced by None: strict JSON, which browsers and jq can parse."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
+
+
+def json_text(obj, **kwargs) -> str:
+    return json.dumps(finite(obj), allow_nan=False, **kwargs)
 
 
 @dataclass
@@ -34,6 +61,7 @@ class Result:
     anomaly_map: np.ndarray      # S x S float32
     origin: str = ""
     counters: dict = field(default_factory=dict)
+    notes: dict = field(default_factory=dict)  # added by sinks that run first (the NG image's name) for the log
     _rgb: np.ndarray | None = field(default=None, repr=False)
 
     @property
@@ -43,20 +71,31 @@ class Result:
         return self._rgb
 
     def record(self) -> dict:
+        score = float(self.score)
         rec = {"seq": self.seq, "t_capture_ns": self.t_capture_ns, "t_wall": round(self.t_wall, 6),
-               "score": round(float(self.score), 6), "verdict": self.verdict,
+               "score": round(score, 6) if math.isfinite(score) else None, "verdict": self.verdict,
                "ms": {k: round(v, 3) for k, v in self.ms.items()}, "backend": self.backend}
+        if not math.isfinite(score):
+            rec["score_not_finite"] = str(score)  # "nan", "inf", "-inf": JSON has no such numbers
         if self.origin:
             rec["origin"] = self.origin
+        rec.update(self.notes)
         return rec
 
 
 class Sink:
+    name = "sink"
+    annotates = False  # True: writes notes into the Result, so the pipeline runs it before the others
+    failures = 0       # frames this sink could not store (the run went on)
+
     def write(self, result: Result) -> None:
         pass
 
     def reject(self, record: dict) -> None:
         pass
+
+    def tick(self) -> None:
+        """Called when the loop waited for a frame in vain: time-based housekeeping."""
 
     def close(self) -> None:
         pass
@@ -65,10 +104,15 @@ class Sink:
 class JsonlSink(Sink):
     """One JSON object per line; flushed per line, fsynced every N lines or every second."""
 
+    name = "verdict log"
+
     def __init__(self, path: str | Path, *, fsync_every_n: int = 100, fsync_every_s: float = 1.0):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = open(self.path, "a", encoding="utf-8", buffering=1)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._f = open(self.path, "a", encoding="utf-8", buffering=1)
+        except OSError as err:
+            raise SinkError(f"cannot open the verdict log {self.path}: {err}") from err
         self.fsync_every_n = fsync_every_n
         self.fsync_every_s = fsync_every_s
         self._since_sync = 0
@@ -76,14 +120,26 @@ class JsonlSink(Sink):
         self.lines = 0
 
     def _line(self, rec: dict) -> None:
-        self._f.write(json.dumps(rec, separators=(",", ":")) + "\n")
-        self._f.flush()  # in the OS page cache now: a kill -9 of this process cannot lose it
-        self.lines += 1
-        self._since_sync += 1
-        now = time.monotonic()
-        if self._since_sync >= self.fsync_every_n or now - self._last_sync >= self.fsync_every_s:
-            os.fsync(self._f.fileno())
-            self._since_sync, self._last_sync = 0, now
+        text = json_text(rec, separators=(",", ":")) + "\n"
+        try:
+            self._f.write(text)
+            self._f.flush()  # in the OS page cache now: a kill -9 of this process cannot lose it
+            self.lines += 1
+            self._since_sync += 1
+            if self._since_sync >= self.fsync_every_n:
+                self._sync()
+            else:
+                self._sync_if_due()
+        except OSError as err:
+            raise SinkError(f"cannot write the verdict log {self.path}: {err}") from err
+
+    def _sync(self) -> None:
+        os.fsync(self._f.fileno())
+        self._since_sync, self._last_sync = 0, time.monotonic()
+
+    def _sync_if_due(self) -> None:
+        if self._since_sync and time.monotonic() - self._last_sync >= self.fsync_every_s:
+            self._sync()
 
     def write(self, result: Result) -> None:
         self._line(result.record())
@@ -91,11 +147,24 @@ class JsonlSink(Sink):
     def reject(self, record: dict) -> None:
         self._line(record)
 
+    def tick(self) -> None:
+        # Without this, the last lines before the line goes quiet would wait for the next part.
+        try:
+            self._sync_if_due()
+        except OSError as err:
+            raise SinkError(f"cannot fsync the verdict log {self.path}: {err}") from err
+
     def close(self) -> None:
-        if not self._f.closed:
+        if self._f.closed:
+            return
+        try:
             self._f.flush()
             os.fsync(self._f.fileno())
-            self._f.close()
+        except OSError as err:
+            raise SinkError(f"cannot flush the verdict log {self.path}: {err}") from err
+        finally:
+            with contextlib.suppress(OSError):  # a failed flush above already said why
+                self._f.close()
 
 
 def heat_overlay(rgb: np.ndarray, anomaly_map: np.ndarray, map_range: tuple[float, float], *,
@@ -108,6 +177,7 @@ def heat_overlay(rgb: np.ndarray, anomaly_map: np.ndarray, map_range: tuple[floa
     h, w = rgb.shape[:2]
     lo, hi = map_range
     norm = np.clip((anomaly_map.astype(np.float32) - lo) / (hi - lo), 0.0, 1.0)
+    norm = np.nan_to_num(norm, nan=1.0)  # a map that is not a number cannot clear the part: hottest colour
     heat = cv2.applyColorMap((norm * 255).astype(np.uint8), cv2.COLORMAP_JET)
     heat = cv2.resize(heat, (w, h), interpolation=cv2.INTER_LINEAR)
     out = cv2.addWeighted(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), 1.0 - alpha, heat, alpha, 0.0)
@@ -119,26 +189,62 @@ def heat_overlay(rgb: np.ndarray, anomaly_map: np.ndarray, map_range: tuple[floa
 
 
 class NgImageSink(Sink):
-    """Saves each NG frame as DIR/ng_<seq>.png with the heatmap (written to a temp name, then renamed)."""
+    """Saves each NG frame as DIR/ng_<seq>.png with the heatmap (written to a temp name, then renamed).
+
+    A name already taken (an earlier run into the same folder) is never replaced: the image goes to
+    the first free ng_<seq>_<n>.png, and the frame's log line names the file ("ng_image"). A save
+    that fails (disk full) is noted in that line ("ng_image_error"), counted, logged once, and the
+    run goes on: losing a picture must not stop the verdicts.
+    """
+
+    name = "NG images"
+    annotates = True
 
     def __init__(self, folder: str | Path, map_range: tuple[float, float]):
         self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise SinkError(f"cannot create the NG image folder {self.folder}: {err}") from err
         self.map_range = map_range
         self.saved = 0
+        self.failures = 0
 
     def path_for(self, seq: int) -> Path:
-        return self.folder / f"ng_{seq:08d}.png"
+        """The first free name for this frame (one serve per folder: nobody else takes it before the rename)."""
+        final, n = self.folder / f"ng_{seq:08d}.png", 0
+        while final.exists():
+            n += 1
+            final = self.folder / f"ng_{seq:08d}_{n}.png"
+        return final
 
     def write(self, result: Result) -> None:
         if result.verdict != "NG":
             return
+        try:
+            final = self._save(result)
+        except (OSError, cv2.error) as err:
+            self.failures += 1
+            result.notes["ng_image_error"] = str(err)
+            if self.failures == 1:
+                log.error("cannot save the NG image of frame %d in %s: %s; the run goes on, further failures are "
+                          "only noted in the verdict log and counted", result.seq, self.folder, err)
+            return
+        result.notes["ng_image"] = final.name
+        self.saved += 1
+
+    def _save(self, result: Result) -> Path:
         img = heat_overlay(result.rgb, result.anomaly_map, self.map_range, label=f"NG {result.score:.4g} #{result.seq}")
         ok, buf = cv2.imencode(".png", img)
         if not ok:
-            raise ConfigError(f"cannot encode PNG for frame {result.seq}")
+            raise OSError(f"cannot encode PNG for frame {result.seq}")
         final = self.path_for(result.seq)
         tmp = final.with_suffix(".png.part")
-        tmp.write_bytes(buf.tobytes())
-        os.replace(tmp, final)  # a reader never sees half a PNG, even if we are killed mid-write
-        self.saved += 1
+        try:
+            tmp.write_bytes(buf.tobytes())
+            os.replace(tmp, final)  # a reader never sees half a PNG, even if we are killed mid-write
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)  # no half file left on a full disk
+            raise
+        return final

@@ -16,7 +16,7 @@ import numpy as np
 from protospect.runtime.backends import select_backend
 from protospect.runtime.cli_serve import add_source_arguments, check_common
 from protospect.runtime.pipeline import Pipeline
-from protospect.runtime.report import stop_on_signals, summary_text, write_json
+from protospect.runtime.report import exit_code, stop_on_signals, summary_text, write_json
 from protospect.runtime.sinks import JsonlSink
 from protospect.runtime.sources import ArraySource, open_source
 from protospect.runtime.stats import rss_bytes
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
           f"after shutdown {after / MIB:.1f} MiB")
     if args.sink:
         write_json(args.sink / "soak.json", {**report, "rss_samples": probe.samples, "rss_after_shutdown": after})
-    return 0
+    return exit_code(report, "soak")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,8 +24,11 @@ from __future__ import annotations
 
 import glob
 import logging
+import os
 import re
 import threading
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Callable
 
@@ -40,6 +43,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 GLOB_CHARS = set("*?[")
+URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S*$")  # scheme://... with no spaces (a pipeline has them)
 
 
 class SourceLost(Exception):
@@ -242,34 +246,56 @@ class HarvesterSource(Source):
 
 
 def open_source(spec: str, *, loop: bool = False, capture_factory: Callable | None = None) -> Source:
-    """Build (not yet open) the source a spec string names; SourceError when it names nothing usable."""
+    """Build (not yet open) the source a spec string names; SourceError when it names nothing usable.
+
+    An existing file or folder wins over every other reading: a folder named 20240101 or lot!7 is
+    replayed, not taken for a camera index or a GStreamer pipeline.
+    """
     spec = str(spec).strip()
     if not spec:
         raise SourceError("empty --source; give a camera index, URL, video file, folder, glob or GStreamer pipeline")
+    if os.path.exists(spec):  # (False, not an error, for a pipeline too long to be a file name)
+        return _path_source(Path(spec), loop, capture_factory)
+    if spec.lower().startswith("file://"):
+        path = _file_url_path(spec)
+        if not os.path.exists(path):
+            raise SourceError(f"source not found: {path} (from --source {spec})")
+        return _path_source(path, loop, capture_factory)
     if spec.isdigit():
         return VideoCaptureSource(int(spec), kind="camera", capture_factory=capture_factory)
     if spec.startswith("genicam:"):
         cti, _, index = spec[len("genicam:"):].partition("#")
         return HarvesterSource(cti, int(index) if index.isdigit() else 0)
+    if URL.match(spec):
+        scheme = spec.split("://", 1)[0].lower()
+        if scheme not in ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt"):
+            raise SourceError(f"unsupported URL scheme '{scheme}' in --source {spec} (rtsp, http(s), udp, tcp, srt, file)")
+        return VideoCaptureSource(spec, kind="stream", capture_factory=capture_factory)
     if "!" in spec:
         return VideoCaptureSource(spec, kind="gstreamer", capture_factory=capture_factory)
-    if "://" in spec:
-        scheme = spec.split("://", 1)[0].lower()
-        if scheme not in ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt", "file"):
-            raise SourceError(f"unsupported URL scheme '{scheme}' in --source {spec} (rtsp, http(s), udp, tcp, srt)")
-        return VideoCaptureSource(spec, kind="stream", capture_factory=capture_factory)
     if GLOB_CHARS & set(spec):
         files = [Path(p) for p in sorted(glob.glob(spec)) if Path(p).suffix.lower() in IMAGE_SUFFIXES]
         return FolderSource(files, loop=loop, name=spec)
-    path = Path(spec)
+    raise SourceError(f"source not found: {spec} (not a camera index, URL, GStreamer pipeline, file, folder or glob)")
+
+
+def _file_url_path(spec: str) -> Path:
+    """file:///data/parts.avi (or file://localhost/...) -> /data/parts.avi: a file, replayed, not a live stream."""
+    url = urllib.parse.urlsplit(spec)
+    if url.netloc not in ("", "localhost"):
+        raise SourceError(f"--source {spec}: file URLs on another host are not supported; mount it and give the path")
+    return Path(urllib.request.url2pathname(url.path))
+
+
+def _path_source(path: Path, loop: bool, capture_factory: Callable | None) -> Source:
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         return FolderSource(files, loop=loop, name=str(path))
-    if path.is_file():
-        if path.suffix.lower() in IMAGE_SUFFIXES:
-            return FolderSource([path], loop=loop, name=str(path))
-        return VideoCaptureSource(str(path), kind="video", loop=loop, capture_factory=capture_factory)
-    raise SourceError(f"source not found: {spec} (not a camera index, URL, GStreamer pipeline, file, folder or glob)")
+    if not path.is_file():
+        raise SourceError(f"--source {path}: neither a file nor a folder")
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return FolderSource([path], loop=loop, name=str(path))
+    return VideoCaptureSource(str(path), kind="video", loop=loop, capture_factory=capture_factory)
 
 
 class CaptureThread(threading.Thread):
@@ -277,7 +303,9 @@ class CaptureThread(threading.Thread):
 
     A live source that stops delivering is closed and re-opened with exponential back-off
     (``backoff_s`` doubling up to ``backoff_max_s``); each successful re-open counts in
-    ``reconnects``. ``max_reconnect_attempts`` (None = forever) bounds the retries.
+    ``reconnects``. ``max_reconnect_attempts`` (None = forever) bounds the retries. The back-off
+    and the attempt count start over only when a frame arrives: a camera that opens but sends
+    nothing is retried ever more slowly, and counts towards the bound.
     """
 
     def __init__(self, source: Source, queue: LatestFrameQueue, *, backoff_s: float = 0.1,
@@ -291,6 +319,8 @@ class CaptureThread(threading.Thread):
         self.frames_read = 0
         self.reconnects = 0
         self.reconnect_attempts = 0
+        self._delay = backoff_s   # next back-off; reset when a frame arrives
+        self._attempts = 0        # attempts since the last frame
         self.ended = ""   # why the thread stopped: "eof", "stopped", "gave up: ...", "error: ..."
         self._stop_event = threading.Event()
 
@@ -315,6 +345,7 @@ class CaptureThread(threading.Thread):
                 frame = stamp(seq, img, bgr=self.source.bgr, origin=self.source.origin)
                 seq += 1
                 self.frames_read += 1
+                self._delay, self._attempts = self.backoff_s, 0
                 if not self.queue.put(frame):
                     break
         except Exception as err:  # never die silently: the loop reports why capture ended
@@ -326,25 +357,23 @@ class CaptureThread(threading.Thread):
             self.source.close()
 
     def _reconnect(self) -> bool:
-        delay = self.backoff_s
-        attempts = 0
         while not self._stop_event.is_set():
-            if self.max_reconnect_attempts is not None and attempts >= self.max_reconnect_attempts:
-                self.ended = f"gave up after {attempts} reconnect attempts"
+            if self.max_reconnect_attempts is not None and self._attempts >= self.max_reconnect_attempts:
+                self.ended = f"gave up after {self._attempts} reconnect attempts"
                 log.error("%s: %s", self.source.name, self.ended)
                 return False
-            if self._stop_event.wait(delay):
+            if self._stop_event.wait(self._delay):
                 return False
-            attempts += 1
+            self._attempts += 1
             self.reconnect_attempts += 1
+            self._delay = min(self._delay * 2, self.backoff_max_s)  # also after an open that then sends nothing
             try:
                 self.source.open()
             except Exception as err:
-                log.warning("reconnect %d to %s failed (%s); next try in %.2g s", attempts, self.source.name, err, min(delay * 2, self.backoff_max_s))
-                delay = min(delay * 2, self.backoff_max_s)
+                log.warning("reconnect %d to %s failed (%s); next try in %.2g s", self._attempts, self.source.name, err, self._delay)
                 continue
             self.reconnects += 1
-            log.info("reconnected to %s after %d attempt(s)", self.source.name, attempts)
+            log.info("reconnected to %s after %d attempt(s)", self.source.name, self._attempts)
             return True
         return False
 

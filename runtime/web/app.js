@@ -11,8 +11,9 @@ function plot(canvas, values, opts) {
   const ctx = canvas.getContext("2d");
   const w = canvas.width, h = canvas.height, pad = 28;
   ctx.clearRect(0, 0, w, h);
-  if (!values.length) return;
-  let lo = Math.min(...values), hi = Math.max(...values);
+  const finite = values.filter(v => v !== null);  // null: a score that was not a number (NG, not drawn)
+  if (!finite.length) return;
+  let lo = Math.min(...finite), hi = Math.max(...finite);
   if (opts.line !== undefined) { lo = Math.min(lo, opts.line); hi = Math.max(hi, opts.line); }
   if (hi <= lo) hi = lo + 1e-6;
   const x = i => pad + (i / Math.max(values.length - 1, 1)) * (w - pad - 4);
@@ -24,11 +25,16 @@ function plot(canvas, values, opts) {
     ctx.moveTo(pad, y(opts.line)); ctx.lineTo(w - 4, y(opts.line)); ctx.stroke(); ctx.setLineDash([]);
   }
   ctx.strokeStyle = opts.color; ctx.lineWidth = 1.5; ctx.beginPath();
-  values.forEach((v, i) => (i ? ctx.lineTo(x(i), y(v)) : ctx.moveTo(x(i), y(v))));
+  let pen = false;  // a gap where a value is missing
+  values.forEach((v, i) => {
+    if (v === null) { pen = false; return; }
+    if (pen) ctx.lineTo(x(i), y(v)); else ctx.moveTo(x(i), y(v));
+    pen = true;
+  });
   ctx.stroke();
   if (opts.marks) {
     ctx.fillStyle = "#ff5a4f";
-    opts.marks.forEach((m, i) => { if (m) ctx.fillRect(x(i) - 2, y(values[i]) - 2, 4, 4); });
+    opts.marks.forEach((m, i) => { if (m && values[i] !== null) ctx.fillRect(x(i) - 2, y(values[i]) - 2, 4, 4); });
   }
 }
 
@@ -36,7 +42,7 @@ function render(s) {
   const v = document.getElementById("verdict");
   v.textContent = s.verdict || "-";
   v.className = s.verdict || "";
-  text("score", s.score === null ? "-" : s.score.toPrecision(4));
+  text("score", s.score !== null ? s.score.toPrecision(4) : (s.score_not_finite || "-"));
   text("threshold", s.threshold.toPrecision(4));
   text("seq", s.seq === null ? "-" : s.seq);
   text("backend", s.backend);

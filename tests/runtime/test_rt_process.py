@@ -13,8 +13,10 @@ from pathlib import Path
 
 import cv2
 import pytest
+from fixture_models import decode_video
 
 from protospect.cli import main as cli_main
+from protospect.runtime.sources import ArraySource
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -161,3 +163,41 @@ def test_signal_handlers_are_restored_after_a_run(fx, tmp_path):
     before = signal.getsignal(signal.SIGTERM)
     assert cli_main(["serve", str(fx.model), "--source", str(fx.video), "--max-frames", "3"]) == 0
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+class BrokenSource(ArraySource):
+    """The fixture video's frames, then a failure (a decoder or driver error) after ``n`` of them."""
+
+    def __init__(self, fx, n):
+        super().__init__(decode_video(fx.video), bgr=True, name="broken")
+        self.n = n
+
+    def read(self):
+        if self._next >= self.n:
+            raise RuntimeError("decoder crashed")
+        return super().read()
+
+
+def test_bench_and_soak_exit_1_when_the_source_failed(fx, tmp_path, monkeypatch, capsys):
+    from protospect.runtime import cli_bench, soak
+
+    monkeypatch.setattr(cli_bench, "open_source", lambda spec, loop: BrokenSource(fx, 5))
+    assert cli_main(["bench", str(fx.model), "--source", "x", "--frames", "20", "--warmup", "2",
+                     "--out", str(tmp_path / "b")]) == 1
+    assert "source stopped: error: decoder crashed" in capsys.readouterr().err
+    assert json.loads((tmp_path / "b" / "bench.json").read_text())["counters"]["processed"] == 5  # figures kept
+    monkeypatch.setattr(soak, "open_source", lambda spec, loop: BrokenSource(fx, 5))
+    assert soak.main([str(fx.model), "--source", "x", "--frames", "20", "--sink", str(tmp_path / "s")]) == 1
+    assert "source stopped: error: decoder crashed" in capsys.readouterr().err
+
+
+def test_calibrate_on_a_failed_source_leaves_the_old_threshold_file(fx, tmp_path, monkeypatch, capsys):
+    from protospect.runtime import cli_calibrate
+
+    out = tmp_path / "line_threshold.json"
+    out.write_text('{"threshold": 0.5}\n')
+    monkeypatch.setattr(cli_calibrate, "open_source", lambda spec, loop: BrokenSource(fx, 15))
+    assert cli_main(["calibrate", str(fx.model), "--source", "x", "--out", str(out)]) == 1
+    assert out.read_text() == '{"threshold": 0.5}\n' and not out.with_suffix(".png").exists()
+    err = capsys.readouterr().err
+    assert "source stopped: error: decoder crashed" in err and "not written" in err

@@ -146,3 +146,46 @@ def test_camera_that_never_opens_is_a_source_error():
     src = open_source("3", capture_factory=lambda t, api: FakeCapture(False, 0))
     with pytest.raises(SourceError, match="cannot open camera:3"):
         src.open()
+
+
+def test_camera_that_opens_but_never_delivers_backs_off_and_gives_up():
+    calls = []
+
+    def factory(target, api):
+        calls.append(time.monotonic())
+        return FakeCapture(True, 1 if not calls[:-1] else 0)  # one frame at start, then opens but sends nothing
+
+    src = open_source("0", capture_factory=factory)
+    src.open()
+    q = LatestFrameQueue(maxsize=8, policy="latest")
+    cap = CaptureThread(src, q, backoff_s=0.01, backoff_max_s=0.08, max_reconnect_attempts=4)
+    cap.start()
+    cap.join(5)
+    try:
+        assert not cap.is_alive(), "retried at the first back-off forever"
+        assert cap.ended == "gave up after 4 reconnect attempts"
+        assert cap.reconnects == 4 and cap.frames_read == 1
+        gaps = np.diff(calls[1:])  # between the re-opens: doubling, though each open "succeeded"
+        assert len(gaps) == 3 and gaps[0] >= 0.02 and gaps[1] >= 0.04 and gaps[2] >= 0.08
+    finally:
+        cap.stop()
+        cap.join(5)
+
+
+def test_existing_paths_win_and_file_urls_are_files(tmp_path, monkeypatch, fx):
+    monkeypatch.chdir(tmp_path)
+    for name in ("20240101", "lot!7"):
+        (tmp_path / name).mkdir()
+        cv2.imwrite(str(tmp_path / name / "a.png"), np.zeros((4, 4, 3), np.uint8))
+        for spec in (name, name + "/"):
+            src = open_source(spec)
+            assert isinstance(src, FolderSource) and len(src.files) == 1, spec
+    video = open_source(fx.video.as_uri())  # file:///.../parts.avi
+    assert video.kind == "video" and not video.live and default_queue_policy(video) == "block"
+    assert open_source("file://localhost" + str(tmp_path / "lot!7")).files == [tmp_path / "lot!7" / "a.png"]
+    with pytest.raises(SourceError, match="source not found"):
+        open_source((tmp_path / "missing.avi").as_uri())
+    # without such a path the other readings still hold
+    assert open_source("20240102").kind == "camera"
+    assert open_source("rtspsrc location=rtsp://10.0.0.5/s1 ! decodebin ! videoconvert ! appsink").kind == "gstreamer"
+    assert open_source("http://10.0.0.5/mjpg").kind == "stream"

@@ -81,3 +81,26 @@ def test_page_renders_verdict_and_plots_in_headless_chromium(served, fx, tmp_pat
     # the verdict box is drawn in the OK green somewhere in the header
     green = (np.abs(img[:80].astype(int) - np.array([0x3a, 0x7a, 0x1f])).sum(axis=2) < 30)
     assert green.sum() > 200
+
+
+def test_nan_score_keeps_state_json_strict_and_the_page_rendering(fx, tmp_path):
+    from test_rt_sinks import NanBackend, _strict
+
+    view = OperatorView(port=0, threshold=fx.threshold, map_range=(0.0, 0.3), backend="nan").start()
+    try:
+        # 24 frames, every third NaN: the last one (seq 23) is a NaN
+        Pipeline(NanBackend(OrtBackend(fx.model)), open_source(str(fx.video)), [view]).run()
+        state = _strict(_get(view.url + "state.json").decode())
+        assert state["seq"] == fx.n_frames - 1 and state["verdict"] == "NG"
+        assert state["score"] is None and state["score_not_finite"] == "nan"
+        assert [s is None for s in state["history"]["score"]] == [i % 3 == 2 for i in range(fx.n_frames)]
+        assert cv2.imdecode(np.frombuffer(_get(view.url + "frame.jpg"), np.uint8), cv2.IMREAD_COLOR) is not None
+        if CHROMIUM.exists():
+            cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                   "--disable-component-update", "--disable-sync", "--no-first-run",
+                   f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--dump-dom", view.url]
+            dom = subprocess.run(cmd, capture_output=True, text=True, timeout=90).stdout
+            assert f'data-rendered="{fx.n_frames - 1}"' in dom, dom[:2000]  # r.json() parsed, render() ran
+            assert '<span id="score">nan</span>' in dom and '<div id="verdict" class="NG">NG</div>' in dom
+    finally:
+        view.stop()
