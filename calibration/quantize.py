@@ -5,10 +5,12 @@ symmetric INT8 weights, biases left float (TensorRT imports no INT32 DequantizeL
 distance/top-k path, the decoder's tail and the stride <= 4 layers stay float (calibration.exclusion);
 a graph with INT8 decoder layers after the top-k (PCSNet's CAS) is calibrated on NSA pseudo
 anomalies of the images too (calibration.augment.pseudo_anomalies). Results are cached
-under the sha256 of (ONNX bytes, calibration image bytes, preprocessing and quantization settings).
+under the sha256 of (ONNX bytes, calibration frames, augmentation, every quantize_static argument
+including the nodes kept float, protospect and onnxruntime versions).
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import onnx
 
+from protospect import __version__
 from protospect._optional import require
 from protospect.calibration.augment import MIN_FRAMES, AugmentConfig
 from protospect.calibration.data_reader import ImageCalibrationReader, calibration_frames
@@ -31,6 +34,14 @@ log = logging.getLogger(__name__)
 
 OP_TYPES = ["Conv", "ConvTranspose", "Gemm", "MatMul", "Add"]
 METHODS = ("minmax", "entropy", "percentile")
+EXTRA_OPTIONS = {
+    "ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False, "CalibTensorRangeSymmetric": True,
+    # biases stay float, so no weight scale needs widening for an INT32 bias
+    "QDQDisableWeightAdjustForInt32Bias": True,
+    # Q/DQ on the inputs of learned layers only (TensorRT's recommended placement;
+    # it fuses the next layer's input Q into this layer's output)
+    "OpTypesToExcludeOutputQuantization": ["Conv", "ConvTranspose", "Gemm", "MatMul"],
+}
 
 
 @dataclass
@@ -68,7 +79,7 @@ def int8_from_onnx(onnx_path, out_path, images, *, augment: AugmentConfig | None
     if len(frames) < MIN_FRAMES:
         log.warning("only %d calibration frames (< %d): activation ranges may be noisy; add normal images "
                     "with --calib DIR or raise --calib-augment", len(frames), MIN_FRAMES)
-    key = _cache_key(onnx_path, frames, augment, method, (float_tail, float_stem, float_stride))
+    key = _cache_key(onnx_path, frames, augment, quantize_settings(method, regions.all), (float_tail, float_stem, float_stride))
     cached = Path(cache_dir) / f"{key}.onnx" if cache_dir else None
     out_path.parent.mkdir(parents=True, exist_ok=True)
     if cached is not None and cached.is_file():
@@ -90,25 +101,28 @@ def int8_from_onnx(onnx_path, out_path, images, *, augment: AugmentConfig | None
     return _finish(out_path, regions, len(frames), cache_hit=False, with_anomalies=with_anomalies)
 
 
+def quantize_settings(method: str, nodes_to_exclude) -> dict:
+    """Every quantize_static argument but the model, reader and cache path, as plain values: what
+    quantize_qdq passes and what the INT8 cache key hashes, so the two cannot drift apart."""
+    return {"quant_format": "QDQ", "op_types_to_quantize": OP_TYPES, "per_channel": True,
+            "activation_type": "QInt8", "weight_type": "QInt8", "nodes_to_exclude": sorted(nodes_to_exclude),
+            "calibrate_method": {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}[method],
+            "extra_options": EXTRA_OPTIONS}
+
+
 def quantize_qdq(onnx_path, out_path, reader, method: str, nodes_to_exclude, calibration_cache_path=None) -> None:
     """quantize_static with protospect's TensorRT settings (one place: the export and the
     sensitivity study, calibration.sensitivity, quantize with exactly these)."""
     q = require("onnxruntime.quantization", extra="runtime")
-    calib = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
-             "percentile": q.CalibrationMethod.Percentile}[method]
+    s = quantize_settings(method, nodes_to_exclude)
     q.quantize_static(
         str(onnx_path), str(out_path), reader,
-        quant_format=q.QuantFormat.QDQ, op_types_to_quantize=OP_TYPES, per_channel=True,
-        activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8,
-        nodes_to_exclude=list(nodes_to_exclude), calibrate_method=calib,
+        quant_format=getattr(q.QuantFormat, s["quant_format"]), op_types_to_quantize=list(s["op_types_to_quantize"]),
+        per_channel=s["per_channel"], activation_type=getattr(q.QuantType, s["activation_type"]),
+        weight_type=getattr(q.QuantType, s["weight_type"]), nodes_to_exclude=s["nodes_to_exclude"],
+        calibrate_method=getattr(q.CalibrationMethod, s["calibrate_method"]),
         calibration_cache_path=None if calibration_cache_path is None else str(calibration_cache_path),
-        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
-                       "CalibTensorRangeSymmetric": True,
-                       # biases stay float, so no weight scale needs widening for an INT32 bias
-                       "QDQDisableWeightAdjustForInt32Bias": True,
-                       # Q/DQ on the inputs of learned layers only (TensorRT's recommended placement;
-                       # it fuses the next layer's input Q into this layer's output)
-                       "OpTypesToExcludeOutputQuantization": ["Conv", "ConvTranspose", "Gemm", "MatMul"]},
+        extra_options=copy.deepcopy(s["extra_options"]),  # ORT may add keys to it
     )
 
 
@@ -119,13 +133,15 @@ def _finish(out_path: Path, regions, n_frames: int, cache_hit: bool, with_anomal
     return Int8Result(out_path, regions.all, report, n_frames, cache_hit, with_anomalies)
 
 
-def _cache_key(onnx_path: Path, frames, augment: AugmentConfig, method: str, float_layers: tuple) -> str:
+def _cache_key(onnx_path: Path, frames, augment: AugmentConfig, quantize: dict, float_layers: tuple) -> str:
+    """``quantize``: quantize_settings(), whose node list is what the exclusion rule chose for this graph,
+    so a rule change is a new key even when the CLI settings are the same."""
     h = hashlib.sha256()
     h.update(onnx_path.read_bytes())
     for frame in frames:  # the frames after resize + augmentation: covers image list and preprocessing
         h.update(frame.tobytes())
-    settings = {"augment": augment.as_dict(), "method": method, "float_layers": list(float_layers), "op_types": OP_TYPES,
-                "format": "qdq-int8-symmetric-per-channel", "onnxruntime": _ort_version()}
+    settings = {"augment": augment.as_dict(), "quantize": quantize, "float_layers": list(float_layers),
+                "protospect": __version__, "onnxruntime": _ort_version()}
     h.update(json.dumps(settings, sort_keys=True).encode())
     return h.hexdigest()
 

@@ -27,5 +27,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"sidecar: {built.sidecar}")
     if built.timing_cache:
         print(f"timing cache: {built.timing_cache}")
-    print(f"next:    protospect serve {built.engine} --source CAMERA_OR_FOLDER")
+    if "bank" in built.inputs:  # the runtime feeds `image` only and refuses such engines
+        print("use:     the engine takes the prototype bank as input 'bank': run it from your own TensorRT code "
+              "(protospect serve needs a graph exported without --bank-as-input)")
+    else:
+        print(f"next:    protospect serve {built.engine} --source CAMERA_OR_FOLDER")
     return 0

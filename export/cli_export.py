@@ -23,9 +23,9 @@ log = logging.getLogger(__name__)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("artifact", type=Path, metavar="ART", help="artifact directory from `protospect train`")
     parser.add_argument("--out", type=Path, required=True, help="model.onnx (or a folder with --split)")
-    precision = parser.add_mutually_exclusive_group()
-    precision.add_argument("--fp16", action="store_true", help="float16 graph, float32 distance/top-k/head, same I/O")
-    precision.add_argument("--int8", action="store_true", help="INT8 Q/DQ graph (explicit quantization) calibrated on normal images")
+    # --fp16/--int8 exclusion is checked in validate(): a one-line error and exit 1 like the other refusals
+    parser.add_argument("--fp16", action="store_true", help="float16 graph, float32 distance/top-k/head, same I/O")
+    parser.add_argument("--int8", action="store_true", help="INT8 Q/DQ graph (explicit quantization) calibrated on normal images")
     parser.add_argument("--calib", type=Path, default=None, metavar="DIR",
                         help="folder of normal images for --int8 (default: the artifact's shots)")
     parser.add_argument("--calib-method", choices=["minmax", "entropy", "percentile"], default="minmax")
@@ -51,6 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def validate(args: argparse.Namespace) -> None:
+    if args.fp16 and args.int8:
+        raise ConfigError("--fp16 and --int8 are two precisions; choose one")
     if args.calib is not None and not args.int8:
         raise ConfigError("--calib only applies to --int8")
     if args.int8 and args.bank_as_input:
@@ -73,6 +75,10 @@ def run(args: argparse.Namespace) -> int:
     if args.check and not _check(args, model, manifest, precision):
         print("protospect export: parity check FAILED (graph kept for inspection)", file=sys.stderr)
         return 1
+    if args.bank_as_input:  # protospect serve feeds `image` only and refuses this graph
+        print(f"use:  {args.out} takes the prototype bank as input 'bank' (same M x D as exported): feed it from "
+              "your own ONNX Runtime or TensorRT code; for protospect serve export without --bank-as-input")
+        return 0
     onnx_in = args.out / "features.onnx" if args.split else args.out
     engine = args.out / "features.engine" if args.split else args.out.with_suffix(".engine")
     print(f"next: protospect build-engine {onnx_in} --out {engine}   (on the target device)")

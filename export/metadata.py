@@ -5,12 +5,16 @@ the threshold and the map range without any other file.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 
+import numpy as np
 import onnx
 
 from protospect.errors import ArtifactError
 
+# The runtime reads exactly these (runtime/model_info.py keeps its own copy: no runtime import here).
 FORMAT_VERSION = "1"
 INPUT_LAYOUT = "NHWC-uint8-RGB"
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -40,6 +44,22 @@ def input_size_of_props(props: dict[str, str], where="the graph") -> int:
     return int(h)
 
 
+def check_contract(props: dict[str, str], where) -> None:
+    """Refuse a graph of another format version or input layout (found vs expected), or one without metadata."""
+    if not props:
+        raise ArtifactError(f"{where} carries no protospect.* metadata; export it with `protospect export`")
+    for key, want in (("protospect.format_version", FORMAT_VERSION), ("protospect.input_layout", INPUT_LAYOUT)):
+        if props.get(key) != want:
+            found = "none" if key not in props else repr(props[key])
+            raise ArtifactError(f"{where} has {key} {found} but this protospect reads {want!r}; "
+                                "re-export it with this protospect (`protospect export`)")
+
+
+def bank_sha256(bank: np.ndarray) -> str:
+    """sha256 of the bank's float32 C-order bytes (protospect.bank_sha256; the runtime hashes bank.npy the same way)."""
+    return hashlib.sha256(np.ascontiguousarray(bank, dtype=np.float32).tobytes()).hexdigest()
+
+
 def build_metadata(meta: dict, calibration: dict, *, artifact_sha256: str, precision: str = "fp32",
                    graph: str = "full", extra: dict | None = None) -> dict[str, str]:
     """Return the protospect.* key/value strings for a graph made from a model with ``meta``/``calibration``."""
@@ -52,6 +72,8 @@ def build_metadata(meta: dict, calibration: dict, *, artifact_sha256: str, preci
         raise ArtifactError(f"model calibration lacks {missing}; the artifact was saved before fit() calibrated it")
     size = input_size_of(meta)
     lo, hi = (float(v) for v in calibration["map_range"])
+    if not math.isfinite(float(calibration["threshold"])):
+        raise ArtifactError(f"model calibration threshold {calibration['threshold']} is not finite; re-train the artifact")
     props = {
         "protospect.format_version": FORMAT_VERSION,
         "protospect.method": str(meta.get("method", "")),

@@ -21,7 +21,7 @@ from torch import nn
 from protospect.errors import ArtifactError, ConfigError
 from protospect.export.deploy import FeaturesGraph, FullGraph, FullGraphBankInput, HeadGraph
 from protospect.export.graph_utils import ensure_node_names, topk_values
-from protospect.export.metadata import build_metadata, input_size_of, set_metadata
+from protospect.export.metadata import bank_sha256, build_metadata, input_size_of, set_metadata
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,8 @@ def split_from_model(model: nn.Module, meta: dict, calibration: dict, out_dir: s
     grid = list(guide.shape[-2:]) if guide is not None else _square_grid(n)
     feat_names = ["queries", "guide"] if has_guide else ["queries"]
     feats_onnx = _trace(feats_wrapper, (image,), ["image"], feat_names, opset)
-    extra = {"split_k": str(k), "grid": grid}
+    bank_hash = bank_sha256(bank.numpy())  # the runtime refuses a bank.npy that is not this one
+    extra = {"split_k": str(k), "grid": grid, "bank_sha256": bank_hash}
     set_metadata(feats_onnx, build_metadata(meta, calibration, artifact_sha256=artifact_sha256, graph="features", extra=extra))
     expected = {"image": [1, size, size, 3], "queries": [1, n, d]}
     if has_guide:
@@ -123,7 +124,8 @@ def split_from_model(model: nn.Module, meta: dict, calibration: dict, out_dir: s
     head_args = (knn, guide) if has_guide else (knn,)
     head_names = ["knn_sqdist", "guide"] if has_guide else ["knn_sqdist"]
     head_onnx = _trace(HeadGraph(head.eval()).eval(), head_args, head_names, ["anomaly_map", "image_score"], opset)
-    set_metadata(head_onnx, build_metadata(meta, calibration, artifact_sha256=artifact_sha256, graph="head", extra={"split_k": str(k)}))
+    head_extra = {"split_k": str(k), "bank_sha256": bank_hash}
+    set_metadata(head_onnx, build_metadata(meta, calibration, artifact_sha256=artifact_sha256, graph="head", extra=head_extra))
     expected = {"knn_sqdist": [1, n, k], "anomaly_map": [1, 1, size, size], "image_score": [1]}
     paths["head"] = save_checked(head_onnx, out_dir / "head.onnx", expected)
     paths["bank"] = out_dir / "bank.npy"

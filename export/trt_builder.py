@@ -4,10 +4,10 @@
   10.x: `1 << STRONGLY_TYPED`; 11.x: the flag is deprecated and always on, so no flag is passed.
 * No BuilderFlag precision flags, no calibrators (deprecated in 10.x, removed in 11).
 * Timing cache read before and written after the build (valid only for the same GPU, CUDA,
-  TensorRT version and flags: a mismatching cache is refused, never silently ignored).
+  TensorRT version and flags: a mismatching or unreadable cache is refused, never silently ignored).
 * Workspace memory pool limit when asked.
 * Sidecar `<engine>.json` (docs/contracts.md section 7, schema in docs/export.md) that the
-  runtime checks before it loads the engine.
+  runtime checks before it loads the engine, with the engine's sha256 to tie the two together.
 `trt` and the GPU query are parameters so the logic is testable without TensorRT.
 """
 from __future__ import annotations
@@ -24,9 +24,11 @@ import onnx
 from protospect import __version__
 from protospect._optional import require
 from protospect.errors import ArtifactError, ConfigError, EngineBuildError
-from protospect.export.metadata import read_metadata
+from protospect.export.metadata import check_contract, read_metadata
 
 log = logging.getLogger(__name__)
+
+MIN_TRT = (10, 3)  # JetPack 6; older TensorRT lacks what the strongly typed Q/DQ path needs
 
 
 @dataclass
@@ -35,15 +37,20 @@ class EngineBuild:
     sidecar: Path
     timing_cache: Path | None
     sidecar_data: dict
+    inputs: tuple[str, ...] = ()  # the graph's input names ("bank" too for a --bank-as-input graph)
 
 
-def trt_major(trt) -> int:
-    return int(str(trt.__version__).split(".")[0])
+def trt_version(trt) -> tuple[int, int]:
+    """"10.3.0.30" -> (10, 3); a piece like "3rc1" counts its digits."""
+    pieces = (str(trt.__version__).split(".") + ["0"])[:2]
+    return tuple(int("".join(ch for ch in p if ch.isdigit()) or 0) for p in pieces)
 
 
 def network_flags(trt) -> int:
-    """Creation flags for a strongly typed network on this TensorRT."""
-    if trt_major(trt) >= 11:
+    """Creation flags for a strongly typed network on this TensorRT; EngineBuildError below 10.3."""
+    if trt_version(trt) < MIN_TRT:
+        raise EngineBuildError(f"TensorRT {trt.__version__} is too old; protospect needs TensorRT >= 10.3")
+    if trt_version(trt)[0] >= 11:
         return 0  # STRONGLY_TYPED is deprecated and ignored: every network is strongly typed
     flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
     if flag is None:
@@ -59,10 +66,11 @@ def engine_from_onnx(onnx_path, out_path, *, timing_cache=None, workspace_mb: in
         raise ArtifactError(f"ONNX file not found: {onnx_path}")
     if workspace_mb is not None and workspace_mb <= 0:
         raise ConfigError(f"--workspace {workspace_mb} must be a positive number of MiB")
-    metadata = read_metadata(onnx.load(str(onnx_path), load_external_data=False))
-    if "protospect.format_version" not in metadata:
-        raise ArtifactError(f"{onnx_path} carries no protospect.* metadata; export it with `protospect export`")
+    graph = onnx.load(str(onnx_path), load_external_data=False)
+    metadata = read_metadata(graph)
+    check_contract(metadata, onnx_path)
     trt = trt or require("tensorrt", extra="trt")
+    flags = network_flags(trt)
     if gpu is None:
         from protospect.export.gpu_info import current_gpu
 
@@ -70,7 +78,7 @@ def engine_from_onnx(onnx_path, out_path, *, timing_cache=None, workspace_mb: in
 
     logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(network_flags(trt))
+    network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         raise EngineBuildError(f"TensorRT {trt.__version__} cannot parse {onnx_path}: " + "; ".join(_parser_errors(parser)))
@@ -81,6 +89,9 @@ def engine_from_onnx(onnx_path, out_path, *, timing_cache=None, workspace_mb: in
     if cache_path is not None:
         previous = cache_path.read_bytes() if cache_path.is_file() else b""
         cache = config.create_timing_cache(previous)
+        if cache is None:  # TensorRT returns None, not an error, for bytes it cannot read; the file is kept
+            raise EngineBuildError(f"timing cache {cache_path} cannot be read by TensorRT {trt.__version__} "
+                                   "(corrupt or from another version); delete it or pass another --timing-cache")
         if not config.set_timing_cache(cache, ignore_mismatch=False):
             raise EngineBuildError(f"timing cache {cache_path} was made on another GPU/CUDA/TensorRT; "
                                    "delete it or pass another --timing-cache")
@@ -90,8 +101,9 @@ def engine_from_onnx(onnx_path, out_path, *, timing_cache=None, workspace_mb: in
     if serialized is None:
         raise EngineBuildError(f"TensorRT {trt.__version__} failed to build {onnx_path} (see its log above); "
                                "try a larger --workspace or the FP32 graph")
+    engine_bytes = bytes(serialized)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out_path, bytes(serialized))
+    _atomic_write(out_path, engine_bytes)
     if cache_path is not None:
         _atomic_write(cache_path, bytes(config.get_timing_cache().serialize()))
     sidecar = {
@@ -99,6 +111,7 @@ def engine_from_onnx(onnx_path, out_path, *, timing_cache=None, workspace_mb: in
         "gpu_name": gpu.name,
         "compute_capability": gpu.compute_capability,
         "onnx_sha256": hashlib.sha256(onnx_path.read_bytes()).hexdigest(),
+        "engine_sha256": hashlib.sha256(engine_bytes).hexdigest(),
         "onnx_metadata": metadata,
         "onnx_file": onnx_path.name,
         "strongly_typed": True,
@@ -107,7 +120,7 @@ def engine_from_onnx(onnx_path, out_path, *, timing_cache=None, workspace_mb: in
     }
     sidecar_path = Path(str(out_path) + ".json")
     _atomic_write(sidecar_path, (json.dumps(sidecar, indent=2, sort_keys=True) + "\n").encode())
-    return EngineBuild(out_path, sidecar_path, cache_path, sidecar)
+    return EngineBuild(out_path, sidecar_path, cache_path, sidecar, tuple(i.name for i in graph.graph.input))
 
 
 def _parser_errors(parser) -> list[str]:

@@ -6,12 +6,29 @@ range come from the ``protospect.*`` properties that export writes (docs/contrac
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 
 from protospect.errors import ArtifactError
 
 PREFIX = "protospect."
 REQUIRED = ("input_size", "threshold", "map_range")
+# The graph contract this runtime reads (docs/contracts.md 6). export/metadata.py writes the same
+# values; kept twice because the runtime imports nothing from export (tests compare them).
+FORMAT_VERSION = "1"
+INPUT_LAYOUT = "NHWC-uint8-RGB"
+
+
+def check_contract(props: dict, where: str) -> None:
+    """Refuse metadata of another graph format version or input layout, naming found vs expected."""
+    p = _unprefixed(props)
+    for key, want in (("format_version", FORMAT_VERSION), ("input_layout", INPUT_LAYOUT)):
+        if key not in p:
+            raise ArtifactError(f"{where} lacks {PREFIX}{key} (expected {want!r}); "
+                                "it was not written by `protospect export` (re-export the artifact)")
+        if str(p[key]) != want:
+            raise ArtifactError(f"{where} has {PREFIX}{key} {str(p[key])!r} but this protospect reads {want!r}; "
+                                "re-export it with this protospect (`protospect export`)")
 
 
 @dataclass(frozen=True)
@@ -30,9 +47,18 @@ class ModelInfo:
     props: dict = field(default_factory=dict, compare=False)
 
     @classmethod
+    def from_metadata(cls, props: dict, where: str) -> "ModelInfo":
+        """A graph's or engine sidecar's metadata: contract version and layout checked, then parsed.
+
+        What every backend calls; from_props alone parses without the contract check.
+        """
+        check_contract(props, where)
+        return cls.from_props(props, where)
+
+    @classmethod
     def from_props(cls, props: dict, where: str) -> "ModelInfo":
         """Parse protospect.* metadata (keys with or without the prefix); ArtifactError naming ``where``."""
-        p = {k[len(PREFIX):] if k.startswith(PREFIX) else k: v for k, v in props.items()}
+        p = _unprefixed(props)
         missing = [k for k in REQUIRED if k not in p]
         if missing:
             raise ArtifactError(
@@ -44,12 +70,15 @@ class ModelInfo:
             if len(size) != 2 or size[0] != size[1] or size[0] <= 0:
                 raise ValueError(f"input_size {p['input_size']} is not a square [S, S]")
             lo, hi = (float(v) for v in _json(p["map_range"]))
-            if not hi > lo:
-                raise ValueError(f"map_range {p['map_range']} is empty (hi must exceed lo)")
+            if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
+                raise ValueError(f"map_range {p['map_range']} is not a finite [lo, hi] with hi > lo")
+            threshold = float(p["threshold"])
+            if not math.isfinite(threshold):  # score >= nan is False: every part would pass as OK
+                raise ValueError(f"threshold {p['threshold']} is not a finite number")
             grid = p.get("grid")
             return cls(
                 input_size=size[0],
-                threshold=float(p["threshold"]),
+                threshold=threshold,
                 map_range=(lo, hi),
                 method=str(p.get("method", "unknown")),
                 preset=str(p.get("preset", "unknown")),
@@ -66,6 +95,10 @@ class ModelInfo:
     def describe(self) -> str:
         return (f"{self.method}/{self.preset} {self.precision} {self.input_size}px "
                 f"threshold={self.threshold:.6g} ({self.threshold_source}) graph={self.graph}")
+
+
+def _unprefixed(props: dict) -> dict:
+    return {k[len(PREFIX):] if k.startswith(PREFIX) else k: v for k, v in props.items()}
 
 
 def _json(value):

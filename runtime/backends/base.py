@@ -14,8 +14,23 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from protospect.errors import ConfigError
+from protospect.errors import ArtifactError, ConfigError
 from protospect.runtime.model_info import ModelInfo
+
+BANK_INPUT_HINT = ("it takes the prototype bank as input 'bank' (exported with --bank-as-input), which protospect "
+                   "does not feed; re-export without --bank-as-input, or feed 'bank' from your own code")
+
+
+def check_output_shapes(shapes: dict, size: int, where: str) -> None:
+    """anomaly_map [1,1,S,S] and image_score [1] (contract 6), checked at load so a wrong graph fails
+    here and not with a reshape error on the first frame. Dynamic dims (not a non-negative int) pass."""
+    for name, want in (("anomaly_map", (1, 1, size, size)), ("image_score", (1,))):
+        got = shapes.get(name)
+        if got is None:
+            continue
+        if len(got) != len(want) or any(isinstance(d, int) and d >= 0 and d != w for d, w in zip(got, want)):
+            raise ArtifactError(f"{where}: output '{name}' has shape {list(got)} but its metadata (input size {size}) "
+                                f"says {list(want)}; re-export it with `protospect export`")
 
 
 @runtime_checkable

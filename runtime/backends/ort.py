@@ -9,7 +9,7 @@ import numpy as np
 
 from protospect._optional import require
 from protospect.errors import ArtifactError
-from protospect.runtime.backends.base import BackendBase
+from protospect.runtime.backends.base import BANK_INPUT_HINT, BackendBase, check_output_shapes
 from protospect.runtime.model_info import ModelInfo
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def open_session(path: Path, *, device: str = "auto", threads: int | None = None
 
 
 def session_info(session, path: Path) -> ModelInfo:
-    return ModelInfo.from_props(dict(session.get_modelmeta().custom_metadata_map), str(path))
+    return ModelInfo.from_metadata(dict(session.get_modelmeta().custom_metadata_map), str(path))
 
 
 class OrtBackend(BackendBase):
@@ -89,13 +89,19 @@ class OrtBackend(BackendBase):
 def check_io(session, path: Path, size: int) -> None:
     """The contract's I/O (uint8 [1,S,S,3] -> anomaly_map, image_score), or an ArtifactError saying what differs."""
     inputs = {i.name: i for i in session.get_inputs()}
-    outputs = {o.name for o in session.get_outputs()}
+    outputs = {o.name: o.shape for o in session.get_outputs()}
+    if "bank" in inputs:
+        raise ArtifactError(f"{path}: {BANK_INPUT_HINT}")
     if INPUT not in inputs or inputs[INPUT].type != "tensor(uint8)":
         got = ", ".join(f"{i.name}:{i.type}" for i in inputs.values())
         raise ArtifactError(f"{path} must take input '{INPUT}' uint8 [1,{size},{size},3] (NHWC RGB); it takes {got}")
     shape = inputs[INPUT].shape
     if len(shape) != 4 or any(isinstance(d, int) and d != want for d, want in zip(shape, (1, size, size, 3))):
         raise ArtifactError(f"{path}: input '{INPUT}' has shape {shape}, metadata says [1,{size},{size},3]")
+    extra = [name for name in inputs if name != INPUT]
+    if extra:  # infer() feeds `image` only: ORT would fail on the first frame
+        raise ArtifactError(f"{path} takes input(s) {', '.join(extra)} besides '{INPUT}'; protospect feeds '{INPUT}' only")
     missing = [o for o in OUTPUTS if o not in outputs]
     if missing:
         raise ArtifactError(f"{path} lacks output(s) {', '.join(missing)} (has {', '.join(sorted(outputs))})")
+    check_output_shapes(outputs, size, str(path))

@@ -13,6 +13,7 @@ which is how the split path is tested without a GPU.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
 import logging
 import time
@@ -22,7 +23,7 @@ import numpy as np
 
 from protospect.errors import ArtifactError
 from protospect.runtime import cuda
-from protospect.runtime.backends.base import BackendBase
+from protospect.runtime.backends.base import BackendBase, check_output_shapes
 from protospect.runtime.backends.ort import open_session, session_info
 from protospect.runtime.model_info import ModelInfo
 
@@ -46,6 +47,28 @@ def load_bank(path: Path) -> np.ndarray:
     if bank.ndim != 2 or bank.shape[0] == 0:
         raise ArtifactError(f"prototype bank {path} has shape {bank.shape}; expected [M, D] with M > 0")
     return np.ascontiguousarray(bank, dtype=np.float32)
+
+
+def bank_sha256(bank: np.ndarray) -> str:
+    """sha256 of the bank's float32 C-order bytes: export writes it as protospect.bank_sha256."""
+    return hashlib.sha256(np.ascontiguousarray(bank, dtype=np.float32).tobytes()).hexdigest()
+
+
+def check_pieces(features: ModelInfo, head: ModelInfo, bank: np.ndarray, folder: Path) -> None:
+    """features, head and bank.npy are one export: the same artifact, and the bank both graphs were written with."""
+    if features.artifact_sha256 != head.artifact_sha256:
+        raise ArtifactError(f"{folder}: features and head graphs come from different artifacts (artifact_sha256 "
+                            f"{features.artifact_sha256[:12]} vs {head.artifact_sha256[:12]}); "
+                            "re-export the folder: protospect export ART --split --out DIR")
+    hashes = {name: info.props.get("protospect.bank_sha256") for name, info in (("features", features), ("head", head))}
+    if not any(hashes.values()):
+        log.warning("%s: graphs carry no protospect.bank_sha256 (older export): bank.npy not checked", folder)
+        return
+    found = bank_sha256(bank)
+    for name, want in hashes.items():
+        if want is not None and want != found:
+            raise ArtifactError(f"{folder}/bank.npy is not the bank the {name} graph was exported with (bank sha256 "
+                                f"{found[:12]}, graph {want[:12]}); re-export the folder: protospect export ART --split --out DIR")
 
 
 def _split_k(info: ModelInfo, bank: np.ndarray, where: str) -> int:
@@ -81,6 +104,7 @@ class SplitOrtBackend(BackendBase):
         self._head = open_session(self.folder / "head.onnx", device=self.device, threads=self.threads)
         self.info = session_info(self._features, self.folder / "features.onnx")
         self._bank = load_bank(self.folder / "bank.npy")
+        check_pieces(self.info, session_info(self._head, self.folder / "head.onnx"), self._bank, self.folder)
         self.k = _split_k(self.info, self._bank, str(self.folder / "features.onnx"))
         f_out = {o.name for o in self._features.get_outputs()}
         h_in = {i.name for i in self._head.get_inputs()}
@@ -88,6 +112,8 @@ class SplitOrtBackend(BackendBase):
             raise ArtifactError(f"{self.folder}: features.onnx must output 'queries' and head.onnx take 'knn_sqdist' "
                                 f"(have {sorted(f_out)} -> {sorted(h_in)})")
         self._has_guide = "guide" in f_out and "guide" in h_in
+        check_output_shapes({o.name: o.shape for o in self._head.get_outputs()}, self.info.input_size,
+                            str(self.folder / "head.onnx"))
         log.info("split path on CPU: features.onnx -> numpy top-%d over %d prototypes -> head.onnx%s",
                  self.k, self._bank.shape[0], " (with guide)" if self._has_guide else "")
 
@@ -139,9 +165,11 @@ class SplitTrtBackend(BackendBase):
             raise ArtifactError(f"split model folder {self.folder} lacks {', '.join(missing)} for the GPU path "
                                 "(build them with `protospect build-engine DIR/features.onnx` and DIR/head.onnx)")
         launcher = importlib.import_module("protospect.cpp_ext.launcher")
-        f_path = self.folder / "features.engine"
-        self.info = ModelInfo.from_props(load_sidecar(f_path)["onnx_metadata"], str(sidecar_path(f_path)))
+        f_path, h_path = self.folder / "features.engine", self.folder / "head.engine"
+        self.info = ModelInfo.from_metadata(load_sidecar(f_path)["onnx_metadata"], str(sidecar_path(f_path)))
         bank = load_bank(self.folder / "bank.npy")
+        head_info = ModelInfo.from_metadata(load_sidecar(h_path)["onnx_metadata"], str(sidecar_path(h_path)))
+        check_pieces(self.info, head_info, bank, self.folder)
         self.k = _split_k(self.info, bank, str(sidecar_path(f_path)))
         s = self.info.input_size
         try:
@@ -155,10 +183,11 @@ class SplitTrtBackend(BackendBase):
             head_inputs = {"knn_sqdist": (1, n, self.k)}
             if "guide" in self._features.plan:
                 head_inputs["guide"] = self._features.plan["guide"].shape
-            self._head = TrtEngine(self.folder / "head.engine", head_inputs, ("anomaly_map", "image_score"))
+            self._head = TrtEngine(h_path, head_inputs, ("anomaly_map", "image_score"))
             self._head.load()
+            check_output_shapes({n: self._head.plan[n].shape for n in ("anomaly_map", "image_score")}, s, str(h_path))
             if self._head.plan["knn_sqdist"].dtype != np.float32:
-                raise ArtifactError(f"{self.folder / 'head.engine'}: input knn_sqdist must be float32 (the kernel writes float32); "
+                raise ArtifactError(f"{h_path}: input knn_sqdist must be float32 (the kernel writes float32); "
                                     "export the head with fp32 I/O (keep_io_types)")
             if "guide" in head_inputs:  # the head reads the guide where the features engine wrote it
                 self._head.bind("guide", self._features.buffers["guide"].ptr)

@@ -9,6 +9,7 @@ built for), the I/O plan (names from the contract, shapes, byte sizes).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ import numpy as np
 from protospect._optional import require
 from protospect.errors import ArtifactError, CudaError
 from protospect.runtime import cuda
-from protospect.runtime.backends.base import BackendBase
+from protospect.runtime.backends.base import BANK_INPUT_HINT, BackendBase, check_output_shapes
 from protospect.runtime.model_info import ModelInfo
 
 log = logging.getLogger(__name__)
@@ -43,10 +44,18 @@ def load_sidecar(engine_path: Path) -> dict:
         sidecar = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise ArtifactError(f"engine sidecar {path} is not valid JSON: {err}") from err
-    missing = [k for k in ("tensorrt_version", "compute_capability", "onnx_metadata") if k not in sidecar]
+    missing = [k for k in ("tensorrt_version", "compute_capability", "onnx_metadata", "engine_sha256") if k not in sidecar]
     if missing:
         raise ArtifactError(f"engine sidecar {path} lacks {', '.join(missing)}; rebuild with `protospect build-engine`")
     return sidecar
+
+
+def check_engine_bytes(sidecar: dict, data: bytes, where: str) -> None:
+    """The engine is the one its sidecar describes (not rebuilt or replaced since `build-engine`)."""
+    found, want = hashlib.sha256(data).hexdigest(), str(sidecar["engine_sha256"])
+    if found != want:
+        raise ArtifactError(f"{where} is not the engine its sidecar describes (sha256 {found[:12]}, sidecar {want[:12]}): "
+                            "replaced after `protospect build-engine` (e.g. by trtexec); rebuild it with build-engine")
 
 
 def _version_key(version: str) -> tuple[int, ...]:
@@ -123,6 +132,8 @@ def plan_io(specs: list[TensorSpec], inputs: dict[str, tuple], outputs: tuple[st
         if name in by_name and not by_name[name].is_input:
             plan[name] = by_name[name]
     extra = [s.name for s in specs if s.name not in plan]
+    if "bank" in extra:
+        raise ArtifactError(f"{where}: {BANK_INPUT_HINT}")
     if extra:
         raise ArtifactError(f"{where} has tensors the runtime does not know: {', '.join(extra)} "
                             f"(expected inputs {', '.join(inputs)}; outputs {', '.join(outputs + optional_outputs)})")
@@ -160,8 +171,10 @@ class TrtEngine:
         self.sidecar = load_sidecar(self.path)
         gpu, cc = cuda.device_identity()
         check_sidecar(self.sidecar, trt.__version__, cc, str(self.path))
+        data = self.path.read_bytes()
+        check_engine_bytes(self.sidecar, data, str(self.path))
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self._engine = runtime.deserialize_cuda_engine(self.path.read_bytes())
+        self._engine = runtime.deserialize_cuda_engine(data)
         if self._engine is None:
             raise ArtifactError(f"TensorRT {trt.__version__} could not deserialize {self.path} on {gpu}; rebuild it here")
         self._context = self._engine.create_execution_context()
@@ -213,12 +226,13 @@ class TrtBackend(BackendBase):
 
     def activate(self) -> None:
         sidecar = load_sidecar(self.path)  # the metadata first: it gives S for the input shape
-        self.info = ModelInfo.from_props(sidecar["onnx_metadata"], str(sidecar_path(self.path)))
+        self.info = ModelInfo.from_metadata(sidecar["onnx_metadata"], str(sidecar_path(self.path)))
         s = self.info.input_size
         self._engine = TrtEngine(self.path, {INPUT: (1, s, s, 3)}, OUTPUTS)
         try:
             self._engine.load()
             plan = self._engine.plan
+            check_output_shapes({n: plan[n].shape for n in OUTPUTS}, s, str(self.path))
             self._stream = cuda.Stream()
             self._pinned_in = cuda.PinnedBuffer(plan[INPUT].nbytes)
             self._pinned_map = cuda.PinnedBuffer(plan["anomaly_map"].nbytes)

@@ -1,6 +1,8 @@
 """INT8 Q/DQ graphs: what stays float, where Q/DQ sits (TensorRT explicit quantization), caching, accuracy."""
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import onnx
 import pytest
@@ -168,6 +170,40 @@ def test_cache_hit_and_miss(int8_result, fp32_graph, tmp_path):
     other = int8_from_onnx(fp32_graph, tmp_path / "other.onnx", shots, augment=AugmentConfig(per_image=2), cache_dir=cache)
     assert not other.cache_hit
     assert len(list(cache.glob("*.onnx"))) == 2
+
+
+def test_cache_key_covers_exclusion_rule_quantize_options_and_version(int8_result, fp32_graph, tmp_path, monkeypatch):
+    """Same CLI settings, but another float-node rule, quantize_static option or protospect: never a stale hit."""
+    from protospect.calibration import quantize
+
+    _, shots, cache = int8_result
+    frames = [np.zeros((8, 8, 3), np.uint8)]
+
+    def key(nodes=("a",)):
+        return quantize._cache_key(fp32_graph, frames, FAST, quantize.quantize_settings("minmax", nodes), (1, 3, 4))
+
+    base = key()
+    assert key(("a", "b")) != base
+    monkeypatch.setitem(quantize.EXTRA_OPTIONS, "QuantizeBias", True)
+    assert key() != base
+    monkeypatch.undo()
+    monkeypatch.setattr(quantize, "__version__", "0.0.0-older")
+    assert key() != base
+    monkeypatch.undo()
+    assert key() == base
+    # end to end: a rule that keeps one more conv float misses the cache an older rule filled
+    own_cache = tmp_path / "cache"
+    shutil.copytree(cache, own_cache)
+    assert int8_from_onnx(fp32_graph, tmp_path / "same.onnx", shots, augment=FAST, cache_dir=own_cache).cache_hit
+    real = quantize.float_regions
+
+    def one_more_float(model, **kw):
+        regions = real(model, **kw)
+        regions.stem.add(next(n.name for n in model.graph.node if n.op_type == "Conv" and n.name not in regions.all))
+        return regions
+
+    monkeypatch.setattr(quantize, "float_regions", one_more_float)
+    assert not int8_from_onnx(fp32_graph, tmp_path / "rule.onnx", shots, augment=FAST, cache_dir=own_cache).cache_hit
 
 
 def test_refuses_non_fp32_and_bank_input(int8_result, tmp_path, patchcore):

@@ -43,6 +43,7 @@ def test_export_split_fp16(patchcore, tmp_path, capsys):
     (["--int8", "--bank-as-input"], "--bank-as-input"),
     (["--calib", "somewhere"], "--calib only applies"),
     (["--fp16", "--split", "--bank-as-input"], "bank.npy"),
+    (["--fp16", "--int8"], "--fp16 and --int8 are two precisions; choose one"),  # was argparse's exit 2
 ])
 def test_invalid_combinations_are_refused_not_rewritten(patchcore, tmp_path, capsys, extra, message):
     _, art = patchcore
@@ -53,9 +54,17 @@ def test_invalid_combinations_are_refused_not_rewritten(patchcore, tmp_path, cap
     assert not out.exists()
 
 
-def test_fp16_and_int8_together_is_an_argparse_error(patchcore, tmp_path):
-    with pytest.raises(SystemExit):
-        main(["export", str(patchcore[1]), "--out", str(tmp_path / "m.onnx"), "--fp16", "--int8"])
+def test_bank_as_input_export_says_what_it_is_for_not_serve(patchcore, demo_category, tmp_path, capsys):
+    _, art = patchcore
+    out = tmp_path / "bank.onnx"
+    assert main(["export", str(art), "--out", str(out), "--bank-as-input"]) == 0
+    text = capsys.readouterr().out
+    assert "takes the prototype bank as input 'bank'" in text
+    assert "protospect serve " + str(out) not in text and "build-engine" not in text
+    # and what serve would do with it: refuse at load, one line, instead of failing on the first frame
+    assert main(["serve", str(out), "--source", str(demo_category / "train" / "good"), "--max-frames", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "input 'bank'" in err and "--bank-as-input" in err and err.count("\n") == 1
 
 
 def test_missing_artifact_is_one_line(tmp_path, capsys):

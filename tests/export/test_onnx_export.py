@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import export_fixtures as fx
-from protospect.errors import ConfigError
+from protospect.errors import ArtifactError, ConfigError
+from protospect.export.metadata import bank_sha256, build_metadata
 from protospect.export.op_census import census
 from protospect.export.onnx_export import TRT_MAX_TOPK, onnx_from_model, split_from_model
 from protospect.export.ort_session import cpu_session
@@ -84,6 +85,12 @@ def test_bank_as_input_swaps_the_bank_without_reexport(patchcore, tmp_path, demo
         model.bank.copy_(kept)
     assert not np.allclose(swapped[0], same[0])
     np.testing.assert_allclose(swapped[0], ref[0].numpy(), rtol=1e-4, atol=1e-3)
+    # protospect's runtime feeds `image` only: it refuses the graph at load, not on the first frame
+    from protospect.runtime.backends.ort import OrtBackend
+
+    with pytest.raises(ArtifactError, match="input 'bank'"):
+        with OrtBackend(exported.path):
+            pass
 
 
 def _knn_sqdist(queries, bank, k):
@@ -98,6 +105,8 @@ def test_split_graphs_reproduce_the_full_graph(patchcore, fp32_graph, tmp_path, 
     bank = np.load(paths["bank"])
     assert bank.dtype == np.float32 and bank.shape == tuple(model.bank.shape)
     fprops = {p.key: p.value for p in onnx.load(str(paths["features"])).metadata_props}
+    hprops = {p.key: p.value for p in onnx.load(str(paths["head"])).metadata_props}
+    assert fprops["protospect.bank_sha256"] == hprops["protospect.bank_sha256"] == bank_sha256(bank)
     assert fprops["protospect.graph"] == "features" and fprops["protospect.split_k"] == "1"
     assert json.loads(fprops["protospect.grid"]) == model.meta["grid"]
     assert [o.name for o in feats.get_outputs()] == ["queries"]
@@ -111,6 +120,28 @@ def test_split_graphs_reproduce_the_full_graph(patchcore, fp32_graph, tmp_path, 
         span = m_full.max() - m_full.min()
         assert np.abs(m_split - m_full).max() <= 1e-4 * span + 1e-5
         assert s_split.shape == (1,) and abs(float(s_split[0] - s_full[0])) <= 1e-4 * span + 1e-5
+
+
+def test_split_folder_is_checked_as_one_export_by_the_runtime(patchcore, tmp_path, demo_category):
+    from protospect.runtime.backends.split import SplitOrtBackend
+
+    model, _ = patchcore
+    folder = tmp_path / "split"
+    split_from_model(model, model.meta, model.calibration, folder, artifact_sha256="x")
+    frame = fx.test_set(demo_category)[0][-1]
+    with SplitOrtBackend(folder) as b:
+        b.infer(frame)
+    np.save(folder / "bank.npy", np.load(folder / "bank.npy") + 0.5)  # a bank that is not the exported one
+    with pytest.raises(ArtifactError, match="bank.npy is not the bank"):
+        with SplitOrtBackend(folder):
+            pass
+
+
+@pytest.mark.parametrize("threshold", [float("nan"), float("inf")])
+def test_non_finite_threshold_is_not_exported(threshold):
+    meta = {"input_size": 8, "mean": [0.0] * 3, "std": [1.0] * 3}
+    with pytest.raises(ArtifactError, match="threshold .* is not finite"):
+        build_metadata(meta, {"threshold": threshold, "map_range": [0.0, 1.0]}, artifact_sha256="x")
 
 
 def test_topk_over_tensorrt_limit_is_refused(tmp_path):

@@ -1,8 +1,9 @@
 """The engine builder's own logic against a fake `tensorrt` module; real TensorRT tests skip without it.
 
 The fake records what the builder asks for, so these tests pin: the strongly typed flag per
-TensorRT version, no precision flags or calibrators, timing cache read and written, workspace
-limit, parse errors with node info, and the sidecar the runtime checks.
+TensorRT version (and the 10.3 minimum), no precision flags or calibrators, timing cache read and
+written (an unreadable one refused), workspace limit, parse errors with node info, the graph
+contract check, and the sidecar the runtime checks (engine sha256 included).
 """
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ import importlib.util
 import json
 from types import SimpleNamespace
 
+import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
 
 from protospect.errors import ArtifactError, EngineBuildError
+from protospect.export import metadata
 from protospect.export.gpu_info import GpuInfo
 from protospect.export.metadata import set_metadata
 from protospect.export.trt_builder import engine_from_onnx, network_flags
@@ -41,6 +44,8 @@ class FakeTrt:
 
             def create_timing_cache(self, data):
                 fake.calls.append(("create_cache", bytes(data)))
+                if data and not bytes(data).startswith(b"CACHE:"):
+                    return None  # what TensorRT returns for bytes that are no timing cache
                 return SimpleNamespace(serialize=lambda: b"CACHE:" + bytes(data))
 
             def set_timing_cache(self, cache, ignore_mismatch):
@@ -94,16 +99,24 @@ class FakeTrt:
         return [c for c in self.calls if c[0] == name]
 
 
-@pytest.fixture()
-def small_onnx(tmp_path):
+PROPS = {"protospect.format_version": "1", "protospect.input_layout": "NHWC-uint8-RGB", "protospect.precision": "int8",
+         "protospect.threshold": "0.5"}
+
+
+def _onnx(path, props=PROPS, extra_inputs=()):
     node = helper.make_node("Cast", ["image"], ["anomaly_map"], to=TensorProto.FLOAT)
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("image", TensorProto.UINT8, [1, 4, 4, 3])],
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [4, 3]) for n in extra_inputs]
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("image", TensorProto.UINT8, [1, 4, 4, 3]), *inputs],
                               [helper.make_tensor_value_info("anomaly_map", TensorProto.FLOAT, [1, 4, 4, 3])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    set_metadata(model, {"protospect.format_version": "1", "protospect.precision": "int8", "protospect.threshold": "0.5"})
-    path = tmp_path / "model.onnx"
+    set_metadata(model, props)
     onnx.save(model, str(path))
     return path
+
+
+@pytest.fixture()
+def small_onnx(tmp_path):
+    return _onnx(tmp_path / "model.onnx")
 
 
 @pytest.mark.parametrize("version, flags", [("10.3.0.30", 1 << 5), ("10.16.2", 1 << 5), ("11.1.0", 0), ("11.4.1.2", 0)])
@@ -113,6 +126,36 @@ def test_strongly_typed_flag_per_version(version, flags, small_onnx, tmp_path):
     engine_from_onnx(small_onnx, tmp_path / "m.engine", trt=trt, gpu=GPU)
     assert trt.called("create_network") == [("create_network", flags)]
     assert not trt.called("set_flag") and not trt.called("int8_calibrator")
+
+
+@pytest.mark.parametrize("version", ["9.2.0", "10.2.0.19", "8.6.1"])
+def test_tensorrt_older_than_10_3_is_refused(version, small_onnx, tmp_path):
+    trt = FakeTrt(version)  # 9.x has STRONGLY_TYPED too: the flag alone does not tell
+    with pytest.raises(EngineBuildError, match=f"TensorRT {version} is too old; protospect needs TensorRT >= 10.3"):
+        engine_from_onnx(small_onnx, tmp_path / "m.engine", trt=trt, gpu=GPU)
+    assert not trt.called("create_network") and not (tmp_path / "m.engine").exists()
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("protospect.format_version", "99", "format_version '99' but this protospect reads '1'"),
+    ("protospect.input_layout", "NCHW-float32-BGR", "input_layout 'NCHW-float32-BGR' but this protospect reads 'NHWC-uint8-RGB'"),
+    ("protospect.input_layout", None, "input_layout none but this protospect reads"),
+])
+def test_graph_of_another_contract_is_refused(tmp_path, key, value, message):
+    props = {k: v for k, v in PROPS.items() if k != key} | ({key: value} if value else {})
+    trt = FakeTrt()
+    with pytest.raises(ArtifactError, match=message):
+        engine_from_onnx(_onnx(tmp_path / "g.onnx", props), tmp_path / "m.engine", trt=trt, gpu=GPU)
+    assert not trt.calls and not (tmp_path / "m.engine").exists()
+
+
+def test_export_and_runtime_agree_on_the_contract_values():
+    # the runtime keeps its own copy (it imports nothing from export)
+    model_info = pytest.importorskip("protospect.runtime.model_info")
+    assert (metadata.FORMAT_VERSION, metadata.INPUT_LAYOUT) == (model_info.FORMAT_VERSION, model_info.INPUT_LAYOUT)
+    split = pytest.importorskip("protospect.runtime.backends.split")
+    bank = np.arange(12, dtype=np.float64).reshape(4, 3)
+    assert metadata.bank_sha256(bank) == split.bank_sha256(bank)
 
 
 def test_timing_cache_read_then_written(small_onnx, tmp_path):
@@ -128,14 +171,24 @@ def test_timing_cache_read_then_written(small_onnx, tmp_path):
 
 
 def test_mismatching_cache_and_failures_raise(small_onnx, tmp_path):
-    (tmp_path / "t.cache").write_bytes(b"other gpu")
-    with pytest.raises(EngineBuildError, match="timing cache"):
+    (tmp_path / "t.cache").write_bytes(b"CACHE:other gpu")
+    with pytest.raises(EngineBuildError, match="timing cache .* was made on another GPU"):
         engine_from_onnx(small_onnx, tmp_path / "m.engine", trt=FakeTrt(cache_ok=False), gpu=GPU, timing_cache=tmp_path / "t.cache")
     with pytest.raises(EngineBuildError, match=r"node /model/foo, op Foo, index 7\] Unsupported operator Foo"):
         engine_from_onnx(small_onnx, tmp_path / "m.engine", trt=FakeTrt(parse_ok=False), gpu=GPU)
     with pytest.raises(EngineBuildError, match="failed to build"):
         engine_from_onnx(small_onnx, tmp_path / "m.engine", trt=FakeTrt(build_ok=False), gpu=GPU)
     assert not (tmp_path / "m.engine").exists()
+
+
+def test_unreadable_timing_cache_is_an_engine_build_error_and_kept(small_onnx, tmp_path):
+    cache = tmp_path / "t.cache"
+    cache.write_bytes(b"\x00corrupt")
+    trt = FakeTrt()
+    with pytest.raises(EngineBuildError, match="timing cache .* cannot be read by TensorRT 10.3.0.30"):
+        engine_from_onnx(small_onnx, tmp_path / "m.engine", trt=trt, gpu=GPU, timing_cache=cache)
+    assert not trt.called("set_cache") and not trt.called("build")
+    assert cache.read_bytes() == b"\x00corrupt" and not (tmp_path / "m.engine").exists()
 
 
 def test_workspace_limit_in_bytes(small_onnx, tmp_path):
@@ -154,11 +207,15 @@ def test_sidecar_is_what_the_runtime_checks(small_onnx, tmp_path):
     side = json.loads(built.sidecar.read_text())
     assert side["tensorrt_version"] == "10.3.0.30" and side["gpu_name"] == GPU.name and side["compute_capability"] == "8.7"
     assert side["onnx_sha256"] == hashlib.sha256(small_onnx.read_bytes()).hexdigest()
-    assert side["onnx_metadata"] == {"protospect.format_version": "1", "protospect.precision": "int8", "protospect.threshold": "0.5"}
+    assert side["engine_sha256"] == hashlib.sha256(b"ENGINE").hexdigest()
+    assert side["onnx_metadata"] == PROPS
     # The runtime's own check (contract section 7) accepts it here and refuses another TensorRT or GPU.
     trt_backend = pytest.importorskip("protospect.runtime.backends.trt")
     loaded = trt_backend.load_sidecar(built.engine)
     trt_backend.check_sidecar(loaded, "10.3.0.30", "8.7", "m.engine")
+    trt_backend.check_engine_bytes(loaded, built.engine.read_bytes(), "m.engine")
+    with pytest.raises(ArtifactError, match="not the engine its sidecar describes"):
+        trt_backend.check_engine_bytes(loaded, b"ENGINE from trtexec", "m.engine")
     with pytest.raises(ArtifactError, match="TensorRT"):
         trt_backend.check_sidecar(loaded, "10.16.2", "8.7", "m.engine")
     with pytest.raises(ArtifactError, match="compute capability"):
@@ -173,6 +230,22 @@ def test_refuses_onnx_without_protospect_metadata(tmp_path):
     onnx.save(helper.make_model(graph), str(path))
     with pytest.raises(ArtifactError, match="protospect export"):
         engine_from_onnx(path, tmp_path / "m.engine", trt=FakeTrt(), gpu=GPU)
+
+
+@pytest.mark.parametrize("inputs, says, never", [((), "next:    protospect serve", "use:"),
+                                                  (("bank",), "takes the prototype bank as input 'bank'", "protospect serve m")])
+def test_cli_next_step_only_offers_serve_for_servable_graphs(tmp_path, monkeypatch, capsys, inputs, says, never):
+    import sys
+
+    import protospect.export.gpu_info as gpu_info
+    from protospect.cli import main
+
+    monkeypatch.setitem(sys.modules, "tensorrt", FakeTrt())
+    monkeypatch.setattr(gpu_info, "current_gpu", lambda: GPU)
+    graph = _onnx(tmp_path / "m.onnx", extra_inputs=inputs)
+    assert main(["build-engine", str(graph), "--no-timing-cache"]) == 0
+    out = capsys.readouterr().out
+    assert says in out and never not in out
 
 
 def test_cli_without_tensorrt_names_the_extra(small_onnx, capsys):

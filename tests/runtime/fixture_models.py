@@ -10,6 +10,7 @@ Run as a script to write one for `protospect bench` / `serve`:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 from pathlib import Path
 
@@ -86,18 +87,23 @@ def _box_blur(src: str, dst: str, ksize: int):
 
 
 def build_diff_model(path: str | Path, ref_rgb: np.ndarray, *, threshold: float, map_range=(0.0, 0.5),
-                     blur: int = 5, props_override: dict | None = None) -> Path:
+                     blur: int = 5, props_override: dict | None = None, map_pool: int = 1) -> Path:
+    """``map_pool`` > 1 average-pools the map: anomaly_map [1,1,S/p,S/p], against the contract (load-check tests)."""
     size = ref_rgb.shape[0]
     nodes, inits = _normalised_nchw_nodes(size, ref_rgb)
-    bn, bi = _box_blur("diff", "anomaly_map", blur)
-    nodes += bn + [
-        helper.make_node("ReduceMax", ["anomaly_map"], ["score0"], axes=[1, 2, 3], keepdims=0),
-    ]
+    blurred = "anomaly_map" if map_pool == 1 else "blurred"
+    bn, bi = _box_blur("diff", blurred, blur)
+    nodes += bn
+    if map_pool > 1:
+        nodes.append(helper.make_node("AveragePool", [blurred], ["anomaly_map"], kernel_shape=[map_pool] * 2,
+                                      strides=[map_pool] * 2))
+    nodes.append(helper.make_node("ReduceMax", ["anomaly_map"], ["score0"], axes=[1, 2, 3], keepdims=0))
     inits += bi
+    map_side = size // map_pool
     graph = helper.make_graph(
         nodes, "refdiff",
         [helper.make_tensor_value_info("image", TensorProto.UINT8, [1, size, size, 3])],
-        [helper.make_tensor_value_info("anomaly_map", TensorProto.FLOAT, [1, 1, size, size]),
+        [helper.make_tensor_value_info("anomaly_map", TensorProto.FLOAT, [1, 1, map_side, map_side]),
          helper.make_tensor_value_info("image_score", TensorProto.FLOAT, [1])],
         inits)
     # ReduceMax over axes 1-3 of [1,1,S,S] is already [1]: rename instead of an extra node
@@ -140,14 +146,15 @@ def build_split_model(folder: str | Path, ref_rgb: np.ndarray, *, k: int, cell: 
         [c255, numpy_helper.from_array(np.array([1, 3, n], np.int64), "shape_q")])
     fmodel = helper.make_model(fgraph, opset_imports=[helper.make_opsetid("", OPSET)])
     fmodel.ir_version = 8
-    _meta(fmodel, contract_props(size, threshold, map_range, graph="features", split_k=k, grid=[gh, gw]))
-    onnx.checker.check_model(fmodel)
-    onnx.save(fmodel, str(folder / "features.onnx"))
-
     if bank is None:
         ref = ref_rgb.astype(np.float32) / 255.0
         bank = ref.reshape(gh, cell, gw, cell, 3).mean(axis=(1, 3)).reshape(n, 3)
-    np.save(folder / "bank.npy", np.ascontiguousarray(bank, np.float32))
+    bank = np.ascontiguousarray(bank, np.float32)
+    np.save(folder / "bank.npy", bank)
+    bank_sha = hashlib.sha256(bank.tobytes()).hexdigest()  # what export writes: the bank's float32 bytes
+    _meta(fmodel, contract_props(size, threshold, map_range, graph="features", split_k=k, grid=[gh, gw], bank_sha256=bank_sha))
+    onnx.checker.check_model(fmodel)
+    onnx.save(fmodel, str(folder / "features.onnx"))
 
     hnodes = [
         helper.make_node("ReduceMean", ["knn_sqdist"], ["mean_k"], axes=[2], keepdims=0),
@@ -166,7 +173,7 @@ def build_split_model(folder: str | Path, ref_rgb: np.ndarray, *, k: int, cell: 
          numpy_helper.from_array(np.array([1, 1, size, size], np.int64), "out_size")])
     hmodel = helper.make_model(hgraph, opset_imports=[helper.make_opsetid("", OPSET)])
     hmodel.ir_version = 8
-    _meta(hmodel, contract_props(size, threshold, map_range, graph="head"))
+    _meta(hmodel, contract_props(size, threshold, map_range, graph="head", bank_sha256=bank_sha))
     onnx.checker.check_model(hmodel)
     onnx.save(hmodel, str(folder / "head.onnx"))
     return folder

@@ -2,11 +2,14 @@
 (sidecar check, I/O plan, buffer sizes, CUDA error unpacking) that is testable without a GPU."""
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper
 
 from fixture_models import build_diff_model, build_split_model, reference_rgb, render_part
 from protospect.errors import ArtifactError, ConfigError, CudaError, MissingDependencyError
@@ -15,7 +18,8 @@ from protospect.runtime import cuda
 from protospect.runtime.backends import select_backend
 from protospect.runtime.backends.ort import OrtBackend
 from protospect.runtime.backends.split import SplitOrtBackend
-from protospect.runtime.backends.trt import TensorSpec, TrtBackend, check_sidecar, load_sidecar, normalise_cc, plan_io
+from protospect.runtime.backends.trt import (TensorSpec, TrtBackend, check_engine_bytes, check_sidecar, load_sidecar,
+                                             normalise_cc, plan_io)
 from protospect.runtime.model_info import ModelInfo
 
 
@@ -59,6 +63,47 @@ def test_model_without_protospect_metadata_is_refused(tmp_path):
                               "protospect.threshold": "1"}, "x.onnx")
 
 
+@pytest.mark.parametrize("key, value, message", [
+    ("protospect.format_version", "99", "format_version '99' but this protospect reads '1'"),
+    ("protospect.input_layout", "NCHW-float32-BGR", "input_layout 'NCHW-float32-BGR' but this protospect reads 'NHWC-uint8-RGB'"),
+])
+def test_graph_of_another_format_version_or_layout_is_refused(tmp_path, key, value, message):
+    path = build_diff_model(tmp_path / "m.onnx", reference_rgb(32), threshold=0.1, props_override={key: value})
+    with pytest.raises(ArtifactError, match=message):
+        with OrtBackend(path):
+            pass
+    props = {"protospect.input_size": "[8, 8]", "protospect.map_range": "[0, 1]", "protospect.threshold": "1"}
+    with pytest.raises(ArtifactError, match="lacks protospect.format_version"):
+        ModelInfo.from_metadata(props, "x.onnx")
+
+
+@pytest.mark.parametrize("threshold", ["nan", "inf", "-inf"])
+def test_non_finite_threshold_is_refused(tmp_path, threshold):
+    # score >= nan is False: such a model would pass every part as OK
+    path = build_diff_model(tmp_path / "m.onnx", reference_rgb(32), threshold=0.1,
+                            props_override={"protospect.threshold": threshold})
+    with pytest.raises(ArtifactError, match=f"threshold {threshold} is not a finite number"):
+        with OrtBackend(path):
+            pass
+
+
+def test_map_shape_disagreeing_with_metadata_is_refused_at_load(tmp_path):
+    path = build_diff_model(tmp_path / "m.onnx", reference_rgb(64), threshold=0.1, map_pool=8)
+    with pytest.raises(ArtifactError, match=r"output 'anomaly_map' has shape \[1, 1, 8, 8\] .* says \[1, 1, 64, 64\]"):
+        with OrtBackend(path):
+            pass
+
+
+def test_bank_input_graph_is_refused_with_what_it_is_for(fx, tmp_path):
+    model = onnx.load(str(fx.model))
+    model.graph.input.append(helper.make_tensor_value_info("bank", TensorProto.FLOAT, [4, 3]))
+    path = tmp_path / "bank.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(ArtifactError, match="input 'bank' .*--bank-as-input"):
+        with OrtBackend(path):
+            pass
+
+
 def test_select_backend_by_model_type_and_flag(fx, tmp_path, caplog):
     with caplog.at_level(logging.INFO):
         b = select_backend(fx.model)
@@ -95,6 +140,39 @@ def test_split_cpu_path_equals_direct_computation(tmp_path):
     assert score == pytest.approx(float(grid.max()), rel=1e-4)
 
 
+def _set_props(path, **props):
+    """Rewrite protospect.<key> metadata of an ONNX file in place (None removes the key)."""
+    model = onnx.load(str(path))
+    kept = {p.key: p.value for p in model.metadata_props}
+    for key, value in props.items():
+        kept.pop(f"protospect.{key}", None)
+        if value is not None:
+            kept[f"protospect.{key}"] = value
+    del model.metadata_props[:]
+    for key, value in kept.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(path))
+
+
+def test_split_pieces_from_different_exports_are_refused(tmp_path, caplog):
+    folder = build_split_model(tmp_path / "s", reference_rgb(32), k=2, cell=8, threshold=0.1)
+    other_bank = np.load(folder / "bank.npy") + 0.5
+    np.save(folder / "bank.npy", other_bank)
+    with pytest.raises(ArtifactError, match="bank.npy is not the bank the features graph was exported with"):
+        with SplitOrtBackend(folder):
+            pass
+    # an export written before bank hashes still loads (warned), nothing recorded is refused for lacking it
+    _set_props(folder / "features.onnx", bank_sha256=None)
+    _set_props(folder / "head.onnx", bank_sha256=None)
+    with caplog.at_level(logging.WARNING), SplitOrtBackend(folder):
+        pass
+    assert "bank.npy not checked" in caplog.text
+    _set_props(folder / "head.onnx", artifact_sha256="1" * 64)
+    with pytest.raises(ArtifactError, match="features and head graphs come from different artifacts"):
+        with SplitOrtBackend(folder):
+            pass
+
+
 def test_split_folder_missing_parts(tmp_path):
     folder = build_split_model(tmp_path / "s", reference_rgb(32), k=2, cell=8, threshold=0.1)
     (folder / "head.onnx").unlink()
@@ -109,7 +187,9 @@ def _sidecar(tmp_path, **over):
     engine = tmp_path / "model.engine"
     engine.write_bytes(b"x")
     data = {"tensorrt_version": "10.3.0.30", "gpu_name": "Orin", "compute_capability": "8.7", "onnx_sha256": "0" * 64,
-            "onnx_metadata": {"protospect.input_size": "[64, 64]", "protospect.threshold": "0.5",
+            "engine_sha256": hashlib.sha256(b"x").hexdigest(),
+            "onnx_metadata": {"protospect.format_version": "1", "protospect.input_layout": "NHWC-uint8-RGB",
+                              "protospect.input_size": "[64, 64]", "protospect.threshold": "0.5",
                               "protospect.map_range": "[0, 1]"}}
     data.update(over)
     (tmp_path / "model.engine.json").write_text(json.dumps(data))
@@ -127,6 +207,18 @@ def test_sidecar_accepts_same_build_and_refuses_mismatch(tmp_path):
     assert normalise_cc([8, 7]) == normalise_cc("87") == normalise_cc(8.7) == "8.7"
     (tmp_path / "model.engine.json").unlink()
     with pytest.raises(ArtifactError, match="sidecar .* not found"):
+        load_sidecar(engine)
+
+
+def test_sidecar_ties_the_engine_file(tmp_path):
+    engine = _sidecar(tmp_path)
+    sc = load_sidecar(engine)
+    check_engine_bytes(sc, engine.read_bytes(), "model.engine")
+    with pytest.raises(ArtifactError, match="not the engine its sidecar describes"):
+        check_engine_bytes(sc, b"rebuilt by trtexec", "model.engine")
+    del sc["engine_sha256"]  # a sidecar from before engine hashes: rebuild, never trust the file unchecked
+    (tmp_path / "model.engine.json").write_text(json.dumps(sc))
+    with pytest.raises(ArtifactError, match="lacks engine_sha256; rebuild"):
         load_sidecar(engine)
 
 
@@ -160,6 +252,9 @@ def test_io_plan_resolves_names_shapes_and_bytes():
     assert fplan["queries"].nbytes == 64 * 40 * 2 and "guide" in fplan
     with pytest.raises(ArtifactError, match="does not know: guide"):
         plan_io(feats, {"image": (1, 64, 64, 3)}, ("queries",), "features.engine")
+    bank = TensorSpec("bank", True, (4, 3), np.dtype(np.float32))
+    with pytest.raises(ArtifactError, match="input 'bank' .*--bank-as-input"):
+        plan_io([bank, *specs], {"image": (1, 64, 64, 3)}, ("anomaly_map", "image_score"), "m.engine")
 
 
 def test_cuda_check_unpacks_and_raises():
@@ -196,7 +291,7 @@ def test_trt_engine_roundtrip_on_gpu(fx, tmp_path):
     name, cc = cuda.device_identity()
     (tmp_path / "model.engine.json").write_text(json.dumps(
         {"tensorrt_version": trt.__version__, "gpu_name": name, "compute_capability": cc, "onnx_sha256": "",
-         "onnx_metadata": dict(meta)}))
+         "engine_sha256": hashlib.sha256(engine.read_bytes()).hexdigest(), "onnx_metadata": dict(meta)}))
     img = resize_square(to_rgb_uint8(render_part(np.random.default_rng(1), (160, 120), defect=True)), 64)
     with OrtBackend(fx.model) as o, TrtBackend(engine) as t:
         m_o, s_o = o.infer(img)

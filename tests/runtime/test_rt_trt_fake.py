@@ -3,7 +3,9 @@ cuda-python (tests/runtime/fake_gpu.py): the plumbing is exercised, TensorRT its
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import importlib.machinery
+import json
 import sys
 import types
 
@@ -11,7 +13,7 @@ import numpy as np
 import pytest
 
 import fake_gpu
-from fixture_models import build_split_model, reference_rgb, render_part
+from fixture_models import build_diff_model, build_split_model, reference_rgb, render_part
 from protospect.errors import ArtifactError
 from protospect.imageio import resize_square, to_rgb_uint8
 from protospect.runtime.backends import select_backend
@@ -36,13 +38,26 @@ def fake_stack(monkeypatch):
     return rt, trt
 
 
+def _tie(engine):
+    """Record the engine file's sha256 in its sidecar, as build-engine does."""
+    sidecar = engine.with_name(engine.name + ".json")
+    data = json.loads(sidecar.read_text())
+    data["engine_sha256"] = hashlib.sha256(engine.read_bytes()).hexdigest()
+    sidecar.write_text(json.dumps(data))
+    return engine
+
+
+def _engine(path, onnx_path, **kw):
+    return _tie(fake_gpu.write_fake_engine(path, onnx_path, **kw))
+
+
 def _frame(seed=1, defect=True):
     return resize_square(to_rgb_uint8(render_part(np.random.default_rng(seed), (160, 120), defect=defect)), 64)
 
 
 def test_trt_backend_data_path_matches_ort_and_frees_everything(fx, tmp_path, fake_stack):
     rt, _ = fake_stack
-    engine = fake_gpu.write_fake_engine(tmp_path / "model.engine", fx.model)
+    engine = _engine(tmp_path / "model.engine", fx.model)
     img = _frame()
     with OrtBackend(fx.model) as ort_b:
         want_map, want_score = ort_b.infer(img)
@@ -65,18 +80,47 @@ def test_trt_backend_data_path_matches_ort_and_frees_everything(fx, tmp_path, fa
 
 def test_trt_backend_refuses_engine_from_other_gpu_or_version(fx, tmp_path, fake_stack):
     rt, _ = fake_stack
-    other_gpu = fake_gpu.write_fake_engine(tmp_path / "a.engine", fx.model, cc="9.0")
+    other_gpu = _engine(tmp_path / "a.engine", fx.model, cc="9.0")
     with pytest.raises(ArtifactError, match="compute capability 9.0"):
         with TrtBackend(other_gpu):
             pass
-    other_trt = fake_gpu.write_fake_engine(tmp_path / "b.engine", fx.model, trt_version="11.1.0")
+    other_trt = _engine(tmp_path / "b.engine", fx.model, trt_version="11.1.0")
     with pytest.raises(ArtifactError, match="TensorRT 11.1.0 but this is TensorRT 10.3.0.30"):
         with TrtBackend(other_trt):
             pass
-    corrupt = fake_gpu.write_fake_engine(tmp_path / "c.engine", fx.model)
-    corrupt.write_bytes(b"\x00not an engine")
+    corrupt = _engine(tmp_path / "c.engine", fx.model)
+    _tie(corrupt).write_bytes(b"\x00not an engine")
+    with pytest.raises(ArtifactError, match="not the engine its sidecar describes"):
+        with TrtBackend(corrupt):
+            pass
+    _tie(corrupt)
     with pytest.raises(ArtifactError, match="could not deserialize"):
         with TrtBackend(corrupt):
+            pass
+    assert rt.allocs == {}
+
+
+def test_trt_backend_refuses_engine_replaced_after_build(fx, tmp_path, fake_stack):
+    rt, _ = fake_stack
+    engine = _engine(tmp_path / "model.engine", fx.model)
+    other = build_diff_model(tmp_path / "other.onnx", fx.ref, threshold=fx.threshold, blur=3)
+    engine.write_text(json.dumps({"onnx": str(other)}))  # e.g. trtexec --saveEngine over the old file
+    with pytest.raises(ArtifactError, match="model.engine is not the engine its sidecar describes"):
+        with TrtBackend(engine):
+            pass
+    assert rt.allocs == {}
+
+
+@pytest.mark.parametrize("build, message", [
+    (dict(map_pool=8), r"output 'anomaly_map' has shape \[1, 1, 8, 8\]"),
+    (dict(props_override={"protospect.format_version": "99"}), "format_version '99' but this protospect reads '1'"),
+    (dict(props_override={"protospect.threshold": "nan"}), "threshold nan is not a finite number"),
+])
+def test_trt_backend_checks_metadata_and_output_shapes_at_load(fx, tmp_path, fake_stack, build, message):
+    rt, _ = fake_stack
+    model = build_diff_model(tmp_path / "m.onnx", fx.ref, threshold=fx.threshold, **build)
+    with pytest.raises(ArtifactError, match=message):
+        with TrtBackend(_engine(tmp_path / "m.engine", model)):
             pass
     assert rt.allocs == {}
 
@@ -114,8 +158,8 @@ def test_split_trt_path_matches_split_ort(tmp_path, fake_stack, monkeypatch):
     img = _frame()
     with SplitOrtBackend(folder) as cpu:
         want_map, want_score = cpu.infer(img)
-    fake_gpu.write_fake_engine(folder / "features.engine", folder / "features.onnx")
-    fake_gpu.write_fake_engine(folder / "head.engine", folder / "head.onnx")
+    _engine(folder / "features.engine", folder / "features.onnx")
+    _engine(folder / "head.engine", folder / "head.onnx")
     backend = select_backend(folder)
     assert isinstance(backend, SplitTrtBackend)
     rt, _ = fake_stack
@@ -124,3 +168,7 @@ def test_split_trt_path_matches_split_ort(tmp_path, fake_stack, monkeypatch):
         assert set(backend.last_stage_ms) == {"features", "topk", "head"} and backend.last_device_ms == 0.25
     assert np.abs(amap - want_map).max() < 1e-6 and score == pytest.approx(want_score)
     assert FakeProtoTopK.instances[-1].closed and rt.allocs == {}
+    np.save(folder / "bank.npy", np.load(folder / "bank.npy")[::-1].copy())  # a bank from another export
+    with pytest.raises(ArtifactError, match="bank.npy is not the bank"):
+        with select_backend(folder):
+            pass
