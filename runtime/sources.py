@@ -17,7 +17,8 @@
                                 "genicam:/path/vendor.cti#2" picks device 2
 
 A source is opened once by the caller (``open()`` raises SourceError when it can never work);
-``read()`` returns the next raw frame, None at the end of a finite source, and raises SourceLost
+``read()`` returns the next raw frame, None at the end of a finite source, IDLE when a live source
+had nothing to deliver yet (a triggered camera between parts: not a loss), and raises SourceLost
 when a live source stops delivering (the capture thread then reconnects with back-off).
 """
 from __future__ import annotations
@@ -38,8 +39,11 @@ import numpy as np
 from protospect._optional import require
 from protospect.errors import SourceError
 from protospect.runtime.frames import LatestFrameQueue, stamp
+from protospect.runtime.pixel_formats import genicam_to_rgb
 
 log = logging.getLogger(__name__)
+
+IDLE = object()  # read(): no frame yet, the source is fine (keep waiting; check for stop)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 GLOB_CHARS = set("*?[")
@@ -198,7 +202,7 @@ class HarvesterSource(Source):
     """A GenICam (GigE Vision / USB3 Vision) camera through a vendor GenTL producer (.cti)."""
 
     live = True
-    bgr = False  # GenICam pixel formats are Mono* or RGB*
+    bgr = False  # read() converts every pixel format to RGB (pixel_formats.py)
 
     def __init__(self, cti: str, index: int = 0, timeout_s: float = 3.0):
         self.cti = cti
@@ -223,14 +227,19 @@ class HarvesterSource(Source):
         self._acquirer = h.create(self.index)
         self._acquirer.start()
 
-    def read(self) -> np.ndarray | None:
+    def read(self):
         try:
             with self._acquirer.fetch(timeout=self.timeout_s) as buf:
                 comp = buf.payload.components[0]
-                channels = comp.num_components_per_pixel if hasattr(comp, "num_components_per_pixel") else 1
-                shape = (comp.height, comp.width) if int(channels) == 1 else (comp.height, comp.width, int(channels))
-                return np.array(comp.data.reshape(shape), copy=True)  # the buffer is re-queued on exit
-        except Exception as err:  # harvesters raises its own timeout/transport errors
+                # converted (a copy) before the with-block re-queues the buffer to the camera
+                return genicam_to_rgb(comp.data, str(comp.data_format), int(comp.height), int(comp.width))
+        except SourceError:
+            raise  # a pixel format we cannot read: reconnecting would not change it
+        except Exception as err:  # harvesters raises genicam.gentl's timeout / transport errors
+            if type(err).__name__ == "TimeoutException":
+                # A hardware-triggered camera sends nothing between parts: waiting is normal, and a
+                # reset here would miss the next trigger. Transport errors below do reconnect.
+                return IDLE
             raise SourceLost(f"{self.name}: {err}") from err
 
     def close(self) -> None:
@@ -338,6 +347,8 @@ class CaptureThread(threading.Thread):
                     log.warning("%s; reconnecting", lost)
                     if not self._reconnect():
                         break
+                    continue
+                if img is IDLE:
                     continue
                 if img is None:
                     self.ended = "eof"
