@@ -9,7 +9,7 @@ Found from the graph's structure, never from node names:
   multi-channel weights) that still have at least ``float_tail`` learned layers after them. So the
   last ``float_tail`` decoder layers, the upsample, blur and max stay float (pixel maps degrade
   first under PTQ, anomalib #2298). PatchCore has no learned layer after its TopK: all float.
-* stem: the first ``float_stem`` learned layers from the input (default 3), and every learned
+* stem: the first ``float_stem`` learned layers from the input (default 0), and every learned
   layer and residual Add before the TopKs whose output is at stride <= ``float_stride`` (default 4: output side
   >= S/4, S the side of the first learned layer's input; shapes from ONNX shape inference).
   Measured on bottle K=2 PatchCore/efficientnet_lite0 (docs/export.md): all layers INT8 cost 2.8

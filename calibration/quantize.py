@@ -55,7 +55,7 @@ class Int8Result:
 
 
 def int8_from_onnx(onnx_path, out_path, images, *, augment: AugmentConfig | None = None, method: str = "minmax",
-                   float_tail: int = 1, float_stem: int = 3, float_stride: int = 4,
+                   float_tail: int = 1, float_stem: int = 0, float_stride: int = 4,
                    cache_dir: str | Path | None = None) -> Int8Result:
     """Quantize ``onnx_path`` (protospect FP32 graph) to INT8 Q/DQ at ``out_path``, calibrated on ``images``.
 

@@ -33,8 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="augmented copies per calibration image (default: enough for 32 frames, at least 4)")
     parser.add_argument("--float-tail", type=int, default=1, metavar="N",
                         help="learned layers after the top-k kept float under --int8 (default 1)")
-    parser.add_argument("--float-stem", type=int, default=3, metavar="N",
-                        help="first learned layers from the input kept float under --int8 (default 3, see docs/export.md)")
+    parser.add_argument("--float-stem", type=int, default=0, metavar="N",
+                        help="also keep the first N learned layers from the input float under --int8 (default 0: "
+                             "--float-stride already covers them for every backbone here, see docs/export.md)")
     parser.add_argument("--float-stride", type=int, default=4, metavar="N",
                         help="learned layers before the top-k with output stride <= N kept float under --int8 (default 4; 0: off)")
     parser.add_argument("--calib-anomalies", type=int, default=4, metavar="N",
