@@ -11,6 +11,7 @@ import numpy as np
 
 import pytest
 from fixture_models import render_part
+from wrapped_backend import WrappedBackend
 
 from protospect.errors import SourceError
 from protospect.runtime import pipeline as pipeline_mod
@@ -80,28 +81,18 @@ def test_bad_frames_are_rejected_with_reason_and_odd_ones_converted(fx, tmp_path
     assert c["processed"] == 5 and c["rejected"] == 5 and len(c["rejected_reasons"]) == 5
 
 
-class SlowBackend:
-    """Wraps a backend and sleeps in infer(): a model slower than the camera."""
+class SlowBackend(WrappedBackend):
+    """Sleeps in infer(): a model slower than the camera."""
+
+    name = "slow"
 
     def __init__(self, inner, delay_s):
-        self.inner, self.delay_s = inner, delay_s
-        self.name = "slow"
-
-    def __enter__(self):
-        self.inner.__enter__()
-        self.info = self.inner.info
-        self.last_device_ms, self.last_stage_ms = None, {}
-        return self
-
-    def __exit__(self, *exc):
-        self.inner.__exit__(*exc)
+        super().__init__(inner)
+        self.delay_s = delay_s
 
     def infer(self, img):
         time.sleep(self.delay_s)
         return self.inner.infer(img)
-
-    def describe(self):
-        return {"backend": self.name}
 
 
 class LiveArraySource(ArraySource):

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import pytest
+from wrapped_backend import WrappedBackend
 
 from protospect.cli import main as cli_main
 from protospect.runtime.backends.ort import OrtBackend
@@ -52,28 +53,19 @@ def test_a_second_run_into_the_same_folder_keeps_the_first_runs_ng_images(fx, tm
     assert not any("ng_image" in r for r in recs if r["verdict"] == "OK")
 
 
-class NanBackend:
-    """Wraps a backend; every third frame scores NaN (a broken engine), with a NaN map."""
+class NanBackend(WrappedBackend):
+    """Every third frame scores NaN (a broken engine), with a NaN map."""
+
+    name = "nan"
 
     def __init__(self, inner):
-        self.inner, self.name, self.n = inner, "nan", 0
-
-    def __enter__(self):
-        self.inner.__enter__()
-        self.info = self.inner.info
-        self.last_device_ms, self.last_stage_ms = None, {}
-        return self
-
-    def __exit__(self, *exc):
-        self.inner.__exit__(*exc)
+        super().__init__(inner)
+        self.n = 0
 
     def infer(self, img):
         amap, score = self.inner.infer(img)
         self.n += 1
         return (amap * math.nan, math.nan) if self.n % 3 == 0 else (amap, score)
-
-    def describe(self):
-        return {"backend": self.name}
 
 
 def test_a_nan_score_is_logged_as_strict_json_and_judged_ng(fx, tmp_path):
