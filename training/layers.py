@@ -5,7 +5,6 @@ Both are fixed convolutions/arithmetics with constant buffers, so they export to
 """
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
