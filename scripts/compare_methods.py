@@ -29,7 +29,16 @@ def main() -> int:
     ap.add_argument("--shots", type=int, nargs="+", default=[2, 4, 8])
     ap.add_argument("--baseline", default="patchcore")
     args = ap.parse_args()
-    cells = {(r["category"], r["method"], r["K"]): r for r in load(args.dirs) if r["K"] in args.shots}
+    cells = {}
+    for r in load(args.dirs):
+        if r["K"] not in args.shots:
+            continue
+        key = (r["category"], r["method"], r["K"])
+        if key in cells:  # another preset or --set run of the same cell: one of them would silently win
+            old = cells[key]
+            raise SystemExit(f"two records for {key}: preset {old.get('preset')} {old.get('overrides') or {}} and "
+                             f"{r.get('preset')} {r.get('overrides') or {}}; compare one run per cell")
+        cells[key] = r
     methods = sorted({m for _, m, _ in cells}, key=lambda m: (m != args.baseline, m))
     cats = sorted({c for c, _, _ in cells})
     metrics = ["image_auroc", "pixel_auroc", "aupro"]

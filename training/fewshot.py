@@ -121,9 +121,15 @@ def _mean_std(values: list) -> list[float] | None:
     return [round(float(np.mean(arr)), 3), round(float(np.std(arr)), 3)]
 
 
-def aggregate(category: str, method: str, preset: str, k: int, runs: list[dict], command: str | None) -> dict:
-    """Per-seed runs -> one results.json record (contracts section 9 plus the documented extra keys)."""
+def aggregate(category: str, method: str, preset: str, k: int, runs: list[dict], command: str | None,
+              overrides: dict | None = None) -> dict:
+    """Per-seed runs -> one results.json record (contracts section 9 plus the documented extra keys).
+
+    ``overrides``: the user's --set values; they are part of the record's identity in results.json.
+    """
     record = {"category": category, "method": method, "preset": preset, "K": k, "seeds": [r["seed"] for r in runs]}
+    if overrides:
+        record["overrides"] = {key: overrides[key] for key in sorted(overrides)}
     for key in PERCENT_KEYS + LINE_KEYS:
         record[key] = _mean_std([None if r.get(key) is None else 100.0 * r[key] for r in runs])
     record["train_seconds"] = _mean_std([r["train_seconds"] for r in runs])
@@ -155,6 +161,7 @@ def evaluate(data_root, category: str | None, method: str, shots_list: list[int]
         raise DataError(f"K={max(too_many)} but only {len(cat.train_good)} images in {cat.root / 'train' / 'good'}")
     module = get_method(method)
     # Every method takes the category name (pcsnet/prn pick their pseudo-anomaly table row with it).
+    user_overrides = {key: v for key, v in (config_overrides or {}).items() if key != "category"}
     config_overrides = {"category": cat.name, **(config_overrides or {})}
     tests: dict[int, TestSet] = {}
     # The frozen backbone sees the same test pixels for every (K, seed): compute its features once.
@@ -206,7 +213,7 @@ def evaluate(data_root, category: str | None, method: str, shots_list: list[int]
                                        out / f"heatmaps_{cat.name}_{method}_K{k}.png", title=f"{cat.name} {method} K={k} seed={seed}")
                 roc_curves[k] = (test.labels.copy(), scores)
             del model, maps
-        records.append(aggregate(cat.name, method, preset, k, runs, command))
+        records.append(aggregate(cat.name, method, preset, k, runs, command, user_overrides))
     if out is not None:
         results_io.append_records(out, records)
         if plots and roc_curves:

@@ -33,7 +33,10 @@ _COLUMNS = [  # (header, key); values are "mean ± std" in percent unless noted
 
 
 def _key(record: dict) -> tuple:
-    return (record.get("category"), record.get("method"), record.get("preset"), record.get("K"), record.get("input_size"))
+    # --set values are part of what was measured: a run with other settings is another record
+    overrides = json.dumps(record.get("overrides") or {}, sort_keys=True, default=str)
+    return (record.get("category"), record.get("method"), record.get("preset"), record.get("K"), record.get("input_size"),
+            overrides)
 
 
 def read_records(out_dir) -> list[dict]:

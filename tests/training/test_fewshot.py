@@ -71,6 +71,12 @@ def test_second_category_appends_and_rerun_replaces(evaluated, tmp_path):
     saved = json.loads((out / "results.json").read_text())
     assert [(r["category"], r["K"]) for r in saved] == [("part", 1), ("part", 2), ("other", 1)]
     assert "| other | patchcore |" in markdown_table(saved)
+    # Other --set values measure something else: a new record, not a replacement of the default run.
+    fewshot.evaluate(root, "other", "patchcore", [1], [0], "edge", out, config_overrides=dict(OVERRIDES, sigma=1.0),
+                     plots=False)
+    saved = json.loads((out / "results.json").read_text())
+    assert [(r["category"], r["overrides"]) for r in saved if r["category"] == "other"] == [
+        ("other", {"input_size": 64}), ("other", {"input_size": 64, "sigma": 1.0})]
 
 
 def test_category_without_masks_gives_image_metrics_only(tmp_path):
