@@ -5,18 +5,14 @@ the threshold and the map range without any other file.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 
-import numpy as np
 import onnx
 
+from protospect.contract import FORMAT_VERSION, INPUT_LAYOUT, bank_sha256, check_contract  # noqa: F401 (re-exported)
 from protospect.errors import ArtifactError
 
-# The runtime reads exactly these (runtime/model_info.py keeps its own copy: no runtime import here).
-FORMAT_VERSION = "1"
-INPUT_LAYOUT = "NHWC-uint8-RGB"
 PRECISIONS = ("fp32", "fp16", "int8")
 GRAPHS = ("full", "features", "head")
 
@@ -42,22 +38,6 @@ def input_size_of_props(props: dict[str, str], where="the graph") -> int:
     if h != w:
         raise ArtifactError(f"{where} input size {h}x{w} is not square")
     return int(h)
-
-
-def check_contract(props: dict[str, str], where) -> None:
-    """Refuse a graph of another format version or input layout (found vs expected), or one without metadata."""
-    if not props:
-        raise ArtifactError(f"{where} carries no protospect.* metadata; export it with `protospect export`")
-    for key, want in (("protospect.format_version", FORMAT_VERSION), ("protospect.input_layout", INPUT_LAYOUT)):
-        if props.get(key) != want:
-            found = "none" if key not in props else repr(props[key])
-            raise ArtifactError(f"{where} has {key} {found} but this protospect reads {want!r}; "
-                                "re-export it with this protospect (`protospect export`)")
-
-
-def bank_sha256(bank: np.ndarray) -> str:
-    """sha256 of the bank's float32 C-order bytes (protospect.bank_sha256; the runtime hashes bank.npy the same way)."""
-    return hashlib.sha256(np.ascontiguousarray(bank, dtype=np.float32).tobytes()).hexdigest()
 
 
 def build_metadata(meta: dict, calibration: dict, *, artifact_sha256: str, precision: str = "fp32",

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import onnx
 from protospect import __version__
 from protospect._optional import require
 from protospect.errors import ArtifactError, ConfigError, EngineBuildError
+from protospect.files import write_atomic
 from protospect.export.metadata import check_contract, read_metadata
 
 log = logging.getLogger(__name__)
@@ -48,9 +48,10 @@ def trt_version(trt) -> tuple[int, int]:
 
 def network_flags(trt) -> int:
     """Creation flags for a strongly typed network on this TensorRT; EngineBuildError below 10.3."""
-    if trt_version(trt) < MIN_TRT:
+    version = trt_version(trt)
+    if version < MIN_TRT:
         raise EngineBuildError(f"TensorRT {trt.__version__} is too old; protospect needs TensorRT >= 10.3")
-    if trt_version(trt)[0] >= 11:
+    if version[0] >= 11:
         return 0  # STRONGLY_TYPED is deprecated and ignored: every network is strongly typed
     flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
     if flag is None:
@@ -103,9 +104,9 @@ def engine_from_onnx(onnx_path, out_path, *, timing_cache=None, workspace_mb: in
                                "try a larger --workspace or the FP32 graph")
     engine_bytes = bytes(serialized)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out_path, engine_bytes)
+    write_atomic(out_path, engine_bytes)
     if cache_path is not None:
-        _atomic_write(cache_path, bytes(config.get_timing_cache().serialize()))
+        write_atomic(cache_path, bytes(config.get_timing_cache().serialize()))
     sidecar = {
         "tensorrt_version": str(trt.__version__),
         "gpu_name": gpu.name,
@@ -119,7 +120,7 @@ def engine_from_onnx(onnx_path, out_path, *, timing_cache=None, workspace_mb: in
         "protospect_version": __version__,
     }
     sidecar_path = Path(str(out_path) + ".json")
-    _atomic_write(sidecar_path, (json.dumps(sidecar, indent=2, sort_keys=True) + "\n").encode())
+    write_atomic(sidecar_path, (json.dumps(sidecar, indent=2, sort_keys=True) + "\n").encode())
     return EngineBuild(out_path, sidecar_path, cache_path, sidecar, tuple(i.name for i in graph.graph.input))
 
 
@@ -138,7 +139,3 @@ def _parser_errors(parser) -> list[str]:
     return out or ["no error detail from the parser"]
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)

@@ -9,26 +9,10 @@ import json
 import math
 from dataclasses import dataclass, field
 
+from protospect.contract import FORMAT_VERSION, INPUT_LAYOUT, PREFIX, check_contract  # noqa: F401 (re-exported)
 from protospect.errors import ArtifactError
 
-PREFIX = "protospect."
 REQUIRED = ("input_size", "threshold", "map_range")
-# The graph contract this runtime reads (docs/contracts.md 6). export/metadata.py writes the same
-# values; kept twice because the runtime imports nothing from export (tests compare them).
-FORMAT_VERSION = "1"
-INPUT_LAYOUT = "NHWC-uint8-RGB"
-
-
-def check_contract(props: dict, where: str) -> None:
-    """Refuse metadata of another graph format version or input layout, naming found vs expected."""
-    p = _unprefixed(props)
-    for key, want in (("format_version", FORMAT_VERSION), ("input_layout", INPUT_LAYOUT)):
-        if key not in p:
-            raise ArtifactError(f"{where} lacks {PREFIX}{key} (expected {want!r}); "
-                                "it was not written by `protospect export` (re-export the artifact)")
-        if str(p[key]) != want:
-            raise ArtifactError(f"{where} has {PREFIX}{key} {str(p[key])!r} but this protospect reads {want!r}; "
-                                "re-export it with this protospect (`protospect export`)")
 
 
 @dataclass(frozen=True)

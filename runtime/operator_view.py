@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import math
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import cv2
 
 from protospect.errors import ConfigError
-from protospect.runtime.sinks import Result, Sink, heat_overlay, json_text
+from protospect.runtime.sinks import Result, Sink, heat_overlay, json_text, not_finite
 
 log = logging.getLogger(__name__)
 
@@ -118,12 +117,11 @@ class OperatorView(Sink):
         with self._lock:
             r = self._latest
             hist = list(self._history)
-            not_finite = None if r is None or math.isfinite(r.score) else str(float(r.score))
             return {
                 "running": self._running, "backend": self.backend, "threshold": self.threshold,
                 "map_range": list(self.map_range),
                 "seq": None if r is None else r.seq, "verdict": None if r is None else r.verdict,
-                "score": None if r is None else r.score, "score_not_finite": not_finite,
+                "score": None if r is None else r.score, "score_not_finite": None if r is None else not_finite(r.score),
                 "t_wall": None if r is None else r.t_wall,
                 "ms": {} if r is None else r.ms, "counters": self._counters, "last_reject": self._last_reject,
                 "history": {"seq": [h[0] for h in hist], "score": [h[1] for h in hist],

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import sys
 from pathlib import Path
 
+from protospect.files import write_atomic
 from protospect.runtime.pipeline import STAGE_ORDER
 from protospect.runtime.sinks import finite
 from protospect.runtime.stats import format_table
@@ -62,14 +62,7 @@ def summary_text(report: dict) -> str:
 def write_json(path: Path, data: dict) -> None:
     """Via a temporary name: a full disk leaves the previous file, never half of a new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    try:
-        tmp.write_text(json.dumps(finite(data), indent=2, default=str, allow_nan=False) + "\n")
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise
+    write_atomic(path, (json.dumps(finite(data), indent=2, default=str, allow_nan=False) + "\n").encode())
 
 
 def exit_code(report: dict, command: str) -> int:

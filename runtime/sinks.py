@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from protospect.errors import ProtospectError
+from protospect.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,11 @@ def finite(obj):
     if isinstance(obj, (list, tuple)):
         return [finite(v) for v in obj]
     return obj
+
+
+def not_finite(value: float) -> str | None:
+    """"nan", "inf" or "-inf" for a score JSON cannot hold (it is written as null), else None."""
+    return None if math.isfinite(value) else str(float(value))
 
 
 def json_text(obj, **kwargs) -> str:
@@ -71,12 +77,12 @@ class Result:
         return self._rgb
 
     def record(self) -> dict:
-        score = float(self.score)
+        score, odd = float(self.score), not_finite(self.score)
         rec = {"seq": self.seq, "t_capture_ns": self.t_capture_ns, "t_wall": round(self.t_wall, 6),
-               "score": round(score, 6) if math.isfinite(score) else None, "verdict": self.verdict,
+               "score": None if odd else round(score, 6), "verdict": self.verdict,
                "ms": {k: round(v, 3) for k, v in self.ms.items()}, "backend": self.backend}
-        if not math.isfinite(score):
-            rec["score_not_finite"] = str(score)  # "nan", "inf", "-inf": JSON has no such numbers
+        if odd:
+            rec["score_not_finite"] = odd  # JSON has no NaN/inf: null plus which one
         if self.origin:
             rec["origin"] = self.origin
         rec.update(self.notes)
@@ -239,12 +245,5 @@ class NgImageSink(Sink):
         if not ok:
             raise OSError(f"cannot encode PNG for frame {result.seq}")
         final = self.path_for(result.seq)
-        tmp = final.with_suffix(".png.part")
-        try:
-            tmp.write_bytes(buf.tobytes())
-            os.replace(tmp, final)  # a reader never sees half a PNG, even if we are killed mid-write
-        except OSError:
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)  # no half file left on a full disk
-            raise
+        write_atomic(final, buf.tobytes())  # a reader never sees half a PNG; a full disk leaves no half file
         return final

@@ -8,10 +8,10 @@ merged file every time, never from ad-hoc prints.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from protospect.errors import DataError
+from protospect.files import write_atomic
 from protospect.runtime.line_threshold import DEFAULT_MARGIN, MIN_FRAMES
 
 RESULTS_JSON = "results.json"
@@ -64,9 +64,7 @@ def append_records(out_dir, new_records: list[dict]) -> Path:
         else:
             merged.append(rec)
     path = out / RESULTS_JSON
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(merged, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, (json.dumps(merged, indent=2) + "\n").encode())
     (out / RESULTS_MD).write_text(markdown_table(merged))
     return path
 

@@ -13,7 +13,6 @@ which is how the split path is tested without a GPU.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib
 import logging
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from protospect.contract import bank_sha256
 from protospect.errors import ArtifactError
 from protospect.runtime import cuda
 from protospect.runtime.backends.base import BackendBase, check_output_shapes
@@ -47,11 +47,6 @@ def load_bank(path: Path) -> np.ndarray:
     if bank.ndim != 2 or bank.shape[0] == 0:
         raise ArtifactError(f"prototype bank {path} has shape {bank.shape}; expected [M, D] with M > 0")
     return np.ascontiguousarray(bank, dtype=np.float32)
-
-
-def bank_sha256(bank: np.ndarray) -> str:
-    """sha256 of the bank's float32 C-order bytes: export writes it as protospect.bank_sha256."""
-    return hashlib.sha256(np.ascontiguousarray(bank, dtype=np.float32).tobytes()).hexdigest()
 
 
 def check_pieces(features: ModelInfo, head: ModelInfo, bank: np.ndarray, folder: Path) -> None:

@@ -150,7 +150,7 @@ def test_graph_of_another_contract_is_refused(tmp_path, key, value, message):
 
 
 def test_export_and_runtime_agree_on_the_contract_values():
-    # the runtime keeps its own copy (it imports nothing from export)
+    # both take them from protospect.contract (the runtime imports nothing from export)
     model_info = pytest.importorskip("protospect.runtime.model_info")
     assert (metadata.FORMAT_VERSION, metadata.INPUT_LAYOUT) == (model_info.FORMAT_VERSION, model_info.INPUT_LAYOUT)
     split = pytest.importorskip("protospect.runtime.backends.split")
