@@ -97,7 +97,7 @@ class Pipeline:
                 self.counters.dropped = self.queue.dropped
                 self.counters.reconnects = self.capture.reconnects
                 self._close_sinks()
-        return self.report()
+            return self.report()  # before the backend closes: describe() reads what activate() loaded
 
     def _sink_failed(self, err: SinkError) -> None:
         self.sink_error = self.sink_error or str(err)  # the first says why; the caller reports it

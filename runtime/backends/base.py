@@ -58,17 +58,25 @@ class BackendBase:
         self.info: ModelInfo | None = None
         self.last_device_ms: float | None = None
         self.last_stage_ms: dict = {}
-        self._active = False
+        self._depth = 0  # open `with backend:` blocks: the outermost one opens and closes it
+
+    @property
+    def _active(self) -> bool:
+        return self._depth > 0
 
     def __enter__(self):
-        if not self._active:
+        # Re-entrant: an inner `with` (Pipeline.run inside serve's) neither reloads nor tears down a
+        # backend that an outer block opened; whoever opens it closes it.
+        if self._depth == 0:
             self.activate()
-            self._active = True
+        self._depth += 1
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._active:
-            self._active = False
+        if self._depth == 0:
+            return
+        self._depth -= 1
+        if self._depth == 0:
             self.deactivate()
 
     def activate(self) -> None:

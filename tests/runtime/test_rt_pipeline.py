@@ -49,6 +49,21 @@ def test_planted_defects_are_exactly_the_ng_frames(fx, tmp_path):
     assert report["stages"]["host_to_host"]["n"] == fx.n_frames
 
 
+def test_run_leaves_a_backend_the_caller_opened_open_and_closes_one_it_opened(fx, tmp_path):
+    frame = render_part(np.random.default_rng(3), (160, 120))
+    backend = OrtBackend(fx.model)
+    with backend:
+        report = Pipeline(backend, ArraySource([frame], bgr=True), []).run()
+        assert report["backend"]["providers"]  # described while open
+        amap, _ = backend.infer(np.zeros((64, 64, 3), np.uint8))  # still usable after run()
+        assert amap.shape == (64, 64)
+    with pytest.raises(RuntimeError, match="outside `with backend:`"):
+        backend.infer(np.zeros((64, 64, 3), np.uint8))  # the caller's block closed it
+    Pipeline(backend, ArraySource([frame], bgr=True), []).run()  # run() opens and closes it itself
+    with pytest.raises(RuntimeError, match="outside `with backend:`"):
+        backend.infer(np.zeros((64, 64, 3), np.uint8))
+
+
 def test_bad_frames_are_rejected_with_reason_and_odd_ones_converted(fx, tmp_path):
     good = render_part(np.random.default_rng(5), (160, 120))
     bgra = cv2.cvtColor(good, cv2.COLOR_BGR2BGRA)

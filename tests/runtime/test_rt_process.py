@@ -146,6 +146,23 @@ def test_bench_prints_table_headline_and_writes_histogram(fx, tmp_path, capsys):
     assert json.loads((tmp_path / "b2" / "bench.json").read_text())["stages"]["host_to_host"]["n"] == 10
 
 
+def test_serve_and_bench_report_the_split_paths_prototype_count(fx, tmp_path):
+    """summary.json / bench.json carry what only the open backend knows (SplitOrtBackend's bank size):
+    the report is taken before the backend closes, and Pipeline.run does not close serve's backend."""
+    import numpy as np
+    from fixture_models import build_split_model, reference_rgb
+
+    bank = np.random.default_rng(0).uniform(0, 1, (40, 3)).astype(np.float32)
+    folder = build_split_model(tmp_path / "split", reference_rgb(64), k=3, cell=8, threshold=0.1, bank=bank)
+    assert cli_main(["serve", str(folder), "--source", str(fx.video), "--sink", str(tmp_path / "s"),
+                     "--max-frames", "4"]) == 0
+    summary = json.loads((tmp_path / "s" / "summary.json").read_text())
+    assert summary["backend"]["backend"] == "split-ort" and summary["backend"]["prototypes"] == 40
+    assert summary["counters"]["processed"] == 4
+    assert cli_main(["bench", str(folder), "--frames", "3", "--warmup", "1", "--out", str(tmp_path / "b")]) == 0
+    assert json.loads((tmp_path / "b" / "bench.json").read_text())["backend"]["prototypes"] == 40
+
+
 def test_soak_prints_start_and_end_rss(fx, tmp_path):
     out = subprocess.run([sys.executable, "-m", "protospect.runtime.soak", str(fx.model), "--source", str(fx.video),
                           "--frames", "300", "--rss-every", "100", "--sink", str(tmp_path)],

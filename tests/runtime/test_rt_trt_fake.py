@@ -172,3 +172,20 @@ def test_split_trt_path_matches_split_ort(tmp_path, fake_stack, monkeypatch):
     with pytest.raises(ArtifactError, match="bank.npy is not the bank"):
         with select_backend(folder):
             pass
+
+
+def test_serve_and_bench_report_the_tensorrt_version(fx, tmp_path, fake_stack):
+    """summary.json and bench.json carry the engine's TensorRT version: the report is taken while the
+    backend is still open (it was taken after Pipeline.run had torn down serve's backend)."""
+    from protospect.cli import main as cli_main
+
+    rt, trt = fake_stack
+    engine = _engine(tmp_path / "model.engine", fx.model)
+    assert cli_main(["serve", str(engine), "--source", str(fx.video), "--sink", str(tmp_path / "s"),
+                     "--max-frames", "4"]) == 0
+    summary = json.loads((tmp_path / "s" / "summary.json").read_text())
+    assert summary["backend"]["backend"] == "trt" and summary["backend"]["tensorrt_version"] == trt.__version__
+    assert cli_main(["bench", str(engine), "--frames", "3", "--warmup", "1", "--out", str(tmp_path / "b")]) == 0
+    bench = json.loads((tmp_path / "b" / "bench.json").read_text())
+    assert bench["backend"]["tensorrt_version"] == trt.__version__
+    assert rt.allocs == {}  # and the backend was closed once, by the command that opened it
