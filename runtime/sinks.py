@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,15 +109,24 @@ class Sink:
 
 
 class JsonlSink(Sink):
-    """One JSON object per line; flushed per line, fsynced every N lines or every second."""
+    """One JSON object per line; flushed per line, fsynced every N lines or every second.
+
+    Each line goes to the OS as one ``os.write`` of its whole bytes (no buffer that could split it); a
+    write that fails part-way (disk full) is cut off again where the file was whole, best effort. A log
+    whose last line is torn anyway (the machine stopped mid-write) is repaired on open: the fragment
+    moves to ``verdicts.jsonl.torn-<time>`` and the log goes on after its last whole line, saying so.
+    """
 
     name = "verdict log"
 
     def __init__(self, path: str | Path, *, fsync_every_n: int = 100, fsync_every_s: float = 1.0):
         self.path = Path(path)
+        self.torn: Path | None = None  # where a torn last line found on open was moved
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._f = open(self.path, "a", encoding="utf-8", buffering=1)
+            self.torn = repair_torn_tail(self.path)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self._size = os.fstat(self._fd).st_size
         except OSError as err:
             raise SinkError(f"cannot open the verdict log {self.path}: {err}") from err
         self.fsync_every_n = fsync_every_n
@@ -126,10 +136,17 @@ class JsonlSink(Sink):
         self.lines = 0
 
     def _line(self, rec: dict) -> None:
-        text = json_text(rec, separators=(",", ":")) + "\n"
+        data = (json_text(rec, separators=(",", ":")) + "\n").encode("utf-8")
         try:
-            self._f.write(text)
-            self._f.flush()  # in the OS page cache now: a kill -9 of this process cannot lose it
+            try:
+                done = os.write(self._fd, data)  # whole line, straight to the OS: a kill -9 cannot lose it
+                while done < len(data):          # only on a short write (disk filling up): finish or fail
+                    done += os.write(self._fd, data[done:])
+            except OSError:
+                with contextlib.suppress(OSError):  # no torn line left for the next run (best effort)
+                    os.ftruncate(self._fd, self._size)
+                raise
+            self._size += len(data)
             self.lines += 1
             self._since_sync += 1
             if self._since_sync >= self.fsync_every_n:
@@ -140,7 +157,7 @@ class JsonlSink(Sink):
             raise SinkError(f"cannot write the verdict log {self.path}: {err}") from err
 
     def _sync(self) -> None:
-        os.fsync(self._f.fileno())
+        os.fsync(self._fd)
         self._since_sync, self._last_sync = 0, time.monotonic()
 
     def _sync_if_due(self) -> None:
@@ -161,16 +178,66 @@ class JsonlSink(Sink):
             raise SinkError(f"cannot fsync the verdict log {self.path}: {err}") from err
 
     def close(self) -> None:
-        if self._f.closed:
+        if self._fd < 0:
             return
         try:
-            self._f.flush()
-            os.fsync(self._f.fileno())
+            os.fsync(self._fd)
         except OSError as err:
             raise SinkError(f"cannot flush the verdict log {self.path}: {err}") from err
         finally:
-            with contextlib.suppress(OSError):  # a failed flush above already said why
-                self._f.close()
+            with contextlib.suppress(OSError):  # a failed fsync above already said why
+                os.close(self._fd)
+            self._fd = -1
+
+
+def _last_line_start(f, end: int) -> int:
+    """Offset just after the last b"\\n" before ``end`` (0 if none), reading backwards in blocks."""
+    pos = end
+    while pos > 0:
+        step = min(65536, pos)
+        f.seek(pos - step)
+        i = f.read(step).rfind(b"\n")
+        if i >= 0:
+            return pos - step + i + 1
+        pos -= step
+    return 0
+
+
+def repair_torn_tail(path: Path) -> Path | None:
+    """If the log's last line lacks its newline or is not JSON, move it to PATH.torn-<time> and cut the
+    log after its last whole line, so the next record starts a line of its own. Returns where the
+    fragment went (None: nothing to repair). Only regular files (never /dev/full or a pipe)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(st.st_mode) or st.st_size == 0:
+        return None
+    with open(path, "r+b") as f:
+        f.seek(st.st_size - 1)
+        whole = f.read(1) == b"\n"
+        start = _last_line_start(f, st.st_size - 1 if whole else st.st_size)
+        if whole:
+            f.seek(start)
+            try:
+                json.loads(f.read(st.st_size - start).decode("utf-8"))
+                return None
+            except ValueError:  # (UnicodeDecodeError too) a complete line that is not a record
+                pass
+        f.seek(start)
+        fragment = f.read()
+        torn = path.with_name(f"{path.name}.torn-{time.strftime('%Y%m%dT%H%M%S')}")
+        n = 0
+        while torn.exists():
+            n += 1
+            torn = path.with_name(f"{path.name}.torn-{time.strftime('%Y%m%dT%H%M%S')}_{n}")
+        write_atomic(torn, fragment)
+        f.truncate(start)
+        f.flush()
+        os.fsync(f.fileno())
+    log.warning("%s: its last line was torn (%d bytes, a run stopped mid-write); moved to %s, the log goes on "
+                "after its last whole line", path, len(fragment), torn.name)
+    return torn
 
 
 def heat_overlay(rgb: np.ndarray, anomaly_map: np.ndarray, map_range: tuple[float, float], *,
