@@ -14,7 +14,6 @@ import copy
 import hashlib
 import json
 import logging
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from protospect.calibration.data_reader import ImageCalibrationReader, calibrati
 from protospect.calibration.exclusion import float_regions
 from protospect.calibration.qdq_check import QDQReport, check_qdq
 from protospect.errors import ArtifactError, ConfigError
+from protospect.files import write_atomic
 from protospect.export.metadata import input_size_of_props, read_metadata, set_metadata
 
 log = logging.getLogger(__name__)
@@ -82,9 +82,10 @@ def int8_from_onnx(onnx_path, out_path, images, *, augment: AugmentConfig | None
     key = _cache_key(onnx_path, frames, augment, quantize_settings(method, regions.all), (float_tail, float_stem, float_stride))
     cached = Path(cache_dir) / f"{key}.onnx" if cache_dir else None
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    if cached is not None and cached.is_file():
+    data = _cached_graph(cached) if cached is not None else None
+    if data is not None:
         log.info("INT8 graph reused from cache %s", cached)
-        shutil.copyfile(cached, out_path)
+        write_atomic(out_path, data)
         return _finish(out_path, regions, len(frames), cache_hit=True, with_anomalies=with_anomalies)
 
     reader = ImageCalibrationReader(frames)
@@ -94,11 +95,33 @@ def int8_from_onnx(onnx_path, out_path, images, *, augment: AugmentConfig | None
         quantized = onnx.load(str(tmp_out))
     set_metadata(quantized, {**props, "protospect.precision": "int8"})
     onnx.checker.check_model(quantized, full_check=True)
-    onnx.save(quantized, str(out_path))
+    data = quantized.SerializeToString()
+    write_atomic(out_path, data)
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(out_path, cached)
+        write_atomic(cached, data)  # the graph first, then the digest that vouches for it
+        write_atomic(_digest_path(cached), hashlib.sha256(data).hexdigest().encode())
     return _finish(out_path, regions, len(frames), cache_hit=False, with_anomalies=with_anomalies)
+
+
+def _digest_path(cached: Path) -> Path:
+    return cached.with_name(cached.name + ".sha256")
+
+
+def _cached_graph(cached: Path) -> bytes | None:
+    """The cached INT8 graph's bytes if it is whole (its sha256 matches the digest written after it),
+    else None: a missing, truncated or foreign file is a miss and is rebuilt, never taken as a hit."""
+    if not cached.is_file():
+        return None
+    try:
+        data = cached.read_bytes()
+        want = _digest_path(cached).read_text().strip()
+    except OSError:
+        want, data = "", b""
+    if hashlib.sha256(data).hexdigest() != want:
+        log.warning("INT8 cache entry %s is incomplete or has no digest: rebuilding it", cached)
+        return None
+    return data
 
 
 def quantize_settings(method: str, nodes_to_exclude) -> dict:

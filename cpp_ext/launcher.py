@@ -25,6 +25,7 @@ import numpy as np
 
 from protospect._optional import require
 from protospect.errors import ConfigError, CudaError
+from protospect.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -167,9 +168,7 @@ def _cached_cubin(arch: str) -> bytes:
     cubin = compile_cubin(arch, source, extra_options=defines)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(cubin)
-        tmp.replace(path)
+        write_atomic(path, cubin)
     except OSError as err:  # a read-only home only costs a recompile next time
         log.warning("could not cache the kernel at %s: %s", path, err)
     return cubin

@@ -12,6 +12,7 @@ so an edited threshold or config is caught just like an edited weight file.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import platform
 from pathlib import Path
@@ -21,6 +22,7 @@ import torch
 
 from protospect import __version__
 from protospect.errors import ArtifactError, ConfigError
+from protospect.files import write_atomic
 
 FORMAT = "protospect-artifact"
 FORMAT_VERSION = 1
@@ -84,7 +86,9 @@ def save_artifact(model, out_dir, *, shots, seed: int, data: dict, extra: dict |
     if not getattr(model, "calibration", None) or "threshold" not in model.calibration:
         raise ArtifactError("model has no calibration (threshold); it must come from a method's fit()")
     out.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), out / WEIGHTS)
+    weights = io.BytesIO()
+    torch.save(model.state_dict(), weights)
+    write_atomic(out / WEIGHTS, weights.getvalue())  # a kill mid-save leaves the old file or none, never half
     meta = model.meta
     manifest = {
         "format": FORMAT,
@@ -104,7 +108,7 @@ def save_artifact(model, out_dir, *, shots, seed: int, data: dict, extra: dict |
     }
     manifest = _jsonable(manifest)
     manifest["content_sha256"] = _content_sha256(manifest)
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    write_atomic(out / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
     return out
 
 

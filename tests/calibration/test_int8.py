@@ -172,6 +172,21 @@ def test_cache_hit_and_miss(int8_result, fp32_graph, tmp_path):
     assert len(list(cache.glob("*.onnx"))) == 2
 
 
+def test_truncated_cache_entry_is_rebuilt_not_taken_as_a_hit(int8_result, fp32_graph, tmp_path):
+    """An interrupted copy into the cache (a kill, a full disk) leaves part of a graph: the next run
+    must rebuild it, not load half a graph as a cache hit."""
+    result, shots, cache = int8_result
+    own_cache = tmp_path / "cache"
+    shutil.copytree(cache, own_cache)
+    entry = next(p for p in own_cache.glob("*.onnx") if p.read_bytes() == result.path.read_bytes())
+    entry.write_bytes(result.path.read_bytes()[: entry.stat().st_size // 2])
+    again = int8_from_onnx(fp32_graph, tmp_path / "again.onnx", shots, augment=FAST, cache_dir=own_cache)
+    assert not again.cache_hit
+    assert again.path.read_bytes() == result.path.read_bytes() == entry.read_bytes()  # rebuilt, cache mended
+    assert int8_from_onnx(fp32_graph, tmp_path / "third.onnx", shots, augment=FAST, cache_dir=own_cache).cache_hit
+    assert not list(own_cache.glob("*.part")) and not list(tmp_path.glob("*.part"))
+
+
 def test_cache_key_covers_exclusion_rule_quantize_options_and_version(int8_result, fp32_graph, tmp_path, monkeypatch):
     """Same CLI settings, but another float-node rule, quantize_static option or protospect: never a stale hit."""
     from protospect.calibration import quantize

@@ -48,6 +48,24 @@ def test_round_trip_gives_identical_outputs(art, fitted):
     assert artifact_sha256(art) == hashlib.sha256((art / "manifest.json").read_bytes()).hexdigest()
 
 
+def test_interrupted_save_over_an_artifact_leaves_the_old_files_whole(art, fitted, monkeypatch):
+    """A save that dies mid-write (a kill, a full disk) leaves each file as it was, never half written."""
+    import protospect.files
+
+    before = {name: (art / name).read_bytes() for name in ("weights.pt", "manifest.json")}
+
+    def disk_full(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(protospect.files.os, "replace", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        save_artifact(fitted, art, shots=["a.png"], seed=4, data={"root": "/y", "category": "part"})
+    monkeypatch.undo()
+    assert {name: (art / name).read_bytes() for name in before} == before
+    assert not list(art.glob("*.part"))
+    assert load_artifact(art)[1]["seed"] == 3
+
+
 def test_edited_weights_are_refused(art):
     data = bytearray((art / "weights.pt").read_bytes())
     data[len(data) // 2] ^= 0xFF
