@@ -30,18 +30,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_threshold_argument(parser)
     parser.add_argument("--frames", type=int, required=True, help="timed frames")
     parser.add_argument("--warmup", type=int, default=50, help="untimed frames first (default 50)")
-    parser.add_argument("--frame-size", default=None, metavar="WxH",
+    parser.add_argument("--frame-size", default=None, metavar="WxH", type=frame_size,
                         help="size of the in-memory frame without --source (default: the model's S x S)")
     parser.add_argument("--out", type=Path, default=Path("bench_out"), help="folder for latency_hist.png and bench.json")
 
 
-def _size(spec: str | None, s: int) -> tuple[int, int]:
-    if spec is None:
-        return s, s
+def frame_size(spec: str) -> tuple[int, int]:
+    """argparse type for --frame-size: "1280x720" -> (1280, 720); anything else is a usage error (exit 2)."""
     try:
         w, h = (int(v) for v in spec.lower().split("x"))
-    except ValueError as err:
-        raise ConfigError(f"--frame-size {spec}: expected WxH, e.g. 1280x720") from err
+    except ValueError:
+        w = h = 0
+    if w < 1 or h < 1:
+        raise argparse.ArgumentTypeError(f"{spec}: expected WxH with W and H >= 1, e.g. 1280x720")
     return w, h
 
 
@@ -49,12 +50,15 @@ def run(args: argparse.Namespace) -> int:
     if args.frames < 1 or args.warmup < 0:
         raise ConfigError("--frames must be >= 1 and --warmup >= 0")
     check_common(args)
+    if args.out.exists() and not args.out.is_dir():  # found now, not after the run with the figures lost
+        raise ConfigError(f"--out {args.out}: not a folder (an existing file); bench writes bench.json and "
+                          "latency_hist.png into a folder")
     backend = select_backend(args.model, args.backend, threads=args.threads)
     with backend:
         use_threshold(backend, args.threshold)
         s = backend.info.input_size
         if args.source is None:
-            w, h = _size(args.frame_size, s)
+            w, h = args.frame_size or (s, s)
             frame = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
             source = ArraySource([frame], loop=True, bgr=False, name=f"host memory {w}x{h}")
         else:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -25,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from protospect.errors import ArtifactError, ConfigError
+from protospect.files import write_atomic
 from protospect.runtime.model_info import ModelInfo
 
 FORMAT = "protospect.line_threshold/1"
@@ -46,8 +48,8 @@ def choose(scores: np.ndarray, margin: float = DEFAULT_MARGIN) -> float:
 
 
 def check_margin(margin: float) -> None:
-    if not margin >= 0:  # (also refuses NaN)
-        raise ConfigError(f"margin {margin}: must be >= 0")
+    if not (margin >= 0 and math.isfinite(margin)):  # (NaN fails both)
+        raise ConfigError(f"margin {margin}: must be a finite number >= 0 (default {DEFAULT_MARGIN})")
 
 
 def identity(info: ModelInfo) -> dict:
@@ -76,12 +78,32 @@ def record(scores: np.ndarray, margin: float, info: ModelInfo, model: str, sourc
     }
 
 
+def check_out(path: Path) -> None:
+    """Before any scoring: PATH (and the PNG beside it) can be written, so a run is never lost at the end."""
+    path = Path(path)
+    for p in (path, path.with_suffix(".png")):
+        if p.is_dir():
+            raise ConfigError(f"--out {path}: {p} is a directory; name a file, e.g. {p / 'line_threshold.json'}")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent  # the folder that will hold it, or the nearest one that exists (created on save)
+    if not folder.is_dir():
+        raise ConfigError(f"--out {path}: {folder} is not a folder")
+    try:
+        tempfile.TemporaryFile(dir=folder).close()  # the real test: root ignores permission bits, not a read-only fs
+    except OSError as err:
+        raise ConfigError(f"--out {path}: cannot write in {folder}: {err.strerror or err}") from err
+
+
 def save(path: Path, rec: dict) -> None:
-    """Write via a temporary file, so a crash never leaves half a threshold file behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(rec, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    """Write via a temporary file (protospect.files.write_atomic): a crash or a full disk never leaves half
+    a threshold file, and an earlier file stays as it was. ConfigError (one line) when it cannot be written."""
+    data = (json.dumps(rec, indent=2, allow_nan=False) + "\n").encode("utf-8")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, data)
+    except OSError as err:
+        raise ConfigError(f"cannot write the threshold file {path}: {err.strerror or err}") from err
 
 
 def load(path: Path, info: ModelInfo) -> dict:
@@ -96,15 +118,23 @@ def load(path: Path, info: ModelInfo) -> dict:
         raise ArtifactError(f"{path} is not a protospect line threshold file (format {FORMAT}); "
                             "make one with `protospect calibrate`")
     thr = rec.get("threshold")
-    if not isinstance(thr, (int, float)) or not math.isfinite(thr):
+    if isinstance(thr, bool) or not isinstance(thr, (int, float)) or not math.isfinite(thr):
         raise ArtifactError(f"{path}: threshold {thr!r} is not a finite number")
-    want, got = rec.get("model", {}), identity(info)
+    want, got = rec.get("model"), identity(info)
+    if not isinstance(want, dict):
+        raise ArtifactError(f"{path}: its \"model\" field is {type(want).__name__} {_short(want)}, not the model identity "
+                            "`protospect calibrate` writes; recalibrate with `protospect calibrate`")
     differ = [f"{k} {want.get(k)!r} (file) vs {got[k]!r} (model)" for k in IDENTITY
               if want.get(k) != got[k]]
     if differ:
         raise ArtifactError(f"{path} was measured with another model: {'; '.join(differ)}. "
                             "Scores of one model say nothing about another: recalibrate with `protospect calibrate`")
     return rec
+
+
+def _short(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def apply(info: ModelInfo, spec: str | None) -> ModelInfo:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from protospect.errors import ConfigError, ProtospectError
 from protospect.runtime.backends import select_backend
 from protospect.runtime.cli_serve import add_source_arguments, check_common
 from protospect.runtime.pipeline import Pipeline
@@ -56,6 +57,10 @@ class RssProbe:
 
 def run(args: argparse.Namespace) -> int:
     check_common(args)
+    if args.frames < 1:
+        raise ConfigError(f"--frames {args.frames}: must be >= 1")
+    if args.rss_every is not None and args.rss_every < 1:
+        raise ConfigError(f"--rss-every {args.rss_every}: must be >= 1")
     backend = select_backend(args.model, args.backend, threads=args.threads)
     probe = RssProbe(args.rss_every or max(1, args.frames // 10))
     with backend:
@@ -86,7 +91,11 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m protospect.runtime.soak", description=__doc__.splitlines()[0])
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    try:
+        return run(parser.parse_args(argv))
+    except ProtospectError as err:  # a user error is one line, as with `protospect soak`
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
