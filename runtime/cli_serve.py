@@ -4,13 +4,16 @@ DIR/verdicts.jsonl gets one line per frame (rejected frames too, with the reason
 saved as DIR/ng/ng_<seq>.png with the heatmap (the first free name: an earlier run's image is never
 replaced; the verdict line names the file); DIR/summary.json holds the final counters and per-stage
 latencies. Ctrl-C or SIGTERM stops after the current frame, flushes and prints stats. A verdict log
-that cannot be written stops the run the same way, with exit code 1.
+that cannot be written stops the run the same way, with exit code 1. With --view, when a finite source
+(file, folder) runs out, the page stays up with the last verdict until Ctrl-C / SIGTERM (one line says
+so); stopped by --max-frames, a signal or an error, serve exits at once, as it does without --view.
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+import threading
 from pathlib import Path
 
 from protospect.errors import ConfigError
@@ -69,38 +72,66 @@ def check_common(args: argparse.Namespace) -> None:
         raise ConfigError(f"--max-frames {args.max_frames}: must be >= 1")
 
 
+class _Signalled:
+    """Passed to stop_on_signals: remembers a Ctrl-C / SIGTERM and stops ``target`` (the pipeline), if any."""
+
+    def __init__(self, target=None):
+        self.target = target
+        self.event = threading.Event()
+
+    def stop(self) -> None:
+        self.event.set()
+        if self.target is not None:
+            self.target.stop()
+
+
+def keep_page_up(view: OperatorView) -> None:
+    """After a finite source ended: the page keeps showing the last verdict until Ctrl-C / SIGTERM."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # no signal handler could end the wait (embedded use): stop at once, as before
+    print(f"source ended: the operator page stays up at {view.url} with the last verdict; Ctrl-C to quit",
+          flush=True)
+    waiter = _Signalled()
+    with stop_on_signals(waiter):
+        while not waiter.event.wait(0.5):
+            pass
+
+
 def run(args: argparse.Namespace) -> int:
     check_common(args)
     backend = select_backend(args.model, args.backend, threads=args.threads)
     source = open_source(args.source, loop=args.loop)
     view = None
-    with backend:
-        use_threshold(backend, args.threshold)
-        info = backend.info
-        sinks = []
-        if args.sink is not None:
-            sinks.append(JsonlSink(args.sink / "verdicts.jsonl", fsync_every_n=args.fsync_every))
-            sinks.append(NgImageSink(args.sink / "ng", info.map_range))
-        if args.view is not None:
-            host, port = parse_view(args.view)
-            view = OperatorView(host=host, port=port, threshold=info.threshold, map_range=info.map_range,
-                                backend=backend.name).start()
-            sinks.append(view)
-        pipeline = Pipeline(backend, source, sinks, queue_size=args.queue_size, max_frames=args.max_frames,
-                            progress=sys.stderr.isatty())
-        try:
-            with stop_on_signals(pipeline):
+    try:
+        with backend:
+            use_threshold(backend, args.threshold)
+            info = backend.info
+            sinks = []
+            if args.sink is not None:
+                sinks.append(JsonlSink(args.sink / "verdicts.jsonl", fsync_every_n=args.fsync_every))
+                sinks.append(NgImageSink(args.sink / "ng", info.map_range))
+            if args.view is not None:
+                host, port = parse_view(args.view)
+                view = OperatorView(host=host, port=port, threshold=info.threshold, map_range=info.map_range,
+                                    backend=backend.name).start()
+                sinks.append(view)
+            pipeline = Pipeline(backend, source, sinks, queue_size=args.queue_size, max_frames=args.max_frames,
+                                progress=sys.stderr.isatty())
+            signalled = _Signalled(pipeline)
+            with stop_on_signals(signalled):
                 report = pipeline.run()
-        finally:
-            if view is not None:
-                view.stop()
-    print(summary_text(report))
-    code = exit_code(report, "serve")
-    if args.sink is not None:
-        try:
-            write_json(args.sink / "summary.json", report)
-        except OSError as err:  # e.g. the disk that stopped the log is full: the stats above are printed
-            print(f"protospect serve: error: cannot write {args.sink / 'summary.json'}: {err}", file=sys.stderr)
-            code = 1
-        print(f"verdicts: {args.sink / 'verdicts.jsonl'}  NG images: {args.sink / 'ng'}")
+        print(summary_text(report))
+        code = exit_code(report, "serve")
+        if args.sink is not None:
+            try:
+                write_json(args.sink / "summary.json", report)
+            except OSError as err:  # e.g. the disk that stopped the log is full: the stats above are printed
+                print(f"protospect serve: error: cannot write {args.sink / 'summary.json'}: {err}", file=sys.stderr)
+                code = 1
+            print(f"verdicts: {args.sink / 'verdicts.jsonl'}  NG images: {args.sink / 'ng'}")
+        if view is not None and report["capture_ended"] == "eof" and not signalled.event.is_set():
+            keep_page_up(view)  # a finite source ran out: the operator still sees the last verdict
+    finally:
+        if view is not None:
+            view.stop()
     return code

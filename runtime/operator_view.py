@@ -4,7 +4,10 @@
                    rolling score and latency plots drawn client-side
   GET /state.json  latest verdict, score, threshold, counters and the recent history (strict JSON:
                    a NaN/inf score is null, with score_not_finite saying which)
-  GET /frame.jpg   the latest frame with its heatmap (encoded on request, at most once per frame)
+  GET /frame.jpg?seq=N  frame N with its heatmap (encoded on request, at most once per frame), its seq in
+                   the X-Frame-Seq header. Exactly frame N or nothing: the last KEEP frames are kept, and so
+                   are the frames state.json last reported (the page asks for those); a frame no longer kept
+                   is 404, never another one in its place. Without ?seq: the latest frame.
 
 It is a Sink: the pipeline hands it each result; the loop never waits on a browser. close()
 (called when the run ends) only marks the run finished, so the last verdict stays visible;
@@ -17,6 +20,7 @@ import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import cv2
 
@@ -29,6 +33,7 @@ WEB_DIR = Path(__file__).resolve().parent / "web"
 STATIC = {"/": ("index.html", "text/html; charset=utf-8"), "/index.html": ("index.html", "text/html; charset=utf-8"),
           "/app.js": ("app.js", "application/javascript; charset=utf-8")}
 LOOPBACK = ("127.0.0.1", "localhost")
+KEEP = 8  # newest frames kept for /frame.jpg?seq=N (and as many of those state.json reported)
 
 
 def parse_view(spec: str) -> tuple[str, int]:
@@ -56,7 +61,9 @@ class OperatorView(Sink):
         self._lock = threading.Lock()
         self._history = collections.deque(maxlen=history)
         self._latest: Result | None = None
-        self._jpeg: tuple[int, bytes] | None = None
+        self._recent: collections.OrderedDict[int, Result] = collections.OrderedDict()   # newest KEEP written
+        self._reported: collections.OrderedDict[int, Result] = collections.OrderedDict()  # last KEEP in state.json
+        self._jpegs: dict[int, bytes | None] = {}  # encoded once per kept frame
         self._counters: dict = {}
         self._last_reject = ""
         self._running = True
@@ -100,9 +107,19 @@ class OperatorView(Sink):
     def write(self, result: Result) -> None:
         with self._lock:
             self._latest = result
+            self._keep(self._recent, result)
             self._counters = result.counters
             self._history.append((result.seq, round(result.score, 6), round(result.ms.get("host_to_host", 0.0), 3),
                                   result.verdict))
+
+    def _keep(self, table: collections.OrderedDict, result: Result) -> None:
+        """Add to a bounded table (lock held); forget the encoded JPEG of a frame neither table keeps."""
+        table[result.seq] = result
+        table.move_to_end(result.seq)
+        while len(table) > KEEP:
+            seq, _ = table.popitem(last=False)
+            if seq not in self._recent and seq not in self._reported:
+                self._jpegs.pop(seq, None)
 
     def reject(self, record: dict) -> None:
         with self._lock:
@@ -117,6 +134,8 @@ class OperatorView(Sink):
         with self._lock:
             r = self._latest
             hist = list(self._history)
+            if r is not None:  # the page will ask for this frame next: keep it however fast frames come
+                self._keep(self._reported, r)
             return {
                 "running": self._running, "backend": self.backend, "threshold": self.threshold,
                 "map_range": list(self.map_range),
@@ -128,13 +147,14 @@ class OperatorView(Sink):
                             "latency_ms": [h[2] for h in hist], "verdict": [h[3] for h in hist]},
             }
 
-    def frame_jpeg(self) -> bytes | None:
+    def frame_jpeg(self, seq: int | None = None) -> tuple[int, bytes | None] | None:
+        """(seq, JPEG) of frame ``seq`` (None: the latest); None when that frame is not (or no longer) kept."""
         with self._lock:
-            r = self._latest
+            r = self._latest if seq is None else self._recent.get(seq) or self._reported.get(seq)
             if r is None:
                 return None
-            if self._jpeg is not None and self._jpeg[0] == r.seq:
-                return self._jpeg[1]
+            if r.seq in self._jpegs:
+                return r.seq, self._jpegs[r.seq]
         img = heat_overlay(r.rgb, r.anomaly_map, self.map_range)
         h, w = img.shape[:2]
         if w > self.jpeg_width:
@@ -142,21 +162,29 @@ class OperatorView(Sink):
         ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 85])
         data = buf.tobytes() if ok else None
         with self._lock:
-            self._jpeg = (r.seq, data)
-        return data
+            if r.seq in self._recent or r.seq in self._reported:
+                self._jpegs[r.seq] = data
+        return r.seq, data
 
     def _handle(self, req: BaseHTTPRequestHandler) -> None:
-        path = req.path.split("?", 1)[0]
+        path, _, query = req.path.partition("?")
+        headers = {}
         if path in STATIC:
             name, ctype = STATIC[path]
             body = (WEB_DIR / name).read_bytes()
         elif path == "/state.json":
             body, ctype = json_text(self.state()).encode(), "application/json"  # NaN would break r.json()
         elif path == "/frame.jpg":
-            body, ctype = self.frame_jpeg(), "image/jpeg"
-            if body is None:
-                req.send_error(404, "no frame yet")
+            want = parse_qs(query).get("seq", [None])[-1]
+            if want is not None and not want.isdigit():
+                req.send_error(400, "seq must be a frame number")
                 return
+            got = self.frame_jpeg(None if want is None else int(want))
+            if got is None or got[1] is None:
+                req.send_error(404, "no frame yet" if want is None else f"frame {want} is no longer kept")
+                return
+            (seq, body), ctype = got, "image/jpeg"
+            headers["X-Frame-Seq"] = str(seq)  # the page shows a picture only under the verdict of this seq
         else:
             req.send_error(404)
             return
@@ -164,6 +192,8 @@ class OperatorView(Sink):
         req.send_header("Content-Type", ctype)
         req.send_header("Content-Length", str(len(body)))
         req.send_header("Cache-Control", "no-store")
+        for k, v in headers.items():
+            req.send_header(k, v)
         req.end_headers()
         try:
             req.wfile.write(body)

@@ -1,9 +1,42 @@
-// Polls /state.json, shows the verdict and the latest frame, draws the rolling plots.
+// Polls /state.json, shows the verdict and the frame it belongs to, draws the rolling plots.
 // Plain DOM + canvas: no libraries, works offline on the station.
+// The picture and the verdict always belong to the same frame: the page fetches frame.jpg?seq=N for
+// the verdict of frame N, shows it only when the server answers with X-Frame-Seq N, and swaps the
+// picture and the verdict in the same step. A frame the server no longer has leaves no picture.
 "use strict";
 
 const POLL_MS = 300;
 let shownSeq = null;
+let frameUrl = null;
+
+async function fetchFrame(seq) {
+  // -> {seq, url}: url is an object URL of frame seq's JPEG, or null when that exact frame is not available
+  try {
+    const r = await fetch("/frame.jpg?seq=" + seq, {cache: "no-store"});
+    if (r.ok && r.headers.get("X-Frame-Seq") === String(seq)) {
+      const url = URL.createObjectURL(await r.blob());
+      const probe = new Image();
+      probe.src = url;
+      try { await probe.decode(); } catch (e) { URL.revokeObjectURL(url); return {seq: seq, url: null}; }
+      return {seq: seq, url: url};  // decoded: it appears the moment render() shows the verdict
+    }
+  } catch (e) { /* shown as no picture */ }
+  return {seq: seq, url: null};
+}
+
+function showFrame(frame) {
+  const img = document.getElementById("frame");
+  if (frameUrl) URL.revokeObjectURL(frameUrl);
+  frameUrl = frame.url;
+  if (frame.url) {
+    img.src = frame.url;
+    img.dataset.seq = String(frame.seq);
+  } else {
+    img.removeAttribute("src");  // never the previous frame's picture under this verdict
+    img.dataset.seq = "";
+  }
+  shownSeq = frame.seq;
+}
 
 function text(id, value) { document.getElementById(id).textContent = value; }
 
@@ -38,7 +71,8 @@ function plot(canvas, values, opts) {
   }
 }
 
-function render(s) {
+function render(s, frame) {
+  if (frame) showFrame(frame);
   const v = document.getElementById("verdict");
   v.textContent = s.verdict || "-";
   v.className = s.verdict || "";
@@ -54,10 +88,6 @@ function render(s) {
                 ["host-to-host ms", s.ms && s.ms.host_to_host !== undefined ? s.ms.host_to_host.toFixed(2) : "-"]];
   document.getElementById("counters").innerHTML =
     rows.map(([k, val]) => `<tr><td class="k">${k}</td><td>${val === undefined ? "-" : val}</td></tr>`).join("");
-  if (s.seq !== null && s.seq !== shownSeq) {
-    document.getElementById("frame").src = "/frame.jpg?seq=" + s.seq;
-    shownSeq = s.seq;
-  }
   const hist = s.history;
   plot(document.getElementById("score_plot"), hist.score, {color: "#6ab0ff", line: s.threshold,
        marks: hist.verdict.map(x => x === "NG")});
@@ -69,7 +99,10 @@ function render(s) {
 async function poll() {
   try {
     const r = await fetch("/state.json", {cache: "no-store"});
-    render(await r.json());
+    const s = await r.json();
+    // the frame first, then verdict and picture together: the header never runs ahead of the picture
+    const frame = s.seq !== null && s.seq !== shownSeq ? await fetchFrame(s.seq) : null;
+    render(s, frame);
   } catch (e) {
     text("status", "disconnected: " + e);
   }
