@@ -150,6 +150,12 @@ def test_qdq_check_catches_what_tensorrt_rejects(int8_result):
     assert any("zero point" in p for p in check_qdq(q, float_nodes=result.float_nodes).problems)
 
 
+def _pairs_in_order(scores, labels) -> float:
+    """Image AUROC: the share of (defective, normal) pairs where the defective part scores higher (ties half)."""
+    bad, good = scores[labels == 1][:, None], scores[labels == 0][None, :]
+    return float((bad > good).mean() + 0.5 * (bad == good).mean())
+
+
 def test_int8_keeps_decisions_on_generated_parts(int8_result, fp32_graph, demo_category):
     result, _, _ = int8_result
     frames, labels = fx.test_set(demo_category)
@@ -158,8 +164,10 @@ def test_int8_keeps_decisions_on_generated_parts(int8_result, fp32_graph, demo_c
     s32 = np.array([fp32.run(["image_score"], {"image": f[None]})[0][0] for f in frames])
     s8 = np.array([int8.run(["image_score"], {"image": f[None]})[0][0] for f in frames])
     labels = np.array(labels)
-    # INT8 changes scores but must keep defective parts above normal ones as FP32 does.
-    assert (s32[labels == 1].min() > s32[labels == 0].max()) <= (s8[labels == 1].min() > s8[labels == 0].max())
+    # INT8 changes scores but must rank defective parts above normal ones as FP32 does: the share of
+    # (defective, normal) pairs in the right order (image AUROC) may not drop.
+    a32, a8 = _pairs_in_order(s32, labels), _pairs_in_order(s8, labels)
+    assert a32 > 0.5 and a8 >= a32 - 0.02, (a32, a8)
     assert np.abs(s8 / s32 - 1).max() < 0.15
 
 

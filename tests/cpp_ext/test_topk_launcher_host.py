@@ -8,10 +8,16 @@ from launcher_fakes import host_only_launcher
 from protospect.cpp_ext import launcher
 from protospect.errors import CudaError
 
-runtime = pytest.importorskip("cuda.bindings.runtime", reason="cuda-python not installed (pip install 'protospect[gpu]')")
 
 
-def test_check_returns_values_and_raises_named_cuda_error():
+@pytest.fixture()
+def runtime():
+    """cuda-python's runtime module: only the items that call it skip without it; the geometry and
+    launch-plan items below need numpy only and run everywhere."""
+    return pytest.importorskip("cuda.bindings.runtime", reason="cuda-python not installed (pip install 'protospect[gpu]')")
+
+
+def test_check_returns_values_and_raises_named_cuda_error(runtime):
     ok = runtime.cudaError_t.cudaSuccess
     assert launcher.check((ok,)) is None
     assert launcher.check((ok, 7)) == 7
@@ -20,7 +26,7 @@ def test_check_returns_values_and_raises_named_cuda_error():
         launcher.check((runtime.cudaError_t.cudaErrorMemoryAllocation, None), "cudaMalloc(8)")
 
 
-def test_without_a_gpu_construction_fails_with_cuda_error():
+def test_without_a_gpu_construction_fails_with_cuda_error(runtime):
     err, count = runtime.cudaGetDeviceCount()
     if int(err) == 0 and count > 0:
         pytest.skip("a CUDA GPU is present (this test covers machines without one)")

@@ -149,13 +149,31 @@ def test_graph_of_another_contract_is_refused(tmp_path, key, value, message):
     assert not trt.calls and not (tmp_path / "m.engine").exists()
 
 
-def test_export_and_runtime_agree_on_the_contract_values():
-    # both take them from protospect.contract (the runtime imports nothing from export)
-    model_info = pytest.importorskip("protospect.runtime.model_info")
-    assert (metadata.FORMAT_VERSION, metadata.INPUT_LAYOUT) == (model_info.FORMAT_VERSION, model_info.INPUT_LAYOUT)
-    split = pytest.importorskip("protospect.runtime.backends.split")
-    bank = np.arange(12, dtype=np.float64).reshape(4, 3)
-    assert metadata.bank_sha256(bank) == split.bank_sha256(bank)
+def test_exported_metadata_and_sidecar_read_back_by_the_runtime(tmp_path):
+    """What export writes (graph metadata, engine sidecar, bank hash) is what the runtime's readers parse
+    and accept, and a bank other than the exported one is refused."""
+    from protospect.runtime.backends.ort import open_session, session_info
+    from protospect.runtime.backends.split import check_pieces
+    from protospect.runtime.backends.trt import load_sidecar
+    from protospect.runtime.model_info import ModelInfo
+
+    bank = np.arange(12, dtype=np.float32).reshape(4, 3)
+    props = metadata.build_metadata(
+        {"method": "pcsnet", "preset": "edge", "input_size": 4, "mean": [0.4, 0.5, 0.6], "std": [0.2, 0.2, 0.2]},
+        {"threshold": 0.125, "map_range": [0.0, 0.5]}, artifact_sha256="ab" * 32, precision="int8", graph="features",
+        extra={"split_k": "3", "grid": [2, 2], "bank_sha256": metadata.bank_sha256(bank)})
+    graph = _onnx(tmp_path / "g.onnx", props)
+    info = session_info(open_session(graph, device="cpu"), graph)
+    assert (info.input_size, info.threshold, info.map_range) == (4, 0.125, (0.0, 0.5))
+    assert (info.method, info.preset, info.precision, info.graph) == ("pcsnet", "edge", "int8", "features")
+    assert (info.artifact_sha256, info.split_k, info.grid) == ("ab" * 32, 3, (2, 2))
+    check_pieces(info, info, bank, tmp_path)  # the exported bank hash is the one the runtime computes
+    with pytest.raises(ArtifactError, match="bank.npy is not the bank"):
+        check_pieces(info, info, bank[::-1].copy(), tmp_path)
+    engine = tmp_path / "g.engine"
+    engine_from_onnx(graph, engine, trt=FakeTrt(), gpu=GPU)
+    from_sidecar = ModelInfo.from_metadata(load_sidecar(engine)["onnx_metadata"], "sidecar")
+    assert from_sidecar == info and from_sidecar.props == info.props
 
 
 def test_timing_cache_read_then_written(small_onnx, tmp_path):

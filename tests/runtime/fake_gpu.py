@@ -27,6 +27,18 @@ class _Handle(int):
     pass
 
 
+# A fake device clock: each copy and each engine run advances it by a fixed cost, and an event records
+# its value, so cudaEventElapsedTime measures exactly the work enqueued between two events.
+CLOCK = types.SimpleNamespace(ms=0.0)
+COPY_MS = 1.0      # one cudaMemcpyAsync
+ENGINE_MS = 0.25   # one execute_async_v3
+
+
+class _Event:
+    def __init__(self):
+        self.at: float | None = None
+
+
 def make_cudart(cc=(8, 7), name=b"Fake Orin"):
     """A cuda.bindings.runtime look-alike; ``allocs`` tracks live allocations so tests can check frees."""
     rt = types.ModuleType("cuda.bindings.runtime")
@@ -49,6 +61,7 @@ def make_cudart(cc=(8, 7), name=b"Fake Orin"):
 
     def memcpy_async(dst, src, n, kind, stream):
         rt.calls.append(("memcpy", int(kind)))
+        CLOCK.ms += COPY_MS
         ctypes.memmove(int(dst), int(src), int(n))
         return (ok,)
 
@@ -62,9 +75,18 @@ def make_cudart(cc=(8, 7), name=b"Fake Orin"):
     rt.cudaStreamCreate = lambda: (ok, _Handle(7))
     rt.cudaStreamSynchronize = lambda s: (ok,)
     rt.cudaStreamDestroy = lambda s: (ok,)
-    rt.cudaEventCreate = lambda: (ok, object())
-    rt.cudaEventRecord = lambda e, s: (ok,)
-    rt.cudaEventElapsedTime = lambda a, b: (ok, 0.25)
+    def record(event, stream):
+        event.at = CLOCK.ms
+        return (ok,)
+
+    def elapsed(start, end):
+        if start.at is None or end.at is None:  # as CUDA: an event never recorded has no time
+            return cudaError_t.cudaErrorInvalidValue, 0.0
+        return ok, end.at - start.at
+
+    rt.cudaEventCreate = lambda: (ok, _Event())
+    rt.cudaEventRecord = record
+    rt.cudaEventElapsedTime = elapsed
     rt.cudaEventDestroy = lambda e: (ok,)
     rt.cudaGetErrorName = lambda e: (ok, e.name.encode())
     rt.cudaGetDeviceProperties = lambda d: (ok, types.SimpleNamespace(name=name, major=cc[0], minor=cc[1]))
@@ -147,6 +169,7 @@ class FakeContext:
         for (name, mode, _, _), value in zip([t for t in self.engine.tensors if t[1] == TensorIOMode.OUTPUT], outs):
             self._array(name, value.shape)[...] = value
         self.runs += 1
+        CLOCK.ms += ENGINE_MS
         return True
 
 

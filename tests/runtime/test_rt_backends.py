@@ -51,10 +51,17 @@ def test_ort_backend_matches_numpy_and_reads_metadata(fx):
 
 
 def test_model_without_protospect_metadata_is_refused(tmp_path):
-    path = build_diff_model(tmp_path / "m.onnx", reference_rgb(32), threshold=0.1,
-                            props_override={"protospect.threshold": "not-a-number"})
-    with pytest.raises(ArtifactError, match="malformed protospect metadata"):
+    path = build_diff_model(tmp_path / "m.onnx", reference_rgb(32), threshold=0.1)
+    model = onnx.load(str(path))
+    del model.metadata_props[:]  # a graph from some other exporter: the right I/O, no protospect.* keys
+    onnx.save(model, str(path))
+    with pytest.raises(ArtifactError, match=r"m\.onnx carries no protospect\.\* metadata"):
         with OrtBackend(path):
+            pass
+    malformed = build_diff_model(tmp_path / "bad.onnx", reference_rgb(32), threshold=0.1,
+                                 props_override={"protospect.threshold": "not-a-number"})
+    with pytest.raises(ArtifactError, match="malformed protospect metadata"):
+        with OrtBackend(malformed):
             pass
     with pytest.raises(ArtifactError, match="lacks metadata protospect.threshold"):
         ModelInfo.from_props({"protospect.input_size": "[8, 8]", "protospect.map_range": "[0, 1]"}, "x.onnx")

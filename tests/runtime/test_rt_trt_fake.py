@@ -68,7 +68,8 @@ def test_trt_backend_data_path_matches_ort_and_frees_everything(fx, tmp_path, fa
         for _ in range(2):  # buffers are reused frame to frame
             amap, score = backend.infer(img)
             assert np.array_equal(amap, want_map) and score == want_score
-        assert backend.last_device_ms == 0.25
+        # the events bracket the engine's run only, not the frame's upload and the two downloads
+        assert backend.last_device_ms == fake_gpu.ENGINE_MS
         amap2, _ = backend.infer(_frame(2, defect=False))
         assert not np.array_equal(amap2, amap)  # a new frame really went through the "device"
         assert np.array_equal(amap, want_map)   # and the returned arrays are copies, not pinned views
@@ -129,6 +130,7 @@ class FakeProtoTopK:
     """protospect.cpp_ext.launcher.ProtoTopK's interface over host pointers, via the numpy reference."""
 
     instances = []
+    MS = 0.125  # its fake device time
 
     def __init__(self, bank, M=None, D=None, dtype=None):
         self.bank = np.array(bank)
@@ -143,6 +145,7 @@ class FakeProtoTopK:
         out = np.frombuffer((ctypes.c_float * (Q * k)).from_address(out_dist_ptr), np.float32).reshape(Q, k)
         out[...] = knn_sqdist(q, self.bank, k)
         assert out_idx_ptr == 0  # the head needs distances only
+        fake_gpu.CLOCK.ms += self.MS
 
     def close(self):
         self.closed = True
@@ -165,7 +168,9 @@ def test_split_trt_path_matches_split_ort(tmp_path, fake_stack, monkeypatch):
     rt, _ = fake_stack
     with backend:
         amap, score = backend.infer(img)
-        assert set(backend.last_stage_ms) == {"features", "topk", "head"} and backend.last_device_ms == 0.25
+        # each stage's events bracket that stage's work only (copies outside, top-k between the engines)
+        assert backend.last_stage_ms == {"features": fake_gpu.ENGINE_MS, "topk": FakeProtoTopK.MS, "head": fake_gpu.ENGINE_MS}
+        assert backend.last_device_ms == 2 * fake_gpu.ENGINE_MS + FakeProtoTopK.MS
     assert np.abs(amap - want_map).max() < 1e-6 and score == pytest.approx(want_score)
     assert FakeProtoTopK.instances[-1].closed and rt.allocs == {}
     np.save(folder / "bank.npy", np.load(folder / "bank.npy")[::-1].copy())  # a bank from another export

@@ -71,15 +71,6 @@ def test_split_reproduces_forward(model, shots):
     assert torch.allclose(split_out.image_score, full.image_score, rtol=1e-4, atol=1e-3)
 
 
-def test_inline_knn_fallback_matches_brute_force(monkeypatch):
-    monkeypatch.setattr(patchcore, "_shared_knn_sqdist", None)
-    g = torch.Generator().manual_seed(0)
-    q, bank = torch.randn(2, 7, 5, generator=g), torch.randn(11, 5, generator=g)
-    got = patchcore.knn_sqdist(q, bank, 3)
-    want = torch.cdist(q, bank).pow(2).topk(3, dim=-1, largest=False).values
-    assert torch.allclose(got, want, atol=1e-5)
-
-
 def test_calibration_leave_one_out(model):
     cal = model.calibration
     assert len(cal["normal_scores"]) == 3 and cal["holdout"] == "leave-one-out over the shots"

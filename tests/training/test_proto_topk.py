@@ -65,23 +65,20 @@ def test_exports_to_matmul_topk(tmp_path):
     np.testing.assert_allclose(got, Knn()(q).numpy(), rtol=1e-4, atol=1e-4)
 
 
-def _fused_reason():
-    if not torch.cuda.is_available():
-        return "no CUDA GPU (torch.cuda.is_available() is False)"
-    from protospect.cpp_ext import torch_op
-
-    return torch_op.unavailable_reason()
-
-
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype,k", [(torch.float16, 10), (torch.float16, 1), (torch.float32, 10)])
 def test_on_cuda_the_training_hook_uses_the_fused_kernel(dtype, k, monkeypatch):
     """PCSNet and PatchCore call this hook: on a GPU it must go through cpp_ext's kernel, agree with the
-    plain torch path and still give gradients (recomputed from the selected indices)."""
-    reason = _fused_reason()
-    if reason is not None:
-        pytest.skip(reason)
+    plain torch path and still give gradients (recomputed from the selected indices). Skips only without
+    a GPU; a GPU whose op does not build is a failure (as in tests/cpp_ext/test_topk_cuda.py)."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU (torch.cuda.is_available() is False)")
     from protospect.cpp_ext import torch_op
     from protospect.training import proto_topk
+
+    reason = torch_op.unavailable_reason()
+    if reason is not None:
+        pytest.fail(f"a CUDA GPU is present but the torch op is unavailable: {reason}")
 
     g = torch.Generator(device="cuda").manual_seed(0)
     q = torch.randn(3, 300, 152, device="cuda", generator=g).to(dtype).requires_grad_(True)

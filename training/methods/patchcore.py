@@ -22,21 +22,15 @@ from protospect.errors import ConfigError
 from protospect.training.calibrate import calibrate_by_holdout, to_model_input
 from protospect.training.layers import GaussianBlur
 from protospect.training.methods.base import ModelOutputs
+from protospect.training.proto_topk import knn_sqdist as _shared_knn_sqdist
 
 log = logging.getLogger(__name__)
 
-try:  # the shared hot spot (docs/contracts.md section 8); plain torch GEMM form below when absent
-    from protospect.training.proto_topk import knn_sqdist as _shared_knn_sqdist
-except ImportError:  # pragma: no cover - only in builds without proto_topk
-    _shared_knn_sqdist = None
-
 
 def knn_sqdist(q: torch.Tensor, bank: torch.Tensor, k: int) -> torch.Tensor:
-    """(B, N, D) x (M, D) -> (B, N, k) smallest squared L2 distances, ascending."""
-    if _shared_knn_sqdist is not None:
-        return _shared_knn_sqdist(q, bank, k)[0]
-    d = (q * q).sum(-1, keepdim=True) + (bank * bank).sum(-1) - 2.0 * torch.matmul(q, bank.t())
-    return torch.topk(d.clamp_min(0.0), k, dim=-1, largest=False).values
+    """(B, N, D) x (M, D) -> (B, N, k) smallest squared L2 distances, ascending (the shared hot spot,
+    docs/contracts.md section 8)."""
+    return _shared_knn_sqdist(q, bank, k)[0]
 
 
 @dataclass(frozen=True)
