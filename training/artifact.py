@@ -125,7 +125,8 @@ def read_manifest(art_dir) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ArtifactError(f"{path} is not valid JSON ({err}); the artifact is corrupt, re-run `protospect train`") from err
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise ArtifactError(f"{path} is not a protospect artifact manifest (format {manifest.get('format') if isinstance(manifest, dict) else None!r})")
+        found = manifest.get("format") if isinstance(manifest, dict) else None
+        raise ArtifactError(f"{path} is not a protospect artifact manifest (format {found!r})")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise ArtifactError(
             f"{path} has format_version {manifest.get('format_version')!r}; this protospect ({__version__}) reads "
