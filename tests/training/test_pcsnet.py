@@ -115,13 +115,18 @@ def test_calibration_leaves_each_shot_out_of_the_deployed_bank(monkeypatch):
     from protospect.training.methods.pcsnet import threshold
     imgs = parts()
     per_shot = _untrained_shot_features(imgs)
-    banks, real_score = [], threshold._score
+    banks, real_score, real_held_out = [], threshold._score, threshold._held_out_maps
 
     def recording_score(model, images):
         banks.append(model.bank.clone())
         return real_score(model, images)
 
+    def recording_held_out(model, x, nn_bank):
+        banks.append(model.bank.clone())
+        return real_held_out(model, x, nn_bank)
+
     monkeypatch.setattr(threshold, "_score", recording_score)
+    monkeypatch.setattr(threshold, "_held_out_maps", recording_held_out)
     model = fit(imgs, "edge", seed=0, config_overrides=TINY, progress=False)
     k = len(imgs)
     assert len(banks) == k + 1  # K leave-one-out normal passes, then the pseudo anomalies on the full bank

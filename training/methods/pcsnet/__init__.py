@@ -17,8 +17,9 @@ from protospect.training.methods.base import model_meta
 
 from .model import PCSNetModel
 from .presets import PRESETS, PCSNetConfig, config_from_dict, resolve_config
+from .scoring import patch_grid, rotated_views
 from .threshold import calibrate
-from .train_loop import seed_everything, train
+from .train_loop import seed_everything, to_tensor, train
 
 __all__ = ["PRESETS", "PCSNetConfig", "PCSNetModel", "build", "fit"]
 log = logging.getLogger(__name__)
@@ -65,7 +66,11 @@ def fit(shots_rgb: list[np.ndarray], preset: str = "edge", seed: int = 0,
     model = PCSNetModel(backbone, cfg, _meta(cfg, preset, backbone.spec))
     model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     train_log = train(model, images, seed, progress=progress)
-    calibrate(model, images, seed, train_log.shot_prototypes)
+    shot_nn = None
+    if model.nn is not None:  # training-free branch: every patch of every shot view, on the frozen backbone
+        shot_nn = nn_shot_patches(model, images)
+        model.set_nn_bank(shot_nn)
+    calibrate(model, images, seed, train_log.shot_prototypes, shot_nn)
     train_log.shot_prototypes = None  # (K, M, D): not worth keeping on the model
     model.meta["train_seconds"] = round(train_log.seconds, 2)
     model.train_log = train_log
@@ -75,6 +80,19 @@ def fit(shots_rgb: list[np.ndarray], preset: str = "edge", seed: int = 0,
     if progress:
         print(msg)
     return model
+
+
+def nn_shot_patches(model: PCSNetModel, images: list[np.ndarray]):
+    """(K, V*N, D) patch features of each shot and its rotated views (scoring.rotated_views)."""
+    import torch  # noqa: PLC0415
+
+    per_shot = []
+    with torch.no_grad():
+        for views in rotated_views(images, model.cfg.nn_rotations):
+            x = to_tensor(views, model.meta["mean"], model.meta["std"]).to(model.bank.device)
+            g = patch_grid(model.features.backbone(x))
+            per_shot.append(g.flatten(2).transpose(1, 2).reshape(-1, g.shape[1]))
+    return torch.stack(per_shot)
 
 
 def build(meta: dict) -> PCSNetModel:

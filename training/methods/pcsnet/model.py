@@ -13,9 +13,12 @@ from protospect.training.layers import GaussianBlur
 from protospect.training.methods.base import ModelOutputs
 from protospect.training.proto_topk import knn_sqdist
 
+from protospect.errors import ConfigError
+
 from .cas import CAS
 from .pfa import PFA
 from .presets import PCSNetConfig
+from .scoring import MapFusion, NearestNeighbourBranch
 
 SQRT_EPS = 1e-12  # distances are square-rooted after clamping here: no NaN, finite gradient (D7)
 
@@ -85,9 +88,35 @@ class PCSNetModel(nn.Module):
         self.register_buffer("bank", torch.zeros(cfg.grid * cfg.grid, self.features.dim))
         self.meta = meta
         self.calibration: dict = {}
+        # image-level decision (scoring.py); None on the original model, which keeps its exact graph
+        nn_rows = int((meta.get("nn_bank_shape") or [0])[0])
+        self.nn = (NearestNeighbourBranch(nn_rows, sum(backbone.spec.channels), cfg.blur_sigma)
+                   if cfg.fusion == "pcsnet+nn" else None)
+        self.fusion = (None if cfg.plain else
+                       MapFusion(2 if self.nn is not None else 1, cfg.input_size, cfg.normalise,
+                                 cfg.image_score, cfg.score_top_fraction))
         self.eval()
 
     @torch.no_grad()
+    def set_nn_bank(self, per_shot: torch.Tensor) -> None:
+        """nn bank = every patch of every shot view, (K, V*N, D) -> (K*V*N, D); its shape goes into meta for build()."""
+        self.nn.bank = per_shot.reshape(-1, per_shot.shape[-1]).contiguous().to(self.bank.device)
+        self.meta["nn_bank_shape"] = list(self.nn.bank.shape)
+
+    def branch_maps(self, x: torch.Tensor, nn_bank: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """The maps the decision fuses, (B, 1, S, S) each: PCSNet's CAS map [, the nearest-neighbour map]."""
+        size = (int(x.shape[-2]), int(x.shape[-1]))
+        feats = self.features.backbone(x)
+        phi, guide = self.features.from_backbone(feats)
+        maps = [self.head(self.knn(as_queries(phi)), guide, out_size=size).anomaly_map]
+        if self.nn is not None:
+            maps.append(self.nn(feats, size, nn_bank))
+        return maps
+
+    def decide(self, maps: list[torch.Tensor]) -> ModelOutputs:
+        fused = self.fusion.fuse(maps)
+        return ModelOutputs(anomaly_map=fused, image_score=self.fusion.score(fused))
+
     @torch.no_grad()
     def set_bank_from_backbone(self, feats: list[torch.Tensor]) -> torch.Tensor:
         """Prototypes = per-position mean of the shots' PFA features, eval mode, no grad (fixes D3).
@@ -109,9 +138,15 @@ class PCSNetModel(nn.Module):
         return sq
 
     def forward(self, x: torch.Tensor) -> ModelOutputs:
+        if self.fusion is not None:
+            return self.decide(self.branch_maps(x))
         queries, guide = self.features(x)
         return self.head(self.knn(queries), guide, out_size=(int(x.shape[-2]), int(x.shape[-1])))
 
     def split(self) -> tuple[nn.Module, torch.Tensor, int, nn.Module]:
-        """(features_module, bank (M, D), k, head_module) for the split export."""
+        """(features_module, bank (M, D), k, head_module) for the split export (the plain model only)."""
+        if self.fusion is not None:
+            raise ConfigError("the split export (custom top-k kernel) supports only the plain PCSNet map "
+                              "(--set fusion=pcsnet --set normalise=none --set image_score=max); "
+                              "export this model as one graph instead")
         return self.features, self.bank, self.k, self.head

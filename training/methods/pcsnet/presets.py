@@ -41,6 +41,17 @@ class PCSNetConfig:
     category: str | None = None  # picks the NSA table row; None/unknown -> defaults
     calib_augments: int = 4  # jittered copies per shot scored for the threshold
     calib_anomalies: int = 2  # fresh NSA images per shot scored for the threshold
+    # image-level decision (scoring.py, docs/decision.md); "pcsnet"/"none"/"max" is the original model
+    fusion: str = "pcsnet"  # "pcsnet" | "pcsnet+nn" (plus a nearest-neighbour map over every shot patch)
+    nn_rotations: int = 1  # 1 or 4: shots rotated by multiples of 90 degrees join the nn bank
+    normalise: str = "none"  # "none" | "global" | "position": maps scaled by their normal statistics
+    image_score: str = "max"  # "max" | "top": mean of the top score_top_fraction of the map
+    score_top_fraction: float = 0.01
+
+    @property
+    def plain(self) -> bool:
+        """The original PCSNet output (CAS map, its maximum): the only one the split export supports."""
+        return self.fusion == "pcsnet" and self.normalise == "none" and self.image_score == "max"
 
     def validate(self) -> "PCSNetConfig":
         if self.grid < 1 or self.input_size < self.grid:
@@ -53,6 +64,12 @@ class PCSNetConfig:
             raise ConfigError(f"pcsnet: k={self.k} must be between 1 and grid^2={self.grid ** 2}")
         if self.loss_k > self.k:
             raise ConfigError(f"pcsnet: loss_k={self.loss_k} must not exceed k={self.k}")
+        for key, allowed in (("fusion", ("pcsnet", "pcsnet+nn")), ("normalise", ("none", "global", "position")),
+                             ("image_score", ("max", "top")), ("nn_rotations", (1, 4))):
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"pcsnet: {key}={getattr(self, key)!r} is not one of {list(allowed)}")
+        if not 0.0 < self.score_top_fraction <= 1.0:
+            raise ConfigError(f"pcsnet: score_top_fraction={self.score_top_fraction} must be in (0, 1]")
         if self.steps < 1 or self.batch_size < 1:
             raise ConfigError("pcsnet: steps and batch_size must be >= 1")
         return self

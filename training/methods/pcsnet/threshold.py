@@ -33,6 +33,11 @@ def _score(model: PCSNetModel, images: list[np.ndarray]) -> tuple[np.ndarray, np
     return out.image_score.cpu().numpy(), out.anomaly_map.cpu().numpy()
 
 
+def _held_out_maps(model: PCSNetModel, x: torch.Tensor, nn_bank: torch.Tensor | None) -> list[torch.Tensor]:
+    """Every branch map of ``x`` against the banks in place (the leave-one-out pass of one shot)."""
+    return model.branch_maps(x, nn_bank) if model.fusion is not None else [model(x).anomaly_map]
+
+
 def choose_threshold(normal: np.ndarray, anomalous: np.ndarray) -> float:
     top = float(normal.max())
     if anomalous.size == 0:
@@ -46,29 +51,46 @@ def choose_threshold(normal: np.ndarray, anomalous: np.ndarray) -> float:
 
 
 @torch.no_grad()
-def calibrate(model: PCSNetModel, images: list[np.ndarray], seed: int, shot_prototypes: torch.Tensor) -> dict:
+def calibrate(model: PCSNetModel, images: list[np.ndarray], seed: int, shot_prototypes: torch.Tensor,
+              shot_nn: torch.Tensor | None = None) -> dict:
     """Set and return model.calibration = {threshold, map_range, ...} from the shots alone.
 
     ``shot_prototypes``: the (K, M, D) per-shot features model.bank is the mean of (returned by
-    model.set_bank_from_backbone before training).
+    model.set_bank_from_backbone before training). ``shot_nn``: the (K, V*N, D) per-shot patches of
+    the nearest-neighbour bank (fusion "pcsnet+nn"). The leave-one-out maps of every branch also set
+    the fusion's normal statistics (scoring.MapFusion), before any score is taken.
     """
     cfg = model.cfg
     rng = np.random.default_rng(seed + CALIB_SEED_OFFSET)
     model.eval()
-    per_shot = shot_prototypes.to(model.bank.device)
+    device = model.bank.device
+    per_shot = shot_prototypes.to(device)
     if per_shot.shape[0] != len(images) or not torch.allclose(per_shot.mean(0), model.bank, atol=1e-5, rtol=1e-4):
         raise ValueError("pcsnet.calibrate: shot_prototypes are not the features the bank was built from")
+    if model.nn is not None and (shot_nn is None or shot_nn.shape[0] != len(images)):
+        raise ValueError("pcsnet.calibrate: the nearest-neighbour branch needs the per-shot patches (shot_nn)")
     full_bank = model.bank.clone()
     k_shots = per_shot.shape[0]
 
-    normal_scores, normal_maps = [], []
+    held_out = []  # per shot: the branch maps of its jittered copies, scored without that shot
     for i, img in enumerate(images):
-        if k_shots > 1:  # leave shot i out of the bank
+        nn_bank = None
+        if k_shots > 1:  # leave shot i out of both banks
             model.bank.copy_((per_shot.sum(0) - per_shot[i]) / (k_shots - 1))
-        s, m = _score(model, [jitter(img, rng) for _ in range(cfg.calib_augments)])
-        normal_scores.append(s)
-        normal_maps.append(m)
+            if model.nn is not None:
+                keep = [j for j in range(k_shots) if j != i]
+                nn_bank = shot_nn[keep].reshape(-1, shot_nn.shape[-1]).to(device)
+        x = to_tensor([jitter(img, rng) for _ in range(cfg.calib_augments)], model.meta["mean"], model.meta["std"]).to(device)
+        held_out.append(_held_out_maps(model, x, nn_bank))
     model.bank.copy_(full_bank)
+    branches = [torch.cat([maps[b] for maps in held_out]) for b in range(len(held_out[0]))]
+    if model.fusion is not None:
+        model.fusion.set_statistics(branches)
+        out = model.decide(branches)
+        normal, normal_maps = out.image_score.cpu().numpy(), [out.anomaly_map.cpu().numpy()]
+    else:
+        normal_maps = [branches[0].cpu().numpy()]
+        normal = branches[0].flatten(1).amax(dim=1).cpu().numpy()
 
     params = nsa_params_for(cfg.category)
     anomalies = []
@@ -79,7 +101,6 @@ def calibrate(model: PCSNetModel, images: list[np.ndarray], seed: int, shot_prot
             if out is not None:
                 anomalies.append(out[0])
     anomalous = _score(model, anomalies)[0] if anomalies else np.zeros(0, np.float32)
-    normal = np.concatenate(normal_scores)
     threshold = choose_threshold(normal, anomalous)
     lo = float(np.percentile(np.concatenate([m.ravel() for m in normal_maps]), 1))
     hi = float(np.percentile(anomalous, 95)) if anomalous.size else threshold

@@ -1,0 +1,266 @@
+"""Study for issue [decision]: which image-level score, measured without choosing on test images.
+
+One PCSNet edge model is trained per (category, K, seed) -- training does not depend on any of the
+candidates -- and every candidate decision is computed from the same backbone pass:
+
+  branches  pcs (the CAS map), nn1 (nearest neighbour over every shot patch), nn4 (the same with the
+            shots rotated by 0/90/180/270 degrees in the bank)
+  fusion    pcs | nn1 | nn4 | pcs+nn1 | pcs+nn4
+  normalise none | global | position (normal statistics: leave-one-out + jitter on the shots, as
+            threshold.calibrate computes them)
+  score     max | top (mean of the top 1 % of the map)
+
+Selection columns (``val_*``): held-out train/good images that were not shots (up to --val) against
+planted defects on copies of them (NSA self-swap and DTD texture blends, pcsnet.validate). Report
+columns (``test_*``): the test split, written to the same JSON line but never read by the selection
+(select_decision.py reads only ``val_*``). Output: one JSON line per (category, K, seed).
+
+    OMP_NUM_THREADS=1 python studies/decision_study.py --data ../shared/data --category bottle \
+        --shots 2 4 8 --seeds 0 1 2 --textures ../shared/data/textures --out runs/decision/bottle.jsonl
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from protospect.imageio import read_rgb, resize_square
+from protospect.runtime import line_threshold
+from protospect.training import metrics
+from protospect.training.calibrate import CALIB_SEED_OFFSET, jitter
+from protospect.training.data import MVTecCategory, load_image, sample_shots
+from protospect.training.fewshot import TestSet, line_good_images
+from protospect.training.methods.pcsnet import PCSNetModel, _check_shots, _create_backbone, _meta
+from protospect.training.methods.pcsnet.presets import resolve_config
+from protospect.training.methods.pcsnet.scoring import MapFusion, NearestNeighbourBranch, patch_grid, rotated_views
+from protospect.training.methods.pcsnet.train_loop import seed_everything, to_tensor, train
+from protospect.training.methods.pcsnet.validate import planted_sets
+
+FUSIONS = {"pcs": ["pcs"], "nn1": ["nn1"], "nn4": ["nn4"], "pcs+nn1": ["pcs", "nn1"], "pcs+nn4": ["pcs", "nn4"]}
+NORMALISE = ("none", "global", "position")
+SCORES = ("max", "top")
+PIXEL_VARIANTS = (("pcs", "none"), ("nn1", "none"), ("pcs+nn1", "global"), ("pcs+nn1", "position"),
+                  ("pcs+nn4", "global"), ("pcs+nn4", "position"), ("pcs", "position"))
+
+
+class Branches:
+    """The trained model plus both nn banks; maps() gives every branch for a batch."""
+
+    def __init__(self, model: PCSNetModel, images: list[np.ndarray]):
+        self.model = model
+        views = rotated_views(images, 4)
+        per_shot = []
+        with torch.no_grad():
+            for v in views:
+                g = patch_grid(model.features.backbone(to_tensor(v, model.meta["mean"], model.meta["std"])))
+                per_shot.append(g.flatten(2).transpose(1, 2))  # (4, N, D)
+        self.shot_nn = torch.stack(per_shot)  # (K, 4, N, D)
+        self.nn = NearestNeighbourBranch(0, self.shot_nn.shape[-1], model.cfg.blur_sigma)
+
+    def nn_bank(self, rotations: int, leave_out: int | None = None) -> torch.Tensor:
+        keep = [i for i in range(self.shot_nn.shape[0]) if i != leave_out]
+        return self.shot_nn[keep, :rotations].reshape(-1, self.shot_nn.shape[-1])
+
+    @torch.no_grad()
+    def maps(self, x: torch.Tensor, leave_out: int | None = None) -> dict[str, np.ndarray]:
+        m = self.model
+        size = (int(x.shape[-2]), int(x.shape[-1]))
+        feats = m.features.backbone(x)
+        from protospect.training.methods.pcsnet.model import as_queries  # noqa: PLC0415
+
+        phi, guide = m.features.from_backbone(feats)
+        out = {"pcs": m.head(m.knn(as_queries(phi)), guide, out_size=size).anomaly_map}
+        for r in (1, 4):
+            out[f"nn{r}"] = self.nn(feats, size, self.nn_bank(r, leave_out))
+        return {k: v[:, 0].numpy() for k, v in out.items()}
+
+
+def batched_maps(br: Branches, images, batch=8, desc=""):
+    parts = []
+    for i in tqdm(range(0, len(images), batch), desc=desc, leave=False, disable=not desc):
+        x = to_tensor(list(images[i:i + batch]), br.model.meta["mean"], br.model.meta["std"])
+        parts.append(br.maps(x))
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def normal_maps(br: Branches, images, seed, augments):
+    """Leave-one-out + jitter maps of the shots, in the order threshold.calibrate draws them."""
+    rng = np.random.default_rng(seed + CALIB_SEED_OFFSET)
+    model, k = br.model, len(images)
+    per_shot = br.per_shot_protos
+    full = model.bank.clone()
+    parts = []
+    for i, img in enumerate(images):
+        if k > 1:
+            model.bank.copy_((per_shot.sum(0) - per_shot[i]) / (k - 1))
+        x = to_tensor([jitter(img, rng) for _ in range(augments)], model.meta["mean"], model.meta["std"])
+        parts.append(br.maps(x, leave_out=i if k > 1 else None))
+    model.bank.copy_(full)
+    return {b: np.concatenate([p[b] for p in parts]) for b in parts[0]}
+
+
+def decisions(normal: dict, evaluated: dict[str, dict], size: int) -> dict:
+    """variant name -> {set name: (scores, fused maps or None)}."""
+    out = {}
+    for fusion, names in FUSIONS.items():
+        for norm in NORMALISE:
+            mf = MapFusion(len(names), size, norm, "max", 0.01)
+            if norm != "none":
+                mf.set_statistics([torch.from_numpy(normal[n][:, None]) for n in names])
+            for score in SCORES:
+                mf.image_score = score
+                res = {}
+                for set_name, maps in [("normal_calib", normal)] + list(evaluated.items()):
+                    with torch.no_grad():
+                        fused = mf.fuse([torch.from_numpy(maps[n][:, None]) for n in names])
+                        s = mf.score(fused).numpy()
+                    keep_map = score == "max" and (fusion, norm) in PIXEL_VARIANTS and set_name == "test"
+                    res[set_name] = (s, fused[:, 0].numpy() if keep_map else None)
+                out[f"{fusion}|{norm}|{score}"] = res
+    return out
+
+
+def run_one(cat, category, k, seed, args, test: TestSet | None):
+    shot_paths = sample_shots(cat.train_good, k, seed)
+    cfg = resolve_config("edge", {"category": category})
+    images = _check_shots([read_rgb(p) for p in shot_paths], cfg.input_size)
+    seed_everything(seed)
+    backbone = _create_backbone(cfg, None)
+    model = PCSNetModel(backbone, cfg, _meta(cfg, "edge", backbone.spec))
+    t0 = time.perf_counter()
+    log = train(model, images, seed, progress=False)
+    fit_s = time.perf_counter() - t0
+    model.eval()
+    br = Branches(model, images)
+    br.per_shot_protos = log.shot_prototypes
+    size = cfg.input_size
+
+    rest = [p for p in cat.train_good if p not in set(shot_paths)]
+    rest = [rest[i] for i in np.random.default_rng(seed + 1).permutation(len(rest))[: args.val]]
+    normals = [resize_square(read_rgb(p), size) for p in rest]
+    planted = planted_sets(normals, category, args.textures)
+    sets = {"val_normal": batched_maps(br, normals)}
+    for kind, pairs in planted.items():
+        sets[f"val_{kind}"] = batched_maps(br, [p[0] for p in pairs])
+    line_paths = line_good_images(cat.train_good, shot_paths, seed) if test is not None else []
+    if line_paths:
+        sets["line_good"] = batched_maps(br, [load_image(p, size) for p in line_paths])
+    if test is not None:
+        sets["test"] = batched_maps(br, test.images, desc=f"{category} K={k} s={seed} test")
+    normal = normal_maps(br, images, seed, cfg.calib_augments)
+    dec = decisions(normal, sets, size)
+
+    row = {"category": category, "K": k, "seed": seed, "shots": [p.name for p in shot_paths], "fit_s": round(fit_s, 1),
+           "n_val_normal": len(normals), "variants": {}}
+    for name, res in dec.items():
+        v = {}
+        nrm = res["val_normal"][0]
+        for kind in planted:
+            s = res[f"val_{kind}"][0]
+            v[f"val_{kind}"] = 100 * metrics.image_auroc(np.r_[np.zeros(len(nrm)), np.ones(len(s))], np.r_[nrm, s])
+        if test is not None:
+            s, fmap = res["test"]
+            v["test_image_auroc"] = 100 * metrics.image_auroc(test.labels, s)
+            if fmap is not None and test.masks is not None:
+                v["test_pixel_auroc"] = 100 * metrics.pixel_auroc(test.masks, fmap)
+            if "line_good" in res:
+                thr = line_threshold.choose(res["line_good"][0])
+                at = metrics.threshold_stats(test.labels, s, thr)
+                v["test_escape_line"] = 100 * at["escape_rate"]
+                v["test_false_alarm_line"] = 100 * at["false_alarm_rate"]
+        row["variants"][name] = {key: round(float(val), 3) for key, val in v.items()}
+    if test is not None and args.diagnose and seed == args.seeds[0]:
+        row["diagnosis"] = diagnose(test, dec, category, k, args)
+    return row
+
+
+def diagnose(test: TestSet, dec, category, k, args) -> dict:
+    """Where the old default's maximum sits on good vs defective test images (docs/decision.md part 1)."""
+    s_old, m_old = dec["pcs|none|max"]["test"]
+    size = m_old.shape[-1]
+    band = max(1, size // 10)
+    info = {}
+    for label, name in ((0, "good"), (1, "defective")):
+        idx = np.where(test.labels == label)[0]
+        am = [np.unravel_index(int(np.argmax(m_old[i])), m_old[i].shape) for i in idx]
+        border = [min(y, x, size - 1 - y, size - 1 - x) < band for y, x in am]
+        info[name] = {"n": int(len(idx)), "max_mean": float(np.mean(s_old[idx])), "max_std": float(np.std(s_old[idx])),
+                      "argmax_in_border_band": float(np.mean(border)) if len(idx) else None}
+        if test.masks is not None and label == 1:
+            info[name]["argmax_inside_defect"] = float(np.mean([test.masks[i][y, x] > 0 for i, (y, x) in zip(idx, am)]))
+    if args.figures:
+        _figure(test, s_old, m_old, category, k, Path(args.figures))
+    return info
+
+
+def _figure(test, scores, maps, category, k, folder):
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    folder.mkdir(parents=True, exist_ok=True)
+    good = np.where(test.labels == 0)[0]
+    bad = np.where(test.labels == 1)[0]
+    hot_good = good[np.argsort(-scores[good])][:4]  # good parts the old score ranks most anomalous
+    cold_bad = bad[np.argsort(scores[bad])][:4]  # defective parts it ranks least anomalous
+    lo, hi = np.percentile(maps, 1), np.percentile(maps, 99.9)
+    fig, axes = plt.subplots(2, 5, figsize=(15, 6.4))
+    for row, (ids, title) in enumerate(((hot_good, "good, highest score"), (cold_bad, "defective, lowest score"))):
+        for col, i in enumerate(ids):
+            ax = axes[row, col]
+            ax.imshow(test.images[i])
+            ax.imshow(maps[i], cmap="jet", alpha=0.45, vmin=lo, vmax=hi)
+            y, x = np.unravel_index(int(np.argmax(maps[i])), maps[i].shape)
+            ax.plot(x, y, marker="x", color="white", markersize=14, mew=3)
+            if test.masks is not None and test.labels[i] == 1:
+                ax.contour(test.masks[i], levels=[0.5], colors="lime", linewidths=1)
+            ax.set_title(f"{title}\nscore {scores[i]:.3f}", fontsize=9)
+            ax.axis("off")
+    ax = axes[0, 4]
+    ax.hist([scores[good], scores[bad]], bins=25, label=["good", "defective"], color=["tab:green", "tab:red"], alpha=0.7)
+    ax.set_title("image score = map max (old default)", fontsize=9)
+    ax.legend(fontsize=8)
+    axes[1, 4].axis("off")
+    fig.suptitle(f"{category} K={k}, seed 0: white x = hottest pixel, lime = defect mask")
+    fig.tight_layout()
+    fig.savefig(folder / f"diagnosis_{category}_K{k}.png", dpi=70)
+    plt.close(fig)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--category", required=True)
+    ap.add_argument("--shots", type=int, nargs="+", default=[2, 4, 8])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--val", type=int, default=20)
+    ap.add_argument("--textures", default=None)
+    ap.add_argument("--no-test", action="store_true", help="validation columns only")
+    ap.add_argument("--diagnose", action="store_true")
+    ap.add_argument("--figures", default=None)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    cat = MVTecCategory(args.data, args.category)
+    test = None if args.no_test else TestSet.load(cat, 256)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for k in args.shots:
+        for seed in args.seeds:
+            row = run_one(cat, cat.name, k, seed, args, test)
+            with out.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            best = max(row["variants"], key=lambda n: np.mean([v for key, v in row["variants"][n].items() if key.startswith("val_")]))
+            print(f"{cat.name} K={k} seed={seed} fit {row['fit_s']} s; old val "
+                  f"{[round(v, 1) for key, v in row['variants']['pcs|none|max'].items() if key.startswith('val_')]}; "
+                  f"best val {best}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

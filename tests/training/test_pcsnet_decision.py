@@ -1,0 +1,125 @@
+"""PCSNet's image-level decision (scoring.py): nn branch, normal statistics, fusion, export, round trip."""
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from protospect.errors import ConfigError  # noqa: E402
+from protospect.training.methods.pcsnet import build, fit  # noqa: E402
+from protospect.training.methods.pcsnet.presets import resolve_config  # noqa: E402
+from protospect.training.methods.pcsnet.scoring import MapFusion  # noqa: E402
+from protospect.training.methods.pcsnet.train_loop import to_tensor  # noqa: E402
+
+from tests.training.test_pcsnet import TINY, parts  # noqa: E402
+
+pytestmark = pytest.mark.torch
+
+FUSED = {**TINY, "fusion": "pcsnet+nn", "normalise": "position", "image_score": "max", "nn_rotations": 1}
+
+
+@pytest.fixture(scope="module")
+def fused_model():
+    return fit(parts(), "edge", seed=0, config_overrides=FUSED, progress=False)
+
+
+def test_position_statistics_silence_a_spot_that_is_always_hot():
+    """A place every normal map is hot at stops deciding; a new hot spot elsewhere does."""
+    rng = np.random.default_rng(0)
+    normal = torch.from_numpy(rng.normal(0, 0.1, size=(8, 1, 16, 16)).astype(np.float32))
+    normal[:, :, 2, 2] += 3.0  # e.g. a screw hole every good part has
+    mf = MapFusion(1, 16, "position", "max", 0.01)
+    mf.set_statistics([normal])
+    good = torch.from_numpy(rng.normal(0, 0.1, size=(1, 1, 16, 16)).astype(np.float32))
+    good[:, :, 2, 2] += 3.0
+    bad = good.clone()
+    bad[:, :, 10, 10] += 1.5  # a defect weaker than the hole, where normals are quiet
+    s_good, s_bad = (mf.score(mf.fuse([m])).item() for m in (good, bad))
+    assert s_bad > s_good + 3.0
+    plain = MapFusion(1, 16, "none", "max", 0.01)
+    assert plain.score(plain.fuse([bad])).item() == pytest.approx(plain.score(plain.fuse([good])).item())
+
+
+def test_top_fraction_score_is_the_mean_of_the_largest_pixels():
+    mf = MapFusion(1, 10, "none", "top", 0.05)  # 5 of 100 pixels
+    m = torch.zeros(1, 1, 10, 10)
+    m.view(-1)[:5] = torch.tensor([5.0, 4.0, 3.0, 2.0, 1.0])
+    m.view(-1)[50] = -7.0
+    assert mf.score(m).item() == pytest.approx(3.0)
+
+
+def test_fused_forward_is_the_fusion_of_the_branches(fused_model):
+    m = fused_model
+    x = to_tensor(parts(2, seed=5), m.meta["mean"], m.meta["std"])
+    with torch.no_grad():
+        out = m(x)
+        maps = m.branch_maps(x)
+        pcs, nn_map = maps
+        expected = (pcs - m.fusion.mean[0]) / m.fusion.std[0] + (nn_map - m.fusion.mean[1]) / m.fusion.std[1]
+    assert len(maps) == 2 and out.anomaly_map.shape == (2, 1, 64, 64)
+    assert torch.allclose(out.anomaly_map, expected, atol=1e-5)
+    assert torch.allclose(out.image_score, expected.flatten(1).amax(1), atol=1e-5)
+
+
+def test_nn_bank_holds_every_patch_of_every_shot(fused_model):
+    grid_cells = 8 * 8  # Lite0 stage 2 at 64 px
+    assert tuple(fused_model.nn.bank.shape) == (4 * grid_cells, 40 + 112)
+    assert fused_model.meta["nn_bank_shape"] == [4 * grid_cells, 152]
+
+
+def test_nn_statistics_come_from_shots_left_out_of_the_bank(fused_model):
+    """Scored against a bank that contains them, the shots' nn distances are ~0 (GEMM rounding); the statistics are not."""
+    m = fused_model
+    with torch.no_grad():
+        own = m.branch_maps(to_tensor(parts(), m.meta["mean"], m.meta["std"]))[1]
+    assert float(m.fusion.mean[1].mean()) > 10 * float(own.mean())
+
+
+def test_rotated_bank_recognises_a_rotated_part():
+    imgs = parts(3, seed=1)
+    cfg = {**FUSED, "normalise": "global"}
+    plain = fit(imgs, "edge", seed=0, config_overrides=cfg, progress=False)
+    rotated = fit(imgs, "edge", seed=0, config_overrides={**cfg, "nn_rotations": 4}, progress=False)
+    assert rotated.nn.bank.shape[0] == 4 * plain.nn.bank.shape[0]
+    turned = [np.ascontiguousarray(np.rot90(imgs[0], 1))]
+    with torch.no_grad():
+        d_plain = plain.branch_maps(to_tensor(turned, plain.meta["mean"], plain.meta["std"]))[1].max()
+        d_rot = rotated.branch_maps(to_tensor(turned, rotated.meta["mean"], rotated.meta["std"]))[1].max()
+    assert float(d_rot) < 0.5 * float(d_plain)
+
+
+def test_round_trip_restores_banks_and_statistics(fused_model):
+    rebuilt = build(fused_model.meta)
+    rebuilt.load_state_dict(fused_model.state_dict())
+    rebuilt.eval()
+    x = to_tensor(parts(2, seed=9), fused_model.meta["mean"], fused_model.meta["std"])
+    with torch.no_grad():
+        a, b = fused_model(x), rebuilt(x)
+    assert torch.equal(a.anomaly_map, b.anomaly_map) and torch.equal(a.image_score, b.image_score)
+
+
+def test_split_export_refuses_a_fused_model(fused_model):
+    with pytest.raises(ConfigError, match="split export"):
+        fused_model.split()
+
+
+def test_fused_model_exports_with_parity(fused_model, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    from protospect.export.onnx_export import onnx_from_model  # noqa: PLC0415
+
+    path = tmp_path / "fused.onnx"
+    onnx_from_model(fused_model, fused_model.meta, fused_model.calibration, path)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    img = parts(1, seed=3)[0]
+    got_map, got_score = sess.run(None, {"image": img[None]})
+    with torch.no_grad():
+        ref = fused_model(to_tensor([img], fused_model.meta["mean"], fused_model.meta["std"]))
+    span = float(ref.anomaly_map.max() - ref.anomaly_map.min())
+    assert np.abs(got_map - ref.anomaly_map.numpy()).max() <= 1e-4 * span
+    assert abs(float(got_score[0]) - float(ref.image_score[0])) <= 1e-4 * span
+
+
+@pytest.mark.parametrize("key,value", [("fusion", "nn"), ("normalise", "zscore"), ("image_score", "mean"),
+                                       ("nn_rotations", 8), ("score_top_fraction", 0.0)])
+def test_decision_config_errors(key, value):
+    with pytest.raises(ConfigError, match=key):
+        resolve_config("edge", {key: value})

@@ -1,0 +1,105 @@
+"""From maps to the image-level decision: a nearest-neighbour branch, normal statistics, fusion, image score.
+
+PCSNet's map localises well, but its plain maximum separated good from defective parts no better
+than PatchCore's (docs/decision.md). The pieces here are the candidates that study measured; the
+config fields that pick them (presets.py) are:
+
+* ``fusion``: "pcsnet" (the CAS map alone) or "pcsnet+nn" (plus a training-free nearest-neighbour
+  map over *every* patch of every shot on the same frozen backbone features: no per-position
+  averaging, so shifted or rotated parts still find their match);
+* ``nn_rotations``: 1, or 4 (the shots rotated by 0/90/180/270 degrees join the nn bank);
+* ``normalise``: "none", "global" (each map minus its normal mean, over its normal std) or
+  "position" (the same per map position, shrunk towards the global figures because K shots give
+  only 4K samples a position);
+* ``image_score``: "max" or "top" (mean of the top ``score_top_fraction`` of the map).
+
+Normal statistics come from the shots alone (leave-one-out plus jitter, threshold.py) and live in
+buffers, so they are in the artifact's state_dict and in the ONNX graph as initializers.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from protospect.training.layers import GaussianBlur
+from protospect.training.proto_topk import knn_sqdist
+
+SHRINK_SAMPLES = 4.0  # per-position statistics count as if pooled with this many global samples
+STD_FLOOR = 1e-6
+
+
+def patch_grid(feats: list[torch.Tensor]) -> torch.Tensor:
+    """PatchCore's locally aware patch features: 3x3 average per stage, resampled to the first stage's grid."""
+    h, w = feats[0].shape[-2:]
+    pooled = []
+    for f in feats:
+        f = F.avg_pool2d(f, kernel_size=3, stride=1, padding=1, count_include_pad=False)
+        if f.shape[-2:] != (h, w):
+            f = F.interpolate(f, size=(h, w), mode="bilinear", align_corners=False)
+        pooled.append(f)
+    return torch.cat(pooled, dim=1)
+
+
+class NearestNeighbourBranch(nn.Module):
+    """Backbone maps -> distance of every patch to its nearest shot patch, at S x S, blurred (sigma as PCSNet's)."""
+
+    def __init__(self, bank_rows: int, dim: int, sigma: float):
+        super().__init__()
+        self.register_buffer("bank", torch.zeros(bank_rows, dim))
+        self.blur = GaussianBlur(sigma)
+
+    def forward(self, feats: list[torch.Tensor], out_size: tuple[int, int], bank: torch.Tensor | None = None) -> torch.Tensor:
+        g = patch_grid(feats)
+        b, _, h, w = g.shape
+        sq, _ = knn_sqdist(g.flatten(2).transpose(1, 2), self.bank if bank is None else bank, 1)
+        d = sq[..., 0].clamp_min(0.0).sqrt().reshape(b, 1, h, w)
+        return self.blur(F.interpolate(d, size=out_size, mode="bilinear", align_corners=False))
+
+
+def rotated_views(images: list, rotations: int) -> list[list]:
+    """Per shot, the views whose patches enter the nn bank: the shot and its 90-degree rotations."""
+    import numpy as np  # noqa: PLC0415
+
+    return [[np.ascontiguousarray(np.rot90(img, r)) for r in range(rotations)] for img in images]
+
+
+class MapFusion(nn.Module):
+    """Branch maps (B,1,S,S) each -> one map: sum of (map - mean) / std per branch, then the image score."""
+
+    def __init__(self, branches: int, size: int, normalise: str, image_score: str, top_fraction: float):
+        super().__init__()
+        side = size if normalise == "position" else 1
+        self.register_buffer("mean", torch.zeros(branches, side, side))
+        self.register_buffer("std", torch.ones(branches, side, side))
+        self.normalise = normalise
+        self.image_score = image_score
+        self.top = max(1, int(round(top_fraction * size * size)))
+
+    def fuse(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        if self.normalise == "none":
+            return maps[0] if len(maps) == 1 else torch.stack(maps).sum(0)
+        return sum((m - self.mean[i]) / self.std[i] for i, m in enumerate(maps))
+
+    def score(self, fused: torch.Tensor) -> torch.Tensor:
+        flat = fused.flatten(1)
+        if self.image_score == "top":
+            return torch.topk(flat, self.top, dim=1).values.mean(dim=1)
+        return flat.amax(dim=1)
+
+    @torch.no_grad()
+    def set_statistics(self, normal_maps: list[torch.Tensor]) -> None:
+        """normal_maps: per branch (n, 1, S, S) maps of held-out normal views (leave-one-out + jitter)."""
+        for i, m in enumerate(normal_maps):
+            m = m[:, 0].double()
+            g_mean, g_var = m.mean(), m.var()
+            if self.normalise == "position":
+                n = float(m.shape[0])
+                p_mean = m.mean(0)
+                p_var = m.var(0, unbiased=True) if m.shape[0] > 1 else torch.zeros_like(p_mean)
+                mean = (n * p_mean + SHRINK_SAMPLES * g_mean) / (n + SHRINK_SAMPLES)
+                var = (n * p_var + SHRINK_SAMPLES * g_var) / (n + SHRINK_SAMPLES)
+            else:
+                mean, var = g_mean.reshape(1, 1), g_var.reshape(1, 1)
+            self.mean[i].copy_(mean.float().expand_as(self.mean[i]))
+            self.std[i].copy_(var.clamp_min(STD_FLOOR ** 2).sqrt().float().expand_as(self.std[i]))
