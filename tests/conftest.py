@@ -1,4 +1,9 @@
-"""Shared fixtures: where the dev data lives, and markers for tests that need a GPU, TensorRT or torch."""
+"""Shared fixtures: where the dev data lives, and markers for tests that need a GPU, TensorRT or torch.
+
+The markers select: `pytest -m "not slow"` is the quick local run (the slow items are the ones over ~10 s
+on the 2-core CPU machine), `-m "not devdata"` leaves out the tests on ../shared/data, `-m gpu` / `-m trt`
+runs only the GPU / TensorRT items (they skip with the reason without one), `-m "not torch"` the torch-free ones.
+"""
 from __future__ import annotations
 
 import shutil
@@ -15,7 +20,7 @@ def pytest_configure(config):
     for marker, text in [
         ("gpu", "needs a CUDA GPU"),
         ("trt", "needs TensorRT"),
-        ("slow", "takes more than ~30 s on the 2-core CPU machine"),
+        ("slow", "takes more than ~10 s on the 2-core CPU machine (deselect with -m \"not slow\")"),
         ("devdata", "needs ../shared/data (development data, never shipped)"),
         ("torch", "needs torch (skipped in the torch-free runtime environment)"),
     ]:

@@ -198,6 +198,7 @@ def test_wrong_weight_file_is_a_config_error(tmp_path):
         create_backbone("efficientnet_lite0", weights=garbage)
 
 
+@pytest.mark.slow
 def test_memoized_features_are_exact_and_only_inside_the_context():
     import torch
     from protospect.training.backbones import FeatureStore, create_backbone, memoize_features

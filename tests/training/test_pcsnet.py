@@ -201,6 +201,7 @@ def test_backbone_batchnorm_untouched_by_fit():
         assert torch.equal(buf, after[name]), f"backbone buffer {name} changed during fit"
 
 
+@pytest.mark.slow
 def test_fit_lowers_the_loss():
     model = fit(parts(), "edge", seed=1, config_overrides=dict(TINY, steps=30), progress=False)
     total = [s["total"] for s in model.train_log.losses]

@@ -165,6 +165,7 @@ def _tiny_model(shots, **overrides):
     return cfg, model
 
 
+@pytest.mark.slow
 def test_loss_decreases_and_backbone_stays_frozen_in_eval(shots):
     from protospect.training.methods.prn.fit import NSASynth
     from protospect.imageio import resize_square
