@@ -2,17 +2,28 @@
 
 Each command module exposes ``add_arguments(parser)`` and ``run(args) -> int``. A command whose
 optional dependencies are missing stays listed and says which extra to install.
-Exit codes: 0 ok, 1 user error (one line, no traceback), 2 internal error.
+
+Exit codes (docs/contracts.md 0):
+  0    ok
+  1    user error: bad input, missing file or extra, unwritable or full target; one line on stderr, no traceback
+  2    usage error: unknown option, missing or malformed argument (argparse's usage line and message)
+  3    internal error: an exception protospect did not expect, i.e. a bug; one line saying so, the
+       traceback only with --verbose
+  130  interrupted (Ctrl-C / SIGINT)
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import logging
 import sys
+import traceback
 
 from protospect import __version__
 from protospect.errors import MissingDependencyError, ProtospectError
+
+EXIT_OK, EXIT_USER, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 # name -> (module, one-line help, pip extra it needs)
 COMMANDS = {
@@ -28,8 +39,23 @@ COMMANDS = {
 }
 
 
+# pip extra -> the modules a command of that extra imports when it runs (checked without importing them:
+# the command modules import their heavy dependencies lazily, so importing the module alone proves nothing)
+EXTRA_NEEDS = {"train": ("torch",)}
+
+
+def _missing_for(extra: str) -> str | None:
+    for top in EXTRA_NEEDS.get(extra, ()):
+        if importlib.util.find_spec(top) is None:
+            return top
+    return None
+
+
 def _load(name: str):
     module, _, extra = COMMANDS[name]
+    missing = _missing_for(extra)
+    if missing is not None:
+        return None, f"needs {missing}, which is not installed in this environment: pip install 'protospect[{extra}]'"
     try:
         return importlib.import_module(module), None
     except MissingDependencyError as err:
@@ -57,28 +83,57 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _os_error_line(err: OSError) -> str:
+    """A failed read/write of the environment's making (full disk, read-only or missing target, no permission)."""
+    what = err.strerror or str(err)
+    where = f": {err.filename}" if err.filename else ""
+    return f"{what}{where}"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     # Import only the chosen command's module, so `protospect serve` never pays for torch.
     chosen = next((a for a in argv if a in COMMANDS), None)
-    args = build_parser(only=chosen).parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if getattr(args, "_unavailable", None):
+    parser = build_parser(only=chosen)
+    args, unknown = parser.parse_known_args(argv)
+    if getattr(args, "_unavailable", None):  # whatever its arguments: say which extra to install
         print(f"protospect {args.command}: {args._unavailable}", file=sys.stderr)
-        return 1
+        return EXIT_USER
+    if unknown:
+        args = parser.parse_args(argv)  # usage errors: argparse prints usage and exits 2
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not hasattr(args, "_run"):
-        build_parser(only="").print_help()
-        return 1
+        build_parser(only="").print_help(sys.stderr)
+        return EXIT_USAGE
+    name = f"protospect {args.command}"
     try:
         return int(args._run(args) or 0)
     except ProtospectError as err:
         if args.verbose:
-            raise
-        print(f"protospect {args.command}: error: {err}", file=sys.stderr)
-        return 1
+            traceback.print_exc()
+        print(f"{name}: error: {err}", file=sys.stderr)
+        return EXIT_USER
     except KeyboardInterrupt:
-        print(f"protospect {args.command}: interrupted", file=sys.stderr)
-        return 130
+        print(f"{name}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except OSError as err:  # full disk, read-only target, permission: the environment, not a bug
+        if args.verbose:
+            traceback.print_exc()
+        print(f"{name}: error: {_os_error_line(err)}", file=sys.stderr)
+        return EXIT_USER
+    except ModuleNotFoundError as err:
+        if args.verbose:
+            traceback.print_exc()
+        extra = COMMANDS[args.command][2]
+        print(f"{name}: error: needs {err.name}, which is not installed: pip install 'protospect[{extra}]'", file=sys.stderr)
+        return EXIT_USER
+    except Exception as err:  # noqa: BLE001 (the one place a bug becomes an exit code)
+        if args.verbose:
+            traceback.print_exc()
+            return EXIT_INTERNAL
+        print(f"{name}: internal error (a bug in protospect, please report it): {type(err).__name__}: "
+              f"{str(err).splitlines()[0] if str(err) else ''} (--verbose shows the traceback)", file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

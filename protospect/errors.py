@@ -1,4 +1,4 @@
-"""One error family, so the CLI can tell a user mistake (exit 1, one line) from a bug (exit 2)."""
+"""One error family, so the CLI can tell a user mistake (exit 1, one line) from a bug (exit 3)."""
 
 
 class ProtospectError(Exception):
