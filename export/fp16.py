@@ -41,10 +41,9 @@ def fp16_from_onnx(onnx_path, out_path, *, keep_head_fp32: bool = True) -> tuple
     converted = convert_to_fp16(model, keep_fp32=set(keep))
     set_metadata(converted, {**props, "protospect.precision": "fp16"})
     onnx.checker.check_model(converted, full_check=True)
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(converted, str(out_path))
-    return out_path, keep
+    from protospect.export.onnx_export import save_onnx  # temp + rename: a good previous file is never truncated
+
+    return save_onnx(converted, out_path), keep
 
 
 def convert_to_fp16(model: onnx.ModelProto, keep_fp32: set[str]) -> onnx.ModelProto:

@@ -22,6 +22,7 @@ from protospect.errors import ArtifactError, ConfigError
 from protospect.export.deploy import FeaturesGraph, FullGraph, FullGraphBankInput, HeadGraph
 from protospect.export.graph_utils import ensure_node_names, topk_values
 from protospect.export.metadata import bank_sha256, build_metadata, input_size_of, set_metadata
+from protospect.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +130,9 @@ def split_from_model(model: nn.Module, meta: dict, calibration: dict, out_dir: s
     expected = {"knn_sqdist": [1, n, k], "anomaly_map": [1, 1, size, size], "image_score": [1]}
     paths["head"] = save_checked(head_onnx, out_dir / "head.onnx", expected)
     paths["bank"] = out_dir / "bank.npy"
-    np.save(paths["bank"], np.ascontiguousarray(bank.numpy(), dtype=np.float32))
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(bank.numpy(), dtype=np.float32))
+    _write_whole(paths["bank"], buf.getvalue())
     return paths
 
 
@@ -206,7 +209,19 @@ def save_checked(model: onnx.ModelProto, out_path: str | Path, expected: dict[st
     for name, shape in expected.items():
         if io_shapes.get(name) != list(shape):
             raise ArtifactError(f"exported graph tensor '{name}' has shape {io_shapes.get(name)}, expected {shape}")
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(out_path))
+    return save_onnx(model, out_path)
+
+
+def save_onnx(model: onnx.ModelProto, out_path: str | Path) -> Path:
+    """Serialise ``model`` and write it through write_atomic (temp file, then rename): a full disk or a
+    read-only target raises OSError naming ``out_path`` and leaves any previous file there as it was."""
+    return _write_whole(Path(out_path), model.SerializeToString())
+
+
+def _write_whole(out_path: Path, data: bytes) -> Path:
+    try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(out_path, data)
+    except OSError as err:
+        raise OSError(err.errno, f"cannot write {out_path} ({err.strerror}); nothing was replaced", None) from err
     return out_path
