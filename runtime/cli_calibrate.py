@@ -1,9 +1,12 @@
-"""`protospect calibrate MODEL --source GOOD_PARTS --out line_threshold.json`: the OK/NG threshold from
-good parts seen by the station's own camera (runtime/line_threshold.py says why and how).
+"""`protospect calibrate MODEL --source GOOD_PARTS --out line_threshold.json [--frr A] [--review-frr B]`: the
+NG and REVIEW thresholds from good parts seen by the station's own camera, by split conformal prediction
+(runtime/line_threshold.py says why, runtime/verdict/conformal.py how).
 
-Every frame of the source must show a good part. Prints the good frames' scores against the model's
-shot-calibrated threshold and the new one, draws both on a score histogram (OUT.png), and writes the
-threshold file that `serve` and `bench` take with ``--threshold FILE``. Nothing about the model changes.
+Every frame of the source must show a good part. Prints the certified false-reject rates in words and
+the good frames' scores against the model's shot-calibrated threshold, draws the thresholds on a score
+histogram (OUT.png), and writes the threshold file that `serve` and `bench` take with ``--threshold FILE``.
+Too few good parts for A is refused, naming the N needed (``--allow-uncertified``: the largest good score,
+and the rate it can state). Nothing about the model changes.
 """
 from __future__ import annotations
 
@@ -23,15 +26,35 @@ from protospect.runtime.pipeline import Pipeline
 from protospect.runtime.report import exit_code, stop_on_signals
 from protospect.runtime.sources import open_source
 from protospect.runtime.stats import draw_histogram
+from protospect.runtime.verdict import conformal
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_source_arguments(parser, required=True)
     parser.add_argument("--out", type=Path, required=True, help="threshold file to write (JSON; a PNG histogram beside it)")
-    parser.add_argument("--margin", type=float, default=line_threshold.DEFAULT_MARGIN,
-                        help="threshold = max + MARGIN x (max - median) of the good scores "
-                             f"(default {line_threshold.DEFAULT_MARGIN})")
+    add_rate_arguments(parser)
     parser.add_argument("--max-frames", type=int, default=None, help="use the first N frames (default: the whole source)")
+
+
+def add_rate_arguments(parser: argparse.ArgumentParser) -> None:
+    """--frr / --review-frr / --allow-uncertified: shared with `protospect register`."""
+    parser.add_argument("--frr", type=float, default=conformal.DEFAULT_FRR, metavar="A",
+                        help=f"false-reject rate the NG threshold certifies (default {conformal.DEFAULT_FRR}; "
+                             "needs N >= 1/A - 1 good parts)")
+    parser.add_argument("--review-frr", type=float, default=conformal.DEFAULT_REVIEW_FRR, metavar="B",
+                        help=f"rate of good parts sent to REVIEW or NG (default {conformal.DEFAULT_REVIEW_FRR}; B >= A; "
+                             "B = A: no REVIEW band)")
+    parser.add_argument("--allow-uncertified", action="store_true",
+                        help="with too few good parts for A: use the largest good score and say what rate it can state")
+
+
+def check_rates(args: argparse.Namespace, n_planned: int | None = None) -> None:
+    """Rates checked before any frame is scored; with a known frame count, too few parts refused now too."""
+    conformal.check_rates(args.frr, args.review_frr)
+    if n_planned is not None and not args.allow_uncertified and n_planned < conformal.n_needed(args.frr):
+        raise ConfigError(f"{n_planned} good parts cannot certify a false-reject rate of {100 * args.frr:g} %: split "
+                          f"conformal needs N >= 1/A - 1 = {conformal.n_needed(args.frr)} good parts "
+                          "(or --allow-uncertified)")
 
 
 class _Interrupt:
@@ -59,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     check_common(args)
     if args.loop:
         raise ConfigError("--loop: calibration reads each good frame once")
-    line_threshold.check_margin(args.margin)  # before scoring, not after
+    check_rates(args, args.max_frames)        # before scoring, not after
     line_threshold.check_out(args.out)        # a run is never lost to an --out that cannot be written
     scores = []
 
@@ -88,10 +111,13 @@ def run(args: argparse.Namespace) -> int:
         return code
     rejected = report["counters"]["rejected"]
     s = np.asarray(scores, dtype=np.float64)
-    rec = line_threshold.record(s, args.margin, info, args.model, report["source"], rejected=rejected)
+    op = conformal.operating_point(s, args.frr, args.review_frr, allow_uncertified=args.allow_uncertified)
+    rec = line_threshold.record(op, info, args.model, report["source"], rejected=rejected)
     png = args.out.with_suffix(".png")
-    hist = _histogram_png(s, f"good-part scores, {s.size} frames: {Path(args.model).name}",
-                          [("shots", info.threshold, (0, 0, 220)), ("line", rec["threshold"], (0, 160, 0))])
+    markers = [("shots", info.threshold, (0, 0, 220)), ("NG", op.ng_threshold, (0, 0, 160))]
+    if op.review_threshold is not None:
+        markers.append(("REVIEW", op.review_threshold, (0, 150, 230)))
+    hist = _histogram_png(s, f"good-part scores, {s.size} frames: {Path(args.model).name}", markers)
     line_threshold.save(args.out, rec)  # every check above passed: only now is the file replaced
     try:
         write_atomic(png, hist)
@@ -99,9 +125,10 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.out} written, but not the histogram {png}: {err.strerror or err}") from err
     q = rec["scores"]
     print(f"good frames: {s.size} scored, {rejected} rejected; score min {q['min']:.4g}, median {q['median']:.4g}, "
-          f"p99 {q['p99']:.4g}, max {q['max']:.4g}")
+          f"p95 {q['p95']:.4g}, max {q['max']:.4g}")
     print(f"threshold from the shots (in the model): {info.threshold:.4g} -> "
           f"{rec['good_frames_over_shot_threshold']} of these good frames would be NG")
-    print(f"line threshold: {rec['threshold']:.4g} ({rec['rule']})")
+    for line in op.describe():
+        print(line)
     print(f"wrote {args.out} and {png}; use it with: protospect serve {args.model} --source ... --threshold {args.out}")
     return 0

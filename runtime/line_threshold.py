@@ -1,18 +1,18 @@
-"""The OK/NG threshold set on the line, from good parts seen by the station's own camera.
+"""The operating point set on the line, from good parts seen by the station's own camera.
 
 Export carries a threshold calibrated on the K registration shots (training/.../threshold.py). On the
 line the images differ from the shots (camera, compression, lighting), and new good parts often score
 higher than the shots did: the demo's MJPG line video scores 0.14-0.33 where the same parts as PNG
-score 0.03-0.07. The fix every inspection engineer knows: run good parts past the camera and set the
-threshold just above what they score.
+score 0.03-0.07. So the station sets its thresholds from N good parts run past its own camera, by split
+conformal prediction (runtime/verdict/conformal.py, the one implementation): the NG threshold at a
+false-reject rate A and the REVIEW threshold at B, each certified (a new good part scores above it with
+probability <= the rate) when N is large enough.
 
-Rule: threshold = max + margin x (max - median) of the good frames' scores. It uses only the good
-frames' own spread, so it works for any score scale (PCSNet probabilities, PatchCore distances).
-With N good frames, roughly 1 in N + 1 new good parts scores above their max; the margin
-keeps most of those OK.
-
-The file records which model it was measured with (trained artifact, precision, input size, method);
-`load` refuses a file from another model, because its scores mean nothing for this one.
+The file (FORMAT, "protospect.line_threshold/2") records the operating point (thresholds, A, B, N, the
+sorted good scores) and which model it was measured with (trained artifact, precision, input size,
+method); `load` refuses a file from another model, because its scores mean nothing for this one. Files
+of the earlier format (/1: one threshold, max + margin x (max - median)) are still read: OK / NG only,
+no p-values. ``choose`` keeps that earlier rule for the evaluation's ``*_line`` columns only.
 """
 from __future__ import annotations
 
@@ -28,15 +28,18 @@ import numpy as np
 from protospect.errors import ArtifactError, ConfigError
 from protospect.files import write_atomic
 from protospect.runtime.model_info import ModelInfo
+from protospect.runtime.verdict.conformal import OperatingPoint
 
-FORMAT = "protospect.line_threshold/1"
-MIN_FRAMES = 10          # fewer good frames say too little about where good parts end
+FORMAT = "protospect.line_threshold/2"       # conformal operating point
+FORMAT_V1 = "protospect.line_threshold/1"    # one threshold, max + margin x (max - median): still read
+MIN_FRAMES = 10          # (earlier rule) fewer good frames say too little about where good parts end
 DEFAULT_MARGIN = 0.25
 IDENTITY = ("artifact_sha256", "precision", "input_size", "method")  # must match the running model
 
 
 def choose(scores: np.ndarray, margin: float = DEFAULT_MARGIN) -> float:
-    """max + margin x (max - median) of the good frames' scores."""
+    """The earlier rule, max + margin x (max - median) of the good frames' scores: kept only for the
+    evaluation's ``*_line`` columns (results.json keeps their meaning); calibrate uses the conformal one."""
     s = np.asarray(scores, dtype=np.float64)
     if s.size < MIN_FRAMES:
         raise ConfigError(f"{s.size} good frames scored; at least {MIN_FRAMES} are needed (50 or more is better)")
@@ -56,18 +59,20 @@ def identity(info: ModelInfo) -> dict:
     return {**{k: getattr(info, k) for k in IDENTITY}, "graph": info.graph, "preset": info.preset}
 
 
-def record(scores: np.ndarray, margin: float, info: ModelInfo, model: str, source: str, rejected: int = 0) -> dict:
-    """What the threshold file holds: the threshold, how it was set, and on what."""
-    s = np.asarray(scores, dtype=np.float64)
-    thr = choose(s, margin)
+def record(op: OperatingPoint, info: ModelInfo, model: str, source: str, rejected: int = 0) -> dict:
+    """What the threshold file holds: the operating point, how it was set, and on what."""
+    s = np.asarray(op.scores, dtype=np.float64)
     return {
         "format": FORMAT,
-        "threshold": thr,
-        "rule": f"max + {margin:g} x (max - median) of {s.size} good frames' scores",
-        "margin": margin,
-        "good_frames": int(s.size),
+        "threshold": op.ng_threshold,
+        "review_threshold": op.review_threshold,
+        "rule": (f"split conformal on {op.n} good frames' scores: NG above the ceil((N+1)(1-A))-th smallest "
+                 f"(A = {op.frr:g}), REVIEW above the ceil((N+1)(1-B))-th (B = {op.review_frr})"),
+        "operating_point": op.to_dict(),
+        "certified_in_words": op.describe(),
+        "good_frames": op.n,
         "rejected_frames": int(rejected),
-        "scores": {"min": float(s.min()), "median": float(np.median(s)), "p99": float(np.percentile(s, 99)),
+        "scores": {"min": float(s.min()), "median": float(np.median(s)), "p95": op.quantile(0.95),
                    "max": float(s.max())},
         "shot_threshold": info.threshold,
         "good_frames_over_shot_threshold": int(np.sum(s >= info.threshold)),
@@ -114,7 +119,7 @@ def load(path: Path, info: ModelInfo) -> dict:
         raise ConfigError(f"threshold file not found: {path}") from err
     except (OSError, ValueError) as err:
         raise ArtifactError(f"{path} is not a readable threshold file: {err}") from err
-    if not isinstance(rec, dict) or rec.get("format") != FORMAT:
+    if not isinstance(rec, dict) or rec.get("format") not in (FORMAT, FORMAT_V1):
         raise ArtifactError(f"{path} is not a protospect line threshold file (format {FORMAT}); "
                             "make one with `protospect calibrate`")
     thr = rec.get("threshold")
@@ -129,6 +134,11 @@ def load(path: Path, info: ModelInfo) -> dict:
     if differ:
         raise ArtifactError(f"{path} was measured with another model: {'; '.join(differ)}. "
                             "Scores of one model say nothing about another: recalibrate with `protospect calibrate`")
+    if rec["format"] == FORMAT:
+        op = rec.get("operating_point")
+        if not isinstance(op, dict):
+            raise ArtifactError(f"{path}: no operating point; recalibrate with `protospect calibrate`")
+        rec["_operating_point"] = OperatingPoint.from_dict(op, str(path))
     return rec
 
 
@@ -138,14 +148,25 @@ def _short(value) -> str:
 
 
 def apply(info: ModelInfo, spec: str | None) -> ModelInfo:
-    """``--threshold`` for serve/bench: None (the model's own), a number, or a threshold file."""
+    """``--threshold`` for serve/bench: None (the model's own), a number, or a threshold file (a conformal
+    file sets both thresholds and the p-values; an earlier file the NG threshold only)."""
     if spec is None:
         return info
     try:
         value = float(spec)
     except ValueError:
         rec = load(Path(spec), info)
-        return replace(info, threshold=float(rec["threshold"]), threshold_source=f"line calibration {spec}")
+        op = rec.get("_operating_point")
+        if op is None:
+            return replace(info, threshold=float(rec["threshold"]), threshold_source=f"line calibration {spec}",
+                           review_threshold=None, operating_point=None)
+        return with_operating_point(info, op, f"line calibration {spec}")
     if not math.isfinite(value):
         raise ConfigError(f"--threshold {spec}: must be a finite number or a threshold file")
-    return replace(info, threshold=value, threshold_source="command line")
+    return replace(info, threshold=value, threshold_source="command line", review_threshold=None, operating_point=None)
+
+
+def with_operating_point(info: ModelInfo, op: OperatingPoint, source: str) -> ModelInfo:
+    """The model's info judged at a conformal operating point: both thresholds, p-values, drift watch."""
+    return replace(info, threshold=op.ng_threshold, review_threshold=op.review_threshold, operating_point=op,
+                   threshold_source=source)

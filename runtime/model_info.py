@@ -28,6 +28,8 @@ class ModelInfo:
     split_k: int | None = None           # split graphs only
     grid: tuple[int, int] | None = None  # split graphs only
     threshold_source: str = "model (set on the registration shots at export)"  # or a line calibration
+    review_threshold: float | None = None  # REVIEW when review_threshold <= score < threshold (conformal files)
+    operating_point: object = field(default=None, compare=False)  # runtime.verdict.conformal.OperatingPoint
     props: dict = field(default_factory=dict, compare=False)
 
     @classmethod
@@ -77,8 +79,9 @@ class ModelInfo:
             raise ArtifactError(f"{where} has malformed protospect metadata: {err}") from err
 
     def describe(self) -> str:
+        review = "" if self.review_threshold is None else f" review={self.review_threshold:.6g}"
         return (f"{self.method}/{self.preset} {self.precision} {self.input_size}px "
-                f"threshold={self.threshold:.6g} ({self.threshold_source}) graph={self.graph}")
+                f"threshold={self.threshold:.6g}{review} ({self.threshold_source}) graph={self.graph}")
 
 
 def _unprefixed(props: dict) -> dict:

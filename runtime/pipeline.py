@@ -8,7 +8,7 @@ Stages timed per frame (milliseconds, all host clocks):
   wait          capture stamp -> the loop takes the frame (queueing)
   preprocess    conversion to RGB uint8 + resize to S x S
   infer         backend.infer (host -> device -> host for GPU backends)
-  postprocess   verdict from the threshold
+  postprocess   verdict from the thresholds (OK / REVIEW / NG), p-value, drift watch
   host_to_host  preprocess + infer + postprocess: frame in host memory -> verdict on host
   capture_to_verdict  capture stamp -> verdict (what the line sees)
   sink          all sinks for this frame (not in the frame's own record: it is written there)
@@ -17,7 +17,6 @@ Stages timed per frame (milliseconds, all host clocks):
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 
@@ -28,6 +27,8 @@ from protospect.runtime.preprocess import FrameRejected, preprocess
 from protospect.runtime.sinks import Result, Sink, SinkError
 from protospect.runtime.sources import CaptureThread, Source, default_queue_policy
 from protospect.runtime.stats import RunCounters, StageTimes
+from protospect.runtime.verdict.conformal import judge
+from protospect.verdict_record import NG, OK, REJECTED, REVIEW
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ class Pipeline:
     def __init__(self, backend, source: Source, sinks: list[Sink] | tuple = (), *, queue_size: int = 2,
                  policy: str | None = None, max_frames: int | None = None, warmup: int = 0,
                  backoff_s: float = 0.1, backoff_max_s: float = 5.0, max_reconnect_attempts: int | None = None,
-                 progress: bool = False, on_frame=None):
+                 progress: bool = False, on_frame=None, drift=None):
         self.backend = backend
         self.source = source
         # Sinks that add notes to a result (the NG image's file name) run before the log that writes them.
@@ -50,6 +51,7 @@ class Pipeline:
         self.backoff = (backoff_s, backoff_max_s, max_reconnect_attempts)
         self.progress = progress
         self.on_frame = on_frame  # called with each Result (soak uses it to sample memory)
+        self.drift = drift        # runtime.verdict.drift.DriftWatch fed with OK/REVIEW scores, or None
         self.counters = RunCounters()
         self.times = StageTimes()
         self.capture: CaptureThread | None = None
@@ -119,7 +121,7 @@ class Pipeline:
             self.counters.rejected[rej.reason] += 1
             log.warning("frame %d rejected: %s", frame.seq, rej.reason)
             record = {"seq": frame.seq, "t_capture_ns": frame.t_capture_ns, "t_wall": round(frame.t_wall, 6),
-                      "verdict": "REJECTED", "reason": rej.reason}
+                      "verdict": REJECTED, "reason": rej.reason}
             if frame.origin:
                 record["origin"] = frame.origin
             for sink in self.sinks:
@@ -128,8 +130,13 @@ class Pipeline:
         t1 = time.monotonic_ns()
         amap, score = self.backend.infer(model_in)
         t2 = time.monotonic_ns()
-        # A score that is not a number cannot clear a part: fail safe to NG.
-        verdict = "NG" if (score >= info.threshold or not math.isfinite(score)) else "OK"
+        # A score that is not a number cannot clear a part: fail safe to NG (judge does).
+        verdict = judge(score, info.threshold, info.review_threshold)
+        op = info.operating_point
+        p_value = op.p_value(score) if op is not None else None
+        event = None
+        if self.drift is not None and verdict in (OK, REVIEW):
+            event = self.drift.update(score, frame.seq, frame.t_wall)
         t3 = time.monotonic_ns()
         ms = {"wait": (t0 - frame.t_capture_ns) / 1e6, "preprocess": (t1 - t0) / 1e6, "infer": (t2 - t1) / 1e6,
               "postprocess": (t3 - t2) / 1e6, "host_to_host": (t3 - t0) / 1e6,
@@ -140,15 +147,24 @@ class Pipeline:
             ms["device"] = self.backend.last_device_ms
         c = self.counters
         c.processed += 1
-        c.ok += verdict == "OK"
-        c.ng += verdict == "NG"
+        c.ok += verdict == OK
+        c.review += verdict == REVIEW
+        c.ng += verdict == NG
+        if self.drift is not None:
+            c.drift_events = self.drift.events
         c.dropped = self.queue.dropped
         c.reconnects = self.capture.reconnects if self.capture else 0
         result = Result(seq=frame.seq, t_capture_ns=frame.t_capture_ns, t_wall=frame.t_wall, score=score,
                         verdict=verdict, ms=ms, backend=self.backend.name, rgb_fn=rgb_fn, anomaly_map=amap,
-                        origin=frame.origin, counters=c.as_dict())
+                        origin=frame.origin, counters=c.as_dict(), p_value=p_value)
         for sink in self.sinks:
             sink.write(result)
+        if event is not None:
+            log.warning("%s at frame %d: %d of the last %d OK/REVIEW scores above the calibration's 95th percentile "
+                        "%.4g (p = %.2g); thresholds unchanged", event["event"], frame.seq, event["above"],
+                        event["window"], event["reference"], event["p_value"])
+            for sink in self.sinks:
+                sink.event(event)
         t4 = time.monotonic_ns()
         if c.processed > self.warmup:  # warm-up frames are processed and logged, not timed
             c.timed += 1
@@ -163,7 +179,8 @@ class Pipeline:
             self.on_frame(result)
 
     def report(self) -> dict:
-        return {"counters": self.counters.as_dict(), "stages": self.times.summary(),
+        extra = {"drift": self.drift.state()} if self.drift is not None else {}
+        return {**extra, "counters": self.counters.as_dict(), "stages": self.times.summary(),
                 "backend": self.backend.describe(), "source": self.source.name,
                 "capture_ended": self.capture.ended if self.capture else "", "warmup": self.warmup,
                 "sink_failures": {s.name: s.failures for s in self.sinks if s.failures}, "sink_error": self.sink_error}

@@ -46,10 +46,14 @@ def stage_order(summary: dict) -> list[str]:
 def summary_text(report: dict) -> str:
     c = report["counters"]
     lines = [format_table(report["stages"], stage_order(report["stages"])),
-             f"frames: processed {c['processed']} (OK {c['ok']}, NG {c['ng']}), rejected {c['rejected']}, "
+             f"frames: processed {c['processed']} (OK {c['ok']}, REVIEW {c.get('review', 0)}, NG {c['ng']}), "
+             f"rejected {c['rejected']}, "
              f"dropped {c['dropped']}, reconnects {c['reconnects']}, {c['fps']:.1f} frames/s"]
     if c["rejected_reasons"]:
         lines.append("rejected: " + "; ".join(f"{n} x {r}" for r, n in c["rejected_reasons"].items()))
+    if c.get("drift_events"):
+        lines.append(f"drift: the watch fired {c['drift_events']} time(s) (see the \"drift\" lines in the log); "
+                     "thresholds unchanged")
     if report.get("capture_ended"):
         lines.append(f"source {report['source']}: {report['capture_ended']}")
     for name, n in report.get("sink_failures", {}).items():

@@ -61,7 +61,7 @@ class Result:
     t_capture_ns: int
     t_wall: float
     score: float
-    verdict: str                 # "OK" | "NG"
+    verdict: str                 # "OK" | "REVIEW" | "NG" (protospect.verdict_record)
     ms: dict                     # stage -> milliseconds
     backend: str
     rgb_fn: Callable[[], np.ndarray]  # full-resolution frame, uint8 RGB, converted on first use
@@ -69,6 +69,7 @@ class Result:
     origin: str = ""
     counters: dict = field(default_factory=dict)
     notes: dict = field(default_factory=dict)  # added by sinks that run first (the NG image's name) for the log
+    p_value: float | None = None  # conformal p-value, when the thresholds come from a conformal file
     _rgb: np.ndarray | None = field(default=None, repr=False)
 
     @property
@@ -80,8 +81,11 @@ class Result:
     def record(self) -> dict:
         score, odd = float(self.score), not_finite(self.score)
         rec = {"seq": self.seq, "t_capture_ns": self.t_capture_ns, "t_wall": round(self.t_wall, 6),
-               "score": None if odd else round(score, 6), "verdict": self.verdict,
-               "ms": {k: round(v, 3) for k, v in self.ms.items()}, "backend": self.backend}
+               "score": None if odd else round(score, 6), "verdict": self.verdict}
+        if self.p_value is not None:
+            rec["p_value"] = round(self.p_value, 6)
+        rec["ms"] = {k: round(v, 3) for k, v in self.ms.items()}
+        rec["backend"] = self.backend
         if odd:
             rec["score_not_finite"] = odd  # JSON has no NaN/inf: null plus which one
         if self.origin:
@@ -100,6 +104,9 @@ class Sink:
 
     def reject(self, record: dict) -> None:
         pass
+
+    def event(self, record: dict) -> None:
+        """A line that is not a frame (``{"event": "drift", ...}``, protospect.verdict_record)."""
 
     def tick(self) -> None:
         """Called when the loop waited for a frame in vain: time-based housekeeping."""
@@ -168,6 +175,9 @@ class JsonlSink(Sink):
         self._line(result.record())
 
     def reject(self, record: dict) -> None:
+        self._line(record)
+
+    def event(self, record: dict) -> None:
         self._line(record)
 
     def tick(self) -> None:

@@ -55,7 +55,9 @@ class RunCounters:
         self.processed = 0
         self.timed = 0       # processed after warm-up: these are in the latency table and frames/s
         self.ok = 0
+        self.review = 0
         self.ng = 0
+        self.drift_events = 0  # times the drift watch fired
         self.rejected = collections.Counter()
         self.dropped = 0
         self.reconnects = 0
@@ -69,7 +71,8 @@ class RunCounters:
         return (self.timed - 1) / (self.t_last - self.t_first)
 
     def as_dict(self) -> dict:
-        return {"processed": self.processed, "ok": self.ok, "ng": self.ng, "rejected": sum(self.rejected.values()),
+        return {"processed": self.processed, "ok": self.ok, "review": self.review, "ng": self.ng,
+                "rejected": sum(self.rejected.values()), "drift_events": self.drift_events,
                 "rejected_reasons": dict(self.rejected), "dropped": self.dropped, "reconnects": self.reconnects,
                 "fps": round(self.fps(), 2)}
 

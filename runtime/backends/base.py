@@ -103,4 +103,9 @@ class BackendBase:
         if self.info is not None:
             d.update(method=self.info.method, precision=self.info.precision, input_size=self.info.input_size,
                      threshold=self.info.threshold, threshold_source=self.info.threshold_source)
+            if self.info.review_threshold is not None:
+                d["review_threshold"] = self.info.review_threshold
+            op = self.info.operating_point
+            if op is not None:
+                d["operating_point"] = {k: v for k, v in op.to_dict().items() if k != "scores"}
         return d

@@ -110,12 +110,17 @@ def _leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.endswith((".tmp", ".part")))
 
 
-@pytest.mark.parametrize("margin", ["inf", "nan", "-0.5", "-inf"])
-def test_calibrate_refuses_a_margin_that_is_not_a_finite_number_before_anything_is_written(fx, old_threshold, capsys,
-                                                                                           margin):
-    assert cli_main(["calibrate", str(fx.model), "--source", str(fx.video), "--out", str(old_threshold),
-                     f"--margin={margin}"]) == 1
-    _one_error_line(capsys.readouterr().err, "margin", "finite")
+@pytest.mark.parametrize("rates,words", [(["--frr=inf"], ("--frr", "(0, 1)")), (["--frr=nan"], ("--frr", "(0, 1)")),
+                                         (["--frr=0"], ("--frr", "(0, 1)")), (["--frr=1.5"], ("--frr", "(0, 1)")),
+                                         (["--frr=0.1", "--review-frr=0.05"], ("--review-frr", "below --frr")),
+                                         (["--frr=0.01", "--max-frames=50"], ("N >= 1/A - 1 = 99",))])
+def test_calibrate_refuses_bad_rates_or_too_few_parts_before_anything_is_written(fx, old_threshold, capsys, monkeypatch,
+                                                                                 rates, words):
+    from protospect.runtime import cli_calibrate
+
+    monkeypatch.setattr(cli_calibrate, "open_source", lambda *a, **k: pytest.fail("the source was opened"))
+    assert cli_main(["calibrate", str(fx.model), "--source", str(fx.video), "--out", str(old_threshold), *rates]) == 1
+    _one_error_line(capsys.readouterr().err, *words)
     assert old_threshold.read_text() == GOOD_FILE and not old_threshold.with_suffix(".png").exists()
 
 
@@ -154,7 +159,8 @@ def test_calibrate_save_that_fails_leaves_the_old_file_and_no_temp_file(fx, old_
         raise OSError(30, "Read-only file system")
 
     monkeypatch.setattr(files.os, "replace", refuse)  # the check passed; the disk turns read-only before the save
-    assert cli_main(["calibrate", str(fx.model), "--source", str(fx.video), "--out", str(old_threshold)]) == 1
+    assert cli_main(["calibrate", str(fx.model), "--source", str(fx.video), "--out", str(old_threshold),
+                     "--frr", "0.05"]) == 1
     _one_error_line(capsys.readouterr().err, "cannot write the threshold file", "Read-only")
     assert old_threshold.read_text() == GOOD_FILE and _leftovers(old_threshold.parent) == []
 
@@ -187,7 +193,7 @@ def test_ctrl_c_during_calibrate_writes_nothing_and_says_so(fx, old_threshold, m
 
 def test_calibrate_still_writes_both_files_atomically(fx, tmp_path, capsys):
     out = tmp_path / "new" / "thr.json"
-    assert cli_main(["calibrate", str(fx.model), "--source", str(fx.video), "--out", str(out)]) == 0
+    assert cli_main(["calibrate", str(fx.model), "--source", str(fx.video), "--out", str(out), "--frr", "0.05"]) == 0
     assert json.loads(out.read_text())["good_frames"] == fx.n_frames
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG" and _leftovers(out.parent) == []
 
