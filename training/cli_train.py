@@ -37,15 +37,70 @@ def config_overrides_from_args(args: argparse.Namespace) -> dict:
         if not args.backbone_weights.is_file():
             raise ConfigError(f"--backbone-weights file not found: {args.backbone_weights}")
         overrides["backbone_weights"] = str(args.backbone_weights)
-    for item in args.settings:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set expects KEY=VALUE, got '{item}'")
-        try:
-            overrides[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key.strip()] = value  # a plain string
+    overrides.update(parse_settings(args.settings))
+    method = getattr(args, "method", None)
+    if method is not None:
+        check_setting_types(method, getattr(args, "preset", "edge"), overrides)
     return overrides
+
+
+def parse_settings(items: list[str], flag: str = "--set") -> dict:
+    """KEY=VALUE strings -> dict; VALUE parsed as JSON when it can be, else kept as a string.
+
+    The one --set parser for `train` and `eval` (and any command that takes method settings)."""
+    settings: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"{flag} expects KEY=VALUE, got '{item}'")
+        try:
+            settings[key] = json.loads(value)
+        except json.JSONDecodeError:
+            settings[key] = value  # a plain string
+    return settings
+
+
+_KIND = {bool: "true or false", int: "an integer", float: "a number", str: "a string", tuple: "a JSON list", list: "a JSON list"}
+
+
+def _annotated_type(annotation) -> type | None:
+    """bool/int/float/str/tuple from a dataclass field's annotation ("float", "int | None", "tuple[int, ...]")."""
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    head = text.replace("Optional[", "").split("|")[0].split("[")[0].strip().lower()
+    return {"bool": bool, "int": int, "float": float, "str": str, "tuple": tuple, "list": list}.get(head)
+
+
+def check_setting_types(method: str, preset: str, settings: dict) -> None:
+    """Refuse a setting whose value cannot be the type of the method's preset value, naming the key and the type.
+
+    Unknown keys and presets are left to the method (it lists the valid ones); None-valued defaults take anything.
+    """
+    import dataclasses  # noqa: PLC0415
+
+    from protospect.training.methods import get_method  # noqa: PLC0415
+
+    presets = getattr(get_method(method), "PRESETS", {})
+    cfg = presets.get(preset)
+    if cfg is None or not dataclasses.is_dataclass(cfg):
+        return
+    fields = {f.name: f for f in dataclasses.fields(cfg)}
+    for key, value in settings.items():
+        if key not in fields:
+            continue
+        default = getattr(cfg, key)
+        want = _annotated_type(fields[key].type) or (type(default) if default is not None else None)
+        if want is None or value is None:
+            continue
+        ok = (isinstance(value, bool) if want is bool
+              else isinstance(value, int) and not isinstance(value, bool) if want is int
+              else isinstance(value, (int, float)) and not isinstance(value, bool) if want is float
+              else isinstance(value, (list, tuple)) if want in (list, tuple)
+              else isinstance(value, str) if want is str else True)
+        if not ok:
+            kind = _KIND.get(want, want.__name__)
+            raise ConfigError(f"--set {key}={json.dumps(value) if not isinstance(value, str) else value}: {method} setting "
+                              f"'{key}' takes {kind} (preset {preset}: {json.dumps(default) if not isinstance(default, tuple) else list(default)})")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
