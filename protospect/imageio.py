@@ -5,12 +5,23 @@ it arrived as (gray, 16-bit, BGRA, BGR from OpenCV), so the model always sees th
 """
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 
-import cv2
-import numpy as np
+# OpenCV's own decoder warnings (libpng "iCCP: known incorrect sRGB profile", "imread_: can't open") would
+# print around our one-line errors: errors only, unless the user set a level.
+_USER_CV_LOG_LEVEL = "OPENCV_LOG_LEVEL" in os.environ
+os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 
-from protospect.errors import DataError
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+from protospect.errors import DataError  # noqa: E402
+
+log = logging.getLogger(__name__)
+if not _USER_CV_LOG_LEVEL and hasattr(cv2, "setLogLevel"):  # cv2 may have been imported before this module
+    cv2.setLogLevel(2)  # LOG_LEVEL_ERROR
 
 
 def to_rgb_uint8(img: np.ndarray, *, bgr: bool = True) -> np.ndarray:
@@ -26,7 +37,7 @@ def to_rgb_uint8(img: np.ndarray, *, bgr: bool = True) -> np.ndarray:
     if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] not in (3, 4)):
         raise DataError(f"frame has shape {img.shape}; expected HxW, HxWx1, HxWx3 or HxWx4")
     if img.dtype == np.uint16:
-        img = (img >> 8).astype(np.uint8)  # keep the top 8 bits: exact for 8-bit data stored in 16
+        img = uint16_to_uint8(img)
     elif img.dtype in (np.float32, np.float64):
         img = np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8) if img.max() <= 1.0 else np.clip(img, 0, 255).astype(np.uint8)
     elif img.dtype != np.uint8:
@@ -39,16 +50,77 @@ def to_rgb_uint8(img: np.ndarray, *, bgr: bool = True) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB) if bgr else np.ascontiguousarray(img)
 
 
+LOW_BIT_MAX = 4096  # a 16-bit image whose every sample is below this holds 12-bit (or less) camera data
+_warned_low_bits = False
+
+
+def uint16_to_uint8(img: np.ndarray) -> np.ndarray:
+    """16-bit samples -> 8 bits. The rule (docs/contracts.md 1), the same for every image so that shots,
+    test images and frames agree:
+
+    * max >= 4096: 16-bit data, the top 8 bits (``>> 8``; exact for 8-bit data stored in 16);
+    * max < 4096: 12-bit data in a 16-bit container (what machine-vision cameras write), ``>> 4``, with one
+      warning per process. ``>> 8`` would leave it near-black (at most 15 of 255). A camera's frames with a
+      declared pixel format (GenICam Mono10/12/14) are scaled by that format in runtime/pixel_formats.py.
+    """
+    peak = int(img.max()) if img.size else 0
+    if peak >= LOW_BIT_MAX:
+        return (img >> 8).astype(np.uint8)
+    global _warned_low_bits
+    if not _warned_low_bits:
+        _warned_low_bits = True
+        log.warning("16-bit image with every sample below 4096 (max %d): read as 12-bit data (>> 4), "
+                    "not >> 8 (near-black); save 8-bit or full-range 16-bit images to avoid this", peak)
+    return (img >> 4).astype(np.uint8)
+
+
 def _decode(path: str | Path, flags: int, what: str) -> np.ndarray:
     """cv2.imdecode of a file (np.fromfile: works for non-ASCII paths); DataError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{what} not found: {path}")
     data = np.fromfile(str(path), dtype=np.uint8)
-    img = cv2.imdecode(data, flags) if data.size else None
+    if not data.size:
+        raise DataError(f"cannot decode {what} (empty file): {path}")
+    problem = png_problem(data.tobytes()) if data[:8].tobytes() == PNG_SIGNATURE else None
+    if problem:  # checked here, so libpng never prints its own error beside ours
+        raise DataError(f"cannot decode {what} (corrupt PNG: {problem}): {path}")
+    try:
+        img = cv2.imdecode(data, flags)
+    except cv2.error as err:
+        why = ("its header declares more pixels than OpenCV decodes" if "MAX_IMAGE_PIXELS" in str(err)
+               else str(err).strip().splitlines()[-1])
+        raise DataError(f"cannot decode {what} ({why}): {path}") from err
     if img is None:
         raise DataError(f"cannot decode {what} (corrupt or not an image): {path}")
     return img
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_problem(data: bytes) -> str | None:
+    """What is wrong with a PNG's chunk structure (a chunk's CRC, a cut-off file, no IHDR/IEND), or None.
+
+    zlib.crc32 over the bytes already read: about 1 ms per MB, against the decode that follows."""
+    import struct  # noqa: PLC0415
+    import zlib  # noqa: PLC0415
+
+    pos, first = 8, True
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        end = pos + 12 + length
+        if end > len(data):
+            return f"cut off inside chunk {kind.decode('latin-1')!r}"
+        if first and kind != b"IHDR":
+            return "first chunk is not IHDR"
+        first = False
+        if zlib.crc32(data[pos + 4:pos + 8 + length]) != struct.unpack(">I", data[pos + 8 + length:end])[0]:
+            return f"CRC error in chunk {kind.decode('latin-1')!r}"
+        if kind == b"IEND":
+            return None
+        pos = end
+    return "cut off (no IEND chunk)"
 
 
 def read_rgb(path: str | Path) -> np.ndarray:
