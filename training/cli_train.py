@@ -103,6 +103,44 @@ def check_setting_types(method: str, preset: str, settings: dict) -> None:
                               f"'{key}' takes {kind} (preset {preset}: {json.dumps(default) if not isinstance(default, tuple) else list(default)})")
 
 
+FLAT_STD = 2.0  # grey levels: below this an image is (near-)constant, e.g. all black
+
+
+def degenerate_shots(images, names) -> str | None:
+    """One line saying which shots are (near-)constant or identical to another shot, or None.
+
+    A model trained on a black frame, or on K copies of one picture, learns nothing about the part."""
+    import hashlib  # noqa: PLC0415
+
+    import numpy as np  # noqa: PLC0415
+
+    flat = [f"{n} (std {float(np.std(img)):.1f})" for img, n in zip(images, names) if float(np.std(img)) < FLAT_STD]
+    seen: dict[str, str] = {}
+    same = []
+    for img, n in zip(images, names):
+        digest = hashlib.sha256(np.ascontiguousarray(img).tobytes() + str(img.shape).encode()).hexdigest()
+        if digest in seen:
+            same.append(f"{n} = {seen[digest]}")
+        else:
+            seen[digest] = n
+    parts = []
+    if flat:
+        parts.append(f"{len(flat)} of {len(images)} are (near-)constant: {', '.join(flat)}")
+    if same:
+        parts.append(f"{len(same)} are identical to another shot: {', '.join(same)}")
+    if not parts:
+        return None
+    return "shots: " + "; ".join(parts) + " - the model learns little from them (check the camera and the files)"
+
+
+def warn_degenerate_shots(images, names) -> None:
+    import logging  # noqa: PLC0415
+
+    line = degenerate_shots(images, names)
+    if line:
+        logging.getLogger("protospect.train").warning(line)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, type=Path, help="MVTec-layout root (with --category) or one category folder")
     p.add_argument("--category", default=None, help="category folder under --data (omit when --data is the category)")
@@ -123,6 +161,7 @@ def run(args: argparse.Namespace) -> int:
     cat = MVTecCategory(args.data, args.category)
     shot_paths = sample_shots(cat.train_good, args.shots, args.seed)
     shots_rgb = [read_rgb(p) for p in shot_paths]
+    warn_degenerate_shots(shots_rgb, [p.name for p in shot_paths])
     t0 = time.perf_counter()
     overrides = {"category": cat.name, **overrides}  # pcsnet/prn pick their pseudo-anomaly table row with it
     model = method.fit(shots_rgb, preset=args.preset, seed=args.seed, config_overrides=overrides)
