@@ -24,6 +24,7 @@ from protospect.runtime.pipeline import Pipeline
 from protospect.runtime.report import exit_code, stop_on_signals, summary_text, write_json
 from protospect.runtime.sinks import JsonlSink, NgImageSink
 from protospect.runtime.sources import open_source
+from protospect.runtime.verdict.drift import DEFAULT_WINDOW, DriftWatch
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--view", default=None, metavar="[127.0.0.1]:PORT", help="serve the live operator page, e.g. --view :8080")
     parser.add_argument("--max-frames", type=int, default=None, help="stop after N frames (default: until the source ends)")
     parser.add_argument("--fsync-every", type=int, default=100, help="fsync the log every N lines (and every second)")
+    parser.add_argument("--drift-window", type=int, default=DEFAULT_WINDOW, metavar="N",
+                        help=f"drift watch over the last N OK/REVIEW scores (default {DEFAULT_WINDOW}; 0: off); needs "
+                             "thresholds from a conformal file or a station bundle")
 
 
 def check_common(args: argparse.Namespace) -> None:
@@ -70,6 +74,19 @@ def check_common(args: argparse.Namespace) -> None:
         raise ConfigError(f"--threads {args.threads}: must be >= 1")
     if getattr(args, "max_frames", None) is not None and args.max_frames < 1:
         raise ConfigError(f"--max-frames {args.max_frames}: must be >= 1")
+
+
+def make_drift_watch(info, window: int) -> DriftWatch | None:
+    """A drift watch over the conformal calibration scores (None: no such scores, or window 0)."""
+    op = info.operating_point
+    if op is None or window == 0:
+        if window and op is None:
+            log.info("drift watch off: the thresholds do not come from good calibration scores "
+                     "(use a station bundle or a file from `protospect calibrate`)")
+        return None
+    watch = DriftWatch(op.scores, window=window)
+    log.info(watch.describe())
+    return watch
 
 
 class _Signalled:
@@ -99,6 +116,8 @@ def keep_page_up(view: OperatorView) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_common(args)
+    if args.drift_window < 0:
+        raise ConfigError(f"--drift-window {args.drift_window}: must be >= 0 (0: off)")
     backend = select_backend(args.model, args.backend, threads=args.threads)
     source = open_source(args.source, loop=args.loop)
     view = None
@@ -113,10 +132,11 @@ def run(args: argparse.Namespace) -> int:
             if args.view is not None:
                 host, port = parse_view(args.view)
                 view = OperatorView(host=host, port=port, threshold=info.threshold, map_range=info.map_range,
-                                    backend=backend.name).start()
+                                    backend=backend.name, review_threshold=info.review_threshold).start()
                 sinks.append(view)
+            drift = make_drift_watch(info, args.drift_window)
             pipeline = Pipeline(backend, source, sinks, queue_size=args.queue_size, max_frames=args.max_frames,
-                                progress=sys.stderr.isatty())
+                                progress=sys.stderr.isatty(), drift=drift)
             signalled = _Signalled(pipeline)
             with stop_on_signals(signalled):
                 report = pipeline.run()

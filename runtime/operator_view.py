@@ -2,8 +2,9 @@
 
   GET /            the page (runtime/web/index.html + app.js): verdict, frame with heatmap,
                    rolling score and latency plots drawn client-side
-  GET /state.json  latest verdict, score, threshold, counters and the recent history (strict JSON:
-                   a NaN/inf score is null, with score_not_finite saying which)
+  GET /state.json  latest verdict (OK / REVIEW / NG), score, p-value, thresholds, counters, the drift
+                   watch's state and the recent history (strict JSON: a NaN/inf score is null, with
+                   score_not_finite saying which)
   GET /frame.jpg?seq=N  frame N with its heatmap (encoded on request, at most once per frame), its seq in
                    the X-Frame-Seq header. Exactly frame N or nothing: the last KEEP frames are kept, and so
                    are the frames state.json last reported (the page asks for those); a frame no longer kept
@@ -26,6 +27,7 @@ import cv2
 
 from protospect.errors import ConfigError
 from protospect.runtime.sinks import Result, Sink, heat_overlay, json_text, not_finite
+from protospect.verdict_record import EVENT_DRIFT, EVENT_DRIFT_CLEARED
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +52,12 @@ def parse_view(spec: str) -> tuple[str, int]:
 
 class OperatorView(Sink):
     def __init__(self, *, port: int = 8080, host: str = "127.0.0.1", threshold: float, map_range: tuple[float, float],
-                 history: int = 300, jpeg_width: int = 640, backend: str = ""):
+                 history: int = 300, jpeg_width: int = 640, backend: str = "", review_threshold: float | None = None):
         if host not in LOOPBACK:
             raise ConfigError(f"operator page host {host}: serves on 127.0.0.1 only")
         self.host, self.port = "127.0.0.1", port
         self.threshold = threshold
+        self.review_threshold = review_threshold
         self.map_range = map_range
         self.jpeg_width = jpeg_width
         self.backend = backend
@@ -66,6 +69,8 @@ class OperatorView(Sink):
         self._jpegs: dict[int, bytes | None] = {}  # encoded once per kept frame
         self._counters: dict = {}
         self._last_reject = ""
+        self._drift: dict | None = None  # the last drift event (None: none yet, or cleared)
+        self._drift_events = 0
         self._running = True
         self._server = None
         self._thread = None
@@ -125,6 +130,14 @@ class OperatorView(Sink):
         with self._lock:
             self._last_reject = f"#{record.get('seq')}: {record.get('reason', '')}"
 
+    def event(self, record: dict) -> None:
+        with self._lock:
+            if record.get("event") == EVENT_DRIFT:
+                self._drift = dict(record)
+                self._drift_events += 1
+            elif record.get("event") == EVENT_DRIFT_CLEARED:
+                self._drift = None
+
     def close(self) -> None:
         with self._lock:
             self._running = False
@@ -138,7 +151,8 @@ class OperatorView(Sink):
                 self._keep(self._reported, r)
             return {
                 "running": self._running, "backend": self.backend, "threshold": self.threshold,
-                "map_range": list(self.map_range),
+                "review_threshold": self.review_threshold, "map_range": list(self.map_range),
+                "p_value": None if r is None else r.p_value, "drift": self._drift, "drift_events": self._drift_events,
                 "seq": None if r is None else r.seq, "verdict": None if r is None else r.verdict,
                 "score": None if r is None else r.score, "score_not_finite": None if r is None else not_finite(r.score),
                 "t_wall": None if r is None else r.t_wall,

@@ -30,7 +30,8 @@ def scores_of(model: str, folder: Path, sink: Path) -> np.ndarray:
     """The image score of every image of ``folder``, from the station's own path (serve)."""
     if cli_main(["serve", model, "--source", str(folder), "--sink", str(sink)]) != 0:
         sys.exit(f"serve failed on {folder}")
-    return np.array([json.loads(line)["score"] for line in (sink / "verdicts.jsonl").read_text().splitlines()])
+    recs = [json.loads(line) for line in (sink / "verdicts.jsonl").read_text().splitlines()]
+    return np.array([r["score"] for r in recs if "event" not in r])
 
 
 def main() -> int:
@@ -40,6 +41,8 @@ def main() -> int:
     ap.add_argument("category", type=Path)
     ap.add_argument("--n-good", type=int, default=30, help="train/good images (not shots) for line calibration")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--frr", type=float, default=0.05, help="false-reject rate A for the conformal NG threshold (default "
+                    "0.05: 30 good parts certify it; 1 %% needs 99)")
     args = ap.parse_args()
     shots = set(json.loads((args.artifact / "manifest.json").read_text())["shots"])
     pool = [p for p in images(args.category / "train" / "good") if p.name not in shots]
@@ -52,7 +55,8 @@ def main() -> int:
         for p in chosen:
             (good / p.name).symlink_to(p.resolve())
         thr_file = tmp / "line_threshold.json"
-        if cli_main(["calibrate", args.model, "--source", str(good), "--out", str(thr_file)]) != 0:
+        if cli_main(["calibrate", args.model, "--source", str(good), "--out", str(thr_file), "--frr", str(args.frr),
+                     "--review-frr", str(args.frr)]) != 0:
             return 1
         rec = json.loads(thr_file.read_text())
         rows = []

@@ -40,6 +40,11 @@ function showFrame(frame) {
 
 function text(id, value) { document.getElementById(id).textContent = value; }
 
+function drawLevel(ctx, yv, w, pad, colour) {
+  ctx.strokeStyle = colour; ctx.setLineDash([4, 4]); ctx.beginPath();
+  ctx.moveTo(pad, yv); ctx.lineTo(w - 4, yv); ctx.stroke(); ctx.setLineDash([]);
+}
+
 function plot(canvas, values, opts) {
   const ctx = canvas.getContext("2d");
   const w = canvas.width, h = canvas.height, pad = 28;
@@ -48,15 +53,14 @@ function plot(canvas, values, opts) {
   if (!finite.length) return;
   let lo = Math.min(...finite), hi = Math.max(...finite);
   if (opts.line !== undefined) { lo = Math.min(lo, opts.line); hi = Math.max(hi, opts.line); }
+  if (opts.line2 !== undefined && opts.line2 !== null) { lo = Math.min(lo, opts.line2); hi = Math.max(hi, opts.line2); }
   if (hi <= lo) hi = lo + 1e-6;
   const x = i => pad + (i / Math.max(values.length - 1, 1)) * (w - pad - 4);
   const y = v => h - 14 - ((v - lo) / (hi - lo)) * (h - 24);
   ctx.fillStyle = "#9aa0a6"; ctx.font = "11px sans-serif";
   ctx.fillText(hi.toPrecision(3), 2, 12); ctx.fillText(lo.toPrecision(3), 2, h - 4);
-  if (opts.line !== undefined) {
-    ctx.strokeStyle = "#e0a030"; ctx.setLineDash([4, 4]); ctx.beginPath();
-    ctx.moveTo(pad, y(opts.line)); ctx.lineTo(w - 4, y(opts.line)); ctx.stroke(); ctx.setLineDash([]);
-  }
+  if (opts.line !== undefined) drawLevel(ctx, y(opts.line), w, pad, "#ff5a4f");
+  if (opts.line2 !== undefined && opts.line2 !== null) drawLevel(ctx, y(opts.line2), w, pad, "#e0a030");
   ctx.strokeStyle = opts.color; ctx.lineWidth = 1.5; ctx.beginPath();
   let pen = false;  // a gap where a value is missing
   values.forEach((v, i) => {
@@ -65,9 +69,12 @@ function plot(canvas, values, opts) {
     pen = true;
   });
   ctx.stroke();
-  if (opts.marks) {
-    ctx.fillStyle = "#ff5a4f";
-    opts.marks.forEach((m, i) => { if (m && values[i] !== null) ctx.fillRect(x(i) - 2, y(values[i]) - 2, 4, 4); });
+  if (opts.marks) {  // NG red, REVIEW amber
+    opts.marks.forEach((m, i) => {
+      if (!m || values[i] === null) return;
+      ctx.fillStyle = m === "REVIEW" ? "#e0a030" : "#ff5a4f";
+      ctx.fillRect(x(i) - 2, y(values[i]) - 2, 4, 4);
+    });
   }
 }
 
@@ -78,19 +85,32 @@ function render(s, frame) {
   v.className = s.verdict || "";
   text("score", s.score !== null ? s.score.toPrecision(4) : (s.score_not_finite || "-"));
   text("threshold", s.threshold.toPrecision(4));
+  text("review_threshold", s.review_threshold === null || s.review_threshold === undefined ? "-" : s.review_threshold.toPrecision(4));
+  text("p_value", s.p_value === null || s.p_value === undefined ? "-" : s.p_value.toPrecision(3));
+  const drift = document.getElementById("drift");
+  if (s.drift) {
+    drift.className = "on";
+    drift.textContent = "DRIFT since frame " + s.drift.seq + ": " + s.drift.above + " of the last " + s.drift.window +
+      " OK/REVIEW scores above the calibration's 95th percentile (expected about " +
+      Math.round(s.drift.expected_rate * s.drift.window) + "); thresholds unchanged - check the line, register again if it changed";
+  } else {
+    drift.className = "";
+    drift.textContent = "";
+  }
   text("seq", s.seq === null ? "-" : s.seq);
   text("backend", s.backend);
   text("status", s.running ? "live" : "run finished");
   text("last_reject", s.last_reject ? "last rejected frame " + s.last_reject : "");
   const c = s.counters || {};
-  const rows = [["processed", c.processed], ["OK", c.ok], ["NG", c.ng], ["rejected", c.rejected],
+  const rows = [["processed", c.processed], ["OK", c.ok], ["REVIEW", c.review], ["NG", c.ng], ["rejected", c.rejected],
+                ["drift alarms", c.drift_events],
                 ["dropped", c.dropped], ["reconnects", c.reconnects], ["frames/s", c.fps],
                 ["host-to-host ms", s.ms && s.ms.host_to_host !== undefined ? s.ms.host_to_host.toFixed(2) : "-"]];
   document.getElementById("counters").innerHTML =
     rows.map(([k, val]) => `<tr><td class="k">${k}</td><td>${val === undefined ? "-" : val}</td></tr>`).join("");
   const hist = s.history;
-  plot(document.getElementById("score_plot"), hist.score, {color: "#6ab0ff", line: s.threshold,
-       marks: hist.verdict.map(x => x === "NG")});
+  plot(document.getElementById("score_plot"), hist.score, {color: "#6ab0ff", line: s.threshold, line2: s.review_threshold,
+       marks: hist.verdict.map(x => (x === "NG" || x === "REVIEW") ? x : null)});
   plot(document.getElementById("latency_plot"), hist.latency_ms, {color: "#8fd18f"});
   document.body.dataset.rendered = s.seq === null ? "" : String(s.seq);
   document.body.dataset.points = String(hist.score.length);
