@@ -150,25 +150,38 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_method_arguments(p, default_method="pcsnet")
 
 
-def run(args: argparse.Namespace) -> int:
+def train_artifact(shot_paths: list[Path], *, method: str, preset: str, seed: int, overrides: dict, out: Path,
+                   data: dict):
+    """Fit ``method`` on the shot image files and save the artifact: the one path `train` and `register` share.
+    Returns (model, artifact folder, train seconds)."""
     from protospect.imageio import read_rgb  # noqa: PLC0415 (heavy imports only when the command runs)
-    from protospect.training.artifact import artifact_sha256, save_artifact  # noqa: PLC0415
+    from protospect.training.artifact import save_artifact  # noqa: PLC0415
+    from protospect.training.methods import get_method  # noqa: PLC0415
+
+    fitter = get_method(method)
+    shots_rgb = [read_rgb(p) for p in shot_paths]
+    warn_degenerate_shots(shots_rgb, [Path(p).name for p in shot_paths])
+    t0 = time.perf_counter()
+    model = fitter.fit(shots_rgb, preset=preset, seed=seed, config_overrides=overrides)
+    train_seconds = time.perf_counter() - t0
+    saved = save_artifact(model, out, shots=shot_paths, seed=seed, data=data,
+                          extra={"train_seconds": round(train_seconds, 3)})
+    return model, saved, train_seconds
+
+
+def run(args: argparse.Namespace) -> int:
+    from protospect.training.artifact import artifact_sha256  # noqa: PLC0415 (heavy imports only when the command runs)
     from protospect.training.data import MVTecCategory, sample_shots  # noqa: PLC0415
     from protospect.training.methods import get_method  # noqa: PLC0415
 
     overrides = config_overrides_from_args(args)
-    method = get_method(args.method)
+    get_method(args.method)  # an unknown method is refused before any data is read
     cat = MVTecCategory(args.data, args.category)
     shot_paths = sample_shots(cat.train_good, args.shots, args.seed)
-    shots_rgb = [read_rgb(p) for p in shot_paths]
-    warn_degenerate_shots(shots_rgb, [p.name for p in shot_paths])
-    t0 = time.perf_counter()
     overrides = {"category": cat.name, **overrides}  # pcsnet/prn pick their pseudo-anomaly table row with it
-    model = method.fit(shots_rgb, preset=args.preset, seed=args.seed, config_overrides=overrides)
-    train_seconds = time.perf_counter() - t0
-    out = save_artifact(model, args.out, shots=shot_paths, seed=args.seed,
-                        data={"root": str(cat.root.parent), "category": cat.name},
-                        extra={"train_seconds": round(train_seconds, 3)})
+    model, out, train_seconds = train_artifact(shot_paths, method=args.method, preset=args.preset, seed=args.seed,
+                                               overrides=overrides, out=args.out,
+                                               data={"root": str(cat.root.parent), "category": cat.name})
     print(f"trained {args.method} ({args.preset}, S={model.meta['input_size']}) on K={args.shots} shots of "
           f"{cat.name}, seed {args.seed}: train time {train_seconds:.1f} s")
     print(f"threshold {model.calibration['threshold']:.5g} (from the shots only); "
