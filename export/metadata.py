@@ -10,7 +10,8 @@ import math
 
 import onnx
 
-from protospect.contract import FORMAT_VERSION, INPUT_LAYOUT, bank_sha256, check_contract  # noqa: F401 (re-exported)
+from protospect.contract import FORMAT_VERSION, INPUT_LAYOUT, METADATA_HASH, bank_sha256, check_contract  # noqa: F401 (re-exported)
+from protospect.contract import with_metadata_hash
 from protospect.errors import ArtifactError
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -74,10 +75,14 @@ def build_metadata(meta: dict, calibration: dict, *, artifact_sha256: str, preci
 
 
 def set_metadata(model: onnx.ModelProto, props: dict[str, str]) -> onnx.ModelProto:
-    """Write ``props`` into model.metadata_props, replacing keys already there (others are kept)."""
-    kept = [(p.key, p.value) for p in model.metadata_props if p.key not in props]
+    """Write ``props`` into model.metadata_props, replacing keys already there (others are kept), and
+    protospect.metadata_sha256 over the resulting protospect.* keys (docs/contracts.md 6)."""
+    kept = [(p.key, p.value) for p in model.metadata_props if p.key not in props and p.key != METADATA_HASH]
+    merged = dict(kept + sorted(props.items()))
+    hashed = with_metadata_hash({k: v for k, v in merged.items() if k.startswith("protospect.")})
+    merged[METADATA_HASH] = hashed[METADATA_HASH]
     del model.metadata_props[:]
-    for key, value in kept + sorted(props.items()):
+    for key, value in list(merged.items()):
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     return model

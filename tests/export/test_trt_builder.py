@@ -20,6 +20,7 @@ from onnx import TensorProto, helper
 from protospect.errors import ArtifactError, EngineBuildError
 from protospect.export import metadata
 from protospect.export.gpu_info import GpuInfo
+from protospect.contract import with_metadata_hash
 from protospect.export.metadata import set_metadata
 from protospect.export.trt_builder import engine_from_onnx, network_flags
 
@@ -226,7 +227,7 @@ def test_sidecar_is_what_the_runtime_checks(small_onnx, tmp_path):
     assert side["tensorrt_version"] == "10.3.0.30" and side["gpu_name"] == GPU.name and side["compute_capability"] == "8.7"
     assert side["onnx_sha256"] == hashlib.sha256(small_onnx.read_bytes()).hexdigest()
     assert side["engine_sha256"] == hashlib.sha256(b"ENGINE").hexdigest()
-    assert side["onnx_metadata"] == PROPS
+    assert side["onnx_metadata"] == with_metadata_hash(PROPS)  # every protospect.* key, the metadata hash included
     # The runtime's own check (contract section 7) accepts it here and refuses another TensorRT or GPU.
     trt_backend = pytest.importorskip("protospect.runtime.backends.trt")
     loaded = trt_backend.load_sidecar(built.engine)

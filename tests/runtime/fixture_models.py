@@ -49,6 +49,10 @@ def reference_rgb(size: int, frame_size=(160, 120)) -> np.ndarray:
 
 
 def _meta(model: onnx.ModelProto, props: dict) -> None:
+    """Set the graph's metadata as export does: protospect.metadata_sha256 over the protospect.* keys given."""
+    from protospect.contract import with_metadata_hash
+
+    props = with_metadata_hash({k: v if isinstance(v, str) else json.dumps(v) for k, v in props.items()})
     for k, v in props.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = k, v if isinstance(v, str) else json.dumps(v)

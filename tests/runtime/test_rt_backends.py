@@ -12,6 +12,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from fixture_models import build_diff_model, build_split_model, reference_rgb, render_part
+from protospect.contract import with_metadata_hash
 from protospect.errors import ArtifactError, ConfigError, CudaError, MissingDependencyError
 from protospect.imageio import resize_square, to_rgb_uint8
 from protospect.runtime import cuda
@@ -156,7 +157,7 @@ def _set_props(path, **props):
         if value is not None:
             kept[f"protospect.{key}"] = value
     del model.metadata_props[:]
-    for key, value in kept.items():
+    for key, value in with_metadata_hash(kept).items():  # as export would have written them
         model.metadata_props.add(key=key, value=value)
     onnx.save(model, str(path))
 
@@ -195,9 +196,9 @@ def _sidecar(tmp_path, **over):
     engine.write_bytes(b"x")
     data = {"tensorrt_version": "10.3.0.30", "gpu_name": "Orin", "compute_capability": "8.7", "onnx_sha256": "0" * 64,
             "engine_sha256": hashlib.sha256(b"x").hexdigest(),
-            "onnx_metadata": {"protospect.format_version": "1", "protospect.input_layout": "NHWC-uint8-RGB",
-                              "protospect.input_size": "[64, 64]", "protospect.threshold": "0.5",
-                              "protospect.map_range": "[0, 1]"}}
+            "onnx_metadata": with_metadata_hash({"protospect.format_version": "1", "protospect.input_layout": "NHWC-uint8-RGB",
+                                                 "protospect.input_size": "[64, 64]", "protospect.threshold": "0.5",
+                                                 "protospect.map_range": "[0, 1]"})}
     data.update(over)
     (tmp_path / "model.engine.json").write_text(json.dumps(data))
     return engine
@@ -305,3 +306,35 @@ def test_trt_engine_roundtrip_on_gpu(fx, tmp_path):
         m_t, s_t = t.infer(img)
         assert t.last_device_ms is not None and t.last_device_ms > 0
     assert np.abs(m_o - m_t).max() < 1e-4 and abs(s_o - s_t) < 1e-4
+
+
+# ---- metadata integrity (issue 20): an edited threshold must not change verdicts silently ---------
+
+@pytest.mark.parametrize("key, value", [("threshold", "-1.0"), ("threshold", "1000.0"), ("map_range", "[0.0, 9.0]"),
+                                        ("precision", "int8")])
+def test_metadata_edited_after_export_is_refused_naming_the_key(tmp_path, key, value):
+    path = build_diff_model(tmp_path / "m.onnx", reference_rgb(32), threshold=0.1)
+    model = onnx.load(str(path))
+    for p in model.metadata_props:
+        if p.key == f"protospect.{key}":
+            p.value = value  # edited in place, the hash left as exported
+    onnx.save(model, str(path))
+    with pytest.raises(ArtifactError, match=rf"protospect\.{key} \(edited\) after export .*re-export"):
+        with OrtBackend(path):
+            pass
+
+
+def test_metadata_key_added_or_removed_or_hash_missing_is_refused(tmp_path):
+    path = build_diff_model(tmp_path / "m.onnx", reference_rgb(32), threshold=0.1)
+    model = onnx.load(str(path))
+    props = {p.key: p.value for p in model.metadata_props}
+    for change, message in [
+        (lambda d: d.pop("protospect.method"), r"protospect\.method \(removed\)"),
+        (lambda d: d.update({"protospect.extra": "1"}), r"protospect\.extra \(added\)"),
+        (lambda d: d.pop("protospect.metadata_sha256"), "lacks protospect.metadata_sha256 .*re-export"),
+    ]:
+        edited = dict(props)
+        change(edited)
+        with pytest.raises(ArtifactError, match=message):
+            ModelInfo.from_metadata(edited, "m.onnx")
+    ModelInfo.from_metadata(props, "m.onnx")  # as exported: accepted
