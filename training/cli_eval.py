@@ -55,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--batch-size must be >= 1 (got {args.batch_size})")
     overrides = config_overrides_from_args(args)
     get_method(args.method)  # an unknown method fails before any data is read
+    precheck(args, overrides)  # every category, image, mask and --out: before minutes of work, not after
     command = command_line(args)
     for category in args.category or [None]:
         records = evaluate(args.data, category, args.method, args.shots, args.seeds, args.preset, args.out,
@@ -66,6 +67,50 @@ def run(args: argparse.Namespace) -> int:
                   f"fit {r['train_seconds'][0]:.1f} s")
     print(f"wrote {args.out / RESULTS_JSON}")
     return 0
+
+
+def check_out_writable(out: Path) -> None:
+    """--out must be (or become) a folder we can write: a probe file created and removed there."""
+    import tempfile  # noqa: PLC0415
+
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; eval writes a folder (results.json, results.md, PNGs)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".protospect-probe-"):
+            pass
+    except OSError as err:
+        raise ConfigError(f"--out {out} cannot be written ({err.strerror or err}); choose another folder") from None
+
+
+def _input_size(method: str, preset: str, overrides: dict) -> int | None:
+    if "input_size" in overrides:
+        return int(overrides["input_size"])
+    from protospect.training.methods import get_method  # noqa: PLC0415
+
+    cfg = getattr(get_method(method), "PRESETS", {}).get(preset)
+    size = getattr(cfg, "input_size", None)
+    return int(size) if isinstance(size, int) else None
+
+
+def precheck(args: argparse.Namespace, overrides: dict) -> None:
+    """Fail in seconds, not after minutes: every category exists with enough shots, every train/test image
+    decodes and every mask matches its image (decoded at the model size into the loader's cache, so the
+    evaluation does not decode them again), and --out is writable."""
+    from protospect.errors import DataError  # noqa: PLC0415
+    from protospect.training.data import MVTecCategory, load_image, load_item  # noqa: PLC0415
+
+    check_out_writable(args.out)
+    size = _input_size(args.method, args.preset, overrides) or 64
+    categories = [MVTecCategory(args.data, c) for c in (args.category or [None])]  # a missing one: DataError now
+    for cat in categories:
+        n_good = len(set(cat.train_good))
+        if max(args.shots) > n_good:
+            raise DataError(f"--shots {max(args.shots)} but only {n_good} images in {cat.root / 'train' / 'good'}")
+        for path in cat.train_good:
+            load_image(path, size)
+        for item in cat.test:
+            load_item(item, size)
 
 
 def _mean_pm_std(value) -> str:
