@@ -32,6 +32,8 @@ COMMANDS = {
     "eval": ("protospect.training.cli_eval", "few-shot evaluation over shots and seeds -> results.json", "train"),
     "export": ("protospect.export.cli_export", "artifact -> ONNX (FP32, --fp16, --int8)", "train"),
     "build-engine": ("protospect.export.cli_build_engine", "ONNX -> TensorRT engine + sidecar JSON", "trt"),
+    "register": ("protospect.training.cli_register", "capture K shots + N good parts through the station's source, train, "
+                 "export, set certified thresholds -> station bundle", "train"),
     "serve": ("protospect.runtime.cli_serve", "run a model on a camera/video/folder and log every verdict", "runtime"),
     "calibrate": ("protospect.runtime.cli_calibrate", "OK/NG threshold from good parts seen by the station's camera", "runtime"),
     "bench": ("protospect.runtime.cli_bench", "per-stage latency of a model on a source", "runtime"),
