@@ -16,9 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from protospect.errors import ConfigError
-from protospect.runtime.backends import select_backend
 from protospect.runtime.backends.ort import available_cores
-from protospect.runtime.cli_serve import add_source_arguments, add_threshold_argument, check_common, use_threshold
+from protospect.runtime.cli_serve import add_source_arguments, add_threshold_argument, check_common, open_backend, use_threshold
 from protospect.runtime.pipeline import Pipeline
 from protospect.runtime.report import exit_code, stop_on_signals, summary_text, write_json
 from protospect.runtime.sources import ArraySource, open_source
@@ -53,9 +52,9 @@ def run(args: argparse.Namespace) -> int:
     if args.out.exists() and not args.out.is_dir():  # found now, not after the run with the figures lost
         raise ConfigError(f"--out {args.out}: not a folder (an existing file); bench writes bench.json and "
                           "latency_hist.png into a folder")
-    backend = select_backend(args.model, args.backend, threads=args.threads)
+    backend, station = open_backend(args)
     with backend:
-        use_threshold(backend, args.threshold)
+        use_threshold(backend, args.threshold, station)
         s = backend.info.input_size
         if args.source is None:
             w, h = args.frame_size or (s, s)

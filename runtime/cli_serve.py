@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 
 from protospect.errors import ConfigError
-from protospect.runtime import line_threshold
+from protospect.runtime import line_threshold, station_bundle
 from protospect.runtime.backends import CHOICES, select_backend
 from protospect.runtime.operator_view import OperatorView, parse_view
 from protospect.runtime.pipeline import Pipeline
@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 
 
 def add_source_arguments(parser: argparse.ArgumentParser, required: bool) -> None:
-    parser.add_argument("model", help="model.onnx, model.engine (with its .json sidecar) or a split export folder")
+    parser.add_argument("model", help="model.onnx, model.engine (with its .json sidecar), a split export folder, or a "
+                                      "station bundle from `protospect register` (its thresholds are used)")
     parser.add_argument("--source", required=required, default=None,
                         help="camera index (0), rtsp://... or http://... URL, video file, image folder or glob, "
                              "GStreamer pipeline ending in appsink, or genicam:/path/producer.cti[#N]")
@@ -47,8 +48,21 @@ def add_threshold_argument(parser: argparse.ArgumentParser) -> None:
                              "(checked against the model)")
 
 
-def use_threshold(backend, spec: str | None) -> None:
-    """Put the --threshold override into the active backend's info (verdicts, operator page, summary)."""
+def open_backend(args: argparse.Namespace):
+    """(backend, station.json or None): a station bundle is verified (hashes, format) before its graph loads."""
+    model, station = station_bundle.resolve(args.model)
+    return select_backend(model, args.backend, threads=args.threads), station
+
+
+def use_threshold(backend, spec: str | None, station: dict | None = None) -> None:
+    """Put the thresholds into the active backend's info (verdicts, operator page, summary): --threshold first,
+    else a station bundle's operating point, else the model's own."""
+    if spec is None and station is not None:
+        op = station_bundle.operating_point(station)
+        backend.info = line_threshold.with_operating_point(backend.info, op, f"station bundle {station.get('_dir', '')}")
+        log.info("thresholds from the station bundle: NG %.6g, REVIEW %s (%s)", op.ng_threshold,
+                 "none" if op.review_threshold is None else f"{op.review_threshold:.6g}", "; ".join(op.describe()))
+        return
     backend.info = line_threshold.apply(backend.info, spec)
     if spec is not None:
         log.info("threshold %.6g (%s); the model's own is %s", backend.info.threshold, backend.info.threshold_source,
@@ -118,12 +132,12 @@ def run(args: argparse.Namespace) -> int:
     check_common(args)
     if args.drift_window < 0:
         raise ConfigError(f"--drift-window {args.drift_window}: must be >= 0 (0: off)")
-    backend = select_backend(args.model, args.backend, threads=args.threads)
+    backend, station = open_backend(args)
     source = open_source(args.source, loop=args.loop)
     view = None
     try:
         with backend:
-            use_threshold(backend, args.threshold)
+            use_threshold(backend, args.threshold, station)
             info = backend.info
             sinks = []
             if args.sink is not None:

@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from protospect.errors import ConfigError, ProtospectError
-from protospect.runtime.backends import select_backend
-from protospect.runtime.cli_serve import add_source_arguments, check_common
+from protospect.runtime.cli_serve import add_source_arguments, check_common, open_backend
 from protospect.runtime.pipeline import Pipeline
 from protospect.runtime.report import exit_code, stop_on_signals, summary_text, write_json
 from protospect.runtime.sinks import JsonlSink
@@ -61,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--frames {args.frames}: must be >= 1")
     if args.rss_every is not None and args.rss_every < 1:
         raise ConfigError(f"--rss-every {args.rss_every}: must be >= 1")
-    backend = select_backend(args.model, args.backend, threads=args.threads)
+    backend, _ = open_backend(args)  # a station bundle: verified, then its graph
     probe = RssProbe(args.rss_every or max(1, args.frames // 10))
     with backend:
         s = backend.info.input_size
