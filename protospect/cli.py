@@ -22,6 +22,7 @@ import traceback
 
 from protospect import __version__
 from protospect.errors import MissingDependencyError, ProtospectError
+from protospect.progress import quiet_when_redirected
 
 EXIT_OK, EXIT_USER, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -108,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         build_parser(only="").print_help(sys.stderr)
         return EXIT_USAGE
     name = f"protospect {args.command}"
+    quiet_when_redirected()  # no carriage-return progress bars in a redirected log
     try:
         return int(args._run(args) or 0)
     except ProtospectError as err:

@@ -57,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     get_method(args.method)  # an unknown method fails before any data is read
     precheck(args, overrides)  # every category, image, mask and --out: before minutes of work, not after
     command = command_line(args)
+    _quiet_method_bars(args.method)
     for category in args.category or [None]:
         records = evaluate(args.data, category, args.method, args.shots, args.seeds, args.preset, args.out,
                            config_overrides=overrides or None, batch_size=args.batch_size, command=command,
@@ -67,6 +68,19 @@ def run(args: argparse.Namespace) -> int:
                   f"fit {r['train_seconds'][0]:.1f} s")
     print(f"wrote {args.out / RESULTS_JSON}")
     return 0
+
+
+def _quiet_method_bars(method: str) -> None:
+    """A method whose fit draws its own bar (progress=True by default, e.g. pcsnet) gets progress=False when
+    stderr is not a terminal: evaluate() calls fit without it, and that bar would fill a redirected log."""
+    import functools  # noqa: PLC0415
+
+    from protospect.training.cli_train import progress_kwargs  # noqa: PLC0415
+    from protospect.training.methods import get_method  # noqa: PLC0415
+
+    module = get_method(method)
+    if progress_kwargs(module.fit).get("progress") is False and not isinstance(module.fit, functools.partial):
+        module.fit = functools.partial(module.fit, progress=False)
 
 
 def check_out_writable(out: Path) -> None:
@@ -106,7 +120,7 @@ def precheck(args: argparse.Namespace, overrides: dict) -> None:
     for cat in categories:
         n_good = len(set(cat.train_good))
         if max(args.shots) > n_good:
-            raise DataError(f"--shots {max(args.shots)} but only {n_good} images in {cat.root / 'train' / 'good'}")
+            raise DataError(f"K={max(args.shots)} but only {n_good} images in {cat.root / 'train' / 'good'}")
         for path in cat.train_good:
             load_image(path, size)
         for item in cat.test:

@@ -103,6 +103,15 @@ def check_setting_types(method: str, preset: str, settings: dict) -> None:
                               f"'{key}' takes {kind} (preset {preset}: {json.dumps(default) if not isinstance(default, tuple) else list(default)})")
 
 
+def progress_kwargs(fit) -> dict:
+    """{"progress": False} for a method's fit that draws its own bar, when stderr is not a terminal."""
+    import inspect  # noqa: PLC0415
+
+    from protospect.progress import progress_enabled  # noqa: PLC0415
+
+    return {} if "progress" not in inspect.signature(fit).parameters else {"progress": progress_enabled()}
+
+
 FLAT_STD = 2.0  # grey levels: below this an image is (near-)constant, e.g. all black
 
 
@@ -162,7 +171,7 @@ def train_artifact(shot_paths: list[Path], *, method: str, preset: str, seed: in
     shots_rgb = [read_rgb(p) for p in shot_paths]
     warn_degenerate_shots(shots_rgb, [Path(p).name for p in shot_paths])
     t0 = time.perf_counter()
-    model = fitter.fit(shots_rgb, preset=preset, seed=seed, config_overrides=overrides)
+    model = fitter.fit(shots_rgb, preset=preset, seed=seed, config_overrides=overrides, **progress_kwargs(fitter.fit))
     train_seconds = time.perf_counter() - t0
     saved = save_artifact(model, out, shots=shot_paths, seed=seed, data=data,
                           extra={"train_seconds": round(train_seconds, 3)})

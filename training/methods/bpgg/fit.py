@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from protospect.errors import ConfigError, DataError
+from protospect.progress import progress_enabled
 from protospect.imageio import resize_mask, resize_square
 from protospect.training.calibrate import to_model_input
 from protospect.training.methods.base import model_meta
@@ -84,7 +85,7 @@ def train_adapter(model: BPGGModel, data: SupportSet, cfg: BPGGConfig, rng: np.r
     size = (cfg.input_size, cfg.input_size)
     losses = []
     model.train()  # the FrozenBackbone stays in eval mode
-    for _ in tqdm(range(cfg.steps), desc="bpgg train", leave=False, disable=cfg.steps < 10):
+    for _ in tqdm(range(cfg.steps), desc="bpgg train", leave=False, disable=cfg.steps < 10 or not progress_enabled()):
         emb = model.features.adapter(data.raw)
         total = 0.0
         for _ in range(cfg.episodes_per_step):

@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from protospect.errors import ConfigError, DataError
+from protospect.progress import progress_enabled
 from protospect.imageio import resize_mask, resize_square
 from protospect.training.calibrate import to_model_input
 from protospect.training.methods.base import model_meta
@@ -193,7 +194,7 @@ def train_head(model: PRNModel, samples: TrainingSamples, cfg: PRNConfig) -> lis
     spec = model.backbone.spec
     losses = []
     model.train()  # the FrozenBackbone stays in eval mode (P3); only the head's BatchNorms train
-    for _ in tqdm(range(cfg.steps), desc="prn train", leave=False, disable=cfg.steps < 10):
+    for _ in tqdm(range(cfg.steps), desc="prn train", leave=False, disable=cfg.steps < 10 or not progress_enabled()):
         images, masks, exclude = samples.batch(cfg.batch_size)
         logits = model.logits(to_model_input(images, cfg.input_size, spec.mean, spec.std), exclude)
         loss = prn_loss(logits, masks, cfg.focal_weight, cfg.focal_gamma)
