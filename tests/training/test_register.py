@@ -222,3 +222,19 @@ def test_live_capture_asks_the_operator_for_each_part_and_can_be_stopped():
     answers = iter(["", "q"])
     with pytest.raises(SourceError, match="stopped by the operator after 1 of 5"):
         capture("0", 2, 3, confirm=lambda text: next(answers), open_source=lambda s, loop: FakeCamera())
+
+
+def test_capture_takes_every_nth_frame_and_says_when_a_frame_has_another_size(caplog):
+    from protospect.training.register import capture
+
+    rng = np.random.default_rng(2)
+    frames = [part(rng) for _ in range(7)] + [part(rng, 128, 96)] + [part(rng) for _ in range(4)]
+    src = ArraySource(frames, bgr=True, name="folder")
+    cap = capture("x", 2, 4, every=2, open_source=lambda s, loop: src)
+    assert [c.index for c in cap.shots + cap.parts] == [0, 2, 4, 6, 8, 10]  # frame 7 (the big one) skipped by --every
+    src = ArraySource(frames, bgr=True, name="folder")
+    with caplog.at_level("WARNING"):
+        cap = capture("x", 2, 6, every=1, open_source=lambda s, loop: src)
+    assert cap.sizes == [(96, 72), (128, 96)] and cap.parts[5].rgb.shape == (96, 128, 3)
+    said = [r.getMessage() for r in caplog.records if "128x96" in r.getMessage()]
+    assert len(said) == 1 and "resized to the model's S x S the same way as served frames" in said[0]
