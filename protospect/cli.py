@@ -17,6 +17,7 @@ import argparse
 import importlib
 import importlib.util
 import logging
+import os
 import sys
 import traceback
 
@@ -93,8 +94,16 @@ def _os_error_line(err: OSError) -> str:
     return f"{what}{where}"
 
 
+# Native libraries' own log lines (OpenCV's "[ WARN:0] ... can't open camera by index", ffmpeg's "[tcp @ 0x..]
+# Connection refused") would print around our one-line errors: errors only from OpenCV, nothing from ffmpeg
+# (our error says what failed). Set before any command module imports cv2; a user's own setting wins.
+NATIVE_LOG_ENV = {"OPENCV_LOG_LEVEL": "ERROR", "OPENCV_FFMPEG_LOGLEVEL": "-8", "OPENCV_VIDEOIO_DEBUG": "0"}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    for key, value in NATIVE_LOG_ENV.items():
+        os.environ.setdefault(key, value)
     # Import only the chosen command's module, so `protospect serve` never pays for torch.
     chosen = next((a for a in argv if a in COMMANDS), None)
     parser = build_parser(only=chosen)

@@ -13,6 +13,7 @@ from pathlib import Path
 # print around our one-line errors: errors only, unless the user set a level.
 _USER_CV_LOG_LEVEL = "OPENCV_LOG_LEVEL" in os.environ
 os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # ffmpeg's own lines ("[tcp @ 0x..] Connection refused")
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
