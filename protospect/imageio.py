@@ -80,20 +80,27 @@ def _decode(path: str | Path, flags: int, what: str) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{what} not found: {path}")
-    data = np.fromfile(str(path), dtype=np.uint8)
+    try:
+        return decode_bytes(np.fromfile(str(path), dtype=np.uint8), flags)
+    except DataError as err:
+        raise DataError(f"cannot decode {what} ({err}): {path}") from None
+
+
+def decode_bytes(data: np.ndarray, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
+    """cv2.imdecode of an encoded file's bytes; DataError with the reason (empty, corrupt PNG, a header declaring
+    more pixels than OpenCV decodes, not an image) and never a cv2.error or a line printed by libpng."""
     if not data.size:
-        raise DataError(f"cannot decode {what} (empty file): {path}")
+        raise DataError("empty file")
     problem = png_problem(data.tobytes()) if data[:8].tobytes() == PNG_SIGNATURE else None
     if problem:  # checked here, so libpng never prints its own error beside ours
-        raise DataError(f"cannot decode {what} (corrupt PNG: {problem}): {path}")
+        raise DataError(f"corrupt PNG: {problem}")
     try:
         img = cv2.imdecode(data, flags)
     except cv2.error as err:
-        why = ("its header declares more pixels than OpenCV decodes" if "MAX_IMAGE_PIXELS" in str(err)
-               else str(err).strip().splitlines()[-1])
-        raise DataError(f"cannot decode {what} ({why}): {path}") from err
+        raise DataError("its header declares more pixels than OpenCV decodes" if "MAX_IMAGE_PIXELS" in str(err)
+                        else str(err).strip().splitlines()[-1]) from None
     if img is None:
-        raise DataError(f"cannot decode {what} (corrupt or not an image): {path}")
+        raise DataError("corrupt or not an image")
     return img
 
 

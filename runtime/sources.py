@@ -37,7 +37,8 @@ import cv2
 import numpy as np
 
 from protospect._optional import require
-from protospect.errors import SourceError
+from protospect.errors import DataError, SourceError
+from protospect.imageio import decode_bytes
 from protospect.runtime.frames import LatestFrameQueue, stamp
 from protospect.runtime.pixel_formats import genicam_to_rgb
 
@@ -175,8 +176,10 @@ class FolderSource(Source):
             return None
         self.origin = path.name
         data = np.fromfile(str(path), dtype=np.uint8) if path.is_file() else np.empty(0, np.uint8)
-        img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-        return img if img is not None else np.empty(0, np.uint8)
+        try:
+            return decode_bytes(data)
+        except DataError:  # an undecodable file is a rejected frame (logged with its origin), not a dead source
+            return np.empty(0, np.uint8)
 
 
 class ArraySource(Source):
