@@ -1,6 +1,6 @@
 """Torch-free binding of the fused top-k kernel for the runtime: numpy + cuda-python only.
 
-The kernels in ``proto_topk.cuh`` are compiled with NVRTC for the running GPU (the cubin is cached
+The kernels in ``proto_topk.cuh`` (and the headers it includes) are compiled with NVRTC for the running GPU (the cubin is cached
 on disk, so later starts skip the compile) and launched with the driver API on raw device pointers
 and a caller-given CUDA stream, so the kernel can sit between two TensorRT engines on one stream::
 
@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from protospect._optional import require
+from protospect.cpp_ext.kernel_config import CONFIG, KERNEL_HEADERS
+from protospect.cpp_ext.kernel_config import cand_cap as cand_cap
 from protospect.errors import ConfigError, CudaError
 from protospect.files import write_atomic
 
@@ -31,8 +33,9 @@ log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("proto_topk.cuh")
 DTYPES = {"float32": 0, "float16": 1}
-MAX_K = 256
-_WORKSPACE_ALIGN = 256
+MAX_K = CONFIG["kMaxK"]
+_WORKSPACE_ALIGN = CONFIG["kWorkspaceAlign"]
+_AUX_THREADS = CONFIG["kAuxThreads"]  # bank-norm and merge_min kernels
 _CACHE_DIR = Path(os.environ.get("PROTOSPECT_KERNEL_CACHE", Path.home() / ".cache" / "protospect" / "kernels"))
 
 
@@ -112,11 +115,14 @@ def compile_ptx(arch: str, source: str | None = None, extra_options: tuple[str, 
 def _nvrtc(arch: str, source: str | None, extra_options: tuple[str, ...], ptx: bool) -> bytes:
     _, _, nvrtc = _bindings()
     source = SOURCE.read_text() if source is None else source
+    headers = kernel_headers()  # the headers proto_topk.cuh includes, handed over by name
     includes = cuda_include_dirs()
     if not includes:
         raise ConfigError("cannot find the CUDA headers (mma.h, cuda_fp16.h) for NVRTC: set CUDA_HOME to the CUDA "
                           "toolkit, or pip install 'nvidia-cuda-runtime' / 'cuda-toolkit[cudart]'")
-    prog = check(nvrtc.nvrtcCreateProgram(source.encode(), b"proto_topk.cuh", 0, [], []), "nvrtcCreateProgram")
+    prog = check(nvrtc.nvrtcCreateProgram(source.encode(), b"proto_topk.cuh", len(headers),
+                                                 [t.encode() for t in headers.values()],
+                                                 [n.encode() for n in headers]), "nvrtcCreateProgram")
     try:
         opts = [f"--gpu-architecture={arch}", "-std=c++17",
                 *[f"--include-path={d}" for d in includes], *extra_options]
@@ -154,14 +160,22 @@ def build_defines() -> tuple[str, ...]:
     return defines
 
 
+def kernel_headers() -> dict[str, str]:
+    """{file name: text} of the headers proto_topk.cuh includes (kernel_config.KERNEL_HEADERS, all but itself)."""
+    return {name: SOURCE.with_name(name).read_text() for name in KERNEL_HEADERS if name != SOURCE.name}
+
+
 def _cached_cubin(arch: str) -> bytes:
-    """compile_cubin with an on-disk cache keyed by the source text, the switches, the arch and the NVRTC
-    version."""
+    """compile_cubin with an on-disk cache keyed by the source text and every header it includes, the switches,
+    the arch and the NVRTC version."""
     _, _, nvrtc = _bindings()
     major, minor = check(nvrtc.nvrtcVersion(), "nvrtcVersion")
     source = SOURCE.read_text()
     defines = build_defines()
-    key = hashlib.sha256(f"{arch}|{major}.{minor}|{' '.join(defines)}|".encode() + source.encode()).hexdigest()[:24]
+    digest = hashlib.sha256(f"{arch}|{major}.{minor}|{' '.join(defines)}|".encode() + source.encode())
+    for name, text in kernel_headers().items():  # every header: an edit to any of them is a new cubin
+        digest.update(f"|{name}|".encode() + text.encode())
+    key = digest.hexdigest()[:24]
     path = _CACHE_DIR / f"proto_topk_{arch}_{key}.cubin"
     if path.is_file():
         return path.read_bytes()
@@ -197,14 +211,6 @@ def plan_splits(Q: int, M: int, k: int, sm_count: int, block_q: int, block_m: in
     by_occupancy = (blocks_per_sm * max(sm_count, 1)) // _ceil_div(Q, block_q)
     by_k = M // (2 * max(k, 1))
     return effective_splits(M, max(1, min(by_occupancy, by_k)), block_m, max_splits)
-
-
-_CAND_SLACK, _MAX_CAND_CAP = 128, 512  # proto_topk.cuh kCandSlack, kMaxCandCap (test_topk_compile checks the layout)
-
-
-def cand_cap(k: int) -> int:
-    """Candidate slots per query and split (cand_cap in proto_topk.cuh)."""
-    return min(2 * k + _CAND_SLACK, _MAX_CAND_CAP)
 
 
 def candidate_slots(k: int, dtype: str, splits: int) -> int:
@@ -355,7 +361,7 @@ class ProtoTopK:
         self._sqnorm_ptr = self._malloc(4 * self.M)
         name = "proto_topk_bank_sqnorm_f16" if dtype == "float16" else "proto_topk_bank_sqnorm_f32"
         args = _Args(_ptr(self._bank_ptr), ctypes.c_int(self.M), ctypes.c_int(self.D), _ptr(self._sqnorm_ptr))
-        self._launch(name, (_ceil_div(self.M, 8), 1, 1), (256, 1, 1), 0, stream, args)
+        self._launch(name, (_ceil_div(self.M, _AUX_THREADS // 32), 1, 1), (_AUX_THREADS, 1, 1), 0, stream, args)
         check(self._rt.cudaStreamSynchronize(stream), "computing the prototype norms")
 
     @property
@@ -448,7 +454,8 @@ class ProtoTopK:
         if lay["slots"] == 1:  # fp16 k = 1: each split left one (value, index) per query
             args = _Args(_ptr(ws + lay["cand_val"]), _ptr(ws + lay["cand_idx"]), _ptr(qnorm), ctypes.c_int(Q),
                          ctypes.c_int(splits), _ptr(out_dist_ptr), _ptr(out_idx_ptr))
-            steps.append(("launch", "proto_topk_merge_min", (_ceil_div(Q, 256), 1, 1), (256, 1, 1), 0, args))
+            steps.append(("launch", "proto_topk_merge_min", (_ceil_div(Q, _AUX_THREADS), 1, 1), (_AUX_THREADS, 1, 1), 0,
+                          args))
             return steps
         args = _Args(_ptr(ws + lay["cand_val"]), _ptr(ws + lay["cand_idx"]), _ptr(count), _ptr(qnorm), ctypes.c_int(Q),
                      ctypes.c_int(k), ctypes.c_int(splits), ctypes.c_int(lay["slots"]), _ptr(out_dist_ptr),

@@ -1,5 +1,5 @@
 // Host side of the fused prototype distance + top-k kernel: argument checks, launch geometry,
-// workspace layout. The kernels themselves are in proto_topk.cuh (shared with the NVRTC path in
+// workspace layout. The kernels themselves are in proto_topk.cuh and the headers it includes (shared with the NVRTC path in
 // launcher.py, which mirrors the geometry below: keep the two in step).
 #include "proto_topk.h"
 
@@ -11,7 +11,7 @@ namespace {
 
 using namespace protospect_topk;
 
-constexpr size_t kWorkspaceAlign = 256;
+static_assert(PROTO_TOPK_MAX_K == kMaxK, "proto_topk.h and proto_topk_config.h agree on the largest k");
 
 size_t align_bytes(size_t x) { return (x + kWorkspaceAlign - 1) / kWorkspaceAlign * kWorkspaceAlign; }
 
@@ -163,7 +163,7 @@ int launch(const void* queries, const void* bank, const float* bank_sqnorm, int 
     if (err != cudaSuccess || single) return err;
 
     if (ws.slots == 1)  // fp16 k = 1: each split left one (value, index) per query
-        proto_topk_merge_min<<<ceil_div(Q, 256), 256, 0, stream>>>(ws.cand_val, ws.cand_idx, ws.qnorm, Q, splits,
+        proto_topk_merge_min<<<ceil_div(Q, kAuxThreads), kAuxThreads, 0, stream>>>(ws.cand_val, ws.cand_idx, ws.qnorm, Q, splits,
                                                                    out_dist, out_idx);
     else
         proto_topk_merge_splits<<<Q, kMergeThreads, 0, stream>>>(ws.cand_val, ws.cand_idx, ws.cand_count, ws.qnorm, Q,
@@ -180,12 +180,12 @@ int launch(const void* queries, const void* bank, const float* bank_sqnorm, int 
 extern "C" int proto_topk_bank_sqnorm(const void* bank, int M, int D, int dtype, float* bank_sqnorm,
                                       cudaStream_t stream) {
     if (bank == nullptr || bank_sqnorm == nullptr || M < 1 || D < 1) return cudaErrorInvalidValue;
-    const int rows_per_block = 256 / 32;
+    const int rows_per_block = kAuxThreads / 32;
     const dim3 grid(ceil_div(M, rows_per_block));
     if (dtype == kFloat16)
-        proto_topk_bank_sqnorm_f16<<<grid, 256, 0, stream>>>(static_cast<const __half*>(bank), M, D, bank_sqnorm);
+        proto_topk_bank_sqnorm_f16<<<grid, kAuxThreads, 0, stream>>>(static_cast<const __half*>(bank), M, D, bank_sqnorm);
     else if (dtype == kFloat32)
-        proto_topk_bank_sqnorm_f32<<<grid, 256, 0, stream>>>(static_cast<const float*>(bank), M, D, bank_sqnorm);
+        proto_topk_bank_sqnorm_f32<<<grid, kAuxThreads, 0, stream>>>(static_cast<const float*>(bank), M, D, bank_sqnorm);
     else
         return cudaErrorInvalidValue;
     return cudaGetLastError();

@@ -17,13 +17,14 @@ import shutil
 from pathlib import Path
 
 from protospect._optional import require
+from protospect.cpp_ext.kernel_config import CONFIG
 from protospect.errors import ConfigError, MissingDependencyError
 
 log = logging.getLogger(__name__)
 
 HERE = Path(__file__).resolve().parent
 SOURCES = [HERE / "torch_binding.cpp", HERE / "proto_topk.cu"]
-MAX_K = 256
+MAX_K = CONFIG["kMaxK"]  # proto_topk_config.h
 _EXT = None      # the loaded extension module
 _REASON = None   # why it is unavailable, once known
 

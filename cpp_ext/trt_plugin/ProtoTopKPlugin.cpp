@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "../proto_topk.h"
+#include "../proto_topk_config.h"  // kMaxSplits, kWorkspaceAlign: the kernel's own constants
 
 using namespace nvinfer1;
 
@@ -14,9 +15,12 @@ namespace {
 constexpr char const* kName = "ProtoTopK";
 constexpr char const* kVersion = "1";
 constexpr char const* kNamespace = "protospect";
-constexpr int kMaxSplits = 8;  // proto_topk.cuh kMaxSplits: workspace is sized for the worst case
+constexpr int kMaxSplits = protospect_topk::kMaxSplits;  // the workspace is sized for the worst case
 
-size_t align256(size_t x) { return (x + 255) / 256 * 256; }
+size_t align256(size_t x) {
+    constexpr size_t a = protospect_topk::kWorkspaceAlign;
+    return (x + a - 1) / a * a;
+}
 }  // namespace
 
 class ProtoTopKPlugin : public IPluginV3, public IPluginV3OneCore, public IPluginV3OneBuild, public IPluginV3OneRuntime {

@@ -10,14 +10,12 @@ import pytest
 from topk_cases import make_case, make_tie_case
 
 from protospect.cpp_ext import reference
+from protospect.cpp_ext.kernel_config import CONFIG as C
+from protospect.cpp_ext.kernel_config import cand_cap
 
-TILE_M = {"float32": 64, "float16": 128}  # proto_topk.cuh kBlockM, kMmaBlockM
-CAND_SLACK, MAX_CAND_CAP, MAX_SPLITS = 128, 512, 8
-SENTINEL = 0x7FFFFFFF
-
-
-def cand_cap(k):
-    return min(2 * k + CAND_SLACK, MAX_CAND_CAP)  # proto_topk.cuh cand_cap
+TILE_M = {"float32": C["kBlockM"], "float16": C["kMmaBlockM"]}  # proto_topk_config.h
+MAX_SPLITS = C["kMaxSplits"]
+SENTINEL = C["kSentinelIdx"]
 
 
 def _sorted_pairs(vals, idx):
@@ -93,13 +91,13 @@ def _partial(scores_row, m_begin, m_end, k, dtype, rng, stats=None):
             assert len(cand_v) > k
             dropped = len(cand_v) - k
             cand_v, cand_i, thr = _select(cand_v, cand_i, k)
-            assert dropped >= CAND_SLACK or dropped >= cap - tile - k + 1
+            assert dropped >= C["kCandSlack"] or dropped >= cap - tile - k + 1
             if stats is not None:
                 stats["compactions"] += 1
     return cand_v, cand_i
 
 
-BOUND_TILES, BOUND_RANKS, ATOM_WEIGHT = 2, 2, 16  # proto_topk.cuh kBoundTiles, kBoundRanks, kAtomWeight
+BOUND_TILES, BOUND_RANKS, ATOM_WEIGHT = C["kBoundTiles"], C["kBoundRanks"], C["kAtomWeight"]  # proto_topk_config.h
 
 
 def _tile_atoms(s):

@@ -2,6 +2,7 @@
 launch geometry mirrored in launcher.py equals the C launcher's. Runs without a GPU."""
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -206,3 +207,59 @@ def test_aggregated_histogram_switch_builds_and_uses_match_any(nvrtc_ready, leve
         assert "match.any.sync" not in _entry(default, name)
         assert "match.any.sync" in _entry(agg, name), name
     assert "match.any.sync" not in _entry(agg, "proto_topk_partial_f16_k1")  # no select there
+
+
+def _ptx_int_array(ptx: str, name: str) -> list[int]:
+    """The initializer of a `.global .b8 name[N] = {...}` int32 array in a PTX text (little-endian bytes; PTX
+    leaves out trailing zero bytes)."""
+    size, rest = ptx.split(f" {name}[")[1].split("]", 1)
+    raw = bytes(int(b) for b in rest.split("{")[1].split("}")[0].split(",")).ljust(int(size), b"\0")
+    return [int.from_bytes(raw[i:i + 4], "little", signed=True) for i in range(0, len(raw), 4)]
+
+
+@pytest.mark.parametrize("arch", ["compute_87", "compute_90a"])
+def test_kernel_constants_have_one_source_the_hosts_read(nvrtc_ready, arch):
+    """proto_topk_config.h is the one place the constants are set: kernel_config.py's parse of it equals what
+    the compiled module reports to the launcher (proto_topk_config[]), the C header's PROTO_TOPK_MAX_K, the
+    torch op's and launcher's limits and the host-test fakes (whose shared-memory bytes come from here)."""
+    from launcher_fakes import SMEM_BYTES
+
+    from protospect.cpp_ext import kernel_config, torch_op
+    from protospect.cpp_ext.kernel_config import CONFIG as C
+
+    exported = _ptx_int_array(launcher.compile_ptx(arch), "proto_topk_config")
+    assert exported == [C["kBlockQ"], C["kBlockM"], C["kThreads"], SMEM_BYTES[0], C["kBlocksPerSm"],
+                        C["kMmaBlockQ"], C["kMmaBlockM"], C["kMmaThreads"], SMEM_BYTES[1], C["kMmaBlocksPerSm"],
+                        C["kMaxK"], C["kMaxSplits"], C["kMergeThreads"], 0]
+    shared_bound = _ptx_int_array(launcher.compile_ptx(arch, extra_options=("-DPROTOSPECT_TOPK_SHARED_BOUND=1",)),
+                                  "proto_topk_config")
+    assert shared_bound[13] == C["kBoundAtoms"] == C["kMaxSplits"] * C["kBoundTiles"] * C["kBoundRanks"]
+    c_header = (CPP_EXT / "proto_topk.h").read_text()
+    assert f"PROTO_TOPK_MAX_K = {C['kMaxK']} " in c_header  # (proto_topk.cu also static_asserts it)
+    assert launcher.MAX_K == torch_op.MAX_K == C["kMaxK"]
+    assert [launcher.cand_cap(k) for k in (1, 64, 192, 256)] == [130, 256, 512, 512]
+    # every `constexpr int` of the header was parsed (none silently skipped)
+    header = kernel_config.CONFIG_HEADER.read_text()
+    assert header.count("constexpr int k") == len(C)
+
+
+def test_every_kernel_header_is_listed_and_hashed_into_the_cubin_cache_key(nvrtc_ready, tmp_path, monkeypatch):
+    """NVRTC gets every header the kernel includes (KERNEL_HEADERS), and an edit to any one of them, not only to
+    proto_topk.cuh, makes a new cubin instead of loading a stale one from the cache."""
+    from protospect.cpp_ext.kernel_config import KERNEL_HEADERS
+
+    on_disk = {p.name for p in CPP_EXT.glob("proto_topk*") if p.suffix in (".cuh", ".h")} - {"proto_topk.h"}
+    assert set(KERNEL_HEADERS) == on_disk  # proto_topk.h is the C launcher's ABI, not device code
+    included = {name for p in on_disk for name in re.findall(r'#include "([^"]+)"', (CPP_EXT / p).read_text())}
+    assert included <= set(KERNEL_HEADERS)
+
+    monkeypatch.setattr(launcher, "_CACHE_DIR", tmp_path)
+    monkeypatch.delenv("PROTOSPECT_TOPK_DEFINES", raising=False)
+    monkeypatch.setattr(launcher, "compile_cubin", lambda arch, source, extra_options=(): b"\x7fELF" + source[:8].encode())
+    launcher._cached_cubin("sm_87")
+    real = launcher.kernel_headers()
+    for name in real:
+        edited = dict(real, **{name: real[name] + "\n// edited\n"})
+        monkeypatch.setattr(launcher, "kernel_headers", lambda edited=edited: edited)
+        launcher._cached_cubin("sm_87")
+    assert len(list(tmp_path.glob("proto_topk_sm_87_*.cubin"))) == 1 + len(real) == len(KERNEL_HEADERS)

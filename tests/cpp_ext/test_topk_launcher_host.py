@@ -6,6 +6,7 @@ import pytest
 from launcher_fakes import host_only_launcher
 
 from protospect.cpp_ext import launcher
+from protospect.cpp_ext.kernel_config import CONFIG as C
 from protospect.errors import CudaError
 
 
@@ -66,7 +67,9 @@ def test_workspace_layout_regions_do_not_overlap():
     assert "bound_keys" not in launcher.workspace_layout(4096, 200, 8, "float32", 32)
 
 
-GEOMETRY = {"float32": (64, 64, 3), "float16": (128, 128, 2)}  # proto_topk.cuh: block_q, block_m, blocks per SM
+# proto_topk_config.h: block_q, block_m, blocks per SM
+GEOMETRY = {"float32": (C["kBlockQ"], C["kBlockM"], C["kBlocksPerSm"]),
+            "float16": (C["kMmaBlockQ"], C["kMmaBlockM"], C["kMmaBlocksPerSm"])}
 
 
 @pytest.mark.parametrize("dtype,Q,M,k,sms,want", [
