@@ -24,7 +24,8 @@ from protospect.imageio import read_rgb
 from protospect.training import metrics
 from protospect.training.calibrate import to_model_input
 from protospect.training.backbones import FeatureStore, memoize_features
-from protospect.runtime import line_threshold
+from protospect.errors import ConfigError
+from protospect.runtime.verdict.conformal import n_needed, operating_point
 from protospect.training.data import MVTecCategory, TestItem, load_image, load_item, sample_shots
 from protospect.training.methods import get_method
 
@@ -32,10 +33,14 @@ log = logging.getLogger(__name__)
 
 PERCENT_KEYS = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "far_at_full_recall",
                 "f1_at_threshold", "escape_rate", "false_alarm_rate")
-# At the threshold a station would set on the line (runtime/line_threshold.py) from train/good images
-# that were not shots; null where fewer than line_threshold.MIN_FRAMES such images exist.
-LINE_KEYS = ("escape_rate_line", "false_alarm_rate_line")
-LINE_GOOD = 30  # new good parts per run for the line threshold
+# At the operating point `protospect register` would set (split conformal, runtime/verdict/conformal.py) from
+# up to OP_GOOD train/good images that were not shots, at false-reject rates A = 5 % and 1 %: the
+# false-reject rate measured on test/good and the escape rate on the defective test images. null where too
+# few good images are left to certify A (N >= 1/A - 1: 19 for 5 %, 99 for 1 %).
+OP_RATES = {"a05": 0.05, "a01": 0.01}
+LINE_KEYS = tuple(f"{what}_{tag}" for tag in OP_RATES for what in ("false_reject_rate", "escape_rate"))
+OP_GOOD = 40  # new good parts per run for the operating point (the issue's N)
+MIN_GOOD = n_needed(max(OP_RATES.values()))
 
 
 @dataclass
@@ -94,23 +99,32 @@ def seed_metrics(test: TestSet, scores: np.ndarray, maps: np.ndarray, threshold:
     return result
 
 
-def line_good_images(train_good: list[Path], shot_paths: list[Path], seed: int, n: int = LINE_GOOD) -> list[Path]:
+def line_good_images(train_good: list[Path], shot_paths: list[Path], seed: int, n: int = OP_GOOD) -> list[Path]:
     """Up to ``n`` train/good files that are not shots, chosen by ``seed``: the new good parts a station
-    would calibrate its threshold on. Empty when fewer than line_threshold.MIN_FRAMES remain."""
+    would set its thresholds on. Empty when fewer than MIN_GOOD remain (not even A = 5 % is certifiable)."""
     rest = sorted(set(map(Path, train_good)) - set(map(Path, shot_paths)))
-    if len(rest) < line_threshold.MIN_FRAMES:
+    if len(rest) < MIN_GOOD:
         return []
     chosen = np.random.default_rng([seed, 7]).choice(len(rest), size=min(n, len(rest)), replace=False)
     return [rest[i] for i in sorted(chosen)]
 
 
 def line_metrics(labels: np.ndarray, scores: np.ndarray, good_scores: np.ndarray | None) -> dict:
-    """Escape / false-alarm rates at the line threshold set on ``good_scores`` (None: not available)."""
+    """False-reject / escape rates on the test set at the conformal NG threshold set on ``good_scores`` for each
+    rate in OP_RATES (None where not available or not certifiable with that many good images)."""
+    out = {"line_threshold": {}, **{k: None for k in LINE_KEYS}}
     if good_scores is None:
-        return {"line_threshold": None, **{k: None for k in LINE_KEYS}}
-    thr = line_threshold.choose(good_scores)
-    at = metrics.threshold_stats(labels, scores, thr)
-    return {"line_threshold": thr, "escape_rate_line": at["escape_rate"], "false_alarm_rate_line": at["false_alarm_rate"]}
+        return out
+    for tag, rate in OP_RATES.items():
+        try:
+            thr = operating_point(good_scores, frr=rate, review_frr=None).ng_threshold
+        except ConfigError:  # too few good images to certify this rate
+            continue
+        at = metrics.threshold_stats(labels, scores, thr)
+        out["line_threshold"][tag] = thr
+        out[f"false_reject_rate_{tag}"] = at["false_alarm_rate"]
+        out[f"escape_rate_{tag}"] = at["escape_rate"]
+    return out
 
 
 def _mean_std(values: list) -> list[float] | None:

@@ -12,7 +12,6 @@ from pathlib import Path
 
 from protospect.errors import DataError
 from protospect.files import write_atomic
-from protospect.runtime.line_threshold import DEFAULT_MARGIN, MIN_FRAMES
 
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
@@ -26,8 +25,10 @@ _COLUMNS = [  # (header, key); values are "mean ± std" in percent unless noted
     ("F1@thr", "f1_at_threshold"),
     ("escape@thr", "escape_rate"),
     ("false alarm@thr", "false_alarm_rate"),
-    ("escape@line", "escape_rate_line"),
-    ("false alarm@line", "false_alarm_rate_line"),
+    ("FRR@A=5%", "false_reject_rate_a05"),
+    ("escape@A=5%", "escape_rate_a05"),
+    ("FRR@A=1%", "false_reject_rate_a01"),
+    ("escape@A=1%", "escape_rate_a01"),
     ("fit s", "train_seconds"),
 ]
 
@@ -88,8 +89,9 @@ def markdown_table(records: list[dict]) -> str:
     commands = sorted({r["command"] for r in records if r.get("command")})
     notes = ["", "Values in percent, mean ± population std over seeds; fit s in seconds. "
              "@thr = at the threshold calibrated on the shots only (NG when score >= threshold).",
-             f"@line = at the threshold a station sets on the line (`protospect calibrate`: max + {DEFAULT_MARGIN:g} x "
-             f"(max - median)) from up to 30 train/good images that were not shots; n/a where fewer than {MIN_FRAMES} remain.",
+             "@A = at the NG threshold `protospect register` sets by split conformal prediction for false-reject rate A "
+             "from up to 40 train/good images that were not shots: FRR measured on test/good, escape on the defective "
+             "test images; n/a where too few good images are left to certify A (N >= 1/A - 1).",
              "FAR@100% recall = fraction of good test images flagged NG at the highest threshold that flags every defect."]
     if commands:
         notes += ["", "Commands:", ""] + [f"    {c}" for c in commands]

@@ -179,41 +179,39 @@ def test_defective_support_images_are_never_scored(tmp_path, monkeypatch):
 
 
 def test_line_good_images_are_other_train_images_than_the_shots(tmp_path):
-    train = [tmp_path / f"{i:03d}.png" for i in range(20)]
+    train = [tmp_path / f"{i:03d}.png" for i in range(30)]
     shots = train[3:7]
     line = fewshot.line_good_images(train, shots, seed=0, n=12)
     assert len(line) == 12 and not set(line) & set(shots) and set(line) <= set(train)
     assert line == fewshot.line_good_images(train, shots, seed=0, n=12) != fewshot.line_good_images(train, shots, seed=1, n=12)
-    assert len(fewshot.line_good_images(train, shots, seed=0)) == 16  # all that is left, when fewer than n
-    assert fewshot.line_good_images(train[:13], shots, seed=0) == []  # 9 left: too few to set a threshold
+    assert len(fewshot.line_good_images(train, shots, seed=0)) == 26  # all that is left, when fewer than n
+    assert fewshot.line_good_images(train[:22], shots, seed=0) == []  # 18 left: cannot certify even 5 %
 
 
-def test_line_metrics_use_the_line_threshold_rule():
-    from protospect.runtime import line_threshold
-
+def test_line_metrics_use_the_conformal_operating_point():
+    """FRR / escape at the split-conformal NG threshold (what register sets), per certifiable rate."""
     labels = np.array([0, 0, 0, 1, 1, 1])
     scores = np.array([0.1, 0.3, 0.5, 0.2, 0.6, 0.9])
-    good = np.linspace(0.1, 0.4, 12)
+    good = np.linspace(0.0, 0.39, 40)  # N = 40: k = ceil(41 * 0.95) = 39 -> threshold just above good[38] = 0.38
     m = fewshot.line_metrics(labels, scores, good)
-    thr = line_threshold.choose(good)
-    assert m["line_threshold"] == thr and 0.4 < thr < 0.5
-    assert m["escape_rate_line"] == pytest.approx(1 / 3) and m["false_alarm_rate_line"] == pytest.approx(1 / 3)
-    assert fewshot.line_metrics(labels, scores, None) == {"line_threshold": None, "escape_rate_line": None,
-                                                          "false_alarm_rate_line": None}
+    assert 0.38 < m["line_threshold"]["a05"] < 0.3801 and "a01" not in m["line_threshold"]  # 1 % needs N >= 99
+    assert m["false_reject_rate_a05"] == pytest.approx(1 / 3) and m["escape_rate_a05"] == pytest.approx(1 / 3)
+    assert m["false_reject_rate_a01"] is None and m["escape_rate_a01"] is None
+    m99 = fewshot.line_metrics(labels, scores, np.linspace(0.0, 0.98, 99))  # k = 99: above the largest, 0.98
+    assert m99["line_threshold"]["a01"] > 0.98 and m99["escape_rate_a01"] == 1.0  # every defect scores below
+    assert m99["false_reject_rate_a01"] == 0.0
+    assert fewshot.line_metrics(labels, scores, None) == {"line_threshold": {}, **{k: None for k in fewshot.LINE_KEYS}}
 
 
-def test_eval_reports_escape_and_false_alarm_at_the_line_threshold(tmp_path, evaluated):
+def test_eval_reports_rates_at_the_conformal_operating_point(tmp_path, evaluated):
     _, _, few = evaluated
-    assert few[0]["escape_rate_line"] is None and few[0]["line_threshold"] == [None, None]  # 4 train images: too few
-    make_category(tmp_path, "lined", n_train=14, n_good=4, n_defect=4, seed=5)
+    assert few[0]["escape_rate_a05"] is None and few[0]["line_threshold"] == [{}, {}]  # 4 train images: too few
+    make_category(tmp_path, "lined", n_train=24, n_good=4, n_defect=4, seed=5)
     (r,) = fewshot.evaluate(tmp_path, "lined", "patchcore", [2], [0, 1], "edge", tmp_path / "out",
                             config_overrides=OVERRIDES, plots=False)
-    assert all(isinstance(t, float) for t in r["line_threshold"])
-    for shot_thr, line_thr, s in zip(r["threshold"], r["line_threshold"], r["per_seed"]):
-        # one set of scores judged at two thresholds: the lower one passes fewer defects, flags more good parts
-        lo, hi = (s["escape_rate_line"], s["escape_rate"]) if line_thr <= shot_thr else (s["escape_rate"], s["escape_rate_line"])
-        assert lo <= hi
-        lo, hi = (s["false_alarm_rate"], s["false_alarm_rate_line"]) if line_thr <= shot_thr else (
-            s["false_alarm_rate_line"], s["false_alarm_rate"])
-        assert lo <= hi
-    assert "escape@line" in (tmp_path / "out" / "results.md").read_text()
+    assert all(isinstance(t["a05"], float) and "a01" not in t for t in r["line_threshold"])  # 22 good: 5 % only
+    assert r["escape_rate_a05"] is not None and r["escape_rate_a01"] is None
+    for seed_thr, s in zip(r["line_threshold"], r["per_seed"]):
+        assert 0 <= s["false_reject_rate_a05"] <= 100 and 0 <= s["escape_rate_a05"] <= 100
+        assert isinstance(seed_thr["a05"], float)
+    assert "escape@A=5%" in (tmp_path / "out" / "results.md").read_text()
