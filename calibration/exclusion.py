@@ -12,14 +12,8 @@ Found from the graph's structure, never from node names:
 * stem: the first ``float_stem`` learned layers from the input (default 0), and every learned
   layer and residual Add before the TopKs whose output is at stride <= ``float_stride`` (default 4: output side
   >= S/4, S the side of the first learned layer's input; shapes from ONNX shape inference).
-  Measured on bottle K=2 PatchCore/efficientnet_lite0 (docs/export.md): all layers INT8 cost 2.8
-  pixel-AUROC and 11 AUPRO points; the stem conv and the first block kept float bring both within
-  0.5 points. Measured on PCSNet edge without test images (calibration.sensitivity: held-out
-  train/good images + planted NSA/texture defects, INT8 map error against FP32 in % of the map
-  range, docs/results/pcsnet_precision.md): the stride-2 and stride-4 layers are the backbone's
-  most sensitive (one block INT8 alone: 0.72 and 0.34 % on hazelnut_toy, 2.26 and 1.70 % on
-  deeppcb_44000, against <= 0.57 % for any deeper block); keeping the stride <= 4 layers float
-  took the previous default graph's error from 2.74 to 1.09 % on deeppcb_44000. The rule reads strides, not
+  Why stride <= 4: those are the backbone's most INT8-sensitive layers (figures: docs/export.md, docs/results/
+  pcsnet_precision.md, from studies/int8_sensitivity.py without test images). The rule reads strides, not
   layer counts, so it means the same for a backbone with more or fewer layers per stage.
 A graph without TopK (the split features graph) has only its stem excluded.
 

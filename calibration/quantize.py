@@ -135,7 +135,7 @@ def quantize_settings(method: str, nodes_to_exclude) -> dict:
 
 def quantize_qdq(onnx_path, out_path, reader, method: str, nodes_to_exclude, calibration_cache_path=None) -> None:
     """quantize_static with protospect's TensorRT settings (one place: the export and the
-    sensitivity study, calibration.sensitivity, quantize with exactly these)."""
+    sensitivity study, studies/int8_sensitivity.py, quantize with exactly these)."""
     q = require("onnxruntime.quantization", extra="runtime")
     s = quantize_settings(method, nodes_to_exclude)
     q.quantize_static(

@@ -409,7 +409,7 @@ class ProtoTopK:
             return
         # A station calls with the same buffers every frame: the launch plan (split count, workspace
         # offsets, kernel argument arrays) is built once per set of arguments and replayed, which takes
-        # the host's share of a call from ~38 to ~3 us (scripts/launcher_host_overhead.py).
+        # the host's share of a call from ~38 to ~3 us (studies/launcher_host_overhead.py).
         key = (q_ptr, Q, k, out_dist_ptr, out_idx_ptr, splits, debug_scores_ptr)
         steps = self._calls.get(key)
         if steps is None:

@@ -11,11 +11,11 @@ namespace protospect_topk {
 // ---- PROTOSPECT_TOPK_AGG_ATOMICS ------------------------------------------------------------------
 // Radix histograms count keys that share their leading bits (similar distances): in a select's first
 // pass most lanes of a warp hit one or a few bins, and shared atomics to one address serialise lane by
-// lane (measured on the CPU with scripts/topk_bound_study.py's data: 24-32 of 32 lanes per warp
+// lane (measured on the CPU with studies/topk_bound_study.py's data: 24-32 of 32 lanes per warp
 // instruction in one bin). PROTOSPECT_TOPK_AGG_ATOMICS (-D at build time; 1: every pass, 2: first
 // passes only, where the bins are concentrated) groups the lanes by bin with match.any (sm_70+) and lets
 // one lane per group add the group's count: the same histogram, fewer atomics. Off by default until
-// timed on a GPU (scripts/kernel_variants.py). Called by all 32 lanes of a warp; `on`: this lane counts.
+// timed on a GPU (studies/kernel_variants.py). Called by all 32 lanes of a warp; `on`: this lane counts.
 __device__ __forceinline__ void hist_add_aggregated(unsigned* hist, unsigned bin, bool on, bool first_pass) {
     const bool aggregate = PROTOSPECT_TOPK_AGG_ATOMICS == 1 || (PROTOSPECT_TOPK_AGG_ATOMICS == 2 && first_pass);
     if (aggregate) {  // warp-uniform
@@ -37,7 +37,7 @@ __device__ __forceinline__ void hist_add_aggregated(unsigned* hist, unsigned bin
 // Q x kBoundAtoms, reset to 0xff.. = unpublished by the host before the call); the ceil(k / 16)-th
 // smallest of a query's atoms is a bound at or above its k-th score, so scores above it are dropped
 // (`<=` keeps ties: exact). A stale or unpublished atom only loosens the bound. Level 2 also has the merge
-// skip entries above the final bound (all atoms published by then). scripts/topk_bound_study.py
+// skip entries above the final bound (all atoms published by then). studies/topk_bound_study.py
 // ("same, tiles 0 and 1 only") models it: ~2300-2500 of 4096 scores written per query at k = 200, not 4096.
 
 // Shared-bound atoms cross blocks (kSharedBound): relaxed GPU-scope accesses that bypass L1, so a block sees

@@ -50,7 +50,7 @@ class ParityReport:
         if self.precision == "fp32":
             lines.append(f"  {'PASS' if self.ok else 'FAIL'}")
         else:
-            lines.append(f"  (report only: {self.precision} is compared on the dev data, see protospect.export.eval_graphs)")
+            lines.append(f"  (report only: {self.precision} is compared on the dev data, see studies/eval_graphs.py)")
         return "\n".join(lines)
 
 

@@ -1,6 +1,6 @@
 """ONNX Runtime CPU latency of exported graphs, batch 1, in one run (so they share the machine state).
 
-    python -m protospect.export.bench_ort model.onnx model.int8.onnx [--runs 200] [--warmup 20] [--threads 2]
+    python studies/bench_ort.py model.onnx model.int8.onnx [--runs 200] [--warmup 20] [--threads 2]
 
 Runs the graphs round-robin in blocks of 10 so a load change on a shared machine hits all of them
 alike, and prints the median (and p10/p90) of >= --runs timed runs per graph after --warmup runs.

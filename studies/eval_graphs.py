@@ -1,6 +1,6 @@
 """Accuracy of exported graphs under ONNX Runtime CPU on an MVTec-layout category (FP32 vs FP16 vs INT8).
 
-    python -m protospect.export.eval_graphs --data DIR --category bottle model.onnx model.fp16.onnx model.int8.onnx
+    python studies/eval_graphs.py --data DIR --category bottle model.onnx model.fp16.onnx model.int8.onnx
 
 Prints image AUROC, pixel AUROC and AUPRO (percent) per graph and their change against the first
 graph. INT8 graphs run with Q/DQ simulated in float (what TensorRT's explicit quantization

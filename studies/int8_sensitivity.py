@@ -1,6 +1,6 @@
 """INT8 sensitivity per block of learned layers, judged WITHOUT test images.
 
-    python -m protospect.calibration.sensitivity ART FP32.onnx --data DIR [--val 10] [--textures DIR] [--out F.json]
+    python studies/int8_sensitivity.py ART FP32.onnx --data DIR [--val 10] [--textures DIR] [--out F.json]
         [--modes only,skip] [--rules 1:3,1:3:4 [--calib-nsa 4]] [--calib-method minmax|entropy|percentile]
 
 Evaluation set: ``--val`` train/good images that are not the artifact's shots (held-out normals)

@@ -1,19 +1,21 @@
 """Compare build variants of the fused top-k kernel in one process, on one GPU (development tool).
 
-Each variant is the same proto_topk.cuh compiled by NVRTC with extra -D switches (see the header:
+Each variant is the same proto_topk.cuh (and its headers) compiled by NVRTC with extra -D switches (see the header:
 PROTOSPECT_TOPK_FORCE_MMA, PROTOSPECT_TOPK_WGMMA_ALL, PROTOSPECT_TOPK_SHARED_BOUND=1|2,
 PROTOSPECT_TOPK_AGG_ATOMICS=1|2; several per variant, comma-separated) and run through the torch-free launcher
 on the same tensors; outputs must be identical across variants, times are CUDA-graph medians
-(cpp_ext/bench.py's timer), with torch matmul + topk timed in the same run as the yardstick.
+(studies/topk_bench.py's timer), with torch matmul + topk timed in the same run as the yardstick.
 
-    python scripts/kernel_variants.py --shapes 4096,4096,1792,200 4096,32768,256,1 \
+    python studies/kernel_variants.py --shapes 4096,4096,1792,200 4096,32768,256,1 \
         --variant base= --variant mma=-DPROTOSPECT_TOPK_FORCE_MMA
 """
 from __future__ import annotations
 
 import argparse
 
-from protospect.cpp_ext import bench, launcher
+import topk_bench as bench  # studies/topk_bench.py (run from this folder: python studies/kernel_variants.py)
+
+from protospect.cpp_ext import launcher
 
 
 def main(argv=None) -> int:

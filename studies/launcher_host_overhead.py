@@ -5,7 +5,7 @@ the splits, laying out the workspace, building the kernel argument arrays) adds 
 on the Jetson's CPU. The driver calls are replaced by recorders (tests/cpp_ext/launcher_fakes.py), so this
 times only the Python side: the first call (building the launch plan) and the replayed calls after it.
 
-    python scripts/launcher_host_overhead.py            # PCSNet edge (1024, 1024, 152, k 16) and paper shapes
+    python studies/launcher_host_overhead.py            # PCSNet edge (1024, 1024, 152, k 16) and paper shapes
 """
 from __future__ import annotations
 

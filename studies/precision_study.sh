@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # FP32 vs FP16 vs INT8 (Q/DQ) accuracy of exported PCSNet-edge graphs under ONNX Runtime CPU, per dev category,
 # then ORT CPU latency of FP32 vs INT8 in one run (median of >= 200 runs, 1 intra-op thread: shared machine).
-# usage: bash scripts/precision_study.sh OUT_DIR [category ...]   (data: $PROTOSPECT_DEV_DATA or ../shared/data)
+# usage: bash studies/precision_study.sh OUT_DIR [category ...]   (data: $PROTOSPECT_DEV_DATA or ../shared/data)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:?output folder}; shift
@@ -15,9 +15,9 @@ for c in $CATS; do
   $PS export "$art" --out "$OUT/$c/fp32.onnx" --check
   $PS export "$art" --out "$OUT/$c/fp16.onnx" --fp16
   $PS export "$art" --out "$OUT/$c/int8.onnx" --int8
-  .venv/bin/python -m protospect.export.eval_graphs --data "$DATA" --category "$c" \
+  .venv/bin/python studies/eval_graphs.py --data "$DATA" --category "$c" \
       "$OUT/$c/fp32.onnx" "$OUT/$c/fp16.onnx" "$OUT/$c/int8.onnx" | tee "$OUT/$c/precision.txt"
   ls -l "$OUT/$c"/*.onnx | awk '{printf "%s %.2f MiB\n", $9, $5/1048576}' | tee -a "$OUT/$c/precision.txt"
-  .venv/bin/python -m protospect.export.bench_ort "$OUT/$c/fp32.onnx" "$OUT/$c/int8.onnx" \
+  .venv/bin/python studies/bench_ort.py "$OUT/$c/fp32.onnx" "$OUT/$c/int8.onnx" \
       --runs "${BENCH_RUNS:-200}" --warmup 20 --threads "${BENCH_THREADS:-1}" | tee -a "$OUT/$c/precision.txt"
 done

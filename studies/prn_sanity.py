@@ -1,6 +1,6 @@
 """Design sanity check for prn / bpgg WITHOUT test images (figures in docs/methods.md).
 
-    python -m protospect.training.methods.prn.sanity --method prn --data ../shared/data/bottle \
+    python studies/prn_sanity.py --method prn --data ../shared/data/bottle \
         --textures ../shared/data/textures [--set steps=40]
 
 K shots from train/good (seeded), 8 other train/good images as normals, NSA and texture defects

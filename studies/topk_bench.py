@@ -1,6 +1,6 @@
 """Benchmark of the fused prototype top-k kernel against torch, on one GPU.
 
-    python -m protospect.cpp_ext.bench [--iters 50] [--shapes 4096,4096,1792,200 ...] [--json out.json]
+    python studies/topk_bench.py [--iters 50] [--shapes 4096,4096,1792,200 ...] [--json out.json]
 
 For every (Q, M, D, k) shape and dtype (fp16, fp32) it times, in the same run:
   fused     the torch op (proto_topk.cu through the torch extension)

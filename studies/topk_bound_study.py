@@ -28,8 +28,8 @@ written per query (what the partial kernel stores and the merge reads)
 and the candidates left under the final bound (what the merge would select from), against today's kernel
 (no shared bound) and an oracle (the true k-th known in advance: k).
 
-    python scripts/topk_bound_study.py            # 15 s on 2 cores
-    python scripts/topk_bound_study.py --real ../shared/data/bottle   # + real PCSNet features (torch)
+    python studies/topk_bound_study.py            # 15 s on 2 cores
+    python studies/topk_bound_study.py --real ../shared/data/bottle   # + real PCSNet features (torch)
 """
 from __future__ import annotations
 

@@ -63,3 +63,21 @@ def test_cli_version_and_unknown_command(tmp_path):
     assert r.returncode == 0 and r.stdout.startswith("protospect ")
     r = subprocess.run([sys.executable, "-m", "protospect.cli"], cwd=tmp_path, capture_output=True, text=True)
     assert r.returncode == 1
+
+
+def test_studies_and_scripts_are_not_installed(monkeypatch):
+    """One-off studies and benchmarks live in studies/ (and dev scripts in scripts/), outside the installed
+    package: setup.py's packages and package_dir name neither, and no room keeps a moved study."""
+    import runpy
+
+    import setuptools
+
+    captured: dict = {}
+    monkeypatch.setattr(setuptools, "setup", lambda **kw: captured.update(kw))
+    monkeypatch.chdir(REPO)  # setup.py walks the room folders from the repository root
+    runpy.run_path(str(REPO / "setup.py"))
+    names = list(captured["packages"]) + list(captured["package_dir"]) + list(captured["package_dir"].values())
+    assert names and not [n for n in names if "studies" in n or "scripts" in n], names
+    for moved in ("cpp_ext/bench.py", "export/bench_ort.py", "export/eval_graphs.py", "calibration/sensitivity.py",
+                  "training/methods/prn/sanity.py"):
+        assert not (REPO / moved).exists(), f"{moved} is a study: it belongs in studies/"

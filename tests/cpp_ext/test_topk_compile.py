@@ -198,7 +198,7 @@ def test_shared_bound_switch_builds_without_spills_and_touches_only_the_k_gt_1_k
 
 @pytest.mark.parametrize("level", [1, 2])
 def test_aggregated_histogram_switch_builds_and_uses_match_any(nvrtc_ready, level):
-    """-DPROTOSPECT_TOPK_AGG_ATOMICS (a comparison build for scripts/kernel_variants.py, off by default):
+    """-DPROTOSPECT_TOPK_AGG_ATOMICS (a comparison build for studies/kernel_variants.py, off by default):
     the radix histograms of the partial kernels' select and of the merge count lanes per bin with
     match.any; the default build has none. Both build with NVRTC, the variants' path, without warnings."""
     default = launcher.compile_ptx("compute_90a")

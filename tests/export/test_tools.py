@@ -1,12 +1,18 @@
-"""The measurement tools the acceptance tables come from: eval_graphs and bench_ort."""
+"""The measurement tools the acceptance tables come from: studies/eval_graphs.py and studies/bench_ort.py
+(studies, not installed: imported from their folder)."""
 from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import export_fixtures as fx
-from protospect.export.bench_ort import bench
-from protospect.export.eval_graphs import evaluate
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "studies"))
+from bench_ort import bench  # noqa: E402 (studies/, not a package)
+from eval_graphs import evaluate  # noqa: E402
 from protospect.export.ort_session import cpu_session
 from protospect.training.metrics import image_auroc
 
