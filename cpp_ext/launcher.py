@@ -98,6 +98,28 @@ def _out_buffer(size: int) -> bytes:
     return b"\0" * max(int(size), 2)
 
 
+def unavailable_reason() -> str | None:
+    """None when ProtoTopK can build its kernel here, else a one-line reason: cuda-python's driver and NVRTC
+    bindings import, the NVRTC library answers (cuda-python imports without it and fails on the first call),
+    and the CUDA headers NVRTC compiles against are found. Needs no GPU and creates no context (the runtime
+    asks before it picks the split-TensorRT path); a GPU the kernel cannot run on is found when ProtoTopK
+    opens."""
+    import importlib  # noqa: PLC0415
+
+    try:
+        importlib.import_module("cuda.bindings.driver")
+        nvrtc = importlib.import_module("cuda.bindings.nvrtc")
+    except ImportError as err:
+        return f"cuda-python's driver/NVRTC bindings do not import ({err}): pip install 'protospect[gpu]'"
+    try:
+        check(nvrtc.nvrtcVersion(), "nvrtcVersion")
+    except Exception as err:  # noqa: BLE001 (a missing libnvrtc surfaces as whatever the binding raises)
+        return f"the NVRTC library does not answer ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
+    if not cuda_include_dirs():
+        return "the CUDA headers (cuda_fp16.h) NVRTC compiles the kernel against are not found: set CUDA_HOME"
+    return None
+
+
 def compile_cubin(arch: str, source: str | None = None, extra_options: tuple[str, ...] = ()) -> bytes:
     """NVRTC-compile the kernel source for ``arch`` (e.g. "sm_87", "sm_90a") and return the cubin.
 

@@ -68,12 +68,18 @@ def select_backend(model: str | Path, forced: str = "auto", *, threads: int | No
     else:
         ok, reason = gpu_stack_available()
         has_engines = all((path / f).is_file() for f in FILES_GPU)
-        kernel = _importable("protospect.cpp_ext.launcher")
-        if ok and has_engines and kernel:
+        if ok and not has_engines:
+            ok, reason = False, "no features.engine/head.engine in the folder"
+        elif ok:  # the top-k kernel between the engines: can the NVRTC launcher build it here?
+            from protospect.cpp_ext.launcher import unavailable_reason
+
+            reason = unavailable_reason() or ""
+            ok = not reason
+        if ok:
             backend = SplitTrtBackend(path)
-            log.info("backend: split-trt for %s (%s: engines, TensorRT and the top-k kernel are all here)", path, why)
+            log.info("backend: split-trt for %s (%s: engines, TensorRT and the top-k kernel's toolchain are all here)",
+                     path, why)
         else:
-            reason = reason or ("no features.engine/head.engine in the folder" if not has_engines else "cpp_ext launcher not built")
             backend = SplitOrtBackend(path, threads=threads)
             log.info("backend: split-ort for %s (%s; GPU path unavailable: %s -> ONNX Runtime + numpy top-k)", path, why, reason)
     return backend

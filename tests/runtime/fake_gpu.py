@@ -173,6 +173,24 @@ class FakeContext:
         return True
 
 
+def make_nvrtc_and_driver(version=(12, 6), working=True):
+    """cuda.bindings.nvrtc and cuda.bindings.driver look-alikes, as far as the split-TensorRT path's check goes
+    (launcher.unavailable_reason: the bindings import and nvrtcVersion answers). working=False: the bindings
+    import but the NVRTC library is missing, as cuda-python reports it (an error from the first call)."""
+    nvrtc = types.ModuleType("cuda.bindings.nvrtc")
+    nvrtc.__spec__ = importlib.machinery.ModuleSpec("cuda.bindings.nvrtc", None)
+
+    def nvrtc_version():
+        if not working:
+            raise RuntimeError('Function "nvrtcVersion" not found (libnvrtc.so.12: cannot open shared object file)')
+        return (0, *version)
+
+    nvrtc.nvrtcVersion = nvrtc_version
+    driver = types.ModuleType("cuda.bindings.driver")
+    driver.__spec__ = importlib.machinery.ModuleSpec("cuda.bindings.driver", None)
+    return nvrtc, driver
+
+
 def make_tensorrt(version="10.3.0.30"):
     trt = types.ModuleType("tensorrt")
     trt.__spec__ = importlib.machinery.ModuleSpec("tensorrt", None)

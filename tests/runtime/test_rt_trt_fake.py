@@ -38,6 +38,21 @@ def fake_stack(monkeypatch):
     return rt, trt
 
 
+@pytest.fixture()
+def fake_kernel_toolchain(fake_stack, monkeypatch):
+    """What the split-TensorRT path's top-k kernel needs besides TensorRT: cuda-python's NVRTC and driver
+    bindings (faked, NVRTC answering) and the CUDA headers NVRTC compiles against (a folder named here)."""
+    import protospect.cpp_ext.launcher as launcher
+
+    nvrtc, driver = fake_gpu.make_nvrtc_and_driver()
+    bindings = sys.modules["cuda.bindings"]
+    bindings.nvrtc, bindings.driver = nvrtc, driver
+    monkeypatch.setitem(sys.modules, "cuda.bindings.nvrtc", nvrtc)
+    monkeypatch.setitem(sys.modules, "cuda.bindings.driver", driver)
+    monkeypatch.setattr(launcher, "cuda_include_dirs", lambda: ["/fake/cuda/include"])
+    return nvrtc
+
+
 def _tie(engine):
     """Record the engine file's sha256 in its sidecar, as build-engine does."""
     sidecar = engine.with_name(engine.name + ".json")
@@ -151,7 +166,7 @@ class FakeProtoTopK:
         self.closed = True
 
 
-def test_split_trt_path_matches_split_ort(tmp_path, fake_stack, monkeypatch):
+def test_split_trt_path_matches_split_ort(tmp_path, fake_stack, fake_kernel_toolchain, monkeypatch):
     import protospect.cpp_ext.launcher as launcher
 
     monkeypatch.setattr(launcher, "ProtoTopK", FakeProtoTopK)
@@ -194,3 +209,44 @@ def test_serve_and_bench_report_the_tensorrt_version(fx, tmp_path, fake_stack):
     bench = json.loads((tmp_path / "b" / "bench.json").read_text())
     assert bench["backend"]["tensorrt_version"] == trt.__version__
     assert rt.allocs == {}  # and the backend was closed once, by the command that opened it
+
+
+def _split_with_engines(tmp_path):
+    folder = build_split_model(tmp_path / "split", reference_rgb(64), k=3, cell=8, threshold=0.1,
+                               bank=np.random.default_rng(0).uniform(0, 1, (40, 3)).astype(np.float32))
+    _engine(folder / "features.engine", folder / "features.onnx")
+    _engine(folder / "head.engine", folder / "head.onnx")
+    return folder
+
+
+@pytest.mark.parametrize("broken,reason", [
+    ("no_nvrtc", "NVRTC bindings"),             # cuda-python without its nvrtc module
+    ("nvrtc_library", "NVRTC library"),         # the binding imports, libnvrtc is missing
+    ("no_headers", "CUDA headers"),             # nothing for NVRTC to compile the kernel against
+])
+def test_split_folder_falls_back_to_ort_when_the_kernel_cannot_be_built(tmp_path, fake_stack, fake_kernel_toolchain,
+                                                                        monkeypatch, caplog, broken, reason):
+    """select_backend's split-TensorRT path needs the top-k kernel, which the NVRTC launcher compiles on first
+    use: with TensorRT, cuda-python and both engines present but the kernel's toolchain broken, it picks
+    split-ort and says why (the check used to be that protospect.cpp_ext.launcher imports: always true)."""
+    import protospect.cpp_ext.launcher as launcher
+
+    folder = _split_with_engines(tmp_path)
+    if broken == "no_nvrtc":
+        monkeypatch.setitem(sys.modules, "cuda.bindings.nvrtc", None)  # import raises ImportError
+    elif broken == "nvrtc_library":
+        nvrtc, _ = fake_gpu.make_nvrtc_and_driver(working=False)
+        monkeypatch.setitem(sys.modules, "cuda.bindings.nvrtc", nvrtc)
+    else:
+        monkeypatch.setattr(launcher, "cuda_include_dirs", lambda: [])
+    with caplog.at_level("INFO", logger="protospect.runtime.backends"):
+        backend = select_backend(folder)
+    assert isinstance(backend, SplitOrtBackend)
+    assert "backend: split-ort" in caplog.text and reason in caplog.text, caplog.text
+    assert launcher.unavailable_reason() is not None and reason in launcher.unavailable_reason()
+
+
+def test_kernel_toolchain_check_passes_with_everything_present(fake_kernel_toolchain):
+    import protospect.cpp_ext.launcher as launcher
+
+    assert launcher.unavailable_reason() is None
