@@ -8,7 +8,7 @@ candidates -- and every candidate decision is computed from the same backbone pa
   fusion    pcs | nn1 | nn4 | pcs+nn1 | pcs+nn4
   normalise none | global | position (normal statistics: leave-one-out + jitter on the shots, as
             threshold.calibrate computes them)
-  score     max | top (mean of the top 1 % of the map)
+  score     max | top (mean of the top 1 % of the map) | peak (max of the map minus its local mean)
 
 Selection columns (``val_*``): held-out train/good images that were not shots (up to --val) against
 planted defects on copies of them (NSA self-swap and DTD texture blends, pcsnet.validate). Report
@@ -39,11 +39,11 @@ from protospect.training.methods.pcsnet import PCSNetModel, _check_shots, _creat
 from protospect.training.methods.pcsnet.presets import resolve_config
 from protospect.training.methods.pcsnet.scoring import MapFusion, NearestNeighbourBranch, patch_grid, rotated_views
 from protospect.training.methods.pcsnet.train_loop import seed_everything, to_tensor, train
-from protospect.training.methods.pcsnet.validate import planted_sets
+from protospect.training.methods.pcsnet.validate import _parse_set, planted_sets
 
 FUSIONS = {"pcs": ["pcs"], "nn1": ["nn1"], "nn4": ["nn4"], "pcs+nn1": ["pcs", "nn1"], "pcs+nn4": ["pcs", "nn4"]}
 NORMALISE = ("none", "global", "position")
-SCORES = ("max", "top")
+SCORES = ("max", "top", "peak")
 PIXEL_VARIANTS = (("pcs", "none"), ("nn1", "none"), ("pcs+nn1", "global"), ("pcs+nn1", "position"),
                   ("pcs+nn4", "global"), ("pcs+nn4", "position"), ("pcs", "position"))
 
@@ -127,7 +127,7 @@ def decisions(normal: dict, evaluated: dict[str, dict], size: int) -> dict:
 
 def run_one(cat, category, k, seed, args, test: TestSet | None):
     shot_paths = sample_shots(cat.train_good, k, seed)
-    cfg = resolve_config("edge", {"category": category})
+    cfg = resolve_config("edge", {"category": category, **_parse_set(args.set)})
     images = _check_shots([read_rgb(p) for p in shot_paths], cfg.input_size)
     seed_everything(seed)
     backbone = _create_backbone(cfg, None)
@@ -244,11 +244,13 @@ def main(argv=None):
     ap.add_argument("--no-test", action="store_true", help="validation columns only")
     ap.add_argument("--diagnose", action="store_true")
     ap.add_argument("--figures", default=None)
+    ap.add_argument("--set", action="append", help="PCSNet config override key=value (e.g. input_size=384)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     cat = MVTecCategory(args.data, args.category)
-    test = None if args.no_test else TestSet.load(cat, 256)
+    size = resolve_config("edge", _parse_set(args.set)).input_size
+    test = None if args.no_test else TestSet.load(cat, size)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     for k in args.shots:

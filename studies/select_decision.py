@@ -4,7 +4,7 @@ Reads the JSON lines of studies/decision_study.py and never opens a ``test_*`` k
 before any test figure of the study was looked at (docs/decision.md):
 
 1. candidates are the decisions the product can export: fusion pcs | pcs+nn1 | pcs+nn4, any
-   normalisation, max or top-1 % score (nn-only variants are PatchCore and are shown for reference);
+   normalisation, max, top-1 % or local-peak score (nn-only variants are PatchCore and are shown for reference);
 2. a candidate's value on a category is its validation image AUROC averaged over the planted kinds
    (NSA self-swap, DTD texture), K and seeds;
 3. eligible: on no category more than 1 point below the old default (pcs|none|max);
@@ -25,7 +25,7 @@ import numpy as np
 
 OLD = "pcs|none|max"
 PRODUCT_FUSIONS = ("pcs", "pcs+nn1", "pcs+nn4")
-COST = {"pcs": 0, "pcs+nn1": 1, "pcs+nn4": 2, "none": 0, "global": 0, "position": 1, "max": 0, "top": 1}
+COST = {"pcs": 0, "pcs+nn1": 1, "pcs+nn4": 2, "none": 0, "global": 0, "position": 1, "max": 0, "top": 1, "peak": 1}
 MAX_LOSS = 1.0
 TIE = 0.1
 

@@ -47,6 +47,18 @@ def test_top_fraction_score_is_the_mean_of_the_largest_pixels():
     assert mf.score(m).item() == pytest.approx(3.0)
 
 
+def test_peak_score_ignores_broad_heat_and_keeps_a_small_peak():
+    """Unseen content heats a large area (docs/decision.md); a defect is a small peak above its surroundings."""
+    mf = MapFusion(1, 128, "none", "peak", 0.01)
+    yy, xx = torch.meshgrid(torch.arange(128.0), torch.arange(128.0), indexing="ij")
+    broad = torch.exp(-((yy - 64) ** 2 + (xx - 64) ** 2) / (2 * 25.0 ** 2))[None, None]  # smooth, image-wide
+    small = torch.zeros(1, 1, 128, 128)
+    small[..., 60:66, 60:66] = 0.6  # a defect, weaker than the broad heat
+    plain = MapFusion(1, 128, "none", "max", 0.01)
+    assert plain.score(broad).item() > plain.score(small).item()
+    assert mf.score(small).item() > 2 * mf.score(broad).item()
+
+
 def test_fused_forward_is_the_fusion_of_the_branches(fused_model):
     m = fused_model
     x = to_tensor(parts(2, seed=5), m.meta["mean"], m.meta["std"])
@@ -118,7 +130,7 @@ def test_fused_model_exports_with_parity(fused_model, tmp_path):
     assert abs(float(got_score[0]) - float(ref.image_score[0])) <= 1e-4 * span
 
 
-@pytest.mark.parametrize("key,value", [("fusion", "nn"), ("normalise", "zscore"), ("image_score", "mean"),
+@pytest.mark.parametrize("key,value", [("fusion", "nn"), ("normalise", "zscore"), ("image_score", "mean"), ("image_score", "median"),
                                        ("nn_rotations", 8), ("score_top_fraction", 0.0)])
 def test_decision_config_errors(key, value):
     with pytest.raises(ConfigError, match=key):

@@ -45,7 +45,7 @@ class PCSNetConfig:
     fusion: str = "pcsnet"  # "pcsnet" | "pcsnet+nn" (plus a nearest-neighbour map over every shot patch)
     nn_rotations: int = 1  # 1 or 4: shots rotated by multiples of 90 degrees join the nn bank
     normalise: str = "none"  # "none" | "global" | "position": maps scaled by their normal statistics
-    image_score: str = "max"  # "max" | "top": mean of the top score_top_fraction of the map
+    image_score: str = "max"  # "max" | "top" (mean of the top score_top_fraction) | "peak" (max above the local mean)
     score_top_fraction: float = 0.01
 
     @property
@@ -65,7 +65,7 @@ class PCSNetConfig:
         if self.loss_k > self.k:
             raise ConfigError(f"pcsnet: loss_k={self.loss_k} must not exceed k={self.k}")
         for key, allowed in (("fusion", ("pcsnet", "pcsnet+nn")), ("normalise", ("none", "global", "position")),
-                             ("image_score", ("max", "top")), ("nn_rotations", (1, 4))):
+                             ("image_score", ("max", "top", "peak")), ("nn_rotations", (1, 4))):
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"pcsnet: {key}={getattr(self, key)!r} is not one of {list(allowed)}")
         if not 0.0 < self.score_top_fraction <= 1.0:

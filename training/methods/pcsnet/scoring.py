@@ -11,7 +11,9 @@ config fields that pick them (presets.py) are:
 * ``normalise``: "none", "global" (each map minus its normal mean, over its normal std) or
   "position" (the same per map position, shrunk towards the global figures because K shots give
   only 4K samples a position);
-* ``image_score``: "max" or "top" (mean of the top ``score_top_fraction`` of the map).
+* ``image_score``: "max", "top" (mean of the top ``score_top_fraction`` of the map) or "peak" (the
+  maximum of the map minus its local background, the mean over a window of a quarter of the image
+  side: broad heat over content the shots never showed cancels, a small defect's peak stays).
 
 Normal statistics come from the shots alone (leave-one-out plus jitter, threshold.py) and live in
 buffers, so they are in the artifact's state_dict and in the ONNX graph as initializers.
@@ -27,6 +29,7 @@ from protospect.training.proto_topk import knn_sqdist
 
 SHRINK_SAMPLES = 4.0  # per-position statistics count as if pooled with this many global samples
 STD_FLOOR = 1e-6
+PEAK_POOL = 4  # the background is estimated on the map pooled 4 x 4 (the map is blurred: no detail lost)
 
 
 def patch_grid(feats: list[torch.Tensor]) -> torch.Tensor:
@@ -75,6 +78,8 @@ class MapFusion(nn.Module):
         self.normalise = normalise
         self.image_score = image_score
         self.top = max(1, int(round(top_fraction * size * size)))
+        # background window: a quarter of the side, counted in pooled cells, odd so it is centred
+        self.peak_window = 2 * max(1, size // (PEAK_POOL * 8)) + 1
 
     def fuse(self, maps: list[torch.Tensor]) -> torch.Tensor:
         if self.normalise == "none":
@@ -82,10 +87,19 @@ class MapFusion(nn.Module):
         return sum((m - self.mean[i]) / self.std[i] for i, m in enumerate(maps))
 
     def score(self, fused: torch.Tensor) -> torch.Tensor:
+        if self.image_score == "peak":
+            fused = fused - self.background(fused)
         flat = fused.flatten(1)
         if self.image_score == "top":
             return torch.topk(flat, self.top, dim=1).values.mean(dim=1)
         return flat.amax(dim=1)
+
+    def background(self, m: torch.Tensor) -> torch.Tensor:
+        """Local mean of the map over a window of a quarter of the image side, at full resolution."""
+        small = F.avg_pool2d(m, PEAK_POOL, PEAK_POOL)
+        w = self.peak_window
+        bg = F.avg_pool2d(small, w, stride=1, padding=w // 2, count_include_pad=False)
+        return F.interpolate(bg, size=m.shape[-2:], mode="bilinear", align_corners=False)
 
     @torch.no_grad()
     def set_statistics(self, normal_maps: list[torch.Tensor]) -> None:
