@@ -160,8 +160,9 @@ def run(args: argparse.Namespace) -> int:
             try:
                 write_json(args.sink / "summary.json", report)
             except OSError as err:  # e.g. the disk that stopped the log is full: the stats above are printed
-                print(f"protospect serve: error: cannot write {args.sink / 'summary.json'}: {err}", file=sys.stderr)
-                code = 1
+                if code == 0:  # else the error that stopped the run was already said, in its one line
+                    print(f"protospect serve: error: cannot write {args.sink / 'summary.json'}: {err}", file=sys.stderr)
+                code = code or 1
             print(f"verdicts: {args.sink / 'verdicts.jsonl'}  NG images: {args.sink / 'ng'}")
         if view is not None and report["capture_ended"] == "eof" and not signalled.event.is_set():
             keep_page_up(view)  # a finite source ran out: the operator still sees the last verdict

@@ -12,7 +12,7 @@ import shlex
 from pathlib import Path
 
 from protospect.errors import ConfigError
-from protospect.training.cli_train import add_method_arguments, config_overrides_from_args
+from protospect.training.cli_train import add_method_arguments, check_out_writable, config_overrides_from_args
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -81,20 +81,6 @@ def _quiet_method_bars(method: str) -> None:
     module = get_method(method)
     if progress_kwargs(module.fit).get("progress") is False and not isinstance(module.fit, functools.partial):
         module.fit = functools.partial(module.fit, progress=False)
-
-
-def check_out_writable(out: Path) -> None:
-    """--out must be (or become) a folder we can write: a probe file created and removed there."""
-    import tempfile  # noqa: PLC0415
-
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file; eval writes a folder (results.json, results.md, PNGs)")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".protospect-probe-"):
-            pass
-    except OSError as err:
-        raise ConfigError(f"--out {out} cannot be written ({err.strerror or err}); choose another folder") from None
 
 
 def _input_size(method: str, preset: str, overrides: dict) -> int | None:

@@ -150,6 +150,25 @@ def warn_degenerate_shots(images, names) -> None:
         logging.getLogger("protospect.train").warning(line)
 
 
+def check_out_writable(out: Path, what: str = "--out") -> None:
+    """``out`` must be (or become) a folder we can write: a probe file created and removed in it, or in its
+    nearest existing parent (nothing is left behind)."""
+    import tempfile  # noqa: PLC0415
+
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{what} {out} is a file; a folder is written there")
+    probe = out
+    while not probe.exists() and probe != probe.parent:  # creates nothing: probes the nearest existing folder
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"{what} {out}: {probe} is a file, not a folder")
+    try:
+        with tempfile.NamedTemporaryFile(dir=probe, prefix=".protospect-probe-"):
+            pass
+    except OSError as err:
+        raise ConfigError(f"{what} {out} cannot be written ({err.strerror or err}); choose another folder") from None
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, type=Path, help="MVTec-layout root (with --category) or one category folder")
     p.add_argument("--category", default=None, help="category folder under --data (omit when --data is the category)")
@@ -185,6 +204,7 @@ def run(args: argparse.Namespace) -> int:
 
     overrides = config_overrides_from_args(args)
     get_method(args.method)  # an unknown method is refused before any data is read
+    check_out_writable(args.out)  # a read-only or file --out is refused before the fit, not after it
     cat = MVTecCategory(args.data, args.category)
     shot_paths = sample_shots(cat.train_good, args.shots, args.seed)
     overrides = {"category": cat.name, **overrides}  # pcsnet/prn pick their pseudo-anomaly table row with it

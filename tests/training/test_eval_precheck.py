@@ -62,7 +62,7 @@ def test_too_many_shots_fails_before_work(tmp_path, capsys, no_work):
     make_category(tmp_path / "data", "a", n_train=2, n_good=1, n_defect=1)
     rc = main(["eval", "--data", str(tmp_path / "data"), "--category", "a", "--shots", "1", "4", "--seeds", "0",
                "--out", str(tmp_path / "out"), "--size", "64"])
-    assert rc == 1 and "--shots 4 but only 2 images" in _one_line(capsys)
+    assert rc == 1 and "K=4 but only 2 images" in _one_line(capsys)
 
 
 def test_out_that_is_a_file_fails_before_work(tmp_path, capsys, no_work):
