@@ -1,0 +1,563 @@
+"""The bad-input suite (issue 20): the real `protospect` executables, in subprocesses, over a generated matrix of
+bad and odd inputs. Every case asserts
+
+* the exit code of the documented scheme (0 ok, 1 user error, 2 usage error; 3 would be a bug),
+* on failure exactly one line on stderr naming the problem (blank lines and the INFO progress log of the
+  station commands aside; a usage error's usage block aside), and no "Traceback" anywhere,
+* every file that existed before is byte-identical afterwards, or, where the case allows it, replaced whole
+  (JSON parses, every log line parses); no *.part / *.tmp file is left behind,
+* the shared artifact, graph and data (one per session) are never changed.
+
+Torch commands run in .venv, station commands in the torch-free .venv-runtime, as a user would.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import onnx
+import pytest
+from fsfaults import can_mount, fill, remount_readonly, tmpfs
+from kit import BAD_IMAGES, ODD_IMAGES, STATION_CLI, TORCH_CLI, Kit, Result, copy_tree, env, odd_image_bytes, run, snapshot, write_png
+
+pytestmark = [pytest.mark.torch]
+
+MOUNT_PROBLEM = can_mount()
+
+
+@dataclass
+class Case:
+    id: str
+    cli: Path
+    build: Callable  # (work, kit, ctx) -> argv
+    code: int
+    needle: str | None = None          # in the one error line (or, for code 0, in stdout+stderr)
+    may_change: tuple = ()             # paths (relative to work) a successful run may replace whole
+    check: Callable | None = None      # (work, result) -> None: more assertions
+    interrupt: Callable | None = None  # (work) -> bool: send SIGINT once true
+    mounts: bool = False               # needs a tmpfs (skipped with the reason where mounting is not allowed)
+    marks: list = field(default_factory=list)
+
+
+CASES: list[Case] = []
+
+
+def case(*args, **kw):
+    CASES.append(Case(*args, **kw))
+
+
+def station(cmd: str, model, source, work: Path, *extra) -> list:
+    """The station command with the options it needs to run at all."""
+    tail = {"serve": ["--sink", work / "sink"], "bench": ["--frames", "2", "--warmup", "1", "--out", work / "bench"],
+            "soak": ["--frames", "2"], "calibrate": ["--out", work / "line.json", "--allow-uncertified"]}[cmd]
+    return [cmd, model, "--source", source, *tail, *extra]
+
+
+def _records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+# ---- 1. bad image files: train (torch), eval (torch), serve and calibrate (station) -----------------
+
+def _bad_copy(kind: str, folder: Path) -> Path:
+    suffix, make = BAD_IMAGES[kind]
+    path = folder / f"zz-{kind}{suffix}"
+    path.write_bytes(make())
+    return path
+
+
+for kind in BAD_IMAGES:
+    def train_bad(work, kit, ctx, kind=kind):
+        data = copy_tree(kit.data, work / "data")
+        ctx["bad"] = _bad_copy(kind, data / "train" / "good")
+        return ["train", "--data", data, "--method", "patchcore", "--shots", "5", "--size", "64", "--out", work / "art"]
+    case(f"train-shot-{kind}", TORCH_CLI, train_bad, 1, needle="zz-" + kind)
+
+    def serve_bad(work, kit, ctx, kind=kind):
+        frames = copy_tree(kit.frames, work / "frames")
+        _bad_copy(kind, frames)
+        return station("serve", kit.model, frames, work)
+
+    def rejected_logged(work, res, kind=kind):
+        recs = _records(work / "sink" / "verdicts.jsonl")
+        bad = [r for r in recs if r.get("origin", "").startswith("zz-")]
+        assert len(recs) == 7 and len(bad) == 1 and bad[0]["verdict"] == "REJECTED" and bad[0]["reason"], recs
+    case(f"serve-frame-{kind}", STATION_CLI, serve_bad, 0, check=rejected_logged)
+
+    def calibrate_bad(work, kit, ctx, kind=kind):
+        frames = copy_tree(kit.frames, work / "frames")
+        _bad_copy(kind, frames)
+        return station("calibrate", kit.model, frames, work)
+
+    def threshold_from_good(work, res):
+        line = json.loads((work / "line.json").read_text())
+        assert "6 scored, 1 rejected" in res.out, res.out
+        assert isinstance(line, dict)
+    case(f"calibrate-frame-{kind}", STATION_CLI, calibrate_bad, 0, check=threshold_from_good)
+
+for kind in ("zero-byte", "text-as-png", "bad-crc-png"):
+    def eval_bad(work, kit, ctx, kind=kind):
+        data = copy_tree(kit.data, work / "data")
+        _bad_copy(kind, data / "test" / "good")
+        return ["eval", "--data", data, "--shots", "1", "--seeds", "0", "--size", "64", "--out", work / "out"]
+    case(f"eval-test-{kind}", TORCH_CLI, eval_bad, 1, needle="zz-" + kind)
+
+
+def int8_bad_calib(work, kit, ctx):
+    folder = copy_tree(kit.frames, work / "calib")
+    _bad_copy("truncated-png", folder)
+    return ["export", kit.art, "--out", work / "m8.onnx", "--int8", "--calib", folder]
+
+
+case("export-int8-calib-truncated-png", TORCH_CLI, int8_bad_calib, 1, needle="zz-truncated-png")
+
+
+# ---- 2. odd but valid images: converted, never rejected ------------------------------------------
+
+for kind in ODD_IMAGES:
+    def serve_odd(work, kit, ctx, kind=kind):
+        (work / "frames").mkdir()
+        (work / "frames" / f"{kind}.png").write_bytes(odd_image_bytes(kind))
+        return station("serve", kit.model, work / "frames", work)
+
+    def scored(work, res):
+        recs = _records(work / "sink" / "verdicts.jsonl")
+        assert len(recs) == 1 and recs[0]["verdict"] in ("OK", "NG", "REVIEW"), recs
+    case(f"serve-odd-{kind}", STATION_CLI, serve_odd, 0, check=scored)
+
+
+def train_odd(work, kit, ctx):
+    data = copy_tree(kit.data, work / "data")
+    for p in (data / "train" / "good").iterdir():
+        p.unlink()
+    for kind in ODD_IMAGES:
+        (data / "train" / "good" / f"{kind}.png").write_bytes(odd_image_bytes(kind))
+    return ["train", "--data", data, "--method", "patchcore", "--shots", "5", "--size", "64", "--out", work / "art"]
+
+
+case("train-odd-images", TORCH_CLI, train_odd, 0, needle="trained patchcore")
+
+
+# ---- 3. masks -----------------------------------------------------------------------------------
+
+def _mask_case(content: Callable):
+    def build(work, kit, ctx):
+        data = copy_tree(kit.data, work / "data")
+        mask = sorted((data / "ground_truth" / "blob").iterdir())[0]
+        content(mask)
+        return ["eval", "--data", data, "--shots", "1", "--seeds", "0", "--size", "64", "--out", work / "out"]
+    return build
+
+
+import numpy as np  # noqa: E402
+
+case("eval-mask-wrong-size", TORCH_CLI, _mask_case(lambda m: write_png(m, np.zeros((10, 12), np.uint8))), 1, needle="mask")
+case("eval-mask-text", TORCH_CLI, _mask_case(lambda m: m.write_text("no mask")), 1, needle="mask")
+
+
+# ---- 4. bad, edited, missing and foreign models, for every station command -----------------------
+
+def _edited(key: str | None, value: str | None = None, drop: str | None = None):
+    def make(kit: Kit, path: Path) -> Path:
+        model = onnx.load(str(kit.model))
+        props = [(p.key, p.value) for p in model.metadata_props]
+        del model.metadata_props[:]
+        for k, v in props:
+            if k == drop:
+                continue
+            model.metadata_props.add(key=k, value=value if k == key else v)
+        onnx.save(model, str(path))
+        return path
+    return make
+
+
+def _no_metadata(kit, path):
+    model = onnx.load(str(kit.model))
+    del model.metadata_props[:]
+    onnx.save(model, str(path))
+    return path
+
+
+def _bytes(data: Callable):
+    def make(kit, path):
+        path.write_bytes(data(kit))
+        return path
+    return make
+
+
+def _folder(kit, path):
+    path = path.with_suffix("")
+    path.mkdir()
+    (path / "readme.txt").write_text("not a model")
+    return path
+
+
+def _engine_without_sidecar(kit, path):
+    path = path.with_suffix(".engine")
+    path.write_bytes(b"not an engine")
+    return path
+
+
+MODELS = {
+    "zero-byte": (_bytes(lambda k: b""), "cannot load"),
+    "truncated": (_bytes(lambda k: k.model.read_bytes()[:4000]), "cannot load"),
+    "text": (_bytes(lambda k: b"hello"), "cannot load"),
+    "missing": (lambda kit, path: path, "model not found"),
+    "foreign-no-metadata": (_no_metadata, "carries no protospect.* metadata"),
+    "exported-before-hash": (_edited(None, drop="protospect.metadata_sha256"), "lacks protospect.metadata_sha256"),
+    "threshold-negative": (_edited("protospect.threshold", "-1.0"), "protospect.threshold (edited)"),
+    "threshold-raised": (_edited("protospect.threshold", "1000000.0"), "protospect.threshold (edited)"),
+    "map-range-edited": (_edited("protospect.map_range", "[0.0, 1.0]"), "protospect.map_range (edited)"),
+    "format-version-99": (_edited("protospect.format_version", "99"), "format_version '99'"),
+    "folder-not-export": (_folder, "folder without model.onnx"),
+    "engine-without-sidecar": (_engine_without_sidecar, "engine"),
+}
+
+for name, (make, needle) in MODELS.items():
+    for cmd in ("serve", "bench", "soak", "calibrate"):
+        def build_model(work, kit, ctx, make=make, cmd=cmd):
+            model = make(kit, work / "model.onnx")
+            return station(cmd, model, kit.frames, work)
+        case(f"{cmd}-model-{name}", STATION_CLI, build_model, 1, needle=needle)
+
+
+# ---- 5. unreachable and broken sources -----------------------------------------------------------
+
+def _made(path: Path, text: str | None = None) -> Path:
+    """Create a file (text) or, with None, a folder at ``path`` and return the path."""
+    if text is None:
+        path.mkdir()
+    else:
+        path.write_text(text)
+    return path
+
+
+def _closed_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+SOURCES = {
+    "missing-path": (lambda w: w / "nowhere", "source not found"),
+    "empty-folder": (lambda w: _made(w / "empty"), "no image files"),
+    "text-as-video": (lambda w: _made(w / "line.avi", "not a video"), "cannot open video"),
+    "camera-97": (lambda w: "97", "cannot open camera"),
+    "rtsp-refused": (lambda w: f"rtsp://127.0.0.1:{_closed_port()}/line", "cannot open stream"),
+}
+for name, (src, needle) in SOURCES.items():
+    for cmd in ("serve", "bench", "soak", "calibrate"):
+        def build_source(work, kit, ctx, src=src, cmd=cmd, name=name):
+            extra = ["--max-frames", "50"] if cmd == "calibrate" and name in ("camera-97", "rtsp-refused") else []
+            return station(cmd, kit.model, src(work), work, *extra)
+        case(f"{cmd}-source-{name}", STATION_CLI, build_source, 1, needle=needle)
+
+case("calibrate-live-source-without-max-frames", STATION_CLI,
+     lambda w, k, c: station("calibrate", k.model, f"rtsp://127.0.0.1:{_closed_port()}/x", w), 1, needle="--max-frames")
+
+
+def all_text_frames(work, kit, ctx):
+    (work / "frames").mkdir()
+    for i in range(3):
+        (work / "frames" / f"{i}.png").write_text("text")
+    return station("calibrate", kit.model, work / "frames", work)
+
+
+case("calibrate-every-frame-rejected", STATION_CLI, all_text_frames, 1, needle="no good part was scored")
+
+
+# ---- 6. --threshold values and files for serve ---------------------------------------------------
+
+def _threshold(value: Callable):
+    def build(work, kit, ctx):
+        v = value(work)
+        flag = ["--threshold" + v] if isinstance(v, str) and v.startswith("=") else ["--threshold", v]
+        return station("serve", kit.model, kit.frames, work, *flag)
+    return build
+
+
+def _file(text: str):
+    def make(work):
+        (work / "t.json").write_text(text)
+        return work / "t.json"
+    return make
+
+
+THRESHOLDS = {
+    "word": (lambda w: "abc", 1, None),
+    "nan": (lambda w: "nan", 1, "nan"),
+    "minus-inf": (lambda w: "-inf", 2, None),  # argparse reads -inf as an option: a usage error
+    "minus-inf-value": (lambda w: "=-inf", 1, "inf"),
+    "missing-file": (lambda w: w / "none.json", 1, None),
+    "file-text": (_file("not json"), 1, "t.json"),
+    "file-list": (_file("[1, 2]"), 1, "t.json"),
+    "file-model-list": (_file('{"threshold": 1.0, "model": [1]}'), 1, "t.json"),
+}
+for name, (value, code, needle) in THRESHOLDS.items():
+    case(f"serve-threshold-{name}", STATION_CLI, _threshold(value), code, needle=needle)
+
+
+# ---- 7. artifacts for export (torch) --------------------------------------------------------------
+
+def _art(edit: Callable):
+    def build(work, kit, ctx):
+        art = copy_tree(kit.art, work / "art")
+        edit(art)
+        return ["export", art, "--out", work / "model.onnx"]
+    return build
+
+
+def _flip_byte(path: Path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _manifest(edit: Callable):
+    def apply(art: Path):
+        m = json.loads((art / "manifest.json").read_text())
+        edit(m)
+        (art / "manifest.json").write_text(json.dumps(m))
+    return apply
+
+
+case("export-artifact-weights-edited", TORCH_CLI, _art(lambda a: _flip_byte(a / "weights.pt")), 1, needle="weights.pt")
+case("export-artifact-no-manifest", TORCH_CLI, _art(lambda a: (a / "manifest.json").unlink()), 1, needle="manifest")
+case("export-artifact-manifest-text", TORCH_CLI, _art(lambda a: (a / "manifest.json").write_text("{not json")), 1,
+     needle="manifest")
+case("export-artifact-format-99", TORCH_CLI, _art(_manifest(lambda m: m.update(format_version=99))), 1, needle="99")
+case("export-artifact-foreign-folder", TORCH_CLI, lambda w, k, c: ["export", k.data, "--out", w / "m.onnx"], 1,
+     needle="manifest")
+
+
+# ---- 8. targets: read-only, full, a directory, a file ---------------------------------------------
+
+def _ro(work: Path, ctx) -> Path:
+    disk = ctx["enter"](tmpfs(work / "ro", 1 << 20))
+    (disk / "keep.txt").write_text("was here")
+    remount_readonly(disk)
+    return disk
+
+
+def _full(work: Path, ctx, keep: bytes = b"{\"threshold\": 1.0}") -> Path:
+    disk = ctx["enter"](tmpfs(work / "full", 64 * 1024))
+    (disk / "line.json").write_bytes(keep)
+    fill(disk, 0)
+    return disk
+
+
+TARGETS = [
+    ("serve-sink-read-only", STATION_CLI, lambda w, k, c: ["serve", k.model, "--source", k.frames, "--sink", _ro(w, c) / "s"],
+     "Read-only"),
+    ("serve-sink-full", STATION_CLI, lambda w, k, c: ["serve", k.model, "--source", k.frames, "--sink", _full(w, c) / "s"],
+     "No space"),
+    ("calibrate-out-read-only", STATION_CLI,
+     lambda w, k, c: ["calibrate", k.model, "--source", k.frames, "--allow-uncertified", "--out", _ro(w, c) / "line.json"], None),
+    ("calibrate-out-full", STATION_CLI,
+     lambda w, k, c: ["calibrate", k.model, "--source", k.frames, "--allow-uncertified", "--out", _full(w, c) / "line.json"], None),
+    ("bench-out-read-only", STATION_CLI,
+     lambda w, k, c: ["bench", k.model, "--source", k.frames, "--frames", "2", "--out", _ro(w, c) / "b"], None),
+    ("demo-data-out-read-only", STATION_CLI, lambda w, k, c: ["demo-data", "--out", _ro(w, c) / "demo"], None),
+    ("export-out-read-only", TORCH_CLI, lambda w, k, c: ["export", k.art, "--out", _ro(w, c) / "model.onnx"], "Read-only"),
+    ("export-out-full", TORCH_CLI, lambda w, k, c: ["export", k.art, "--out", _full(w, c) / "model.onnx"], "No space"),
+    ("eval-out-read-only", TORCH_CLI,
+     lambda w, k, c: ["eval", "--data", k.data, "--shots", "1", "--seeds", "0", "--out", _ro(w, c) / "o"], "cannot be written"),
+    ("train-out-read-only", TORCH_CLI,
+     lambda w, k, c: ["train", "--data", k.data, "--method", "patchcore", "--shots", "2", "--size", "64",
+                      "--out", _ro(w, c) / "art"], "cannot be written"),
+]
+for name, cli, build, needle in TARGETS:
+    case(name, cli, build, 1, needle=needle, mounts=True)
+
+case("calibrate-out-is-a-directory", STATION_CLI,
+     lambda w, k, c: ["calibrate", k.model, "--source", k.frames, "--allow-uncertified", "--out", _made(w / "d")], 1,
+     needle="directory")
+case("bench-out-is-a-file", STATION_CLI,
+     lambda w, k, c: ["bench", k.model, "--source", k.frames, "--frames", "2", "--out", _made(w / "f", "x")], 1, needle="f")
+case("eval-out-is-a-file", TORCH_CLI,
+     lambda w, k, c: ["eval", "--data", k.data, "--shots", "1", "--seeds", "0", "--out", _made(w / "f", "x")], 1,
+     needle="is a file")
+case("train-out-is-a-file", TORCH_CLI,
+     lambda w, k, c: ["train", "--data", k.data, "--shots", "2", "--out", _made(w / "f", "x")], 1, needle="is a file")
+
+
+# ---- 9. ports -------------------------------------------------------------------------------------
+
+def _port_in_use(work, kit, ctx):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    ctx["keep"].append(s)
+    return station("serve", kit.model, kit.frames, work, "--view", f"127.0.0.1:{s.getsockname()[1]}")
+
+
+case("serve-view-port-in-use", STATION_CLI, _port_in_use, 1, needle="in use")
+case("serve-view-not-local", STATION_CLI, lambda w, k, c: station("serve", k.model, k.frames, w, "--view", "8.8.8.8:80"), 1,
+     needle="127.0.0.1 only")
+case("serve-view-port-out-of-range", STATION_CLI,
+     lambda w, k, c: station("serve", k.model, k.frames, w, "--view", ":99999"), 1, needle="--view")
+
+
+# ---- 10. SIGINT mid-run ---------------------------------------------------------------------------
+
+def _log_has_lines(n: int):
+    def ready(work):
+        log = work / "sink" / "verdicts.jsonl"
+        return log.is_file() and log.read_text().count("\n") >= n
+    return ready
+
+
+def serve_loop(work, kit, ctx):
+    sink = work / "sink"
+    sink.mkdir()
+    (sink / "verdicts.jsonl").write_text(json.dumps({"seq": 0, "verdict": "OK", "earlier": True}) + "\n")
+    return ["serve", kit.model, "--source", kit.frames, "--loop", "--sink", sink]
+
+
+def whole_log(work, res):
+    recs = _records(work / "sink" / "verdicts.jsonl")  # every line parses: nothing torn
+    assert recs[0].get("earlier") and len(recs) > 3
+
+
+case("serve-sigint", STATION_CLI, serve_loop, 0, may_change=("sink/verdicts.jsonl",), check=whole_log,
+     interrupt=_log_has_lines(4))
+
+
+def calibrate_long(work, kit, ctx):
+    (work / "line.json").write_text('{"previous": true}')
+    frames = work / "many"
+    frames.mkdir()
+    first = sorted(kit.frames.iterdir())[0]
+    for i in range(3000):  # long enough to be interrupted mid-run (hard links: no copies)
+        os.link(first, frames / f"{i:05d}.png")
+    return ["calibrate", kit.model, "--source", frames, "--allow-uncertified", "--out", work / "line.json"]
+
+
+case("calibrate-sigint-writes-nothing", STATION_CLI, calibrate_long, 130, needle="interrupted",
+     interrupt=lambda w: time.sleep(2) or True)
+case("soak-sigint", STATION_CLI, lambda w, k, c: ["soak", k.model, "--source", k.frames, "--loop", "--frames", "1000000"],
+     0, interrupt=lambda w: time.sleep(3) or True)
+case("train-sigint", TORCH_CLI,
+     lambda w, k, c: ["train", "--data", k.data, "--method", "pcsnet", "--shots", "2", "--size", "64", "--set", "steps=100000",
+                      "--out", w / "art"], 130, needle="interrupted", interrupt=lambda w: time.sleep(8) or True,
+     check=lambda w, r: not (w / "art" / "manifest.json").exists() or pytest.fail("an artifact from an interrupted run"))
+
+
+# ---- 11. usage errors (exit 2) and the torch-free station environment ------------------------------
+
+USAGE = [
+    (STATION_CLI, ["serve", "m.onnx"]),
+    (STATION_CLI, ["bench", "m.onnx", "--source", "x", "--frames", "abc"]),
+    (STATION_CLI, ["bench", "m.onnx", "--source", "x", "--frames", "2", "--frame-size=-5x10"]),
+    (STATION_CLI, ["soak", "m.onnx", "--source", "x", "--frames", "zero"]),
+    (STATION_CLI, ["frobnicate"]),
+    (STATION_CLI, ["serve", "m.onnx", "--source", "x", "--backend", "gpu9000"]),
+    (TORCH_CLI, ["train", "--shots", "2", "--out", "x"]),
+    (TORCH_CLI, ["eval", "--data", "d", "--shots", "two", "--out", "x"]),
+    (TORCH_CLI, ["export", "art"]),
+]
+for i, (cli, argv) in enumerate(USAGE):
+    case(f"usage-{argv[0]}-{i}", cli, lambda w, k, c, argv=argv: list(argv), 2)
+
+for cmd in ("train", "eval", "export"):
+    case(f"station-env-{cmd}-needs-torch", STATION_CLI,
+         lambda w, k, c, cmd=cmd: [cmd, "--data", k.data, "--shots", "1", "--out", w / "o"], 1,
+         needle="pip install 'protospect[train]'")
+
+
+# ---- 12. settings and data for train/eval (torch) ---------------------------------------------------
+
+case("train-set-steps-abc", TORCH_CLI,
+     lambda w, k, c: ["train", "--data", k.data, "--shots", "2", "--set", "steps=abc", "--out", w / "a"], 1, needle="'steps'")
+case("eval-missing-second-category", TORCH_CLI,
+     lambda w, k, c: ["eval", "--data", k.data.parent, "--category", "part", "nope", "--shots", "1", "--seeds", "0",
+                      "--out", w / "o"], 1, needle="nope")
+case("train-too-many-shots", TORCH_CLI,
+     lambda w, k, c: ["train", "--data", k.data, "--method", "patchcore", "--shots", "9", "--out", w / "a"], 1,
+     needle="K=9")
+
+
+# ---- the runner ------------------------------------------------------------------------------------
+
+def _problem_lines(res: Result) -> list[str]:
+    """stderr lines a user reads as the answer: the station's INFO log and its per-frame "frame N rejected" warnings
+    (each rejected frame is logged by design, docs/runtime.md) aside."""
+    return [line for line in res.lines if not line.startswith("INFO ")
+            and not (line.startswith("WARNING protospect.runtime.pipeline: frame ") and " rejected: " in line)]
+
+
+def _run_interrupted(c: Case, argv, work: Path) -> Result:
+    proc = subprocess.Popen([str(c.cli), *map(str, argv)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env(), cwd=work)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline and not c.interrupt(work):
+        time.sleep(0.2)
+    assert proc.poll() is None, f"ended before the signal: {proc.communicate()}"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    return Result(proc.returncode, out, err)
+
+
+def _whole(path: Path) -> None:
+    """A file a successful run replaced: whole, i.e. it parses."""
+    if path.suffix == ".json":
+        json.loads(path.read_text())
+    elif path.suffix == ".jsonl":
+        for line in path.read_text().splitlines():
+            json.loads(line)
+
+
+@pytest.mark.parametrize("c", CASES, ids=[c.id for c in CASES])
+def test_bad_input(c: Case, kit: Kit, work: Path):
+    if c.mounts and MOUNT_PROBLEM:
+        pytest.skip(f"needs a small tmpfs for a read-only/full target: {MOUNT_PROBLEM}")
+    import contextlib
+
+    with contextlib.ExitStack() as stack:
+        ctx = {"enter": stack.enter_context, "keep": []}
+        argv = c.build(work, kit, ctx)
+        shared_before = snapshot(kit.root)
+        before = snapshot(work)
+        res = _run_interrupted(c, argv, work) if c.interrupt else run(c.cli, *argv, cwd=work)
+        for s in ctx["keep"]:
+            s.close()
+        after = snapshot(work)
+        assert snapshot(kit.root) == shared_before, "the shared artifact/graph/data changed"
+    text = res.out + res.err
+    assert "Traceback" not in text, text
+    assert res.code == c.code, f"exit {res.code}, expected {c.code}\nstdout: {res.out[-1500:]}\nstderr: {res.err[-1500:]}"
+    if c.code == 2:
+        errors = [line for line in res.lines if ": error: " in line]
+        assert len(errors) == 1 and res.lines[0].startswith("usage:"), res.err
+    elif c.code != 0:
+        lines = _problem_lines(res)
+        assert len(lines) == 1, "expected one line on stderr:\n" + res.err
+        assert lines[0].startswith(f"protospect {argv[0]}: "), lines[0]
+        if c.needle:
+            assert c.needle in lines[0], lines[0]
+    elif c.needle:
+        assert c.needle in text, text
+    for path, digest in before.items():
+        rel = str(path.relative_to(work))
+        if c.code == 0 and rel in c.may_change:
+            assert path.exists(), rel
+            _whole(path)
+        else:
+            assert after.get(path) == digest, f"{rel} changed or vanished"
+    leftovers = [str(p.relative_to(work)) for p in after if p.name.endswith((".part", ".tmp")) or ".part" in p.name]
+    assert not leftovers, leftovers
+    if c.check:
+        c.check(work, res)
+
+
+def test_the_matrix_is_large_enough():
+    assert len(CASES) >= 100, len(CASES)
