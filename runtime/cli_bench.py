@@ -66,6 +66,11 @@ def run(args: argparse.Namespace) -> int:
                             warmup=args.warmup, progress=sys.stderr.isatty())
         with stop_on_signals(pipeline):
             report = pipeline.run()
+    counters = report["counters"]
+    if not counters["processed"] and counters["rejected"] and not report.get("sink_error"):
+        reasons = "; ".join(f"{n} x {r}" for r, n in counters["rejected_reasons"].items())
+        raise ConfigError(f"every frame from {report['source']} was rejected ({reasons}): nothing was measured, "
+                          "nothing written")
     stages = report["stages"]
     h2h = stages.get("host_to_host")
     print(f"backend: {report['backend']}")

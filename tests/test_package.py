@@ -62,7 +62,7 @@ def test_cli_version_and_unknown_command(tmp_path):
     r = subprocess.run([sys.executable, "-m", "protospect.cli", "--version"], cwd=tmp_path, capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.startswith("protospect ")
     r = subprocess.run([sys.executable, "-m", "protospect.cli"], cwd=tmp_path, capture_output=True, text=True)
-    assert r.returncode == 1
+    assert r.returncode == 2 and "usage:" in r.stderr  # no command: a usage error (exit codes in protospect/cli.py)
 
 
 def test_studies_and_scripts_are_not_installed(monkeypatch):

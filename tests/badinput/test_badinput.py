@@ -273,6 +273,9 @@ def all_text_frames(work, kit, ctx):
 
 
 case("calibrate-every-frame-rejected", STATION_CLI, all_text_frames, 1, needle="no good part was scored")
+case("bench-every-frame-rejected", STATION_CLI,
+     lambda w, k, c: all_text_frames(w, k, c) and station("bench", k.model, w / "frames", w), 1,
+     needle="every frame from", check=lambda w, r: not (w / "bench").exists() or pytest.fail("figures of nothing written"))
 
 
 # ---- 6. --threshold values and files for serve ---------------------------------------------------
