@@ -66,7 +66,7 @@ def append_records(out_dir, new_records: list[dict]) -> Path:
             merged.append(rec)
     path = out / RESULTS_JSON
     write_atomic(path, (json.dumps(merged, indent=2) + "\n").encode())
-    (out / RESULTS_MD).write_text(markdown_table(merged))
+    write_atomic(out / RESULTS_MD, markdown_table(merged).encode())
     return path
 
 

@@ -135,6 +135,10 @@ def roc_plot(curves: dict[int, tuple[np.ndarray, np.ndarray]], path, title: str 
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    import io  # noqa: PLC0415
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
     plt.close(fig)
+    write_atomic(path, buf.getvalue())
     return path
