@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import onnx
 
 from protospect.errors import ArtifactError
-from protospect.export.graph_utils import GraphIndex
+from protospect.onnx_graph import GraphIndex
 
 LEARNED_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 

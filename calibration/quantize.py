@@ -28,7 +28,7 @@ from protospect.calibration.exclusion import float_regions
 from protospect.calibration.qdq_check import QDQReport, check_qdq
 from protospect.errors import ArtifactError, ConfigError
 from protospect.files import write_atomic
-from protospect.export.metadata import input_size_of_props, read_metadata, set_metadata
+from protospect.metadata import input_size_of_props, read_metadata, set_metadata
 
 log = logging.getLogger(__name__)
 

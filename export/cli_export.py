@@ -113,7 +113,7 @@ def _check(args, model, manifest: dict, precision: str) -> bool:
         log.warning("--check compares the full graph; the split graphs are covered by tests/export")
         return True
     from protospect.calibration.data_reader import images_in
-    from protospect.export.metadata import input_size_of
+    from protospect.metadata import input_size_of
     from protospect.export.parity import parity_from_model, shot_views
     from protospect.export.shots import shot_paths
 

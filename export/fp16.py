@@ -20,8 +20,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from protospect.calibration.exclusion import float_regions
 from protospect.errors import ConfigError
-from protospect.export.graph_utils import topological_sort
-from protospect.export.metadata import read_metadata, set_metadata
+from protospect.onnx_graph import topological_sort
+from protospect.metadata import read_metadata, set_metadata
 
 FP16_MAX = float(np.finfo(np.float16).max)
 # inputs that ONNX requires to be float32 whatever the data type (Resize roi/scales)

@@ -20,8 +20,8 @@ from torch import nn
 
 from protospect.errors import ArtifactError, ConfigError
 from protospect.export.deploy import FeaturesGraph, FullGraph, FullGraphBankInput, HeadGraph
-from protospect.export.graph_utils import ensure_node_names, topk_values
-from protospect.export.metadata import bank_sha256, build_metadata, input_size_of, set_metadata
+from protospect.onnx_graph import ensure_node_names, topk_values
+from protospect.metadata import bank_sha256, build_metadata, input_size_of, set_metadata
 from protospect.files import write_atomic
 
 log = logging.getLogger(__name__)

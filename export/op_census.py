@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
-from protospect.export.metadata import read_metadata
+from protospect.metadata import read_metadata
 
 
 @dataclass

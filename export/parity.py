@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from protospect.errors import DataError
 from protospect.export.deploy import FullGraph
-from protospect.export.metadata import input_size_of
+from protospect.metadata import input_size_of
 from protospect.imageio import read_rgb, resize_square
 
 MAP_TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "int8": None}  # None: report only

@@ -24,7 +24,7 @@ from protospect import __version__
 from protospect._optional import require
 from protospect.errors import ArtifactError, ConfigError, EngineBuildError
 from protospect.files import write_atomic
-from protospect.export.metadata import check_contract, read_metadata
+from protospect.metadata import check_contract, read_metadata
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ REPORT = "report.html"
 # station.json keys
 KEYS = ("format", "format_version", "protospect_version", "created", "operating_point", "source", "shots",
         "calibration_parts", "model", "model_int8", "method", "preset", "seed", "timings_s", "files", "sha256")
-# operating_point keys (written by protospect.runtime.verdict.conformal.OperatingPoint.to_dict)
+# operating_point keys (written by protospect.conformal.OperatingPoint.to_dict)
 OPERATING_POINT_KEYS = ("ng_threshold", "review_threshold", "frr", "review_frr", "n", "certified",
                         "certified_frr", "certified_review_frr", "scores")
 

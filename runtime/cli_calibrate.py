@@ -1,6 +1,6 @@
 """`protospect calibrate MODEL --source GOOD_PARTS --out line_threshold.json [--frr A] [--review-frr B]`: the
 NG and REVIEW thresholds from good parts seen by the station's own camera, by split conformal prediction
-(runtime/line_threshold.py says why, runtime/verdict/conformal.py how).
+(runtime/line_threshold.py says why, protospect/conformal.py how).
 
 Every frame of the source must show a good part. Prints the certified false-reject rates in words and
 the good frames' scores against the model's shot-calibrated threshold, draws the thresholds on a score
@@ -26,7 +26,7 @@ from protospect.runtime.pipeline import Pipeline
 from protospect.runtime.report import exit_code, stop_on_signals
 from protospect.runtime.sources import open_source
 from protospect.runtime.stats import draw_histogram
-from protospect.runtime.verdict import conformal
+from protospect import conformal
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -4,7 +4,7 @@ Export carries a threshold calibrated on the K registration shots (training/.../
 line the images differ from the shots (camera, compression, lighting), and new good parts often score
 higher than the shots did: the demo's MJPG line video scores 0.14-0.33 where the same parts as PNG
 score 0.03-0.07. So the station sets its thresholds from N good parts run past its own camera, by split
-conformal prediction (runtime/verdict/conformal.py, the one implementation): the NG threshold at a
+conformal prediction (protospect/conformal.py, the one implementation): the NG threshold at a
 false-reject rate A and the REVIEW threshold at B, each certified (a new good part scores above it with
 probability <= the rate) when N is large enough.
 
@@ -28,7 +28,7 @@ import numpy as np
 from protospect.errors import ArtifactError, ConfigError
 from protospect.files import write_atomic
 from protospect.runtime.model_info import ModelInfo
-from protospect.runtime.verdict.conformal import OperatingPoint
+from protospect.conformal import OperatingPoint
 
 FORMAT = "protospect.line_threshold/2"       # conformal operating point
 FORMAT_V1 = "protospect.line_threshold/1"    # one threshold, max + margin x (max - median): still read

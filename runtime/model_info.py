@@ -29,7 +29,7 @@ class ModelInfo:
     grid: tuple[int, int] | None = None  # split graphs only
     threshold_source: str = "model (set on the registration shots at export)"  # or a line calibration
     review_threshold: float | None = None  # REVIEW when review_threshold <= score < threshold (conformal files)
-    operating_point: object = field(default=None, compare=False)  # runtime.verdict.conformal.OperatingPoint
+    operating_point: object = field(default=None, compare=False)  # protospect.conformal.OperatingPoint
     props: dict = field(default_factory=dict, compare=False)
 
     @classmethod

@@ -27,7 +27,7 @@ from protospect.runtime.preprocess import FrameRejected, preprocess
 from protospect.runtime.sinks import Result, Sink, SinkError
 from protospect.runtime.sources import CaptureThread, Source, default_queue_policy
 from protospect.runtime.stats import RunCounters, StageTimes
-from protospect.runtime.verdict.conformal import judge
+from protospect.conformal import judge
 from protospect.verdict_record import NG, OK, REJECTED, REVIEW
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 
 from protospect import station
-from protospect.runtime.verdict.conformal import OperatingPoint
+from protospect.conformal import OperatingPoint
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from protospect.export.metadata import input_size_of_props, read_metadata
+from protospect.metadata import input_size_of_props, read_metadata
 from protospect.export.ort_session import cpu_session, graph_precision
 
 

@@ -35,8 +35,8 @@ from protospect.calibration.data_reader import ImageCalibrationReader, calibrati
 from protospect.calibration.exclusion import _is_learned, float_regions
 from protospect.calibration.qdq_check import check_qdq
 from protospect.calibration.quantize import quantize_qdq
-from protospect.export.graph_utils import GraphIndex
-from protospect.export.metadata import input_size_of_props, read_metadata
+from protospect.onnx_graph import GraphIndex
+from protospect.metadata import input_size_of_props, read_metadata
 from protospect.export.ort_session import cpu_session
 
 # module path -> block label (analysis only; the export's rule is structural, calibration.exclusion)

@@ -25,7 +25,7 @@ from protospect.training import metrics
 from protospect.training.calibrate import to_model_input
 from protospect.training.backbones import FeatureStore, memoize_features
 from protospect.errors import ConfigError
-from protospect.runtime.verdict.conformal import n_needed, operating_point
+from protospect.conformal import n_needed, operating_point
 from protospect.training.data import MVTecCategory, TestItem, load_image, load_item, sample_shots
 from protospect.training.methods import get_method
 
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 PERCENT_KEYS = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "far_at_full_recall",
                 "f1_at_threshold", "escape_rate", "false_alarm_rate")
-# At the operating point `protospect register` would set (split conformal, runtime/verdict/conformal.py) from
+# At the operating point `protospect register` would set (split conformal, protospect/conformal.py) from
 # up to OP_GOOD train/good images that were not shots, at false-reject rates A = 5 % and 1 %: the
 # false-reject rate measured on test/good and the escape rate on the defective test images. null where too
 # few good images are left to certify A (N >= 1/A - 1: 19 for 5 %, 99 for 1 %).

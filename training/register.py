@@ -6,7 +6,7 @@
     train    the training room's fit, the same path as `protospect train` (cli_train.train_artifact)
     export   the ONNX graph (+ INT8 with --int8), parity-checked against PyTorch
     score    the N calibration parts through the exported graph in the runtime's backend
-    thresholds  split conformal (runtime/verdict/conformal.py): NG at A, REVIEW at B
+    thresholds  split conformal (protospect/conformal.py): NG at A, REVIEW at B
     write    STATION_DIR built in a temporary folder beside it and renamed at the end: a failed run
              leaves nothing (protospect/station.py is the bundle's contract)
 
@@ -73,7 +73,7 @@ class Stages:
 
 def check_arguments(args) -> None:
     """Everything that can be refused before a frame is captured."""
-    from protospect.runtime.verdict import conformal
+    from protospect import conformal
 
     if args.shots < 1:
         raise ConfigError(f"--shots {args.shots}: at least 1 good shot")
@@ -219,11 +219,11 @@ def register(args) -> Path:
 
 def _build(args, overrides: dict, cap: Capture, tmp: Path, out: Path, stages: Stages) -> dict:
     from protospect.export import onnx_export
-    from protospect.export.metadata import input_size_of
+    from protospect.metadata import input_size_of
     from protospect.export.parity import parity_from_model, shot_views
     from protospect.imageio import resize_square
     from protospect.runtime.backends import select_backend
-    from protospect.runtime.verdict.conformal import operating_point
+    from protospect.conformal import operating_point
     from protospect.training.artifact import artifact_sha256
     from protospect.training.cli_train import train_artifact
 

@@ -1,5 +1,7 @@
-"""Verdict code: the operating point (split conformal thresholds, p-values) and the drift watch.
+"""Verdict code on the station: the drift watch.
 
-    from protospect.runtime.verdict.conformal import operating_point, judge
     from protospect.runtime.verdict.drift import DriftWatch
+
+The operating point (split conformal thresholds, p-values, judge) is protospect/conformal.py, in the
+core because training's eval reports the operating point register would set with the same code.
 """

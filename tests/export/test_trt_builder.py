@@ -18,10 +18,10 @@ import pytest
 from onnx import TensorProto, helper
 
 from protospect.errors import ArtifactError, EngineBuildError
-from protospect.export import metadata
+from protospect import metadata
 from protospect.export.gpu_info import GpuInfo
 from protospect.contract import with_metadata_hash
-from protospect.export.metadata import set_metadata
+from protospect.metadata import set_metadata
 from protospect.export.trt_builder import engine_from_onnx, network_flags
 
 GPU = GpuInfo("Orin (nvgpu)", "8.7")

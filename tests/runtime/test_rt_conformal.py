@@ -1,4 +1,4 @@
-"""The operating point (runtime/verdict/conformal.py): the split conformal guarantee measured on generated
+"""The operating point (protospect/conformal.py): the split conformal guarantee measured on generated
 score distributions, refusals naming the N needed, the uncertified fallback, p-values, the verdict rule,
 and the drift watch's test (runtime/verdict/drift.py)."""
 from __future__ import annotations
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from protospect.errors import ArtifactError, ConfigError
-from protospect.runtime.verdict import conformal
-from protospect.runtime.verdict.conformal import OperatingPoint, judge, n_needed, operating_point
+from protospect import conformal
+from protospect.conformal import OperatingPoint, judge, n_needed, operating_point
 from protospect.runtime.verdict.drift import DriftWatch, beta_binomial_tail
 
 REPS = 2000

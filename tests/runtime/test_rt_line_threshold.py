@@ -15,7 +15,7 @@ from protospect.cli import main as cli_main
 from protospect.errors import ArtifactError, ConfigError
 from protospect.runtime import line_threshold
 from protospect.runtime.model_info import ModelInfo
-from protospect.runtime.verdict.conformal import operating_point
+from protospect.conformal import operating_point
 
 
 def _verdicts(sink: Path) -> dict[int, dict]:
