@@ -44,7 +44,7 @@ extras = {
     # On JetPack 6 pin cuda-python>=12.6,<13 (a cubin from a newer NVRTC may not load on its driver).
     "trt": ["tensorrt>=10.3", "cuda-python>=12.6"],
     "camera": ["harvesters"],
-    "dev": ["pytest>=8", "scikit-image"],  # scikit-image: the chelsea ImageNet check
+    "dev": ["pytest>=8", "scikit-image", "ruff>=0.5"],  # scikit-image: the chelsea ImageNet check; ruff: test.sh lints
 }
 extras["all-cpu"] = sorted(set(extras["train"] + extras["runtime"] + extras["dev"]))
 

@@ -18,6 +18,9 @@ else
 fi
 
 status=0
+# Lint (ruff.toml): a finding fails the run, after the suites below have run too.
+echo "[test] ruff check ."
+.venv/bin/ruff check . || status=$?
 echo "[test] full suite (torch env)"
 .venv/bin/python -m pytest -q -p no:cacheprovider tests --ignore=tests/runtime || status=$?
 echo "[test] runtime suite in the torch-free env"
