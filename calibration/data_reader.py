@@ -26,7 +26,7 @@ def images_in(folder: str | Path) -> list[Path]:
     return files
 
 
-def calibration_frames(images, size: int, cfg: AugmentConfig, with_anomalies: bool = False) -> list[np.ndarray]:
+def int8_calibration_frames(images, size: int, cfg: AugmentConfig, with_anomalies: bool = False) -> list[np.ndarray]:
     """Paths or uint8 RGB arrays -> resized (shared resize) and augmented uint8 S x S x 3 frames,
     followed, with ``with_anomalies``, by ``cfg.pseudo_anomalies`` NSA copies of each image."""
     base = [resize_square(read_rgb(i) if isinstance(i, (str, Path)) else i, size) for i in images]
@@ -38,7 +38,7 @@ def calibration_frames(images, size: int, cfg: AugmentConfig, with_anomalies: bo
     return frames
 
 
-class ImageCalibrationReader(_quant.CalibrationDataReader):
+class Int8CalibrationReader(_quant.CalibrationDataReader):
     """Yields {input_name: uint8 [1, S, S, 3]} once per frame; rewind() starts over."""
 
     def __init__(self, frames: list[np.ndarray], input_name: str = "image", extra_feed: dict | None = None):

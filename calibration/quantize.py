@@ -23,7 +23,7 @@ import onnx
 from protospect import __version__
 from protospect._optional import require
 from protospect.calibration.augment import MIN_FRAMES, AugmentConfig
-from protospect.calibration.data_reader import ImageCalibrationReader, calibration_frames
+from protospect.calibration.data_reader import Int8CalibrationReader, int8_calibration_frames
 from protospect.calibration.exclusion import float_regions
 from protospect.calibration.qdq_check import QDQReport, check_qdq
 from protospect.errors import ArtifactError, ConfigError
@@ -75,10 +75,10 @@ def int8_from_onnx(onnx_path, out_path, images, *, augment: AugmentConfig | None
     regions = float_regions(model, float_tail=float_tail, float_stem=float_stem, float_stride=float_stride)
     # an INT8 decoder after the top-k also sees pseudo anomalies, so defect activations are in range
     with_anomalies = bool(regions.decoder_int8) and augment.pseudo_anomalies > 0
-    frames = calibration_frames(images, input_size_of_props(props, onnx_path), augment, with_anomalies=with_anomalies)
+    frames = int8_calibration_frames(images, input_size_of_props(props, onnx_path), augment, with_anomalies=with_anomalies)
     if len(frames) < MIN_FRAMES:
         log.warning("only %d calibration frames (< %d): activation ranges may be noisy; add normal images "
-                    "with --calib DIR or raise --calib-augment", len(frames), MIN_FRAMES)
+                    "with --int8-calib-images DIR or raise --int8-calib-augment", len(frames), MIN_FRAMES)
     key = _cache_key(onnx_path, frames, augment, quantize_settings(method, regions.all), (float_tail, float_stem, float_stride))
     cached = Path(cache_dir) / f"{key}.onnx" if cache_dir else None
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -88,7 +88,7 @@ def int8_from_onnx(onnx_path, out_path, images, *, augment: AugmentConfig | None
         write_atomic(out_path, data)
         return _finish(out_path, regions, len(frames), cache_hit=True, with_anomalies=with_anomalies)
 
-    reader = ImageCalibrationReader(frames)
+    reader = Int8CalibrationReader(frames)
     with tempfile.TemporaryDirectory(prefix="protospect-int8-") as tmp:
         tmp_out = Path(tmp) / "int8.onnx"
         quantize_qdq(onnx_path, tmp_out, reader, method, regions.all)

@@ -1,4 +1,4 @@
-"""`protospect export ART --out model.onnx [--fp16 | --int8 [--calib DIR]] [--bank-as-input] [--split] [--check]`.
+"""`protospect export ART --out model.onnx [--fp16 | --int8 [--int8-calib-images DIR]] [--bank-as-input] [--split] [--check]`.
 
 Precision table (anything else is refused, never rewritten):
 
@@ -26,11 +26,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     # --fp16/--int8 exclusion is checked in validate(): a one-line error and exit 1 like the other refusals
     parser.add_argument("--fp16", action="store_true", help="float16 graph, float32 distance/top-k/head, same I/O")
     parser.add_argument("--int8", action="store_true", help="INT8 Q/DQ graph (explicit quantization) calibrated on normal images")
-    parser.add_argument("--calib", type=Path, default=None, metavar="DIR",
+    # INT8 calibration (activation ranges) is not `protospect calibrate` (the OK/NG threshold): its flags say
+    # int8-calib; the short --calib* spellings are kept as aliases
+    parser.add_argument("--int8-calib-images", "--calib", dest="int8_calib_images", type=Path, default=None, metavar="DIR",
                         help="folder of normal images for --int8 (default: the artifact's shots)")
-    parser.add_argument("--calib-method", choices=["minmax", "entropy", "percentile"], default="minmax")
-    parser.add_argument("--calib-augment", type=int, default=None, metavar="N",
-                        help="augmented copies per calibration image (default: enough for 32 frames, at least 4)")
+    parser.add_argument("--int8-calib-method", "--calib-method", dest="int8_calib_method",
+                        choices=["minmax", "entropy", "percentile"], default="minmax")
+    parser.add_argument("--int8-calib-augment", "--calib-augment", dest="int8_calib_augment", type=int, default=None, metavar="N",
+                        help="augmented copies per INT8 calibration image (default: enough for 32 frames, at least 4)")
     parser.add_argument("--float-tail", type=int, default=1, metavar="N",
                         help="learned layers after the top-k kept float under --int8 (default 1)")
     parser.add_argument("--float-stem", type=int, default=0, metavar="N",
@@ -38,8 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "--float-stride already covers them for every backbone here, see docs/export.md)")
     parser.add_argument("--float-stride", type=int, default=4, metavar="N",
                         help="learned layers before the top-k with output stride <= N kept float under --int8 (default 4; 0: off)")
-    parser.add_argument("--calib-anomalies", type=int, default=4, metavar="N",
-                        help="NSA pseudo-anomaly copies per calibration image, added when the graph has an INT8 "
+    parser.add_argument("--int8-calib-anomalies", "--calib-anomalies", dest="int8_calib_anomalies", type=int, default=4, metavar="N",
+                        help="NSA pseudo-anomaly copies per INT8 calibration image, added when the graph has an INT8 "
                              "decoder after the top-k (PCSNet; default 4, 0: normal frames only)")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="INT8 cache folder, keyed by sha256 of graph, images and settings (default: none)")
@@ -54,8 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def validate(args: argparse.Namespace) -> None:
     if args.fp16 and args.int8:
         raise ConfigError("--fp16 and --int8 are two precisions; choose one")
-    if args.calib is not None and not args.int8:
-        raise ConfigError("--calib only applies to --int8")
+    if args.int8_calib_images is not None and not args.int8:
+        raise ConfigError("--int8-calib-images / --calib only applies to --int8")
     if args.int8 and args.bank_as_input:
         raise ConfigError("--int8 with --bank-as-input is not supported: INT8 needs the bank inside the graph")
     if args.split and args.bank_as_input:
@@ -136,10 +139,10 @@ def _convert(args, precision: str, fp32_path: Path, out_path: Path, manifest: di
     from protospect.calibration.quantize import int8_from_onnx
     from protospect.export.shots import shot_paths
 
-    images = images_in(args.calib) if args.calib else shot_paths(manifest)
+    images = images_in(args.int8_calib_images) if args.int8_calib_images else shot_paths(manifest)
     result = int8_from_onnx(fp32_path, out_path, images,
-                            augment=AugmentConfig(per_image=args.calib_augment, pseudo_anomalies=args.calib_anomalies),
-                            method=args.calib_method, float_tail=args.float_tail, float_stem=args.float_stem,
+                            augment=AugmentConfig(per_image=args.int8_calib_augment, pseudo_anomalies=args.int8_calib_anomalies),
+                            method=args.int8_calib_method, float_tail=args.float_tail, float_stem=args.float_stem,
                             float_stride=args.float_stride, cache_dir=args.cache_dir)
     print(f"int8: calibrated on {len(images)} images -> {result.n_frames} frames with augmentations"
           f"{' and pseudo anomalies' if result.with_anomalies else ''}"

@@ -19,4 +19,4 @@ def shot_paths(manifest: dict) -> list[Path]:
         if paths and all(p.is_file() for p in paths):
             return paths
     raise DataError(f"the artifact's {len(names)} shot image(s) are not under {folders[0] if folders else root}; "
-                    "pass a folder of good images (--check-images DIR / --calib DIR)")
+                    "pass a folder of good images (--check-images DIR / --int8-calib-images DIR)")

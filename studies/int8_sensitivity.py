@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 
 from protospect.calibration.augment import AugmentConfig
-from protospect.calibration.data_reader import ImageCalibrationReader, calibration_frames
+from protospect.calibration.data_reader import Int8CalibrationReader, int8_calibration_frames
 from protospect.calibration.exclusion import _is_learned, float_regions
 from protospect.calibration.qdq_check import check_qdq
 from protospect.calibration.quantize import quantize_qdq
@@ -142,7 +142,7 @@ def main(argv=None) -> int:
     print(json.dumps({"fp32": ref_metrics, "normals": len(normals), "planted": len(planted)}), flush=True)
 
     shots = shot_paths(load_manifest(args.artifact))
-    frames = calibration_frames(shots, size, AugmentConfig())
+    frames = int8_calibration_frames(shots, size, AugmentConfig())
     blocks = learned_blocks(model)
     default = float_regions(model, float_tail=1, float_stem=3)  # the rule before this study
     base_float = default.distance | (default.tail - {n for b in blocks.values() for n in b})  # non-learned tail
@@ -160,7 +160,7 @@ def main(argv=None) -> int:
         t, st, *stride = (int(v) for v in r.split(":"))
         configs[r] = set(float_regions(model, float_tail=t, float_stem=st, float_stride=(stride or [0])[0]).all)
     if rules and args.calib_nsa:
-        calib_sets["shots+nsa"] = calibration_frames(shots, size, AugmentConfig(pseudo_anomalies=args.calib_nsa),
+        calib_sets["shots+nsa"] = int8_calibration_frames(shots, size, AugmentConfig(pseudo_anomalies=args.calib_nsa),
                                                      with_anomalies=True)
         for r in rules:
             configs[f"{r}+nsa"] = configs[r]
@@ -170,7 +170,7 @@ def main(argv=None) -> int:
             kind = "shots+nsa" if label.endswith("+nsa") else "shots"
             cache = Path(tmp) / f"calib-{args.calib_method}-{kind}.json"
             out = Path(tmp) / "q.onnx"
-            quantize_qdq(args.fp32, out, ImageCalibrationReader(calib_sets[kind]), args.calib_method, sorted(exclude),
+            quantize_qdq(args.fp32, out, Int8CalibrationReader(calib_sets[kind]), args.calib_method, sorted(exclude),
                          calibration_cache_path=cache)
             row = compare(run_graph(out, images, simulate=True), ref, len(normals), masks, ref_metrics)
             q = onnx.load(str(out))

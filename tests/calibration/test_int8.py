@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import export_fixtures as fx
 from protospect.calibration.augment import AugmentConfig, expand
-from protospect.calibration.data_reader import ImageCalibrationReader, calibration_frames
+from protospect.calibration.data_reader import Int8CalibrationReader, int8_calibration_frames
 from protospect.calibration.exclusion import float_regions
 from protospect.calibration.qdq_check import check_qdq
 from protospect.calibration.quantize import int8_from_onnx
@@ -43,8 +43,8 @@ def test_augmentations_are_light_and_deterministic():
 
 
 def test_reader_feeds_uint8_frames_and_rewinds():
-    frames = calibration_frames([np.zeros((80, 100, 3), np.uint8)] * 2, 64, AugmentConfig(per_image=2))
-    reader = ImageCalibrationReader(frames)
+    frames = int8_calibration_frames([np.zeros((80, 100, 3), np.uint8)] * 2, 64, AugmentConfig(per_image=2))
+    reader = Int8CalibrationReader(frames)
     seen = []
     while (item := reader.get_next()) is not None:
         seen.append(item["image"])
@@ -280,12 +280,12 @@ def test_pseudo_anomaly_frames_only_for_graphs_with_an_int8_decoder(fp32_graph):
     yy, xx = np.mgrid[0:64, 0:64]
     img = np.stack([40 + 2 * xx, 60 + 2 * yy, 100 + xx + yy], axis=-1).astype(np.uint8)
     cfg = AugmentConfig(per_image=3, pseudo_anomalies=2)
-    plain = calibration_frames([img], 64, cfg)
-    both = calibration_frames([img], 64, cfg, with_anomalies=True)
+    plain = int8_calibration_frames([img], 64, cfg)
+    both = int8_calibration_frames([img], 64, cfg, with_anomalies=True)
     assert len(plain) == 4 and len(both) == 6 and all(np.array_equal(a, b) for a, b in zip(plain, both))
     extra = both[4:]
     assert all(x.shape == img.shape and x.dtype == np.uint8 and (x != img).any() for x in extra)
-    assert all(np.array_equal(a, b) for a, b in zip(extra, calibration_frames([img], 64, cfg, with_anomalies=True)[4:]))
+    assert all(np.array_equal(a, b) for a, b in zip(extra, int8_calibration_frames([img], 64, cfg, with_anomalies=True)[4:]))
     # PatchCore (no learned layer after its TopK) gets normal frames only; a decoder graph gets both.
     assert float_regions(onnx.load(str(fp32_graph))).decoder_int8 == set()
     assert float_regions(_decoder_graph()).decoder_int8 == {"dec1", "dec2"}

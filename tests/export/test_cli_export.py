@@ -39,9 +39,25 @@ def test_export_split_fp16(patchcore, tmp_path, capsys):
     assert precision("features.onnx") == "fp16" and precision("head.onnx") == "fp32"
 
 
+def test_int8_calibration_flags_and_their_short_aliases_parse_alike():
+    # INT8 calibration's flags say int8-calib (not the threshold's `protospect calibrate`); --calib* stay aliases
+    import argparse
+
+    from protospect.export import cli_export
+    parser = argparse.ArgumentParser()
+    cli_export.add_arguments(parser)
+    long = parser.parse_args(["a", "--out", "m.onnx", "--int8", "--int8-calib-images", "d", "--int8-calib-method", "entropy",
+                              "--int8-calib-augment", "3", "--int8-calib-anomalies", "0"])
+    short = parser.parse_args(["a", "--out", "m.onnx", "--int8", "--calib", "d", "--calib-method", "entropy",
+                               "--calib-augment", "3", "--calib-anomalies", "0"])
+    assert vars(long) == vars(short)
+    assert (str(long.int8_calib_images), long.int8_calib_method, long.int8_calib_augment, long.int8_calib_anomalies) == ("d", "entropy", 3, 0)
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--int8", "--bank-as-input"], "--bank-as-input"),
     (["--calib", "somewhere"], "--calib only applies"),
+    (["--int8-calib-images", "somewhere"], "--int8-calib-images / --calib only applies"),
     (["--fp16", "--split", "--bank-as-input"], "bank.npy"),
     (["--fp16", "--int8"], "--fp16 and --int8 are two precisions; choose one"),  # was argparse's exit 2
 ])
