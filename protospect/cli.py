@@ -39,7 +39,7 @@ COMMANDS = {
     "serve": ("protospect.runtime.cli_serve", "run a model on a camera/video/folder and log every verdict", "runtime"),
     "calibrate": ("protospect.runtime.cli_calibrate", "OK/NG threshold from good parts seen by the station's camera", "runtime"),
     "bench": ("protospect.runtime.cli_bench", "per-stage latency of a model on a source", "runtime"),
-    "soak": ("protospect.runtime.soak", "replay a source for N frames and print resident memory", "runtime"),
+    "soak": ("protospect.runtime.cli_soak", "replay a source for N frames and print resident memory", "runtime"),
 }
 
 

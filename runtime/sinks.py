@@ -1,4 +1,5 @@
-"""Where verdicts go: a JSON-lines log, NG frames as PNG with the heatmap, (and the live page, web.py).
+"""Where verdicts go: a JSON-lines log, NG frames as PNG with the heatmap (the live page is the OperatorView
+sink in operator_view.py, its page in web/).
 
 Every sink has ``write(result)``, ``reject(record)``, ``tick()`` (the loop is idle) and ``close()``.
 The JSON-lines log flushes each line to the OS as it is written (a killed process loses nothing

@@ -171,3 +171,15 @@ def test_the_scan_sees_function_level_and_relative_imports(tmp_path):
     assert any("training/register.py" in w for w in edges.get((REGISTER, "runtime"), ()))
     assert ("runtime", "cpp_ext") in edges
     assert _cycle({"a": {"b"}, "b": {"a"}}) == ["a", "b", "a"]
+
+
+def test_every_command_module_is_a_cli_module_of_its_room():
+    # the command table names modules as strings; each is a room's cli_*.py (issue 19 item 9: soak was runtime/soak.py)
+    from protospect.cli import COMMANDS
+
+    for name, (module, _, _) in COMMANDS.items():
+        parts = module.split(".")
+        if parts[1] not in ROOMS:  # a core command (demo-data)
+            continue
+        assert parts[-1].startswith("cli_"), f"{name}: {module}"
+        assert (ROOT / parts[1] / (parts[-1] + ".py")).is_file(), module

@@ -227,7 +227,7 @@ def test_bench_frame_size_must_be_two_positive_integers(fx, tmp_path, capsys, si
 
 
 def test_soak_frames_must_be_at_least_one(fx, tmp_path, capsys):
-    from protospect.runtime import soak
+    from protospect.runtime import cli_soak as soak
 
     assert soak.main([str(fx.model), "--frames", "0", "--sink", str(tmp_path / "s")]) == 1
     _one_error_line(capsys.readouterr().err, "--frames 0", ">= 1")

@@ -164,7 +164,7 @@ def test_serve_and_bench_report_the_split_paths_prototype_count(fx, tmp_path):
 
 
 def test_soak_prints_start_and_end_rss(fx, tmp_path):
-    out = subprocess.run([sys.executable, "-m", "protospect.runtime.soak", str(fx.model), "--source", str(fx.video),
+    out = subprocess.run([sys.executable, "-m", "protospect.runtime.cli_soak", str(fx.model), "--source", str(fx.video),
                           "--frames", "300", "--rss-every", "100", "--sink", str(tmp_path)],
                          capture_output=True, text=True, timeout=120, cwd=REPO)
     assert out.returncode == 0, out.stderr
@@ -196,7 +196,7 @@ class BrokenSource(ArraySource):
 
 
 def test_bench_and_soak_exit_1_when_the_source_failed(fx, tmp_path, monkeypatch, capsys):
-    from protospect.runtime import cli_bench, soak
+    from protospect.runtime import cli_bench, cli_soak as soak
 
     monkeypatch.setattr(cli_bench, "open_source", lambda spec, loop: BrokenSource(fx, 5))
     assert cli_main(["bench", str(fx.model), "--source", "x", "--frames", "20", "--warmup", "2",

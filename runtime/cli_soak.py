@@ -1,6 +1,7 @@
 """Soak test: replay a source for N frames and show that resident memory stays flat.
 
-    python -m protospect.runtime.soak MODEL --source parts.avi --frames 100000
+    protospect soak MODEL --source parts.avi --frames 100000
+    python -m protospect.runtime.cli_soak MODEL ...     (the same without the CLI wrapper)
 
 Prints RSS after the first frame, at --rss-every intervals, and at the end; the run is the
 normal pipeline (JSON-lines sink included with --sink) with the source on loop.
@@ -88,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m protospect.runtime.soak", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m protospect.runtime.cli_soak", description=__doc__.splitlines()[0])
     add_arguments(parser)
     try:
         return run(parser.parse_args(argv))
