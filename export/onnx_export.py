@@ -21,7 +21,8 @@ from torch import nn
 from protospect.errors import ArtifactError, ConfigError
 from protospect.export.deploy import FeaturesGraph, FullGraph, FullGraphBankInput, HeadGraph
 from protospect.onnx_graph import ensure_node_names, topk_values
-from protospect.metadata import bank_sha256, build_metadata, input_size_of, set_metadata
+from protospect.contract import bank_sha256
+from protospect.metadata import build_metadata, input_size_of, set_metadata
 from protospect.files import write_atomic
 
 log = logging.getLogger(__name__)
@@ -42,11 +43,6 @@ def onnx_from_artifact(art_dir: str | Path, out_path: str | Path, *, bank_as_inp
     model, manifest, sha = _load(art_dir)
     return onnx_from_model(model, model.meta, model.calibration, out_path, artifact_sha256=sha,
                            bank_as_input=bank_as_input, opset=opset)
-
-
-def split_from_artifact(art_dir: str | Path, out_dir: str | Path, *, opset: int = MIN_OPSET) -> dict[str, Path]:
-    model, manifest, sha = _load(art_dir)
-    return split_from_model(model, model.meta, model.calibration, out_dir, artifact_sha256=sha, opset=opset)
 
 
 def _load(art_dir):

@@ -78,14 +78,6 @@ def shot_views(paths, size: int, views: int = 2, seed: int = 0) -> list[np.ndarr
     return [augment(frame, rng, cfg) for frame in load_images(paths, size) for _ in range(views)]
 
 
-def check_parity(art_dir, onnx_path, images, labels=None) -> ParityReport:
-    """Artifact's PyTorch model vs ``onnx_path`` under ONNX Runtime CPU on ``images``."""
-    from protospect.training.artifact import load_artifact
-
-    model, _ = load_artifact(art_dir)
-    return parity_from_model(model.eval(), onnx_path, images, labels)
-
-
 def parity_on_category(data_root, category: str, method: str, out_dir, shots: int = 2, seed: int = 0,
                        config_overrides: dict | None = None, preset: str = "edge"):
     """Train ``method`` on ``shots`` good images of an MVTec-layout dev category, export its FP32

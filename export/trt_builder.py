@@ -24,7 +24,8 @@ from protospect import __version__
 from protospect._optional import require
 from protospect.errors import ArtifactError, ConfigError, EngineBuildError
 from protospect.files import write_atomic
-from protospect.metadata import check_contract, read_metadata
+from protospect.contract import check_contract
+from protospect.metadata import read_metadata
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,7 @@ import math
 
 import onnx
 
-from protospect.contract import FORMAT_VERSION, INPUT_LAYOUT, METADATA_HASH, bank_sha256, check_contract  # noqa: F401 (re-exported)
-from protospect.contract import with_metadata_hash
+from protospect.contract import FORMAT_VERSION, INPUT_LAYOUT, METADATA_HASH, with_metadata_hash
 from protospect.errors import ArtifactError
 
 PRECISIONS = ("fp32", "fp16", "int8")

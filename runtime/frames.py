@@ -9,7 +9,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -24,7 +24,6 @@ class Frame:
     image: np.ndarray
     bgr: bool = True         # OpenCV sources deliver BGR; folder replay decodes BGR too
     origin: str = ""         # file name for replay sources, "" for streams
-    extra: dict = field(default_factory=dict)
 
 
 def stamp(seq: int, image: np.ndarray, *, bgr: bool = True, origin: str = "") -> Frame:

@@ -9,7 +9,7 @@ import json
 import math
 from dataclasses import dataclass, field
 
-from protospect.contract import FORMAT_VERSION, INPUT_LAYOUT, PREFIX, check_contract  # noqa: F401 (re-exported)
+from protospect.contract import PREFIX, check_contract
 from protospect.errors import ArtifactError
 
 REQUIRED = ("input_size", "threshold", "map_range")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import collections
 import os
-import time
 
 import cv2
 import numpy as np
@@ -61,7 +60,6 @@ class RunCounters:
         self.rejected = collections.Counter()
         self.dropped = 0
         self.reconnects = 0
-        self.t_start = time.monotonic()
         self.t_first = None  # first processed frame after warm-up: the frames/s clock starts here
         self.t_last = None
 

@@ -10,7 +10,8 @@ import torch
 
 import export_fixtures as fx
 from protospect.errors import ArtifactError, ConfigError
-from protospect.metadata import bank_sha256, build_metadata
+from protospect.contract import bank_sha256
+from protospect.metadata import build_metadata
 from protospect.export.op_census import census
 from protospect.export.onnx_export import TRT_MAX_TOPK, onnx_from_model, split_from_model
 from protospect.export.ort_session import cpu_session

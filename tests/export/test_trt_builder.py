@@ -20,7 +20,7 @@ from onnx import TensorProto, helper
 from protospect.errors import ArtifactError, EngineBuildError
 from protospect import metadata
 from protospect.export.gpu_info import GpuInfo
-from protospect.contract import with_metadata_hash
+from protospect.contract import bank_sha256, with_metadata_hash
 from protospect.metadata import set_metadata
 from protospect.export.trt_builder import engine_from_onnx, network_flags
 
@@ -162,7 +162,7 @@ def test_exported_metadata_and_sidecar_read_back_by_the_runtime(tmp_path):
     props = metadata.build_metadata(
         {"method": "pcsnet", "preset": "edge", "input_size": 4, "mean": [0.4, 0.5, 0.6], "std": [0.2, 0.2, 0.2]},
         {"threshold": 0.125, "map_range": [0.0, 0.5]}, artifact_sha256="ab" * 32, precision="int8", graph="features",
-        extra={"split_k": "3", "grid": [2, 2], "bank_sha256": metadata.bank_sha256(bank)})
+        extra={"split_k": "3", "grid": [2, 2], "bank_sha256": bank_sha256(bank)})
     graph = _onnx(tmp_path / "g.onnx", props)
     info = session_info(open_session(graph, device="cpu"), graph)
     assert (info.input_size, info.threshold, info.map_range) == (4, 0.125, (0.0, 0.5))
