@@ -100,7 +100,7 @@ def test_calibration_helpers():
 def test_config_errors():
     with pytest.raises(ConfigError, match="preset"):
         patchcore.resolve_config("huge")
-    with pytest.raises(ConfigError, match="unknown patchcore setting"):
+    with pytest.raises(ConfigError, match="patchcore: unknown config key"):
         patchcore.resolve_config("edge", {"sigmaa": 2})
     assert patchcore.resolve_config("edge", {"sigma": None}).sigma == 4.0  # None keeps the preset's value
     assert patchcore.resolve_config("paper").backbone == "wide_resnet50_2"

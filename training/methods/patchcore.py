@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from protospect.errors import ConfigError
+from protospect.training.methods.config import resolve_preset
 from protospect.training.calibrate import calibrate_by_holdout, to_model_input
 from protospect.training.layers import GaussianBlur
 from protospect.training.methods.base import ModelOutputs
@@ -53,17 +54,8 @@ PRESETS = {
 
 
 def resolve_config(preset: str, overrides: dict | None = None) -> PatchCoreConfig:
-    """The preset's config with ``overrides`` applied; None values mean "keep the preset's"."""
-    if preset not in PRESETS:
-        raise ConfigError(f"unknown patchcore preset '{preset}' (available: {', '.join(PRESETS)})")
-    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    known = {f.name for f in dataclasses.fields(PatchCoreConfig)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ConfigError(f"unknown patchcore setting(s) {unknown}; known: {sorted(known)}")
-    if "stages" in overrides:
-        overrides["stages"] = tuple(int(s) for s in overrides["stages"])
-    cfg = dataclasses.replace(PRESETS[preset], **overrides)
+    """The preset's config with ``overrides`` applied (training/methods/config.py: None keeps the preset's value)."""
+    cfg = resolve_preset("patchcore", PRESETS, preset, overrides)
     if cfg.input_size < 32:
         raise ConfigError(f"input size {cfg.input_size} is too small for patchcore (use >= 32)")
     return cfg

@@ -5,6 +5,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from protospect.errors import ConfigError
+from protospect.training.methods.config import config_from_values, resolve_preset
 
 
 @dataclass(frozen=True)
@@ -56,22 +57,12 @@ PRESETS: dict[str, BPGGConfig] = {
 
 
 def resolve_config(preset: str, overrides: dict | None = None) -> BPGGConfig:
-    if preset not in PRESETS:
-        raise ConfigError(f"bpgg: unknown preset '{preset}' (available: {', '.join(sorted(PRESETS))})")
-    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    return config_from_dict({**dataclasses.asdict(PRESETS[preset]), **overrides})
+    """Preset + overrides -> validated config (training/methods/config.py: None keeps the preset's value)."""
+    return resolve_preset("bpgg", PRESETS, preset, overrides)
 
 
 def config_from_dict(values: dict) -> BPGGConfig:
-    names = {f.name for f in dataclasses.fields(BPGGConfig)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ConfigError(f"bpgg: unknown config key(s) {unknown}; valid keys: {', '.join(sorted(names))}")
-    fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-    try:
-        return BPGGConfig(**fixed).validate()
-    except TypeError as err:
-        raise ConfigError(f"bpgg: incomplete config: {err}") from err
+    return config_from_values("bpgg", BPGGConfig, values)
 
 
 def config_to_dict(cfg: BPGGConfig) -> dict:

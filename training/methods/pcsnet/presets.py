@@ -1,10 +1,10 @@
 """PCSNet configuration: one frozen dataclass, two named presets, and validated overrides."""
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 from protospect.errors import ConfigError
+from protospect.training.methods.config import config_from_values, resolve_preset
 
 
 @dataclass(frozen=True)
@@ -91,19 +91,9 @@ PRESETS: dict[str, PCSNetConfig] = {
 
 
 def resolve_config(preset: str, overrides: dict | None = None) -> PCSNetConfig:
-    """Preset + overrides -> validated config. Unknown presets or keys are ConfigErrors."""
-    if preset not in PRESETS:
-        raise ConfigError(f"pcsnet: unknown preset '{preset}' (available: {', '.join(sorted(PRESETS))})")
-    return config_from_dict({**dataclasses.asdict(PRESETS[preset]), **(overrides or {})})
+    """Preset + overrides -> validated config (training/methods/config.py: None keeps the preset's value)."""
+    return resolve_preset("pcsnet", PRESETS, preset, overrides)
 
 
 def config_from_dict(values: dict) -> PCSNetConfig:
-    names = {f.name for f in dataclasses.fields(PCSNetConfig)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ConfigError(f"pcsnet: unknown config key(s) {unknown}; valid keys: {', '.join(sorted(names))}")
-    fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-    try:
-        return PCSNetConfig(**fixed).validate()
-    except TypeError as err:
-        raise ConfigError(f"pcsnet: incomplete config: {err}") from err
+    return config_from_values("pcsnet", PCSNetConfig, values)

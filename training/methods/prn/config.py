@@ -5,6 +5,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from protospect.errors import ConfigError
+from protospect.training.methods.config import config_from_values, resolve_preset
 
 
 @dataclass(frozen=True)
@@ -77,23 +78,12 @@ PRESETS: dict[str, PRNConfig] = {
 
 
 def resolve_config(preset: str, overrides: dict | None = None) -> PRNConfig:
-    """Preset + overrides -> validated config. Unknown presets or keys are ConfigErrors; None keeps the preset's."""
-    if preset not in PRESETS:
-        raise ConfigError(f"prn: unknown preset '{preset}' (available: {', '.join(sorted(PRESETS))})")
-    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    return config_from_dict({**dataclasses.asdict(PRESETS[preset]), **overrides})
+    """Preset + overrides -> validated config (training/methods/config.py: None keeps the preset's value)."""
+    return resolve_preset("prn", PRESETS, preset, overrides)
 
 
 def config_from_dict(values: dict) -> PRNConfig:
-    names = {f.name for f in dataclasses.fields(PRNConfig)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ConfigError(f"prn: unknown config key(s) {unknown}; valid keys: {', '.join(sorted(names))}")
-    fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-    try:
-        return PRNConfig(**fixed).validate()
-    except TypeError as err:
-        raise ConfigError(f"prn: incomplete config: {err}") from err
+    return config_from_values("prn", PRNConfig, values)
 
 
 def config_to_dict(cfg: PRNConfig) -> dict:
