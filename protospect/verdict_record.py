@@ -15,6 +15,9 @@ Frame record (``verdicts.jsonl``, one object per line):
   backend        str     which backend judged it
   origin         str     file name of the frame (replayed folders/videos), when known
   reason         str     REJECTED only: why the frame could not be judged
+  trigger_seq    int     PLC trigger mode only (serve --trigger plc): the trigger (1, 2, ...) this frame
+                         answers; the frame was the first one captured after that trigger
+  trigger_ms     float   PLC trigger mode only: trigger accepted -> verdict, ms (before the sinks)
   score_not_finite, ng_image, ng_image_error: see docs/runtime.md (Sinks)
 
 Event record: ``{"event": EVENT_DRIFT, "seq": ..., "t_wall": ..., ...}`` -- a line with an ``event`` key
@@ -27,7 +30,7 @@ VERDICTS = (OK, REVIEW, NG, REJECTED)
 
 # keys of a judged frame's record, in the order they are written
 FRAME_KEYS = ("seq", "t_capture_ns", "t_wall", "score", "verdict", "p_value", "ms", "backend")
-OPTIONAL_KEYS = ("score_not_finite", "origin", "reason", "ng_image", "ng_image_error")
+OPTIONAL_KEYS = ("score_not_finite", "origin", "reason", "trigger_seq", "trigger_ms", "ng_image", "ng_image_error")
 
 EVENT = "event"          # present only on event lines
 EVENT_DRIFT = "drift"    # the drift watch fired (runtime/verdict/drift.py)

@@ -13,6 +13,13 @@ Stages timed per frame (milliseconds, all host clocks):
   capture_to_verdict  capture stamp -> verdict (what the line sees)
   sink          all sinks for this frame (not in the frame's own record: it is written there)
   device        GPU-only time where the backend measures it (TensorRT, CUDA events)
+
+PLC trigger mode (``trigger=Handshake()``, serve --trigger plc; runtime/line/handshake.py): exactly one frame
+is judged per accepted trigger, the first one captured at or after the trigger (capture stamp >= trigger
+time); frames captured before it, or while no trigger waits, are skipped, never judged. The verdict line
+gets ``trigger_seq`` and ``trigger_ms`` (trigger -> verdict), and the handshake shows the result only
+after every sink has written the line. A replayed (not live) source is paced by the triggers: its
+frames wait in the queue until a trigger comes. Without a handshake the loop is unchanged.
 """
 from __future__ import annotations
 
@@ -23,6 +30,7 @@ import time
 from tqdm import tqdm
 
 from protospect.runtime.frames import Frame, LatestFrameQueue
+from protospect.runtime.line.handshake import ERR_REJECTED
 from protospect.runtime.preprocess import FrameRejected, preprocess
 from protospect.runtime.sinks import Result, Sink, SinkError
 from protospect.runtime.sources import CaptureThread, Source, default_queue_policy
@@ -39,7 +47,7 @@ class Pipeline:
     def __init__(self, backend, source: Source, sinks: list[Sink] | tuple = (), *, queue_size: int = 2,
                  policy: str | None = None, max_frames: int | None = None, warmup: int = 0,
                  backoff_s: float = 0.1, backoff_max_s: float = 5.0, max_reconnect_attempts: int | None = None,
-                 progress: bool = False, on_frame=None, drift=None):
+                 progress: bool = False, on_frame=None, drift=None, trigger=None):
         self.backend = backend
         self.source = source
         # Sinks that add notes to a result (the NG image's file name) run before the log that writes them.
@@ -52,6 +60,9 @@ class Pipeline:
         self.progress = progress
         self.on_frame = on_frame  # called with each Result (soak uses it to sample memory)
         self.drift = drift        # runtime.verdict.drift.DriftWatch fed with OK/REVIEW scores, or None
+        self.trigger = trigger    # runtime.line.handshake.Handshake: PLC trigger mode; None: every frame
+        self.untriggered = 0      # trigger mode: frames skipped (no trigger waiting, or captured before it)
+        self._last_tick = 0.0
         self.counters = RunCounters()
         self.times = StageTimes()
         self.capture: CaptureThread | None = None
@@ -76,8 +87,20 @@ class Pipeline:
             self.capture = CaptureThread(self.source, self.queue, backoff_s=b0, backoff_max_s=b1, max_reconnect_attempts=b2)
             bar = tqdm(total=self.max_frames, desc="frames", unit="f", disable=not self.progress, leave=False)
             self.capture.start()
+            if self.trigger is not None:
+                self.trigger.online()
             try:
                 while not self._stop.is_set():
+                    pending = None
+                    if self.trigger is not None:
+                        pending = self.trigger.pending()
+                        if pending is None and not self.source.live:
+                            # a replay waits for the trigger with its frames still queued
+                            if self.trigger.wait_pending(0.2) is None:
+                                if self.queue.closed and not len(self.queue):
+                                    break
+                                self._tick()
+                            continue
                     frame = self.queue.get(timeout=0.2)
                     if frame is None:
                         # closed first, then empty: a frame put just before close() is still processed
@@ -86,7 +109,14 @@ class Pipeline:
                         for sink in self.sinks:
                             sink.tick()
                         continue
-                    self._process(frame)
+                    if self.trigger is not None:
+                        pending = pending or self.trigger.pending()
+                        if pending is None or frame.t_capture_ns < pending.t_ns:
+                            self.untriggered += 1  # no trigger waits, or a stale frame from before it
+                            if time.monotonic() - self._last_tick >= 0.2:
+                                self._tick()
+                            continue
+                    self._process(frame, pending)
                     bar.update(1)
                     if self.max_frames is not None and self._handled >= self.max_frames:
                         break
@@ -94,12 +124,19 @@ class Pipeline:
                 self._sink_failed(err)
             finally:
                 bar.close()
+                if self.trigger is not None:
+                    self.trigger.offline()  # a trigger still waiting fails: ERROR, "inspection stopped"
                 self.capture.stop()
                 self.capture.join(timeout=10)
                 self.counters.dropped = self.queue.dropped
                 self.counters.reconnects = self.capture.reconnects
                 self._close_sinks()
             return self.report()  # before the backend closes: describe() reads what activate() loaded
+
+    def _tick(self) -> None:
+        self._last_tick = time.monotonic()
+        for sink in self.sinks:
+            sink.tick()
 
     def _sink_failed(self, err: SinkError) -> None:
         self.sink_error = self.sink_error or str(err)  # the first says why; the caller reports it
@@ -111,7 +148,7 @@ class Pipeline:
             except SinkError as err:
                 self._sink_failed(err)
 
-    def _process(self, frame: Frame) -> None:
+    def _process(self, frame: Frame, trig=None) -> None:
         info = self.backend.info
         self._handled += 1
         t0 = time.monotonic_ns()
@@ -124,8 +161,13 @@ class Pipeline:
                       "verdict": REJECTED, "reason": rej.reason}
             if frame.origin:
                 record["origin"] = frame.origin
+            if trig is not None:
+                record["trigger_seq"] = trig.seq
+                record["trigger_ms"] = round((time.monotonic_ns() - trig.t_ns) / 1e6, 3)
             for sink in self.sinks:
                 sink.reject(record)
+            if trig is not None:
+                self.trigger.fail(ERR_REJECTED, f"frame {frame.seq} rejected: {rej.reason}")
             return
         t1 = time.monotonic_ns()
         amap, score = self.backend.infer(model_in)
@@ -157,8 +199,12 @@ class Pipeline:
         result = Result(seq=frame.seq, t_capture_ns=frame.t_capture_ns, t_wall=frame.t_wall, score=score,
                         verdict=verdict, ms=ms, backend=self.backend.name, rgb_fn=rgb_fn, anomaly_map=amap,
                         origin=frame.origin, counters=c.as_dict(), p_value=p_value)
+        if trig is not None:
+            result.trigger_seq, result.trigger_ms = trig.seq, (t3 - trig.t_ns) / 1e6
         for sink in self.sinks:
             sink.write(result)
+        if trig is not None:  # the PLC sees the verdict only once it is logged
+            self.trigger.result(verdict, float(score), frame.seq)
         if event is not None:
             log.warning("%s at frame %d: %d of the last %d OK/REVIEW scores above the calibration's 95th percentile "
                         "%.4g (p = %.2g); thresholds unchanged", event["event"], frame.seq, event["above"],
@@ -180,6 +226,8 @@ class Pipeline:
 
     def report(self) -> dict:
         extra = {"drift": self.drift.state()} if self.drift is not None else {}
+        if self.trigger is not None:
+            extra["trigger"] = {**self.trigger.snapshot().as_dict(), "untriggered_frames": self.untriggered}
         return {**extra, "counters": self.counters.as_dict(), "stages": self.times.summary(),
                 "backend": self.backend.describe(), "source": self.source.name,
                 "capture_ended": self.capture.ended if self.capture else "", "warmup": self.warmup,

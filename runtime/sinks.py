@@ -71,6 +71,8 @@ class Result:
     counters: dict = field(default_factory=dict)
     notes: dict = field(default_factory=dict)  # added by sinks that run first (the NG image's name) for the log
     p_value: float | None = None  # conformal p-value, when the thresholds come from a conformal file
+    trigger_seq: int | None = None  # PLC trigger mode: the trigger this frame answers
+    trigger_ms: float | None = None  # PLC trigger mode: trigger -> verdict, ms
     _rgb: np.ndarray | None = field(default=None, repr=False)
 
     @property
@@ -91,6 +93,9 @@ class Result:
             rec["score_not_finite"] = odd  # JSON has no NaN/inf: null plus which one
         if self.origin:
             rec["origin"] = self.origin
+        if self.trigger_seq is not None:
+            rec["trigger_seq"] = self.trigger_seq
+            rec["trigger_ms"] = round(self.trigger_ms, 3)
         rec.update(self.notes)
         return rec
 
