@@ -44,6 +44,9 @@ extras = {
     # On JetPack 6 pin cuda-python>=12.6,<13 (a cubin from a newer NVRTC may not load on its driver).
     "trt": ["tensorrt>=10.3", "cuda-python>=12.6"],
     "camera": ["harvesters"],
+    # talking to the line (runtime/line/, issue 17): Modbus TCP PLC handshake, MQTT verdict feed.
+    # pymodbus: the SimDevice(action=...) datastore API of 3.16 (tested); 4.x will change it again.
+    "line": ["pymodbus>=3.16,<4", "paho-mqtt>=2.0"],
     "dev": ["pytest>=8", "scikit-image", "ruff>=0.5"],  # scikit-image: the chelsea ImageNet check; ruff: test.sh lints
 }
 extras["all-cpu"] = sorted(set(extras["train"] + extras["runtime"] + extras["dev"]))

@@ -34,7 +34,7 @@ if [ ! -x .venv-runtime/bin/python ]; then
   echo "[setup] creating .venv-runtime (no torch)"
   "$PY" -m venv .venv-runtime
 fi
-.venv-runtime/bin/pip install -q --disable-pip-version-check -e ".[runtime,dev]" onnx
+.venv-runtime/bin/pip install -q --disable-pip-version-check -e ".[runtime,dev,line]" onnx
 if .venv-runtime/bin/python -c "import torch" 2>/dev/null; then
   echo "[setup] error: torch leaked into .venv-runtime" >&2
   exit 1

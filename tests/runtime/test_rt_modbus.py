@@ -1,0 +1,126 @@
+"""The Modbus TCP adapter over loopback with pymodbus' own client: N triggers -> N results, each judged frame
+captured after its trigger; trigger while busy refused, ack without result ignored; port in use -> one line."""
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+from fixture_models import render_part
+
+pytest.importorskip("pymodbus", reason="pymodbus not installed (pip install 'protospect[line]')")
+
+from pymodbus.client import ModbusTcpClient  # noqa: E402
+
+from protospect.errors import ConfigError  # noqa: E402
+from protospect.runtime.backends.ort import OrtBackend  # noqa: E402
+from protospect.runtime.line import modbus  # noqa: E402
+from protospect.runtime.line.handshake import Handshake  # noqa: E402
+from protospect.runtime.pipeline import Pipeline  # noqa: E402
+from protospect.runtime.sinks import JsonlSink  # noqa: E402
+from protospect.runtime.sources import ArraySource  # noqa: E402
+
+
+class LiveGenerated(ArraySource):
+    live = True
+
+    def read(self):
+        time.sleep(0.003)
+        return super().read()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def poll(client, bit, timeout=10.0):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        bits = client.read_discrete_inputs(0, count=modbus.N_DI).bits
+        if any(bits[b] for b in (bit if isinstance(bit, tuple) else (bit,))):
+            return bits
+        time.sleep(0.002)
+    raise AssertionError(f"discrete input {bit} never set")
+
+
+def test_plc_over_modbus_n_triggers_n_results_each_frame_after_its_trigger(fx, tmp_path):
+    n = 12
+    rng = np.random.default_rng(8)
+    frames = [render_part(rng, (160, 120), defect=i % 4 == 1) for i in range(8)]
+    hs = Handshake()
+    accepted = []
+    plain_trigger = hs.trigger
+
+    def recording_trigger():
+        t = plain_trigger()
+        if t is not None:
+            accepted.append(t)
+        return t
+
+    hs.trigger = recording_trigger
+    port = free_port()
+    adapter = modbus.ModbusAdapter(hs, "127.0.0.1", port).start()
+    log_path = tmp_path / "verdicts.jsonl"
+    pipeline = Pipeline(OrtBackend(fx.model), LiveGenerated(frames, loop=True, bgr=True), [JsonlSink(log_path)], trigger=hs)
+    th = threading.Thread(target=pipeline.run, daemon=True)
+    th.start()
+    client = ModbusTcpClient("127.0.0.1", port=port, timeout=5)
+    plc = []
+    try:
+        assert client.connect()
+        assert not client.write_coil(modbus.COIL_ACK, True).isError()  # ack with nothing to ack: ignored
+        for _ in range(n):
+            poll(client, modbus.DI_READY)
+            time.sleep(0.02)  # stale frames queue up meanwhile
+            assert not client.write_coil(modbus.COIL_TRIGGER, True).isError()
+            client.write_coil(modbus.COIL_TRIGGER, True)  # while busy (or already done): refused, counted
+            bits = poll(client, (modbus.DI_RESULT_READY, modbus.DI_ERROR))
+            assert bits[modbus.DI_RESULT_READY] and not bits[modbus.DI_ERROR] and not bits[modbus.DI_BUSY]
+            assert sum(bits[b] for b in (modbus.DI_OK, modbus.DI_REVIEW, modbus.DI_NG)) == 1
+            regs = client.read_input_registers(0, count=modbus.N_IR).registers
+            verdict = "OK" if bits[modbus.DI_OK] else "REVIEW" if bits[modbus.DI_REVIEW] else "NG"
+            plc.append((regs[modbus.IR_SEQ], verdict, regs[modbus.IR_SCORE]))
+            assert client.read_coils(0, count=2).bits[:2] == [False, False]  # self-clearing coils
+            client.write_coil(modbus.COIL_ACK, True)
+            poll(client, modbus.DI_READY)
+        regs = client.read_input_registers(0, count=modbus.N_IR).registers
+        assert regs[modbus.IR_TRIGGER_COUNT] == n and regs[modbus.IR_REFUSED] == n
+        assert regs[modbus.IR_IGNORED_ACKS] == 1 and regs[modbus.IR_ERROR_CODE] == 0
+    finally:
+        client.close()
+        pipeline.stop()
+        th.join(20)
+        adapter.stop()
+    recs = [json.loads(line) for line in log_path.read_text().splitlines()]
+    assert [r["trigger_seq"] for r in recs] == list(range(1, n + 1))  # exactly one result per trigger
+    assert [p[0] for p in plc] == list(range(1, n + 1))
+    for t, r, (seq, verdict, score) in zip(accepted, recs, plc):
+        assert t.seq == r["trigger_seq"] == seq
+        assert r["t_capture_ns"] >= t.t_ns  # the judged frame was captured after its trigger
+        assert verdict == r["verdict"] and score == modbus.score_register(r["score"])
+    assert {r["verdict"] for r in recs} >= {"OK"}
+
+
+def test_port_in_use_is_one_line_error():
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        with pytest.raises(ConfigError) as err:
+            modbus.ModbusAdapter(Handshake(), "127.0.0.1", port).start()
+    msg = str(err.value)
+    assert "\n" not in msg and f"127.0.0.1:{port}" in msg and "in use" in msg
+
+
+def test_parse_and_register_encoding():
+    assert modbus.parse_modbus(":5020") == ("127.0.0.1", 5020)
+    assert modbus.parse_modbus("0.0.0.0:502") == ("0.0.0.0", 502)
+    for bad in ("5020", "host:", "host:99999", "host:x"):
+        with pytest.raises(ConfigError, match="--modbus"):
+            modbus.parse_modbus(bad)
+    assert modbus.score_register(0.1234) == 123 and modbus.score_register(float("nan")) == modbus.NO_SCORE
+    assert modbus.score_register(None) == modbus.NO_SCORE and modbus.score_register(1e9) == modbus.NO_SCORE - 1
+    assert modbus.score_register(-1.0) == 0
