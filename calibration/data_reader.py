@@ -8,11 +8,9 @@ import numpy as np
 from protospect._optional import require
 from protospect.calibration.augment import AugmentConfig, expand, pseudo_anomalies
 from protospect.errors import DataError
-from protospect.imageio import read_rgb, resize_square
+from protospect.imageio import IMAGE_SUFFIXES, read_rgb, resize_square
 
 _quant = require("onnxruntime.quantization", extra="runtime")
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
 
 def images_in(folder: str | Path) -> list[Path]:

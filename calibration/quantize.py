@@ -20,6 +20,7 @@ from pathlib import Path
 
 import onnx
 
+from protospect.contract import KEY_PRECISION
 from protospect import __version__
 from protospect._optional import require
 from protospect.calibration.augment import MIN_FRAMES, AugmentConfig
@@ -69,8 +70,8 @@ def int8_from_onnx(onnx_path, out_path, images, *, augment: AugmentConfig | None
     props = read_metadata(model)
     if any(i.name == "bank" for i in model.graph.input):
         raise ConfigError(f"{onnx_path} takes the bank as an input; INT8 needs the bank inside: drop --bank-as-input")
-    if props.get("protospect.precision", "fp32") != "fp32":
-        raise ConfigError(f"{onnx_path} is already {props['protospect.precision']}; INT8 starts from the FP32 graph")
+    if props.get(KEY_PRECISION, "fp32") != "fp32":
+        raise ConfigError(f"{onnx_path} is already {props[KEY_PRECISION]}; INT8 starts from the FP32 graph")
     augment = augment or AugmentConfig()
     regions = float_regions(model, float_tail=float_tail, float_stem=float_stem, float_stride=float_stride)
     # an INT8 decoder after the top-k also sees pseudo anomalies, so defect activations are in range
@@ -93,7 +94,7 @@ def int8_from_onnx(onnx_path, out_path, images, *, augment: AugmentConfig | None
         tmp_out = Path(tmp) / "int8.onnx"
         quantize_qdq(onnx_path, tmp_out, reader, method, regions.all)
         quantized = onnx.load(str(tmp_out))
-    set_metadata(quantized, {**props, "protospect.precision": "int8"})
+    set_metadata(quantized, {**props, KEY_PRECISION: "int8"})
     onnx.checker.check_model(quantized, full_check=True)
     data = quantized.SerializeToString()
     write_atomic(out_path, data)

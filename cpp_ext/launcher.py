@@ -27,6 +27,7 @@ from protospect._optional import require
 from protospect.cpp_ext.kernel_config import CONFIG, KERNEL_HEADERS
 from protospect.cpp_ext.kernel_config import cand_cap as cand_cap
 from protospect.errors import ConfigError, CudaError
+from protospect.gpu import from_properties
 from protospect.files import write_atomic
 
 log = logging.getLogger(__name__)
@@ -311,8 +312,7 @@ class ProtoTopK:
         check(self._rt.cudaFree(0), "cudaFree(0) (creating the primary context)")
         dev = check(self._rt.cudaGetDevice(), "cudaGetDevice")
         attr = self._rt.cudaDeviceAttr
-        major = check(self._rt.cudaDeviceGetAttribute(attr.cudaDevAttrComputeCapabilityMajor, dev), "cc major")
-        minor = check(self._rt.cudaDeviceGetAttribute(attr.cudaDevAttrComputeCapabilityMinor, dev), "cc minor")
+        major, minor = from_properties(check(self._rt.cudaGetDeviceProperties(dev), "cudaGetDeviceProperties")).major_minor
         self.sm_count = check(self._rt.cudaDeviceGetAttribute(attr.cudaDevAttrMultiProcessorCount, dev), "SM count")
         self.arch = f"sm_{major}{minor}"
         self._module = check(self._driver.cuModuleLoadData(_cached_cubin(kernel_arch(major, minor))),

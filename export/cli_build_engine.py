@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from protospect.contract import KEY_PRECISION
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("onnx", type=Path, help="a graph from `protospect export` (FP32, --fp16 or --int8)")
@@ -22,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     cache = None if args.no_timing_cache else (args.timing_cache or out.parent / "timing.cache")
     built = engine_from_onnx(args.onnx, out, timing_cache=cache, workspace_mb=args.workspace, verbose=args.trt_verbose)
     meta = built.sidecar_data
-    print(f"engine:  {built.engine} ({meta['onnx_metadata'].get('protospect.precision')}, TensorRT "
+    print(f"engine:  {built.engine} ({meta['onnx_metadata'].get(KEY_PRECISION)}, TensorRT "
           f"{meta['tensorrt_version']}, {meta['gpu_name']} sm {meta['compute_capability']})")
     print(f"sidecar: {built.sidecar}")
     if built.timing_cache:

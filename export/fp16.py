@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from protospect.contract import KEY_PRECISION
 from protospect.calibration.exclusion import float_regions
 from protospect.errors import ConfigError
 from protospect.onnx_graph import topological_sort
@@ -32,14 +33,14 @@ def fp16_from_onnx(onnx_path, out_path, *, keep_head_fp32: bool = True) -> tuple
     """Write the FP16 graph; returns (path, names of the nodes kept in float32)."""
     model = onnx.load(str(onnx_path))
     props = read_metadata(model)
-    if props.get("protospect.precision", "fp32") != "fp32":
-        raise ConfigError(f"{onnx_path} is {props['protospect.precision']}; FP16 starts from the FP32 graph")
+    if props.get(KEY_PRECISION, "fp32") != "fp32":
+        raise ConfigError(f"{onnx_path} is {props[KEY_PRECISION]}; FP16 starts from the FP32 graph")
     keep = float_regions(model, float_tail=0).all if keep_head_fp32 else []
     # The uint8 input's Cast stays uint8 -> float32: the conversion TensorRT documents for UINT8 inputs.
     uint8_inputs = {i.name for i in model.graph.input if i.type.tensor_type.elem_type == onnx.TensorProto.UINT8}
     keep += [n.name for n in model.graph.node if n.op_type == "Cast" and set(n.input) & uint8_inputs]
     converted = convert_to_fp16(model, keep_fp32=set(keep))
-    set_metadata(converted, {**props, "protospect.precision": "fp16"})
+    set_metadata(converted, {**props, KEY_PRECISION: "fp16"})
     onnx.checker.check_model(converted, full_check=True)
     from protospect.export.onnx_export import save_onnx  # temp + rename: a good previous file is never truncated
 

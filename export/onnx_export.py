@@ -21,7 +21,7 @@ from torch import nn
 from protospect.errors import ArtifactError, ConfigError
 from protospect.export.deploy import FeaturesGraph, FullGraph, FullGraphBankInput, HeadGraph
 from protospect.onnx_graph import ensure_node_names, topk_values
-from protospect.contract import bank_sha256
+from protospect.contract import ANOMALY_MAP, BANK, GUIDE, IMAGE_SCORE, INPUT, KNN_SQDIST, QUERIES, bank_sha256
 from protospect.metadata import build_metadata, input_size_of, set_metadata
 from protospect.files import write_atomic
 
@@ -66,15 +66,15 @@ def onnx_from_model(model: nn.Module, meta: dict, calibration: dict, out_path: s
     if bank_as_input:
         buffer_name, bank = find_bank_buffer(model)
         wrapper = FullGraphBankInput(model, meta["mean"], meta["std"], buffer_name)
-        args, input_names = (image, bank.detach().clone()), ["image", "bank"]
+        args, input_names = (image, bank.detach().clone()), [INPUT, BANK]
     else:
         wrapper = FullGraph(model, meta["mean"], meta["std"])
-        args, input_names = (image,), ["image"]
-    onnx_model = _trace(wrapper.eval(), args, input_names, ["anomaly_map", "image_score"], opset)
+        args, input_names = (image,), [INPUT]
+    onnx_model = _trace(wrapper.eval(), args, input_names, [ANOMALY_MAP, IMAGE_SCORE], opset)
     _check_topk(onnx_model, where="the full graph")
     props = build_metadata(meta, calibration, artifact_sha256=artifact_sha256, graph="full")
     set_metadata(onnx_model, props)
-    expected = {"image": [1, size, size, 3], "anomaly_map": [1, 1, size, size], "image_score": [1]}
+    expected = {INPUT: [1, size, size, 3], ANOMALY_MAP: [1, 1, size, size], IMAGE_SCORE: [1]}
     if bank_as_input:
         expected["bank"] = list(bank.shape)
     return ExportedGraph(save_checked(onnx_model, out_path, expected), props)
@@ -107,23 +107,23 @@ def split_from_model(model: nn.Module, meta: dict, calibration: dict, out_dir: s
     if d != bank.shape[1]:
         raise ArtifactError(f"split(): queries have D={d} but the bank has D={bank.shape[1]}")
     grid = list(guide.shape[-2:]) if guide is not None else _square_grid(n)
-    feat_names = ["queries", "guide"] if has_guide else ["queries"]
-    feats_onnx = _trace(feats_wrapper, (image,), ["image"], feat_names, opset)
+    feat_names = [QUERIES, GUIDE] if has_guide else [QUERIES]
+    feats_onnx = _trace(feats_wrapper, (image,), [INPUT], feat_names, opset)
     bank_hash = bank_sha256(bank.numpy())  # the runtime refuses a bank.npy that is not this one
     extra = {"split_k": str(k), "grid": grid, "bank_sha256": bank_hash}
     set_metadata(feats_onnx, build_metadata(meta, calibration, artifact_sha256=artifact_sha256, graph="features", extra=extra))
-    expected = {"image": [1, size, size, 3], "queries": [1, n, d]}
+    expected = {INPUT: [1, size, size, 3], QUERIES: [1, n, d]}
     if has_guide:
-        expected["guide"] = list(guide.shape)
+        expected[GUIDE] = list(guide.shape)
     paths = {"features": save_checked(feats_onnx, out_dir / "features.onnx", expected)}
 
     knn = torch.zeros(1, n, k)
     head_args = (knn, guide) if has_guide else (knn,)
-    head_names = ["knn_sqdist", "guide"] if has_guide else ["knn_sqdist"]
-    head_onnx = _trace(HeadGraph(head.eval()).eval(), head_args, head_names, ["anomaly_map", "image_score"], opset)
+    head_names = [KNN_SQDIST, GUIDE] if has_guide else [KNN_SQDIST]
+    head_onnx = _trace(HeadGraph(head.eval()).eval(), head_args, head_names, [ANOMALY_MAP, IMAGE_SCORE], opset)
     head_extra = {"split_k": str(k), "bank_sha256": bank_hash}
     set_metadata(head_onnx, build_metadata(meta, calibration, artifact_sha256=artifact_sha256, graph="head", extra=head_extra))
-    expected = {"knn_sqdist": [1, n, k], "anomaly_map": [1, 1, size, size], "image_score": [1]}
+    expected = {KNN_SQDIST: [1, n, k], ANOMALY_MAP: [1, 1, size, size], IMAGE_SCORE: [1]}
     paths["head"] = save_checked(head_onnx, out_dir / "head.onnx", expected)
     paths["bank"] = out_dir / "bank.npy"
     buf = io.BytesIO()

@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
+from protospect.contract import KEY_GRAPH, KEY_PRECISION
 from protospect.metadata import read_metadata
 
 
@@ -31,7 +32,7 @@ class Census:
             f"  inputs:  {'; '.join(self.inputs)}",
             f"  outputs: {'; '.join(self.outputs)}",
             f"  ops:     {ops}",
-            f"  precision={self.metadata.get('protospect.precision', '?')} graph={self.metadata.get('protospect.graph', '?')}",
+            f"  precision={self.metadata.get(KEY_PRECISION, '?')} graph={self.metadata.get(KEY_GRAPH, '?')}",
         ])
 
 

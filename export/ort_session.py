@@ -5,6 +5,7 @@ from pathlib import Path
 
 import onnx
 
+from protospect.contract import KEY_PRECISION
 from protospect._optional import require
 
 
@@ -27,4 +28,4 @@ def cpu_session(onnx_path: str | Path, threads: int = 2, *, simulate_qdq: bool =
 
 def graph_precision(onnx_path: str | Path) -> str:
     model = onnx.load(str(onnx_path), load_external_data=False)
-    return {p.key: p.value for p in model.metadata_props}.get("protospect.precision", "fp32")
+    return {p.key: p.value for p in model.metadata_props}.get(KEY_PRECISION, "fp32")

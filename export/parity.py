@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from protospect.contract import ANOMALY_MAP, IMAGE_SCORE, INPUT
 from protospect.errors import DataError
 from protospect.export.deploy import FullGraph
 from protospect.metadata import input_size_of
@@ -116,7 +117,7 @@ def parity_from_model(model, onnx_path, images, labels=None) -> ParityReport:
     with torch.no_grad():
         for frame in tqdm(frames, desc="parity", unit="img", leave=False):
             t_map, t_score = wrapper(torch.from_numpy(frame[None]))
-            o_map, o_score = session.run(["anomaly_map", "image_score"], {"image": frame[None], **feed_extra})
+            o_map, o_score = session.run([ANOMALY_MAP, IMAGE_SCORE], {INPUT: frame[None], **feed_extra})
             t_maps.append(t_map.numpy())
             t_scores.append(float(t_score[0]))
             o_maps.append(np.asarray(o_map, dtype=np.float32))

@@ -24,7 +24,7 @@ from protospect import __version__
 from protospect._optional import require
 from protospect.errors import ArtifactError, ConfigError, EngineBuildError
 from protospect.files import write_atomic
-from protospect.contract import check_contract
+from protospect.contract import KEY_PRECISION, SIDECAR_REQUIRED, check_contract, sidecar_path, version_key
 from protospect.metadata import read_metadata
 
 log = logging.getLogger(__name__)
@@ -42,9 +42,8 @@ class EngineBuild:
 
 
 def trt_version(trt) -> tuple[int, int]:
-    """"10.3.0.30" -> (10, 3); a piece like "3rc1" counts its digits."""
-    pieces = (str(trt.__version__).split(".") + ["0"])[:2]
-    return tuple(int("".join(ch for ch in p if ch.isdigit()) or 0) for p in pieces)
+    """"10.3.0.30" -> (10, 3); a piece like "3rc1" counts its digits (contract.version_key)."""
+    return version_key(trt.__version__, parts=2)
 
 
 def network_flags(trt) -> int:
@@ -74,7 +73,7 @@ def engine_from_onnx(onnx_path, out_path, *, timing_cache=None, workspace_mb: in
     trt = trt or require("tensorrt", extra="trt")
     flags = network_flags(trt)
     if gpu is None:
-        from protospect.export.gpu_info import current_gpu
+        from protospect.gpu import current_gpu
 
         gpu = current_gpu()
 
@@ -98,7 +97,7 @@ def engine_from_onnx(onnx_path, out_path, *, timing_cache=None, workspace_mb: in
             raise EngineBuildError(f"timing cache {cache_path} was made on another GPU/CUDA/TensorRT; "
                                    "delete it or pass another --timing-cache")
     log.info("building %s (precision %s from the graph, TensorRT %s, %s)", out_path,
-             metadata.get("protospect.precision", "?"), trt.__version__, gpu.name)
+             metadata.get(KEY_PRECISION, "?"), trt.__version__, gpu.name)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise EngineBuildError(f"TensorRT {trt.__version__} failed to build {onnx_path} (see its log above); "
@@ -120,9 +119,10 @@ def engine_from_onnx(onnx_path, out_path, *, timing_cache=None, workspace_mb: in
         "workspace_mb": workspace_mb,
         "protospect_version": __version__,
     }
-    sidecar_path = Path(str(out_path) + ".json")
-    write_atomic(sidecar_path, (json.dumps(sidecar, indent=2, sort_keys=True) + "\n").encode())
-    return EngineBuild(out_path, sidecar_path, cache_path, sidecar, tuple(i.name for i in graph.graph.input))
+    assert all(k in sidecar for k in SIDECAR_REQUIRED)  # what every reader refuses an engine without
+    sidecar_file = sidecar_path(out_path)
+    write_atomic(sidecar_file, (json.dumps(sidecar, indent=2, sort_keys=True) + "\n").encode())
+    return EngineBuild(out_path, sidecar_file, cache_path, sidecar, tuple(i.name for i in graph.graph.input))
 
 
 def _parser_errors(parser) -> list[str]:

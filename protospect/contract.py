@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 
@@ -15,7 +16,64 @@ from protospect.errors import ArtifactError
 PREFIX = "protospect."
 FORMAT_VERSION = "1"
 INPUT_LAYOUT = "NHWC-uint8-RGB"
-METADATA_HASH = PREFIX + "metadata_sha256"  # {key: sha256(value)[:16]} of every other protospect.* key
+
+# ---- tensor names (contracts 6). OUTPUTS are training's ModelOutputs._fields: base.py asserts they agree ----
+INPUT = "image"
+ANOMALY_MAP, IMAGE_SCORE = OUTPUTS = ("anomaly_map", "image_score")
+QUERIES, GUIDE, KNN_SQDIST, BANK = "queries", "guide", "knn_sqdist", "bank"  # the split graphs' tensors
+
+
+def key(name: str) -> str:
+    """The metadata key of ``name``: "threshold" -> "protospect.threshold"."""
+    return PREFIX + name
+
+
+# ---- every protospect.* metadata key a graph carries ----
+KEY_FORMAT_VERSION = key("format_version")
+KEY_METHOD = key("method")
+KEY_PRESET = key("preset")
+KEY_INPUT_LAYOUT = key("input_layout")
+KEY_INPUT_SIZE = key("input_size")
+KEY_MEAN = key("mean")
+KEY_STD = key("std")
+KEY_THRESHOLD = key("threshold")
+KEY_MAP_RANGE = key("map_range")
+KEY_ARTIFACT_SHA256 = key("artifact_sha256")
+KEY_PRECISION = key("precision")
+KEY_GRAPH = key("graph")
+KEY_BANK_SHA256 = key("bank_sha256")
+METADATA_HASH = key("metadata_sha256")  # {key: sha256(value)[:16]} of every other protospect.* key
+
+PRECISIONS = ("fp32", "fp16", "int8")
+GRAPHS = ("full", "features", "head")
+
+# ---- the engine sidecar (contracts 7): <engine>.json next to the engine ----
+SIDECAR_REQUIRED = ("tensorrt_version", "compute_capability", "onnx_metadata", "engine_sha256")
+
+
+def sidecar_path(engine_path) -> Path:
+    """Where build-engine writes, and every reader looks for, an engine's sidecar."""
+    return Path(str(engine_path) + ".json")
+
+
+def version_key(version, parts: int = 3) -> tuple[int, ...]:
+    """"10.3.0.30" -> (10, 3, 0) (engines are tied to major.minor.patch of TensorRT); a piece like "3rc1"
+    counts its digits; ``parts`` = 2 gives (major, minor)."""
+    out = []
+    for piece in str(version).split(".")[:parts]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        out.append(int(digits) if digits else 0)
+    return tuple(out + [0] * (parts - len(out)))
+
+
+def normalise_cc(cc) -> str:
+    """8.7, "8.7", [8, 7], "sm_87" -> "8.7"."""
+    if isinstance(cc, (list, tuple)):
+        return f"{int(cc[0])}.{int(cc[1])}"
+    text = str(cc).strip().lower().replace("sm_", "")
+    if "." not in text and text.isdigit() and len(text) >= 2:
+        text = f"{text[:-1]}.{text[-1]}"
+    return text
 
 
 def check_contract(props: dict, where) -> None:
@@ -25,13 +83,13 @@ def check_contract(props: dict, where) -> None:
     """
     if not props:
         raise ArtifactError(f"{where} carries no protospect.* metadata; export it with `protospect export`")
-    for key, want in (("format_version", FORMAT_VERSION), ("input_layout", INPUT_LAYOUT)):
-        found = props.get(PREFIX + key, props.get(key))
+    for name, want in (("format_version", FORMAT_VERSION), ("input_layout", INPUT_LAYOUT)):
+        found = props.get(key(name), props.get(name))
         if found is None:
-            raise ArtifactError(f"{where} lacks {PREFIX}{key} ({key} none but this protospect reads {want!r}); "
+            raise ArtifactError(f"{where} lacks {key(name)} ({name} none but this protospect reads {want!r}); "
                                 "it was not written by `protospect export` (re-export the artifact)")
         if str(found) != want:
-            raise ArtifactError(f"{where} has {PREFIX}{key} {str(found)!r} but this protospect reads {want!r}; "
+            raise ArtifactError(f"{where} has {key(name)} {str(found)!r} but this protospect reads {want!r}; "
                                 "re-export it with this protospect (`protospect export`)")
     check_metadata_hash(props, where)
 
@@ -40,7 +98,7 @@ def _prefixed(props: dict) -> dict[str, str]:
     """The protospect.* keys of ``props``; a dict written without the prefix counts whole (check_contract's rule)."""
     if any(k.startswith(PREFIX) for k in props):
         return {k: str(v) for k, v in props.items() if k.startswith(PREFIX)}
-    return {PREFIX + k: str(v) for k, v in props.items()}
+    return {key(k): str(v) for k, v in props.items()}
 
 
 def metadata_sha256(props: dict) -> str:

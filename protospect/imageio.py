@@ -20,6 +20,10 @@ import numpy as np  # noqa: E402
 
 from protospect.errors import DataError  # noqa: E402
 
+# the image files every command reads (train/eval folders, export --int8-calib-images, serve/register folders,
+# textures): one set, so a folder one command replays is one the others accept
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"})
+
 log = logging.getLogger(__name__)
 if not _USER_CV_LOG_LEVEL and hasattr(cv2, "setLogLevel"):  # cv2 may have been imported before this module
     cv2.setLogLevel(2)  # LOG_LEVEL_ERROR

@@ -10,11 +10,11 @@ import math
 
 import onnx
 
-from protospect.contract import FORMAT_VERSION, INPUT_LAYOUT, METADATA_HASH, with_metadata_hash
+from protospect.contract import (FORMAT_VERSION, GRAPHS, INPUT_LAYOUT, KEY_ARTIFACT_SHA256, KEY_FORMAT_VERSION, KEY_GRAPH,
+                                 KEY_INPUT_LAYOUT, KEY_INPUT_SIZE, KEY_MAP_RANGE, KEY_MEAN, KEY_METHOD, KEY_PRECISION,
+                                 KEY_PRESET, KEY_STD, KEY_THRESHOLD, METADATA_HASH, PREFIX, PRECISIONS, key,
+                                 with_metadata_hash)
 from protospect.errors import ArtifactError
-
-PRECISIONS = ("fp32", "fp16", "int8")
-GRAPHS = ("full", "features", "head")
 
 
 def input_size_of(meta: dict) -> int:
@@ -32,9 +32,9 @@ def input_size_of(meta: dict) -> int:
 def input_size_of_props(props: dict[str, str], where="the graph") -> int:
     """S from a graph's protospect.input_size ("[S, S]")."""
     try:
-        h, w = json.loads(props["protospect.input_size"])
+        h, w = json.loads(props[KEY_INPUT_SIZE])
     except (KeyError, ValueError, TypeError) as err:
-        raise ArtifactError(f"{where} has no valid protospect.input_size metadata; export it with `protospect export`") from err
+        raise ArtifactError(f"{where} has no valid {KEY_INPUT_SIZE} metadata; export it with `protospect export`") from err
     if h != w:
         raise ArtifactError(f"{where} input size {h}x{w} is not square")
     return int(h)
@@ -55,21 +55,21 @@ def build_metadata(meta: dict, calibration: dict, *, artifact_sha256: str, preci
     if not math.isfinite(float(calibration["threshold"])):
         raise ArtifactError(f"model calibration threshold {calibration['threshold']} is not finite; re-train the artifact")
     props = {
-        "protospect.format_version": FORMAT_VERSION,
-        "protospect.method": str(meta.get("method", "")),
-        "protospect.preset": str(meta.get("preset", "")),
-        "protospect.input_layout": INPUT_LAYOUT,
-        "protospect.input_size": json.dumps([size, size]),
-        "protospect.mean": json.dumps([float(v) for v in meta["mean"]]),
-        "protospect.std": json.dumps([float(v) for v in meta["std"]]),
-        "protospect.threshold": repr(float(calibration["threshold"])),
-        "protospect.map_range": json.dumps([lo, hi]),
-        "protospect.artifact_sha256": artifact_sha256,
-        "protospect.precision": precision,
-        "protospect.graph": graph,
+        KEY_FORMAT_VERSION: FORMAT_VERSION,
+        KEY_METHOD: str(meta.get("method", "")),
+        KEY_PRESET: str(meta.get("preset", "")),
+        KEY_INPUT_LAYOUT: INPUT_LAYOUT,
+        KEY_INPUT_SIZE: json.dumps([size, size]),
+        KEY_MEAN: json.dumps([float(v) for v in meta["mean"]]),
+        KEY_STD: json.dumps([float(v) for v in meta["std"]]),
+        KEY_THRESHOLD: repr(float(calibration["threshold"])),
+        KEY_MAP_RANGE: json.dumps([lo, hi]),
+        KEY_ARTIFACT_SHA256: artifact_sha256,
+        KEY_PRECISION: precision,
+        KEY_GRAPH: graph,
     }
-    for key, value in (extra or {}).items():
-        props[f"protospect.{key}"] = value if isinstance(value, str) else json.dumps(value)
+    for name, value in (extra or {}).items():
+        props[key(name)] = value if isinstance(value, str) else json.dumps(value)
     return props
 
 
@@ -78,15 +78,15 @@ def set_metadata(model: onnx.ModelProto, props: dict[str, str]) -> onnx.ModelPro
     protospect.metadata_sha256 over the resulting protospect.* keys (docs/contracts.md 6)."""
     kept = [(p.key, p.value) for p in model.metadata_props if p.key not in props and p.key != METADATA_HASH]
     merged = dict(kept + sorted(props.items()))
-    hashed = with_metadata_hash({k: v for k, v in merged.items() if k.startswith("protospect.")})
+    hashed = with_metadata_hash({k: v for k, v in merged.items() if k.startswith(PREFIX)})
     merged[METADATA_HASH] = hashed[METADATA_HASH]
     del model.metadata_props[:]
-    for key, value in list(merged.items()):
+    for name, value in list(merged.items()):
         entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
+        entry.key, entry.value = name, value
     return model
 
 
 def read_metadata(model: onnx.ModelProto) -> dict[str, str]:
     """The protospect.* props of a graph."""
-    return {p.key: p.value for p in model.metadata_props if p.key.startswith("protospect.")}
+    return {p.key: p.value for p in model.metadata_props if p.key.startswith(PREFIX)}

@@ -16,6 +16,7 @@ import sys
 import threading
 from pathlib import Path
 
+from protospect.contract import KEY_THRESHOLD
 from protospect.errors import ConfigError
 from protospect.runtime import line_threshold, station_bundle
 from protospect.runtime.backends import CHOICES, select_backend
@@ -66,7 +67,7 @@ def use_threshold(backend, spec: str | None, station: dict | None = None) -> Non
     backend.info = line_threshold.apply(backend.info, spec)
     if spec is not None:
         log.info("threshold %.6g (%s); the model's own is %s", backend.info.threshold, backend.info.threshold_source,
-                 backend.info.props.get("protospect.threshold", "?"))
+                 backend.info.props.get(KEY_THRESHOLD, "?"))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

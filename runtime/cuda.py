@@ -19,6 +19,7 @@ import numpy as np
 
 from protospect._optional import require
 from protospect.errors import CudaError
+from protospect.gpu import from_properties
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +188,5 @@ class Event:
 
 def device_identity(device: int = 0) -> tuple[str, str]:
     """(GPU name, compute capability "major.minor") of ``device``, for the engine sidecar check."""
-    props = check(cudart().cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
-    name = props.name.decode(errors="replace").rstrip("\x00") if isinstance(props.name, bytes) else str(props.name)
-    return name, f"{props.major}.{props.minor}"
+    gpu = from_properties(check(cudart().cudaGetDeviceProperties(device), "cudaGetDeviceProperties"))
+    return gpu.name, gpu.compute_capability

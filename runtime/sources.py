@@ -38,7 +38,7 @@ import numpy as np
 
 from protospect._optional import require
 from protospect.errors import DataError, SourceError
-from protospect.imageio import decode_bytes
+from protospect.imageio import IMAGE_SUFFIXES, decode_bytes
 from protospect.runtime.frames import LatestFrameQueue, stamp
 from protospect.runtime.pixel_formats import genicam_to_rgb
 
@@ -46,7 +46,6 @@ log = logging.getLogger(__name__)
 
 IDLE = object()  # read(): no frame yet, the source is fine (keep waiting; check for stop)
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 GLOB_CHARS = set("*?[")
 URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S*$")  # scheme://... with no spaces (a pipeline has them)
 

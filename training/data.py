@@ -18,11 +18,9 @@ from typing import NamedTuple
 import numpy as np
 
 from protospect.errors import ConfigError, DataError
-from protospect.imageio import read_mask, read_rgb, resize_mask, resize_square
+from protospect.imageio import IMAGE_SUFFIXES, read_mask, read_rgb, resize_mask, resize_square
 
 log = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
 
 class TestItem(NamedTuple):

@@ -17,9 +17,9 @@ import cv2
 import numpy as np
 
 from protospect.errors import DataError
-from protospect.imageio import read_rgb, resize_square
+from protospect.imageio import IMAGE_SUFFIXES, read_rgb, resize_square
 
-TEXTURE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+TEXTURE_SUFFIXES = IMAGE_SUFFIXES
 
 
 # ---------------------------------------------------------------- Perlin mask
@@ -172,7 +172,7 @@ class TextureFolder:
             raise DataError(f"texture folder not found: {self.folder} (pass a folder of texture images, e.g. DTD)")
         self.files = sorted(p for p in self.folder.rglob("*") if p.suffix.lower() in TEXTURE_SUFFIXES)
         if not self.files:
-            raise DataError(f"no images ({', '.join(TEXTURE_SUFFIXES)}) under texture folder {self.folder}")
+            raise DataError(f"no images ({', '.join(sorted(TEXTURE_SUFFIXES))}) under texture folder {self.folder}")
         self._cache: dict[tuple[int, int], np.ndarray] = {}
 
     def __len__(self) -> int:

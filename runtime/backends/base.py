@@ -14,6 +14,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from protospect.contract import ANOMALY_MAP, IMAGE_SCORE
 from protospect.errors import ArtifactError, ConfigError
 from protospect.runtime.model_info import ModelInfo
 
@@ -24,7 +25,7 @@ BANK_INPUT_HINT = ("it takes the prototype bank as input 'bank' (exported with -
 def check_output_shapes(shapes: dict, size: int, where: str) -> None:
     """anomaly_map [1,1,S,S] and image_score [1] (contract 6), checked at load so a wrong graph fails
     here and not with a reshape error on the first frame. Dynamic dims (not a non-negative int) pass."""
-    for name, want in (("anomaly_map", (1, 1, size, size)), ("image_score", (1,))):
+    for name, want in ((ANOMALY_MAP, (1, 1, size, size)), (IMAGE_SCORE, (1,))):
         got = shapes.get(name)
         if got is None:
             continue

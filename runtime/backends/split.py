@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from protospect.contract import bank_sha256
+from protospect.contract import ANOMALY_MAP, GUIDE, IMAGE_SCORE, INPUT, KEY_BANK_SHA256, KNN_SQDIST, QUERIES, bank_sha256, sidecar_path
 from protospect.errors import ArtifactError
 from protospect.runtime import cuda
 from protospect.runtime.backends.base import BackendBase, check_output_shapes
@@ -55,7 +55,7 @@ def check_pieces(features: ModelInfo, head: ModelInfo, bank: np.ndarray, folder:
         raise ArtifactError(f"{folder}: features and head graphs come from different artifacts (artifact_sha256 "
                             f"{features.artifact_sha256[:12]} vs {head.artifact_sha256[:12]}); "
                             "re-export the folder: protospect export ART --split --out DIR")
-    hashes = {name: info.props.get("protospect.bank_sha256") for name, info in (("features", features), ("head", head))}
+    hashes = {name: info.props.get(KEY_BANK_SHA256) for name, info in (("features", features), ("head", head))}
     if not any(hashes.values()):
         log.warning("%s: graphs carry no protospect.bank_sha256 (older export): bank.npy not checked", folder)
         return
@@ -103,10 +103,10 @@ class SplitOrtBackend(BackendBase):
         self.k = _split_k(self.info, self._bank, str(self.folder / "features.onnx"))
         f_out = {o.name for o in self._features.get_outputs()}
         h_in = {i.name for i in self._head.get_inputs()}
-        if "queries" not in f_out or "knn_sqdist" not in h_in:
+        if QUERIES not in f_out or KNN_SQDIST not in h_in:
             raise ArtifactError(f"{self.folder}: features.onnx must output 'queries' and head.onnx take 'knn_sqdist' "
                                 f"(have {sorted(f_out)} -> {sorted(h_in)})")
-        self._has_guide = "guide" in f_out and "guide" in h_in
+        self._has_guide = GUIDE in f_out and GUIDE in h_in
         check_output_shapes({o.name: o.shape for o in self._head.get_outputs()}, self.info.input_size,
                             str(self.folder / "head.onnx"))
         log.info("split path on CPU: features.onnx -> numpy top-%d over %d prototypes -> head.onnx%s",
@@ -117,18 +117,18 @@ class SplitOrtBackend(BackendBase):
 
     def infer_impl(self, image_u8: np.ndarray):
         t0 = time.perf_counter()
-        names = ["queries"] + (["guide"] if self._has_guide else [])
-        outs = dict(zip(names, self._features.run(names, {"image": image_u8[None]})))
-        queries = outs["queries"][0]
+        names = [QUERIES] + ([GUIDE] if self._has_guide else [])
+        outs = dict(zip(names, self._features.run(names, {INPUT: image_u8[None]})))
+        queries = outs[QUERIES][0]
         if queries.shape[-1] != self._bank.shape[1]:
             raise ArtifactError(f"{self.folder}: queries have D={queries.shape[-1]} but bank.npy has D={self._bank.shape[1]}")
         t1 = time.perf_counter()
         dist = np.asarray(self._knn(queries, self._bank, self.k), dtype=np.float32)[None]
         t2 = time.perf_counter()
-        feed = {"knn_sqdist": dist}
+        feed = {KNN_SQDIST: dist}
         if self._has_guide:
-            feed["guide"] = outs["guide"]
-        amap, score = self._head.run(["anomaly_map", "image_score"], feed)
+            feed[GUIDE] = outs[GUIDE]
+        amap, score = self._head.run([ANOMALY_MAP, IMAGE_SCORE], feed)
         t3 = time.perf_counter()
         self.last_stage_ms = {"features": (t1 - t0) * 1e3, "topk": (t2 - t1) * 1e3, "head": (t3 - t2) * 1e3}
         return amap, score
@@ -153,7 +153,7 @@ class SplitTrtBackend(BackendBase):
         self.k = 0
 
     def activate(self) -> None:
-        from protospect.runtime.backends.trt import INPUT, TrtEngine, load_sidecar, sidecar_path
+        from protospect.runtime.backends.trt import TrtEngine, load_sidecar
 
         missing = [f for f in FILES_GPU if not (self.folder / f).is_file()]
         if missing:
@@ -169,31 +169,31 @@ class SplitTrtBackend(BackendBase):
         s = self.info.input_size
         try:
             self._stream = cuda.Stream()
-            self._features = TrtEngine(f_path, {INPUT: (1, s, s, 3)}, ("queries",), optional_outputs=("guide",))
+            self._features = TrtEngine(f_path, {INPUT: (1, s, s, 3)}, (QUERIES,), optional_outputs=(GUIDE,))
             self._features.load()
-            q = self._features.plan["queries"]
+            q = self._features.plan[QUERIES]
             n, d = int(q.shape[1]), int(q.shape[2])
             if d != bank.shape[1]:
                 raise ArtifactError(f"{f_path}: queries have D={d} but bank.npy has D={bank.shape[1]}")
-            head_inputs = {"knn_sqdist": (1, n, self.k)}
-            if "guide" in self._features.plan:
-                head_inputs["guide"] = self._features.plan["guide"].shape
-            self._head = TrtEngine(h_path, head_inputs, ("anomaly_map", "image_score"))
+            head_inputs = {KNN_SQDIST: (1, n, self.k)}
+            if GUIDE in self._features.plan:
+                head_inputs[GUIDE] = self._features.plan[GUIDE].shape
+            self._head = TrtEngine(h_path, head_inputs, (ANOMALY_MAP, IMAGE_SCORE))
             self._head.load()
-            check_output_shapes({n: self._head.plan[n].shape for n in ("anomaly_map", "image_score")}, s, str(h_path))
-            if self._head.plan["knn_sqdist"].dtype != np.float32:
+            check_output_shapes({n: self._head.plan[n].shape for n in (ANOMALY_MAP, IMAGE_SCORE)}, s, str(h_path))
+            if self._head.plan[KNN_SQDIST].dtype != np.float32:
                 raise ArtifactError(f"{h_path}: input knn_sqdist must be float32 (the kernel writes float32); "
                                     "export the head with fp32 I/O (keep_io_types)")
-            if "guide" in head_inputs:  # the head reads the guide where the features engine wrote it
-                self._head.bind("guide", self._features.buffers["guide"].ptr)
+            if GUIDE in head_inputs:  # the head reads the guide where the features engine wrote it
+                self._head.bind(GUIDE, self._features.buffers[GUIDE].ptr)
             if q.dtype not in (np.float16, np.float32):
                 raise ArtifactError(f"{f_path}: queries are {q.dtype}; the top-k kernel takes float16 or float32")
             # The kernel owns its device copy of the bank, in the queries' dtype.
             self._topk = launcher.ProtoTopK(np.ascontiguousarray(bank, dtype=q.dtype))
             self._n = n
             self._pinned_in = cuda.PinnedBuffer(self._features.plan[INPUT].nbytes)
-            self._pinned_map = cuda.PinnedBuffer(self._head.plan["anomaly_map"].nbytes)
-            self._pinned_score = cuda.PinnedBuffer(self._head.plan["image_score"].nbytes)
+            self._pinned_map = cuda.PinnedBuffer(self._head.plan[ANOMALY_MAP].nbytes)
+            self._pinned_score = cuda.PinnedBuffer(self._head.plan[IMAGE_SCORE].nbytes)
             self._events = tuple(cuda.Event() for _ in range(4))
         except Exception:
             self.deactivate()
@@ -220,20 +220,20 @@ class SplitTrtBackend(BackendBase):
         f, h, stream = self._features, self._head, self._stream
         e0, e1, e2, e3 = self._events
         self._pinned_in.write(image_u8[None])
-        stream.upload(f.buffers["image"], self._pinned_in, f.plan["image"].nbytes)
+        stream.upload(f.buffers[INPUT], self._pinned_in, f.plan[INPUT].nbytes)
         e0.record(stream)
         f.enqueue(stream)
         e1.record(stream)
-        self._topk.run(f.buffers["queries"].ptr, self._n, self.k, h.buffers["knn_sqdist"].ptr, 0, stream.handle)
+        self._topk.run(f.buffers[QUERIES].ptr, self._n, self.k, h.buffers[KNN_SQDIST].ptr, 0, stream.handle)
         e2.record(stream)
         h.enqueue(stream)
         e3.record(stream)
-        stream.download(self._pinned_map, h.buffers["anomaly_map"], h.plan["anomaly_map"].nbytes)
-        stream.download(self._pinned_score, h.buffers["image_score"], h.plan["image_score"].nbytes)
+        stream.download(self._pinned_map, h.buffers[ANOMALY_MAP], h.plan[ANOMALY_MAP].nbytes)
+        stream.download(self._pinned_score, h.buffers[IMAGE_SCORE], h.plan[IMAGE_SCORE].nbytes)
         stream.synchronize()
         ms = cuda.Event.elapsed_ms
         self.last_stage_ms = {"features": ms(e0, e1), "topk": ms(e1, e2), "head": ms(e2, e3)}
         self.last_device_ms = ms(e0, e3)
-        amap = self._pinned_map.view(h.plan["anomaly_map"].dtype, h.plan["anomaly_map"].shape).astype(np.float32)
-        score = self._pinned_score.view(h.plan["image_score"].dtype, h.plan["image_score"].shape).astype(np.float32)
+        amap = self._pinned_map.view(h.plan[ANOMALY_MAP].dtype, h.plan[ANOMALY_MAP].shape).astype(np.float32)
+        score = self._pinned_score.view(h.plan[IMAGE_SCORE].dtype, h.plan[IMAGE_SCORE].shape).astype(np.float32)
         return amap, score

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from protospect._optional import require
+from protospect.contract import (ANOMALY_MAP, IMAGE_SCORE, INPUT, OUTPUTS, SIDECAR_REQUIRED, normalise_cc,
+                                 sidecar_path, version_key)
 from protospect.errors import ArtifactError, CudaError
 from protospect.runtime import cuda
 from protospect.runtime.backends.base import BANK_INPUT_HINT, BackendBase, check_output_shapes
@@ -25,15 +27,9 @@ from protospect.runtime.model_info import ModelInfo
 
 log = logging.getLogger(__name__)
 
-INPUT = "image"
-OUTPUTS = ("anomaly_map", "image_score")
 
 
 # ---- sidecar: which TensorRT and GPU built this engine -------------------------------------------
-
-def sidecar_path(engine_path: Path) -> Path:
-    return Path(str(engine_path) + ".json")
-
 
 def load_sidecar(engine_path: Path) -> dict:
     path = sidecar_path(engine_path)
@@ -44,7 +40,7 @@ def load_sidecar(engine_path: Path) -> dict:
         sidecar = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise ArtifactError(f"engine sidecar {path} is not valid JSON: {err}") from err
-    missing = [k for k in ("tensorrt_version", "compute_capability", "onnx_metadata", "engine_sha256") if k not in sidecar]
+    missing = [k for k in SIDECAR_REQUIRED if k not in sidecar]
     if missing:
         raise ArtifactError(f"engine sidecar {path} lacks {', '.join(missing)}; rebuild with `protospect build-engine`")
     return sidecar
@@ -58,30 +54,11 @@ def check_engine_bytes(sidecar: dict, data: bytes, where: str) -> None:
                             "replaced after `protospect build-engine` (e.g. by trtexec); rebuild it with build-engine")
 
 
-def _version_key(version: str) -> tuple[int, ...]:
-    """"10.3.0.30" -> (10, 3, 0): engines are tied to major.minor.patch of TensorRT."""
-    parts = []
-    for piece in str(version).split(".")[:3]:
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        parts.append(int(digits) if digits else 0)
-    return tuple(parts + [0] * (3 - len(parts)))
-
-
-def normalise_cc(cc) -> str:
-    """8.7, "8.7", [8, 7], "sm_87" -> "8.7"."""
-    if isinstance(cc, (list, tuple)):
-        return f"{int(cc[0])}.{int(cc[1])}"
-    text = str(cc).strip().lower().replace("sm_", "")
-    if "." not in text and text.isdigit() and len(text) >= 2:
-        text = f"{text[:-1]}.{text[-1]}"
-    return text
-
-
 def check_sidecar(sidecar: dict, trt_version: str, compute_capability, where: str) -> None:
     """Refuse an engine built by another TensorRT version or for another GPU architecture."""
     built_trt, built_cc = str(sidecar["tensorrt_version"]), normalise_cc(sidecar["compute_capability"])
     here_cc = normalise_cc(compute_capability)
-    if _version_key(built_trt) != _version_key(trt_version):
+    if version_key(built_trt) != version_key(trt_version):
         raise ArtifactError(f"{where} was built with TensorRT {built_trt} but this is TensorRT {trt_version}; "
                             "rebuild it here: protospect build-engine MODEL.onnx (or use --backend ort with the ONNX)")
     if built_cc != here_cc:
@@ -235,8 +212,8 @@ class TrtBackend(BackendBase):
             check_output_shapes({n: plan[n].shape for n in OUTPUTS}, s, str(self.path))
             self._stream = cuda.Stream()
             self._pinned_in = cuda.PinnedBuffer(plan[INPUT].nbytes)
-            self._pinned_map = cuda.PinnedBuffer(plan["anomaly_map"].nbytes)
-            self._pinned_score = cuda.PinnedBuffer(plan["image_score"].nbytes)
+            self._pinned_map = cuda.PinnedBuffer(plan[ANOMALY_MAP].nbytes)
+            self._pinned_score = cuda.PinnedBuffer(plan[IMAGE_SCORE].nbytes)
             self._events = (cuda.Event(), cuda.Event())
         except Exception:
             self.deactivate()
@@ -267,12 +244,12 @@ class TrtBackend(BackendBase):
         start.record(stream)
         self._engine.enqueue(stream)
         end.record(stream)
-        stream.download(self._pinned_map, bufs["anomaly_map"], plan["anomaly_map"].nbytes)
-        stream.download(self._pinned_score, bufs["image_score"], plan["image_score"].nbytes)
+        stream.download(self._pinned_map, bufs[ANOMALY_MAP], plan[ANOMALY_MAP].nbytes)
+        stream.download(self._pinned_score, bufs[IMAGE_SCORE], plan[IMAGE_SCORE].nbytes)
         stream.synchronize()
         self.last_device_ms = cuda.Event.elapsed_ms(start, end)
-        amap = self._pinned_map.view(plan["anomaly_map"].dtype, plan["anomaly_map"].shape).astype(np.float32)
-        score = self._pinned_score.view(plan["image_score"].dtype, plan["image_score"].shape).astype(np.float32)
+        amap = self._pinned_map.view(plan[ANOMALY_MAP].dtype, plan[ANOMALY_MAP].shape).astype(np.float32)
+        score = self._pinned_score.view(plan[IMAGE_SCORE].dtype, plan[IMAGE_SCORE].shape).astype(np.float32)
         return amap, score  # astype copies: the pinned buffers are reused by the next frame
 
     def describe(self) -> dict:

@@ -19,7 +19,7 @@ from onnx import TensorProto, helper
 
 from protospect.errors import ArtifactError, EngineBuildError
 from protospect import metadata
-from protospect.export.gpu_info import GpuInfo
+from protospect.gpu import GpuInfo
 from protospect.contract import bank_sha256, with_metadata_hash
 from protospect.metadata import set_metadata
 from protospect.export.trt_builder import engine_from_onnx, network_flags
@@ -256,7 +256,7 @@ def test_refuses_onnx_without_protospect_metadata(tmp_path):
 def test_cli_next_step_only_offers_serve_for_servable_graphs(tmp_path, monkeypatch, capsys, inputs, says, never):
     import sys
 
-    import protospect.export.gpu_info as gpu_info
+    import protospect.gpu as gpu_info
     from protospect.cli import main
 
     monkeypatch.setitem(sys.modules, "tensorrt", FakeTrt())

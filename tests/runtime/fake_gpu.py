@@ -228,5 +228,7 @@ def write_fake_engine(engine_path, onnx_path, *, trt_version="10.3.0.30", cc="8.
     meta = dict(ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map)
     sidecar = {"tensorrt_version": trt_version, "gpu_name": "Fake Orin", "compute_capability": cc,
                "onnx_sha256": "", "onnx_metadata": meta}
-    engine_path.with_name(engine_path.name + ".json").write_text(json.dumps(sidecar))
+    from protospect.contract import sidecar_path
+
+    sidecar_path(engine_path).write_text(json.dumps(sidecar))
     return engine_path

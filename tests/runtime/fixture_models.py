@@ -49,23 +49,19 @@ def reference_rgb(size: int, frame_size=(160, 120)) -> np.ndarray:
 
 
 def _meta(model: onnx.ModelProto, props: dict) -> None:
-    """Set the graph's metadata as export does: protospect.metadata_sha256 over the protospect.* keys given."""
-    from protospect.contract import with_metadata_hash
+    """Set the graph's metadata as export does (protospect.metadata.set_metadata: metadata_sha256 over the keys)."""
+    from protospect.metadata import set_metadata
 
-    props = with_metadata_hash({k: v if isinstance(v, str) else json.dumps(v) for k, v in props.items()})
-    for k, v in props.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = k, v if isinstance(v, str) else json.dumps(v)
+    set_metadata(model, {k: v if isinstance(v, str) else json.dumps(v) for k, v in props.items()})
 
 
 def contract_props(size: int, threshold: float, map_range, graph: str = "full", **extra) -> dict:
-    props = {"protospect.format_version": "1", "protospect.method": "refdiff", "protospect.preset": "test",
-             "protospect.input_layout": "NHWC-uint8-RGB", "protospect.input_size": f"[{size}, {size}]",
-             "protospect.mean": "[0.0, 0.0, 0.0]", "protospect.std": "[1.0, 1.0, 1.0]",
-             "protospect.threshold": repr(float(threshold)), "protospect.map_range": json.dumps([float(x) for x in map_range]),
-             "protospect.artifact_sha256": "0" * 64, "protospect.precision": "fp32", "protospect.graph": graph}
-    props.update({f"protospect.{k}": v if isinstance(v, str) else json.dumps(v) for k, v in extra.items()})
-    return props
+    """The protospect.* props export writes (protospect.metadata.build_metadata), for a refdiff model."""
+    from protospect.metadata import build_metadata
+
+    meta = {"method": "refdiff", "preset": "test", "input_size": size, "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
+    calibration = {"threshold": float(threshold), "map_range": [float(x) for x in map_range]}
+    return build_metadata(meta, calibration, artifact_sha256="0" * 64, graph=graph, extra=extra)
 
 
 def _normalised_nchw_nodes(size: int, ref_rgb: np.ndarray):

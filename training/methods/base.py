@@ -5,12 +5,18 @@ from typing import NamedTuple
 
 import torch
 
+from protospect import contract
+
 
 class ModelOutputs(NamedTuple):
     """Field names become the ONNX output names (docs/contracts.md section 6)."""
 
     anomaly_map: torch.Tensor  # (B, 1, S, S) float32, higher = more anomalous, already blurred
     image_score: torch.Tensor  # (B,) float32, max of anomaly_map; NG when >= calibration["threshold"]
+
+
+# the core names the graph's outputs (export writes, the torch-free runtime reads them); the fields must be them
+assert ModelOutputs._fields == contract.OUTPUTS, (ModelOutputs._fields, contract.OUTPUTS)
 
 
 def model_meta(method: str, preset: str, backbone_name: str, input_size: int, spec, config: dict, **extra) -> dict:

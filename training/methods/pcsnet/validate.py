@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from protospect.imageio import read_rgb, resize_square
+from protospect.training.cli_train import parse_settings
 from protospect.training.data import MVTecCategory, sample_shots
 from protospect.training.metrics import image_auroc, pixel_auroc
 from protospect.training.synthesis import make_pseudo_anomaly, nsa_params_for, object_mask
@@ -30,11 +31,8 @@ VAL_SEED = 424242  # the validation defects' own stream, unrelated to training's
 
 
 def _parse_set(items):
-    out = {}
-    for item in items or []:
-        key, _, value = item.partition("=")
-        out[key] = json.loads(value) if value[:1] in "[{0123456789-" or value in ("true", "false", "null") else value
-    return out
+    """--set KEY=VALUE (append, None when absent) through train's one parser; the studies import this name."""
+    return parse_settings(items or [])
 
 
 def planted_sets(normals, category, textures):

@@ -1,4 +1,9 @@
-"""Name and compute capability of the GPU an engine is built on (for the engine sidecar)."""
+"""The GPU identity query, once: name and compute capability of a CUDA device.
+
+build-engine writes them into the engine sidecar, the TensorRT backend checks the sidecar against them
+(runtime/cuda.py's device_identity) and the kernel launcher picks its cubin architecture from them
+(cpp_ext/launcher.py). cuda-python is optional: imported only when asked.
+"""
 from __future__ import annotations
 
 import shutil
@@ -13,6 +18,18 @@ class GpuInfo:
     name: str
     compute_capability: str  # "8.7"
 
+    @property
+    def major_minor(self) -> tuple[int, int]:
+        major, minor = self.compute_capability.split(".")
+        return int(major), int(minor)
+
+
+def from_properties(props) -> GpuInfo:
+    """GpuInfo from a cudaGetDeviceProperties result (cuda-python's cudaDeviceProp or a fake with
+    name/major/minor)."""
+    name = props.name.decode(errors="replace") if isinstance(props.name, bytes) else str(props.name)
+    return GpuInfo(name.rstrip("\x00").strip(), f"{int(props.major)}.{int(props.minor)}")
+
 
 def current_gpu(device: int = 0) -> GpuInfo:
     """cuda-python when installed (works on Jetson), else nvidia-smi; CudaError when neither answers."""
@@ -23,8 +40,7 @@ def current_gpu(device: int = 0) -> GpuInfo:
     if runtime is not None:
         err, prop = runtime.cudaGetDeviceProperties(device)
         if int(err) == 0:
-            name = prop.name.decode(errors="replace") if isinstance(prop.name, bytes) else str(prop.name)
-            return GpuInfo(name.rstrip("\x00").strip(), f"{prop.major}.{prop.minor}")
+            return from_properties(prop)
     if shutil.which("nvidia-smi"):
         out = subprocess.run(["nvidia-smi", f"--id={device}", "--query-gpu=name,compute_cap", "--format=csv,noheader"],
                              capture_output=True, text=True, timeout=30)
