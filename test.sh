@@ -10,6 +10,13 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
     || echo "[test] chromium could not be installed: the live-page test will skip"
 fi
 
+# A real MQTT broker for the MQTT feed tests (Debian package; the tests start it on a free loopback port
+# and skip with the reason if this fails).
+if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null) \
+    || echo "[test] mosquitto could not be installed: the MQTT broker tests will skip"
+fi
+
 # The CUDA kernel must at least compile for Jetson Orin (sm_87) and Hopper (sm_90) where nvcc exists.
 if command -v nvcc >/dev/null 2>&1 && [ -f .ci/compile_kernel.sh ]; then
   bash .ci/compile_kernel.sh
