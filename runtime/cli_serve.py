@@ -7,6 +7,10 @@ latencies. Ctrl-C or SIGTERM stops after the current frame, flushes and prints s
 that cannot be written stops the run the same way, with exit code 1. With --view, when a finite source
 (file, folder) runs out, the page stays up with the last verdict until Ctrl-C / SIGTERM (one line says
 so); stopped by --max-frames, a signal or an error, serve exits at once, as it does without --view.
+
+Talking to the line (docs/integration.md; pip install 'protospect[line]'): --trigger plc --modbus HOST:PORT
+judges one fresh frame per PLC trigger over Modbus TCP; --mqtt mqtt://HOST:PORT/PREFIX feeds every verdict
+to a broker (needs --sink: the outage spool lives there). Without these flags serve is unchanged.
 """
 from __future__ import annotations
 
@@ -80,6 +84,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--drift-window", type=int, default=DEFAULT_WINDOW, metavar="N",
                         help=f"drift watch over the last N OK/REVIEW scores (default {DEFAULT_WINDOW}; 0: off); needs "
                              "thresholds from a conformal file or a station bundle")
+    line = parser.add_argument_group("line I/O (docs/integration.md)")
+    line.add_argument("--trigger", choices=("free", "plc"), default="free",
+                      help="free: judge every frame (default); plc: one fresh frame per PLC trigger (needs --modbus)")
+    line.add_argument("--modbus", default=None, metavar="[HOST]:PORT",
+                      help="Modbus TCP server for the PLC handshake, e.g. 127.0.0.1:5020 (no authentication)")
+    line.add_argument("--mqtt", default=None, metavar="mqtt://HOST:PORT/PREFIX",
+                      help="publish every verdict to PREFIX/<station>/verdict (QoS 1); needs --sink for the spool")
+    line.add_argument("--station", default=None, help="station name in the MQTT topics (default: the host name)")
+    line.add_argument("--mqtt-spool-mb", type=float, default=64, help="bound of the MQTT outage spool (default 64 MB)")
 
 
 def check_common(args: argparse.Namespace) -> None:
@@ -129,13 +142,32 @@ def keep_page_up(view: OperatorView) -> None:
             pass
 
 
+def check_line(args: argparse.Namespace) -> None:
+    """The line flags, checked before anything opens (one-line ConfigError)."""
+    if getattr(args, "modbus", None) is not None:
+        from protospect.runtime.line.modbus import parse_modbus
+        parse_modbus(args.modbus)
+        if args.trigger != "plc":
+            raise ConfigError("--modbus carries the PLC trigger handshake: add --trigger plc")
+    if getattr(args, "trigger", "free") == "plc" and getattr(args, "modbus", None) is None:
+        raise ConfigError("--trigger plc needs a way for the PLC to trigger: --modbus HOST:PORT")
+    if getattr(args, "mqtt", None) is not None:
+        from protospect.runtime.line.mqtt import parse_mqtt
+        parse_mqtt(args.mqtt)
+        if args.sink is None:
+            raise ConfigError("--mqtt needs --sink DIR (the spool for broker outages lives there)")
+        if not args.mqtt_spool_mb > 0:
+            raise ConfigError(f"--mqtt-spool-mb {args.mqtt_spool_mb}: must be > 0")
+
+
 def run(args: argparse.Namespace) -> int:
     check_common(args)
+    check_line(args)
     if args.drift_window < 0:
         raise ConfigError(f"--drift-window {args.drift_window}: must be >= 0 (0: off)")
     backend, station = open_backend(args)
     source = open_source(args.source, loop=args.loop)
-    view = None
+    view = modbus = None
     try:
         with backend:
             use_threshold(backend, args.threshold, station)
@@ -149,9 +181,19 @@ def run(args: argparse.Namespace) -> int:
                 view = OperatorView(host=host, port=port, threshold=info.threshold, map_range=info.map_range,
                                     backend=backend.name, review_threshold=info.review_threshold).start()
                 sinks.append(view)
+            handshake = None
+            if getattr(args, "trigger", "free") == "plc":
+                from protospect.runtime.line.handshake import Handshake
+                from protospect.runtime.line.modbus import ModbusAdapter, parse_modbus
+                handshake = Handshake()
+                modbus = ModbusAdapter(handshake, *parse_modbus(args.modbus)).start()
+            if getattr(args, "mqtt", None) is not None:
+                from protospect.runtime.line.mqtt import MqttSink
+                sinks.append(MqttSink(args.mqtt, args.sink, station=args.station,
+                                      max_spool_bytes=int(args.mqtt_spool_mb * (1 << 20))))
             drift = make_drift_watch(info, args.drift_window)
             pipeline = Pipeline(backend, source, sinks, queue_size=args.queue_size, max_frames=args.max_frames,
-                                progress=sys.stderr.isatty(), drift=drift)
+                                progress=sys.stderr.isatty(), drift=drift, trigger=handshake)
             signalled = _Signalled(pipeline)
             with stop_on_signals(signalled):
                 report = pipeline.run()
@@ -170,4 +212,6 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if view is not None:
             view.stop()
+        if modbus is not None:
+            modbus.stop()
     return code

@@ -1,0 +1,82 @@
+"""serve's line flags: bad combinations, a malformed MQTT URL and a Modbus port in use are one-line errors
+before anything runs; serve --trigger plc --modbus answers triggers end to end (pymodbus' client)."""
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+
+import pytest
+
+from protospect.cli import main
+
+
+def _err(capsys, argv):
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, err
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--trigger", "plc"], "--trigger plc needs"),
+    (["--modbus", ":5020"], "add --trigger plc"),
+    (["--trigger", "plc", "--modbus", "nope"], "--modbus nope"),
+    (["--mqtt", "mqtt://h:1883/p"], "--mqtt needs --sink"),
+    (["--mqtt", "mqtt://h:1883/#", "--sink", "X"], "--mqtt mqtt://h:1883/#"),
+])
+def test_bad_line_flags_are_one_line_errors(fx, capsys, tmp_path, extra, needle):
+    extra = [str(tmp_path) if a == "X" else a for a in extra]
+    code, err = _err(capsys, ["serve", str(fx.model), "--source", str(fx.video), *extra])
+    assert code != 0 and len(err) == 1 and needle in err[0], err
+
+
+def test_modbus_port_in_use_is_one_line(fx, capsys, tmp_path):
+    pytest.importorskip("pymodbus", reason="pymodbus not installed (pip install 'protospect[line]')")
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        code, err = _err(capsys, ["serve", str(fx.model), "--source", str(fx.video), "--sink", str(tmp_path),
+                                  "--trigger", "plc", "--modbus", f"127.0.0.1:{port}"])
+    assert code != 0 and [line for line in err if "error" in line] == [err[-1]] and "in use" in err[-1]
+
+
+def test_serve_plc_over_modbus_end_to_end(fx, tmp_path):
+    pytest.importorskip("pymodbus", reason="pymodbus not installed (pip install 'protospect[line]')")
+    from pymodbus.client import ModbusTcpClient
+
+    from protospect.runtime.line import modbus
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = {}
+    argv = ["serve", str(fx.model), "--source", str(fx.video), "--loop", "--sink", str(tmp_path), "--trigger", "plc",
+            "--modbus", f"127.0.0.1:{port}", "--max-frames", "4", "--drift-window", "0"]
+    th = threading.Thread(target=lambda: out.setdefault("code", main(argv)), daemon=True)
+    th.start()
+    client = ModbusTcpClient("127.0.0.1", port=port, timeout=5)
+    t0 = time.monotonic()
+    while not client.connect() and time.monotonic() - t0 < 20:
+        time.sleep(0.1)
+    try:
+        for seq in (1, 2, 3):
+            t0 = time.monotonic()
+            while not client.read_discrete_inputs(0, count=modbus.N_DI).bits[modbus.DI_READY]:
+                assert time.monotonic() - t0 < 20
+                time.sleep(0.005)
+            client.write_coil(modbus.COIL_TRIGGER, True)
+            t0 = time.monotonic()
+            while not client.read_discrete_inputs(0, count=modbus.N_DI).bits[modbus.DI_RESULT_READY]:
+                assert time.monotonic() - t0 < 20
+                time.sleep(0.005)
+            assert client.read_input_registers(0, count=modbus.N_IR).registers[modbus.IR_SEQ] == seq
+            client.write_coil(modbus.COIL_ACK, True)
+        client.write_coil(modbus.COIL_TRIGGER, True)  # the 4th: serve stops after its verdict (--max-frames 4)
+    finally:
+        client.close()
+        th.join(30)
+    assert out.get("code") == 0
+    recs = [json.loads(line) for line in (tmp_path / "verdicts.jsonl").read_text().splitlines()]
+    assert [r["trigger_seq"] for r in recs] == [1, 2, 3, 4]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["trigger"]["trigger_count"] == 4
