@@ -10,265 +10,39 @@ and a caller-given CUDA stream, so the kernel can sit between two TensorRT engin
 
 Launch geometry and the workspace layout mirror ``proto_topk.cu`` (``launch`` and ``carve``); the
 tile sizes and shared-memory bytes are read from the compiled module (``proto_topk_config``), so
-they cannot drift from the kernel. Every CUDA/NVRTC call goes through ``check``.
+they cannot drift from the kernel. Every CUDA/NVRTC call goes through ``check``. The kernel's build and
+cubin cache live in kernel_build.py, the launch geometry and workspace layout in launch_plan.py (both
+re-exported here).
 """
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import logging
-import os
-import re
-from pathlib import Path
 
 import numpy as np
 
-from protospect._optional import require
-from protospect.cpp_ext.kernel_config import CONFIG, KERNEL_HEADERS
+from protospect.cpp_ext.kernel_build import SOURCE as SOURCE
+from protospect.cpp_ext.kernel_build import _bindings, _cached_cubin, check, kernel_arch
+from protospect.cpp_ext.kernel_build import build_defines as build_defines
+from protospect.cpp_ext.kernel_build import compile_cubin as compile_cubin
+from protospect.cpp_ext.kernel_build import compile_ptx as compile_ptx
+from protospect.cpp_ext.kernel_build import cuda_include_dirs as cuda_include_dirs
+from protospect.cpp_ext.kernel_build import kernel_headers as kernel_headers
+from protospect.cpp_ext.kernel_build import unavailable_reason as unavailable_reason
+from protospect.cpp_ext.kernel_config import CONFIG
 from protospect.cpp_ext.kernel_config import cand_cap as cand_cap
-from protospect.errors import ConfigError, CudaError
+from protospect.cpp_ext.launch_plan import _ceil_div, plan_splits, workspace_layout
+from protospect.cpp_ext.launch_plan import candidate_slots as candidate_slots
+from protospect.cpp_ext.launch_plan import effective_splits as effective_splits
+from protospect.cpp_ext.launch_plan import segment_length as segment_length
+from protospect.errors import ConfigError
 from protospect.gpu import from_properties
-from protospect.files import write_atomic
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("proto_topk.cuh")
 DTYPES = {"float32": 0, "float16": 1}
 MAX_K = CONFIG["kMaxK"]
-_WORKSPACE_ALIGN = CONFIG["kWorkspaceAlign"]
 _AUX_THREADS = CONFIG["kAuxThreads"]  # bank-norm and merge_min kernels
-_CACHE_DIR = Path(os.environ.get("PROTOSPECT_KERNEL_CACHE", Path.home() / ".cache" / "protospect" / "kernels"))
-
-
-def _bindings():
-    return (require("cuda.bindings.driver", "gpu"), require("cuda.bindings.runtime", "gpu"),
-            require("cuda.bindings.nvrtc", "gpu"))
-
-
-def check(result, what: str = "CUDA call"):
-    """Unpack cuda-python's ``(err, *values)``; raise CudaError naming the call on a non-zero code."""
-    if not isinstance(result, tuple):
-        result = (result,)
-    err, values = result[0], result[1:]
-    code = int(getattr(err, "value", err))
-    if code != 0:
-        name = getattr(err, "name", str(err))
-        raise CudaError(f"{what} failed: {name} ({code}); check the GPU with nvidia-smi/tegrastats and that "
-                        "the pointers and sizes passed to ProtoTopK are valid device memory")
-    if not values:
-        return None
-    return values[0] if len(values) == 1 else values
-
-
-# ---- NVRTC ----------------------------------------------------------------------------------------
-
-def kernel_arch(major: int, minor: int) -> str:
-    """The arch to compile the kernel for on a GPU of compute capability major.minor.
-
-    Hopper (9.0) gets "sm_90a": its arch-specific wgmma instructions run the fp16 tiles (plain
-    sm_90 code would fall back to mma.sync at about half the speed); every other GPU its own sm_XY.
-    """
-    return "sm_90a" if (major, minor) == (9, 0) else f"sm_{major}{minor}"
-
-
-def cuda_include_dirs() -> list[str]:
-    """Where cuda_fp16.h and mma.h live: $CUDA_HOME/include, /usr/local/cuda/include, or pip's nvidia headers."""
-    dirs = []
-    for env in ("CUDA_HOME", "CUDA_PATH"):
-        if os.environ.get(env):
-            dirs.append(os.path.join(os.environ[env], "include"))
-    dirs.append("/usr/local/cuda/include")
-    try:
-        from cuda import pathfinder  # noqa: PLC0415 (optional helper shipped with cuda-python)
-
-        found = pathfinder.find_nvidia_header_directory("cudart")
-        if found:
-            dirs.append(str(found))
-    except Exception:  # noqa: BLE001 (any failure just means one fewer place to look)
-        pass
-    return [d for d in dirs if os.path.isfile(os.path.join(d, "mma.h"))]
-
-
-def _out_buffer(size: int) -> bytes:
-    """A fresh bytes object for NVRTC to write into.
-
-    Never ``b" " * size``: for size 1 (an empty log) CPython hands back its cached single-byte
-    object, NVRTC overwrites that interpreter-wide singleton, and unrelated code breaks later
-    (seen: torch.load failing in the same process). Length >= 2 is always a new object.
-    """
-    return b"\0" * max(int(size), 2)
-
-
-def unavailable_reason() -> str | None:
-    """None when ProtoTopK can build its kernel here, else a one-line reason: cuda-python's driver and NVRTC
-    bindings import, the NVRTC library answers (cuda-python imports without it and fails on the first call),
-    and the CUDA headers NVRTC compiles against are found. Needs no GPU and creates no context (the runtime
-    asks before it picks the split-TensorRT path); a GPU the kernel cannot run on is found when ProtoTopK
-    opens."""
-    import importlib  # noqa: PLC0415
-
-    try:
-        importlib.import_module("cuda.bindings.driver")
-        nvrtc = importlib.import_module("cuda.bindings.nvrtc")
-    except ImportError as err:
-        return f"cuda-python's driver/NVRTC bindings do not import ({err}): pip install 'protospect[gpu]'"
-    try:
-        check(nvrtc.nvrtcVersion(), "nvrtcVersion")
-    except Exception as err:  # noqa: BLE001 (a missing libnvrtc surfaces as whatever the binding raises)
-        return f"the NVRTC library does not answer ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
-    if not cuda_include_dirs():
-        return "the CUDA headers (cuda_fp16.h) NVRTC compiles the kernel against are not found: set CUDA_HOME"
-    return None
-
-
-def compile_cubin(arch: str, source: str | None = None, extra_options: tuple[str, ...] = ()) -> bytes:
-    """NVRTC-compile the kernel source for ``arch`` (e.g. "sm_87", "sm_90a") and return the cubin.
-
-    Needs no GPU (NVRTC is a compiler library), so CPU machines can test it.
-    """
-    return _nvrtc(arch, source, extra_options, ptx=False)
-
-
-def compile_ptx(arch: str, source: str | None = None, extra_options: tuple[str, ...] = ()) -> str:
-    """The PTX NVRTC makes of the kernel source for ``arch`` ("compute_90a", ...): what the runtime's cubin is
-    built from, for inspection (tests run ptxas on it for register counts)."""
-    return _nvrtc(arch, source, extra_options, ptx=True).decode().rstrip("\x00")
-
-
-def _nvrtc(arch: str, source: str | None, extra_options: tuple[str, ...], ptx: bool) -> bytes:
-    _, _, nvrtc = _bindings()
-    source = SOURCE.read_text() if source is None else source
-    headers = kernel_headers()  # the headers proto_topk.cuh includes, handed over by name
-    includes = cuda_include_dirs()
-    if not includes:
-        raise ConfigError("cannot find the CUDA headers (mma.h, cuda_fp16.h) for NVRTC: set CUDA_HOME to the CUDA "
-                          "toolkit, or pip install 'nvidia-cuda-runtime' / 'cuda-toolkit[cudart]'")
-    prog = check(nvrtc.nvrtcCreateProgram(source.encode(), b"proto_topk.cuh", len(headers),
-                                                 [t.encode() for t in headers.values()],
-                                                 [n.encode() for n in headers]), "nvrtcCreateProgram")
-    try:
-        opts = [f"--gpu-architecture={arch}", "-std=c++17",
-                *[f"--include-path={d}" for d in includes], *extra_options]
-        opts = [o.encode() for o in opts]
-        (err,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
-        size = check(nvrtc.nvrtcGetProgramLogSize(prog), "nvrtcGetProgramLogSize")
-        text = _out_buffer(size)
-        check(nvrtc.nvrtcGetProgramLog(prog, text), "nvrtcGetProgramLog")
-        text = text[:size].decode(errors="replace").strip("\x00 \n")
-        if int(err) != 0:
-            raise CudaError(f"NVRTC could not compile {SOURCE.name} for {arch}:\n{text}")
-        if text:
-            log.warning("NVRTC messages for %s (%s):\n%s", SOURCE.name, arch, text)
-        get_size, get = (nvrtc.nvrtcGetPTXSize, nvrtc.nvrtcGetPTX) if ptx else (nvrtc.nvrtcGetCUBINSize,
-                                                                                nvrtc.nvrtcGetCUBIN)
-        size = check(get_size(prog), "nvrtcGetPTXSize" if ptx else "nvrtcGetCUBINSize")
-        out = _out_buffer(size)
-        check(get(prog, out), "nvrtcGetPTX" if ptx else "nvrtcGetCUBIN")
-        return out[:size]
-    finally:
-        check(nvrtc.nvrtcDestroyProgram(prog), "nvrtcDestroyProgram")
-
-
-_DEFINE = re.compile(r"-DPROTOSPECT_TOPK_[A-Z0-9_]+(=[0-9]+)?")
-
-
-def build_defines() -> tuple[str, ...]:
-    """Comparison switches for the kernel build (development: run the whole test suite on a variant),
-    from PROTOSPECT_TOPK_DEFINES, e.g. "-DPROTOSPECT_TOPK_AGG_ATOMICS=1"; both bindings honour it.
-    Only the kernel's own -DPROTOSPECT_TOPK_* switches are accepted: a typo fails loudly, not silently."""
-    defines = tuple(os.environ.get("PROTOSPECT_TOPK_DEFINES", "").split())
-    bad = [d for d in defines if not _DEFINE.fullmatch(d)]
-    if bad:
-        raise ConfigError(f"PROTOSPECT_TOPK_DEFINES takes -DPROTOSPECT_TOPK_NAME[=number] switches only, not {bad}")
-    return defines
-
-
-def kernel_headers() -> dict[str, str]:
-    """{file name: text} of the headers proto_topk.cuh includes (kernel_config.KERNEL_HEADERS, all but itself)."""
-    return {name: SOURCE.with_name(name).read_text() for name in KERNEL_HEADERS if name != SOURCE.name}
-
-
-def _cached_cubin(arch: str) -> bytes:
-    """compile_cubin with an on-disk cache keyed by the source text and every header it includes, the switches,
-    the arch and the NVRTC version."""
-    _, _, nvrtc = _bindings()
-    major, minor = check(nvrtc.nvrtcVersion(), "nvrtcVersion")
-    source = SOURCE.read_text()
-    defines = build_defines()
-    digest = hashlib.sha256(f"{arch}|{major}.{minor}|{' '.join(defines)}|".encode() + source.encode())
-    for name, text in kernel_headers().items():  # every header: an edit to any of them is a new cubin
-        digest.update(f"|{name}|".encode() + text.encode())
-    key = digest.hexdigest()[:24]
-    path = _CACHE_DIR / f"proto_topk_{arch}_{key}.cubin"
-    if path.is_file():
-        return path.read_bytes()
-    cubin = compile_cubin(arch, source, extra_options=defines)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, cubin)
-    except OSError as err:  # a read-only home only costs a recompile next time
-        log.warning("could not cache the kernel at %s: %s", path, err)
-    return cubin
-
-
-# ---- launch geometry (mirrors proto_topk.cu) -------------------------------------------------------
-
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def segment_length(M: int, splits: int, block_m: int) -> int:
-    return _ceil_div(_ceil_div(M, block_m), splits) * block_m
-
-
-def effective_splits(M: int, splits: int, block_m: int, max_splits: int) -> int:
-    splits = min(max(splits, 1), max_splits)
-    return _ceil_div(M, segment_length(M, splits, block_m))
-
-
-def plan_splits(Q: int, M: int, k: int, sm_count: int, block_q: int, block_m: int, max_splits: int,
-                blocks_per_sm: int) -> int:
-    """Bank splits: one full wave of blocks, each split >= 2k prototypes (proto_topk_plan_splits)."""
-    if Q < 1 or M < 1:
-        return 1
-    by_occupancy = (blocks_per_sm * max(sm_count, 1)) // _ceil_div(Q, block_q)
-    by_k = M // (2 * max(k, 1))
-    return effective_splits(M, max(1, min(by_occupancy, by_k)), block_m, max_splits)
-
-
-def candidate_slots(k: int, dtype: str, splits: int) -> int:
-    """Candidate slots per (split, query) (candidate_slots in proto_topk.cu): the fp16 kernel keeps k = 1
-    in registers and hands the merge one slot per split (none with a single split)."""
-    if k == 1 and dtype == "float16":
-        return 1 if splits > 1 else 0
-    return cand_cap(k)
-
-
-def _align(x: int) -> int:
-    return _ceil_div(x, _WORKSPACE_ALIGN) * _WORKSPACE_ALIGN
-
-
-def workspace_layout(Q: int, k: int, splits: int, dtype: str = "float32", bound_atoms: int = 0) -> dict[str, int]:
-    """Byte offsets of the scratch regions, the slots per candidate buffer and the total (carve() in proto_topk.cu).
-    bound_atoms: the kernel's shared-bound atoms per query (proto_topk_config; 0 unless built with
-    -DPROTOSPECT_TOPK_SHARED_BOUND)."""
-    lay, off = {}, 0
-    if splits > 1:
-        lay["qnorm"] = off
-        off = _align(off + 4 * Q)
-        lay["cand_count"] = off
-        off = _align(off + 4 * splits * Q)
-    lay["slots"] = candidate_slots(k, dtype, splits)
-    cand = splits * Q * lay["slots"]
-    lay["cand_val"] = off
-    off = _align(off + 4 * cand)
-    lay["cand_idx"] = off
-    off = _align(off + 4 * cand)
-    if bound_atoms and splits > 1 and dtype == "float16" and k > 1:
-        lay["bound_keys"] = off
-        off = _align(off + 4 * Q * bound_atoms)
-    lay["bytes"] = off
-    return lay
 
 
 # ---- the launcher ----------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from protospect.cpp_ext import launcher
+from protospect.cpp_ext import kernel_build, launcher
 
 CPP_EXT = Path(launcher.__file__).resolve().parent
 KERNELS = [b"proto_topk_partial_f16", b"proto_topk_partial_f16_k1", b"proto_topk_partial_f32", b"proto_topk_merge_splits", b"proto_topk_merge_min",
@@ -103,7 +103,7 @@ def test_launcher_geometry_matches_the_c_launcher(tmp_path, defines, bound_atoms
 
 
 def test_cubin_cache_compiles_once_per_source_and_arch(nvrtc_ready, tmp_path, monkeypatch):
-    monkeypatch.setattr(launcher, "_CACHE_DIR", tmp_path)
+    monkeypatch.setattr(kernel_build, "_CACHE_DIR", tmp_path)
     first = launcher._cached_cubin("sm_87")
     cached = list(tmp_path.glob("proto_topk_sm_87_*.cubin"))
     assert len(cached) == 1 and cached[0].read_bytes() == first
@@ -111,7 +111,7 @@ def test_cubin_cache_compiles_once_per_source_and_arch(nvrtc_ready, tmp_path, mo
     def no_compile(*args, **kwargs):
         raise AssertionError("the cached cubin should have been used")
 
-    monkeypatch.setattr(launcher, "compile_cubin", no_compile)
+    monkeypatch.setattr(kernel_build, "compile_cubin", no_compile)
     assert launcher._cached_cubin("sm_87") == first
 
 
@@ -120,7 +120,7 @@ def test_cubin_cache_keeps_comparison_builds_apart(nvrtc_ready, tmp_path, monkey
     cached apart from the default build's; anything but a -DPROTOSPECT_TOPK_* switch is refused."""
     from protospect.errors import ConfigError
 
-    monkeypatch.setattr(launcher, "_CACHE_DIR", tmp_path)
+    monkeypatch.setattr(kernel_build, "_CACHE_DIR", tmp_path)
     monkeypatch.delenv("PROTOSPECT_TOPK_DEFINES", raising=False)
     default = launcher._cached_cubin("sm_87")
     monkeypatch.setenv("PROTOSPECT_TOPK_DEFINES", "-DPROTOSPECT_TOPK_AGG_ATOMICS=1")
@@ -253,13 +253,13 @@ def test_every_kernel_header_is_listed_and_hashed_into_the_cubin_cache_key(nvrtc
     included = {name for p in on_disk for name in re.findall(r'#include "([^"]+)"', (CPP_EXT / p).read_text())}
     assert included <= set(KERNEL_HEADERS)
 
-    monkeypatch.setattr(launcher, "_CACHE_DIR", tmp_path)
+    monkeypatch.setattr(kernel_build, "_CACHE_DIR", tmp_path)
     monkeypatch.delenv("PROTOSPECT_TOPK_DEFINES", raising=False)
-    monkeypatch.setattr(launcher, "compile_cubin", lambda arch, source, extra_options=(): b"\x7fELF" + source[:8].encode())
+    monkeypatch.setattr(kernel_build, "compile_cubin", lambda arch, source, extra_options=(): b"\x7fELF" + source[:8].encode())
     launcher._cached_cubin("sm_87")
     real = launcher.kernel_headers()
     for name in real:
         edited = dict(real, **{name: real[name] + "\n// edited\n"})
-        monkeypatch.setattr(launcher, "kernel_headers", lambda edited=edited: edited)
+        monkeypatch.setattr(kernel_build, "kernel_headers", lambda edited=edited: edited)
         launcher._cached_cubin("sm_87")
     assert len(list(tmp_path.glob("proto_topk_sm_87_*.cubin"))) == 1 + len(real) == len(KERNEL_HEADERS)

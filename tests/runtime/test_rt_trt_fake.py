@@ -42,14 +42,14 @@ def fake_stack(monkeypatch):
 def fake_kernel_toolchain(fake_stack, monkeypatch):
     """What the split-TensorRT path's top-k kernel needs besides TensorRT: cuda-python's NVRTC and driver
     bindings (faked, NVRTC answering) and the CUDA headers NVRTC compiles against (a folder named here)."""
-    import protospect.cpp_ext.launcher as launcher
+    import protospect.cpp_ext.kernel_build as kernel_build
 
     nvrtc, driver = fake_gpu.make_nvrtc_and_driver()
     bindings = sys.modules["cuda.bindings"]
     bindings.nvrtc, bindings.driver = nvrtc, driver
     monkeypatch.setitem(sys.modules, "cuda.bindings.nvrtc", nvrtc)
     monkeypatch.setitem(sys.modules, "cuda.bindings.driver", driver)
-    monkeypatch.setattr(launcher, "cuda_include_dirs", lambda: ["/fake/cuda/include"])
+    monkeypatch.setattr(kernel_build, "cuda_include_dirs", lambda: ["/fake/cuda/include"])
     return nvrtc
 
 
@@ -230,6 +230,7 @@ def test_split_folder_falls_back_to_ort_when_the_kernel_cannot_be_built(tmp_path
     use: with TensorRT, cuda-python and both engines present but the kernel's toolchain broken, it picks
     split-ort and says why (the check used to be that protospect.cpp_ext.launcher imports: always true)."""
     import protospect.cpp_ext.launcher as launcher
+    import protospect.cpp_ext.kernel_build as kernel_build
 
     folder = _split_with_engines(tmp_path)
     if broken == "no_nvrtc":
@@ -238,7 +239,7 @@ def test_split_folder_falls_back_to_ort_when_the_kernel_cannot_be_built(tmp_path
         nvrtc, _ = fake_gpu.make_nvrtc_and_driver(working=False)
         monkeypatch.setitem(sys.modules, "cuda.bindings.nvrtc", nvrtc)
     else:
-        monkeypatch.setattr(launcher, "cuda_include_dirs", lambda: [])
+        monkeypatch.setattr(kernel_build, "cuda_include_dirs", lambda: [])
     with caplog.at_level("INFO", logger="protospect.runtime.backends"):
         backend = select_backend(folder)
     assert isinstance(backend, SplitOrtBackend)

@@ -1,5 +1,7 @@
 """The bad-input suite (issue 20): the real `protospect` executables, in subprocesses, over a generated matrix of
-bad and odd inputs. Every case asserts
+bad and odd inputs (this module: models, sources, --threshold, targets, ports, SIGINT and usage errors for the
+commands; image files, masks, artifacts and settings are test_badinput_files.py; the runner is matrix.py). Every
+case asserts
 
 * the exit code of the documented scheme (0 ok, 1 user error, 2 usage error; 3 would be a bug),
 * on failure exactly one line on stderr naming the problem (blank lines and the INFO progress log of the
@@ -14,152 +16,21 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
-import subprocess
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import onnx
 import pytest
-from fsfaults import can_mount, fill, remount_readonly, tmpfs
-from kit import BAD_IMAGES, ODD_IMAGES, STATION_CLI, TORCH_CLI, Kit, Result, copy_tree, env, odd_image_bytes, run, snapshot, write_png
+from fsfaults import fill, remount_readonly, tmpfs
+from kit import STATION_CLI, TORCH_CLI, Kit
+from matrix import Case, check_case, registry, station, _records
 
 pytestmark = [pytest.mark.torch]
 
-MOUNT_PROBLEM = can_mount()
-
-
-@dataclass
-class Case:
-    id: str
-    cli: Path
-    build: Callable  # (work, kit, ctx) -> argv
-    code: int
-    needle: str | None = None          # in the one error line (or, for code 0, in stdout+stderr)
-    may_change: tuple = ()             # paths (relative to work) a successful run may replace whole
-    check: Callable | None = None      # (work, result) -> None: more assertions
-    interrupt: Callable | None = None  # (work) -> bool: send SIGINT once true
-    mounts: bool = False               # needs a tmpfs (skipped with the reason where mounting is not allowed)
-    marks: list = field(default_factory=list)
-
-
 CASES: list[Case] = []
-
-
-def case(*args, **kw):
-    CASES.append(Case(*args, **kw))
-
-
-def station(cmd: str, model, source, work: Path, *extra) -> list:
-    """The station command with the options it needs to run at all."""
-    tail = {"serve": ["--sink", work / "sink"], "bench": ["--frames", "2", "--warmup", "1", "--out", work / "bench"],
-            "soak": ["--frames", "2"], "calibrate": ["--out", work / "line.json", "--allow-uncertified"]}[cmd]
-    return [cmd, model, "--source", source, *tail, *extra]
-
-
-def _records(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-# ---- 1. bad image files: train (torch), eval (torch), serve and calibrate (station) -----------------
-
-def _bad_copy(kind: str, folder: Path) -> Path:
-    suffix, make = BAD_IMAGES[kind]
-    path = folder / f"zz-{kind}{suffix}"
-    path.write_bytes(make())
-    return path
-
-
-for kind in BAD_IMAGES:
-    def train_bad(work, kit, ctx, kind=kind):
-        data = copy_tree(kit.data, work / "data")
-        ctx["bad"] = _bad_copy(kind, data / "train" / "good")
-        return ["train", "--data", data, "--method", "patchcore", "--shots", "5", "--size", "64", "--out", work / "art"]
-    case(f"train-shot-{kind}", TORCH_CLI, train_bad, 1, needle="zz-" + kind)
-
-    def serve_bad(work, kit, ctx, kind=kind):
-        frames = copy_tree(kit.frames, work / "frames")
-        _bad_copy(kind, frames)
-        return station("serve", kit.model, frames, work)
-
-    def rejected_logged(work, res, kind=kind):
-        recs = _records(work / "sink" / "verdicts.jsonl")
-        bad = [r for r in recs if r.get("origin", "").startswith("zz-")]
-        assert len(recs) == 7 and len(bad) == 1 and bad[0]["verdict"] == "REJECTED" and bad[0]["reason"], recs
-    case(f"serve-frame-{kind}", STATION_CLI, serve_bad, 0, check=rejected_logged)
-
-    def calibrate_bad(work, kit, ctx, kind=kind):
-        frames = copy_tree(kit.frames, work / "frames")
-        _bad_copy(kind, frames)
-        return station("calibrate", kit.model, frames, work)
-
-    def threshold_from_good(work, res):
-        line = json.loads((work / "line.json").read_text())
-        assert "6 scored, 1 rejected" in res.out, res.out
-        assert isinstance(line, dict)
-    case(f"calibrate-frame-{kind}", STATION_CLI, calibrate_bad, 0, check=threshold_from_good)
-
-for kind in ("zero-byte", "text-as-png", "bad-crc-png"):
-    def eval_bad(work, kit, ctx, kind=kind):
-        data = copy_tree(kit.data, work / "data")
-        _bad_copy(kind, data / "test" / "good")
-        return ["eval", "--data", data, "--shots", "1", "--seeds", "0", "--size", "64", "--out", work / "out"]
-    case(f"eval-test-{kind}", TORCH_CLI, eval_bad, 1, needle="zz-" + kind)
-
-
-def int8_bad_calib(work, kit, ctx):
-    folder = copy_tree(kit.frames, work / "calib")
-    _bad_copy("truncated-png", folder)
-    return ["export", kit.art, "--out", work / "m8.onnx", "--int8", "--calib", folder]
-
-
-case("export-int8-calib-truncated-png", TORCH_CLI, int8_bad_calib, 1, needle="zz-truncated-png")
-
-
-# ---- 2. odd but valid images: converted, never rejected ------------------------------------------
-
-for kind in ODD_IMAGES:
-    def serve_odd(work, kit, ctx, kind=kind):
-        (work / "frames").mkdir()
-        (work / "frames" / f"{kind}.png").write_bytes(odd_image_bytes(kind))
-        return station("serve", kit.model, work / "frames", work)
-
-    def scored(work, res):
-        recs = _records(work / "sink" / "verdicts.jsonl")
-        assert len(recs) == 1 and recs[0]["verdict"] in ("OK", "NG", "REVIEW"), recs
-    case(f"serve-odd-{kind}", STATION_CLI, serve_odd, 0, check=scored)
-
-
-def train_odd(work, kit, ctx):
-    data = copy_tree(kit.data, work / "data")
-    for p in (data / "train" / "good").iterdir():
-        p.unlink()
-    for kind in ODD_IMAGES:
-        (data / "train" / "good" / f"{kind}.png").write_bytes(odd_image_bytes(kind))
-    return ["train", "--data", data, "--method", "patchcore", "--shots", "5", "--size", "64", "--out", work / "art"]
-
-
-case("train-odd-images", TORCH_CLI, train_odd, 0, needle="trained patchcore")
-
-
-# ---- 3. masks -----------------------------------------------------------------------------------
-
-def _mask_case(content: Callable):
-    def build(work, kit, ctx):
-        data = copy_tree(kit.data, work / "data")
-        mask = sorted((data / "ground_truth" / "blob").iterdir())[0]
-        content(mask)
-        return ["eval", "--data", data, "--shots", "1", "--seeds", "0", "--size", "64", "--out", work / "out"]
-    return build
-
-
-import numpy as np  # noqa: E402
-
-case("eval-mask-wrong-size", TORCH_CLI, _mask_case(lambda m: write_png(m, np.zeros((10, 12), np.uint8))), 1, needle="mask")
-case("eval-mask-text", TORCH_CLI, _mask_case(lambda m: m.write_text("no mask")), 1, needle="mask")
+case = registry(CASES)
 
 
 # ---- 4. bad, edited, missing and foreign models, for every station command -----------------------
@@ -309,39 +180,6 @@ for name, (value, code, needle) in THRESHOLDS.items():
     case(f"serve-threshold-{name}", STATION_CLI, _threshold(value), code, needle=needle)
 
 
-# ---- 7. artifacts for export (torch) --------------------------------------------------------------
-
-def _art(edit: Callable):
-    def build(work, kit, ctx):
-        art = copy_tree(kit.art, work / "art")
-        edit(art)
-        return ["export", art, "--out", work / "model.onnx"]
-    return build
-
-
-def _flip_byte(path: Path):
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
-
-
-def _manifest(edit: Callable):
-    def apply(art: Path):
-        m = json.loads((art / "manifest.json").read_text())
-        edit(m)
-        (art / "manifest.json").write_text(json.dumps(m))
-    return apply
-
-
-case("export-artifact-weights-edited", TORCH_CLI, _art(lambda a: _flip_byte(a / "weights.pt")), 1, needle="weights.pt")
-case("export-artifact-no-manifest", TORCH_CLI, _art(lambda a: (a / "manifest.json").unlink()), 1, needle="manifest")
-case("export-artifact-manifest-text", TORCH_CLI, _art(lambda a: (a / "manifest.json").write_text("{not json")), 1,
-     needle="manifest")
-case("export-artifact-format-99", TORCH_CLI, _art(_manifest(lambda m: m.update(format_version=99))), 1, needle="99")
-case("export-artifact-foreign-folder", TORCH_CLI, lambda w, k, c: ["export", k.data, "--out", w / "m.onnx"], 1,
-     needle="manifest")
-
-
 # ---- 8. targets: read-only, full, a directory, a file ---------------------------------------------
 
 def _ro(work: Path, ctx) -> Path:
@@ -477,90 +315,12 @@ for cmd in ("train", "eval", "export"):
          needle="pip install 'protospect[train]'")
 
 
-# ---- 12. settings and data for train/eval (torch) ---------------------------------------------------
-
-case("train-set-steps-abc", TORCH_CLI,
-     lambda w, k, c: ["train", "--data", k.data, "--shots", "2", "--set", "steps=abc", "--out", w / "a"], 1, needle="'steps'")
-case("eval-missing-second-category", TORCH_CLI,
-     lambda w, k, c: ["eval", "--data", k.data.parent, "--category", "part", "nope", "--shots", "1", "--seeds", "0",
-                      "--out", w / "o"], 1, needle="nope")
-case("train-too-many-shots", TORCH_CLI,
-     lambda w, k, c: ["train", "--data", k.data, "--method", "patchcore", "--shots", "9", "--out", w / "a"], 1,
-     needle="K=9")
-
-
-# ---- the runner ------------------------------------------------------------------------------------
-
-def _problem_lines(res: Result) -> list[str]:
-    """stderr lines a user reads as the answer: the station's INFO log and its per-frame "frame N rejected" warnings
-    (each rejected frame is logged by design, docs/runtime.md) aside."""
-    return [line for line in res.lines if not line.startswith("INFO ")
-            and not (line.startswith("WARNING protospect.runtime.pipeline: frame ") and " rejected: " in line)]
-
-
-def _run_interrupted(c: Case, argv, work: Path) -> Result:
-    proc = subprocess.Popen([str(c.cli), *map(str, argv)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env(), cwd=work)
-    deadline = time.monotonic() + 120
-    while proc.poll() is None and time.monotonic() < deadline and not c.interrupt(work):
-        time.sleep(0.2)
-    assert proc.poll() is None, f"ended before the signal: {proc.communicate()}"
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
-    return Result(proc.returncode, out, err)
-
-
-def _whole(path: Path) -> None:
-    """A file a successful run replaced: whole, i.e. it parses."""
-    if path.suffix == ".json":
-        json.loads(path.read_text())
-    elif path.suffix == ".jsonl":
-        for line in path.read_text().splitlines():
-            json.loads(line)
-
-
 @pytest.mark.parametrize("c", CASES, ids=[c.id for c in CASES])
 def test_bad_input(c: Case, kit: Kit, work: Path):
-    if c.mounts and MOUNT_PROBLEM:
-        pytest.skip(f"needs a small tmpfs for a read-only/full target: {MOUNT_PROBLEM}")
-    import contextlib
-
-    with contextlib.ExitStack() as stack:
-        ctx = {"enter": stack.enter_context, "keep": []}
-        argv = c.build(work, kit, ctx)
-        shared_before = snapshot(kit.root)
-        before = snapshot(work)
-        res = _run_interrupted(c, argv, work) if c.interrupt else run(c.cli, *argv, cwd=work)
-        for s in ctx["keep"]:
-            s.close()
-        after = snapshot(work)
-        assert snapshot(kit.root) == shared_before, "the shared artifact/graph/data changed"
-    text = res.out + res.err
-    assert "Traceback" not in text, text
-    assert res.code == c.code, f"exit {res.code}, expected {c.code}\nstdout: {res.out[-1500:]}\nstderr: {res.err[-1500:]}"
-    if c.code == 2:
-        errors = [line for line in res.lines if ": error: " in line]
-        assert len(errors) == 1 and res.lines[0].startswith("usage:"), res.err
-    elif c.code != 0:
-        lines = _problem_lines(res)
-        assert len(lines) == 1, "expected one line on stderr:\n" + res.err
-        assert lines[0].startswith(f"protospect {argv[0]}: "), lines[0]
-        if c.needle:
-            assert c.needle in lines[0], lines[0]
-    elif c.needle:
-        assert c.needle in text, text
-    for path, digest in before.items():
-        rel = str(path.relative_to(work))
-        if c.code == 0 and rel in c.may_change:
-            assert path.exists(), rel
-            _whole(path)
-        else:
-            assert after.get(path) == digest, f"{rel} changed or vanished"
-    leftovers = [str(p.relative_to(work)) for p in after if p.name.endswith((".part", ".tmp")) or ".part" in p.name]
-    assert not leftovers, leftovers
-    if c.check:
-        c.check(work, res)
+    check_case(c, kit, work)
 
 
 def test_the_matrix_is_large_enough():
-    assert len(CASES) >= 100, len(CASES)
+    from test_badinput_files import CASES as FILE_CASES
+
+    assert len(CASES) + len(FILE_CASES) >= 100, (len(CASES), len(FILE_CASES))
