@@ -80,6 +80,26 @@ class Branches:
         return {k: v[:, 0].numpy() for k, v in out.items()}
 
 
+SMALL_VAL_SEED = 515151
+
+
+def small_defects(normals, category):
+    """NSA self-swap with one patch of half-width 1-3 % of the side (real DeepPCB / MPDD defects are that small;
+    the training family's patches average ~13 %): a planted kind added after the diagnosis (docs/decision.md)."""
+    import dataclasses  # noqa: PLC0415
+
+    from protospect.training.synthesis import make_pseudo_anomaly, nsa_params_for, object_mask  # noqa: PLC0415
+
+    rng = np.random.default_rng(SMALL_VAL_SEED)
+    params = dataclasses.replace(nsa_params_for(category), width_bounds=((0.01, 0.03), (0.01, 0.03)), num_patches=1)
+    out = []
+    for img in normals:
+        pair = make_pseudo_anomaly(img, rng, params, object_mask(img, params))
+        if pair is not None:
+            out.append(pair)
+    return out
+
+
 def batched_maps(br: Branches, images, batch=8, desc=""):
     parts = []
     for i in tqdm(range(0, len(images), batch), desc=desc, leave=False, disable=not desc):
@@ -144,6 +164,8 @@ def run_one(cat, category, k, seed, args, test: TestSet | None):
     rest = [rest[i] for i in np.random.default_rng(seed + 1).permutation(len(rest))[: args.val]]
     normals = [resize_square(read_rgb(p), size) for p in rest]
     planted = planted_sets(normals, category, args.textures)
+    if args.small:
+        planted["nsa_small"] = small_defects(normals, category)
     sets = {"val_normal": batched_maps(br, normals)}
     for kind, pairs in planted.items():
         sets[f"val_{kind}"] = batched_maps(br, [p[0] for p in pairs])
@@ -242,6 +264,7 @@ def main(argv=None):
     ap.add_argument("--val", type=int, default=20)
     ap.add_argument("--textures", default=None)
     ap.add_argument("--no-test", action="store_true", help="validation columns only")
+    ap.add_argument("--small", action="store_true", help="also plant small NSA defects (val_nsa_small)")
     ap.add_argument("--diagnose", action="store_true")
     ap.add_argument("--figures", default=None)
     ap.add_argument("--set", action="append", help="PCSNet config override key=value (e.g. input_size=384)")
