@@ -90,11 +90,12 @@ def parity_on_category(data_root, category: str, method: str, out_dir, shots: in
 
     cat = MVTecCategory(Path(data_root), category)
     module = get_method(method)
-    overrides, items = {"category": cat.name, **(config_overrides or {})}, list(cat.test)
-    if hasattr(module, "prepare_eval"):
-        overrides, items = module.prepare_eval(cat, seed, overrides)
+    overrides, items, data = {"category": cat.name, **(config_overrides or {})}, list(cat.test), {}
+    if hasattr(module, "prepare_eval"):  # the defective images go to fit as its argument, not as a setting
+        split = module.prepare_eval(cat, seed, overrides)
+        overrides, items, data = split.overrides, split.remaining, {"defects": split.defects, "defect_names": split.defect_names}
     shots_rgb = [read_rgb(p) for p in sample_shots(cat.train_good, shots, seed=seed)]
-    model = module.fit(shots_rgb, preset=preset, seed=seed, config_overrides=overrides)
+    model = module.fit(shots_rgb, preset=preset, seed=seed, config_overrides=overrides, **data)
     graph = onnx_from_model(model, model.meta, model.calibration, Path(out_dir) / f"{method}.onnx").path
     return parity_from_model(model, graph, [t.path for t in items], [t.label for t in items]), items
 

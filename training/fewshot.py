@@ -186,14 +186,16 @@ def evaluate(data_root, category: str | None, method: str, shots_list: list[int]
         for seed in seeds:
             shot_paths = sample_shots(cat.train_good, k, seed)
             shots_rgb = [read_rgb(p) for p in shot_paths]
-            run_overrides, excluded = config_overrides, set()
+            run_overrides, excluded, data = config_overrides, set(), {}
             if hasattr(module, "prepare_eval"):
                 # bpgg learns from a few *defective* images: they come out of the test split for this
                 # seed, and only the remaining items are scored (never evaluate on a support image).
-                run_overrides, remaining = module.prepare_eval(cat, seed, config_overrides)
-                excluded = {it.path for it in cat.test} - {it.path for it in remaining}
+                # The images go to fit as its own argument, never through config_overrides.
+                split = module.prepare_eval(cat, seed, config_overrides)
+                run_overrides, data = split.overrides, {"defects": split.defects, "defect_names": split.defect_names}
+                excluded = {it.path for it in cat.test} - {it.path for it in split.remaining}
             t0 = time.perf_counter()
-            model = module.fit(shots_rgb, preset=preset, seed=seed, config_overrides=run_overrides)
+            model = module.fit(shots_rgb, preset=preset, seed=seed, config_overrides=run_overrides, **data)
             train_seconds = time.perf_counter() - t0
             size = int(model.meta["input_size"])
             if size not in tests:

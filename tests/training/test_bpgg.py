@@ -45,7 +45,7 @@ def data():
 @pytest.fixture(scope="module")
 def fitted(data):
     shots, supports = data
-    return fit(shots, "edge", 0, {**TINY, "defect_support": supports, "defect_support_names": ["a/1", "a/2", "b/3"]})
+    return fit(shots, "edge", 0, TINY, defects=supports, defect_names=["a/1", "a/2", "b/3"])
 
 
 def write_category(root, types=("crack", "hole"), per_type=4):
@@ -81,16 +81,16 @@ def test_split_is_disjoint_spread_and_seeded(tmp_path):
     with pytest.raises(DataError, match="need more than"):
         split_defect_support(cat, 8, seed=0)
 
-    overrides, items = prepare_eval(cat, seed=0, config_overrides={"category": "widget"})
-    assert overrides["category"] == "widget" and len(overrides["defect_support"]) == 3
-    assert overrides["defect_support_names"] == [f"{it.defect_type}/{it.path.name}" for it in support]
-    img, mask = overrides["defect_support"][0]
+    overrides, defects, names, items = prepare_eval(cat, seed=0, config_overrides={"category": "widget"})
+    assert overrides == {"category": "widget"} and len(defects) == 3  # the images are not settings
+    assert names == [f"{it.defect_type}/{it.path.name}" for it in support]
+    img, mask = defects[0]
     assert img.shape == (72, 72, 3) and mask.shape == (72, 72) and mask.max() == 1
     evaluated = {f"{it.defect_type}/{it.path.name}" for it in items}
-    assert not evaluated & set(overrides["defect_support_names"])
+    assert not evaluated & set(names)
     # support_size is honoured in eval (it used to be dropped for the default 3) ...
-    two, items2 = prepare_eval(cat, seed=0, config_overrides={"support_size": 2})
-    assert len(two["defect_support"]) == 2 and len(items2) == len(items) + 1
+    two = prepare_eval(cat, seed=0, config_overrides={"support_size": 2})
+    assert len(two.defects) == 2 and len(two.remaining) == len(items) + 1
     # ... and another folder's support, which eval cannot use, is refused instead of silently ignored.
     with pytest.raises(ConfigError, match="support_data applies to `protospect train` only"):
         prepare_eval(cat, seed=0, config_overrides={"support_data": "/elsewhere"})
@@ -171,7 +171,9 @@ def test_config_errors(data):
     shots, supports = data
     empty = [(supports[0][0], np.zeros((72, 72), np.uint8))]
     with pytest.raises(DataError, match="empty mask"):
-        fit(shots, "edge", 0, {**TINY, "defect_support": empty})
+        fit(shots, "edge", 0, TINY, defects=empty)
+    with pytest.raises(ConfigError, match="unknown config key"):  # images are fit's argument, not a setting
+        fit(shots, "edge", 0, {**TINY, "defect_support": supports})
 
 
 def test_loss_decreases_and_backbone_stays_frozen(data):

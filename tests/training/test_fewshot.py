@@ -150,6 +150,7 @@ def test_defective_support_images_are_never_scored(tmp_path, monkeypatch):
 
     from protospect.synthetic_parts import write_mvtec_layout
     from protospect.training import fewshot
+    from protospect.training.methods.base import EvalSplit
 
     cat_dir = write_mvtec_layout(tmp_path / "data", seed=0, n_train=3, n_test_good=3, n_per_defect=2, size=64)
     patchcore = fewshot.get_method("patchcore")
@@ -158,7 +159,11 @@ def test_defective_support_images_are_never_scored(tmp_path, monkeypatch):
     def prepare_eval(cat, seed, overrides):
         defective = [it for it in cat.test if it.label == 1]
         held_out[seed] = defective[seed]
-        return overrides, [it for it in cat.test if it.path != defective[seed].path]
+        return EvalSplit(overrides, [], [], [it for it in cat.test if it.path != defective[seed].path])
+
+    def fit(shots, preset, seed, config_overrides, *, defects, defect_names):  # prepare_eval's data as fit's arguments
+        assert defects == [] and defect_names == [] and "defect_support" not in config_overrides
+        return patchcore.fit(shots, preset, seed, config_overrides)
 
     real_score = fewshot.score_images
 
@@ -166,7 +171,7 @@ def test_defective_support_images_are_never_scored(tmp_path, monkeypatch):
         scored_counts.append(len(images))
         return real_score(model, images, *a, **kw)
 
-    fake = types.SimpleNamespace(fit=patchcore.fit, prepare_eval=prepare_eval)
+    fake = types.SimpleNamespace(fit=fit, prepare_eval=prepare_eval)
     monkeypatch.setattr(fewshot, "get_method", lambda name: fake)
     monkeypatch.setattr(fewshot, "score_images", counting_score)
     records = fewshot.evaluate(tmp_path / "data", "flange", "fake", [1], [0, 1], preset="edge",

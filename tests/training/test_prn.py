@@ -212,10 +212,11 @@ def test_training_samples_leave_one_out_and_real_examples(shots):
 def test_real_defect_examples_are_logged_by_name(shots):
     mask = np.zeros((72, 72), np.uint8)
     mask[20:30, 20:30] = 255
-    model = fit(shots, "edge", 0, {**TINY, "steps": 1, "defect_examples": [(shots[0], mask)],
-                                   "defect_example_names": ["broken_large/003.png"]})
+    model = fit(shots, "edge", 0, {**TINY, "steps": 1}, defects=[(shots[0], mask)], defect_names=["broken_large/003.png"])
     assert model.meta["real_anomalies"] == ["broken_large/003.png"]
-    assert "defect_examples" not in model.meta["config"]
+    assert "defects" not in model.meta["config"]
+    with pytest.raises(ConfigError, match="unknown config key"):  # images are fit's argument, not a setting
+        fit(shots, "edge", 0, {**TINY, "steps": 1, "defect_examples": [(shots[0], mask)]})
 
 
 def test_texture_pseudo_anomalies(shots, tmp_path):

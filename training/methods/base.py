@@ -19,6 +19,17 @@ class ModelOutputs(NamedTuple):
 assert ModelOutputs._fields == contract.OUTPUTS, (ModelOutputs._fields, contract.OUTPUTS)
 
 
+class EvalSplit(NamedTuple):
+    """What a method's prepare_eval (bpgg) hands the evaluation loop: the settings, the defective images the
+    method learns from (passed to ``fit(..., defects=, defect_names=)``: images never travel in
+    config_overrides) and the test items left to score (never one it learned from)."""
+
+    overrides: dict
+    defects: list            # [(uint8 RGB image, uint8 mask), ...] at file resolution
+    defect_names: list[str]  # one per defect, e.g. "broken_large/003.png"
+    remaining: list          # the test items to score
+
+
 def model_meta(method: str, preset: str, backbone_name: str, input_size: int, spec, config: dict, **extra) -> dict:
     """The meta every AnomalyModel carries (contracts section 4); ``spec`` is the backbone's BackboneSpec."""
     return {"method": method, "preset": preset, "backbone": backbone_name, "input_size": int(input_size),

@@ -1,7 +1,8 @@
 """BPGG-style fit (labelled reconstruction after PANet; algorithms.md 3.3).
 
 Inputs: the K good shots (inserted as normal supports, all-zero defect mask) and a few *defective*
-supports with masks (``config_overrides["defect_support"] = [(rgb, mask), ...]``). Without them,
+supports with masks (``fit(..., defects=[(rgb, mask), ...], defect_names=[...])``: data, an argument of its
+own, never a config override). Without them,
 NSA pseudo anomalies on the shots stand in, which is NOT BPGG's setting (recorded in meta).
 
 Training, episodic, all images fixed so the frozen backbone runs once per image:
@@ -32,9 +33,6 @@ from protospect.training.methods.bpgg.model import DEFECT, BPGGModel, assemble, 
 from protospect.training.methods.prn.fit import NSASynth, create_backbone, seed_everything
 
 log = logging.getLogger(__name__)
-
-DATA_KEYS = ("defect_support", "defect_support_names")
-
 
 class SupportSet:
     """Every fixed training image once: raw backbone features (N, C, h, w), masks at S and on the grid.
@@ -110,7 +108,7 @@ def _defect_supports(given, names, shots: list[np.ndarray], cfg: BPGGConfig, rng
             try:
                 img, mask = item
             except (TypeError, ValueError) as err:
-                raise ConfigError(f"bpgg: defect_support[{i}] must be an (rgb, mask) pair") from err
+                raise ConfigError(f"bpgg: defects[{i}] must be an (rgb, mask) pair") from err
             if mask.shape[:2] != img.shape[:2]:
                 raise DataError(f"bpgg: defect support {i}: mask {mask.shape[:2]} and image {img.shape[:2]} differ in size")
             m = resize_mask((mask > 0).astype(np.uint8), size)
@@ -147,20 +145,21 @@ def _meta(cfg: BPGGConfig, preset: str, backbone) -> dict:
                       reconstruction="PANet-style (algorithms.md 3.3); BPGG's own code and details are unpublished")
 
 
-def fit(shots_rgb: list[np.ndarray], preset: str = "edge", seed: int = 0, config_overrides: dict | None = None) -> BPGGModel:
+def fit(shots_rgb: list[np.ndarray], preset: str = "edge", seed: int = 0, config_overrides: dict | None = None, *,
+        defects: list | None = None, defect_names: list[str] | None = None) -> BPGGModel:
+    """``defects``: the defective supports as (rgb, mask) pairs (prepare_eval draws them from the evaluated
+    category; else ``support_data``'s folder, else NSA pseudo anomalies), ``defect_names`` one name each."""
     if not shots_rgb:
         raise ConfigError("bpgg needs at least one good image")
-    overrides = dict(config_overrides or {})
-    data_in = {k: overrides.pop(k, None) for k in DATA_KEYS}
     rng = seed_everything(seed)
-    cfg = resolve_config(preset, overrides)
+    cfg = resolve_config(preset, config_overrides)
     backbone = create_backbone(cfg, cfg.backbone_weights)
     model = assemble(cfg, backbone, _meta(cfg, preset, backbone))
 
     shots = [resize_square(s, cfg.input_size) for s in shots_rgb]
-    if not data_in["defect_support"] and cfg.support_data:
-        data_in["defect_support"], data_in["defect_support_names"] = _support_from_folder(cfg, seed)
-    defects, names, source = _defect_supports(data_in["defect_support"], data_in["defect_support_names"], shots, cfg, rng)
+    if not defects and cfg.support_data:
+        defects, defect_names = _support_from_folder(cfg, seed)
+    defects, names, source = _defect_supports(defects, defect_names, shots, cfg, rng)
     zero = np.zeros((cfg.input_size, cfg.input_size), np.uint8)
     data = SupportSet(model, [d[0] for d in defects] + shots, [d[1] for d in defects] + [zero] * len(shots),
                       len(defects), cfg)

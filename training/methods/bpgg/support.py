@@ -13,6 +13,7 @@ import numpy as np
 
 from protospect.errors import ConfigError, DataError
 from protospect.imageio import read_mask, read_rgb
+from protospect.training.methods.base import EvalSplit
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +65,9 @@ def load_defect_support(items) -> list[tuple[np.ndarray, np.ndarray]]:
     return out
 
 
-def prepare_eval(category, seed: int, config_overrides: dict | None = None) -> tuple[dict, list]:
-    """For the evaluation loop: (config_overrides with the defective support, the test items to score).
+def prepare_eval(category, seed: int, config_overrides: dict | None = None) -> EvalSplit:
+    """For the evaluation loop: the overrides, the defective support (for fit's ``defects``/``defect_names``)
+    and the test items to score.
 
     The support comes from the evaluated category's own test split (``support_size`` images, default
     3); the returned items exclude every support image; score only those. ``support_data`` (another
@@ -76,6 +78,4 @@ def prepare_eval(category, seed: int, config_overrides: dict | None = None) -> t
         raise ConfigError("bpgg: support_data applies to `protospect train` only; `eval` draws the defective "
                           "support from the evaluated category (set support_size to change how many)")
     support, remaining = split_defect_support(category, int(overrides.get("support_size", DEFAULT_SUPPORT_SIZE)), seed)
-    overrides.update(defect_support=load_defect_support(support),
-                     defect_support_names=[item_name(it) for it in support])
-    return overrides, remaining
+    return EvalSplit(overrides, load_defect_support(support), [item_name(it) for it in support], remaining)

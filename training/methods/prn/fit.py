@@ -31,10 +31,6 @@ from protospect.training.methods.prn.model import PRNModel, PrototypeResiduals, 
 
 log = logging.getLogger(__name__)
 
-# Keys of config_overrides that carry data rather than settings; they never enter the manifest config.
-DATA_KEYS = ("defect_examples", "defect_example_names")
-
-
 def seed_everything(seed: int) -> np.random.Generator:
     random.seed(seed)
     np.random.seed(seed)
@@ -138,7 +134,7 @@ def _real_examples(examples, size: int) -> list[tuple[np.ndarray, np.ndarray]]:
         try:
             img, mask = item
         except (TypeError, ValueError) as err:
-            raise ConfigError(f"prn: defect_examples[{i}] must be an (rgb, mask) pair") from err
+            raise ConfigError(f"prn: defects[{i}] must be an (rgb, mask) pair") from err
         if mask.shape[:2] != img.shape[:2]:
             raise DataError(f"prn: defect example {i}: mask {mask.shape[:2]} and image {img.shape[:2]} differ in size")
         out.append((resize_square(img, size), (resize_mask((mask > 0).astype(np.uint8), size))))
@@ -150,13 +146,14 @@ def _meta(cfg: PRNConfig, preset: str, backbone, n_prototypes: int) -> dict:
                       n_prototypes=int(n_prototypes))
 
 
-def fit(shots_rgb: list[np.ndarray], preset: str = "edge", seed: int = 0, config_overrides: dict | None = None) -> PRNModel:
+def fit(shots_rgb: list[np.ndarray], preset: str = "edge", seed: int = 0, config_overrides: dict | None = None, *,
+        defects: list | None = None, defect_names: list[str] | None = None) -> PRNModel:
+    """``defects``: real defective examples as (rgb, mask) pairs, ``defect_names`` one name each (data: an
+    argument of its own, never a config override; they never enter the manifest config)."""
     if not shots_rgb:
         raise ConfigError("prn needs at least one good image")
-    overrides = dict(config_overrides or {})
-    data = {k: overrides.pop(k, None) for k in DATA_KEYS}
     rng = seed_everything(seed)
-    cfg = resolve_config(preset, overrides)
+    cfg = resolve_config(preset, config_overrides)
     backbone = create_backbone(cfg, cfg.backbone_weights)
     mean, std, size = backbone.spec.mean, backbone.spec.std, cfg.input_size
 
@@ -167,8 +164,8 @@ def fit(shots_rgb: list[np.ndarray], preset: str = "edge", seed: int = 0, config
     model = assemble(cfg, backbone, protos[0].shape[0], _meta(cfg, preset, backbone, protos[0].shape[0]))
     model.residuals.set_prototypes(protos)
 
-    real = _real_examples(data["defect_examples"], size)
-    names = list(data["defect_example_names"] or [f"example_{i}" for i in range(len(real))])
+    real = _real_examples(defects, size)
+    names = list(defect_names or [f"example_{i}" for i in range(len(real))])
     synth, synth_name = make_synth(cfg)
     # A shot never meets its own map in training (zero residual everywhere is not what a test image
     # gives); with one shot there is nothing else to compare with, the random shift does that job.
