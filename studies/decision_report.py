@@ -47,6 +47,8 @@ def score_both(model, images, batch=8, desc=""):
 
 
 def figures(test: TestSet, scored: dict, category: str, k: int, folder: Path):
+    """Per decision in ``scored`` ({name: (scores, maps)}): the 4 good parts it scores highest and the 4
+    defective parts it scores lowest, hottest pixel marked, plus the histogram of its image scores."""
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
@@ -54,8 +56,8 @@ def figures(test: TestSet, scored: dict, category: str, k: int, folder: Path):
 
     folder.mkdir(parents=True, exist_ok=True)
     good, bad = np.where(test.labels == 0)[0], np.where(test.labels == 1)[0]
-    fig, axes = plt.subplots(4, 5, figsize=(15, 12.5))
-    for block, name in enumerate(("old", "new")):
+    fig, axes = plt.subplots(2 * len(scored), 5, figsize=(15, 6.25 * len(scored)), squeeze=False)
+    for block, name in enumerate(scored):
         scores, maps = scored[name]
         hot_good = good[np.argsort(-scores[good])][:4]  # good parts ranked most anomalous
         cold_bad = bad[np.argsort(scores[bad])][:4]  # defective parts ranked least anomalous
@@ -80,8 +82,8 @@ def figures(test: TestSet, scored: dict, category: str, k: int, folder: Path):
         ax.set_title(f"{name} image score, AUROC {auc:.1f}", fontsize=9)
         ax.legend(fontsize=8)
         axes[2 * block + 1, 4].axis("off")
-    fig.suptitle(f"{category} K={k}, seed 0: old = CAS map max, new = default decision; "
-                 "white x = hottest pixel, lime = defect mask")
+    fig.suptitle(f"{category} K={k}, seed 0: old = CAS map max" + (", new = default decision" if "new" in scored else "")
+                 + "; white x = hottest pixel, lime = defect mask")
     fig.tight_layout()
     fig.savefig(folder / f"diagnosis_{category}_K{k}.png", dpi=60)
     plt.close(fig)

@@ -221,38 +221,9 @@ def diagnose(test: TestSet, dec, category, k, args) -> dict:
 
 
 def _figure(test, scores, maps, category, k, folder):
-    import matplotlib  # noqa: PLC0415
+    from decision_report import figures  # noqa: PLC0415 (studies/ is on sys.path when run as a script)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
-    folder.mkdir(parents=True, exist_ok=True)
-    good = np.where(test.labels == 0)[0]
-    bad = np.where(test.labels == 1)[0]
-    hot_good = good[np.argsort(-scores[good])][:4]  # good parts the old score ranks most anomalous
-    cold_bad = bad[np.argsort(scores[bad])][:4]  # defective parts it ranks least anomalous
-    lo, hi = np.percentile(maps, 1), np.percentile(maps, 99.9)
-    fig, axes = plt.subplots(2, 5, figsize=(15, 6.4))
-    for row, (ids, title) in enumerate(((hot_good, "good, highest score"), (cold_bad, "defective, lowest score"))):
-        for col, i in enumerate(ids):
-            ax = axes[row, col]
-            ax.imshow(test.images[i])
-            ax.imshow(maps[i], cmap="jet", alpha=0.45, vmin=lo, vmax=hi)
-            y, x = np.unravel_index(int(np.argmax(maps[i])), maps[i].shape)
-            ax.plot(x, y, marker="x", color="white", markersize=14, mew=3)
-            if test.masks is not None and test.labels[i] == 1:
-                ax.contour(test.masks[i], levels=[0.5], colors="lime", linewidths=1)
-            ax.set_title(f"{title}\nscore {scores[i]:.3f}", fontsize=9)
-            ax.axis("off")
-    ax = axes[0, 4]
-    ax.hist([scores[good], scores[bad]], bins=25, label=["good", "defective"], color=["tab:green", "tab:red"], alpha=0.7)
-    ax.set_title("image score = map max (old default)", fontsize=9)
-    ax.legend(fontsize=8)
-    axes[1, 4].axis("off")
-    fig.suptitle(f"{category} K={k}, seed 0: white x = hottest pixel, lime = defect mask")
-    fig.tight_layout()
-    fig.savefig(folder / f"diagnosis_{category}_K{k}.png", dpi=70)
-    plt.close(fig)
+    figures(test, {"old": (scores, maps)}, category, k, folder)
 
 
 def main(argv=None):

@@ -56,3 +56,15 @@ class GaussianBlur(nn.Module):
         m = torch.cat([m[..., :r, :].flip(-2), m, m[..., -r:, :].flip(-2)], dim=-2)
         return F.conv2d(m, self.ky)
 
+
+def patch_grid(feats: list[torch.Tensor]) -> torch.Tensor:
+    """PatchCore's locally aware patch features: 3x3 average per stage (padding not counted, so border
+    patches are not darkened), every stage resampled to the first stage's grid, concatenated."""
+    h, w = feats[0].shape[-2:]
+    pooled = []
+    for f in feats:
+        f = F.avg_pool2d(f, kernel_size=3, stride=1, padding=1, count_include_pad=False)
+        if f.shape[-2:] != (h, w):
+            f = F.interpolate(f, size=(h, w), mode="bilinear", align_corners=False)
+        pooled.append(f)
+    return torch.cat(pooled, dim=1)

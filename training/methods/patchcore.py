@@ -21,7 +21,7 @@ from torch import nn
 from protospect.errors import ConfigError
 from protospect.training.methods.config import resolve_preset
 from protospect.training.calibrate import calibrate_by_holdout, to_model_input
-from protospect.training.layers import GaussianBlur
+from protospect.training.layers import GaussianBlur, patch_grid
 from protospect.training.methods.base import ModelOutputs
 from protospect.training.proto_topk import knn_sqdist as _shared_knn_sqdist
 
@@ -69,15 +69,7 @@ class PatchFeatures(nn.Module):
         self.backbone = backbone
 
     def grid(self, feats: list[torch.Tensor]) -> torch.Tensor:
-        h, w = feats[0].shape[-2:]
-        pooled = []
-        for f in feats:
-            # 3x3 neighbourhood aggregation; padding not counted, so border patches are not darkened.
-            f = F.avg_pool2d(f, kernel_size=3, stride=1, padding=1, count_include_pad=False)
-            if f.shape[-2:] != (h, w):
-                f = F.interpolate(f, size=(h, w), mode="bilinear", align_corners=False)
-            pooled.append(f)
-        return torch.cat(pooled, dim=1)
+        return patch_grid(feats)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         g = self.grid(self.backbone(x))

@@ -24,24 +24,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from protospect.training.layers import GaussianBlur
+from protospect.training.layers import GaussianBlur, patch_grid
 from protospect.training.proto_topk import knn_sqdist
 
 SHRINK_SAMPLES = 4.0  # per-position statistics count as if pooled with this many global samples
 STD_FLOOR = 1e-6
 PEAK_POOL = 4  # the background is estimated on the map pooled 4 x 4 (the map is blurred: no detail lost)
-
-
-def patch_grid(feats: list[torch.Tensor]) -> torch.Tensor:
-    """PatchCore's locally aware patch features: 3x3 average per stage, resampled to the first stage's grid."""
-    h, w = feats[0].shape[-2:]
-    pooled = []
-    for f in feats:
-        f = F.avg_pool2d(f, kernel_size=3, stride=1, padding=1, count_include_pad=False)
-        if f.shape[-2:] != (h, w):
-            f = F.interpolate(f, size=(h, w), mode="bilinear", align_corners=False)
-        pooled.append(f)
-    return torch.cat(pooled, dim=1)
 
 
 class NearestNeighbourBranch(nn.Module):
