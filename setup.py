@@ -46,7 +46,8 @@ extras = {
     "camera": ["harvesters"],
     # talking to the line (runtime/line/, issue 17): Modbus TCP PLC handshake, MQTT verdict feed.
     # pymodbus: the SimDevice(action=...) datastore API of 3.16 (tested); 4.x will change it again.
-    "line": ["pymodbus>=3.16,<4", "paho-mqtt>=2.0"],
+    # asyncua: the OPC UA server (runtime/line/opcua.py), tested with 2.1.
+    "line": ["pymodbus>=3.16,<4", "paho-mqtt>=2.0", "asyncua>=1.1"],
     "dev": ["pytest>=8", "scikit-image", "ruff>=0.5"],  # scikit-image: the chelsea ImageNet check; ruff: test.sh lints
 }
 extras["all-cpu"] = sorted(set(extras["train"] + extras["runtime"] + extras["dev"]))

@@ -9,8 +9,8 @@ that cannot be written stops the run the same way, with exit code 1. With --view
 so); stopped by --max-frames, a signal or an error, serve exits at once, as it does without --view.
 
 Talking to the line (docs/integration.md; pip install 'protospect[line]'): --trigger plc --modbus HOST:PORT
-judges one fresh frame per PLC trigger over Modbus TCP; --mqtt mqtt://HOST:PORT/PREFIX feeds every verdict
-to a broker (needs --sink: the outage spool lives there). Without these flags serve is unchanged.
+(or --opcua opc.tcp://HOST:PORT) judges one fresh frame per PLC trigger over Modbus TCP (or OPC UA);
+--mqtt mqtt://HOST:PORT/PREFIX feeds every verdict to a broker (needs --sink: the outage spool lives there). Without these flags serve is unchanged.
 """
 from __future__ import annotations
 
@@ -86,9 +86,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "thresholds from a conformal file or a station bundle")
     line = parser.add_argument_group("line I/O (docs/integration.md)")
     line.add_argument("--trigger", choices=("free", "plc"), default="free",
-                      help="free: judge every frame (default); plc: one fresh frame per PLC trigger (needs --modbus)")
+                      help="free: judge every frame (default); plc: one fresh frame per PLC trigger (needs --modbus "
+                           "or --opcua)")
     line.add_argument("--modbus", default=None, metavar="[HOST]:PORT",
                       help="Modbus TCP server for the PLC handshake, e.g. 127.0.0.1:5020 (no authentication)")
+    line.add_argument("--opcua", default=None, metavar="opc.tcp://HOST:PORT",
+                      help="OPC UA server (object Station) for the PLC handshake, e.g. opc.tcp://127.0.0.1:4840; "
+                           "anonymous on 127.0.0.1 only, another address needs --opcua-user")
+    line.add_argument("--opcua-user", default=None, metavar="FILE",
+                      help="username:password lines: OPC UA sessions must log in (no encryption: docs/integration.md)")
     line.add_argument("--mqtt", default=None, metavar="mqtt://HOST:PORT/PREFIX",
                       help="publish every verdict to PREFIX/<station>/verdict (QoS 1); needs --sink for the spool")
     line.add_argument("--station", default=None, help="station name in the MQTT topics (default: the host name)")
@@ -149,8 +155,17 @@ def check_line(args: argparse.Namespace) -> None:
         parse_modbus(args.modbus)
         if args.trigger != "plc":
             raise ConfigError("--modbus carries the PLC trigger handshake: add --trigger plc")
-    if getattr(args, "trigger", "free") == "plc" and getattr(args, "modbus", None) is None:
-        raise ConfigError("--trigger plc needs a way for the PLC to trigger: --modbus HOST:PORT")
+    if getattr(args, "opcua", None) is not None:
+        from protospect.runtime.line.opcua import check_security, parse_opcua, read_users
+        host, _port = parse_opcua(args.opcua)
+        if args.trigger != "plc":
+            raise ConfigError("--opcua carries the PLC trigger handshake: add --trigger plc")
+        check_security(host, None if args.opcua_user is None else read_users(args.opcua_user))
+    elif getattr(args, "opcua_user", None) is not None:
+        raise ConfigError("--opcua-user is for the OPC UA server: add --opcua opc.tcp://HOST:PORT")
+    if getattr(args, "trigger", "free") == "plc" and getattr(args, "modbus", None) is None \
+            and getattr(args, "opcua", None) is None:
+        raise ConfigError("--trigger plc needs a way for the PLC to trigger: --modbus HOST:PORT or --opcua opc.tcp://HOST:PORT")
     if getattr(args, "mqtt", None) is not None:
         from protospect.runtime.line.mqtt import parse_mqtt
         parse_mqtt(args.mqtt)
@@ -167,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--drift-window {args.drift_window}: must be >= 0 (0: off)")
     backend, station = open_backend(args)
     source = open_source(args.source, loop=args.loop)
-    view = modbus = None
+    view = modbus = opcua = None
     try:
         with backend:
             use_threshold(backend, args.threshold, station)
@@ -184,9 +199,14 @@ def run(args: argparse.Namespace) -> int:
             handshake = None
             if getattr(args, "trigger", "free") == "plc":
                 from protospect.runtime.line.handshake import Handshake
-                from protospect.runtime.line.modbus import ModbusAdapter, parse_modbus
                 handshake = Handshake()
-                modbus = ModbusAdapter(handshake, *parse_modbus(args.modbus)).start()
+                if getattr(args, "modbus", None) is not None:
+                    from protospect.runtime.line.modbus import ModbusAdapter, parse_modbus
+                    modbus = ModbusAdapter(handshake, *parse_modbus(args.modbus)).start()
+                if getattr(args, "opcua", None) is not None:
+                    from protospect.runtime.line.opcua import OpcUaAdapter, parse_opcua, read_users
+                    users = None if args.opcua_user is None else read_users(args.opcua_user)
+                    opcua = OpcUaAdapter(handshake, *parse_opcua(args.opcua), users=users).start()
             if getattr(args, "mqtt", None) is not None:
                 from protospect.runtime.line.mqtt import MqttSink
                 sinks.append(MqttSink(args.mqtt, args.sink, station=args.station,
@@ -214,4 +234,6 @@ def run(args: argparse.Namespace) -> int:
             view.stop()
         if modbus is not None:
             modbus.stop()
+        if opcua is not None:
+            opcua.stop()
     return code

@@ -23,10 +23,15 @@ def _err(capsys, argv):
     (["--modbus", ":5020"], "add --trigger plc"),
     (["--trigger", "plc", "--modbus", "nope"], "--modbus nope"),
     (["--mqtt", "mqtt://h:1883/p"], "--mqtt needs --sink"),
+    (["--opcua", "opc.tcp://127.0.0.1:4840"], "add --trigger plc"),
+    (["--trigger", "plc", "--opcua", "127.0.0.1:4840"], "--opcua 127.0.0.1:4840"),
+    (["--trigger", "plc", "--opcua", "opc.tcp://0.0.0.0:4840"], "anonymous OPC UA is allowed on 127.0.0.1 only"),
+    (["--trigger", "plc", "--opcua", "opc.tcp://0.0.0.0:4840", "--opcua-user", "X/none"], "--opcua-user"),
+    (["--opcua-user", "X"], "add --opcua"),
     (["--mqtt", "mqtt://h:1883/#", "--sink", "X"], "--mqtt mqtt://h:1883/#"),
 ])
 def test_bad_line_flags_are_one_line_errors(fx, capsys, tmp_path, extra, needle):
-    extra = [str(tmp_path) if a == "X" else a for a in extra]
+    extra = [a.replace("X", str(tmp_path)) if a.startswith("X") else a for a in extra]
     code, err = _err(capsys, ["serve", str(fx.model), "--source", str(fx.video), *extra])
     assert code != 0 and len(err) == 1 and needle in err[0], err
 
@@ -80,3 +85,51 @@ def test_serve_plc_over_modbus_end_to_end(fx, tmp_path):
     assert [r["trigger_seq"] for r in recs] == [1, 2, 3, 4]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["trigger"]["trigger_count"] == 4
+
+
+def test_serve_plc_over_opcua_end_to_end(fx, tmp_path):
+    pytest.importorskip("asyncua", reason="asyncua not installed (pip install 'protospect[line]')")
+    import asyncio
+
+    from asyncua import Client
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = {}
+    argv = ["serve", str(fx.model), "--source", str(fx.video), "--loop", "--sink", str(tmp_path), "--trigger", "plc",
+            "--opcua", f"opc.tcp://127.0.0.1:{port}", "--max-frames", "3", "--drift-window", "0"]
+    th = threading.Thread(target=lambda: out.setdefault("code", main(argv)), daemon=True)
+    th.start()
+
+    async def plc():
+        t0 = time.monotonic()
+        while True:
+            client = Client(f"opc.tcp://127.0.0.1:{port}", timeout=5)
+            try:
+                await client.connect()
+                break
+            except OSError:
+                assert time.monotonic() - t0 < 30
+                await asyncio.sleep(0.2)
+        try:
+            idx = await client.get_namespace_index("urn:protospect:station")
+            st = await client.nodes.objects.get_child([f"{idx}:Station"])
+            ready, result_ready, seq = [await st.get_child([f"{idx}:{n}"]) for n in ("Ready", "ResultReady", "Seq")]
+            for want in (1, 2):
+                while not await ready.read_value():
+                    await asyncio.sleep(0.005)
+                assert await st.call_method(f"{idx}:Trigger") is True
+                while not await result_ready.read_value():
+                    await asyncio.sleep(0.005)
+                assert await seq.read_value() == want
+                assert await st.call_method(f"{idx}:Ack") is True
+            await st.call_method(f"{idx}:Trigger")  # the 3rd: serve stops after its verdict (--max-frames 3)
+        finally:
+            await client.disconnect()
+
+    asyncio.run(asyncio.wait_for(plc(), 90))
+    th.join(30)
+    assert out.get("code") == 0
+    recs = [json.loads(line) for line in (tmp_path / "verdicts.jsonl").read_text().splitlines()]
+    assert [r["trigger_seq"] for r in recs] == [1, 2, 3]

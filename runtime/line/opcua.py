@@ -1,0 +1,258 @@
+"""OPC UA adapter for the PLC handshake (``serve --trigger plc --opcua opc.tcp://HOST:PORT``): an asyncua server
+whose ``Station`` object shows the one Handshake (handshake.py) and whose methods / TriggerRequest drive it.
+
+Address space (namespace ``urn:protospect:station``, see ``ns=`` in the client; browse path Objects/Station):
+
+  variables (read only unless said)
+    Ready, Busy, ResultReady   Boolean  the handshake state (at most one is true; none while ERROR / OFFLINE)
+    Error                      Boolean  the triggered frame could not be judged or the run stopped; Ack clears it
+    Verdict                    String   OK / REVIEW / NG of the last result, ERROR after a failure, "" none yet
+    Score                      Double   the last result's score (NaN: none)
+    Seq                        UInt32   trigger_seq the current result / busy state belongs to (0: none yet)
+    TriggerCount               UInt32   accepted triggers
+    RefusedTriggers, IgnoredAcks UInt32 the handshake's counters (docs/integration.md: rules)
+    ErrorCode                  UInt32   0 none, 1 frame rejected, 2 inspection stopped, 3 internal
+    ErrorText                  String   the last error in words ("" none)
+    TriggerRequest             Boolean  WRITABLE: write true to trigger (the station writes it back to false)
+  methods
+    Trigger() -> Accepted (Boolean)   accepted only while Ready; else refused and counted
+    Ack()     -> Done (Boolean)       back to Ready after a result / error; else ignored and counted
+
+Security (docs/integration.md): the endpoint has no message security (SecurityPolicy None: nothing is signed
+or encrypted). Anonymous sessions are allowed only when the server binds 127.0.0.1 / localhost. Binding any
+other address needs a users file (``--opcua-user FILE``, ``username:password`` lines): then anonymous
+sessions are refused and a session needs a listed user, but the password crosses the wire unencrypted.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import math
+import socket
+import threading
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from protospect._optional import require
+from protospect.errors import ConfigError
+from protospect.runtime.line.handshake import Handshake, Snapshot
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "urn:protospect:station"
+LOOPBACK = ("127.0.0.1", "localhost")
+# (browse name, OPC UA type name, value from a snapshot)
+VARIABLES = (
+    ("Verdict", "String", lambda s: s.verdict),
+    ("Score", "Double", lambda s: float("nan") if s.score is None or not math.isfinite(s.score) else float(s.score)),
+    ("Seq", "UInt32", lambda s: s.trigger_seq & 0xFFFFFFFF),
+    ("TriggerCount", "UInt32", lambda s: s.trigger_count & 0xFFFFFFFF),
+    ("RefusedTriggers", "UInt32", lambda s: s.refused_triggers & 0xFFFFFFFF),
+    ("IgnoredAcks", "UInt32", lambda s: s.ignored_acks & 0xFFFFFFFF),
+    ("ErrorCode", "UInt32", lambda s: s.error_code),
+    ("ErrorText", "String", lambda s: s.error_text),
+    # the state bits last: a client that sees ResultReady already finds Verdict / Score / Seq of that result
+    ("Error", "Boolean", lambda s: s.error),
+    ("Busy", "Boolean", lambda s: s.busy),
+    ("ResultReady", "Boolean", lambda s: s.result_ready),
+    ("Ready", "Boolean", lambda s: s.ready),
+)
+
+
+def parse_opcua(spec: str) -> tuple[str, int]:
+    """--opcua opc.tcp://HOST:PORT -> (host, port)."""
+    try:
+        parts = urlsplit(str(spec))
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        host = port = None
+    if not str(spec).startswith("opc.tcp://") or not host or port is None or not 0 < port <= 65535 \
+            or parts.path not in ("", "/"):
+        raise ConfigError(f"--opcua {spec}: expected opc.tcp://HOST:PORT, e.g. --opcua opc.tcp://127.0.0.1:4840")
+    return host, port
+
+
+def read_users(path: str | Path) -> dict[str, str]:
+    """--opcua-user FILE: ``username:password`` lines (blank lines and # comments skipped) -> {user: password}."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"--opcua-user {path}: cannot read: {getattr(err, 'strerror', None) or err}") from None
+    users = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, password = line.partition(":")
+        if not sep or not name or not password:
+            raise ConfigError(f"--opcua-user {path}: line {n}: expected username:password")
+        users[name] = password
+    if not users:
+        raise ConfigError(f"--opcua-user {path}: no username:password line")
+    return users
+
+
+def check_security(host: str, users: dict | None) -> None:
+    if host not in LOOPBACK and users is None:
+        raise ConfigError(f"--opcua on {host}: anonymous OPC UA is allowed on 127.0.0.1 only; give --opcua-user FILE "
+                          "(username:password lines) to bind another address")
+
+
+class _Users:
+    """asyncua user manager: the users file's names and passwords (constant-time compare), nobody else."""
+
+    def __init__(self, users: dict[str, str]):
+        self.users = users
+
+    def get_user(self, iserver, username=None, password=None, certificate=None):
+        from asyncua.crypto.permission_rules import User, UserRole
+        expected = self.users.get(username or "")
+        if expected is None or password is None:
+            return None
+        given = password if isinstance(password, str) else bytes(password).decode("utf-8", "replace")
+        return User(role=UserRole.User, name=username) if hmac.compare_digest(given, expected) else None
+
+
+class OpcUaAdapter:
+    """An asyncua server on its own thread (asyncio loop) showing the handshake. start() raises ConfigError with
+    one line when the address cannot be bound (port in use, not an address of this machine)."""
+
+    def __init__(self, handshake: Handshake, host: str = "127.0.0.1", port: int = 4840, users: dict | None = None):
+        check_security(host, users)
+        self.handshake, self.host, self.port, self.users = handshake, host, port, users
+        self.calls = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server = None
+        self._nodes: dict = {}
+        self._lock: asyncio.Lock | None = None
+        self._thread: threading.Thread | None = None
+        self._stop: asyncio.Event | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"opc.tcp://{self.host}:{self.port}"
+
+    # -- showing the handshake ------------------------------------------------------------------
+    async def _apply(self) -> None:
+        """Write the handshake's current state (read now, not when scheduled: a late update never shows an old one)."""
+        ua = require("asyncua", "line").ua
+        async with self._lock:
+            snap: Snapshot = self.handshake.snapshot()
+            for name, vtype, value in VARIABLES:
+                await self._nodes[name].write_value(ua.Variant(value(snap), getattr(ua.VariantType, vtype)))
+
+    def _changed(self, _snap: Snapshot) -> None:
+        """Handshake listener (any thread): schedule an update on the server's loop."""
+        loop = self._loop
+        if loop is None or loop.is_closed() or self._lock is None:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is closing
+            asyncio.run_coroutine_threadsafe(self._apply(), loop)
+
+    # -- the PLC side ---------------------------------------------------------------------------
+    async def _trigger(self, parent):
+        ua = require("asyncua", "line").ua
+        self.calls += 1
+        accepted = self.handshake.trigger() is not None
+        await self._apply()  # the caller sees Busy when the call returns
+        return [ua.Variant(accepted, ua.VariantType.Boolean)]
+
+    async def _ack(self, parent):
+        ua = require("asyncua", "line").ua
+        self.calls += 1
+        done = self.handshake.ack()
+        await self._apply()
+        return [ua.Variant(done, ua.VariantType.Boolean)]
+
+    async def _trigger_request(self, handle, value) -> None:
+        ua = require("asyncua", "line").ua
+        if value.Value is None or value.Value.Value is not True:
+            return
+        self.calls += 1
+        self.handshake.trigger()
+        await self._nodes["TriggerRequest"].write_value(ua.Variant(False, ua.VariantType.Boolean))
+        await self._apply()
+
+    async def _build(self):
+        asyncua = require("asyncua", "line")
+        ua = asyncua.ua
+        server = asyncua.Server(user_manager=_Users(self.users) if self.users is not None else None)
+        await server.init()
+        server.set_endpoint(f"opc.tcp://{self.host}:{self.port}/")
+        server.set_server_name("protospect station")
+        server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        server.set_identity_tokens([ua.AnonymousIdentityToken] if self.users is None else [ua.UserNameIdentityToken])
+        idx = await server.register_namespace(NAMESPACE)
+        station = await server.nodes.objects.add_object(idx, "Station")
+        snap = self.handshake.snapshot()
+        for name, vtype, value in VARIABLES:
+            self._nodes[name] = await station.add_variable(idx, name, value(snap), getattr(ua.VariantType, vtype))
+        self._nodes["TriggerRequest"] = req = await station.add_variable(idx, "TriggerRequest", False,
+                                                                           ua.VariantType.Boolean)
+        await req.set_writable()
+        await station.add_method(idx, "Trigger", self._trigger, [], [ua.VariantType.Boolean])
+        await station.add_method(idx, "Ack", self._ack, [], [ua.VariantType.Boolean])
+        server.iserver.aspace.add_datachange_callback(req.nodeid, ua.AttributeIds.Value, self._trigger_request)
+        return server
+
+    def start(self) -> OpcUaAdapter:
+        try:  # asyncua logs a traceback of its own when it cannot bind: say it in one line first
+            socket.create_server((self.host, self.port)).close()
+        except OSError as err:
+            raise ConfigError(f"--opcua {self.endpoint}: cannot listen: {err.strerror or err}") from None
+        started: dict = {}
+        ready = threading.Event()
+
+        async def main():
+            try:
+                self._server = await self._build()
+                self._lock, self._stop = asyncio.Lock(), asyncio.Event()
+                await self._server.start()
+            except (OSError, RuntimeError) as err:
+                started["error"] = err
+                ready.set()
+                return
+            ready.set()
+            await self._apply()
+            try:
+                await self._stop.wait()
+            finally:
+                with contextlib.suppress(Exception):
+                    await self._server.stop()
+
+        def thread_main():
+            self._loop = asyncio.new_event_loop()
+            try:
+                self._loop.run_until_complete(main())
+            finally:
+                self._loop.close()
+
+        self._thread = threading.Thread(target=thread_main, name=f"opcua[{self.host}:{self.port}]", daemon=True)
+        self._thread.start()
+        if not ready.wait(20) or "error" in started:
+            self._thread.join(5)
+            raise ConfigError(f"--opcua {self.endpoint}: cannot listen: {_bind_error(self.host, self.port, started)}")
+        self.handshake.subscribe(self._changed)
+        log.info("OPC UA: PLC handshake on %s (object Station: Trigger()/Ack(); %s; docs/integration.md)", self.endpoint,
+                 "anonymous, loopback only" if self.users is None else f"{len(self.users)} user(s), no encryption")
+        return self
+
+    def stop(self) -> None:
+        loop, stop = self._loop, self._stop
+        if loop is not None and stop is not None and self._thread is not None and self._thread.is_alive():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(stop.set)
+            self._thread.join(10)
+
+
+def _bind_error(host: str, port: int, started: dict) -> str:
+    err = started.get("error")
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    try:
+        with socket.create_server((host, port)):
+            return str(err) if err else "the OPC UA server did not start"
+    except OSError as bind_err:
+        return bind_err.strerror or str(bind_err)
