@@ -1,4 +1,5 @@
-"""`protospect export ART --out model.onnx [--fp16 | --int8 [--int8-calib-images DIR]] [--bank-as-input] [--split] [--check]`.
+"""`protospect export ART --out model.onnx [--fp16 | --int8 [--int8-calib-images DIR]] [--bank-as-input] [--split] [--check]
+[--batch N|dynamic]`.
 
 Precision table (anything else is refused, never rewritten):
 
@@ -6,6 +7,7 @@ Precision table (anything else is refused, never rewritten):
 | full (default)     | yes  | yes    | yes    |
 | --bank-as-input    | yes  | yes    | no: INT8 needs the bank inside the graph |
 | --split            | yes  | features.onnx converted, head.onnx stays fp32 |
+| --batch N|dynamic  | yes  | no     | no (and not with --split / --bank-as-input) |
 """
 from __future__ import annotations
 
@@ -48,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="INT8 cache folder, keyed by sha256 of graph, images and settings (default: none)")
     parser.add_argument("--bank-as-input", action="store_true", help="the prototype bank becomes graph input 'bank'")
     parser.add_argument("--split", action="store_true", help="features.onnx + bank.npy + head.onnx in the --out folder")
+    parser.add_argument("--batch", default="1", metavar="N|dynamic",
+                        help="batch dimension of the full FP32 graph: a static N, or 'dynamic' (default 1); checked "
+                             "per item against batch 1 on the shots' views (or --check-images)")
     parser.add_argument("--opset", type=int, default=17)
     parser.add_argument("--check", action="store_true", help="parity with PyTorch under ONNX Runtime CPU on the shots")
     parser.add_argument("--check-images", type=Path, default=None, metavar="DIR",
@@ -63,6 +68,17 @@ def validate(args: argparse.Namespace) -> None:
         raise ConfigError("--int8 with --bank-as-input is not supported: INT8 needs the bank inside the graph")
     if args.split and args.bank_as_input:
         raise ConfigError("--split already keeps the bank outside (bank.npy); drop --bank-as-input")
+    from protospect.contract import parse_batch
+
+    try:
+        args.batch = parse_batch(args.batch)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if args.batch != 1:
+        for flag, on in (("--split", args.split), ("--bank-as-input", args.bank_as_input), ("--fp16", args.fp16),
+                         ("--int8", args.int8)):
+            if on:
+                raise ConfigError(f"--batch {args.batch} is supported for the full FP32 graph only; drop {flag} or --batch")
     if not args.split and args.out.suffix != ".onnx":
         raise ConfigError(f"--out {args.out} should end in .onnx (or add --split for a folder)")
 
@@ -79,6 +95,14 @@ def run(args: argparse.Namespace) -> int:
     if args.check and not _check(args, model, manifest, precision):
         print("protospect export: parity check FAILED (graph kept for inspection)", file=sys.stderr)
         return 1
+    if args.batch != 1:
+        if not _check_batch(args, model, manifest):
+            print("protospect export: batch parity check FAILED (graph kept for inspection)", file=sys.stderr)
+            return 1
+        if args.batch != "dynamic":  # the single-camera ORT backend refuses it (runtime/backends/ort.py)
+            print(f"use:  {args.out} takes {args.batch} frames at once: for `protospect serve` (one camera) export with "
+                  "--batch 1 (the default) or --batch dynamic; batched multi-camera serve is upcoming (issue 18)")
+            return 0
     if args.bank_as_input:  # protospect serve feeds `image` only and refuses this graph
         print(f"use:  {args.out} takes the prototype bank as input 'bank' (same M x D as exported): feed it from "
               "your own ONNX Runtime or TensorRT code; for protospect serve export without --bank-as-input")
@@ -104,7 +128,7 @@ def _write_graphs(args, model, manifest: dict, sha: str, precision: str) -> list
             return [paths["features"], paths["head"]]
         fp32_path = args.out if precision == "fp32" else Path(tmp) / "model.fp32.onnx"
         onnx_export.onnx_from_model(model, model.meta, model.calibration, fp32_path, artifact_sha256=sha,
-                                    bank_as_input=args.bank_as_input, opset=args.opset)
+                                    bank_as_input=args.bank_as_input, opset=args.opset, batch=args.batch)
         if precision != "fp32":
             _convert(args, precision, fp32_path, args.out, manifest)
         return [args.out]
@@ -125,6 +149,32 @@ def _check(args, model, manifest: dict, precision: str) -> bool:
     report = parity_from_model(model, args.out, images)
     print(report.format())
     return precision != "fp32" or report.ok
+
+
+def _check_images(args, model, manifest: dict):
+    from protospect.calibration.data_reader import images_in
+    from protospect.export.parity import load_images, shot_views
+    from protospect.export.shots import shot_paths
+    from protospect.metadata import input_size_of
+
+    size = input_size_of(model.meta)
+    if args.check_images:
+        return list(load_images(images_in(args.check_images), size))
+    return shot_views(shot_paths(manifest), size)
+
+
+def _check_batch(args, model, manifest: dict) -> bool:
+    """Per-item parity of the batched graph with a batch-1 export of the same model (export/batch_parity.py)."""
+    from protospect.export import onnx_export
+    from protospect.export.batch_parity import batch_parity
+
+    with tempfile.TemporaryDirectory(prefix="protospect-batch1-") as tmp:
+        single = onnx_export.onnx_from_model(model, model.meta, model.calibration, Path(tmp) / "batch1.onnx",
+                                             opset=args.opset).path
+        report = batch_parity(args.out, single, _check_images(args, model, manifest),
+                              float(model.calibration["threshold"]), args.batch)
+    print(report.format())
+    return report.ok
 
 
 def _convert(args, precision: str, fp32_path: Path, out_path: Path, manifest: dict) -> None:

@@ -21,7 +21,8 @@ from torch import nn
 from protospect.errors import ArtifactError, ConfigError
 from protospect.export.deploy import FeaturesGraph, FullGraph, FullGraphBankInput, HeadGraph
 from protospect.onnx_graph import ensure_node_names, topk_values
-from protospect.contract import ANOMALY_MAP, BANK, GUIDE, IMAGE_SCORE, INPUT, KNN_SQDIST, QUERIES, bank_sha256
+from protospect.contract import (ANOMALY_MAP, BANK, DYNAMIC_BATCH, GUIDE, IMAGE_SCORE, INPUT, KNN_SQDIST, QUERIES,
+                                 bank_sha256, parse_batch)
 from protospect.metadata import build_metadata, input_size_of, set_metadata
 from protospect.files import write_atomic
 
@@ -38,11 +39,11 @@ class ExportedGraph:
 
 
 def onnx_from_artifact(art_dir: str | Path, out_path: str | Path, *, bank_as_input: bool = False,
-                       opset: int = MIN_OPSET) -> ExportedGraph:
+                       opset: int = MIN_OPSET, batch: int | str = 1) -> ExportedGraph:
     """Load an artifact (hashes checked) and export its model as one ONNX graph."""
     model, manifest, sha = _load(art_dir)
     return onnx_from_model(model, model.meta, model.calibration, out_path, artifact_sha256=sha,
-                           bank_as_input=bank_as_input, opset=opset)
+                           bank_as_input=bank_as_input, opset=opset, batch=batch)
 
 
 def _load(art_dir):
@@ -53,16 +54,26 @@ def _load(art_dir):
 
 
 def onnx_from_model(model: nn.Module, meta: dict, calibration: dict, out_path: str | Path, *,
-                    artifact_sha256: str = "", bank_as_input: bool = False, opset: int = MIN_OPSET) -> ExportedGraph:
+                    artifact_sha256: str = "", bank_as_input: bool = False, opset: int = MIN_OPSET,
+                    batch: int | str = 1) -> ExportedGraph:
     """Export ``model`` (contract section 4) as the default graph: `image` uint8 [1,S,S,3] -> anomaly_map, image_score.
 
     With ``bank_as_input`` the prototype bank becomes a graph input `bank` [M, D] (same M and D as
-    exported: shapes stay static) so a new bank can be swapped in without re-export.
+    exported: shapes stay static) so a new bank can be swapped in without re-export. ``batch`` N > 1
+    gives a static batch dimension N, "dynamic" a symbolic one named "batch" (issue 18); either is
+    recorded as protospect.batch. Batch 1 (the default) writes the graph exactly as before.
     """
     _check_opset(opset)
+    try:
+        batch = parse_batch(batch)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if batch != 1 and bank_as_input:
+        raise ConfigError("--batch with --bank-as-input is not supported; export one of them")
     size = input_size_of(meta)
     model = model.eval()
-    image = torch.zeros(1, size, size, 3, dtype=torch.uint8)
+    trace_n = 2 if batch == DYNAMIC_BATCH else batch  # trace dynamic with 2 so no dimension is folded to 1
+    image = torch.zeros(trace_n, size, size, 3, dtype=torch.uint8)
     if bank_as_input:
         buffer_name, bank = find_bank_buffer(model)
         wrapper = FullGraphBankInput(model, meta["mean"], meta["std"], buffer_name)
@@ -70,11 +81,17 @@ def onnx_from_model(model: nn.Module, meta: dict, calibration: dict, out_path: s
     else:
         wrapper = FullGraph(model, meta["mean"], meta["std"])
         args, input_names = (image,), [INPUT]
-    onnx_model = _trace(wrapper.eval(), args, input_names, [ANOMALY_MAP, IMAGE_SCORE], opset)
+    dynamic_axes = ({INPUT: {0: "batch"}, ANOMALY_MAP: {0: "batch"}, IMAGE_SCORE: {0: "batch"}}
+                    if batch == DYNAMIC_BATCH else None)
+    onnx_model = _trace(wrapper.eval(), args, input_names, [ANOMALY_MAP, IMAGE_SCORE], opset, dynamic_axes)
     _check_topk(onnx_model, where="the full graph")
-    props = build_metadata(meta, calibration, artifact_sha256=artifact_sha256, graph="full")
+    if batch == DYNAMIC_BATCH:
+        _declare_output_shapes(onnx_model, {ANOMALY_MAP: ["batch", 1, size, size], IMAGE_SCORE: ["batch"]})
+    props = build_metadata(meta, calibration, artifact_sha256=artifact_sha256, graph="full",
+                           extra=None if batch == 1 else {"batch": str(batch)})
     set_metadata(onnx_model, props)
-    expected = {INPUT: [1, size, size, 3], ANOMALY_MAP: [1, 1, size, size], IMAGE_SCORE: [1]}
+    n = None if batch == DYNAMIC_BATCH else batch
+    expected = {INPUT: [n, size, size, 3], ANOMALY_MAP: [n, 1, size, size], IMAGE_SCORE: [n]}
     if bank_as_input:
         expected["bank"] = list(bank.shape)
     return ExportedGraph(save_checked(onnx_model, out_path, expected), props)
@@ -150,6 +167,21 @@ def find_bank_buffer(model: nn.Module) -> tuple[str, torch.Tensor]:
                       f"(buffers: {', '.join(buffers) or 'none'}); export without --bank-as-input")
 
 
+def _declare_output_shapes(model: onnx.ModelProto, shapes: dict[str, list]) -> None:
+    """Write the outputs' known dims into the graph: with a symbolic batch the tracer leaves the resized
+    map's H and W symbolic too, though they are the input size for every batch."""
+    for out in model.graph.output:
+        if out.name in shapes:
+            dims = out.type.tensor_type.shape.dim
+            del dims[:]
+            for value in shapes[out.name]:
+                dim = dims.add()
+                if isinstance(value, str):
+                    dim.dim_param = value
+                else:
+                    dim.dim_value = value
+
+
 def _square_grid(n: int) -> list[int]:
     side = int(round(n ** 0.5))
     if side * side != n:
@@ -171,13 +203,15 @@ def _check_topk(model: onnx.ModelProto, where: str) -> None:
                               "lower k in the method config")
 
 
-def _trace(module: nn.Module, args: tuple, input_names: list[str], output_names: list[str], opset: int) -> onnx.ModelProto:
+def _trace(module: nn.Module, args: tuple, input_names: list[str], output_names: list[str], opset: int,
+           dynamic_axes: dict | None = None) -> onnx.ModelProto:
     """TorchScript-based export (fast, stable names, plain ops) followed by constant folding."""
     buf = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # legacy-exporter deprecation and tracer warnings
         torch.onnx.export(module, args, buf, dynamo=False, opset_version=opset, input_names=input_names,
-                          output_names=output_names, do_constant_folding=True)
+                          output_names=output_names, do_constant_folding=True,
+                          dynamic_axes=dynamic_axes)
     model = onnx.load_from_string(buf.getvalue())
     for name in ("onnx_ir", "onnxscript"):  # the optimizer logs every folded initializer/rewrite at INFO
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -42,10 +42,30 @@ KEY_ARTIFACT_SHA256 = key("artifact_sha256")
 KEY_PRECISION = key("precision")
 KEY_GRAPH = key("graph")
 KEY_BANK_SHA256 = key("bank_sha256")
+KEY_BATCH = key("batch")  # "N" (static batch N > 1) or "dynamic"; absent: batch 1 (every graph before issue 18)
 METADATA_HASH = key("metadata_sha256")  # {key: sha256(value)[:16]} of every other protospect.* key
 
 PRECISIONS = ("fp32", "fp16", "int8")
 GRAPHS = ("full", "features", "head")
+
+DYNAMIC_BATCH = "dynamic"
+
+
+def parse_batch(value, where="--batch") -> int | str:
+    """"1", "4", 4, "dynamic" -> 1, 4, 4, "dynamic"; anything else raises ValueError naming ``where``."""
+    text = str(value).strip().lower()
+    if text == DYNAMIC_BATCH:
+        return DYNAMIC_BATCH
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
+    raise ValueError(f"{where} {value!r} is not a batch size: give a whole number >= 1 or 'dynamic'")
+
+
+def batch_of(props: dict) -> int | str:
+    """The batch a graph was exported with, from its protospect.batch metadata (absent: 1)."""
+    found = props.get(KEY_BATCH, props.get("batch"))
+    return 1 if found is None else parse_batch(found, KEY_BATCH)
+
 
 # ---- the engine sidecar (contracts 7): <engine>.json next to the engine ----
 SIDECAR_REQUIRED = ("tensorrt_version", "compute_capability", "onnx_metadata", "engine_sha256")

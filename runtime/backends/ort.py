@@ -96,6 +96,10 @@ def check_io(session, path: Path, size: int) -> None:
         got = ", ".join(f"{i.name}:{i.type}" for i in inputs.values())
         raise ArtifactError(f"{path} must take input '{INPUT}' uint8 [1,{size},{size},3] (NHWC RGB); it takes {got}")
     shape = inputs[INPUT].shape
+    if shape and isinstance(shape[0], int) and shape[0] > 1:  # export --batch N (issue 18); dynamic batch is fed 1 frame
+        raise ArtifactError(f"{path} is a batch-{shape[0]} graph (protospect export --batch {shape[0]}) but serve feeds one "
+                            "camera's frame at a time: re-export with --batch 1 (the default) or --batch dynamic; "
+                            "batch-N graphs are for the multi-camera serve (upcoming, issue 18)")
     if len(shape) != 4 or any(isinstance(d, int) and d != want for d, want in zip(shape, (1, size, size, 3))):
         raise ArtifactError(f"{path}: input '{INPUT}' has shape {shape}, metadata says [1,{size},{size},3]")
     extra = [name for name in inputs if name != INPUT]
