@@ -48,6 +48,9 @@ extras = {
     # pymodbus: the SimDevice(action=...) datastore API of 3.16 (tested); 4.x will change it again.
     # asyncua: the OPC UA server (runtime/line/opcua.py), tested with 2.1.
     "line": ["pymodbus>=3.16,<4", "paho-mqtt>=2.0", "asyncua>=1.1"],
+    # Triton Inference Server (issue 18): tritonclient's ModelConfig protobuf validates export --triton-repo's
+    # config.pbtxt in the tests, and the gRPC client is what a triton backend will use.
+    "triton": ["tritonclient[grpc]>=2.40"],
     "dev": ["pytest>=8", "scikit-image", "ruff>=0.5"],  # scikit-image: the chelsea ImageNet check; ruff: test.sh lints
 }
 extras["all-cpu"] = sorted(set(extras["train"] + extras["runtime"] + extras["dev"]))

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("artifact", type=Path, metavar="ART", help="artifact directory from `protospect train`")
-    parser.add_argument("--out", type=Path, required=True, help="model.onnx (or a folder with --split)")
+    parser.add_argument("--out", type=Path, default=None, help="model.onnx (or a folder with --split); required unless --triton-repo")
     # --fp16/--int8 exclusion is checked in validate(): a one-line error and exit 1 like the other refusals
     parser.add_argument("--fp16", action="store_true", help="float16 graph, float32 distance/top-k/head, same I/O")
     parser.add_argument("--int8", action="store_true", help="INT8 Q/DQ graph (explicit quantization) calibrated on normal images")
@@ -50,9 +50,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="INT8 cache folder, keyed by sha256 of graph, images and settings (default: none)")
     parser.add_argument("--bank-as-input", action="store_true", help="the prototype bank becomes graph input 'bank'")
     parser.add_argument("--split", action="store_true", help="features.onnx + bank.npy + head.onnx in the --out folder")
-    parser.add_argument("--batch", default="1", metavar="N|dynamic",
-                        help="batch dimension of the full FP32 graph: a static N, or 'dynamic' (default 1); checked "
-                             "per item against batch 1 on the shots' views (or --check-images)")
+    parser.add_argument("--batch", default=None, metavar="N|dynamic",
+                        help="batch dimension of the full FP32 graph: a static N, or 'dynamic' (default 1; dynamic with "
+                             "--triton-repo); checked per item against batch 1 on the shots' views (or --check-images)")
+    triton = parser.add_argument_group("Triton model repository (issue 18; export/triton_repo.py)")
+    triton.add_argument("--triton-repo", type=Path, default=None, metavar="DIR",
+                        help="write DIR/<name>/<version>/model.onnx and DIR/<name>/config.pbtxt instead of --out")
+    triton.add_argument("--name", default=None, metavar="PART", help="Triton model name (default: the artifact folder's name)")
+    triton.add_argument("--version", default="1", metavar="V", help="Triton model version (default 1)")
+    triton.add_argument("--triton-backend", choices=["onnxruntime", "python"], default="onnxruntime",
+                        help="onnxruntime: platform onnxruntime_onnx (GPU servers); python: a model.py running the graph "
+                             "with ONNX Runtime (CPU servers)")
+    triton.add_argument("--triton-max-batch", type=int, default=8, metavar="N", help="max_batch_size (default 8)")
+    triton.add_argument("--triton-instances", type=int, default=1, metavar="N", help="instance_group count (default 1)")
     parser.add_argument("--opset", type=int, default=17)
     parser.add_argument("--check", action="store_true", help="parity with PyTorch under ONNX Runtime CPU on the shots")
     parser.add_argument("--check-images", type=Path, default=None, metavar="DIR",
@@ -70,8 +80,12 @@ def validate(args: argparse.Namespace) -> None:
         raise ConfigError("--split already keeps the bank outside (bank.npy); drop --bank-as-input")
     from protospect.contract import parse_batch
 
+    if args.triton_repo is not None:
+        _validate_triton(args)
+    elif args.out is None:
+        raise ConfigError("give --out model.onnx (or --triton-repo DIR)")
     try:
-        args.batch = parse_batch(args.batch)
+        args.batch = parse_batch("1" if args.batch is None else args.batch)
     except ValueError as err:
         raise ConfigError(str(err)) from None
     if args.batch != 1:
@@ -81,6 +95,25 @@ def validate(args: argparse.Namespace) -> None:
                 raise ConfigError(f"--batch {args.batch} is supported for the full FP32 graph only; drop {flag} or --batch")
     if not args.split and args.out.suffix != ".onnx":
         raise ConfigError(f"--out {args.out} should end in .onnx (or add --split for a folder)")
+
+
+def _validate_triton(args: argparse.Namespace) -> None:
+    """--triton-repo: a dynamic-batch FP32 full graph at DIR/<name>/<version>/model.onnx."""
+    from protospect.export.triton_repo import check_name, check_version, model_paths
+
+    if args.out is not None:
+        raise ConfigError("--triton-repo writes the graph into the repository; drop --out")
+    for flag, on in (("--split", args.split), ("--bank-as-input", args.bank_as_input), ("--fp16", args.fp16), ("--int8", args.int8)):
+        if on:
+            raise ConfigError(f"--triton-repo exports the full FP32 graph with a dynamic batch; drop {flag}")
+    if args.batch is not None and str(args.batch).strip().lower() != "dynamic":
+        raise ConfigError(f"--triton-repo needs --batch dynamic (Triton forms the batches); drop --batch {args.batch}")
+    if args.triton_max_batch < 1 or args.triton_instances < 1:
+        raise ConfigError("--triton-max-batch and --triton-instances must be >= 1")
+    args.batch = "dynamic"
+    args.name = check_name(args.name if args.name is not None else args.artifact.resolve().name)
+    args.version = check_version(args.version)
+    args.out = model_paths(args.triton_repo, args.name, args.version)[0]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -99,6 +132,14 @@ def run(args: argparse.Namespace) -> int:
         if not _check_batch(args, model, manifest):
             print("protospect export: batch parity check FAILED (graph kept for inspection)", file=sys.stderr)
             return 1
+        if args.triton_repo is not None:
+            from protospect.export.triton_repo import write_repo
+
+            for path in write_repo(args.out, args.triton_repo, args.name, args.version, backend=args.triton_backend,
+                                   max_batch_size=args.triton_max_batch, instances=args.triton_instances):
+                print(f"wrote {path}")
+            print(f"use:  tritonserver --model-repository {args.triton_repo}   (model '{args.name}', version {args.version})")
+            return 0
         if args.batch != "dynamic":  # the single-camera ORT backend refuses it (runtime/backends/ort.py)
             print(f"use:  {args.out} takes {args.batch} frames at once: for `protospect serve` (one camera) export with "
                   "--batch 1 (the default) or --batch dynamic; batched multi-camera serve is upcoming (issue 18)")

@@ -27,7 +27,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # torch first and pinned: on these machines pip takes 2.14.1 from local disk (see README).
 .venv/bin/pip install -q --disable-pip-version-check "torch==2.14.1" "torchvision==0.29.1"
-.venv/bin/pip install -q --disable-pip-version-check -e ".[train,runtime,dev]"
+.venv/bin/pip install -q --disable-pip-version-check -e ".[train,runtime,dev,triton]"  # triton: export --triton-repo config tests
 
 if [ ! -x .venv-runtime/bin/python ]; then
   need_gb 1 "creating .venv-runtime"

@@ -1,0 +1,128 @@
+"""export --triton-repo (issue 18): the repository layout, config.pbtxt parsed into Triton's ModelConfig protobuf,
+the protospect metadata as parameters, the python-backend model.py run against a stand-in pb_utils, refusals.
+No Triton server runs here (issue 18 item 5 is not done)."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+import types
+
+import numpy as np
+import onnx
+import pytest
+
+from protospect.cli import main
+from protospect.contract import check_contract
+
+pytestmark = pytest.mark.torch
+
+
+def _model_config(path):
+    try:
+        from google.protobuf import text_format
+        from tritonclient.grpc import model_config_pb2
+    except ImportError as err:
+        pytest.skip(f"tritonclient[grpc] not importable ({err}); pip install -e .[triton]")
+    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+
+
+@pytest.fixture(scope="module")
+def repo(patchcore, tmp_path_factory):
+    root = tmp_path_factory.mktemp("triton")
+    assert main(["export", str(patchcore[1]), "--triton-repo", str(root / "gpu"), "--name", "flange", "--version", "3",
+                 "--triton-max-batch", "4", "--triton-instances", "2"]) == 0
+    assert main(["export", str(patchcore[1]), "--triton-repo", str(root / "cpu"), "--triton-backend", "python"]) == 0
+    return root
+
+
+def test_onnxruntime_repo_layout_and_config_parse_into_modelconfig(repo):
+    assert sorted(p.relative_to(repo / "gpu").as_posix() for p in (repo / "gpu").rglob("*") if p.is_file()) == \
+        ["flange/3/model.onnx", "flange/config.pbtxt"]
+    cfg = _model_config(repo / "gpu" / "flange" / "config.pbtxt")
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    assert (cfg.name, cfg.platform, cfg.max_batch_size) == ("flange", "onnxruntime_onnx", 4)
+    assert [(i.name, i.data_type, list(i.dims)) for i in cfg.input] == [("image", mc.TYPE_UINT8, [64, 64, 3])]
+    outs = {o.name: o for o in cfg.output}
+    assert list(outs["anomaly_map"].dims) == [1, 64, 64] and outs["anomaly_map"].data_type == mc.TYPE_FP32
+    assert list(outs["image_score"].dims) == [1] and list(outs["image_score"].reshape.shape) == []
+    assert cfg.HasField("dynamic_batching") and cfg.dynamic_batching.max_queue_delay_microseconds > 0
+    assert [(g.count, g.kind) for g in cfg.instance_group] == [(2, mc.ModelInstanceGroup.KIND_GPU)]
+    params = {k: v.string_value for k, v in cfg.parameters.items()}
+    graph_props = {p.key: p.value for p in onnx.load(str(repo / "gpu" / "flange" / "3" / "model.onnx")).metadata_props}
+    assert params == {k: v for k, v in graph_props.items() if k.startswith("protospect.")}
+    assert params["protospect.batch"] == "dynamic" and float(params["protospect.threshold"]) > 0
+    check_contract(params, "config.pbtxt parameters")  # a client can check the hash from the config alone
+
+
+def test_python_backend_variant_config_and_model_py(repo, patchcore):
+    name = patchcore[1].resolve().name
+    model_dir = repo / "cpu" / name
+    cfg = _model_config(model_dir / "config.pbtxt")
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    assert cfg.backend == "python" and not cfg.platform and cfg.max_batch_size == 8
+    assert cfg.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
+    assert (model_dir / "1" / "model.py").is_file() and (model_dir / "1" / "model.onnx").is_file()
+    model = _load_model_py(model_dir / "1" / "model.py")
+    model.initialize({"model_repository": str(model_dir), "model_version": "1"})
+    rng = np.random.default_rng(0)
+    reqs = [{"image": rng.integers(0, 255, (n, 64, 64, 3), dtype=np.uint8)} for n in (1, 3)]
+    responses = model.execute(reqs)
+    from protospect.export.ort_session import cpu_session
+
+    session = cpu_session(model_dir / "1" / "model.onnx")
+    for req, resp in zip(reqs, responses):
+        amap, score = session.run(["anomaly_map", "image_score"], {"image": req["image"]})
+        got = {t.name: t.value for t in resp.output_tensors}
+        assert got["anomaly_map"].shape == (len(req["image"]), 1, 64, 64)
+        np.testing.assert_allclose(got["anomaly_map"], amap, atol=1e-4 * float(np.ptp(amap)))
+        np.testing.assert_allclose(got["image_score"], score, rtol=1e-5)
+
+
+def _load_model_py(path):
+    """model.py with a stand-in for Triton's triton_python_backend_utils (only the calls it makes)."""
+    class Tensor:
+        def __init__(self, name, value):
+            self.name, self.value = name, value
+
+    class InferenceResponse:
+        def __init__(self, output_tensors):
+            self.output_tensors = output_tensors
+
+    class Input:
+        def __init__(self, value):
+            self.value = value
+
+        def as_numpy(self):
+            return self.value
+
+    utils = types.SimpleNamespace(Tensor=Tensor, InferenceResponse=InferenceResponse,
+                                  get_input_tensor_by_name=lambda req, name: Input(req[name]))
+    sys.modules["triton_python_backend_utils"] = utils
+    try:
+        spec = importlib.util.spec_from_file_location("protospect_triton_model", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules["triton_python_backend_utils"]
+    return module.TritonPythonModel()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--out", "m.onnx"], "drop --out"),
+    (["--batch", "4"], "needs --batch dynamic"),
+    (["--int8"], "drop --int8"),
+    (["--name", "a b"], "not a Triton model name"),
+    (["--version", "0"], "not a Triton model version"),
+    (["--triton-max-batch", "0"], "must be >= 1"),
+])
+def test_triton_repo_refusals_are_one_line(patchcore, tmp_path, capsys, extra, message):
+    rc = main(["export", str(patchcore[1]), "--triton-repo", str(tmp_path / "repo"), *extra])
+    err = capsys.readouterr().err
+    assert rc != 0 and message in err and "Traceback" not in err and not (tmp_path / "repo").exists()
+
+
+def test_export_without_out_or_repo_is_refused(patchcore, capsys):
+    assert main(["export", str(patchcore[1])]) != 0
+    assert "give --out model.onnx (or --triton-repo DIR)" in capsys.readouterr().err
