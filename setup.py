@@ -38,7 +38,7 @@ extras = {
         "onnxscript",
         "matplotlib",
     ],
-    "runtime": ["onnxruntime>=1.18"],
+    "runtime": ["onnxruntime>=1.18", "tomli>=2.0; python_version < '3.11'"],  # tomli: station files on 3.10 (JetPack 6)
     "gpu": ["onnxruntime-gpu>=1.18", "cuda-python>=12.6"],
     # cuda-python: engine buffers and the GPU name / compute capability in the engine sidecar.
     # On JetPack 6 pin cuda-python>=12.6,<13 (a cubin from a newer NVRTC may not load on its driver).
