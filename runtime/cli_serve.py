@@ -85,9 +85,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"drift watch over the last N OK/REVIEW scores (default {DEFAULT_WINDOW}; 0: off); needs "
                              "thresholds from a conformal file or a station bundle")
     line = parser.add_argument_group("line I/O (docs/integration.md)")
-    line.add_argument("--trigger", choices=("free", "plc"), default="free",
+    line.add_argument("--trigger", choices=("free", "plc", "hardware"), default="free",
                       help="free: judge every frame (default); plc: one fresh frame per PLC trigger (needs --modbus "
-                           "or --opcua)")
+                           "or --opcua); hardware: a GenICam camera in TriggerMode=On, every delivered frame judged")
+    line.add_argument("--trigger-source", default=None, metavar="LINE",
+                      help="--trigger hardware: the camera's TriggerSource (default Line0)")
     line.add_argument("--modbus", default=None, metavar="[HOST]:PORT",
                       help="Modbus TCP server for the PLC handshake, e.g. 127.0.0.1:5020 (no authentication)")
     line.add_argument("--opcua", default=None, metavar="opc.tcp://HOST:PORT",
@@ -166,6 +168,10 @@ def check_line(args: argparse.Namespace) -> None:
     if getattr(args, "trigger", "free") == "plc" and getattr(args, "modbus", None) is None \
             and getattr(args, "opcua", None) is None:
         raise ConfigError("--trigger plc needs a way for the PLC to trigger: --modbus HOST:PORT or --opcua opc.tcp://HOST:PORT")
+    if getattr(args, "trigger", "free") == "hardware" and not str(args.source).strip().startswith("genicam:"):
+        raise ConfigError(f"--trigger hardware needs a GenICam camera (--source genicam:/path/producer.cti), not {args.source}")
+    if getattr(args, "trigger_source", None) is not None and args.trigger != "hardware":
+        raise ConfigError("--trigger-source sets the camera's hardware trigger line: add --trigger hardware")
     if getattr(args, "mqtt", None) is not None:
         from protospect.runtime.line.mqtt import parse_mqtt
         parse_mqtt(args.mqtt)
@@ -182,6 +188,10 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--drift-window {args.drift_window}: must be >= 0 (0: off)")
     backend, station = open_backend(args)
     source = open_source(args.source, loop=args.loop)
+    policy = None
+    if getattr(args, "trigger", "free") == "hardware":  # the camera sends one frame per pulse: judge every one
+        from protospect.runtime.genicam_trigger import DEFAULT_TRIGGER_SOURCE
+        source.trigger_source, policy = args.trigger_source or DEFAULT_TRIGGER_SOURCE, "block"
     view = modbus = opcua = None
     try:
         with backend:
@@ -212,7 +222,7 @@ def run(args: argparse.Namespace) -> int:
                 sinks.append(MqttSink(args.mqtt, args.sink, station=args.station,
                                       max_spool_bytes=int(args.mqtt_spool_mb * (1 << 20))))
             drift = make_drift_watch(info, args.drift_window)
-            pipeline = Pipeline(backend, source, sinks, queue_size=args.queue_size, max_frames=args.max_frames,
+            pipeline = Pipeline(backend, source, sinks, queue_size=args.queue_size, policy=policy, max_frames=args.max_frames,
                                 progress=sys.stderr.isatty(), drift=drift, trigger=handshake)
             signalled = _Signalled(pipeline)
             with stop_on_signals(signalled):

@@ -206,13 +206,10 @@ class HarvesterSource(Source):
     live = True
     bgr = False  # read() converts every pixel format to RGB (pixel_formats.py)
 
-    def __init__(self, cti: str, index: int = 0, timeout_s: float = 3.0):
-        self.cti = cti
-        self.index = index
-        self.timeout_s = timeout_s
+    def __init__(self, cti: str, index: int = 0, timeout_s: float = 3.0, trigger_source: str | None = None):
+        self.cti, self.index, self.timeout_s, self.trigger_source = cti, index, timeout_s, trigger_source
         self.name = f"genicam:{cti}#{index}"
-        self._harvester = None
-        self._acquirer = None
+        self._harvester = self._acquirer = None  # trigger_source: --trigger hardware (genicam_trigger.py)
 
     def open(self) -> None:
         if not Path(self.cti).is_file():
@@ -227,6 +224,9 @@ class HarvesterSource(Source):
             raise SourceError(f"{self.name}: {len(h.device_info_list)} GenICam device(s) found, index {self.index} requested")
         self._harvester = h
         self._acquirer = h.create(self.index)
+        if self.trigger_source is not None:  # before start: TriggerMode is not writable while acquiring
+            from protospect.runtime.genicam_trigger import set_hardware_trigger
+            set_hardware_trigger(self._acquirer, self.trigger_source, self.name)
         self._acquirer.start()
 
     def read(self):

@@ -1,4 +1,5 @@
-"""GenICam pixel formats -> RGB, and a triggered GenICam camera that waits between parts.
+"""GenICam pixel formats -> RGB, a triggered GenICam camera that waits between parts, and serve --trigger
+hardware (TriggerMode=On, TriggerSource set before acquisition starts; every delivered frame judged).
 
 The harvesters module is replaced by a small fake with its fetch() / buffer / component surface
 (harvesters.core: Component2DImage.data_format, width, height, data; fetch raises
@@ -72,11 +73,13 @@ class TimeoutException(Exception):  # the name genicam.gentl gives its fetch tim
 class FakeAcquirer:
     """Delivers ``script`` items in turn: an array (a frame), 'wait' (fetch times out), 'cable' (transport error)."""
 
-    def __init__(self, script, fmt):
+    def __init__(self, script, fmt, sources=("Line0", "Line1", "Software")):
         self.script, self.fmt = list(script), fmt
+        self.started, self.log = False, []
+        self.remote_device = types.SimpleNamespace(node_map=FakeNodeMap(self, sources))
 
     def start(self):
-        pass
+        self.started = True
 
     def stop(self):
         pass
@@ -91,6 +94,31 @@ class FakeAcquirer:
         comp = types.SimpleNamespace(data=item.ravel(), data_format=self.fmt, width=W, height=H)
         buf = types.SimpleNamespace(payload=types.SimpleNamespace(components=[comp]))
         return _Ctx(buf)
+
+
+class FakeNode:
+    def __init__(self, acquirer, feature, allowed):
+        self.acquirer, self.feature, self.allowed, self._value = acquirer, feature, allowed, None
+
+    @property
+    def value(self):
+        return self._value
+
+    @value.setter
+    def value(self, value):
+        if self.acquirer.started:
+            raise RuntimeError("AccessException: node is not writable while acquiring")
+        if value not in self.allowed:
+            raise ValueError(f"InvalidArgumentException: {value} is not an entry of {self.feature}\nmore detail")
+        self._value = value
+        self.acquirer.log.append((self.feature, value))
+
+
+class FakeNodeMap:
+    def __init__(self, acquirer, sources):
+        self.TriggerSelector = FakeNode(acquirer, "TriggerSelector", ("FrameStart", "AcquisitionStart"))
+        self.TriggerMode = FakeNode(acquirer, "TriggerMode", ("On", "Off"))
+        self.TriggerSource = FakeNode(acquirer, "TriggerSource", sources)
 
 
 class _Ctx:
@@ -150,3 +178,65 @@ def test_triggered_camera_waits_between_parts_without_reconnecting(tmp_path, mon
     thread.join(2)
     assert [f.seq for f in got] == [0, 1]
     assert thread.reconnects == 1 and opened == [0, 0]  # only the transport error reconnected
+
+
+def test_hardware_trigger_set_before_acquisition_and_refusals(tmp_path, monkeypatch):
+    cti = tmp_path / "vendor.cti"
+    cti.write_bytes(b"producer")
+    acquirer = FakeAcquirer([], "RGB8")
+    fake_harvesters(monkeypatch, acquirer, [])
+    src = HarvesterSource(str(cti), trigger_source="Line1")
+    src.open()
+    assert acquirer.started and acquirer.log == [("TriggerSelector", "FrameStart"), ("TriggerMode", "On"),
+                                                 ("TriggerSource", "Line1")]
+    src.close()
+    bad = FakeAcquirer([], "RGB8", sources=("Line0",))
+    fake_harvesters(monkeypatch, bad, [])
+    with pytest.raises(SourceError) as err:
+        HarvesterSource(str(cti), trigger_source="Line3").open()
+    assert "cannot set TriggerSource=Line3" in str(err.value) and "\n" not in str(err.value) and not bad.started
+    plain = FakeAcquirer([], "RGB8")
+    del plain.remote_device.node_map.TriggerMode
+    fake_harvesters(monkeypatch, plain, [])
+    with pytest.raises(SourceError, match="no TriggerMode feature"):
+        HarvesterSource(str(cti), trigger_source="Line0").open()
+    free = FakeAcquirer([], "RGB8")
+    fake_harvesters(monkeypatch, free, [])
+    HarvesterSource(str(cti)).open()  # no --trigger hardware: the camera's trigger settings are left alone
+    assert free.log == [] and free.started
+
+
+def test_serve_trigger_hardware_judges_every_delivered_frame(fx, tmp_path, monkeypatch, capsys):
+    import json
+
+    from protospect.cli import main
+
+    cti = tmp_path / "vendor.cti"
+    cti.write_bytes(b"producer")
+    n = 6
+    frame = RGB.copy()
+    script = []
+    for _ in range(n):  # pulses on the line: a frame, then quiet (fetch timeouts) until the next part
+        script += [frame, "wait"]
+    acquirer = FakeAcquirer(script, "RGB8")
+    fake_harvesters(monkeypatch, acquirer, [])
+    sink = tmp_path / "out"
+    code = main(["serve", str(fx.model), "--source", f"genicam:{cti}", "--sink", str(sink), "--trigger", "hardware",
+                 "--trigger-source", "Line1", "--max-frames", str(n), "--drift-window", "0", "--queue-size", "1"])
+    assert code == 0, capsys.readouterr().err
+    assert ("TriggerMode", "On") in acquirer.log and ("TriggerSource", "Line1") in acquirer.log
+    recs = [json.loads(line) for line in (sink / "verdicts.jsonl").read_text().splitlines()]
+    assert len(recs) == n and [r["seq"] for r in recs] == list(range(n))  # every delivered frame, none dropped
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--source", "SRC", "--trigger", "hardware"], "--trigger hardware needs a GenICam camera"),
+    (["--source", "genicam:/x.cti", "--trigger-source", "Line1"], "add --trigger hardware"),
+])
+def test_trigger_hardware_flags_one_line(fx, capsys, extra, needle):
+    from protospect.cli import main
+
+    extra = [str(fx.video) if a == "SRC" else a for a in extra]
+    code = main(["serve", str(fx.model), *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and needle in err[0], err
