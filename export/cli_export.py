@@ -24,7 +24,10 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("artifact", type=Path, metavar="ART", help="artifact directory from `protospect train`")
-    parser.add_argument("--out", type=Path, default=None, help="model.onnx (or a folder with --split); required unless --triton-repo")
+    target = parser.add_mutually_exclusive_group(required=True)  # neither or both: a usage error (exit 2)
+    target.add_argument("--out", type=Path, default=None, help="model.onnx (or a folder with --split)")
+    target.add_argument("--triton-repo", type=Path, default=None, metavar="DIR",
+                        help="a Triton model repository instead: DIR/<name>/<version>/model.onnx and DIR/<name>/config.pbtxt")
     # --fp16/--int8 exclusion is checked in validate(): a one-line error and exit 1 like the other refusals
     parser.add_argument("--fp16", action="store_true", help="float16 graph, float32 distance/top-k/head, same I/O")
     parser.add_argument("--int8", action="store_true", help="INT8 Q/DQ graph (explicit quantization) calibrated on normal images")
@@ -53,9 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", default=None, metavar="N|dynamic",
                         help="batch dimension of the full FP32 graph: a static N, or 'dynamic' (default 1; dynamic with "
                              "--triton-repo); checked per item against batch 1 on the shots' views (or --check-images)")
-    triton = parser.add_argument_group("Triton model repository (issue 18; export/triton_repo.py)")
-    triton.add_argument("--triton-repo", type=Path, default=None, metavar="DIR",
-                        help="write DIR/<name>/<version>/model.onnx and DIR/<name>/config.pbtxt instead of --out")
+    triton = parser.add_argument_group("with --triton-repo (issue 18; export/triton_repo.py)")
     triton.add_argument("--name", default=None, metavar="PART", help="Triton model name (default: the artifact folder's name)")
     triton.add_argument("--version", default="1", metavar="V", help="Triton model version (default 1)")
     triton.add_argument("--triton-backend", choices=["onnxruntime", "python"], default="onnxruntime",
@@ -82,8 +83,6 @@ def validate(args: argparse.Namespace) -> None:
 
     if args.triton_repo is not None:
         _validate_triton(args)
-    elif args.out is None:
-        raise ConfigError("give --out model.onnx (or --triton-repo DIR)")
     try:
         args.batch = parse_batch("1" if args.batch is None else args.batch)
     except ValueError as err:
@@ -101,8 +100,6 @@ def _validate_triton(args: argparse.Namespace) -> None:
     """--triton-repo: a dynamic-batch FP32 full graph at DIR/<name>/<version>/model.onnx."""
     from protospect.export.triton_repo import check_name, check_version, model_paths
 
-    if args.out is not None:
-        raise ConfigError("--triton-repo writes the graph into the repository; drop --out")
     for flag, on in (("--split", args.split), ("--bank-as-input", args.bank_as_input), ("--fp16", args.fp16), ("--int8", args.int8)):
         if on:
             raise ConfigError(f"--triton-repo exports the full FP32 graph with a dynamic batch; drop {flag}")

@@ -110,7 +110,6 @@ def _load_model_py(path):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--out", "m.onnx"], "drop --out"),
     (["--batch", "4"], "needs --batch dynamic"),
     (["--int8"], "drop --int8"),
     (["--name", "a b"], "not a Triton model name"),
@@ -123,6 +122,8 @@ def test_triton_repo_refusals_are_one_line(patchcore, tmp_path, capsys, extra, m
     assert rc != 0 and message in err and "Traceback" not in err and not (tmp_path / "repo").exists()
 
 
-def test_export_without_out_or_repo_is_refused(patchcore, capsys):
-    assert main(["export", str(patchcore[1])]) != 0
-    assert "give --out model.onnx (or --triton-repo DIR)" in capsys.readouterr().err
+@pytest.mark.parametrize("extra", [[], ["--out", "m.onnx", "--triton-repo", "repo"]])
+def test_export_needs_exactly_one_of_out_and_triton_repo_usage_error(patchcore, capsys, extra):
+    with pytest.raises(SystemExit) as exc:
+        main(["export", str(patchcore[1]), *extra])
+    assert exc.value.code == 2 and "--out" in capsys.readouterr().err
