@@ -25,17 +25,25 @@ def test_progress_enabled_follows_the_terminal(monkeypatch):
     assert not progress_enabled(Tty())
 
 
-def test_quiet_when_redirected_turns_library_bars_off(monkeypatch):
-    monkeypatch.delenv("TQDM_DISABLE", raising=False)
-    monkeypatch.setattr(sys, "stderr", io.StringIO())
-    quiet_when_redirected()
-    assert os.environ["TQDM_DISABLE"] == "1"
-    from tqdm import tqdm
-
-    out = io.StringIO()
-    for _ in tqdm(range(3), file=out):
-        pass
-    assert out.getvalue() == ""
+def test_quiet_when_redirected_turns_library_bars_off():
+    """In a fresh interpreter, as the CLI does it: tqdm reads TQDM_DISABLE when it is first imported, so the
+    call must come before any bar-drawing library is imported (this test must not share a process where
+    tqdm was imported already)."""
+    code = ("import io, os, sys\n"
+            "sys.stderr = io.StringIO()\n"
+            "os.environ.pop('TQDM_DISABLE', None)\n"
+            "from protospect.progress import quiet_when_redirected\n"
+            "quiet_when_redirected()\n"
+            "assert os.environ['TQDM_DISABLE'] == '1'\n"
+            "from tqdm import tqdm\n"
+            "out = io.StringIO()\n"
+            "for _ in tqdm(range(3), file=out):\n"
+            "    pass\n"
+            "print(repr(out.getvalue()))\n")
+    env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "''"
 
 
 @pytest.mark.torch
