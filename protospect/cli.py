@@ -104,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     for key, value in NATIVE_LOG_ENV.items():
         os.environ.setdefault(key, value)
+    # Before any command module is imported: tqdm reads TQDM_DISABLE once, when it is first imported.
+    quiet_when_redirected()  # no carriage-return progress bars in a redirected log
     # Import only the chosen command's module, so `protospect serve` never pays for torch.
     chosen = next((a for a in argv if a in COMMANDS), None)
     parser = build_parser(only=chosen)
@@ -118,7 +120,6 @@ def main(argv: list[str] | None = None) -> int:
         build_parser(only="").print_help(sys.stderr)
         return EXIT_USAGE
     name = f"protospect {args.command}"
-    quiet_when_redirected()  # no carriage-return progress bars in a redirected log
     try:
         return int(args._run(args) or 0)
     except ProtospectError as err:
