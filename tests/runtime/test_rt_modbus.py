@@ -4,38 +4,18 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
 
-import numpy as np
 import pytest
-from fixture_models import render_part
+from line_fixtures import free_port, recording, run_pipeline
 
 pytest.importorskip("pymodbus", reason="pymodbus not installed (pip install 'protospect[line]')")
 
 from pymodbus.client import ModbusTcpClient  # noqa: E402
 
 from protospect.errors import ConfigError  # noqa: E402
-from protospect.runtime.backends.ort import OrtBackend  # noqa: E402
 from protospect.runtime.line import modbus  # noqa: E402
 from protospect.runtime.line.handshake import Handshake  # noqa: E402
-from protospect.runtime.pipeline import Pipeline  # noqa: E402
-from protospect.runtime.sinks import JsonlSink  # noqa: E402
-from protospect.runtime.sources import ArraySource  # noqa: E402
-
-
-class LiveGenerated(ArraySource):
-    live = True
-
-    def read(self):
-        time.sleep(0.003)
-        return super().read()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def poll(client, bit, timeout=10.0):
@@ -50,25 +30,11 @@ def poll(client, bit, timeout=10.0):
 
 def test_plc_over_modbus_n_triggers_n_results_each_frame_after_its_trigger(fx, tmp_path):
     n = 12
-    rng = np.random.default_rng(8)
-    frames = [render_part(rng, (160, 120), defect=i % 4 == 1) for i in range(8)]
     hs = Handshake()
-    accepted = []
-    plain_trigger = hs.trigger
-
-    def recording_trigger():
-        t = plain_trigger()
-        if t is not None:
-            accepted.append(t)
-        return t
-
-    hs.trigger = recording_trigger
+    accepted = recording(hs)
     port = free_port()
     adapter = modbus.ModbusAdapter(hs, "127.0.0.1", port).start()
-    log_path = tmp_path / "verdicts.jsonl"
-    pipeline = Pipeline(OrtBackend(fx.model), LiveGenerated(frames, loop=True, bgr=True), [JsonlSink(log_path)], trigger=hs)
-    th = threading.Thread(target=pipeline.run, daemon=True)
-    th.start()
+    pipeline, th, log_path = run_pipeline(fx, tmp_path, hs)
     client = ModbusTcpClient("127.0.0.1", port=port, timeout=5)
     plc = []
     try:

@@ -11,38 +11,18 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 
-import numpy as np
 import pytest
-from fixture_models import render_part
+from line_fixtures import free_port, recording, run_pipeline
 
 pytest.importorskip("asyncua", reason="asyncua not installed (pip install 'protospect[line]')")
 
 from asyncua import Client, ua  # noqa: E402
 
 from protospect.errors import ConfigError  # noqa: E402
-from protospect.runtime.backends.ort import OrtBackend  # noqa: E402
 from protospect.runtime.line import opcua  # noqa: E402
 from protospect.runtime.line.handshake import Handshake  # noqa: E402
-from protospect.runtime.pipeline import Pipeline  # noqa: E402
-from protospect.runtime.sinks import JsonlSink  # noqa: E402
-from protospect.runtime.sources import ArraySource  # noqa: E402
-
-
-class LiveGenerated(ArraySource):
-    live = True
-
-    def read(self):
-        time.sleep(0.003)
-        return super().read()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Station:
@@ -74,30 +54,6 @@ class Station:
                 return values
             await asyncio.sleep(0.002)
         raise AssertionError(f"{names} never set")
-
-
-def run_pipeline(fx, tmp_path, hs):
-    rng = np.random.default_rng(8)
-    frames = [render_part(rng, (160, 120), defect=i % 4 == 1) for i in range(8)]
-    log_path = tmp_path / "verdicts.jsonl"
-    pipeline = Pipeline(OrtBackend(fx.model), LiveGenerated(frames, loop=True, bgr=True), [JsonlSink(log_path)], trigger=hs)
-    th = threading.Thread(target=pipeline.run, daemon=True)
-    th.start()
-    return pipeline, th, log_path
-
-
-def recording(hs):
-    accepted = []
-    plain = hs.trigger
-
-    def trigger():
-        t = plain()
-        if t is not None:
-            accepted.append(t)
-        return t
-
-    hs.trigger = trigger
-    return accepted
 
 
 def test_plc_over_opcua_n_triggers_n_results_each_frame_after_its_trigger(fx, tmp_path):
