@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import json
 import platform
-import socket
 import sys
 import tempfile
 import threading
@@ -64,12 +63,6 @@ def demo_model(folder: Path) -> Path:
     tmp = build_diff_model(folder / "model.onnx", ref, threshold=1.0)
     thr = calibrate_threshold(tmp, [render_part(rng, FRAME) for _ in range(6)])
     return build_diff_model(folder / "model.onnx", ref, threshold=thr)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def plc_modbus(port: int, n: int) -> list[tuple[int, float]]:
@@ -132,17 +125,9 @@ def plc_opcua(port: int, n: int) -> list[tuple[int, float]]:
 def run_protocol(name: str, model: Path, n: int, fps: float, threads: int, out: Path) -> dict:
     from protospect.runtime.line.modbus import ModbusAdapter
     from protospect.runtime.line.opcua import OpcUaAdapter
+    from line_fixtures import free_port, recording
     hs = Handshake()
-    accepted = []
-    plain = hs.trigger
-
-    def trigger():
-        t = plain()
-        if t is not None:
-            accepted.append(t)
-        return t
-
-    hs.trigger = trigger
+    accepted = recording(hs)
     port = free_port()
     adapter = (OpcUaAdapter if name == "opcua" else ModbusAdapter)(hs, "127.0.0.1", port).start()
     rng = np.random.default_rng(3)
