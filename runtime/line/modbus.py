@@ -37,6 +37,7 @@ import threading
 from protospect._optional import require
 from protospect.errors import ConfigError
 from protospect.runtime.line.handshake import Handshake, Snapshot
+from protospect.runtime.line.loop_thread import start_loop_thread
 
 log = logging.getLogger(__name__)
 
@@ -142,17 +143,7 @@ class ModbusAdapter:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._server.serving
 
-        def thread_main():
-            self._loop = asyncio.new_event_loop()
-            try:
-                self._loop.run_until_complete(main())
-            finally:
-                self._loop.close()
-
-        self._thread = threading.Thread(target=thread_main, name=f"modbus[{self.host}:{self.port}]", daemon=True)
-        self._thread.start()
-        if not ready.wait(10) or "error" in started:
-            self._thread.join(5)
+        if not start_loop_thread(self, main, f"modbus[{self.host}:{self.port}]", ready, started, 10):
             raise ConfigError(f"--modbus {self.host}:{self.port}: cannot listen: {_bind_error(self.host, self.port)}")
         log.info("Modbus TCP: PLC handshake on %s:%d (coil 0 trigger, coil 1 ack; docs/integration.md)", self.host, self.port)
         return self

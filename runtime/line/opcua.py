@@ -38,6 +38,7 @@ from urllib.parse import urlsplit
 from protospect._optional import require
 from protospect.errors import ConfigError
 from protospect.runtime.line.handshake import Handshake, Snapshot
+from protospect.runtime.line.loop_thread import start_loop_thread
 
 log = logging.getLogger(__name__)
 
@@ -222,17 +223,7 @@ class OpcUaAdapter:
                 with contextlib.suppress(Exception):
                     await self._server.stop()
 
-        def thread_main():
-            self._loop = asyncio.new_event_loop()
-            try:
-                self._loop.run_until_complete(main())
-            finally:
-                self._loop.close()
-
-        self._thread = threading.Thread(target=thread_main, name=f"opcua[{self.host}:{self.port}]", daemon=True)
-        self._thread.start()
-        if not ready.wait(20) or "error" in started:
-            self._thread.join(5)
+        if not start_loop_thread(self, main, f"opcua[{self.host}:{self.port}]", ready, started, 20):
             raise ConfigError(f"--opcua {self.endpoint}: cannot listen: {_bind_error(self.host, self.port, started)}")
         self.handshake.subscribe(self._changed)
         log.info("OPC UA: PLC handshake on %s (object Station: Trigger()/Ack(); %s; docs/integration.md)", self.endpoint,
