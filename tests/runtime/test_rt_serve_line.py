@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+from line_fixtures import free_port
 
 from protospect.cli import main
 
@@ -16,6 +17,20 @@ def _err(capsys, argv):
     code = main(argv)
     err = capsys.readouterr().err.strip().splitlines()
     return code, err
+
+
+def _serve_plc(fx, tmp_path, line_flags, max_frames):
+    """serve --trigger plc with ``line_flags`` (the adapter's) in a thread -> (thread, {"code": exit code})."""
+    out = {}
+    argv = ["serve", str(fx.model), "--source", str(fx.video), "--loop", "--sink", str(tmp_path), "--trigger", "plc",
+            *line_flags, "--max-frames", str(max_frames), "--drift-window", "0"]
+    th = threading.Thread(target=lambda: out.setdefault("code", main(argv)), daemon=True)
+    th.start()
+    return th, out
+
+
+def _trigger_seqs(tmp_path):
+    return [json.loads(line)["trigger_seq"] for line in (tmp_path / "verdicts.jsonl").read_text().splitlines()]
 
 
 @pytest.mark.parametrize("extra, needle", [
@@ -51,14 +66,8 @@ def test_serve_plc_over_modbus_end_to_end(fx, tmp_path):
 
     from protospect.runtime.line import modbus
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    out = {}
-    argv = ["serve", str(fx.model), "--source", str(fx.video), "--loop", "--sink", str(tmp_path), "--trigger", "plc",
-            "--modbus", f"127.0.0.1:{port}", "--max-frames", "4", "--drift-window", "0"]
-    th = threading.Thread(target=lambda: out.setdefault("code", main(argv)), daemon=True)
-    th.start()
+    port = free_port()
+    th, out = _serve_plc(fx, tmp_path, ["--modbus", f"127.0.0.1:{port}"], 4)
     client = ModbusTcpClient("127.0.0.1", port=port, timeout=5)
     t0 = time.monotonic()
     while not client.connect() and time.monotonic() - t0 < 20:
@@ -81,8 +90,7 @@ def test_serve_plc_over_modbus_end_to_end(fx, tmp_path):
         client.close()
         th.join(30)
     assert out.get("code") == 0
-    recs = [json.loads(line) for line in (tmp_path / "verdicts.jsonl").read_text().splitlines()]
-    assert [r["trigger_seq"] for r in recs] == [1, 2, 3, 4]
+    assert _trigger_seqs(tmp_path) == [1, 2, 3, 4]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["trigger"]["trigger_count"] == 4
 
@@ -93,14 +101,8 @@ def test_serve_plc_over_opcua_end_to_end(fx, tmp_path):
 
     from asyncua import Client
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    out = {}
-    argv = ["serve", str(fx.model), "--source", str(fx.video), "--loop", "--sink", str(tmp_path), "--trigger", "plc",
-            "--opcua", f"opc.tcp://127.0.0.1:{port}", "--max-frames", "3", "--drift-window", "0"]
-    th = threading.Thread(target=lambda: out.setdefault("code", main(argv)), daemon=True)
-    th.start()
+    port = free_port()
+    th, out = _serve_plc(fx, tmp_path, ["--opcua", f"opc.tcp://127.0.0.1:{port}"], 3)
 
     async def plc():
         t0 = time.monotonic()
@@ -131,5 +133,4 @@ def test_serve_plc_over_opcua_end_to_end(fx, tmp_path):
     asyncio.run(asyncio.wait_for(plc(), 90))
     th.join(30)
     assert out.get("code") == 0
-    recs = [json.loads(line) for line in (tmp_path / "verdicts.jsonl").read_text().splitlines()]
-    assert [r["trigger_seq"] for r in recs] == [1, 2, 3]
+    assert _trigger_seqs(tmp_path) == [1, 2, 3]
