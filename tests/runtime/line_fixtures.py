@@ -3,14 +3,17 @@ a free loopback port, a Handshake whose accepted triggers are recorded, and a st
 generated live camera."""
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
+from types import SimpleNamespace
 
 import numpy as np
 from fixture_models import render_part
 
 from protospect.runtime.backends.ort import OrtBackend
+from protospect.runtime.line.handshake import Handshake
 from protospect.runtime.pipeline import Pipeline
 from protospect.runtime.sinks import JsonlSink
 from protospect.runtime.sources import ArraySource
@@ -54,3 +57,33 @@ def run_pipeline(fx, tmp_path, hs):
     th = threading.Thread(target=pipeline.run, daemon=True)
     th.start()
     return pipeline, th, log_path
+
+
+def start_line(fx, tmp_path, adapter_cls) -> SimpleNamespace:
+    """A Handshake (accepted triggers recorded), ``adapter_cls`` on a free loopback port, the pipeline running."""
+    hs = Handshake()
+    accepted = recording(hs)
+    port = free_port()
+    adapter = adapter_cls(hs, "127.0.0.1", port).start()
+    pipeline, th, log_path = run_pipeline(fx, tmp_path, hs)
+    return SimpleNamespace(hs=hs, accepted=accepted, port=port, adapter=adapter, pipeline=pipeline, thread=th,
+                           log_path=log_path)
+
+
+def stop_line(line: SimpleNamespace) -> None:
+    line.pipeline.stop()
+    line.thread.join(20)
+    line.adapter.stop()
+
+
+def check_one_result_per_trigger(line: SimpleNamespace, plc: list, n: int, same_score) -> list[dict]:
+    """Exactly one logged result per trigger, the PLC saw the same (seq, verdict, score: ``same_score(plc_score,
+    logged_score)``), and every judged frame was captured after its trigger. -> the log's records."""
+    recs = [json.loads(row) for row in line.log_path.read_text().splitlines()]
+    assert [r["trigger_seq"] for r in recs] == list(range(1, n + 1))  # exactly one result per trigger
+    assert [p[0] for p in plc] == list(range(1, n + 1))
+    for t, r, (seq, verdict, score) in zip(line.accepted, recs, plc):
+        assert t.seq == r["trigger_seq"] == seq
+        assert r["t_capture_ns"] >= t.t_ns  # the judged frame was captured after its trigger
+        assert verdict == r["verdict"] and same_score(score, r["score"])
+    return recs

@@ -2,12 +2,11 @@
 captured after its trigger; trigger while busy refused, ack without result ignored; port in use -> one line."""
 from __future__ import annotations
 
-import json
 import socket
 import time
 
 import pytest
-from line_fixtures import free_port, recording, run_pipeline
+from line_fixtures import check_one_result_per_trigger, start_line, stop_line
 
 pytest.importorskip("pymodbus", reason="pymodbus not installed (pip install 'protospect[line]')")
 
@@ -30,12 +29,8 @@ def poll(client, bit, timeout=10.0):
 
 def test_plc_over_modbus_n_triggers_n_results_each_frame_after_its_trigger(fx, tmp_path):
     n = 12
-    hs = Handshake()
-    accepted = recording(hs)
-    port = free_port()
-    adapter = modbus.ModbusAdapter(hs, "127.0.0.1", port).start()
-    pipeline, th, log_path = run_pipeline(fx, tmp_path, hs)
-    client = ModbusTcpClient("127.0.0.1", port=port, timeout=5)
+    line = start_line(fx, tmp_path, modbus.ModbusAdapter)
+    client = ModbusTcpClient("127.0.0.1", port=line.port, timeout=5)
     plc = []
     try:
         assert client.connect()
@@ -59,16 +54,8 @@ def test_plc_over_modbus_n_triggers_n_results_each_frame_after_its_trigger(fx, t
         assert regs[modbus.IR_IGNORED_ACKS] == 1 and regs[modbus.IR_ERROR_CODE] == 0
     finally:
         client.close()
-        pipeline.stop()
-        th.join(20)
-        adapter.stop()
-    recs = [json.loads(line) for line in log_path.read_text().splitlines()]
-    assert [r["trigger_seq"] for r in recs] == list(range(1, n + 1))  # exactly one result per trigger
-    assert [p[0] for p in plc] == list(range(1, n + 1))
-    for t, r, (seq, verdict, score) in zip(accepted, recs, plc):
-        assert t.seq == r["trigger_seq"] == seq
-        assert r["t_capture_ns"] >= t.t_ns  # the judged frame was captured after its trigger
-        assert verdict == r["verdict"] and score == modbus.score_register(r["score"])
+        stop_line(line)
+    recs = check_one_result_per_trigger(line, plc, n, lambda plc_score, score: plc_score == modbus.score_register(score))
     assert {r["verdict"] for r in recs} >= {"OK"}
 
 

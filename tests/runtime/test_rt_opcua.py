@@ -14,7 +14,7 @@ import sys
 import time
 
 import pytest
-from line_fixtures import free_port, recording, run_pipeline
+from line_fixtures import check_one_result_per_trigger, free_port, start_line, stop_line
 
 pytest.importorskip("asyncua", reason="asyncua not installed (pip install 'protospect[line]')")
 
@@ -58,15 +58,11 @@ class Station:
 
 def test_plc_over_opcua_n_triggers_n_results_each_frame_after_its_trigger(fx, tmp_path):
     n = 10
-    hs = Handshake()
-    accepted = recording(hs)
-    port = free_port()
-    adapter = opcua.OpcUaAdapter(hs, "127.0.0.1", port).start()
-    pipeline, th, log_path = run_pipeline(fx, tmp_path, hs)
+    line = start_line(fx, tmp_path, opcua.OpcUaAdapter)
     plc = []
 
     async def plc_side():
-        async with Client(f"opc.tcp://127.0.0.1:{port}", timeout=10) as client:
+        async with Client(f"opc.tcp://127.0.0.1:{line.port}", timeout=10) as client:
             st = await Station(client).open()
             assert await st.call("Ack") is False  # nothing to ack: ignored, counted
             for i in range(n):
@@ -90,17 +86,9 @@ def test_plc_over_opcua_n_triggers_n_results_each_frame_after_its_trigger(fx, tm
     try:
         counters = asyncio.run(asyncio.wait_for(plc_side(), 120))
     finally:
-        pipeline.stop()
-        th.join(20)
-        adapter.stop()
+        stop_line(line)
     assert counters == {"TriggerCount": n, "RefusedTriggers": n, "IgnoredAcks": 1}
-    recs = [json.loads(line) for line in log_path.read_text().splitlines()]
-    assert [r["trigger_seq"] for r in recs] == list(range(1, n + 1))  # exactly one result per trigger
-    assert [p[0] for p in plc] == list(range(1, n + 1))
-    for t, r, (seq, verdict, score) in zip(accepted, recs, plc):
-        assert t.seq == r["trigger_seq"] == seq
-        assert r["t_capture_ns"] >= t.t_ns  # the judged frame was captured after its trigger
-        assert verdict == r["verdict"] and score == pytest.approx(r["score"], abs=1e-6)
+    check_one_result_per_trigger(line, plc, n, lambda plc_score, score: plc_score == pytest.approx(score, abs=1e-6))
 
 
 KILLED_CLIENT = """
@@ -118,12 +106,8 @@ asyncio.run(main())
 
 
 def test_client_killed_mid_handshake_next_client_recovers(fx, tmp_path):
-    hs = Handshake()
-    accepted = recording(hs)
-    port = free_port()
-    url = f"opc.tcp://127.0.0.1:{port}"
-    adapter = opcua.OpcUaAdapter(hs, "127.0.0.1", port).start()
-    pipeline, th, log_path = run_pipeline(fx, tmp_path, hs)
+    line = start_line(fx, tmp_path, opcua.OpcUaAdapter)
+    url = f"opc.tcp://127.0.0.1:{line.port}"
     proc = subprocess.Popen([sys.executable, "-c", KILLED_CLIENT, url], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().split() == ["accepted", "True"]
@@ -145,13 +129,11 @@ def test_client_killed_mid_handshake_next_client_recovers(fx, tmp_path):
         r = asyncio.run(asyncio.wait_for(next_client(), 60))
     finally:
         proc.kill()
-        pipeline.stop()
-        th.join(20)
-        adapter.stop()
+        stop_line(line)
     assert r["Seq"] == 2 and r["Verdict"] in ("OK", "REVIEW", "NG")
-    recs = [json.loads(line) for line in log_path.read_text().splitlines()]
-    assert [r["trigger_seq"] for r in recs] == [1, 2] and len(accepted) == 2
-    assert all(r["t_capture_ns"] >= t.t_ns for r, t in zip(recs, accepted))
+    recs = [json.loads(row) for row in line.log_path.read_text().splitlines()]
+    assert [r["trigger_seq"] for r in recs] == [1, 2] and len(line.accepted) == 2
+    assert all(r["t_capture_ns"] >= t.t_ns for r, t in zip(recs, line.accepted))
 
 
 def test_port_in_use_is_one_line_error():
