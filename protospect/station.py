@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 
 from protospect.errors import ArtifactError
+from protospect.files import sha256_file
 
 FORMAT = "protospect-station"
 FORMAT_VERSION = 1
@@ -33,14 +34,6 @@ KEYS = ("format", "format_version", "protospect_version", "created", "operating_
 # operating_point keys (written by protospect.conformal.OperatingPoint.to_dict)
 OPERATING_POINT_KEYS = ("ng_threshold", "review_threshold", "frr", "review_frr", "n", "certified",
                         "certified_frr", "certified_review_frr", "scores")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def hash_files(folder: Path) -> dict[str, str]:

@@ -22,7 +22,7 @@ import torch
 
 from protospect import __version__
 from protospect.errors import ArtifactError, ConfigError
-from protospect.files import write_atomic
+from protospect.files import sha256_file, write_atomic
 
 FORMAT = "protospect-artifact"
 FORMAT_VERSION = 1
@@ -30,20 +30,12 @@ MANIFEST = "manifest.json"
 WEIGHTS = "weights.pt"
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def artifact_sha256(art_dir) -> str:
     """Identity of an artifact: sha256 of its manifest.json (which lists every file's hash)."""
     path = Path(art_dir) / MANIFEST
     if not path.is_file():
         raise ArtifactError(f"{path} not found: not an artifact directory (make one with `protospect train`)")
-    return file_sha256(path)
+    return sha256_file(path)
 
 
 def _content_sha256(manifest: dict) -> str:
@@ -103,7 +95,7 @@ def save_artifact(model, out_dir, *, shots, seed: int, data: dict, extra: dict |
         "seed": int(seed),
         "data": data,
         "versions": _library_versions(),
-        "files": {WEIGHTS: file_sha256(out / WEIGHTS)},
+        "files": {WEIGHTS: sha256_file(out / WEIGHTS)},
         **(extra or {}),
     }
     manifest = _jsonable(manifest)
@@ -146,7 +138,7 @@ def verify_files(art_dir, manifest: dict) -> None:
         path = art / name
         if not path.is_file():
             raise ArtifactError(f"{path} is missing (listed in {MANIFEST}); copy the whole artifact directory")
-        if file_sha256(path) != expected:
+        if sha256_file(path) != expected:
             raise ArtifactError(f"{path} does not match the sha256 in {MANIFEST}: the file was edited or corrupted")
 
 
