@@ -1,6 +1,18 @@
 """The bad-input suite's matrix machinery (issue 20): a Case, the per-module case lists, the station command line
 and the runner every case goes through (test_badinput_files.py: image files, masks, artifacts and settings;
-test_badinput_station.py: models, sources, thresholds, targets, ports, SIGINT and usage errors)."""
+test_badinput_station.py: models, sources, thresholds, targets, ports, SIGINT and usage errors).
+
+Every case asserts
+
+* the exit code of the documented scheme (0 ok, 1 user error, 2 usage error; 3 would be a bug),
+* on failure exactly one line on stderr naming the problem (blank lines and the INFO progress log of the
+  station commands aside; a usage error's usage block aside), and no "Traceback" anywhere,
+* every file that existed before is byte-identical afterwards, or, where the case allows it, replaced whole
+  (JSON parses, every log line parses); no *.part / *.tmp file is left behind,
+* the shared artifact, graph and data (one per session) are never changed.
+
+Torch commands run in .venv, station commands in the torch-free .venv-runtime, as a user would.
+"""
 from __future__ import annotations
 
 import json

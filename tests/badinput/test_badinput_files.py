@@ -1,16 +1,6 @@
 """The bad-input suite (issue 20): the real `protospect` executables, in subprocesses, over a generated matrix of
 bad and odd inputs (this module: bad and odd image files, masks, artifacts for export, train/eval settings; the
-station side is test_badinput_station.py; the runner is matrix.py). Every case asserts
-
-* the exit code of the documented scheme (0 ok, 1 user error, 2 usage error; 3 would be a bug),
-* on failure exactly one line on stderr naming the problem (blank lines and the INFO progress log of the
-  station commands aside; a usage error's usage block aside), and no "Traceback" anywhere,
-* every file that existed before is byte-identical afterwards, or, where the case allows it, replaced whole
-  (JSON parses, every log line parses); no *.part / *.tmp file is left behind,
-* the shared artifact, graph and data (one per session) are never changed.
-
-Torch commands run in .venv, station commands in the torch-free .venv-runtime, as a user would.
-"""
+station side is test_badinput_station.py; the runner and what every case asserts: matrix.py)."""
 from __future__ import annotations
 
 import json
