@@ -89,17 +89,28 @@ def figures(test: TestSet, scored: dict, category: str, k: int, folder: Path):
     plt.close(fig)
 
 
-def where_is_the_max(test: TestSet, maps: np.ndarray) -> dict:
-    """Fraction of hottest pixels in the outer 10 % band, and inside the defect mask (defective images)."""
+def hottest_pixels(test: TestSet, maps: np.ndarray, label: int):
+    """The test images of ``label`` -> (their indices, per image: is its hottest pixel in the outer 10 % band,
+    the fraction of hottest pixels inside the defect mask: defective images with masks only, else None)."""
     size = maps.shape[-1]
     band = max(1, size // 10)
+    idx = np.where(test.labels == label)[0]
+    am = [np.unravel_index(int(np.argmax(maps[i])), maps[i].shape) for i in idx]
+    border = [min(y, x, size - 1 - y, size - 1 - x) < band for y, x in am]
+    in_mask = None
+    if label == 1 and test.masks is not None:
+        in_mask = float(np.mean([test.masks[i][y, x] > 0 for i, (y, x) in zip(idx, am)]))
+    return idx, border, in_mask
+
+
+def where_is_the_max(test: TestSet, maps: np.ndarray) -> dict:
+    """Fraction of hottest pixels in the outer 10 % band, and inside the defect mask (defective images)."""
     out = {}
     for label, name in ((0, "good"), (1, "defective")):
-        idx = np.where(test.labels == label)[0]
-        am = [np.unravel_index(int(np.argmax(maps[i])), maps[i].shape) for i in idx]
-        out[f"{name}_argmax_border"] = float(np.mean([min(y, x, size - 1 - y, size - 1 - x) < band for y, x in am]))
-        if label == 1 and test.masks is not None:
-            out["defective_argmax_in_mask"] = float(np.mean([test.masks[i][y, x] > 0 for i, (y, x) in zip(idx, am)]))
+        _, border, in_mask = hottest_pixels(test, maps, label)
+        out[f"{name}_argmax_border"] = float(np.mean(border))
+        if in_mask is not None:
+            out["defective_argmax_in_mask"] = in_mask
     return out
 
 

@@ -203,18 +203,15 @@ def run_one(cat, category, k, seed, args, test: TestSet | None):
 
 def diagnose(test: TestSet, dec, category, k, args) -> dict:
     """Where the old default's maximum sits on good vs defective test images (docs/decision.md part 1)."""
+    from decision_report import hottest_pixels  # noqa: PLC0415 (studies/ is on sys.path when run as a script)
     s_old, m_old = dec["pcs|none|max"]["test"]
-    size = m_old.shape[-1]
-    band = max(1, size // 10)
     info = {}
     for label, name in ((0, "good"), (1, "defective")):
-        idx = np.where(test.labels == label)[0]
-        am = [np.unravel_index(int(np.argmax(m_old[i])), m_old[i].shape) for i in idx]
-        border = [min(y, x, size - 1 - y, size - 1 - x) < band for y, x in am]
+        idx, border, in_mask = hottest_pixels(test, m_old, label)
         info[name] = {"n": int(len(idx)), "max_mean": float(np.mean(s_old[idx])), "max_std": float(np.std(s_old[idx])),
                       "argmax_in_border_band": float(np.mean(border)) if len(idx) else None}
-        if test.masks is not None and label == 1:
-            info[name]["argmax_inside_defect"] = float(np.mean([test.masks[i][y, x] > 0 for i, (y, x) in zip(idx, am)]))
+        if in_mask is not None:
+            info[name]["argmax_inside_defect"] = in_mask
     if args.figures:
         _figure(test, s_old, m_old, category, k, Path(args.figures))
     return info
