@@ -88,17 +88,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     line.add_argument("--trigger", choices=("free", "plc", "hardware"), default="free",
                       help="free: judge every frame (default); plc: one fresh frame per PLC trigger (needs --modbus "
                            "or --opcua); hardware: a GenICam camera in TriggerMode=On, every delivered frame judged")
-    line.add_argument("--trigger-source", default=None, metavar="LINE",
-                      help="--trigger hardware: the camera's TriggerSource (default Line0)")
-    line.add_argument("--modbus", default=None, metavar="[HOST]:PORT",
-                      help="Modbus TCP server for the PLC handshake, e.g. 127.0.0.1:5020 (no authentication)")
-    line.add_argument("--opcua", default=None, metavar="opc.tcp://HOST:PORT",
-                      help="OPC UA server (object Station) for the PLC handshake, e.g. opc.tcp://127.0.0.1:4840; "
-                           "anonymous on 127.0.0.1 only, another address needs --opcua-user")
-    line.add_argument("--opcua-user", default=None, metavar="FILE",
-                      help="username:password lines: OPC UA sessions must log in (no encryption: docs/integration.md)")
-    line.add_argument("--mqtt", default=None, metavar="mqtt://HOST:PORT/PREFIX",
-                      help="publish every verdict to PREFIX/<station>/verdict (QoS 1); needs --sink for the spool")
+    for flag, metavar, text in (
+        ("--trigger-source", "LINE", "--trigger hardware: the camera's TriggerSource (default Line0)"),
+        ("--modbus", "[HOST]:PORT", "Modbus TCP server for the PLC handshake, e.g. 127.0.0.1:5020 (no authentication)"),
+        ("--opcua", "opc.tcp://HOST:PORT", "OPC UA server (object Station) for the PLC handshake, e.g. "
+                                           "opc.tcp://127.0.0.1:4840; anonymous on 127.0.0.1 only, another address "
+                                           "needs --opcua-user"),
+        ("--opcua-user", "FILE", "username:password lines: OPC UA sessions must log in (no encryption: "
+                                 "docs/integration.md)"),
+        ("--mqtt", "mqtt://HOST:PORT/PREFIX", "publish every verdict to PREFIX/<station>/verdict (QoS 1); needs --sink "
+                                              "for the spool")):
+        line.add_argument(flag, default=None, metavar=metavar, help=text)
     line.add_argument("--station", default=None, help="station name in the MQTT topics (default: the host name)")
     line.add_argument("--mqtt-spool-mb", type=float, default=64, help="bound of the MQTT outage spool (default 64 MB)")
 
