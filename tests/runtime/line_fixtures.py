@@ -87,3 +87,15 @@ def check_one_result_per_trigger(line: SimpleNamespace, plc: list, n: int, same_
         assert r["t_capture_ns"] >= t.t_ns  # the judged frame was captured after its trigger
         assert verdict == r["verdict"] and same_score(score, r["score"])
     return recs
+
+
+def port_in_use_error(adapter_cls) -> tuple[int, str]:
+    """Start ``adapter_cls`` on a loopback port that is already bound -> (the port, its ConfigError's message)."""
+    import pytest
+
+    from protospect.errors import ConfigError
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        with pytest.raises(ConfigError) as err:
+            adapter_cls(Handshake(), "127.0.0.1", port).start()
+    return port, str(err.value)

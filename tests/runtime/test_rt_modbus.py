@@ -2,11 +2,10 @@
 captured after its trigger; trigger while busy refused, ack without result ignored; port in use -> one line."""
 from __future__ import annotations
 
-import socket
 import time
 
 import pytest
-from line_fixtures import check_one_result_per_trigger, start_line, stop_line
+from line_fixtures import check_one_result_per_trigger, port_in_use_error, start_line, stop_line
 
 pytest.importorskip("pymodbus", reason="pymodbus not installed (pip install 'protospect[line]')")
 
@@ -14,7 +13,6 @@ from pymodbus.client import ModbusTcpClient  # noqa: E402
 
 from protospect.errors import ConfigError  # noqa: E402
 from protospect.runtime.line import modbus  # noqa: E402
-from protospect.runtime.line.handshake import Handshake  # noqa: E402
 
 
 def poll(client, bit, timeout=10.0):
@@ -60,11 +58,7 @@ def test_plc_over_modbus_n_triggers_n_results_each_frame_after_its_trigger(fx, t
 
 
 def test_port_in_use_is_one_line_error():
-    with socket.create_server(("127.0.0.1", 0)) as busy:
-        port = busy.getsockname()[1]
-        with pytest.raises(ConfigError) as err:
-            modbus.ModbusAdapter(Handshake(), "127.0.0.1", port).start()
-    msg = str(err.value)
+    port, msg = port_in_use_error(modbus.ModbusAdapter)
     assert "\n" not in msg and f"127.0.0.1:{port}" in msg and "in use" in msg
 
 

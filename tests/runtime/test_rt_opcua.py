@@ -8,13 +8,12 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
-from line_fixtures import check_one_result_per_trigger, free_port, start_line, stop_line
+from line_fixtures import check_one_result_per_trigger, port_in_use_error, free_port, start_line, stop_line
 
 pytest.importorskip("asyncua", reason="asyncua not installed (pip install 'protospect[line]')")
 
@@ -137,11 +136,7 @@ def test_client_killed_mid_handshake_next_client_recovers(fx, tmp_path):
 
 
 def test_port_in_use_is_one_line_error():
-    with socket.create_server(("127.0.0.1", 0)) as busy:
-        port = busy.getsockname()[1]
-        with pytest.raises(ConfigError) as err:
-            opcua.OpcUaAdapter(Handshake(), "127.0.0.1", port).start()
-    msg = str(err.value)
+    port, msg = port_in_use_error(opcua.OpcUaAdapter)
     assert "\n" not in msg and f"opc.tcp://127.0.0.1:{port}" in msg and "in use" in msg
 
 
