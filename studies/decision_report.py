@@ -114,12 +114,17 @@ def where_is_the_max(test: TestSet, maps: np.ndarray) -> dict:
     return out
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_run_arguments(ap: argparse.ArgumentParser) -> None:
+    """--data, --category, --shots, --seeds: shared with decision_study.py."""
     ap.add_argument("--data", required=True)
     ap.add_argument("--category", required=True)
     ap.add_argument("--shots", type=int, nargs="+", default=[2, 4, 8])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_run_arguments(ap)
     ap.add_argument("--set", action="append", help="config override key=value (default: the preset's decision)")
     ap.add_argument("--figures", default=None)
     ap.add_argument("--out", required=True)

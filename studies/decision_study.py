@@ -224,11 +224,9 @@ def _figure(test, scores, maps, category, k, folder):
 
 
 def main(argv=None):
+    from decision_report import add_run_arguments  # noqa: PLC0415 (studies/ is on sys.path when run as a script)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", required=True)
-    ap.add_argument("--category", required=True)
-    ap.add_argument("--shots", type=int, nargs="+", default=[2, 4, 8])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    add_run_arguments(ap)
     ap.add_argument("--val", type=int, default=20)
     ap.add_argument("--textures", default=None)
     ap.add_argument("--no-test", action="store_true", help="validation columns only")
