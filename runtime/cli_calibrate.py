@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,7 @@ from protospect.runtime.cli_serve import add_source_arguments, check_common
 from protospect.runtime.pipeline import Pipeline
 from protospect.runtime.report import exit_code, stop_on_signals
 from protospect.runtime.sources import open_source
-from protospect.runtime.stats import draw_histogram
+from protospect.runtime.stats import histogram_png
 from protospect import conformal
 
 
@@ -70,14 +69,6 @@ class _Interrupt:
             self.pipeline.stop()
 
 
-def _histogram_png(s: np.ndarray, title: str, markers) -> bytes:
-    """The score histogram as PNG bytes (drawn in a scratch folder), so it can be saved atomically."""
-    with tempfile.TemporaryDirectory(prefix="protospect-hist-") as tmp:
-        path = Path(tmp) / "hist.png"
-        draw_histogram(s, str(path), title, unit="image score", markers=markers)
-        return path.read_bytes()
-
-
 def run(args: argparse.Namespace) -> int:
     check_common(args)
     if args.loop:
@@ -117,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
     markers = [("shots", info.threshold, (0, 0, 220)), ("NG", op.ng_threshold, (0, 0, 160))]
     if op.review_threshold is not None:
         markers.append(("REVIEW", op.review_threshold, (0, 150, 230)))
-    hist = _histogram_png(s, f"good-part scores, {s.size} frames: {Path(args.model).name}", markers)
+    hist = histogram_png(s, f"good-part scores, {s.size} frames: {Path(args.model).name}", unit="image score",
+                         markers=markers)
     line_threshold.save(args.out, rec)  # every check above passed: only now is the file replaced
     try:
         write_atomic(png, hist)

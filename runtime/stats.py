@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import collections
 import os
+from pathlib import Path
 
 import cv2
 import numpy as np
+
+from protospect.files import write_atomic
 
 PERCENTILES = (50, 90, 99)
 
@@ -88,7 +91,13 @@ def format_table(summary: dict[str, dict[str, float]], order: list[str] | None =
 
 def draw_histogram(values_ms: np.ndarray, path: str, title: str, *, bins: int = 40, size=(800, 420), unit: str = "ms",
                    markers: list[tuple[str, float, tuple[int, int, int]]] | None = None) -> None:
-    """Histogram drawn with OpenCV (the runtime has no matplotlib). Vertical lines at ``markers``
+    """histogram_png written to ``path`` atomically (a reader never sees half a PNG)."""
+    write_atomic(Path(path), histogram_png(values_ms, title, bins=bins, size=size, unit=unit, markers=markers))
+
+
+def histogram_png(values_ms: np.ndarray, title: str, *, bins: int = 40, size=(800, 420), unit: str = "ms",
+                  markers: list[tuple[str, float, tuple[int, int, int]]] | None = None) -> bytes:
+    """Histogram drawn with OpenCV (the runtime has no matplotlib), as PNG bytes. Vertical lines at ``markers``
     (label, value, BGR colour), by default the p50 and p99 of the values (latency)."""
     w, h = size
     img = np.full((h, w, 3), 255, np.uint8)
@@ -98,8 +107,7 @@ def draw_histogram(values_ms: np.ndarray, path: str, title: str, *, bins: int = 
     v = v[np.isfinite(v)]
     if v.size == 0:
         cv2.putText(img, "no samples", (left, h // 2), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (0, 0, 255), 1, cv2.LINE_AA)
-        cv2.imwrite(str(path), img)
-        return
+        return _png(img)
     fmt = "{:.2f}" if unit == "ms" else "{:.3g}"
     if markers is None:
         markers = [(f"p{p}", float(np.percentile(v, p)), colour) for p, colour in ((50, (0, 160, 0)), (99, (0, 0, 220)))]
@@ -129,7 +137,14 @@ def draw_histogram(values_ms: np.ndarray, path: str, title: str, *, bins: int = 
         tw = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1)[0][0]
         tx = x + 4 if x + 4 + tw < w else x - 4 - tw  # left of its line at the right edge
         cv2.putText(img, text, (tx, top + 15 + 18 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, 1, cv2.LINE_AA)
-    cv2.imwrite(str(path), img)
+    return _png(img)
+
+
+def _png(img: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", img)
+    if not ok:
+        raise RuntimeError("OpenCV could not encode the histogram as PNG")
+    return buf.tobytes()
 
 
 def rss_bytes() -> int:
