@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from protospect.progress import progress_enabled, quiet_when_redirected
+from protospect.progress import progress_enabled
 
 REPO = Path(__file__).resolve().parents[1]
 
