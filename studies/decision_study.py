@@ -100,7 +100,9 @@ def small_defects(normals, category):
     return out
 
 
-def batched_maps(br: Branches, images, batch=8, desc=""):
+def batched_maps(br: Branches, images, batch=None, desc=""):
+    # the nn branch materialises (batch, N, K*V*N) distances: 8 images at 256 px, 1 at 512 (about 1 GB each)
+    batch = batch or (8 if br.model.cfg.input_size <= 256 else 1)
     parts = []
     for i in tqdm(range(0, len(images), batch), desc=desc, leave=False, disable=not desc):
         x = to_tensor(list(images[i:i + batch]), br.model.meta["mean"], br.model.meta["std"])
@@ -118,8 +120,11 @@ def normal_maps(br: Branches, images, seed, augments):
     for i, img in enumerate(images):
         if k > 1:
             model.bank.copy_((per_shot.sum(0) - per_shot[i]) / (k - 1))
-        x = to_tensor([jitter(img, rng) for _ in range(augments)], model.meta["mean"], model.meta["std"])
-        parts.append(br.maps(x, leave_out=i if k > 1 else None))
+        views = [jitter(img, rng) for _ in range(augments)]
+        step = augments if model.cfg.input_size <= 256 else 1  # memory, as in batched_maps
+        for j in range(0, augments, step):
+            x = to_tensor(views[j:j + step], model.meta["mean"], model.meta["std"])
+            parts.append(br.maps(x, leave_out=i if k > 1 else None))
     model.bank.copy_(full)
     return {b: np.concatenate([p[b] for p in parts]) for b in parts[0]}
 
