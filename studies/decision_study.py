@@ -35,9 +35,10 @@ from protospect.training import metrics
 from protospect.training.calibrate import CALIB_SEED_OFFSET, jitter
 from protospect.training.data import MVTecCategory, load_image, sample_shots
 from protospect.training.fewshot import TestSet, line_good_images
-from protospect.training.methods.pcsnet import PCSNetModel, _check_shots, _create_backbone, _meta
+from protospect.training.methods.pcsnet import PCSNetModel, _check_shots, _create_backbone, _meta, nn_shot_patches
+from protospect.training.methods.pcsnet.model import as_queries
 from protospect.training.methods.pcsnet.presets import resolve_config
-from protospect.training.methods.pcsnet.scoring import MapFusion, NearestNeighbourBranch, patch_grid, rotated_views
+from protospect.training.methods.pcsnet.scoring import MapFusion, NearestNeighbourBranch
 from protospect.training.methods.pcsnet.train_loop import seed_everything, to_tensor, train
 from protospect.training.methods.pcsnet.validate import _parse_set, planted_sets
 
@@ -53,13 +54,8 @@ class Branches:
 
     def __init__(self, model: PCSNetModel, images: list[np.ndarray]):
         self.model = model
-        views = rotated_views(images, 4)
-        per_shot = []
-        with torch.no_grad():
-            for v in views:
-                g = patch_grid(model.features.backbone(to_tensor(v, model.meta["mean"], model.meta["std"])))
-                per_shot.append(g.flatten(2).transpose(1, 2))  # (4, N, D)
-        self.shot_nn = torch.stack(per_shot)  # (K, 4, N, D)
+        patches = nn_shot_patches(model, images, rotations=4)  # (K, 4*N, D), views in rotation order
+        self.shot_nn = patches.reshape(len(images), 4, -1, patches.shape[-1])  # (K, 4, N, D)
         self.nn = NearestNeighbourBranch(0, self.shot_nn.shape[-1], model.cfg.blur_sigma)
 
     def nn_bank(self, rotations: int, leave_out: int | None = None) -> torch.Tensor:
@@ -71,8 +67,6 @@ class Branches:
         m = self.model
         size = (int(x.shape[-2]), int(x.shape[-1]))
         feats = m.features.backbone(x)
-        from protospect.training.methods.pcsnet.model import as_queries  # noqa: PLC0415
-
         phi, guide = m.features.from_backbone(feats)
         out = {"pcs": m.head(m.knn(as_queries(phi)), guide, out_size=size).anomaly_map}
         for r in (1, 4):

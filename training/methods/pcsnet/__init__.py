@@ -82,13 +82,14 @@ def fit(shots_rgb: list[np.ndarray], preset: str = "edge", seed: int = 0,
     return model
 
 
-def nn_shot_patches(model: PCSNetModel, images: list[np.ndarray]):
-    """(K, V*N, D) patch features of each shot and its rotated views (scoring.rotated_views)."""
+def nn_shot_patches(model: PCSNetModel, images: list[np.ndarray], rotations: int | None = None):
+    """(K, V*N, D) patch features of each shot and its V rotated views (scoring.rotated_views);
+    V = ``rotations``, default the model's nn_rotations."""
     import torch  # noqa: PLC0415
 
     per_shot = []
     with torch.no_grad():
-        for views in rotated_views(images, model.cfg.nn_rotations):
+        for views in rotated_views(images, rotations or model.cfg.nn_rotations):
             x = to_tensor(views, model.meta["mean"], model.meta["std"]).to(model.bank.device)
             g = patch_grid(model.features.backbone(x))
             per_shot.append(g.flatten(2).transpose(1, 2).reshape(-1, g.shape[1]))

@@ -20,6 +20,7 @@ buffers, so they are in the artifact's state_dict and in the ONNX graph as initi
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -50,8 +51,6 @@ class NearestNeighbourBranch(nn.Module):
 
 def rotated_views(images: list, rotations: int) -> list[list]:
     """Per shot, the views whose patches enter the nn bank: the shot and its 90-degree rotations."""
-    import numpy as np  # noqa: PLC0415
-
     return [[np.ascontiguousarray(np.rot90(img, r)) for r in range(rotations)] for img in images]
 
 
