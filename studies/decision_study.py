@@ -34,7 +34,7 @@ from protospect.runtime import line_threshold
 from protospect.training import metrics
 from protospect.training.calibrate import CALIB_SEED_OFFSET, jitter
 from protospect.training.data import MVTecCategory, load_image, sample_shots
-from protospect.training.fewshot import TestSet, line_good_images
+from protospect.training.fewshot import TestSet, line_good_images, line_metrics
 from protospect.training.methods.pcsnet import PCSNetModel, _check_shots, _create_backbone, _meta, nn_shot_patches
 from protospect.training.methods.pcsnet.model import as_queries
 from protospect.training.methods.pcsnet.presets import resolve_config
@@ -189,11 +189,17 @@ def run_one(cat, category, k, seed, args, test: TestSet | None):
             v["test_image_auroc"] = 100 * metrics.image_auroc(test.labels, s)
             if fmap is not None and test.masks is not None:
                 v["test_pixel_auroc"] = 100 * metrics.pixel_auroc(test.masks, fmap)
+                if args.aupro:
+                    v["test_aupro"] = 100 * metrics.aupro(test.masks, fmap)
             if "line_good" in res:
                 thr = line_threshold.choose(res["line_good"][0])
                 at = metrics.threshold_stats(test.labels, s, thr)
                 v["test_escape_line"] = 100 * at["escape_rate"]
                 v["test_false_alarm_line"] = 100 * at["false_alarm_rate"]
+                # the station's operating point (conformal, A = 5 % / 1 %) on the same good images
+                for key, val in line_metrics(test.labels, s, res["line_good"][0]).items():
+                    if key != "line_threshold" and val is not None:
+                        v[f"test_{key}"] = 100 * val
         row["variants"][name] = {key: round(float(val), 3) for key, val in v.items()}
     if test is not None and args.diagnose and seed == args.seeds[0]:
         row["diagnosis"] = diagnose(test, dec, category, k, args)
@@ -230,6 +236,7 @@ def main(argv=None):
     ap.add_argument("--textures", default=None)
     ap.add_argument("--no-test", action="store_true", help="validation columns only")
     ap.add_argument("--small", action="store_true", help="also plant small NSA defects (val_nsa_small)")
+    ap.add_argument("--aupro", action="store_true", help="AUPRO of the kept maps (the pixel variants)")
     ap.add_argument("--diagnose", action="store_true")
     ap.add_argument("--figures", default=None)
     ap.add_argument("--set", action="append", help="PCSNet config override key=value (e.g. input_size=384)")

@@ -13,6 +13,14 @@ before any test figure of the study was looked at (docs/decision.md):
    max before top).
 
     python studies/select_decision.py runs/decision/*.jsonl [--markdown docs/results/decision_selection.md]
+
+Rule v2 (``--kinds texture nsa_small``), written down and committed before its study ran
+(docs/decision.md section 6): the same four steps on the planted kinds ``texture`` and ``nsa_small``
+only -- the large NSA kind is PCSNet's own training family and favours the CAS map whatever the real
+defects are -- over K = 2, 4, 8 and seeds 0, 1, 2. ``--per-part`` adds the per-part rule a station
+can apply at registration: for each (category, K, seed) keep the old decision unless a product
+candidate beats it on that run's validation by more than PER_PART_MARGIN points (then the best one,
+cheapest among those within TIE of it).
 """
 from __future__ import annotations
 
@@ -28,18 +36,42 @@ PRODUCT_FUSIONS = ("pcs", "pcs+nn1", "pcs+nn4")
 COST = {"pcs": 0, "pcs+nn1": 1, "pcs+nn4": 2, "none": 0, "global": 0, "position": 1, "max": 0, "top": 1, "peak": 1}
 MAX_LOSS = 1.0
 TIE = 0.1
+PER_PART_MARGIN = 2.0  # 20 normals vs ~20 planted images: AUROC steps of 0.25; switching needs a clear gain
 
 
-def load_validation(paths) -> dict[str, dict[str, list[float]]]:
-    """variant -> category -> per-(K, seed) validation AUROC (mean over planted kinds)."""
+def _val(v: dict, kinds) -> float:
+    keys = [k for k in v if k.startswith("val_")] if kinds is None else [f"val_{k}" for k in kinds]
+    return float(np.mean([v[k] for k in keys]))
+
+
+def load_validation(paths, kinds=None) -> dict[str, dict[str, list[float]]]:
+    """variant -> category -> per-(K, seed) validation AUROC (mean over the planted kinds; all kinds when None)."""
     table: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for path in paths:
         for line in Path(path).read_text().splitlines():
             row = json.loads(line)
             for name, v in row["variants"].items():
-                vals = [x for key, x in v.items() if key.startswith("val_")]
-                table[name][row["category"]].append(float(np.mean(vals)))
+                table[name][row["category"]].append(_val(v, kinds))
     return table
+
+
+def _cost(name: str) -> int:
+    return sum(COST[p] for p in name.split("|"))
+
+
+def per_part(paths, kinds=None) -> list[dict]:
+    """The registration rule, run by run: (category, K, seed, chosen variant), from validation keys only."""
+    out = []
+    for path in paths:
+        for line in Path(path).read_text().splitlines():
+            row = json.loads(line)
+            vals = {n: _val(v, kinds) for n, v in row["variants"].items() if n.split("|")[0] in PRODUCT_FUSIONS}
+            best = max(vals.values())
+            choice = OLD
+            if best > vals[OLD] + PER_PART_MARGIN:
+                choice = min((n for n in vals if vals[n] >= best - TIE), key=lambda n: (_cost(n), -vals[n]))
+            out.append({"category": row["category"], "K": row["K"], "seed": row["seed"], "choice": choice})
+    return out
 
 
 def choose(table) -> tuple[str, dict[str, dict[str, float]]]:
@@ -52,7 +84,7 @@ def choose(table) -> tuple[str, dict[str, dict[str, float]]]:
         return OLD, per_cat
     best = max(means[n] for n in eligible)
     tied = [n for n in eligible if means[n] >= best - TIE]
-    return min(tied, key=lambda n: (sum(COST[p] for p in n.split("|")), -means[n])), per_cat
+    return min(tied, key=lambda n: (_cost(n), -means[n])), per_cat
 
 
 def markdown(choice: str, per_cat) -> str:
@@ -76,8 +108,12 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("jsonl", nargs="+")
     ap.add_argument("--markdown", default=None)
+    ap.add_argument("--kinds", nargs="+", default=None, help="planted kinds to average (default: all in the file)")
+    ap.add_argument("--per-part", default=None, help="write the per-part choices (JSON) here")
     args = ap.parse_args(argv)
-    choice, per_cat = choose(load_validation(args.jsonl))
+    choice, per_cat = choose(load_validation(args.jsonl, args.kinds))
+    if args.per_part:
+        Path(args.per_part).write_text(json.dumps(per_part(args.jsonl, args.kinds), indent=1))
     table = markdown(choice, per_cat)
     print(table)
     print(f"chosen: {choice}")
