@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import dataclass
 
 from tqdm import tqdm
 
@@ -41,6 +42,20 @@ from protospect.verdict_record import NG, OK, REJECTED, REVIEW
 log = logging.getLogger(__name__)
 
 STAGE_ORDER = ["wait", "preprocess", "infer", "postprocess", "host_to_host", "capture_to_verdict", "sink", "device"]
+
+
+@dataclass
+class Prepared:
+    """A frame after preprocess, waiting for its map and score (the multi-camera batcher holds several)."""
+
+    frame: Frame
+    model_in: object          # uint8 S x S x 3 RGB
+    rgb_fn: object            # full-resolution RGB on first use
+    t0: int                   # monotonic ns: the loop took the frame
+    t1: int                   # preprocess done
+    trig: object = None       # the PLC trigger it answers (trigger mode)
+    t2: int = 0               # map and score back (set by whoever inferred it)
+    t3: int = 0               # verdict done (set by judge)
 
 
 class Pipeline:
@@ -149,6 +164,15 @@ class Pipeline:
                 self._sink_failed(err)
 
     def _process(self, frame: Frame, trig=None) -> None:
+        prep = self.prepare(frame, trig)
+        if prep is None:
+            return
+        amap, score = self.backend.infer(prep.model_in)
+        prep.t2 = time.monotonic_ns()
+        self.deliver(prep, *self.judge(prep, amap, score, self.backend))
+
+    def prepare(self, frame: Frame, trig=None) -> Prepared | None:
+        """Preprocess one frame (timed); None when it is rejected (its record is then already with every sink)."""
         info = self.backend.info
         self._handled += 1
         t0 = time.monotonic_ns()
@@ -168,10 +192,14 @@ class Pipeline:
                 sink.reject(record)
             if trig is not None:
                 self.trigger.fail(ERR_REJECTED, f"frame {frame.seq} rejected: {rej.reason}")
-            return
-        t1 = time.monotonic_ns()
-        amap, score = self.backend.infer(model_in)
-        t2 = time.monotonic_ns()
+            return None
+        return Prepared(frame, model_in, rgb_fn, t0, time.monotonic_ns(), trig)
+
+    def judge(self, prep: Prepared, amap, score: float, timing) -> tuple[Result, dict | None]:
+        """The verdict of a prepared frame whose map and score came back (prep.t2 set); ``timing`` gives
+        last_stage_ms / last_device_ms (the backend). Returns the result and a drift event (or None)."""
+        info, frame, trig = self.backend.info, prep.frame, prep.trig
+        t0, t1, t2 = prep.t0, prep.t1, prep.t2
         # A score that is not a number cannot clear a part: fail safe to NG (judge does).
         verdict = judge(score, info.threshold, info.review_threshold)
         op = info.operating_point
@@ -179,14 +207,14 @@ class Pipeline:
         event = None
         if self.drift is not None and verdict in (OK, REVIEW):
             event = self.drift.update(score, frame.seq, frame.t_wall)
-        t3 = time.monotonic_ns()
+        t3 = prep.t3 = time.monotonic_ns()
         ms = {"wait": (t0 - frame.t_capture_ns) / 1e6, "preprocess": (t1 - t0) / 1e6, "infer": (t2 - t1) / 1e6,
               "postprocess": (t3 - t2) / 1e6, "host_to_host": (t3 - t0) / 1e6,
               "capture_to_verdict": (t3 - frame.t_capture_ns) / 1e6}
-        for stage, value in self.backend.last_stage_ms.items():
+        for stage, value in timing.last_stage_ms.items():
             ms[f"infer.{stage}"] = value
-        if self.backend.last_device_ms is not None:
-            ms["device"] = self.backend.last_device_ms
+        if timing.last_device_ms is not None:
+            ms["device"] = timing.last_device_ms
         c = self.counters
         c.processed += 1
         c.ok += verdict == OK
@@ -197,14 +225,19 @@ class Pipeline:
         c.dropped = self.queue.dropped
         c.reconnects = self.capture.reconnects if self.capture else 0
         result = Result(seq=frame.seq, t_capture_ns=frame.t_capture_ns, t_wall=frame.t_wall, score=score,
-                        verdict=verdict, ms=ms, backend=self.backend.name, rgb_fn=rgb_fn, anomaly_map=amap,
+                        verdict=verdict, ms=ms, backend=self.backend.name, rgb_fn=prep.rgb_fn, anomaly_map=amap,
                         origin=frame.origin, counters=c.as_dict(), p_value=p_value)
         if trig is not None:
             result.trigger_seq, result.trigger_ms = trig.seq, (t3 - trig.t_ns) / 1e6
+        return result, event
+
+    def deliver(self, prep: Prepared, result: Result, event: dict | None) -> None:
+        """Every sink gets the result (SinkError from the log propagates), then the PLC, the drift event, timing."""
+        frame, trig, c, ms = prep.frame, prep.trig, self.counters, result.ms
         for sink in self.sinks:
             sink.write(result)
         if trig is not None:  # the PLC sees the verdict only once it is logged
-            self.trigger.result(verdict, float(score), frame.seq)
+            self.trigger.result(result.verdict, float(result.score), frame.seq)
         if event is not None:
             log.warning("%s at frame %d: %d of the last %d OK/REVIEW scores above the calibration's 95th percentile "
                         "%.4g (p = %.2g); thresholds unchanged", event["event"], frame.seq, event["above"],
@@ -214,7 +247,7 @@ class Pipeline:
         t4 = time.monotonic_ns()
         if c.processed > self.warmup:  # warm-up frames are processed and logged, not timed
             c.timed += 1
-            ms["sink"] = (t4 - t3) / 1e6
+            ms["sink"] = (t4 - prep.t3) / 1e6
             for stage, value in ms.items():
                 self.times.add(stage, value)
             now = time.monotonic()
