@@ -82,6 +82,21 @@ class OrtBackend(BackendBase):
         amap, score = self._session.run(list(OUTPUTS), {INPUT: image_u8[None]})
         return amap, score
 
+    @property
+    def batchable(self) -> bool:
+        """Whether the graph takes any batch size (export --batch dynamic): the multi-camera serve batches it."""
+        shape = self._session.get_inputs()[0].shape if self._session is not None else [1]
+        return bool(shape) and not isinstance(shape[0], int)
+
+    def infer_batch(self, images_u8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 [n,S,S,3] -> (float32 maps [n,S,S], float64 scores [n]) in one run of a dynamic-batch graph."""
+        if self._session is None:
+            raise RuntimeError("ort backend used outside `with backend:`")
+        s = self.info.input_size
+        amap, score = self._session.run(list(OUTPUTS), {INPUT: np.ascontiguousarray(images_u8, dtype=np.uint8)})
+        n = images_u8.shape[0]
+        return np.asarray(amap, np.float32).reshape(n, s, s), np.asarray(score, np.float64).reshape(n)
+
     def describe(self) -> dict:
         return {**super().describe(), "providers": self.providers, "model": str(self.path)}
 
@@ -98,8 +113,8 @@ def check_io(session, path: Path, size: int) -> None:
     shape = inputs[INPUT].shape
     if shape and isinstance(shape[0], int) and shape[0] > 1:  # export --batch N (issue 18); dynamic batch is fed 1 frame
         raise ArtifactError(f"{path} is a batch-{shape[0]} graph (protospect export --batch {shape[0]}) but serve feeds one "
-                            "camera's frame at a time: re-export with --batch 1 (the default) or --batch dynamic; "
-                            "batch-N graphs are for the multi-camera serve (upcoming, issue 18)")
+                            "camera's frame at a time: re-export with --batch 1 (the default) or --batch dynamic "
+                            "(serve --config batches a dynamic graph across cameras)")
     if len(shape) != 4 or any(isinstance(d, int) and d != want for d, want in zip(shape, (1, size, size, 3))):
         raise ArtifactError(f"{path}: input '{INPUT}' has shape {shape}, metadata says [1,{size},{size},3]")
     extra = [name for name in inputs if name != INPUT]

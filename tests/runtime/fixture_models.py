@@ -87,8 +87,10 @@ def _box_blur(src: str, dst: str, ksize: int):
 
 
 def build_diff_model(path: str | Path, ref_rgb: np.ndarray, *, threshold: float, map_range=(0.0, 0.5),
-                     blur: int = 5, props_override: dict | None = None, map_pool: int = 1) -> Path:
-    """``map_pool`` > 1 average-pools the map: anomaly_map [1,1,S/p,S/p], against the contract (load-check tests)."""
+                     blur: int = 5, props_override: dict | None = None, map_pool: int = 1, batch: int | str = 1) -> Path:
+    """``map_pool`` > 1 average-pools the map: anomaly_map [1,1,S/p,S/p], against the contract (load-check tests).
+    ``batch`` "dynamic" gives the batch dimension a name (as export --batch dynamic does, with its metadata)."""
+    n = "batch" if batch == "dynamic" else batch
     size = ref_rgb.shape[0]
     nodes, inits = _normalised_nchw_nodes(size, ref_rgb)
     blurred = "anomaly_map" if map_pool == 1 else "blurred"
@@ -102,15 +104,17 @@ def build_diff_model(path: str | Path, ref_rgb: np.ndarray, *, threshold: float,
     map_side = size // map_pool
     graph = helper.make_graph(
         nodes, "refdiff",
-        [helper.make_tensor_value_info("image", TensorProto.UINT8, [1, size, size, 3])],
-        [helper.make_tensor_value_info("anomaly_map", TensorProto.FLOAT, [1, 1, map_side, map_side]),
-         helper.make_tensor_value_info("image_score", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("image", TensorProto.UINT8, [n, size, size, 3])],
+        [helper.make_tensor_value_info("anomaly_map", TensorProto.FLOAT, [n, 1, map_side, map_side]),
+         helper.make_tensor_value_info("image_score", TensorProto.FLOAT, [n])],
         inits)
     # ReduceMax over axes 1-3 of [1,1,S,S] is already [1]: rename instead of an extra node
     graph.node[-1].output[0] = "image_score"
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = 8
     props = contract_props(size, threshold, map_range)
+    if batch != 1:
+        props["protospect.batch"] = str(batch)
     props.update(props_override or {})
     _meta(model, props)
     onnx.checker.check_model(model)
