@@ -34,8 +34,9 @@ from protospect.runtime.verdict.drift import DEFAULT_WINDOW, DriftWatch
 log = logging.getLogger(__name__)
 
 
-def add_source_arguments(parser: argparse.ArgumentParser, required: bool) -> None:
-    parser.add_argument("model", help="model.onnx, model.engine (with its .json sidecar), a split export folder, or a "
+def add_source_arguments(parser: argparse.ArgumentParser, required: bool, model_optional: bool = False) -> None:
+    optional = {"nargs": "?"} if model_optional else {}
+    parser.add_argument("model", **optional, help="model.onnx, model.engine (with its .json sidecar), a split export folder, or a "
                                       "station bundle from `protospect register` (its thresholds are used)")
     parser.add_argument("--source", required=required, default=None,
                         help="camera index (0), rtsp://... or http://... URL, video file, image folder or glob, "
@@ -75,8 +76,15 @@ def use_threshold(backend, spec: str | None, station: dict | None = None) -> Non
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_source_arguments(parser, required=True)
+    add_source_arguments(parser, required=False, model_optional=True)  # not with --config (checked in run)
     add_threshold_argument(parser)
+    station = parser.add_argument_group("several cameras (issue 18; docs/runtime.md, Fleet)")
+    station.add_argument("--config", type=Path, default=None, metavar="STATION.toml",
+                         help="serve every [[camera]] of a station file in one process (instead of MODEL --source); "
+                              "--sink ROOT gives each camera without its own sink ROOT/<name>/")
+    station.add_argument("--batch-window-ms", type=float, default=10.0, metavar="MS",
+                         help="--config: a batch of the cameras sharing a dynamic-batch model closes when every live "
+                              "one has a frame, or MS after its oldest frame was captured (default 10)")
     parser.add_argument("--sink", type=Path, default=None, help="folder for verdicts.jsonl, ng/*.png and summary.json")
     parser.add_argument("--view", default=None, metavar="[127.0.0.1]:PORT", help="serve the live operator page, e.g. --view :8080")
     parser.add_argument("--max-frames", type=int, default=None, help="stop after N frames (default: until the source ends)")
@@ -182,6 +190,12 @@ def check_line(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "config", None) is not None:
+        from protospect.runtime.multicam import serve_station
+        return serve_station(args)
+    if args.model is None or args.source is None:  # a usage error, as argparse would say it (exit 2)
+        print("protospect serve: error: give MODEL --source SRC (one camera) or --config STATION.toml", file=sys.stderr)
+        return 2
     check_common(args)
     check_line(args)
     if args.drift_window < 0:
