@@ -24,6 +24,7 @@ from protospect.contract import KEY_THRESHOLD
 from protospect.errors import ConfigError
 from protospect.runtime import line_threshold, station_bundle
 from protospect.runtime.backends import CHOICES, select_backend
+from protospect.runtime.line.status import LineStatus
 from protospect.runtime.operator_view import OperatorView, parse_view
 from protospect.runtime.pipeline import Pipeline
 from protospect.runtime.report import exit_code, stop_on_signals, summary_text, write_json
@@ -231,16 +232,24 @@ def run(args: argparse.Namespace) -> int:
                     from protospect.runtime.line.opcua import OpcUaAdapter, parse_opcua, read_users
                     users = None if args.opcua_user is None else read_users(args.opcua_user)
                     opcua = OpcUaAdapter(handshake, *parse_opcua(args.opcua), users=users).start()
+            line = LineStatus(handshake)  # the adapters' counters: summary.json "line" and the page
+            line.add("modbus", modbus)
+            line.add("opcua", opcua)
             if getattr(args, "mqtt", None) is not None:
                 from protospect.runtime.line.mqtt import MqttSink
                 sinks.append(MqttSink(args.mqtt, args.sink, station=args.station,
                                       max_spool_bytes=int(args.mqtt_spool_mb * (1 << 20))))
+                line.add("mqtt", sinks[-1])
+            if view is not None and line:
+                view.line_status = line.snapshot
             drift = make_drift_watch(info, args.drift_window)
             pipeline = Pipeline(backend, source, sinks, queue_size=args.queue_size, policy=policy, max_frames=args.max_frames,
                                 progress=sys.stderr.isatty(), drift=drift, trigger=handshake)
             signalled = _Signalled(pipeline)
             with stop_on_signals(signalled):
                 report = pipeline.run()
+            if line:
+                report["line"] = line.snapshot()
         print(summary_text(report))
         code = exit_code(report, "serve")
         if args.sink is not None:

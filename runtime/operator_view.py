@@ -3,8 +3,8 @@
   GET /            the page (runtime/web/index.html + app.js): verdict, frame with heatmap,
                    rolling score and latency plots drawn client-side
   GET /state.json  latest verdict (OK / REVIEW / NG), score, p-value, thresholds, counters, the drift
-                   watch's state and the recent history (strict JSON: a NaN/inf score is null, with
-                   score_not_finite saying which)
+                   watch's state, the line adapters' counters ("line": serve's line flags, else {}) and the
+                   recent history (strict JSON: a NaN/inf score is null, with score_not_finite saying which)
   GET /frame.jpg?seq=N  frame N with its heatmap (encoded on request, at most once per frame), its seq in
                    the X-Frame-Seq header. Exactly frame N or nothing: the last KEEP frames are kept, and so
                    are the frames state.json last reported (the page asks for those); a frame no longer kept
@@ -72,6 +72,7 @@ class OperatorView(Sink):
         self._drift: dict | None = None  # the last drift event (None: none yet, or cleared)
         self._drift_events = 0
         self._running = True
+        self.line_status = None  # serve: callable -> the line adapters' counters (runtime/line/status.py), or None
         self._server = None
         self._thread = None
 
@@ -144,6 +145,7 @@ class OperatorView(Sink):
 
     # -- handlers -------------------------------------------------------------------------------
     def state(self) -> dict:
+        line = self.line_status() if self.line_status is not None else {}
         with self._lock:
             r = self._latest
             hist = list(self._history)
@@ -157,6 +159,7 @@ class OperatorView(Sink):
                 "score": None if r is None else r.score, "score_not_finite": None if r is None else not_finite(r.score),
                 "t_wall": None if r is None else r.t_wall,
                 "ms": {} if r is None else r.ms, "counters": self._counters, "last_reject": self._last_reject,
+                "line": line,
                 "history": {"seq": [h[0] for h in hist], "score": [h[1] for h in hist],
                             "latency_ms": [h[2] for h in hist], "verdict": [h[3] for h in hist]},
             }

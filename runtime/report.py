@@ -10,6 +10,7 @@ from pathlib import Path
 from protospect.files import write_atomic
 from protospect.runtime.pipeline import STAGE_ORDER
 from protospect.runtime.sinks import finite
+from protospect.runtime.line.status import line_text
 from protospect.runtime.stats import format_table
 
 
@@ -58,6 +59,8 @@ def summary_text(report: dict) -> str:
         lines.append(f"source {report['source']}: {report['capture_ended']}")
     for name, n in report.get("sink_failures", {}).items():
         lines.append(f"{name}: {n} not saved (the reason is in each frame's verdict line)")
+    if report.get("line"):
+        lines.append(line_text(report["line"]))
     if report.get("sink_error"):
         lines.append(f"run stopped: {report['sink_error']}")
     return "\n".join(lines)

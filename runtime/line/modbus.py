@@ -24,6 +24,10 @@ Register map (device id: any; 0-based protocol addresses):
 
 Nothing here is secured: Modbus TCP has no authentication. The default host is 127.0.0.1; bind the
 plant-network address only on a segmented control network.
+
+Counted (stats(): summary.json "line"."modbus" and the live page): clients connected, disconnects, disconnects
+while the handshake was BUSY or showed an unacknowledged result / error (the PLC left mid-handshake), requests,
+and errors (a request the adapter could not serve: answered with Modbus exception 4).
 """
 from __future__ import annotations
 
@@ -36,7 +40,7 @@ import threading
 
 from protospect._optional import require
 from protospect.errors import ConfigError
-from protospect.runtime.line.handshake import Handshake, Snapshot
+from protospect.runtime.line.handshake import BUSY, ERROR, RESULT_READY, Handshake, Snapshot
 from protospect.runtime.line.loop_thread import start_loop_thread
 
 log = logging.getLogger(__name__)
@@ -92,14 +96,45 @@ class ModbusAdapter:
 
     def __init__(self, handshake: Handshake, host: str = "127.0.0.1", port: int = 5020):
         self.handshake, self.host, self.port = handshake, host, port
-        self.requests = 0
+        self.requests = self.clients = self.disconnects = self.disconnects_mid_handshake = self.errors = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server = None
         self._thread: threading.Thread | None = None
 
+    def stats(self) -> dict:
+        """Counters for summary.json / the page (runtime/line/status.py)."""
+        return {"clients": self.clients, "disconnects": self.disconnects,
+                "disconnects_mid_handshake": self.disconnects_mid_handshake, "errors": self.errors,
+                "requests": self.requests}
+
+    def _connection(self, connected: bool) -> None:
+        """pymodbus' trace_connect: a client connected (True) or its connection closed (False)."""
+        if connected:
+            self.clients += 1
+            return
+        self.disconnects += 1
+        state = self.handshake.state
+        if state in (BUSY, RESULT_READY, ERROR):  # the PLC left between its trigger and its ack
+            self.disconnects_mid_handshake += 1
+            log.warning("Modbus: a client disconnected while the handshake was %s (%d times); the station goes on, "
+                        "the next client acks and triggers", state, self.disconnects_mid_handshake)
+
     async def _action(self, func_code, start_address, address, count, registers, values):
-        """pymodbus calls this before each access: reads get the handshake's state, coil writes drive it."""
+        """pymodbus calls this before each access. A failure is counted, logged in one line (the first, then
+        every 100th) and answered as Modbus exception 4 (device failure) to that request; the station goes on."""
         self.requests += 1
+        try:
+            self._access(func_code, address, registers, values)
+        except Exception as err:  # noqa: BLE001 - the PLC gets an exception response, never a dead server
+            self.errors += 1
+            if self.errors == 1 or self.errors % 100 == 0:
+                log.error("Modbus: request (function %s, address %s) failed: %s: %s (%d errors; counted, the station "
+                          "goes on)", func_code, address, type(err).__name__, err, self.errors)
+            return require("pymodbus.constants", "line").ExcCodes.DEVICE_FAILURE
+        return None
+
+    def _access(self, func_code, address, registers, values) -> None:
+        """Reads get the handshake's state, coil writes drive it."""
         snap = self.handshake.snapshot()
         if func_code == FC_READ_DI:
             registers[0] = _pack_bits(discrete_inputs(snap))
@@ -115,7 +150,6 @@ class ModbusAdapter:
                 elif coil == COIL_ACK:
                     self.handshake.ack()
                 values[i] = False  # self-clearing: the next write of 1 is the next request
-        return None
 
     def _device(self):
         sim = require("pymodbus.simulator", "line")
@@ -132,7 +166,8 @@ class ModbusAdapter:
         ready = threading.Event()
 
         async def main():
-            self._server = server_mod.ModbusTcpServer(device, address=(self.host, self.port))
+            self._server = server_mod.ModbusTcpServer(device, address=(self.host, self.port),
+                                                          trace_connect=self._connection)
             try:
                 await self._server.serve_forever(background=True)
             except RuntimeError as err:

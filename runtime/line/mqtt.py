@@ -58,6 +58,7 @@ class MqttSink(Sink):
         self.topics = {"verdict": f"{base}/verdict", "event": f"{base}/event", "status": f"{base}/status"}
         self.max_spool_bytes, self.batch, self.ack_timeout_s = max_spool_bytes, batch, ack_timeout_s
         self.published = self.overflow = self.spool_failures = self.connects = self.refused = 0
+        self.spooled = self.publish_failures = self.disconnects = self.connect_failures = 0
         self.failures = 0
         mqtt = require("paho.mqtt.client", "line")
         spool_dir = Path(spool_dir)
@@ -77,6 +78,7 @@ class MqttSink(Sink):
         self.client.reconnect_delay_set(min_delay=0.1, max_delay=reconnect_max_s)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
+        self.client.on_connect_fail = self._on_connect_fail
         self.client.connect_async(self.host, self.port, keepalive=10)
         self.client.loop_start()
         self._thread = threading.Thread(target=self._publisher, name="mqtt-publisher", daemon=True)
@@ -102,12 +104,20 @@ class MqttSink(Sink):
         if self.connects > 1:
             log.info("MQTT: connected again to %s:%d; sending the spool", self.host, self.port)
 
+    def _on_connect_fail(self, client, userdata):
+        """No TCP connection to the broker (nothing listens, host unreachable): counted, retried."""
+        self.connect_failures += 1
+        if self.connect_failures == 1 or self.connect_failures % 100 == 0:
+            log.warning("MQTT: cannot reach the broker %s:%d (%d tries); verdicts wait in %s", self.host, self.port,
+                        self.connect_failures, self.spool_path)
+
     def _on_disconnect(self, client, userdata, flags, reason_code, properties=None):
         with self._wake:
             was, self._connected = self._connected, False
             self._epoch += 1
             self._wake.notify_all()
         if was and not self._closing:
+            self.disconnects += 1
             log.warning("MQTT: lost the broker %s:%d (%s); verdicts go to the spool %s until it is back",
                         self.host, self.port, reason_code, self.spool_path)
 
@@ -145,6 +155,7 @@ class MqttSink(Sink):
                     log.error("cannot write the MQTT spool %s: %s; the inspection goes on (counted)", self.spool_path, err)
                 return
             self._size += len(data)
+            self.spooled += 1
             self._wake.notify_all()
 
     @property
@@ -185,9 +196,21 @@ class MqttSink(Sink):
                     time.sleep(0.002)
                 else:
                     self._acked(start, sum(len(line) + 1 for line in lines), len(lines))
+                    continue
+                self._not_acked(sum(not i.is_published() for i in infos))
             except Exception:  # never let the feed die silently; the spool keeps the lines
                 log.exception("MQTT publisher")
                 time.sleep(0.5)
+
+    def _not_acked(self, n: int) -> None:
+        """A batch not acknowledged (broker lost, no PUBACK in time): its lines stay spooled and go again. Counted
+        per message; logged the first time, then every 100th."""
+        if self._stop.is_set() or not n:
+            return
+        self.publish_failures += n
+        if self.publish_failures == n or self.publish_failures // 100 != (self.publish_failures - n) // 100:
+            log.warning("MQTT: %d message(s) not acknowledged by %s:%d (%d so far); they stay in the spool and go again",
+                        n, self.host, self.port, self.publish_failures)
 
     def _acked(self, start: int, nbytes: int, n: int) -> None:
         with self._wake:
@@ -232,8 +255,15 @@ class MqttSink(Sink):
             log.warning("MQTT: %d bytes of verdicts not sent stay in %s for the next run", left, self.spool_path)
 
     def stats(self) -> dict:
-        return {"published": self.published, "overflow": self.overflow, "spool_failures": self.spool_failures,
-                "connects": self.connects, "refused": self.refused, "pending_bytes": self._size - self._sent_off}
+        """Counters for summary.json / the page (runtime/line/status.py): lines spooled and published (acknowledged),
+        messages not acknowledged (publish_failures: sent again), connections, reconnects (after the first), broker
+        losses (disconnects), failed tries to reach it (connect_failures), refusals by it (refused: CONNACK with an
+        error, e.g. not authorised), spool overflow and write failures, bytes waiting."""
+        return {"published": self.published, "spooled": self.spooled, "publish_failures": self.publish_failures,
+                "connects": self.connects, "reconnects": max(self.connects - 1, 0), "disconnects": self.disconnects,
+                "connect_failures": self.connect_failures, "refused": self.refused, "overflow": self.overflow,
+                "spool_failures": self.spool_failures,
+                "pending_bytes": self._size - self._sent_off}
 
 
 def _trim_torn(fd: int) -> int:

@@ -22,6 +22,10 @@ Security (docs/integration.md): the endpoint has no message security (SecurityPo
 or encrypted). Anonymous sessions are allowed only when the server binds 127.0.0.1 / localhost. Binding any
 other address needs a users file (``--opcua-user FILE``, ``username:password`` lines): then anonymous
 sessions are refused and a session needs a listed user, but the password crosses the wire unencrypted.
+
+Counted (stats(): summary.json "line"."opcua" and the live page): clients connected, disconnects, disconnects while
+the handshake was BUSY or showed an unacknowledged result / error, method calls, and errors (the adapter could not
+show the handshake or serve a call); none of them stops the inspection.
 """
 from __future__ import annotations
 
@@ -37,7 +41,7 @@ from urllib.parse import urlsplit
 
 from protospect._optional import require
 from protospect.errors import ConfigError
-from protospect.runtime.line.handshake import Handshake, Snapshot
+from protospect.runtime.line.handshake import BUSY, ERROR, RESULT_READY, Handshake, Snapshot
 from protospect.runtime.line.loop_thread import start_loop_thread
 
 log = logging.getLogger(__name__)
@@ -123,7 +127,7 @@ class OpcUaAdapter:
     def __init__(self, handshake: Handshake, host: str = "127.0.0.1", port: int = 4840, users: dict | None = None):
         check_security(host, users)
         self.handshake, self.host, self.port, self.users = handshake, host, port, users
-        self.calls = 0
+        self.calls = self.clients = self.disconnects = self.disconnects_mid_handshake = self.errors = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server = None
         self._nodes: dict = {}
@@ -135,44 +139,84 @@ class OpcUaAdapter:
     def endpoint(self) -> str:
         return f"opc.tcp://{self.host}:{self.port}"
 
+    # -- counters -----------------------------------------------------------------------------------
+    def stats(self) -> dict:
+        """Counters for summary.json / the page (runtime/line/status.py)."""
+        return {"clients": self.clients, "disconnects": self.disconnects,
+                "disconnects_mid_handshake": self.disconnects_mid_handshake, "errors": self.errors, "calls": self.calls}
+
+    def _error(self, what: str, err: BaseException) -> None:
+        self.errors += 1
+        if self.errors == 1 or self.errors % 100 == 0:
+            log.error("OPC UA: %s failed: %s: %s (%d errors; counted, the station goes on)", what, type(err).__name__,
+                      err, self.errors)
+
+    def _connection(self, connected: bool) -> None:
+        """A client's TCP connection opened (True) or closed (False), from the server's client list."""
+        if connected:
+            self.clients += 1
+            return
+        self.disconnects += 1
+        state = self.handshake.state
+        if state in (BUSY, RESULT_READY, ERROR):  # the PLC left between its trigger and its ack
+            self.disconnects_mid_handshake += 1
+            log.warning("OPC UA: a client disconnected while the handshake was %s (%d times); the station goes on, "
+                        "the next client acks and triggers", state, self.disconnects_mid_handshake)
+
     # -- showing the handshake ------------------------------------------------------------------
     async def _apply(self) -> None:
-        """Write the handshake's current state (read now, not when scheduled: a late update never shows an old one)."""
+        """Write the handshake's current state (read now, not when scheduled: a late update never shows an old one).
+        A failed write is counted; the next change writes every variable again."""
         ua = require("asyncua", "line").ua
-        async with self._lock:
-            snap: Snapshot = self.handshake.snapshot()
-            for name, vtype, value in VARIABLES:
-                await self._nodes[name].write_value(ua.Variant(value(snap), getattr(ua.VariantType, vtype)))
+        try:
+            async with self._lock:
+                snap: Snapshot = self.handshake.snapshot()
+                for name, vtype, value in VARIABLES:
+                    await self._nodes[name].write_value(ua.Variant(value(snap), getattr(ua.VariantType, vtype)))
+        except Exception as err:  # noqa: BLE001 - a PLC-side failure never reaches the inspection
+            self._error("showing the handshake", err)
 
     def _changed(self, _snap: Snapshot) -> None:
-        """Handshake listener (any thread): schedule an update on the server's loop."""
+        """Handshake listener (any thread, also the pipeline's): schedule an update on the server's loop; never raises."""
         loop = self._loop
         if loop is None or loop.is_closed() or self._lock is None:
             return
-        with contextlib.suppress(RuntimeError):  # the loop is closing
+        try:
             asyncio.run_coroutine_threadsafe(self._apply(), loop)
+        except RuntimeError:  # the loop is closing
+            pass
+        except Exception as err:  # noqa: BLE001
+            self._error("scheduling an update", err)
 
     # -- the PLC side ---------------------------------------------------------------------------
-    async def _trigger(self, parent):
+    async def _call(self, name: str, move):
+        """A method call: ``move()`` on the handshake -> [Boolean]; a failure is counted and answered with
+        BadInternalError (one log line, no traceback); the server goes on."""
         ua = require("asyncua", "line").ua
         self.calls += 1
-        accepted = self.handshake.trigger() is not None
-        await self._apply()  # the caller sees Busy when the call returns
-        return [ua.Variant(accepted, ua.VariantType.Boolean)]
+        try:
+            done = move()
+        except Exception as err:  # noqa: BLE001
+            self._error(f"{name}()", err)
+            return ua.StatusCode(ua.StatusCodes.BadInternalError)
+        await self._apply()  # the caller sees Busy / Ready when the call returns
+        return [ua.Variant(done, ua.VariantType.Boolean)]
+
+    async def _trigger(self, parent):
+        return await self._call("Trigger", lambda: self.handshake.trigger() is not None)
 
     async def _ack(self, parent):
-        ua = require("asyncua", "line").ua
-        self.calls += 1
-        done = self.handshake.ack()
-        await self._apply()
-        return [ua.Variant(done, ua.VariantType.Boolean)]
+        return await self._call("Ack", self.handshake.ack)
 
     async def _trigger_request(self, handle, value) -> None:
         ua = require("asyncua", "line").ua
         if value.Value is None or value.Value.Value is not True:
             return
         self.calls += 1
-        self.handshake.trigger()
+        try:
+            self.handshake.trigger()
+        except Exception as err:  # noqa: BLE001
+            self._error("TriggerRequest", err)
         await self._nodes["TriggerRequest"].write_value(ua.Variant(False, ua.VariantType.Boolean))
         await self._apply()
 
@@ -216,6 +260,7 @@ class OpcUaAdapter:
                 ready.set()
                 return
             ready.set()
+            _count_clients(self)
             await self._apply()
             try:
                 await self._stop.wait()
@@ -236,6 +281,34 @@ class OpcUaAdapter:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(stop.set)
             self._thread.join(10)
+
+
+class _CountingClients(list):
+    """asyncua's BinaryServer.clients: each connection appends itself when made and removes itself when lost."""
+
+    def __init__(self, on_change):
+        super().__init__()
+        self._on_change = on_change
+
+    def append(self, item) -> None:
+        super().append(item)
+        self._on_change(True)
+
+    def remove(self, item) -> None:
+        super().remove(item)
+        self._on_change(False)
+
+
+def _count_clients(adapter: OpcUaAdapter) -> None:
+    """Count client connections through the server's client list (asyncua 1.1 - 2.x: Server.bserver.clients,
+    filled by OPCUAProtocol.connection_made / connection_lost). Another asyncua: not counted, said once."""
+    bserver = getattr(adapter._server, "bserver", None)
+    if bserver is None or not isinstance(getattr(bserver, "clients", None), list):
+        log.info("OPC UA: this asyncua does not show its client list; clients and disconnects are not counted")
+        return
+    counting = _CountingClients(adapter._connection)
+    counting.extend(bserver.clients)
+    bserver.clients = counting
 
 
 def _bind_error(host: str, port: int, started: dict) -> str:

@@ -106,6 +106,15 @@ function render(s, frame) {
                 ["drift alarms", c.drift_events],
                 ["dropped", c.dropped], ["reconnects", c.reconnects], ["frames/s", c.fps],
                 ["host-to-host ms", s.ms && s.ms.host_to_host !== undefined ? s.ms.host_to_host.toFixed(2) : "-"]];
+  const line = s.line || {};  // the line adapters' counters (serve --trigger plc / --modbus / --opcua / --mqtt)
+  if (line.state !== undefined) {
+    rows.push(["PLC handshake", line.state], ["triggers", line.triggers], ["triggers refused", line.triggers_refused],
+              ["acks without result", line.acks_without_result]);
+  }
+  for (const [name, block] of Object.entries(line)) {
+    if (block === null || typeof block !== "object") continue;
+    for (const [k, val] of Object.entries(block)) rows.push([name + " " + k.replace(/_/g, " "), val]);
+  }
   document.getElementById("counters").innerHTML =
     rows.map(([k, val]) => `<tr><td class="k">${k}</td><td>${val === undefined ? "-" : val}</td></tr>`).join("");
   const hist = s.history;

@@ -1,7 +1,14 @@
 """The Modbus TCP adapter over loopback with pymodbus' own client: N triggers -> N results, each judged frame
-captured after its trigger; trigger while busy refused, ack without result ignored; port in use -> one line."""
+captured after its trigger; trigger while busy refused, ack without result ignored; a client killed mid-handshake
+(no ack) is counted and the next client recovers with ack then trigger; a failing request is counted and answered
+with a Modbus exception; port in use -> one line."""
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -13,6 +20,7 @@ from pymodbus.client import ModbusTcpClient  # noqa: E402
 
 from protospect.errors import ConfigError  # noqa: E402
 from protospect.runtime.line import modbus  # noqa: E402
+from protospect.runtime.line.status import LineStatus  # noqa: E402
 
 
 def poll(client, bit, timeout=10.0):
@@ -55,6 +63,87 @@ def test_plc_over_modbus_n_triggers_n_results_each_frame_after_its_trigger(fx, t
         stop_line(line)
     recs = check_one_result_per_trigger(line, plc, n, lambda plc_score, score: plc_score == modbus.score_register(score))
     assert {r["verdict"] for r in recs} >= {"OK"}
+
+
+KILLED_CLIENT = """
+import sys, time
+from pymodbus.client import ModbusTcpClient
+c = ModbusTcpClient("127.0.0.1", port=int(sys.argv[1]), timeout=5)
+assert c.connect()
+while not c.read_discrete_inputs(0, count=7).bits[0]:  # ready
+    time.sleep(0.005)
+print("triggered", not c.write_coil(0, True).isError(), flush=True)
+time.sleep(60)  # killed here: no ack, no clean close
+"""
+
+
+def test_client_killed_mid_handshake_next_client_recovers_and_it_is_counted(fx, tmp_path):
+    line = start_line(fx, tmp_path, modbus.ModbusAdapter)
+    status = LineStatus(line.hs)
+    status.add("modbus", line.adapter)
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_CLIENT, str(line.port)], stdout=subprocess.PIPE, text=True)
+    client = ModbusTcpClient("127.0.0.1", port=line.port, timeout=5)
+    try:
+        assert proc.stdout.readline().split() == ["triggered", "True"]
+        poll_state = time.monotonic()
+        while line.hs.state not in ("BUSY", "RESULT_READY"):  # the trigger was taken before the kill
+            assert time.monotonic() - poll_state < 10
+            time.sleep(0.002)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        assert client.connect()
+        bits = poll(client, modbus.DI_RESULT_READY)  # the killed client's result is still shown, nobody acked it
+        assert not bits[modbus.DI_READY]
+        client.write_coil(modbus.COIL_TRIGGER, True)  # refused until acked (the documented rule), counted
+        client.write_coil(modbus.COIL_ACK, True)
+        poll(client, modbus.DI_READY)
+        client.write_coil(modbus.COIL_TRIGGER, True)
+        bits = poll(client, (modbus.DI_RESULT_READY, modbus.DI_ERROR))
+        assert bits[modbus.DI_RESULT_READY] and not bits[modbus.DI_ERROR]
+        assert client.read_input_registers(0, count=modbus.N_IR).registers[modbus.IR_SEQ] == 2
+        client.write_coil(modbus.COIL_ACK, True)
+        poll(client, modbus.DI_READY)
+        t0 = time.monotonic()
+        while line.adapter.disconnects < 1 and time.monotonic() - t0 < 10:
+            time.sleep(0.01)
+        counted = status.snapshot()
+    finally:
+        proc.kill()
+        client.close()
+        stop_line(line)
+    assert counted["modbus"]["disconnects_mid_handshake"] == 1 and counted["modbus"]["disconnects"] == 1
+    assert counted["modbus"]["clients"] == 2 and counted["modbus"]["errors"] == 0
+    assert counted["triggers"] == 2 and counted["triggers_refused"] == 1 and counted["acks_without_result"] == 0
+    recs = [json.loads(row) for row in line.log_path.read_text().splitlines()]
+    assert [r["trigger_seq"] for r in recs] == [1, 2] and len(line.accepted) == 2  # exactly one result per trigger
+    assert all(r["t_capture_ns"] >= t.t_ns for r, t in zip(recs, line.accepted))
+
+
+def test_a_failing_request_is_counted_answered_with_an_exception_and_the_server_goes_on(fx, tmp_path, caplog):
+    line = start_line(fx, tmp_path, modbus.ModbusAdapter)
+    client = ModbusTcpClient("127.0.0.1", port=line.port, timeout=5)
+    plain = line.hs.trigger
+
+    def broken():
+        raise RuntimeError("handshake broke")
+
+    try:
+        assert client.connect()
+        poll(client, modbus.DI_READY)
+        line.hs.trigger = broken
+        reply = client.write_coil(modbus.COIL_TRIGGER, True)
+        assert reply.isError() and reply.exception_code == 4  # device failure, for that request only
+        line.hs.trigger = plain
+        assert not client.write_coil(modbus.COIL_TRIGGER, True).isError()  # the same server, the next request
+        poll(client, modbus.DI_RESULT_READY)
+        client.write_coil(modbus.COIL_ACK, True)
+    finally:
+        client.close()
+        stop_line(line)
+    assert line.adapter.stats()["errors"] == 1
+    errors = [r for r in caplog.records if r.levelname == "ERROR" and "Modbus" in r.getMessage()]
+    assert len(errors) == 1 and "handshake broke" in errors[0].getMessage() and errors[0].exc_info is None
+    assert [json.loads(row)["trigger_seq"] for row in line.log_path.read_text().splitlines()] == [1]
 
 
 def test_port_in_use_is_one_line_error():

@@ -1,6 +1,7 @@
 """The MQTT feed with a real mosquitto broker on a free loopback port: the broker is stopped mid-run and
 started again, and the set of seq a subscriber received equals the set in verdicts.jsonl; the spool bound
-and its overflow count; malformed URLs are one-line errors."""
+and its overflow count; a broker that stops answering (SIGSTOP), refuses the connection or is not there is
+counted (stats(): summary.json and the page, also through serve); malformed URLs are one-line errors."""
 from __future__ import annotations
 
 import json
@@ -39,11 +40,11 @@ def free_port() -> int:
 class Broker:
     """mosquitto on 127.0.0.1:port, persistent sessions (a subscriber's queue survives a restart)."""
 
-    def __init__(self, folder, port):
+    def __init__(self, folder, port, anonymous=True):
         self.port, self.proc = port, None
         self.conf = folder / "mosquitto.conf"
         as_root = "user root\n" if os.geteuid() == 0 else ""  # else root drops to a user that cannot write here
-        self.conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+        self.conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous {str(anonymous).lower()}\npersistence true\n"
                              f"persistence_location {folder}/\nlog_dest stderr\n{as_root}")
 
     def start(self):
@@ -131,6 +132,9 @@ def test_broker_outage_mid_run_loses_no_verdict(fx, tmp_path):
             time.sleep(0.05)
         assert sub.seqs == logged  # every verdict arrived, none invented
         assert mq.connects >= 2 and mq.overflow == 0 and mq.published >= 250
+        stats = mq.stats()  # the outage is counted (summary.json "line"."mqtt", the page)
+        assert stats["disconnects"] >= 1 and stats["reconnects"] == stats["connects"] - 1 >= 1
+        assert stats["spooled"] == 250 and stats["overflow"] == 0 and stats["pending_bytes"] == 0
         assert (sink_dir / "mqtt_spool.jsonl").stat().st_size == 0  # all acknowledged
         assert "online" in sub.status
     finally:
@@ -150,7 +154,13 @@ def test_spool_is_bounded_and_overflow_counted_without_a_broker(tmp_path, caplog
         assert 0 < len(spool) < 50 and (tmp_path / "mqtt_spool.jsonl").stat().st_size <= 1000
         assert [json.loads(line)["seq"] for line in spool] == list(range(len(spool)))  # whole lines, in order
         assert mq.overflow == 50 - len(spool) and mq.failures == mq.overflow
+        assert mq.stats()["spooled"] == len(spool) and mq.stats()["overflow"] == 50 - len(spool)
         assert "spool" in caplog.text and "full" in caplog.text
+        t0 = time.monotonic()
+        while mq.connect_failures < 2 and time.monotonic() - t0 < 10:  # nothing listens: each try is counted
+            time.sleep(0.02)
+        assert mq.stats()["connect_failures"] >= 2 and mq.connects == 0 and mq.published == 0
+        assert "cannot reach the broker" in caplog.text
     finally:
         mq.close(drain_s=0)
     assert len((tmp_path / "mqtt_spool.jsonl").read_text().splitlines()) == len(spool)  # kept for the next run
@@ -186,3 +196,125 @@ def test_malformed_urls_are_one_line_errors():
         with pytest.raises(ConfigError, match="--mqtt") as err:
             parse_mqtt(bad)
         assert "\n" not in str(err.value)
+
+
+@needs_broker
+def test_a_broker_that_stops_answering_is_counted_and_nothing_is_lost(tmp_path, caplog):
+    port = free_port()
+    broker = Broker(tmp_path, port).start()
+    sub = Subscriber(port, "p/#")
+    mq = None
+    try:
+        time.sleep(0.3)
+        mq = MqttSink(f"mqtt://127.0.0.1:{port}/p", tmp_path / "out", station="st", ack_timeout_s=0.2,
+                      reconnect_max_s=0.2)
+        t0 = time.monotonic()
+        while mq.connects < 1 and time.monotonic() - t0 < 10:
+            time.sleep(0.01)
+        broker.proc.send_signal(signal.SIGSTOP)  # the broker hangs: the connection stays, no PUBACK comes
+        for seq in range(20):
+            mq.reject({"seq": seq, "verdict": "REJECTED", "reason": "x"})
+        t0 = time.monotonic()
+        while mq.publish_failures == 0 and time.monotonic() - t0 < 10:
+            time.sleep(0.01)
+        assert mq.publish_failures > 0 and mq.published == 0 and mq.pending_bytes > 0
+        broker.proc.send_signal(signal.SIGCONT)
+        t0 = time.monotonic()
+        while (sub.seqs != set(range(20)) or mq.pending_bytes) and time.monotonic() - t0 < 20:
+            time.sleep(0.02)
+        assert sub.seqs == set(range(20)) and mq.pending_bytes == 0  # sent again, all acknowledged
+        stats = mq.stats()
+        assert stats["spooled"] == 20 and stats["published"] == 20 and stats["publish_failures"] >= 1
+        assert "not acknowledged" in caplog.text
+    finally:
+        if broker.proc is not None and broker.proc.poll() is None:
+            broker.proc.send_signal(signal.SIGCONT)
+        sub.stop()
+        if mq is not None:
+            mq.close(drain_s=0)
+        broker.stop()
+
+
+@needs_broker
+def test_a_broker_refusing_the_connection_is_counted_and_verdicts_wait_in_the_spool(tmp_path, caplog):
+    port = free_port()
+    broker = Broker(tmp_path, port, anonymous=False).start()  # no users: every CONNECT is refused (not authorised)
+    mq = MqttSink(f"mqtt://127.0.0.1:{port}/p", tmp_path / "out", station="st", reconnect_max_s=0.2)
+    try:
+        for seq in range(3):
+            mq.reject({"seq": seq, "verdict": "REJECTED", "reason": "x"})
+        t0 = time.monotonic()
+        while mq.refused < 2 and time.monotonic() - t0 < 10:
+            time.sleep(0.02)
+        stats = mq.stats()
+        assert stats["refused"] >= 2 and stats["connects"] == 0 and stats["published"] == 0
+        assert stats["spooled"] == 3 and stats["pending_bytes"] > 0
+        refusals = [r for r in caplog.records if "refused the connection" in r.getMessage()]
+        assert len(refusals) == 1 and "\n" not in refusals[0].getMessage()  # logged once, in one line
+    finally:
+        mq.close(drain_s=0)
+        broker.stop()
+    spool = (tmp_path / "out" / "mqtt_spool.jsonl").read_text().splitlines()
+    assert [json.loads(line)["seq"] for line in spool] == [0, 1, 2]  # kept for when the broker lets it in
+
+
+def _state(url):
+    import urllib.request
+    with urllib.request.urlopen(url + "state.json", timeout=5) as r:
+        return json.loads(r.read())
+
+
+@needs_broker
+def test_serve_counts_a_broker_outage_on_the_page_and_in_summary_json(fx, tmp_path):
+    import sys
+
+    port, view_port = free_port(), free_port()
+    broker = Broker(tmp_path, port).start()
+    sink = tmp_path / "out"
+    cmd = [sys.executable, "-m", "protospect.cli", "serve", str(fx.model), "--source", str(fx.video), "--loop",
+           "--sink", str(sink), "--mqtt", f"mqtt://127.0.0.1:{port}/plant", "--station", "st1", "--view",
+           f"127.0.0.1:{view_port}", "--drift-window", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{view_port}/"
+    try:
+        t0, line = time.monotonic(), {}
+        while time.monotonic() - t0 < 60:
+            try:
+                line = _state(url)["line"]
+            except OSError:
+                pass
+            if line.get("mqtt", {}).get("published", 0) >= 20:
+                break
+            time.sleep(0.05)
+        assert line["mqtt"]["published"] >= 20, line
+        broker.stop()  # mid-run
+        t0 = time.monotonic()
+        while _state(url)["line"]["mqtt"]["disconnects"] < 1 and time.monotonic() - t0 < 20:
+            time.sleep(0.05)
+        live = _state(url)["line"]["mqtt"]  # the page shows the outage while it lasts
+        assert live["disconnects"] == 1 and live["pending_bytes"] > 0
+        broker.start()
+        t0 = time.monotonic()
+        while _state(url)["line"]["mqtt"]["reconnects"] < 1 and time.monotonic() - t0 < 20:
+            time.sleep(0.05)
+        chromium = shutil.which("chromium") or "/usr/bin/chromium"
+        if os.path.exists(chromium):  # the page's counters table lists the adapter's counters
+            dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                                  f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=3000", "--dump-dom",
+                                  url], capture_output=True, text=True, timeout=90).stdout
+            assert '<td class="k">mqtt disconnects</td><td>1</td>' in dom, dom[-3000:]
+            assert '<td class="k">mqtt publish failures</td>' in dom
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        broker.stop()
+    assert proc.returncode == 0, err[-2000:]
+    summary = json.loads((sink / "summary.json").read_text())
+    mq = summary["line"]["mqtt"]
+    logged = (sink / "verdicts.jsonl").read_text().splitlines()
+    assert mq["disconnects"] == 1 and mq["reconnects"] >= 1 and mq["spooled"] == len(logged) == summary["counters"]["processed"]
+    assert mq["overflow"] == 0 and mq["pending_bytes"] == 0 and mq["published"] >= len(logged)
+    assert "line I/O: mqtt: " in out and "disconnects 1" in out and "Traceback" not in err, out

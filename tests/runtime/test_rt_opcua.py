@@ -1,6 +1,6 @@
 """The OPC UA adapter over loopback with asyncua's own client: N triggers -> N results (Trigger() and
 TriggerRequest), each judged frame captured after its trigger; a client killed mid-handshake (no Ack) does
-not stop the station and the next client recovers with Ack then Trigger; port in use -> one line;
+not stop the station, is counted, and the next client recovers with Ack then Trigger; port in use -> one line;
 anonymous only on loopback, a users file elsewhere."""
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from asyncua import Client, ua  # noqa: E402
 from protospect.errors import ConfigError  # noqa: E402
 from protospect.runtime.line import opcua  # noqa: E402
 from protospect.runtime.line.handshake import Handshake  # noqa: E402
+from protospect.runtime.line.status import LineStatus  # noqa: E402
 
 
 class Station:
@@ -126,10 +127,20 @@ def test_client_killed_mid_handshake_next_client_recovers(fx, tmp_path):
                 return r
 
         r = asyncio.run(asyncio.wait_for(next_client(), 60))
+        t0 = time.monotonic()
+        while line.adapter.disconnects < 2 and time.monotonic() - t0 < 10:
+            time.sleep(0.01)
+        status = LineStatus(line.hs)
+        status.add("opcua", line.adapter)
+        counted = status.snapshot()
     finally:
         proc.kill()
         stop_line(line)
     assert r["Seq"] == 2 and r["Verdict"] in ("OK", "REVIEW", "NG")
+    # the killed client left with its result unacked: counted; the next one left after its ack: not mid-handshake
+    assert counted["opcua"]["disconnects_mid_handshake"] == 1 and counted["opcua"]["disconnects"] == 2
+    assert counted["opcua"]["clients"] == 2 and counted["opcua"]["errors"] == 0
+    assert counted["triggers"] == 2 and counted["triggers_refused"] == 1 and counted["acks_without_result"] == 0
     recs = [json.loads(row) for row in line.log_path.read_text().splitlines()]
     assert [r["trigger_seq"] for r in recs] == [1, 2] and len(line.accepted) == 2
     assert all(r["t_capture_ns"] >= t.t_ns for r, t in zip(recs, line.accepted))
@@ -189,3 +200,34 @@ def test_parse_and_users_file(tmp_path):
             opcua.read_users(f)
     with pytest.raises(ConfigError, match="cannot read"):
         opcua.read_users(tmp_path / "missing")
+
+
+def test_a_failing_call_is_counted_answered_bad_and_the_server_goes_on(fx, tmp_path, caplog):
+    line = start_line(fx, tmp_path, opcua.OpcUaAdapter)
+    plain = line.hs.trigger
+
+    def broken():
+        raise RuntimeError("handshake broke")
+
+    async def plc():
+        async with Client(f"opc.tcp://127.0.0.1:{line.port}", timeout=10) as client:
+            st = await Station(client).open()
+            await st.wait("Ready")
+            line.hs.trigger = broken
+            with pytest.raises(ua.UaStatusCodeError) as err:
+                await st.call("Trigger")
+            line.hs.trigger = plain
+            assert await st.call("Trigger") is True  # the same server, the next call
+            await st.wait("ResultReady")
+            assert await st.call("Ack") is True
+            return err.value.code
+
+    try:
+        code = asyncio.run(asyncio.wait_for(plc(), 60))
+    finally:
+        stop_line(line)
+    assert code == ua.StatusCodes.BadInternalError
+    assert line.adapter.stats()["errors"] == 1
+    errors = [r for r in caplog.records if r.levelname == "ERROR" and "OPC UA" in r.getMessage()]
+    assert len(errors) == 1 and "handshake broke" in errors[0].getMessage() and errors[0].exc_info is None
+    assert [json.loads(row)["trigger_seq"] for row in line.log_path.read_text().splitlines()] == [1]

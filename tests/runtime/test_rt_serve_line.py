@@ -78,7 +78,11 @@ def test_serve_plc_over_modbus_end_to_end(fx, tmp_path):
             while not client.read_discrete_inputs(0, count=modbus.N_DI).bits[modbus.DI_READY]:
                 assert time.monotonic() - t0 < 20
                 time.sleep(0.005)
+            if seq == 1:
+                client.write_coil(modbus.COIL_ACK, True)  # nothing to ack: ignored, counted
             client.write_coil(modbus.COIL_TRIGGER, True)
+            if seq == 1:
+                client.write_coil(modbus.COIL_TRIGGER, True)  # while busy (or done, not acked): refused, counted
             t0 = time.monotonic()
             while not client.read_discrete_inputs(0, count=modbus.N_DI).bits[modbus.DI_RESULT_READY]:
                 assert time.monotonic() - t0 < 20
@@ -93,6 +97,9 @@ def test_serve_plc_over_modbus_end_to_end(fx, tmp_path):
     assert _trigger_seqs(tmp_path) == [1, 2, 3, 4]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["trigger"]["trigger_count"] == 4
+    line = summary["line"]  # the adapters' counters (runtime/line/status.py)
+    assert line["triggers"] == 4 and line["triggers_refused"] == 1 and line["acks_without_result"] == 1
+    assert line["modbus"]["clients"] == 1 and line["modbus"]["errors"] == 0 and line["modbus"]["requests"] > 8
 
 
 def test_serve_plc_over_opcua_end_to_end(fx, tmp_path):
