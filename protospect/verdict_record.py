@@ -15,9 +15,11 @@ Frame record (``verdicts.jsonl``, one object per line):
   backend        str     which backend judged it
   origin         str     file name of the frame (replayed folders/videos), when known
   reason         str     REJECTED only: why the frame could not be judged
-  trigger_seq    int     PLC trigger mode only (serve --trigger plc): the trigger (1, 2, ...) this frame
-                         answers; the frame was the first one captured after that trigger
-  trigger_ms     float   PLC trigger mode only: trigger accepted -> verdict, ms (before the sinks)
+  trigger_seq    int     trigger modes only (serve --trigger plc | hardware): the trigger (1, 2, ...) this
+                         frame answers; plc: the frame was the first one captured after that trigger;
+                         hardware: the n-th frame the camera delivered (one per pulse)
+  trigger_ms     float   trigger modes only, ms (before the sinks): plc: trigger accepted -> verdict;
+                         hardware: frame arrived on the host -> verdict (the pulse is not seen by the host)
   score_not_finite, ng_image, ng_image_error: see docs/runtime.md (Sinks)
 
 Event record: ``{"event": EVENT_DRIFT, "seq": ..., "t_wall": ..., ...}`` -- a line with an ``event`` key

@@ -244,7 +244,8 @@ def run(args: argparse.Namespace) -> int:
                 view.line_status = line.snapshot
             drift = make_drift_watch(info, args.drift_window)
             pipeline = Pipeline(backend, source, sinks, queue_size=args.queue_size, policy=policy, max_frames=args.max_frames,
-                                progress=sys.stderr.isatty(), drift=drift, trigger=handshake)
+                                progress=sys.stderr.isatty(), drift=drift, trigger=handshake,
+                                hardware_trigger=getattr(args, "trigger", "free") == "hardware")
             signalled = _Signalled(pipeline)
             with stop_on_signals(signalled):
                 report = pipeline.run()

@@ -20,6 +20,11 @@ time); frames captured before it, or while no trigger waits, are skipped, never 
 gets ``trigger_seq`` and ``trigger_ms`` (trigger -> verdict), and the handshake shows the result only
 after every sink has written the line. A replayed (not live) source is paced by the triggers: its
 frames wait in the queue until a trigger comes. Without a handshake the loop is unchanged.
+
+Hardware trigger mode (``hardware_trigger=True``, serve --trigger hardware): every delivered frame answers one
+pulse on the camera's trigger line; its line gets ``trigger_seq`` (1, 2, ... per delivered frame) and
+``trigger_ms`` measured from the frame's arrival on the host (its capture stamp): the pulse itself, the
+exposure and the transfer are not visible to the host.
 """
 from __future__ import annotations
 
@@ -31,7 +36,7 @@ from dataclasses import dataclass
 from tqdm import tqdm
 
 from protospect.runtime.frames import Frame, LatestFrameQueue
-from protospect.runtime.line.handshake import ERR_REJECTED
+from protospect.runtime.line.handshake import ERR_REJECTED, Trigger
 from protospect.runtime.preprocess import FrameRejected, preprocess
 from protospect.runtime.sinks import Result, Sink, SinkError
 from protospect.runtime.sources import CaptureThread, Source, default_queue_policy
@@ -62,7 +67,7 @@ class Pipeline:
     def __init__(self, backend, source: Source, sinks: list[Sink] | tuple = (), *, queue_size: int = 2,
                  policy: str | None = None, max_frames: int | None = None, warmup: int = 0,
                  backoff_s: float = 0.1, backoff_max_s: float = 5.0, max_reconnect_attempts: int | None = None,
-                 progress: bool = False, on_frame=None, drift=None, trigger=None):
+                 progress: bool = False, on_frame=None, drift=None, trigger=None, hardware_trigger: bool = False):
         self.backend = backend
         self.source = source
         # Sinks that add notes to a result (the NG image's file name) run before the log that writes them.
@@ -77,6 +82,8 @@ class Pipeline:
         self.drift = drift        # runtime.verdict.drift.DriftWatch fed with OK/REVIEW scores, or None
         self.trigger = trigger    # runtime.line.handshake.Handshake: PLC trigger mode; None: every frame
         self.untriggered = 0      # trigger mode: frames skipped (no trigger waiting, or captured before it)
+        self.hardware_trigger = hardware_trigger  # each delivered frame answers one pulse (serve --trigger hardware)
+        self.hardware_triggers = 0
         self._last_tick = 0.0
         self.counters = RunCounters()
         self.times = StageTimes()
@@ -131,6 +138,9 @@ class Pipeline:
                             if time.monotonic() - self._last_tick >= 0.2:
                                 self._tick()
                             continue
+                    if self.hardware_trigger:  # the frame is the camera's answer to the next pulse
+                        self.hardware_triggers += 1
+                        pending = Trigger(self.hardware_triggers, frame.t_capture_ns)
                     self._process(frame, pending)
                     bar.update(1)
                     if self.max_frames is not None and self._handled >= self.max_frames:
@@ -190,7 +200,7 @@ class Pipeline:
                 record["trigger_ms"] = round((time.monotonic_ns() - trig.t_ns) / 1e6, 3)
             for sink in self.sinks:
                 sink.reject(record)
-            if trig is not None:
+            if trig is not None and self.trigger is not None:
                 self.trigger.fail(ERR_REJECTED, f"frame {frame.seq} rejected: {rej.reason}")
             return None
         return Prepared(frame, model_in, rgb_fn, t0, time.monotonic_ns(), trig)
@@ -236,7 +246,7 @@ class Pipeline:
         frame, trig, c, ms = prep.frame, prep.trig, self.counters, result.ms
         for sink in self.sinks:
             sink.write(result)
-        if trig is not None:  # the PLC sees the verdict only once it is logged
+        if trig is not None and self.trigger is not None:  # the PLC sees the verdict only once it is logged
             self.trigger.result(result.verdict, float(result.score), frame.seq)
         if event is not None:
             log.warning("%s at frame %d: %d of the last %d OK/REVIEW scores above the calibration's 95th percentile "
@@ -261,6 +271,8 @@ class Pipeline:
         extra = {"drift": self.drift.state()} if self.drift is not None else {}
         if self.trigger is not None:
             extra["trigger"] = {**self.trigger.snapshot().as_dict(), "untriggered_frames": self.untriggered}
+        elif self.hardware_trigger:
+            extra["trigger"] = {"mode": "hardware", "trigger_count": self.hardware_triggers}
         return {**extra, "counters": self.counters.as_dict(), "stages": self.times.summary(),
                 "backend": self.backend.describe(), "source": self.source.name,
                 "capture_ended": self.capture.ended if self.capture else "", "warmup": self.warmup,

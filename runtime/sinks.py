@@ -72,7 +72,7 @@ class Result:
     notes: dict = field(default_factory=dict)  # added by sinks that run first (the NG image's name) for the log
     p_value: float | None = None  # conformal p-value, when the thresholds come from a conformal file
     trigger_seq: int | None = None  # PLC trigger mode: the trigger this frame answers
-    trigger_ms: float | None = None  # PLC trigger mode: trigger -> verdict, ms
+    trigger_ms: float | None = None  # trigger mode (plc: trigger accepted, hardware: frame arrived) -> verdict, ms
     _rgb: np.ndarray | None = field(default=None, repr=False)
 
     @property

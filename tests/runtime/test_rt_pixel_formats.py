@@ -227,6 +227,11 @@ def test_serve_trigger_hardware_judges_every_delivered_frame(fx, tmp_path, monke
     assert ("TriggerMode", "On") in acquirer.log and ("TriggerSource", "Line1") in acquirer.log
     recs = [json.loads(line) for line in (sink / "verdicts.jsonl").read_text().splitlines()]
     assert len(recs) == n and [r["seq"] for r in recs] == list(range(n))  # every delivered frame, none dropped
+    # each delivered frame answers one pulse: trigger_seq 1..n, trigger_ms from its arrival on the host
+    assert [r["trigger_seq"] for r in recs] == list(range(1, n + 1))
+    assert all(r["trigger_ms"] == pytest.approx(r["ms"]["capture_to_verdict"], abs=1e-3) for r in recs)
+    summary = json.loads((sink / "summary.json").read_text())
+    assert summary["trigger"] == {"mode": "hardware", "trigger_count": n}
 
 
 @pytest.mark.parametrize("extra, needle", [
