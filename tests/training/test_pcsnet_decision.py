@@ -7,7 +7,7 @@ torch = pytest.importorskip("torch")
 from protospect.errors import ConfigError  # noqa: E402
 from protospect.training.methods.pcsnet import build, fit  # noqa: E402
 from protospect.training.methods.pcsnet.presets import resolve_config  # noqa: E402
-from protospect.training.methods.pcsnet.scoring import MapFusion  # noqa: E402
+from protospect.training.methods.pcsnet.scoring import ForegroundMask, MapFusion  # noqa: E402
 from protospect.training.methods.pcsnet.train_loop import to_tensor  # noqa: E402
 
 from tests.training.test_pcsnet import TINY, parts  # noqa: E402
@@ -130,7 +130,79 @@ def test_fused_model_exports_with_parity(fused_model, tmp_path):
     assert abs(float(got_score[0]) - float(ref.image_score[0])) <= 1e-4 * span
 
 
-@pytest.mark.parametrize("key,value", [("fusion", "nn"), ("normalise", "zscore"), ("image_score", "mean"), ("image_score", "median"),
+def _object_grids(k=4, size=24, dim=6, seed=0, blob=True):
+    """Patch-feature grids (k, dim, size, size): noise, plus a part (a shifted block with other features)."""
+    rng = np.random.default_rng(seed)
+    g = rng.normal(0, 0.2, size=(k, dim, size, size)).astype(np.float32)
+    g[:, :, :2] += 1.5  # zero padding makes the outermost rows differ from everything else
+    if blob:
+        for i in range(k):
+            o = 7 + i  # the part moves from shot to shot
+            g[i, :3, o:o + 9, o - 2:o + 8] += 2.0
+    return torch.from_numpy(g)
+
+
+def test_foreground_mask_finds_the_part_and_switches_off_without_one():
+    g = _object_grids()
+    fm = ForegroundMask(g.shape[1])
+    info = fm.fit(g)
+    assert info["active"]
+    mask = fm.grid_mask(g, dilate=False)[:, 0]
+    for i in range(g.shape[0]):
+        o = 7 + i
+        assert mask[i, o:o + 9, o - 2:o + 8].mean() > 0.95  # the part is in
+        assert mask[i, 3:5, 3:21].sum() == 0 and mask[i, 19:21, 3:21].sum() == 0  # background bands are out
+    texture = ForegroundMask(g.shape[1])
+    assert not texture.fit(_object_grids(blob=False))["active"]
+    assert torch.equal(texture.grid_mask(g), torch.ones(4, 1, 24, 24))  # off: every pixel counts
+
+
+def test_masked_score_ignores_heat_on_the_background():
+    mf = MapFusion(1, 16, "none", "max", 0.01)
+    m = torch.zeros(1, 1, 16, 16)
+    m[..., 1, 1] = 5.0  # e.g. a corner the shots never showed
+    m[..., 8, 8] = 1.0  # a defect on the part
+    mask = torch.zeros(1, 1, 16, 16)
+    mask[..., 4:12, 4:12] = 1.0
+    assert mf.score(m).item() == pytest.approx(5.0)
+    assert mf.score(m, mask).item() == pytest.approx(1.0)
+
+
+def test_foreground_model_scores_the_part_only_and_exports_with_parity(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    from protospect.export.onnx_export import onnx_from_model  # noqa: PLC0415
+
+    m = fit(parts(), "edge", seed=0, config_overrides={**TINY, "foreground": "pca", "normalise": "global"}, progress=False)
+    assert set(m.meta["foreground"]) == {"active", "cover", "border"}
+    # force a mask that keeps the left half of the grid, to exercise the masked graph whatever the fit found
+    fm = m.foreground
+    fm.axis.zero_()
+    fm.axis[0] = 1.0
+    fm.centre.zero_()
+    fm.threshold.fill_(-1e9)
+    fm.active.fill_(1.0)
+    img = parts(1, seed=3)[0]
+    x = to_tensor([img], m.meta["mean"], m.meta["std"])
+    with torch.no_grad():
+        everything = m(x).image_score.item()
+        fm.threshold.fill_(1e9)  # nothing is part: the score is the map's minimum
+        out = m(x)
+    assert out.image_score.item() == pytest.approx(out.anomaly_map.min().item())
+    assert everything == pytest.approx(out.anomaly_map.max().item())
+    fm.threshold.fill_(float(np.median(m.features.backbone(x)[0].detach().numpy()[0, 0])))  # a mixed mask
+    path = tmp_path / "fg.onnx"
+    onnx_from_model(m, m.meta, m.calibration, path)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got_map, got_score = sess.run(None, {"image": img[None]})
+    with torch.no_grad():
+        ref = m(x)
+    span = float(ref.anomaly_map.max() - ref.anomaly_map.min())
+    assert np.abs(got_map - ref.anomaly_map.numpy()).max() <= 1e-4 * span
+    assert abs(float(got_score[0]) - float(ref.image_score[0])) <= 1e-4 * span
+
+
+@pytest.mark.parametrize("key,value", [("foreground", "otsu"),
+                                       ("fusion", "nn"), ("normalise", "zscore"), ("image_score", "mean"), ("image_score", "median"),
                                        ("nn_rotations", 8), ("score_top_fraction", 0.0)])
 def test_decision_config_errors(key, value):
     with pytest.raises(ConfigError, match=key):

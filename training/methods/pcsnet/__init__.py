@@ -70,6 +70,8 @@ def fit(shots_rgb: list[np.ndarray], preset: str = "edge", seed: int = 0,
     if model.nn is not None:  # training-free branch: every patch of every shot view, on the frozen backbone
         shot_nn = nn_shot_patches(model, images)
         model.set_nn_bank(shot_nn)
+    if model.foreground is not None:  # label-free part mask from the shots (scoring.ForegroundMask)
+        model.meta["foreground"] = model.foreground.fit(shot_patch_grids(model, images))
     calibrate(model, images, seed, train_log.shot_prototypes, shot_nn)
     train_log.shot_prototypes = None  # (K, M, D): not worth keeping on the model
     model.meta["train_seconds"] = round(train_log.seconds, 2)
@@ -94,6 +96,15 @@ def nn_shot_patches(model: PCSNetModel, images: list[np.ndarray], rotations: int
             g = patch_grid(model.features.backbone(x))
             per_shot.append(g.flatten(2).transpose(1, 2).reshape(-1, g.shape[1]))
     return torch.stack(per_shot)
+
+
+def shot_patch_grids(model: PCSNetModel, images: list[np.ndarray]):
+    """(K, D, h, w) PatchCore-style patch features of the shots, on the frozen backbone."""
+    import torch  # noqa: PLC0415
+
+    with torch.no_grad():
+        x = to_tensor(images, model.meta["mean"], model.meta["std"]).to(model.bank.device)
+        return patch_grid(model.features.backbone(x))
 
 
 def build(meta: dict) -> PCSNetModel:

@@ -18,7 +18,7 @@ from protospect.errors import ConfigError
 from .cas import CAS
 from .pfa import PFA
 from .presets import PCSNetConfig
-from .scoring import MapFusion, NearestNeighbourBranch
+from .scoring import ForegroundMask, MapFusion, NearestNeighbourBranch
 
 SQRT_EPS = 1e-12  # distances are square-rooted after clamping here: no NaN, finite gradient (D7)
 
@@ -95,7 +95,13 @@ class PCSNetModel(nn.Module):
         self.fusion = (None if cfg.plain else
                        MapFusion(2 if self.nn is not None else 1, cfg.input_size, cfg.normalise,
                                  cfg.image_score, cfg.score_top_fraction))
+        self.foreground = ForegroundMask(sum(backbone.spec.channels)) if cfg.foreground == "pca" else None
         self.eval()
+
+    @property
+    def n_maps(self) -> int:
+        """How many of branch_maps' entries are maps (a foreground mask, when there is one, comes last)."""
+        return 1 + (self.nn is not None)
 
     @torch.no_grad()
     def set_nn_bank(self, per_shot: torch.Tensor) -> None:
@@ -104,18 +110,23 @@ class PCSNetModel(nn.Module):
         self.meta["nn_bank_shape"] = list(self.nn.bank.shape)
 
     def branch_maps(self, x: torch.Tensor, nn_bank: torch.Tensor | None = None) -> list[torch.Tensor]:
-        """The maps the decision fuses, (B, 1, S, S) each: PCSNet's CAS map [, the nearest-neighbour map]."""
+        """The maps the decision fuses, (B, 1, S, S) each: PCSNet's CAS map [, the nearest-neighbour map]
+        [, the foreground mask]."""
         size = (int(x.shape[-2]), int(x.shape[-1]))
         feats = self.features.backbone(x)
         phi, guide = self.features.from_backbone(feats)
         maps = [self.head(self.knn(as_queries(phi)), guide, out_size=size).anomaly_map]
         if self.nn is not None:
             maps.append(self.nn(feats, size, nn_bank))
+        if self.foreground is not None:
+            maps.append(self.foreground(feats, size))
         return maps
 
     def decide(self, maps: list[torch.Tensor]) -> ModelOutputs:
-        fused = self.fusion.fuse(maps)
-        return ModelOutputs(anomaly_map=fused, image_score=self.fusion.score(fused))
+        mask = maps[self.n_maps] if self.foreground is not None else None
+        fused = self.fusion.fuse(maps[: self.n_maps])
+        # the map stays whole (localisation is unchanged); only the image score ignores the background
+        return ModelOutputs(anomaly_map=fused, image_score=self.fusion.score(fused, mask))
 
     @torch.no_grad()
     def set_bank_from_backbone(self, feats: list[torch.Tensor]) -> torch.Tensor:

@@ -47,11 +47,13 @@ class PCSNetConfig:
     normalise: str = "none"  # "none" | "global" | "position": maps scaled by their normal statistics
     image_score: str = "max"  # "max" | "top" (mean of the top score_top_fraction) | "peak" (max above the local mean)
     score_top_fraction: float = 0.01
+    foreground: str = "none"  # "none" | "pca": the image score reads the part only (label-free mask, scoring.py)
 
     @property
     def plain(self) -> bool:
         """The original PCSNet output (CAS map, its maximum): the only one the split export supports."""
-        return self.fusion == "pcsnet" and self.normalise == "none" and self.image_score == "max"
+        return (self.fusion == "pcsnet" and self.normalise == "none" and self.image_score == "max"
+                and self.foreground == "none")
 
     def validate(self) -> "PCSNetConfig":
         if self.grid < 1 or self.input_size < self.grid:
@@ -65,7 +67,8 @@ class PCSNetConfig:
         if self.loss_k > self.k:
             raise ConfigError(f"pcsnet: loss_k={self.loss_k} must not exceed k={self.k}")
         for key, allowed in (("fusion", ("pcsnet", "pcsnet+nn")), ("normalise", ("none", "global", "position")),
-                             ("image_score", ("max", "top", "peak")), ("nn_rotations", (1, 4))):
+                             ("image_score", ("max", "top", "peak")), ("nn_rotations", (1, 4)),
+                             ("foreground", ("none", "pca"))):
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"pcsnet: {key}={getattr(self, key)!r} is not one of {list(allowed)}")
         if not 0.0 < self.score_top_fraction <= 1.0:

@@ -13,7 +13,12 @@ config fields that pick them (presets.py) are:
   only 4K samples a position);
 * ``image_score``: "max", "top" (mean of the top ``score_top_fraction`` of the map) or "peak" (the
   maximum of the map minus its local background, the mean over a window of a quarter of the image
-  side: broad heat over content the shots never showed cancels, a small defect's peak stays).
+  side: broad heat over content the shots never showed cancels, a small defect's peak stays);
+* ``foreground``: "none" or "pca": the image score reads only the part, not the background around
+  it. The mask is label-free, as training-free few-shot methods derive it: the first principal
+  component of the shots' patch features, thresholded by Otsu, with the sign that puts the image
+  border on the background side. It switches itself off (mask of ones) unless the shots look like
+  an object on a background (ForegroundMask.fit); textures and full-frame parts keep every pixel.
 
 Normal statistics come from the shots alone (leave-one-out plus jitter, threshold.py) and live in
 buffers, so they are in the artifact's state_dict and in the ONNX graph as initializers.
@@ -54,6 +59,89 @@ def rotated_views(images: list, rotations: int) -> list[list]:
     return [[np.ascontiguousarray(np.rot90(img, r)) for r in range(rotations)] for img in images]
 
 
+FG_MIN, FG_MAX = 0.05, 0.85  # the part covers 5-85 % of every shot's interior, else there is no object/background split
+FG_MARGIN = 2  # patches at the image edge that zero padding colours (left out of the fit)
+FG_BORDER_MAX = 0.25  # at most this much of the image's outer ring may be foreground (background surrounds the part)
+
+
+def otsu(values: torch.Tensor, bins: int = 256) -> float:
+    """Otsu's threshold of a 1-D sample: the cut maximising the between-class variance."""
+    v = values.double()
+    lo, hi = float(v.min()), float(v.max())
+    if hi <= lo:
+        return lo
+    hist = torch.histc(v, bins, lo, hi)
+    centres = torch.linspace(lo, hi, bins + 1, dtype=torch.float64)
+    centres = 0.5 * (centres[1:] + centres[:-1])
+    w0 = torch.cumsum(hist, 0)
+    w1 = hist.sum() - w0
+    m0 = torch.cumsum(hist * centres, 0) / w0.clamp_min(1)
+    m1 = ((hist * centres).sum() - torch.cumsum(hist * centres, 0)) / w1.clamp_min(1)
+    between = w0 * w1 * (m0 - m1) ** 2
+    i = int(torch.argmax(between[:-1]))
+    return float(0.5 * (centres[i] + centres[i + 1]))
+
+
+def border_ring(h: int, w: int, width: int = 1) -> torch.Tensor:
+    """(h, w) bool: the outer ``width`` rows and columns."""
+    ring = torch.ones(h, w, dtype=torch.bool)
+    ring[width:h - width, width:w - width] = False
+    return ring
+
+
+class ForegroundMask(nn.Module):
+    """Backbone maps -> {0,1} mask (B,1,S,S) of the part: PC1 of the patch features above a threshold, dilated."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("centre", torch.zeros(dim))
+        self.register_buffer("axis", torch.zeros(dim))
+        self.register_buffer("threshold", torch.zeros(()))
+        # 0 = off: every pixel counts (also the state before fit); 1 = the shots show a part on a background
+        self.register_buffer("active", torch.zeros(()))
+
+    def grid_mask(self, g: torch.Tensor, dilate: bool = True) -> torch.Tensor:
+        """Patch grid (B, D, h, w) -> foreground (B, 1, h, w) in {0, 1}, dilated by one patch."""
+        proj = ((g - self.centre[None, :, None, None]) * self.axis[None, :, None, None]).sum(1, keepdim=True)
+        fg = (proj > self.threshold).to(g.dtype)
+        if dilate:  # one patch of margin: a defect on the rim stays in
+            fg = F.max_pool2d(fg, 3, stride=1, padding=1)
+        return torch.maximum(fg, 1.0 - self.active)  # off -> ones
+
+    def forward(self, feats: list[torch.Tensor], out_size: tuple[int, int]) -> torch.Tensor:
+        return F.interpolate(self.grid_mask(patch_grid(feats)), size=out_size, mode="nearest")
+
+    @torch.no_grad()
+    def fit(self, shot_grids: torch.Tensor) -> dict:
+        """shot_grids: (K, D, h, w) patch features of the shots. Sets the buffers; returns what was found.
+
+        The outer FG_MARGIN patches are left out of the principal component and the threshold: zero
+        padding makes them differ from the interior whatever they show, and PC1 would find that instead
+        of part vs background. The sign is set by the band just inside them, which must be background.
+        """
+        k, d, h, w = shot_grids.shape
+        inner = ~border_ring(h, w, FG_MARGIN)
+        band = border_ring(h, w, FG_MARGIN + 1) & inner
+        x = shot_grids.permute(0, 2, 3, 1)[:, inner].reshape(-1, d).double()
+        centre = x.mean(0)
+        cov = (x - centre).T @ (x - centre) / max(1, x.shape[0] - 1)
+        axis = torch.linalg.eigh(cov)[1][:, -1]
+        proj = torch.einsum("kdhw,d->khw", shot_grids.double() - centre[None, :, None, None], axis)
+        if proj[:, band].mean() > proj[:, inner & ~band].mean():  # the band is background: below the cut
+            axis, proj = -axis, -proj
+        thr = otsu(proj[:, inner].flatten())
+        self.centre.copy_(centre.float())
+        self.axis.copy_(axis.float())
+        self.threshold.fill_(thr)
+        self.active.fill_(1.0)
+        fg = self.grid_mask(shot_grids.float(), dilate=False)[:, 0].bool()  # the part itself, no margin
+        cover = fg[:, inner].float().mean(1)
+        border = float(fg[:, band].float().mean())
+        ok = bool(cover.min() >= FG_MIN and cover.max() <= FG_MAX and border <= FG_BORDER_MAX)
+        self.active.fill_(1.0 if ok else 0.0)
+        return {"active": ok, "cover": [round(float(c), 3) for c in cover], "border": round(border, 3)}
+
+
 class MapFusion(nn.Module):
     """Branch maps (B,1,S,S) each -> one map: sum of (map - mean) / std per branch, then the image score."""
 
@@ -73,9 +161,11 @@ class MapFusion(nn.Module):
             return maps[0] if len(maps) == 1 else torch.stack(maps).sum(0)
         return sum((m - self.mean[i]) / self.std[i] for i, m in enumerate(maps))
 
-    def score(self, fused: torch.Tensor) -> torch.Tensor:
+    def score(self, fused: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         if self.image_score == "peak":
             fused = fused - self.background(fused)
+        if mask is not None:  # background pixels take the image's lowest value: they can no longer decide
+            fused = torch.where(mask > 0, fused, fused.amin(dim=(2, 3), keepdim=True))
         flat = fused.flatten(1)
         if self.image_score == "top":
             return torch.topk(flat, self.top, dim=1).values.mean(dim=1)

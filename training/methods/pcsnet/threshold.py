@@ -85,7 +85,7 @@ def calibrate(model: PCSNetModel, images: list[np.ndarray], seed: int, shot_prot
     model.bank.copy_(full_bank)
     branches = [torch.cat([maps[b] for maps in held_out]) for b in range(len(held_out[0]))]
     if model.fusion is not None:
-        model.fusion.set_statistics(branches)
+        model.fusion.set_statistics(branches[: model.n_maps])
         out = model.decide(branches)
         normal, normal_maps = out.image_score.cpu().numpy(), [out.anomaly_map.cpu().numpy()]
     else:
