@@ -48,9 +48,14 @@ extras = {
     # pymodbus: the SimDevice(action=...) datastore API of 3.16 (tested); 4.x will change it again.
     # asyncua: the OPC UA server (runtime/line/opcua.py), tested with 2.1.
     "line": ["pymodbus>=3.16,<4", "paho-mqtt>=2.0", "asyncua>=1.1"],
-    # Triton Inference Server (issue 18): tritonclient's ModelConfig protobuf validates export --triton-repo's
-    # config.pbtxt in the tests, and the gRPC client is what a triton backend will use.
+    # Triton Inference Server (issue 18): the gRPC client of `serve --backend triton` (torch-free, in .venv-runtime),
+    # and tritonclient's ModelConfig protobuf that validates export --triton-repo's config.pbtxt in the tests.
     "triton": ["tritonclient[grpc]>=2.40"],
+    # A CPU Triton server for the tests (tests/runtime/triton_server.py): nvidia-pytriton's wheel carries
+    # tritonserver 2.51 and its Python backend. It pins numpy<2, which the python backend's stub needs (with
+    # numpy 2 it answers empty tensors) but this project's OpenCV does not allow: install it into its own venv,
+    # `pip install --no-deps nvidia-pytriton` + numpy<2 + onnxruntime, as scripts/setup_env.sh does (.venv-tritonserver).
+    "triton-server": ["nvidia-pytriton>=0.5", "onnxruntime>=1.18"],
     "dev": ["pytest>=8", "scikit-image", "ruff>=0.5"],  # scikit-image: the chelsea ImageNet check; ruff: test.sh lints
 }
 extras["all-cpu"] = sorted(set(extras["train"] + extras["runtime"] + extras["dev"]))

@@ -29,6 +29,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 DTYPES = {onnx.TensorProto.UINT8: "TYPE_UINT8", onnx.TensorProto.FLOAT: "TYPE_FP32",
           onnx.TensorProto.FLOAT16: "TYPE_FP16", onnx.TensorProto.INT64: "TYPE_INT64", onnx.TensorProto.INT32: "TYPE_INT32"}
 MAX_QUEUE_DELAY_US = 2000  # a batch waits at most 2 ms for more frames
+EXECUTION_ENV_PATH = "EXECUTION_ENV_PATH"  # python backend: the environment its stub runs model.py in
 
 
 def check_name(name: str, what: str = "--name") -> str:
@@ -75,7 +76,7 @@ def _tensor_block(kind: str, tensors) -> str:
 
 
 def config_text(graph: onnx.ModelProto, name: str, *, backend: str = "onnxruntime", max_batch_size: int = 8,
-                instances: int = 1) -> str:
+                instances: int = 1, python_env: str | None = None) -> str:
     """config.pbtxt (protobuf text format of Triton's ModelConfig) for ``graph``."""
     if backend not in BACKENDS:
         raise ConfigError(f"--triton-backend {backend!r}: choose one of {', '.join(BACKENDS)}")
@@ -88,21 +89,29 @@ def config_text(graph: onnx.ModelProto, name: str, *, backend: str = "onnxruntim
             + f"max_batch_size: {max_batch_size}\n")
     kind = "KIND_GPU" if backend == "onnxruntime" else "KIND_CPU"
     params = {p.key: p.value for p in graph.metadata_props if p.key.startswith(PREFIX)}
-    param_text = "".join(f"parameters {{\n  key: {json.dumps(k)}\n  value: {{ string_value: {json.dumps(v)} }}\n}}\n"
-                         for k, v in sorted(params.items()))
+    if python_env is not None:  # the python backend's stub runs model.py in this venv/conda env (numpy<2, onnxruntime)
+        if backend != "python":
+            raise ConfigError("--triton-python-env is for --triton-backend python")
+        params[EXECUTION_ENV_PATH] = python_env
+    param_text = _param_text(params)
     return (head + _tensor_block("input", inputs) + _tensor_block("output", outputs)
             + f"dynamic_batching {{\n  max_queue_delay_microseconds: {MAX_QUEUE_DELAY_US}\n}}\n"
             + f"instance_group [\n  {{\n    count: {instances}\n    kind: {kind}\n  }}\n]\n" + param_text)
 
 
+def _param_text(params: dict) -> str:
+    return "".join(f"parameters {{\n  key: {json.dumps(k)}\n  value: {{ string_value: {json.dumps(v)} }}\n}}\n"
+                   for k, v in sorted(params.items()))
+
+
 def write_repo(graph_path: Path, repo: Path, name: str, version: int, *, backend: str = "onnxruntime",
-               max_batch_size: int = 8, instances: int = 1) -> list[Path]:
+               max_batch_size: int = 8, instances: int = 1, python_env: str | None = None) -> list[Path]:
     """config.pbtxt (and model.py for the python backend) beside the graph already at model_paths(); returns them."""
     graph = onnx.load(str(graph_path))
     config = model_paths(repo, name, version)[1]
     written = [config]
     write_atomic(config, config_text(graph, name, backend=backend, max_batch_size=max_batch_size,
-                                     instances=instances).encode())
+                                     instances=instances, python_env=python_env).encode())
     if backend == "python":
         model_py = graph_path.parent / "model.py"
         write_atomic(model_py, MODEL_PY.encode())

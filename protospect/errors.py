@@ -31,3 +31,10 @@ class EngineBuildError(ProtospectError):
 
 class SourceError(ProtospectError):
     """A frame source (camera, stream, file, folder) cannot be opened or has gone away."""
+
+
+class BackendUnavailable(ProtospectError):
+    """A remote backend (a Triton server) that cannot be reached, or has not the model asked for.
+
+    At start it is a one-line error; during a run the frame it failed on is logged REJECTED with the reason.
+    """

@@ -47,6 +47,8 @@ def add_source_arguments(parser: argparse.ArgumentParser, required: bool, model_
     parser.add_argument("--queue-size", type=int, default=2,
                         help="frames buffered between capture and inference; live sources drop the oldest (default 2)")
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
+    parser.add_argument("--triton-url", default=None, metavar="HOST:PORT",
+                        help="with --backend triton: the Triton server's gRPC address; MODEL is then the model's name there")
 
 
 def add_threshold_argument(parser: argparse.ArgumentParser) -> None:
@@ -57,6 +59,9 @@ def add_threshold_argument(parser: argparse.ArgumentParser) -> None:
 
 def open_backend(args: argparse.Namespace):
     """(backend, station.json or None): a station bundle is verified (hashes, format) before its graph loads."""
+    url = getattr(args, "triton_url", None)
+    if args.backend == "triton" or url is not None:  # MODEL is a name on the server, not a file here
+        return select_backend(args.model, args.backend, triton_url=url), None
     model, station = station_bundle.resolve(args.model)
     return select_backend(model, args.backend, threads=args.threads), station
 

@@ -42,10 +42,12 @@ from protospect.runtime.sinks import Result, Sink, SinkError
 from protospect.runtime.sources import CaptureThread, Source, default_queue_policy
 from protospect.runtime.stats import RunCounters, StageTimes
 from protospect.conformal import judge
+from protospect.errors import BackendUnavailable
 from protospect.verdict_record import NG, OK, REJECTED, REVIEW
 
 log = logging.getLogger(__name__)
 
+BACKEND_UNAVAILABLE = "backend unavailable"  # rejected_reasons key: frames a lost remote backend (Triton) could not judge
 STAGE_ORDER = ["wait", "preprocess", "infer", "postprocess", "host_to_host", "capture_to_verdict", "sink", "device"]
 
 
@@ -177,7 +179,11 @@ class Pipeline:
         prep = self.prepare(frame, trig)
         if prep is None:
             return
-        amap, score = self.backend.infer(prep.model_in)
+        try:
+            amap, score = self.backend.infer(prep.model_in)
+        except BackendUnavailable as err:  # a remote backend (Triton) lost mid-run: the frame is logged, not judged
+            self.reject(frame, BACKEND_UNAVAILABLE, f"{BACKEND_UNAVAILABLE}: {err}", trig)
+            return
         prep.t2 = time.monotonic_ns()
         self.deliver(prep, *self.judge(prep, amap, score, self.backend))
 
@@ -189,21 +195,25 @@ class Pipeline:
         try:
             model_in, rgb_fn = preprocess(frame, info.input_size)
         except FrameRejected as rej:
-            self.counters.rejected[rej.reason] += 1
-            log.warning("frame %d rejected: %s", frame.seq, rej.reason)
-            record = {"seq": frame.seq, "t_capture_ns": frame.t_capture_ns, "t_wall": round(frame.t_wall, 6),
-                      "verdict": REJECTED, "reason": rej.reason}
-            if frame.origin:
-                record["origin"] = frame.origin
-            if trig is not None:
-                record["trigger_seq"] = trig.seq
-                record["trigger_ms"] = round((time.monotonic_ns() - trig.t_ns) / 1e6, 3)
-            for sink in self.sinks:
-                sink.reject(record)
-            if trig is not None and self.trigger is not None:
-                self.trigger.fail(ERR_REJECTED, f"frame {frame.seq} rejected: {rej.reason}")
+            self.reject(frame, rej.reason, rej.reason, trig)
             return None
         return Prepared(frame, model_in, rgb_fn, t0, time.monotonic_ns(), trig)
+
+    def reject(self, frame: Frame, key: str, reason: str, trig=None) -> None:
+        """A frame that could not be judged: counted under ``key``, logged REJECTED with ``reason`` by every sink."""
+        self.counters.rejected[key] += 1
+        log.warning("frame %d rejected: %s", frame.seq, reason)
+        record = {"seq": frame.seq, "t_capture_ns": frame.t_capture_ns, "t_wall": round(frame.t_wall, 6),
+                  "verdict": REJECTED, "reason": reason}
+        if frame.origin:
+            record["origin"] = frame.origin
+        if trig is not None:
+            record["trigger_seq"] = trig.seq
+            record["trigger_ms"] = round((time.monotonic_ns() - trig.t_ns) / 1e6, 3)
+        for sink in self.sinks:
+            sink.reject(record)
+        if trig is not None and self.trigger is not None:
+            self.trigger.fail(ERR_REJECTED, f"frame {frame.seq} rejected: {reason}")
 
     def judge(self, prep: Prepared, amap, score: float, timing) -> tuple[Result, dict | None]:
         """The verdict of a prepared frame whose map and score came back (prep.t2 set); ``timing`` gives

@@ -34,9 +34,19 @@ if [ ! -x .venv-runtime/bin/python ]; then
   echo "[setup] creating .venv-runtime (no torch)"
   "$PY" -m venv .venv-runtime
 fi
-.venv-runtime/bin/pip install -q --disable-pip-version-check -e ".[runtime,dev,line]" onnx
+.venv-runtime/bin/pip install -q --disable-pip-version-check -e ".[runtime,dev,line,triton]" onnx  # triton: serve --backend triton
 if .venv-runtime/bin/python -c "import torch" 2>/dev/null; then
   echo "[setup] error: torch leaked into .venv-runtime" >&2
   exit 1
+fi
+# .venv-tritonserver: a CPU Triton Inference Server for the triton tests (optional: they skip without it).
+# nvidia-pytriton's wheel carries the tritonserver binary; --no-deps because we use only the binary, and the Python
+# backend's stub runs model.py in this venv (EXECUTION_ENV_PATH), which needs numpy<2 and onnxruntime.
+if [ ! -x .venv-tritonserver/bin/python ]; then
+  "$PY" -m venv .venv-tritonserver
+fi
+if ! { .venv-tritonserver/bin/pip install -q --disable-pip-version-check "numpy<2" "onnxruntime>=1.18" \
+       && .venv-tritonserver/bin/pip install -q --disable-pip-version-check --no-deps "nvidia-pytriton>=0.5"; }; then
+  echo "[setup] warning: no CPU Triton server (.venv-tritonserver); the Triton server tests will skip" >&2
 fi
 echo "[setup] environments ready"

@@ -4,6 +4,7 @@
     backend = select_backend("model.engine")        # -> TrtBackend
     backend = select_backend("split_dir/")          # -> SplitTrtBackend on a GPU, else SplitOrtBackend
     backend = select_backend(path, forced="ort")    # --backend ort|trt|split overrides the choice
+    backend = select_backend("flange", forced="triton", triton_url="host:8001")  # a model on a Triton server
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from protospect.runtime.backends.base import Backend, BackendBase
 
 log = logging.getLogger(__name__)
 
-CHOICES = ("auto", "ort", "trt", "split")
+CHOICES = ("auto", "ort", "trt", "split", "triton")
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
 
@@ -33,14 +34,24 @@ def _importable(module: str) -> bool:
         return False
 
 
-def select_backend(model: str | Path, forced: str = "auto", *, threads: int | None = None) -> Backend:
-    """The backend for ``model`` (ONNX file, engine file or split folder); logs the choice and its reason."""
+def select_backend(model: str | Path, forced: str = "auto", *, threads: int | None = None,
+                   triton_url: str | None = None) -> Backend:
+    """The backend for ``model`` (ONNX file, engine file or split folder, or with forced="triton" a model name
+    on the Triton server at ``triton_url``); logs the choice and its reason."""
     from protospect.runtime.backends.ort import OrtBackend
     from protospect.runtime.backends.split import FILES_CPU, FILES_GPU, SplitOrtBackend, SplitTrtBackend, is_split_dir
     from protospect.runtime.backends.trt import TrtBackend
 
     if forced not in CHOICES:
         raise ConfigError(f"--backend {forced} is not one of {', '.join(CHOICES)}")
+    if (forced == "triton") != (triton_url is not None):
+        raise ConfigError("--backend triton and --triton-url HOST:PORT go together (MODEL is then the model's name "
+                          "on the Triton server)")
+    if forced == "triton":
+        from protospect.runtime.backends.triton import TritonBackend
+
+        log.info("backend: triton, model '%s' at %s (forced by --backend)", model, triton_url)
+        return TritonBackend(str(model), triton_url)
     path = Path(model)
     if not path.exists():
         raise ArtifactError(f"model not found: {path} (give a model.onnx, a model.engine or a split export folder)")
