@@ -6,7 +6,8 @@
     STATION_DIR/artifact/        the training artifact (contracts 5)
     STATION_DIR/report.html      + report/*.png
 
-Every file but station.json is listed in ``station.json["files"]`` with its sha256, and station.json
+station.json may carry "line" (LINE_KEYS): the trigger mode and line endpoints serve uses unless its
+command line overrides them. Every file but station.json is listed in ``station.json["files"]`` with its sha256, and station.json
 carries ``"sha256"``, the hash of its own other keys (``seal``); ``check_bundle`` refuses a bundle of
 another format version, or one whose file (station.json included) is missing or edited, naming the file.
 Only the standard library: the torch-free runtime and the torch side both import it.
@@ -31,6 +32,14 @@ REPORT = "report.html"
 # station.json keys
 KEYS = ("format", "format_version", "protospect_version", "created", "operating_point", "source", "shots",
         "calibration_parts", "model", "model_int8", "method", "preset", "seed", "timings_s", "files", "sha256")
+# optional station.json key "line": how `serve STATION_DIR` talks to the line unless its command line says
+# otherwise (docs/integration.md). Values are serve's flag values, as strings: trigger free | plc | hardware,
+# trigger_source (--trigger-source), modbus ([HOST]:PORT), opcua (opc.tcp://HOST:PORT), mqtt
+# (mqtt://HOST[:PORT]/PREFIX), station (the MQTT station name). No secret: an OPC UA users file stays on the
+# station (--opcua-user FILE at serve).
+LINE = "line"
+LINE_KEYS = ("trigger", "trigger_source", "modbus", "opcua", "mqtt", "station")
+TRIGGERS = ("free", "plc", "hardware")
 # operating_point keys (written by protospect.conformal.OperatingPoint.to_dict)
 OPERATING_POINT_KEYS = ("ng_threshold", "review_threshold", "frr", "review_frr", "n", "certified",
                         "certified_frr", "certified_review_frr", "scores")
@@ -76,6 +85,22 @@ def read_station(folder: Path) -> dict:
         raise ArtifactError(f"station bundle {Path(folder)}: {STATION_JSON} was changed after registration (its sha256 "
                             "does not match its content); register the part again")
     return rec
+
+
+def line_settings(rec: dict, where: str = STATION_JSON) -> dict:
+    """station.json's "line" settings ({} when it has none), shape checked (ArtifactError naming the key); what
+    the values mean is checked where they are used (serve's line flags)."""
+    line = rec.get(LINE) or {}
+    if not isinstance(line, dict):
+        raise ArtifactError(f"{where}: \"{LINE}\" must be an object of serve's line settings")
+    for key, value in line.items():
+        if key not in LINE_KEYS:
+            raise ArtifactError(f"{where}: \"{LINE}\" has unknown key {key!r} (known: {', '.join(LINE_KEYS)})")
+        if not isinstance(value, str) or not value.strip():
+            raise ArtifactError(f"{where}: \"{LINE}\".{key} must be a non-empty string")
+    if line.get("trigger", "free") not in TRIGGERS:
+        raise ArtifactError(f"{where}: \"{LINE}\".trigger {line['trigger']!r} is not one of {', '.join(TRIGGERS)}")
+    return dict(line)
 
 
 def check_bundle(folder: Path) -> dict:

@@ -99,8 +99,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"drift watch over the last N OK/REVIEW scores (default {DEFAULT_WINDOW}; 0: off); needs "
                              "thresholds from a conformal file or a station bundle")
     line = parser.add_argument_group("line I/O (docs/integration.md)")
-    line.add_argument("--trigger", choices=("free", "plc", "hardware"), default="free",
-                      help="free: judge every frame (default); plc: one fresh frame per PLC trigger (needs --modbus "
+    line.add_argument("--trigger", choices=("free", "plc", "hardware"), default=argparse.SUPPRESS,  # absent: not given
+                      help="free: judge every frame (default, unless a station bundle's line settings say otherwise; "
+                           "each line flag given here overrides the bundle's); plc: one fresh frame per PLC trigger (needs --modbus "
                            "or --opcua); hardware: a GenICam camera in TriggerMode=On, every delivered frame judged")
     for flag, metavar, text in (
         ("--trigger-source", "LINE", "--trigger hardware: the camera's TriggerSource (default Line0)"),
@@ -169,12 +170,12 @@ def check_line(args: argparse.Namespace) -> None:
     if getattr(args, "modbus", None) is not None:
         from protospect.runtime.line.modbus import parse_modbus
         parse_modbus(args.modbus)
-        if args.trigger != "plc":
+        if getattr(args, "trigger", "free") != "plc":
             raise ConfigError("--modbus carries the PLC trigger handshake: add --trigger plc")
     if getattr(args, "opcua", None) is not None:
         from protospect.runtime.line.opcua import check_security, parse_opcua, read_users
         host, _port = parse_opcua(args.opcua)
-        if args.trigger != "plc":
+        if getattr(args, "trigger", "free") != "plc":
             raise ConfigError("--opcua carries the PLC trigger handshake: add --trigger plc")
         check_security(host, None if args.opcua_user is None else read_users(args.opcua_user))
     elif getattr(args, "opcua_user", None) is not None:
@@ -184,7 +185,7 @@ def check_line(args: argparse.Namespace) -> None:
         raise ConfigError("--trigger plc needs a way for the PLC to trigger: --modbus HOST:PORT or --opcua opc.tcp://HOST:PORT")
     if getattr(args, "trigger", "free") == "hardware" and not str(args.source).strip().startswith("genicam:"):
         raise ConfigError(f"--trigger hardware needs a GenICam camera (--source genicam:/path/producer.cti), not {args.source}")
-    if getattr(args, "trigger_source", None) is not None and args.trigger != "hardware":
+    if getattr(args, "trigger_source", None) is not None and getattr(args, "trigger", "free") != "hardware":
         raise ConfigError("--trigger-source sets the camera's hardware trigger line: add --trigger hardware")
     if getattr(args, "mqtt", None) is not None:
         from protospect.runtime.line.mqtt import parse_mqtt
@@ -203,6 +204,7 @@ def run(args: argparse.Namespace) -> int:
         print("protospect serve: error: give MODEL --source SRC (one camera) or --config STATION.toml", file=sys.stderr)
         return 2
     check_common(args)
+    station_bundle.apply_line_settings(args)  # a station bundle's line settings, where no flag is given
     check_line(args)
     if args.drift_window < 0:
         raise ConfigError(f"--drift-window {args.drift_window}: must be >= 0 (0: off)")

@@ -1,5 +1,5 @@
 """`protospect register --source SRC --out STATION_DIR --shots K --good N [--frr A] [--review-frr B] [--method pcsnet]
-[--preset edge] [--int8] [--every N] [--allow-uncertified]`: register a part at the station in one command
+[--preset edge] [--int8] [--every N] [--allow-uncertified] [--trigger plc --modbus HOST:PORT ...]`: register a part at the station in one command
 (training/register.py; the bundle's contract is protospect/station.py). Serve it with `protospect serve STATION_DIR`.
 """
 from __future__ import annotations
@@ -24,6 +24,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--every", type=int, default=1, metavar="N", help="files and folders: take every N-th frame (default 1)")
     p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     add_method_arguments(p, default_method="pcsnet")
+    line = p.add_argument_group("line settings stored in the bundle: `serve STATION_DIR` uses them unless its own "
+                                "flags say otherwise (docs/integration.md)")
+    line.add_argument("--trigger", choices=("free", "plc", "hardware"), default=None, help="serve's --trigger")
+    for flag, metavar in (("--trigger-source", "LINE"), ("--modbus", "[HOST]:PORT"), ("--opcua", "opc.tcp://HOST:PORT"),
+                          ("--mqtt", "mqtt://HOST:PORT/PREFIX"), ("--station", "NAME")):
+        line.add_argument(flag, default=None, metavar=metavar, help=f"serve's {flag}")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -87,6 +87,7 @@ def check_arguments(args) -> None:
         raise ConfigError(f"--good {args.good} good parts cannot certify a false-reject rate of {100 * args.frr:g} %: "
                           f"split conformal needs N >= 1/A - 1 = {need} good parts (--good {need}, a larger --frr, "
                           "or --allow-uncertified)")
+    line_settings(args)
     out = Path(args.out)
     if out.exists():
         raise ConfigError(f"--out {out} exists; register writes a new station folder (remove it or choose another)")
@@ -95,6 +96,27 @@ def check_arguments(args) -> None:
         raise ConfigError(f"--out {out}: the folder {parent} does not exist")
     if not os.access(parent, os.W_OK):
         raise ConfigError(f"--out {out}: cannot write in {parent}")
+
+
+def line_settings(args) -> dict:
+    """The line flags given to register -> station.json "line" (protospect/station.py LINE_KEYS), each value checked
+    as serve checks it (one-line ConfigError before any capture); {} when none is given."""
+    from protospect.runtime.line.modbus import parse_modbus
+    from protospect.runtime.line.mqtt import parse_mqtt
+    from protospect.runtime.line.opcua import parse_opcua
+
+    line = {k: str(getattr(args, k)) for k in station.LINE_KEYS if getattr(args, k, None) is not None}
+    trigger = line.get("trigger", "free")
+    for key, parse in (("modbus", parse_modbus), ("opcua", parse_opcua), ("mqtt", parse_mqtt)):
+        if key in line:
+            parse(line[key])
+            if key != "mqtt" and trigger != "plc":
+                raise ConfigError(f"--{key} carries the PLC trigger handshake: add --trigger plc")
+    if trigger == "plc" and "modbus" not in line and "opcua" not in line:
+        raise ConfigError("--trigger plc needs a way for the PLC to trigger: --modbus HOST:PORT or --opcua opc.tcp://HOST:PORT")
+    if "trigger_source" in line and trigger != "hardware":
+        raise ConfigError("--trigger-source sets the camera's hardware trigger line: add --trigger hardware")
+    return line
 
 
 def capture(spec: str, k: int, n: int, *, every: int = 1, confirm=input, open_source=None) -> Capture:
@@ -298,6 +320,7 @@ def _build(args, overrides: dict, cap: Capture, tmp: Path, out: Path, stages: St
         "train_seconds": round(train_s, 3),
         "timings_s": dict(stages.times),
         "files": station.hash_files(tmp),
+        **({station.LINE: line} if (line := line_settings(args)) else {}),
     }
 
 

@@ -238,3 +238,31 @@ def test_capture_takes_every_nth_frame_and_says_when_a_frame_has_another_size(ca
     assert cap.sizes == [(96, 72), (128, 96)] and cap.parts[5].rgb.shape == (96, 128, 3)
     said = [r.getMessage() for r in caplog.records if "128x96" in r.getMessage()]
     assert len(said) == 1 and "resized to the model's S x S the same way as served frames" in said[0]
+
+
+def test_register_stores_the_line_settings_that_serve_station_dir_uses(bundle, tmp_path):
+    src, _ = bundle
+    out = tmp_path / "station"
+    line = ["--trigger", "plc", "--modbus", "127.0.0.1:5020", "--mqtt", "mqtt://broker:1883/plant", "--station", "st1"]
+    assert _register(src, out, *line) == 0
+    rec = station.check_bundle(out)  # sealed with the settings: an edit to them is refused like any other
+    assert rec["line"] == {"trigger": "plc", "modbus": "127.0.0.1:5020", "mqtt": "mqtt://broker:1883/plant",
+                           "station": "st1"}
+    assert station.line_settings(rec) == rec["line"]
+    assert "line" not in station.read_station(bundle[1])  # without line flags the bundle has none
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--modbus", "127.0.0.1:5020"], "add --trigger plc"),
+    (["--trigger", "plc"], "--trigger plc needs a way for the PLC to trigger"),
+    (["--trigger", "plc", "--opcua", "127.0.0.1:4840"], "--opcua 127.0.0.1:4840"),
+    (["--mqtt", "mqtt://h:1883/#"], "--mqtt mqtt://h:1883/#"),
+    (["--trigger-source", "Line1"], "add --trigger hardware"),
+])
+def test_bad_line_flags_are_refused_before_capture(tmp_path, capsys, monkeypatch, flags, needle):
+    monkeypatch.setattr(rt_sources, "open_source", lambda *a, **k: pytest.fail("the source was opened"))
+    out = tmp_path / "station"
+    assert main(["register", "--source", "x", "--out", str(out), "--shots", str(K), "--good", str(N), *RATES, *TINY,
+                 *flags]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0] and not out.exists(), err
