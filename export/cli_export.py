@@ -59,11 +59,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     triton = parser.add_argument_group("with --triton-repo (issue 18; export/triton_repo.py)")
     triton.add_argument("--name", default=None, metavar="PART", help="Triton model name (default: the artifact folder's name)")
     triton.add_argument("--version", default="1", metavar="V", help="Triton model version (default 1)")
-    triton.add_argument("--triton-backend", choices=["onnxruntime", "python"], default="onnxruntime",
+    triton.add_argument("--triton-backend", choices=["onnxruntime", "python", "tensorrt_plan"], default="onnxruntime",
                         help="onnxruntime: platform onnxruntime_onnx (GPU servers); python: a model.py running the graph "
-                             "with ONNX Runtime (CPU servers)")
+                             "with ONNX Runtime (CPU servers); tensorrt_plan: the engine given with --triton-engine")
+    triton.add_argument("--triton-engine", type=Path, default=None, metavar="FILE",
+                        help="tensorrt_plan: an engine from `protospect build-engine` (with its .json sidecar) built from "
+                             "this artifact's graph; copied to model.plan (static shapes: max_batch_size 0)")
+    triton.add_argument("--triton-python-env", default=None, metavar="DIR",
+                        help="python: the venv/conda env the Python backend runs model.py in (EXECUTION_ENV_PATH; it needs "
+                             "numpy<2 and onnxruntime), as a path on the server")
     triton.add_argument("--triton-max-batch", type=int, default=8, metavar="N", help="max_batch_size (default 8)")
     triton.add_argument("--triton-instances", type=int, default=1, metavar="N", help="instance_group count (default 1)")
+    parser.add_argument("--deepstream", type=Path, default=None, metavar="DIR",
+                        help="also write DIR/config_infer_primary_protospect.txt, a DeepStream nvinfer config for the graph "
+                             "(unverified here; docs/runtime.md [fleet])")
     parser.add_argument("--opset", type=int, default=17)
     parser.add_argument("--check", action="store_true", help="parity with PyTorch under ONNX Runtime CPU on the shots")
     parser.add_argument("--check-images", type=Path, default=None, metavar="DIR",
@@ -81,8 +90,12 @@ def validate(args: argparse.Namespace) -> None:
         raise ConfigError("--split already keeps the bank outside (bank.npy); drop --bank-as-input")
     from protospect.contract import parse_batch
 
+    if args.deepstream is not None and (args.split or args.bank_as_input or args.triton_repo is not None):
+        raise ConfigError("--deepstream is for the full graph with --out (not --split, --bank-as-input or --triton-repo)")
     if args.triton_repo is not None:
         _validate_triton(args)
+    elif args.triton_engine is not None or args.triton_python_env is not None:
+        raise ConfigError("--triton-engine and --triton-python-env are for --triton-repo")
     try:
         args.batch = parse_batch("1" if args.batch is None else args.batch)
     except ValueError as err:
@@ -107,6 +120,10 @@ def _validate_triton(args: argparse.Namespace) -> None:
         raise ConfigError(f"--triton-repo needs --batch dynamic (Triton forms the batches); drop --batch {args.batch}")
     if args.triton_max_batch < 1 or args.triton_instances < 1:
         raise ConfigError("--triton-max-batch and --triton-instances must be >= 1")
+    if (args.triton_backend == "tensorrt_plan") != (args.triton_engine is not None):
+        raise ConfigError("--triton-backend tensorrt_plan and --triton-engine FILE (from build-engine) go together")
+    if args.triton_python_env is not None and args.triton_backend != "python":
+        raise ConfigError("--triton-python-env is for --triton-backend python")
     args.batch = "dynamic"
     args.name = check_name(args.name if args.name is not None else args.artifact.resolve().name)
     args.version = check_version(args.version)
@@ -115,6 +132,8 @@ def _validate_triton(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     validate(args)
+    if args.triton_engine is not None:
+        return _plan_repo(args)
     from protospect.export.op_census import census
     from protospect.training.artifact import artifact_sha256, load_artifact
 
@@ -122,6 +141,10 @@ def run(args: argparse.Namespace) -> int:
     precision = "fp16" if args.fp16 else "int8" if args.int8 else "fp32"
     for path in _write_graphs(args, model, manifest, artifact_sha256(args.artifact), precision):
         print(census(path).format())
+    if args.deepstream is not None:
+        from protospect.export.deepstream import write_config
+
+        print(f"wrote {write_config(args.out, args.deepstream)} (DeepStream nvinfer; unverified here)")
     if args.check and not _check(args, model, manifest, precision):
         print("protospect export: parity check FAILED (graph kept for inspection)", file=sys.stderr)
         return 1
@@ -133,7 +156,8 @@ def run(args: argparse.Namespace) -> int:
             from protospect.export.triton_repo import write_repo
 
             for path in write_repo(args.out, args.triton_repo, args.name, args.version, backend=args.triton_backend,
-                                   max_batch_size=args.triton_max_batch, instances=args.triton_instances):
+                                   max_batch_size=args.triton_max_batch, instances=args.triton_instances,
+                                   python_env=args.triton_python_env):
                 print(f"wrote {path}")
             print(f"use:  tritonserver --model-repository {args.triton_repo}   (model '{args.name}', version {args.version})")
             return 0
@@ -149,6 +173,24 @@ def run(args: argparse.Namespace) -> int:
     engine = args.out / "features.engine" if args.split else args.out.with_suffix(".engine")
     print(f"next: protospect build-engine {onnx_in} --out {engine}   (on the target device)")
     print(f"      protospect serve {args.out} --source CAMERA_OR_FOLDER   (ONNX Runtime)")
+    return 0
+
+
+def _plan_repo(args: argparse.Namespace) -> int:
+    """--triton-backend tensorrt_plan: the engine (built from this artifact's graph) and its config, no ONNX."""
+    import json
+
+    from protospect.contract import KEY_ARTIFACT_SHA256, sidecar_path
+    from protospect.export.triton_repo import write_plan_repo
+    from protospect.training.artifact import artifact_sha256
+
+    side = sidecar_path(args.triton_engine)
+    meta = json.loads(side.read_text()).get("onnx_metadata", {}) if side.is_file() else {}
+    if side.is_file() and meta.get(KEY_ARTIFACT_SHA256) != artifact_sha256(args.artifact):
+        raise ConfigError(f"--triton-engine {args.triton_engine} was built from another artifact than {args.artifact}")
+    for path in write_plan_repo(args.triton_engine, args.triton_repo, args.name, args.version,
+                                instances=args.triton_instances):
+        print(f"wrote {path}")
     return 0
 
 

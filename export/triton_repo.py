@@ -24,7 +24,7 @@ from protospect.errors import ConfigError
 from protospect.export.triton_model_py import MODEL_PY
 from protospect.files import write_atomic
 
-BACKENDS = ("onnxruntime", "python")
+BACKENDS = ("onnxruntime", "python", "tensorrt_plan")
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 DTYPES = {onnx.TensorProto.UINT8: "TYPE_UINT8", onnx.TensorProto.FLOAT: "TYPE_FP32",
           onnx.TensorProto.FLOAT16: "TYPE_FP16", onnx.TensorProto.INT64: "TYPE_INT64", onnx.TensorProto.INT32: "TYPE_INT32"}
@@ -78,8 +78,8 @@ def _tensor_block(kind: str, tensors) -> str:
 def config_text(graph: onnx.ModelProto, name: str, *, backend: str = "onnxruntime", max_batch_size: int = 8,
                 instances: int = 1, python_env: str | None = None) -> str:
     """config.pbtxt (protobuf text format of Triton's ModelConfig) for ``graph``."""
-    if backend not in BACKENDS:
-        raise ConfigError(f"--triton-backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    if backend not in BACKENDS[:2]:
+        raise ConfigError(f"--triton-backend {backend!r}: choose one of {', '.join(BACKENDS[:2])} for an ONNX graph")
     if max_batch_size < 1:
         raise ConfigError(f"--triton-max-batch {max_batch_size} must be >= 1")
     inits = {i.name for i in graph.graph.initializer}
@@ -117,3 +117,42 @@ def write_repo(graph_path: Path, repo: Path, name: str, version: int, *, backend
         write_atomic(model_py, MODEL_PY.encode())
         written.append(model_py)
     return written
+
+
+def plan_config_text(meta: dict, name: str, *, instances: int = 1) -> str:
+    """config.pbtxt for a TensorRT engine from `protospect build-engine` (its sidecar's onnx_metadata).
+
+    build-engine builds static shapes (no optimization profile), so the engine's batch is the graph's
+    static batch (1 unless export --batch N): max_batch_size 0 (the batch is in dims), no dynamic_batching.
+    """
+    from protospect.contract import KEY_BATCH, KEY_INPUT_SIZE
+
+    size = json.loads(meta[KEY_INPUT_SIZE])
+    size = int(size[0] if isinstance(size, list) else size)
+    batch = str(meta.get(KEY_BATCH, "1"))
+    if not batch.isdigit():
+        raise ConfigError(f"the engine's graph has batch {batch!r}; build-engine builds static shapes only")
+    n = int(batch)
+    tensors = _tensor_block("input", [("image", "TYPE_UINT8", [n, size, size, 3])]) + _tensor_block(
+        "output", [("anomaly_map", "TYPE_FP32", [n, 1, size, size]), ("image_score", "TYPE_FP32", [n])])
+    params = {k: str(v) for k, v in meta.items() if k.startswith(PREFIX)}
+    return (f'name: "{name}"\nplatform: "tensorrt_plan"\nmax_batch_size: 0\n' + tensors
+            + f"instance_group [\n  {{\n    count: {instances}\n    kind: KIND_GPU\n  }}\n]\n" + _param_text(params))
+
+
+def write_plan_repo(engine: Path, repo: Path, name: str, version: int, *, instances: int = 1) -> list[Path]:
+    """DIR/<name>/<version>/model.plan (a copy of ``engine``) and its config.pbtxt, from the engine's sidecar."""
+    from protospect.contract import sidecar_path
+    from protospect.errors import ArtifactError
+
+    engine, side = Path(engine), sidecar_path(engine)
+    if not engine.is_file() or not side.is_file():
+        raise ArtifactError(f"--triton-engine {engine}: needs the engine and its sidecar {side.name} from "
+                            "`protospect build-engine`")
+    meta = json.loads(side.read_text()).get("onnx_metadata") or {}
+    text = plan_config_text(meta, name, instances=instances)
+    plan, config = repo / name / str(version) / "model.plan", model_paths(repo, name, version)[1]
+    plan.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(plan, engine.read_bytes())
+    write_atomic(config, text.encode())
+    return [plan, config]
