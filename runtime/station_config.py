@@ -10,8 +10,8 @@
 
 Every error is one line naming the file, the table (1-based: `[[camera]] #2`, with its name when it has one)
 and the key. Relative model and sink paths are taken from the file's folder; source is passed on as written
-(serve resolves it as it does --source). Only the parser and validation exist so far: `serve --config` (one process for every camera)
-is not written yet. Runtime side, so Python 3.10 clean: `tomllib`, or the `tomli` backport on 3.10.
+(serve resolves it as it does --source). `serve --config` (runtime/multicam.py) serves every camera in one process.
+Runtime side, so Python 3.10 clean: `tomllib`, or the `tomli` backport on 3.10.
 """
 from __future__ import annotations
 
