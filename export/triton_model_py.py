@@ -3,8 +3,9 @@
 MODEL_PY = '''"""Triton Python-backend model written by `protospect export --triton-repo DIR --triton-backend python`.
 
 Runs model.onnx (beside this file) with ONNX Runtime on the CPU; Triton's dynamic batcher hands several
-requests to one execute() call, and they are run as one batch. Needs numpy and onnxruntime in the
-server's Python.
+requests to one execute() call, and they are run as one batch. Needs numpy<2 and onnxruntime in the
+Python the backend's stub runs (EXECUTION_ENV_PATH in config.pbtxt: export --triton-python-env); with
+numpy 2 the stub of Triton 2.51 answers empty tensors.
 """
 import os
 

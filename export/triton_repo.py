@@ -8,8 +8,10 @@ Runtime inside Triton's Python backend, for CPU servers (its model.py needs nump
 the server's Python). The graph has a dynamic batch (export --batch dynamic): max_batch_size is how many
 frames Triton may stack, and dynamic_batching lets it form batches from concurrent requests. Every
 protospect.* metadata key (threshold, map range, input size, metadata hash, ...) is copied into the
-config's ``parameters`` so a client can judge without the graph. Not tested against a running server
-here (issue 18 item 5); the tests parse the config into Triton's ModelConfig protobuf.
+config's ``parameters`` so a client can judge without the graph (runtime/backends/triton.py does). The
+tests parse every config into Triton's ModelConfig protobuf; the python variant is also loaded by a real
+CPU tritonserver in tests/runtime/test_rt_triton.py. ``tensorrt_plan`` (write_plan_repo) copies an engine
+from build-engine, whose static shapes mean max_batch_size 0 and no dynamic batching.
 """
 from __future__ import annotations
 
