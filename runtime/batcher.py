@@ -75,7 +75,8 @@ class NoStages:
 
 class Batcher(threading.Thread):
     """One loop for one model's cameras (``lanes``: objects with ``queue``, ``running``, ``take(frame)``,
-    ``deliver(prep, result, event)``, ``pipeline``, ``tick()`` and ``finish(why)``; runtime/multicam.py)."""
+    ``deliver(prep, result, event)``, ``reject(prep, why)``, ``pipeline``, ``tick()`` and ``finish(why)``;
+    runtime/multicam.py)."""
 
     def __init__(self, backend, lanes: list, bell: Bell, *, batched: bool, window_ms: float = DEFAULT_WINDOW_MS,
                  stop: threading.Event):
@@ -104,8 +105,9 @@ class Batcher(threading.Thread):
                         if lane.running:
                             lane.tick()
         except Exception as err:  # never die silently: every camera of this model is stopped with the reason
-            log.exception("inference loop for %s failed", ", ".join(lane.name for lane in self.lanes))
             self.error = f"inference failed: {err}"
+            log.error("cameras %s: %s", ", ".join(lane.name for lane in self.lanes), self.error)
+            log.debug("inference loop failed", exc_info=True)  # the traceback with --verbose only
         finally:
             for lane in self.lanes:
                 lane.finish(self.error or "stopped")
@@ -150,6 +152,15 @@ class Batcher(threading.Thread):
             seen = self.bell.wait(seen, remaining)
 
     def infer(self, batch: list) -> None:
+        try:
+            self._infer(batch)
+        except Exception as err:  # the frames taken are logged (REJECTED, with why), then every camera stops
+            for lane, prep in batch:
+                if not prep.t3:
+                    lane.reject(prep, f"inference failed: {err}")
+            raise
+
+    def _infer(self, batch: list) -> None:
         preps = [prep for _, prep in batch]
         self.sizes[len(batch)] += 1
         if self.batched:

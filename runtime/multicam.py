@@ -30,6 +30,7 @@ from protospect.runtime.report import stop_on_signals, summary_text, write_json
 from protospect.runtime.sinks import JsonlSink, NgImageSink, SinkError
 from protospect.runtime.sources import CaptureThread, default_queue_policy, open_source
 from protospect.runtime.station_config import CameraConfig, StationConfig, load_station
+from protospect.verdict_record import REJECTED
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,20 @@ class Lane:
             return
         if self._limit:
             self.finish("max frames")
+
+    def reject(self, prep, reason: str) -> None:
+        """A taken frame that got no verdict (its model failed): logged REJECTED with the reason, never lost."""
+        frame = prep.frame
+        self.pipeline.counters.rejected[reason] += 1
+        record = {"seq": frame.seq, "t_capture_ns": frame.t_capture_ns, "t_wall": round(frame.t_wall, 6),
+                  "verdict": REJECTED, "reason": reason}
+        if frame.origin:
+            record["origin"] = frame.origin
+        try:
+            for sink in self.pipeline.sinks:
+                sink.reject(record)
+        except SinkError as err:
+            self.pipeline._sink_failed(err)
 
     def tick(self) -> None:
         try:

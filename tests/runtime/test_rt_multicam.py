@@ -219,3 +219,29 @@ def test_two_cameras_one_sink_folder_and_per_camera_flags_are_refused(fx, media,
     assert "--source is set per camera in the station file" in capsys.readouterr().err
     assert serve("--source", fx.video) == 2  # neither MODEL nor --config
     assert "give MODEL --source SRC (one camera) or --config STATION.toml" in capsys.readouterr().err
+
+
+def test_a_failing_model_logs_the_frames_it_held_and_stops_its_cameras(fx, media, tmp_path, capsys, monkeypatch):
+    from protospect.runtime.backends.ort import OrtBackend
+
+    real, calls = OrtBackend.infer_batch, []
+
+    def third_run_fails(self, images):
+        calls.append(len(images))
+        if len(calls) == 3:
+            raise RuntimeError("device lost")
+        return real(self, images)
+
+    monkeypatch.setattr(OrtBackend, "infer_batch", third_run_fails)
+    cfg = station_file(tmp_path / "station.toml", [{"name": "a", "source": fx.video, "model": media.dyn},
+                                                   {"name": "b", "source": fx.video, "model": media.dyn}])
+    assert serve("--config", cfg, "--sink", tmp_path / "root", "--batch-window-ms", 60000) == 1
+    captured = capsys.readouterr().err
+    assert "Traceback" not in captured
+    err = [line for line in captured.splitlines() if line.startswith("protospect")]
+    assert err == [f"protospect serve: camera '{n}': inference failed: device lost" for n in "ab"]
+    for name in "ab":
+        log = log_of(tmp_path / "root" / name)
+        assert [r["seq"] for r in log] == [0, 1, 2]  # the third frame was taken: logged, not lost
+        assert log[2]["verdict"] == "REJECTED" and log[2]["reason"] == "inference failed: device lost"
+        assert all(r["verdict"] in ("OK", "NG") for r in log[:2])
