@@ -245,3 +245,27 @@ def test_a_failing_model_logs_the_frames_it_held_and_stops_its_cameras(fx, media
         assert [r["seq"] for r in log] == [0, 1, 2]  # the third frame was taken: logged, not lost
         assert log[2]["verdict"] == "REJECTED" and log[2]["reason"] == "inference failed: device lost"
         assert all(r["verdict"] in ("OK", "NG") for r in log[:2])
+
+
+def test_a_source_that_fails_mid_run_stops_alone_and_says_why(fx, media, tmp_path, capsys, monkeypatch):
+    from protospect.runtime.sources import ArraySource
+
+    class BreaksAfter3(ArraySource):
+        def read(self):
+            if self._next == 3:
+                raise RuntimeError("cable pulled")
+            return super().read()
+
+    frames = [render_part(np.random.default_rng(i), (160, 120)) for i in range(5)]
+    real_open = multicam.open_source
+    monkeypatch.setattr(multicam, "open_source", lambda spec, loop=False: BreaksAfter3(frames, bgr=True, name="flaky")
+                        if spec == "flaky" else real_open(spec, loop=loop))
+    cfg = station_file(tmp_path / "station.toml", [{"name": "flaky", "source": "flaky", "model": media.dyn},
+                                                   {"name": "steady", "source": fx.video, "model": media.dyn}])
+    assert serve("--config", cfg, "--sink", tmp_path / "root") == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("protospect")]
+    assert err == ["protospect serve: camera 'flaky': source stopped: error: cable pulled"]
+    assert [r["seq"] for r in log_of(tmp_path / "root/flaky")] == [0, 1, 2]
+    assert [r["seq"] for r in log_of(tmp_path / "root/steady")] == list(range(fx.n_frames))
+    flaky = json.loads((tmp_path / "root/flaky/summary.json").read_text())
+    assert flaky["status"] == "failed" and flaky["capture_ended"] == "error: cable pulled"
