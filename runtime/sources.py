@@ -362,7 +362,7 @@ class CaptureThread(threading.Thread):
                 if not self.queue.put(frame):
                     break
         except Exception as err:  # never die silently: the loop reports why capture ended
-            log.exception("capture thread failed")
+            log.error("capture from %s failed: %s", self.source.name, err, exc_info=log.isEnabledFor(logging.DEBUG))
             self.ended = f"error: {err}"
         finally:
             self.ended = self.ended or "stopped"

@@ -189,3 +189,32 @@ def test_existing_paths_win_and_file_urls_are_files(tmp_path, monkeypatch, fx):
     assert open_source("20240102").kind == "camera"
     assert open_source("rtspsrc location=rtsp://10.0.0.5/s1 ! decodebin ! videoconvert ! appsink").kind == "gstreamer"
     assert open_source("http://10.0.0.5/mjpg").kind == "stream"
+
+
+def test_source_that_raises_ends_capture_with_one_line_and_no_traceback(caplog):
+    """An unexpected error in a source's read is one log line (the traceback only at DEBUG, i.e. --verbose)."""
+    from protospect.runtime.sources import ArraySource  # noqa: PLC0415
+
+    class Broken(ArraySource):
+        def read(self):
+            if self._next >= 2:
+                raise OSError("USB transfer error")
+            return super().read()
+
+    def run(level):
+        caplog.clear()
+        caplog.set_level(level, logger="protospect.runtime.sources")
+        src = Broken([np.zeros((4, 4, 3), np.uint8)] * 5, name="cam0")
+        src.open()
+        q = LatestFrameQueue(maxsize=8, policy="block")
+        t = CaptureThread(src, q)
+        t.start()
+        t.join(5)
+        return t, [r for r in caplog.records if r.levelname == "ERROR"]
+
+    t, errors = run("INFO")
+    assert t.frames_read == 2 and t.ended == "error: USB transfer error"
+    assert len(errors) == 1 and "cam0" in errors[0].getMessage() and "USB transfer error" in errors[0].getMessage()
+    assert errors[0].exc_info is None or errors[0].exc_info is False
+    _, errors = run("DEBUG")
+    assert errors[0].exc_info and errors[0].exc_info[0] is OSError
