@@ -9,6 +9,12 @@ longer waited for. A frame that waited in its queue for longer than the window g
 batch at once. Cameras are visited round-robin, so with batching off (``max_batch=1``: a batch-1 graph, a
 TensorRT engine, or the unbatched baseline) every camera gets its turn.
 
+A PLC-triggered camera (trigger = "plc") only contributes a frame when triggered: while no trigger waits it
+is not waited for (a batch never waits on it), a live camera's frames are taken and skipped, a replay's stay
+queued; a trigger rings the bell, and the first frame captured after it joins the next batch (the other
+frames of that batch wait at most ``window_ms`` for it). Which frame answers a trigger is
+Pipeline.answers(), the rule of single-camera serve --trigger plc.
+
 Every frame taken from a camera's queue is judged and handed to that camera's sinks (its verdict log)
 before the loop looks at the stop flag again: a stop never loses a frame already taken.
 """
@@ -27,6 +33,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_WINDOW_MS = 10.0
 IDLE_WAIT_S = 0.2
+SKIPPED = "skipped"  # lane.take(frame): a PLC camera's frame that answers no trigger (not judged, not logged)
 
 
 class Bell:
@@ -74,9 +81,10 @@ class NoStages:
 
 
 class Batcher(threading.Thread):
-    """One loop for one model's cameras (``lanes``: objects with ``queue``, ``running``, ``take(frame)``,
-    ``deliver(prep, result, event)``, ``reject(prep, why)``, ``pipeline``, ``tick()`` and ``finish(why)``;
-    runtime/multicam.py)."""
+    """One loop for one model's cameras (``lanes``: objects with ``queue``, ``running``, ``wants_frame`` (take
+    from the queue now?), ``expecting`` (wait for this camera's frame?), ``take(frame)`` (Prepared, None: rejected,
+    SKIPPED), ``deliver(prep, result, event)``, ``reject(prep, why)``, ``pipeline``, ``tick()`` and
+    ``finish(why)``; runtime/multicam.py)."""
 
     def __init__(self, backend, lanes: list, bell: Bell, *, batched: bool, window_ms: float = DEFAULT_WINDOW_MS,
                  stop: threading.Event):
@@ -115,34 +123,38 @@ class Batcher(threading.Thread):
     def form(self) -> list:
         """[(lane, Prepared)] by the batch rule (module doc); [] after IDLE_WAIT_S with nothing ready."""
         batch, given, oldest = [], set(), None
-        seen = self.bell.rings
+        seen, t_start = self.bell.rings, time.monotonic()
         while True:
             n = len(self.lanes)
             order = [self.lanes[(self._rr + i) % n] for i in range(n)]
             for lane in order:
                 if len(batch) >= self.max_batch:
                     break
-                if lane in given or not lane.running:
+                if lane in given or not lane.running or not lane.wants_frame:
                     continue
                 frame = lane.queue.get(timeout=0)
                 if frame is None:
                     if lane.queue.closed and not len(lane.queue):
                         lane.finish("")  # capture ended (eof, error, gave up): its reason is in capture.ended
                     continue
+                prep = lane.take(frame)
+                if prep is SKIPPED:  # PLC: no trigger waits, or captured before it (counted by its pipeline)
+                    continue
                 given.add(lane)
                 self._rr = (self.lanes.index(lane) + 1) % n
-                prep = lane.take(frame)
                 if prep is not None:  # None: rejected, already logged as such
                     batch.append((lane, prep))
                     oldest = frame.t_capture_ns if oldest is None else min(oldest, frame.t_capture_ns)
-            waiting = [lane for lane in self.lanes if lane.running and lane not in given]
-            if len(batch) >= self.max_batch or not waiting or self.stop_event.is_set():
+            running = [lane for lane in self.lanes if lane.running]
+            waiting = [lane for lane in running if lane not in given and lane.expecting]
+            if len(batch) >= self.max_batch or not running or self.stop_event.is_set() or not waiting and given:
                 return batch
             if oldest is None:
                 if given:  # only rejected frames this round
                     return batch
+                # nothing yet (or every camera is between PLC triggers): a frame or a trigger rings the bell
                 now_seen = self.bell.wait(seen, IDLE_WAIT_S)
-                if now_seen == seen:
+                if now_seen == seen or time.monotonic() - t_start >= IDLE_WAIT_S:
                     return batch  # idle: the caller ticks the sinks
                 seen = now_seen
                 continue

@@ -12,6 +12,10 @@ the batch statistics.
 A camera whose source cannot be opened, fails later, or whose verdict log cannot be written stops alone:
 the others go on, its tile and summary say why, and serve exits 1 at the end. Models are loaded, and every
 camera's settings checked, before anything starts: a missing model is a one-line error (exit 1).
+
+Trigger modes per camera, as single-camera serve: ``plc`` judges exactly one fresh frame per trigger of the
+camera's own PLC handshake (Modbus / OPC UA servers: runtime/multicam_line.py; the frame rule is
+Pipeline.answers()), ``hardware`` judges every frame a GenICam camera delivers (one per pulse, none dropped).
 """
 from __future__ import annotations
 
@@ -22,9 +26,10 @@ import threading
 from pathlib import Path
 
 from protospect.errors import ConfigError, ProtospectError, SourceError
-from protospect.runtime import line_threshold, station_bundle
+from protospect.runtime import line_threshold, multicam_line, station_bundle
 from protospect.runtime.backends import BackendBase, select_backend
-from protospect.runtime.batcher import DEFAULT_WINDOW_MS, Batcher, Bell, BellQueue
+from protospect.runtime.batcher import DEFAULT_WINDOW_MS, SKIPPED, Batcher, Bell, BellQueue
+from protospect.runtime.line.handshake import ERR_INTERNAL
 from protospect.runtime.pipeline import Pipeline
 from protospect.runtime.report import stop_on_signals, summary_text, write_json
 from protospect.runtime.sinks import JsonlSink, NgImageSink, SinkError
@@ -61,10 +66,15 @@ class Lane:
     """One camera: its source, capture thread, queue and sinks, driven by its model's Batcher."""
 
     def __init__(self, cam: CameraConfig, model: CameraModel, sinks: list, *, loop: bool, queue_size: int,
-                 max_frames: int | None, drift, bell: Bell, sink_dir: Path | None):
+                 max_frames: int | None, drift, bell: Bell, sink_dir: Path | None, line=None):
         self.cam, self.name, self.bell, self.sink_dir = cam, cam.name, bell, sink_dir
         self.loop, self.queue_size, self.max_frames = loop, queue_size, max_frames
-        self.pipeline = Pipeline(model, _Unopened(cam.source), sinks, queue_size=queue_size, drift=drift)
+        self.line = line  # runtime.multicam_line.CameraLine: its handshake (plc) and counters, or None
+        self.trigger = line.handshake if line is not None else None
+        self.pipeline = Pipeline(model, _Unopened(cam.source), sinks, queue_size=queue_size, drift=drift,
+                                 trigger=self.trigger, hardware_trigger=cam.trigger == "hardware")
+        if self.trigger is not None:  # an accepted trigger wakes the model's loop at once
+            self.trigger.subscribe(lambda snap: snap.busy and bell.ring())
         self.queue: BellQueue | None = None
         self.capture: CaptureThread | None = None
         self.status, self.reason = "starting", ""
@@ -76,6 +86,16 @@ class Lane:
     def running(self) -> bool:
         return self.status == "running"
 
+    @property
+    def expecting(self) -> bool:
+        """Wait for this camera's frame in a batch? A PLC camera only while a trigger waits."""
+        return self.trigger is None or self.trigger.pending() is not None
+
+    @property
+    def wants_frame(self) -> bool:
+        """Take from its queue now? A PLC replay keeps its frames queued until a trigger comes (as serve does)."""
+        return self.expecting or self.pipeline.source.live
+
     def start(self) -> None:
         """Open the source and start capturing; a source that cannot open fails this camera only."""
         policy = None
@@ -85,7 +105,7 @@ class Lane:
                 from protospect.runtime.genicam_trigger import DEFAULT_TRIGGER_SOURCE
                 if not self.cam.source.strip().startswith("genicam:"):
                     raise SourceError(f"trigger 'hardware' needs a GenICam camera (genicam:...), not {self.cam.source}")
-                source.trigger_source, policy = DEFAULT_TRIGGER_SOURCE, "block"
+                source.trigger_source, policy = self.cam.trigger_source or DEFAULT_TRIGGER_SOURCE, "block"
             self.pipeline.source = source
             source.open()
         except ProtospectError as err:
@@ -95,9 +115,14 @@ class Lane:
         self.capture = self.pipeline.capture = CaptureThread(source, self.queue)
         self.status = "running"
         self.capture.start()
+        if self.trigger is not None:
+            self.trigger.online()
 
     def take(self, frame):
-        prep = self.pipeline.prepare(frame)
+        judged, trig = self.pipeline.answers(frame)  # PLC: the first frame captured after the trigger only
+        if not judged:
+            return SKIPPED
+        prep = self.pipeline.prepare(frame, trig)
         if self.max_frames is not None and self.pipeline._handled >= self.max_frames:
             self._limit = True
             if prep is None:
@@ -122,11 +147,15 @@ class Lane:
                   "verdict": REJECTED, "reason": reason}
         if frame.origin:
             record["origin"] = frame.origin
+        if prep.trig is not None:
+            record["trigger_seq"] = prep.trig.seq
         try:
             for sink in self.pipeline.sinks:
                 sink.reject(record)
         except SinkError as err:
             self.pipeline._sink_failed(err)
+        if prep.trig is not None and self.trigger is not None:
+            self.trigger.fail(ERR_INTERNAL, f"frame {frame.seq}: {reason}")
 
     def tick(self) -> None:
         try:
@@ -148,6 +177,8 @@ class Lane:
             if self._done.is_set():
                 return
             self._done.set()
+        if self.trigger is not None:
+            self.trigger.offline()  # a trigger still waiting fails: ERROR, "inspection stopped"
         if self.capture is not None:
             self.capture.stop()
             self.capture.join(timeout=10)
@@ -166,6 +197,8 @@ class Lane:
 
     def report(self) -> dict:
         rep = self.pipeline.report()
+        if self.line is not None and self.line.status:
+            rep["line"] = self.line.status.snapshot()
         return {"camera": self.name, "status": self.status, "reason": self.reason, **rep}
 
 
@@ -210,7 +243,8 @@ class Station:
 def check_flags(args) -> None:
     for attr, flag in PER_CAMERA_FLAGS:
         if getattr(args, attr, None) is not None:
-            raise ConfigError(f"{flag} is set per camera in the station file; drop it when serving --config {args.config}")
+            raise ConfigError(f"{flag} is set in the station file ([[camera]] or [line]); drop it when serving --config "
+                              f"{args.config}")
     if getattr(args, "trigger", "free") != "free":
         raise ConfigError("--trigger is set per camera in the station file (trigger = ...); drop it with --config")
     if getattr(args, "batch_window_ms", DEFAULT_WINDOW_MS) < 0:
@@ -226,9 +260,6 @@ def load_models(cfg: StationConfig, backend: str = "auto", threads: int | None =
     models = {}
     for cam in cfg.cameras:
         where = f"{cfg.path}: [[camera]] '{cam.name}' key 'model'"
-        if cam.trigger == "plc":
-            raise ConfigError(f"{cfg.path}: [[camera]] '{cam.name}' key 'trigger': 'plc' is not served by --config yet "
-                              "(the station file has no PLC address); serve that camera alone with --trigger plc")
         try:
             graph, station = station_bundle.resolve(cam.model)
             key = str(Path(graph).resolve())
@@ -249,13 +280,16 @@ def camera_info(cam: CameraConfig, base, station: dict | None, where: str):
     return base
 
 
-def build(cfg: StationConfig, models: dict, args, view=None) -> Station:
-    """Lanes (with sinks) grouped by model; models must be active (their info is read)."""
+def build(cfg: StationConfig, models: dict, args, view=None, lines: dict | None = None) -> Station:
+    """Lanes (with sinks) grouped by model; models must be active (their info is read). ``lines``: each camera's
+    CameraLine from multicam_line.open_lines (servers listening); None: not started (handshakes only)."""
     from protospect.runtime.cli_serve import make_drift_watch
 
+    lines = lines if lines is not None else {cam.name: multicam_line.CameraLine(cam) for cam in cfg.cameras}
     sinks_seen: dict[Path, str] = {}
     for cam in cfg.cameras:  # before any log is opened
         sink_dir = camera_sink(cam, args.sink)
+        multicam_line.check_mqtt(cfg, cam, sink_dir)
         if sink_dir is not None:
             resolved = sink_dir.resolve()
             if resolved in sinks_seen:
@@ -273,12 +307,16 @@ def build(cfg: StationConfig, models: dict, args, view=None) -> Station:
         if sink_dir is not None:
             sinks += [JsonlSink(sink_dir / "verdicts.jsonl", fsync_every_n=args.fsync_every),
                       NgImageSink(sink_dir / "ng", info.map_range)]
+        line = lines[cam.name]
+        sinks += multicam_line.line_sinks(cfg, cam, line, sink_dir, getattr(args, "mqtt_spool_mb", 64))
         if view is not None:
             sinks.append(view.add_camera(cam.name, info, backend.name))
+            if line.status:  # the camera's line counters on its tile
+                sinks[-1].line_status = line.status.snapshot
         _, lanes, bell = groups.setdefault(key, (backend, [], Bell()))
         lanes.append(Lane(cam, CameraModel(backend, info), sinks, loop=args.loop, queue_size=args.queue_size,
                           max_frames=args.max_frames, drift=make_drift_watch(info, args.drift_window), bell=bell,
-                          sink_dir=sink_dir))
+                          sink_dir=sink_dir, line=line))
     return Station(list(groups.values()), batching=not getattr(args, "no_batching", False),
                    window_ms=getattr(args, "batch_window_ms", DEFAULT_WINDOW_MS))
 
@@ -291,18 +329,19 @@ def serve_station(args) -> int:
     check_common(args)
     cfg = load_station(args.config)
     models = load_models(cfg, args.backend, args.threads)
-    view = None
+    view = lines = None
     try:
         entered = []
         try:
             for backend, _ in models.values():
                 backend.__enter__()
                 entered.append(backend)
+            lines = multicam_line.open_lines(cfg)  # every PLC server listens before any camera starts
             if args.view is not None:
                 from protospect.runtime.operator_view import parse_view
                 from protospect.runtime.station_view import StationView
                 view = StationView(*parse_view(args.view))
-            station = build(cfg, models, args, view)
+            station = build(cfg, models, args, view, lines)
             if view is not None:
                 view.lanes = station.lanes
                 view.start()
@@ -320,6 +359,7 @@ def serve_station(args) -> int:
                 all(r["capture_ended"] == "eof" or r["status"] == "failed" for r in report["cameras"].values()):
             keep_page_up(view)
     finally:
+        multicam_line.close_lines(lines)
         if view is not None:
             view.stop()
     return code

@@ -133,16 +133,11 @@ class Pipeline:
                         for sink in self.sinks:
                             sink.tick()
                         continue
-                    if self.trigger is not None:
-                        pending = pending or self.trigger.pending()
-                        if pending is None or frame.t_capture_ns < pending.t_ns:
-                            self.untriggered += 1  # no trigger waits, or a stale frame from before it
-                            if time.monotonic() - self._last_tick >= 0.2:
-                                self._tick()
-                            continue
-                    if self.hardware_trigger:  # the frame is the camera's answer to the next pulse
-                        self.hardware_triggers += 1
-                        pending = Trigger(self.hardware_triggers, frame.t_capture_ns)
+                    judged, pending = self.answers(frame, pending)
+                    if not judged:  # trigger mode: no trigger waits, or a stale frame from before it
+                        if time.monotonic() - self._last_tick >= 0.2:
+                            self._tick()
+                        continue
                     self._process(frame, pending)
                     bar.update(1)
                     if self.max_frames is not None and self._handled >= self.max_frames:
@@ -159,6 +154,22 @@ class Pipeline:
                 self.counters.reconnects = self.capture.reconnects
                 self._close_sinks()
             return self.report()  # before the backend closes: describe() reads what activate() loaded
+
+    def answers(self, frame: Frame, pending: Trigger | None = None) -> tuple[bool, Trigger | None]:
+        """(judge this frame?, the trigger it answers). PLC mode: only the first frame captured at or after the
+        waiting trigger is judged; one captured before it, or while no trigger waits, is skipped and counted in
+        ``untriggered``. Hardware mode: every frame answers the next pulse. Free: (True, None). Also used by
+        serve --config (runtime/multicam.py), so both apply the same rule."""
+        if self.trigger is not None:
+            pending = pending or self.trigger.pending()
+            if pending is None or frame.t_capture_ns < pending.t_ns:
+                self.untriggered += 1
+                return False, None
+            return True, pending
+        if self.hardware_trigger:  # the frame is the camera's answer to the next pulse
+            self.hardware_triggers += 1
+            return True, Trigger(self.hardware_triggers, frame.t_capture_ns)
+        return True, None
 
     def _tick(self) -> None:
         self._last_tick = time.monotonic()

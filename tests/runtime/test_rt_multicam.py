@@ -196,7 +196,7 @@ def test_the_page_has_a_tile_per_camera_and_says_why_one_failed(fx, media, tmp_p
     ([{"name": "a", "source": "x.avi", "model": "m.onnx"}, {"name": "a", "source": "y.avi", "model": "m.onnx"}],
      "key 'name': camera name 'a' is already used by [[camera]] #1"),
     ([{"name": "a", "source": "x.avi", "model": "missing.onnx"}], "[[camera]] 'a' key 'model': model not found"),
-    ([{"name": "a", "source": "x.avi", "model": "MODEL", "trigger": "plc"}], "key 'trigger': 'plc' is not served"),
+    ([{"name": "a", "source": "x.avi", "model": "MODEL", "trigger": "plc"}], "key 'trigger': 'plc' needs this camera's PLC endpoint"),
 ])
 def test_config_errors_are_one_line_exit_1(media, tmp_path, capsys, tables, needle):
     for t in tables:
@@ -216,7 +216,7 @@ def test_two_cameras_one_sink_folder_and_per_camera_flags_are_refused(fx, media,
     assert serve("--config", cfg) == 1
     assert "is also camera 'a''s sink folder" in capsys.readouterr().err
     assert serve("--config", cfg, "--source", fx.video) == 1
-    assert "--source is set per camera in the station file" in capsys.readouterr().err
+    assert "--source is set in the station file ([[camera]] or [line])" in capsys.readouterr().err
     assert serve("--source", fx.video) == 2  # neither MODEL nor --config
     assert "give MODEL --source SRC (one camera) or --config STATION.toml" in capsys.readouterr().err
 
