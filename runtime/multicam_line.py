@@ -61,7 +61,7 @@ def _keyed(where: str, key: str, fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except ConfigError as err:
-        why = str(err).split(": ", 1)[-1] if str(err).startswith("--") else str(err)
+        why = str(err).split(" ", 1)[-1] if str(err).startswith("--") else str(err)  # without the flag's name
         raise ConfigError(f"{where} key '{key}': {why}") from None
 
 
