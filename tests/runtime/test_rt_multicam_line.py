@@ -199,6 +199,7 @@ def test_two_plc_cameras_modbus_and_opcua_and_a_free_camera_on_one_batched_model
         tiles = {c["name"]: c for c in json.loads(urllib.request.urlopen(view.url + "station.json", timeout=10).read())
                  ["cameras"]}
         reports = {lane.name: lane.report() for lane in station.lanes}
+        dom = page_dom(view.url, tmp_path)
     finally:
         close()
         view.stop()
@@ -221,6 +222,21 @@ def test_two_plc_cameras_modbus_and_opcua_and_a_free_camera_on_one_batched_model
     assert "line" not in reports["belt"] and reports["press"]["trigger"]["trigger_count"] == n_press
     assert tiles["press"]["state"]["line"]["triggers"] == n_press and tiles["weld"]["state"]["line"]["state"] == "READY"
     assert tiles["belt"]["state"]["line"] == {}
+    if dom is not None:  # the tiles as a browser draws them (station.html)
+        assert 'data-rendered="3"' in dom, dom[:2000]
+        assert f'<div class="plc k">PLC READY \u00b7 triggers {n_press} \u00b7 refused 0' in dom
+        assert '<div class="plc k"></div>' in dom  # the free camera: no line I/O
+
+
+def page_dom(url: str, tmp_path: Path) -> str | None:
+    """The station page's DOM after its scripts ran in headless chromium (None: no chromium here)."""
+    chromium = Path("/usr/bin/chromium")
+    if not chromium.exists():
+        return None
+    cmd = [str(chromium), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+           "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+           "--virtual-time-budget=3000", "--dump-dom", url]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=90).stdout
 
 
 KILLED_CLIENT = """
