@@ -1,12 +1,14 @@
 """Shared by the PLC adapter tests (test_rt_modbus.py, test_rt_opcua.py) and studies/plc_trigger_bench.py:
 a free loopback port, a Handshake whose accepted triggers are recorded, and a station pipeline fed by a
-generated live camera."""
+generated live camera; also a page's DOM from headless chromium (test_rt_multicam_line.py)."""
 from __future__ import annotations
 
 import json
 import socket
+import subprocess
 import threading
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -99,3 +101,14 @@ def port_in_use_error(adapter_cls) -> tuple[int, str]:
         with pytest.raises(ConfigError) as err:
             adapter_cls(Handshake(), "127.0.0.1", port).start()
     return port, str(err.value)
+
+
+def page_dom(url: str, tmp_path: Path) -> str | None:
+    """The station page's DOM after its scripts ran in headless chromium (None: no chromium here)."""
+    chromium = Path("/usr/bin/chromium")
+    if not chromium.exists():
+        return None
+    cmd = [str(chromium), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+           "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+           "--virtual-time-budget=3000", "--dump-dom", url]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=90).stdout

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fixture_models import build_diff_model, render_part
-from line_fixtures import free_port, recording
+from line_fixtures import free_port, page_dom, recording
 from test_rt_multicam import log_of, serve, station_file
 
 from protospect.runtime import multicam, multicam_line
@@ -226,17 +226,6 @@ def test_two_plc_cameras_modbus_and_opcua_and_a_free_camera_on_one_batched_model
         assert 'data-rendered="3"' in dom, dom[:2000]
         assert f'<div class="plc k">PLC READY \u00b7 triggers {n_press} \u00b7 refused 0' in dom
         assert '<div class="plc k"></div>' in dom  # the free camera: no line I/O
-
-
-def page_dom(url: str, tmp_path: Path) -> str | None:
-    """The station page's DOM after its scripts ran in headless chromium (None: no chromium here)."""
-    chromium = Path("/usr/bin/chromium")
-    if not chromium.exists():
-        return None
-    cmd = [str(chromium), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-           "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
-           "--virtual-time-budget=3000", "--dump-dom", url]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=90).stdout
 
 
 KILLED_CLIENT = """
