@@ -81,7 +81,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text if module else f"{help_text} [{why}]", description=help_text)
         if module is not None:
             module.add_arguments(p)
-            p.set_defaults(_run=module.run)
+            p.set_defaults(_run=module.run, _usage=p.format_usage())  # for usage errors found after parsing
         else:
             p.set_defaults(_unavailable=why)
     return parser

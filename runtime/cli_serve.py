@@ -201,7 +201,8 @@ def run(args: argparse.Namespace) -> int:
         from protospect.runtime.multicam import serve_station
         return serve_station(args)
     if args.model is None or args.source is None:  # a usage error, as argparse would say it (exit 2)
-        print("protospect serve: error: give MODEL --source SRC (one camera) or --config STATION.toml", file=sys.stderr)
+        print(getattr(args, "_usage", "").rstrip() + "\nprotospect serve: error: give MODEL --source SRC (one camera) "
+              "or --config STATION.toml", file=sys.stderr)
         return 2
     check_common(args)
     station_bundle.apply_line_settings(args)  # a station bundle's line settings, where no flag is given

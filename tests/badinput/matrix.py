@@ -73,8 +73,10 @@ def _problem_lines(res: Result) -> list[str]:
 
 
 def _run_interrupted(c: Case, argv, work: Path) -> Result:
+    # Ctrl-C reaches a foreground command; a test run started in the background (nohup, `&` without job
+    # control) has SIGINT ignored, which children inherit, and Python then installs no KeyboardInterrupt.
     proc = subprocess.Popen([str(c.cli), *map(str, argv)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env(), cwd=work)
+                            env=env(), cwd=work, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while proc.poll() is None and time.monotonic() < deadline and not c.interrupt(work):
         time.sleep(0.2)

@@ -89,7 +89,7 @@ def test_ort_backend_refuses_static_batch_and_serves_dynamic(patchcore, tmp_path
 
     model, _ = patchcore
     static = onnx_from_model(model, model.meta, model.calibration, tmp_path / "b4.onnx", batch=4).path
-    with pytest.raises(ArtifactError, match=r"batch-4 graph .*--batch 1 .*multi-camera serve") as err:
+    with pytest.raises(ArtifactError, match=r"batch-4 graph .*--batch 1 .*serve --config") as err:
         with OrtBackend(static, device="cpu", threads=1):
             pass
     assert "\n" not in str(err.value)
