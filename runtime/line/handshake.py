@@ -21,10 +21,13 @@ adapters call trigger()/ack() from their own threads, the pipeline calls result(
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable
+
+log = logging.getLogger(__name__)
 
 OFFLINE, READY, BUSY, RESULT_READY, ERROR = "OFFLINE", "READY", "BUSY", "RESULT_READY", "ERROR"
 STATES = (OFFLINE, READY, BUSY, RESULT_READY, ERROR)
@@ -204,3 +207,24 @@ class Handshake:
             self._state = ERROR
         self._changed()
         return True
+
+
+class ClientCounting:
+    """What the PLC adapters (Modbus, OPC UA) count about their clients, and the one rule for a client that
+    leaves between its trigger and its ack: counted and logged; the station goes on, the next client acks."""
+
+    protocol = "PLC"
+    handshake: Handshake
+    clients = disconnects = disconnects_mid_handshake = errors = 0
+
+    def _connection(self, connected: bool) -> None:
+        """A client's connection opened (True) or closed (False)."""
+        if connected:
+            self.clients += 1
+            return
+        self.disconnects += 1
+        state = self.handshake.state
+        if state in (BUSY, RESULT_READY, ERROR):  # the PLC left between its trigger and its ack
+            self.disconnects_mid_handshake += 1
+            log.warning("%s: a client disconnected while the handshake was %s (%d times); the station goes on, "
+                        "the next client acks and triggers", self.protocol, state, self.disconnects_mid_handshake)

@@ -40,7 +40,7 @@ import threading
 
 from protospect._optional import require
 from protospect.errors import ConfigError
-from protospect.runtime.line.handshake import BUSY, ERROR, RESULT_READY, Handshake, Snapshot
+from protospect.runtime.line.handshake import ClientCounting, Handshake, Snapshot
 from protospect.runtime.line.loop_thread import start_loop_thread
 
 log = logging.getLogger(__name__)
@@ -90,9 +90,11 @@ def _pack_bits(bits: list[bool]) -> int:
     return sum(1 << i for i, b in enumerate(bits) if b)
 
 
-class ModbusAdapter:
+class ModbusAdapter(ClientCounting):
     """A Modbus TCP server on its own thread (asyncio loop), mapping the handshake. start() raises ConfigError
     with one line when the address cannot be bound (port in use, not an address of this machine)."""
+
+    protocol = "Modbus"
 
     def __init__(self, handshake: Handshake, host: str = "127.0.0.1", port: int = 5020):
         self.handshake, self.host, self.port = handshake, host, port
@@ -106,18 +108,6 @@ class ModbusAdapter:
         return {"clients": self.clients, "disconnects": self.disconnects,
                 "disconnects_mid_handshake": self.disconnects_mid_handshake, "errors": self.errors,
                 "requests": self.requests}
-
-    def _connection(self, connected: bool) -> None:
-        """pymodbus' trace_connect: a client connected (True) or its connection closed (False)."""
-        if connected:
-            self.clients += 1
-            return
-        self.disconnects += 1
-        state = self.handshake.state
-        if state in (BUSY, RESULT_READY, ERROR):  # the PLC left between its trigger and its ack
-            self.disconnects_mid_handshake += 1
-            log.warning("Modbus: a client disconnected while the handshake was %s (%d times); the station goes on, "
-                        "the next client acks and triggers", state, self.disconnects_mid_handshake)
 
     async def _action(self, func_code, start_address, address, count, registers, values):
         """pymodbus calls this before each access. A failure is counted, logged in one line (the first, then

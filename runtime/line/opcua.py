@@ -41,7 +41,7 @@ from urllib.parse import urlsplit
 
 from protospect._optional import require
 from protospect.errors import ConfigError
-from protospect.runtime.line.handshake import BUSY, ERROR, RESULT_READY, Handshake, Snapshot
+from protospect.runtime.line.handshake import ClientCounting, Handshake, Snapshot
 from protospect.runtime.line.loop_thread import start_loop_thread
 
 log = logging.getLogger(__name__)
@@ -120,9 +120,11 @@ class _Users:
         return User(role=UserRole.User, name=username) if hmac.compare_digest(given, expected) else None
 
 
-class OpcUaAdapter:
+class OpcUaAdapter(ClientCounting):
     """An asyncua server on its own thread (asyncio loop) showing the handshake. start() raises ConfigError with
     one line when the address cannot be bound (port in use, not an address of this machine)."""
+
+    protocol = "OPC UA"
 
     def __init__(self, handshake: Handshake, host: str = "127.0.0.1", port: int = 4840, users: dict | None = None):
         check_security(host, users)
@@ -150,18 +152,6 @@ class OpcUaAdapter:
         if self.errors == 1 or self.errors % 100 == 0:
             log.error("OPC UA: %s failed: %s: %s (%d errors; counted, the station goes on)", what, type(err).__name__,
                       err, self.errors)
-
-    def _connection(self, connected: bool) -> None:
-        """A client's TCP connection opened (True) or closed (False), from the server's client list."""
-        if connected:
-            self.clients += 1
-            return
-        self.disconnects += 1
-        state = self.handshake.state
-        if state in (BUSY, RESULT_READY, ERROR):  # the PLC left between its trigger and its ack
-            self.disconnects_mid_handshake += 1
-            log.warning("OPC UA: a client disconnected while the handshake was %s (%d times); the station goes on, "
-                        "the next client acks and triggers", state, self.disconnects_mid_handshake)
 
     # -- showing the handshake ------------------------------------------------------------------
     async def _apply(self) -> None:
