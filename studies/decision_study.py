@@ -34,6 +34,7 @@ from protospect.runtime import line_threshold
 from protospect.training import metrics
 from protospect.training.calibrate import CALIB_SEED_OFFSET, jitter
 from protospect.training.data import MVTecCategory, load_image, sample_shots
+from protospect.training.layers import patch_grid
 from protospect.training.fewshot import TestSet, line_good_images, line_metrics
 from protospect.training.methods.pcsnet import PCSNetModel, _check_shots, _create_backbone, _meta, nn_shot_patches
 from protospect.training.methods.pcsnet.model import as_queries
@@ -63,15 +64,20 @@ class Branches:
         return self.shot_nn[keep, :rotations].reshape(-1, self.shot_nn.shape[-1])
 
     @torch.no_grad()
-    def maps(self, x: torch.Tensor, leave_out: int | None = None) -> dict[str, np.ndarray]:
+    def tensors(self, x: torch.Tensor, leave_out: int | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Every branch map (B,1,S,S) of a batch, and the patch grid they were read from (for studies that add maps)."""
         m = self.model
         size = (int(x.shape[-2]), int(x.shape[-1]))
         feats = m.features.backbone(x)
         phi, guide = m.features.from_backbone(feats)
+        grid = patch_grid(feats)
         out = {"pcs": m.head(m.knn(as_queries(phi)), guide, out_size=size).anomaly_map}
         for r in (1, 4):
-            out[f"nn{r}"] = self.nn(feats, size, self.nn_bank(r, leave_out))
-        return {k: v[:, 0].numpy() for k, v in out.items()}
+            out[f"nn{r}"] = self.nn.from_grid(grid, size, self.nn_bank(r, leave_out))
+        return out, grid
+
+    def maps(self, x: torch.Tensor, leave_out: int | None = None) -> dict[str, np.ndarray]:
+        return {k: v[:, 0].numpy() for k, v in self.tensors(x, leave_out)[0].items()}
 
 
 SMALL_VAL_SEED = 515151

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from decision_report import add_run_arguments
 from decision_study import Branches, batched_maps, normal_maps, small_defects
 from protospect.imageio import read_rgb, resize_square
 from protospect.training import metrics
@@ -27,7 +28,6 @@ from protospect.training.data import MVTecCategory, sample_shots
 from protospect.training.fewshot import TestSet
 from protospect.training.layers import patch_grid
 from protospect.training.methods.pcsnet import PCSNetModel, _check_shots, _create_backbone, _meta
-from protospect.training.methods.pcsnet.model import as_queries
 from protospect.training.methods.pcsnet.presets import resolve_config
 from protospect.training.methods.pcsnet.scoring import ForegroundMask, MapFusion
 from protospect.training.methods.pcsnet.train_loop import seed_everything, to_tensor, train
@@ -47,12 +47,8 @@ class MaskedBranches(Branches):
 
     @torch.no_grad()
     def maps(self, x: torch.Tensor, leave_out: int | None = None) -> dict[str, np.ndarray]:
-        m = self.model
-        size = (int(x.shape[-2]), int(x.shape[-1]))
-        feats = m.features.backbone(x)
-        phi, guide = m.features.from_backbone(feats)
-        out = {"pcs": m.head(m.knn(as_queries(phi)), guide, out_size=size).anomaly_map,
-               "nn4": self.nn(feats, size, self.nn_bank(4, leave_out)), "fg": self.fg(feats, size)}
+        out, grid = self.tensors(x, leave_out)
+        out["fg"] = self.fg.from_grid(grid, (int(x.shape[-2]), int(x.shape[-1])))
         return {k: v[:, 0].numpy() for k, v in out.items()}
 
 
@@ -107,10 +103,8 @@ def run_one(cat, k, seed, args, test):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", required=True)
-    ap.add_argument("--category", required=True)
-    ap.add_argument("--shots", type=int, nargs="+", default=[4])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    add_run_arguments(ap)
+    ap.set_defaults(shots=[4])
     ap.add_argument("--val", type=int, default=20)
     ap.add_argument("--textures", default=None)
     ap.add_argument("--out", required=True)

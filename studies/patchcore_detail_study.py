@@ -81,13 +81,12 @@ def scores(bank: torch.Tensor, feats: torch.Tensor, blur: GaussianBlur) -> np.nd
 
 
 def main(argv=None):
-    from decision_study import small_defects  # noqa: PLC0415 (studies/ is on sys.path when run as a script)
+    from decision_report import add_run_arguments  # noqa: PLC0415 (studies/ is on sys.path when run as a script)
+    from decision_study import small_defects  # noqa: PLC0415
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", required=True)
-    ap.add_argument("--category", required=True)
-    ap.add_argument("--shots", type=int, nargs="+", default=[4])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    add_run_arguments(ap)
+    ap.set_defaults(shots=[4])
     ap.add_argument("--val", type=int, default=20)
     ap.add_argument("--textures", default=None)
     ap.add_argument("--out", required=True)

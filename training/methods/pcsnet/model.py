@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from protospect.training.layers import GaussianBlur
+from protospect.training.layers import GaussianBlur, patch_grid
 from protospect.training.methods.base import ModelOutputs
 from protospect.training.proto_topk import knn_sqdist
 
@@ -116,10 +116,12 @@ class PCSNetModel(nn.Module):
         feats = self.features.backbone(x)
         phi, guide = self.features.from_backbone(feats)
         maps = [self.head(self.knn(as_queries(phi)), guide, out_size=size).anomaly_map]
+        # the nn branch and the foreground mask read the same patch grid: pooled once per frame
+        grid = patch_grid(feats) if (self.nn is not None or self.foreground is not None) else None
         if self.nn is not None:
-            maps.append(self.nn(feats, size, nn_bank))
+            maps.append(self.nn.from_grid(grid, size, nn_bank))
         if self.foreground is not None:
-            maps.append(self.foreground(feats, size))
+            maps.append(self.foreground.from_grid(grid, size))
         return maps
 
     def decide(self, maps: list[torch.Tensor]) -> ModelOutputs:

@@ -47,7 +47,10 @@ class NearestNeighbourBranch(nn.Module):
         self.blur = GaussianBlur(sigma)
 
     def forward(self, feats: list[torch.Tensor], out_size: tuple[int, int], bank: torch.Tensor | None = None) -> torch.Tensor:
-        g = patch_grid(feats)
+        return self.from_grid(patch_grid(feats), out_size, bank)
+
+    def from_grid(self, g: torch.Tensor, out_size: tuple[int, int], bank: torch.Tensor | None = None) -> torch.Tensor:
+        """The same from the patch grid (B, D, h, w), when the caller has it already (the foreground mask uses it too)."""
         b, _, h, w = g.shape
         sq, _ = knn_sqdist(g.flatten(2).transpose(1, 2), self.bank if bank is None else bank, 1)
         d = sq[..., 0].clamp_min(0.0).sqrt().reshape(b, 1, h, w)
@@ -109,7 +112,10 @@ class ForegroundMask(nn.Module):
         return torch.maximum(fg, 1.0 - self.active)  # off -> ones
 
     def forward(self, feats: list[torch.Tensor], out_size: tuple[int, int]) -> torch.Tensor:
-        return F.interpolate(self.grid_mask(patch_grid(feats)), size=out_size, mode="nearest")
+        return self.from_grid(patch_grid(feats), out_size)
+
+    def from_grid(self, g: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
+        return F.interpolate(self.grid_mask(g), size=out_size, mode="nearest")
 
     @torch.no_grad()
     def fit(self, shot_grids: torch.Tensor) -> dict:
