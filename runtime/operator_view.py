@@ -50,6 +50,34 @@ def parse_view(spec: str) -> tuple[str, int]:
     return "127.0.0.1", int(port)
 
 
+def serve_http(handle, host: str, port: int, what: str, thread_name: str) -> ThreadingHTTPServer:
+    """A threading HTTP server on its own daemon thread, every GET to ``handle(request)``: the operator page's and
+    the station page's. A port that cannot be bound is one ConfigError line naming ``what``."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            handle(self)
+
+        def log_message(self, fmt, *args):  # keep the operator's console for verdicts
+            log.debug(f"{thread_name}: " + fmt, *args)
+
+    try:
+        server = ThreadingHTTPServer((host, port), Handler)
+    except OSError as err:
+        raise ConfigError(f"cannot serve the {what} on {host}:{port}: {err} "
+                          "(port in use? pick another with --view :PORT)") from err
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name=thread_name, daemon=True).start()
+    return server
+
+
+def stop_http(server: ThreadingHTTPServer | None) -> None:
+    """Stop a server from serve_http (None: nothing to stop); returns None for the caller's attribute."""
+    if server is not None:
+        server.shutdown()
+        server.server_close()
+
+
 class OperatorView(Sink):
     def __init__(self, *, port: int = 8080, host: str = "127.0.0.1", threshold: float, map_range: tuple[float, float],
                  history: int = 300, jpeg_width: int = 640, backend: str = "", review_threshold: float | None = None):
@@ -74,36 +102,16 @@ class OperatorView(Sink):
         self._running = True
         self.line_status = None  # serve: callable -> the line adapters' counters (runtime/line/status.py), or None
         self._server = None
-        self._thread = None
 
     # -- server ---------------------------------------------------------------------------------
     def start(self) -> "OperatorView":
-        view = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                view._handle(self)
-
-            def log_message(self, fmt, *args):  # keep the operator's console for verdicts
-                log.debug("view: " + fmt, *args)
-
-        try:
-            self._server = ThreadingHTTPServer((self.host, self.port), Handler)
-        except OSError as err:
-            raise ConfigError(f"cannot serve the operator page on {self.host}:{self.port}: {err} "
-                              "(port in use? pick another with --view :PORT)") from err
-        self._server.daemon_threads = True
+        self._server = serve_http(self._handle, self.host, self.port, "operator page", "operator-view")
         self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="operator-view", daemon=True)
-        self._thread.start()
         log.info("operator page: http://%s:%d/", self.host, self.port)
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        self._server = stop_http(self._server)
 
     @property
     def url(self) -> str:

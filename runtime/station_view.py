@@ -14,11 +14,10 @@ Loopback only, like the single-camera page.
 from __future__ import annotations
 
 import logging
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 from protospect.errors import ConfigError
-from protospect.runtime.operator_view import LOOPBACK, WEB_DIR, OperatorView
+from protospect.runtime.operator_view import LOOPBACK, WEB_DIR, OperatorView, serve_http, stop_http
 from protospect.runtime.sinks import json_text
 
 log = logging.getLogger(__name__)
@@ -42,31 +41,13 @@ class StationView:
         return view
 
     def start(self) -> "StationView":
-        station = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                station._handle(self)
-
-            def log_message(self, fmt, *args):
-                log.debug("station view: " + fmt, *args)
-
-        try:
-            self._server = ThreadingHTTPServer((self.host, self.port), Handler)
-        except OSError as err:
-            raise ConfigError(f"cannot serve the station page on {self.host}:{self.port}: {err} "
-                              "(port in use? pick another with --view :PORT)") from err
-        self._server.daemon_threads = True
+        self._server = serve_http(self._handle, self.host, self.port, "station page", "station-view")
         self.port = self._server.server_address[1]
-        threading.Thread(target=self._server.serve_forever, name="station-view", daemon=True).start()
         log.info("station page: %s (%d cameras)", self.url, len(self.views))
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        self._server = stop_http(self._server)
 
     @property
     def url(self) -> str:
