@@ -25,6 +25,7 @@ import json
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -53,8 +54,9 @@ PIXEL_VARIANTS = (("pcs", "none"), ("nn1", "none"), ("pcs+nn1", "global"), ("pcs
 class Branches:
     """The trained model plus both nn banks; maps() gives every branch for a batch."""
 
-    def __init__(self, model: PCSNetModel, images: list[np.ndarray]):
+    def __init__(self, model: PCSNetModel, images: list[np.ndarray], branches=("pcs", "nn1", "nn4")):
         self.model = model
+        self.rotations = [int(b[2:]) for b in branches if b.startswith("nn")]  # the nn banks to compute
         patches = nn_shot_patches(model, images, rotations=4)  # (K, 4*N, D), views in rotation order
         self.shot_nn = patches.reshape(len(images), 4, -1, patches.shape[-1])  # (K, 4, N, D)
         self.nn = NearestNeighbourBranch(0, self.shot_nn.shape[-1], model.cfg.blur_sigma)
@@ -72,7 +74,7 @@ class Branches:
         phi, guide = m.features.from_backbone(feats)
         grid = patch_grid(feats)
         out = {"pcs": m.head(m.knn(as_queries(phi)), guide, out_size=size).anomaly_map}
-        for r in (1, 4):
+        for r in self.rotations:
             out[f"nn{r}"] = self.nn.from_grid(grid, size, self.nn_bank(r, leave_out))
         return out, grid
 
@@ -102,7 +104,7 @@ def small_defects(normals, category):
 
 def batched_maps(br: Branches, images, batch=None, desc=""):
     # the nn branch materialises (batch, N, K*V*N) distances: 8 images at 256 px, 1 at 512 (about 1 GB each)
-    batch = batch or (8 if br.model.cfg.input_size <= 256 else 1)
+    batch = batch or (8 if br.model.cfg.input_size <= 256 or not br.rotations else 1)
     parts = []
     for i in tqdm(range(0, len(images), batch), desc=desc, leave=False, disable=not desc):
         x = to_tensor(list(images[i:i + batch]), br.model.meta["mean"], br.model.meta["std"])
@@ -121,7 +123,7 @@ def normal_maps(br: Branches, images, seed, augments):
         if k > 1:
             model.bank.copy_((per_shot.sum(0) - per_shot[i]) / (k - 1))
         views = [jitter(img, rng) for _ in range(augments)]
-        step = augments if model.cfg.input_size <= 256 else 1  # memory, as in batched_maps
+        step = augments if model.cfg.input_size <= 256 or not br.rotations else 1  # memory, as in batched_maps
         for j in range(0, augments, step):
             x = to_tensor(views[j:j + step], model.meta["mean"], model.meta["std"])
             parts.append(br.maps(x, leave_out=i if k > 1 else None))
@@ -130,9 +132,11 @@ def normal_maps(br: Branches, images, seed, augments):
 
 
 def decisions(normal: dict, evaluated: dict[str, dict], size: int) -> dict:
-    """variant name -> {set name: (scores, fused maps or None)}."""
+    """variant name -> {set name: (scores, fused maps or None)}, for every fusion whose branches were computed."""
     out = {}
     for fusion, names in FUSIONS.items():
+        if any(n not in normal for n in names):
+            continue
         for norm in NORMALISE:
             mf = MapFusion(len(names), size, norm, "max", 0.01)
             if norm != "none":
@@ -150,7 +154,14 @@ def decisions(normal: dict, evaluated: dict[str, dict], size: int) -> dict:
     return out
 
 
-def run_one(cat, category, k, seed, args, test: TestSet | None):
+def at_size(maps: np.ndarray, size: int) -> np.ndarray:
+    """Maps (N, S, S) area-resampled to size x size, so models of different input sizes are scored on the same masks."""
+    if maps.shape[-1] == size:
+        return maps
+    return np.stack([cv2.resize(m, (size, size), interpolation=cv2.INTER_AREA) for m in maps])
+
+
+def run_one(cat, category, k, seed, args, test: TestSet | None, metric_masks: np.ndarray | None = None):
     shot_paths = sample_shots(cat.train_good, k, seed)
     cfg = resolve_config("edge", {"category": category, **_parse_set(args.set)})
     images = _check_shots([read_rgb(p) for p in shot_paths], cfg.input_size)
@@ -161,7 +172,7 @@ def run_one(cat, category, k, seed, args, test: TestSet | None):
     log = train(model, images, seed, progress=False)
     fit_s = time.perf_counter() - t0
     model.eval()
-    br = Branches(model, images)
+    br = Branches(model, images, args.branches)
     br.per_shot_protos = log.shot_prototypes
     size = cfg.input_size
 
@@ -183,7 +194,7 @@ def run_one(cat, category, k, seed, args, test: TestSet | None):
     dec = decisions(normal, sets, size)
 
     row = {"category": category, "K": k, "seed": seed, "shots": [p.name for p in shot_paths], "fit_s": round(fit_s, 1),
-           "n_val_normal": len(normals), "variants": {}}
+           "input_size": size, "n_val_normal": len(normals), "variants": {}}
     for name, res in dec.items():
         v = {}
         nrm = res["val_normal"][0]
@@ -193,10 +204,12 @@ def run_one(cat, category, k, seed, args, test: TestSet | None):
         if test is not None:
             s, fmap = res["test"]
             v["test_image_auroc"] = 100 * metrics.image_auroc(test.labels, s)
-            if fmap is not None and test.masks is not None:
-                v["test_pixel_auroc"] = 100 * metrics.pixel_auroc(test.masks, fmap)
+            masks = test.masks if metric_masks is None else metric_masks
+            if fmap is not None and masks is not None:
+                fmap = at_size(fmap, masks.shape[-1])
+                v["test_pixel_auroc"] = 100 * metrics.pixel_auroc(masks, fmap)
                 if args.aupro:
-                    v["test_aupro"] = 100 * metrics.aupro(test.masks, fmap)
+                    v["test_aupro"] = 100 * metrics.aupro(masks, fmap)
             if "line_good" in res:
                 thr = line_threshold.choose(res["line_good"][0])
                 at = metrics.threshold_stats(test.labels, s, thr)
@@ -246,17 +259,24 @@ def main(argv=None):
     ap.add_argument("--diagnose", action="store_true")
     ap.add_argument("--figures", default=None)
     ap.add_argument("--set", action="append", help="PCSNet config override key=value (e.g. input_size=384)")
+    ap.add_argument("--branches", nargs="+", choices=("pcs", "nn1", "nn4"), default=["pcs", "nn1", "nn4"],
+                    help="maps to compute (at 512 px the nn branches cost ~1 GB per image): fusions of the others are skipped")
+    ap.add_argument("--metric-size", type=int, default=None,
+                    help="pixel metrics on maps area-resampled to this size (compare input sizes on the same masks)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     cat = MVTecCategory(args.data, args.category)
     size = resolve_config("edge", _parse_set(args.set)).input_size
     test = None if args.no_test else TestSet.load(cat, size)
+    metric_masks = None
+    if test is not None and args.metric_size and args.metric_size != size and test.masks is not None:
+        metric_masks = TestSet.load(cat, args.metric_size).masks
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     for k in args.shots:
         for seed in args.seeds:
-            row = run_one(cat, cat.name, k, seed, args, test)
+            row = run_one(cat, cat.name, k, seed, args, test, metric_masks)
             with out.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             best = max(row["variants"], key=lambda n: np.mean([v for key, v in row["variants"][n].items() if key.startswith("val_")]))
