@@ -6,7 +6,7 @@ torch = pytest.importorskip("torch")
 
 from protospect.errors import ConfigError  # noqa: E402
 from protospect.training.methods.pcsnet import build, fit  # noqa: E402
-from protospect.training.methods.pcsnet.presets import resolve_config  # noqa: E402
+from protospect.training.methods.pcsnet.presets import native_geometry, resolve_config  # noqa: E402
 from protospect.training.methods.pcsnet.scoring import ForegroundMask, MapFusion  # noqa: E402
 from protospect.training.methods.pcsnet.train_loop import to_tensor  # noqa: E402
 
@@ -201,7 +201,30 @@ def test_foreground_model_scores_the_part_only_and_exports_with_parity(tmp_path)
     assert abs(float(got_score[0]) - float(ref.image_score[0])) <= 1e-4 * span
 
 
-@pytest.mark.parametrize("key,value", [("foreground", "otsu"),
+@pytest.mark.parametrize("side,size,grid,bins", [(640, 512, 64, (64, 32, 16, 8)), (384, 384, 48, (48, 24, 12, 6)),
+                                                  (300, 256, 32, (32, 16, 8, 4)), (100, 64, 8, (8, 4, 2, 1))])
+def test_native_geometry_follows_the_shots_pixels_and_never_upscales(side, size, grid, bins):
+    cfg = native_geometry(resolve_config("edge"), side)
+    assert (cfg.input_size, cfg.grid, cfg.bins) == (size, grid, bins)
+    with pytest.raises(ConfigError, match="native"):  # WRN at 224 with a 64 grid: its strides do not scale to 512
+        native_geometry(resolve_config("paper"), 640)
+
+
+def test_native_geometry_model_is_trained_and_saved_at_the_shots_size(tmp_path):
+    from protospect.training.artifact import load_artifact, save_artifact  # noqa: PLC0415
+
+    shots = [np.ascontiguousarray(np.pad(p, ((40, 30), (70, 70), (0, 0)), mode="edge")) for p in parts()]  # 134 x 204
+    model = fit(shots, "edge", seed=0, config_overrides={**TINY, "geometry": "native"}, progress=False)
+    assert (model.meta["input_size"], model.cfg.grid, model.cfg.bins) == (128, 16, (16, 8, 4))
+    with torch.no_grad():
+        out = model(to_tensor([shots[0][:128, :128]], model.meta["mean"], model.meta["std"]))
+    assert out.anomaly_map.shape[-2:] == (128, 128)
+    save_artifact(model, tmp_path / "art", shots=["a.png"], seed=0, data={"root": "gen", "category": "part"})
+    again, _ = load_artifact(tmp_path / "art")
+    assert again.meta["input_size"] == 128 and again.cfg.grid == 16
+
+
+@pytest.mark.parametrize("key,value", [("foreground", "otsu"), ("geometry", "square"),
                                        ("fusion", "nn"), ("normalise", "zscore"), ("image_score", "mean"), ("image_score", "median"),
                                        ("nn_rotations", 8), ("score_top_fraction", 0.0)])
 def test_decision_config_errors(key, value):

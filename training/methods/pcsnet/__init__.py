@@ -16,7 +16,7 @@ from protospect.imageio import resize_square
 from protospect.training.methods.base import model_meta
 
 from .model import PCSNetModel
-from .presets import PRESETS, PCSNetConfig, config_from_dict, resolve_config
+from .presets import PRESETS, PCSNetConfig, config_from_dict, native_geometry, resolve_config
 from .scoring import patch_grid, rotated_views
 from .threshold import calibrate
 from .train_loop import seed_everything, to_tensor, train
@@ -60,6 +60,9 @@ def fit(shots_rgb: list[np.ndarray], preset: str = "edge", seed: int = 0,
     import torch  # noqa: PLC0415
 
     cfg = resolve_config(preset, config_overrides)
+    if cfg.geometry == "native":  # the size is the shots' to decide; the artifact keeps the resolved one
+        sides = [min(img.shape[:2]) for img in shots_rgb if getattr(img, "ndim", 0) == 3]
+        cfg = native_geometry(cfg, min(sides)) if sides else cfg
     images = _check_shots(shots_rgb, cfg.input_size)
     seed_everything(seed)  # the PFA/CAS initialisation is part of what the seed fixes
     backbone = _create_backbone(cfg, cfg.backbone_weights)

@@ -1,7 +1,7 @@
 """PCSNet configuration: one frozen dataclass, two named presets, and validated overrides."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from protospect.errors import ConfigError
 from protospect.training.methods.config import config_from_values, resolve_preset
@@ -15,6 +15,7 @@ class PCSNetConfig:
     stages: tuple[int, ...]  # timm features_only indices tapped by the PFA
     grid: int  # every tapped stage is resampled to grid x grid; M = grid^2 prototypes
     backbone_weights: str | None = None  # weights file, "random", or None for the default source
+    geometry: str = "fixed"  # "fixed": input_size as set | "native": from the shots' own pixels (native_geometry)
     # heads
     k: int = 200  # nearest prototype distances per position fed to CAS
     guide_dim: int = 896  # channels of the learned 1x1 guide projection of all D PFA channels
@@ -68,7 +69,7 @@ class PCSNetConfig:
             raise ConfigError(f"pcsnet: loss_k={self.loss_k} must not exceed k={self.k}")
         for key, allowed in (("fusion", ("pcsnet", "pcsnet+nn")), ("normalise", ("none", "global", "position")),
                              ("image_score", ("max", "top", "peak")), ("nn_rotations", (1, 4)),
-                             ("foreground", ("none", "pca"))):
+                             ("foreground", ("none", "pca")), ("geometry", ("fixed", "native"))):
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"pcsnet: {key}={getattr(self, key)!r} is not one of {list(allowed)}")
         if not 0.0 < self.score_top_fraction <= 1.0:
@@ -91,6 +92,26 @@ PRESETS: dict[str, PCSNetConfig] = {
         k=16, guide_dim=64, cas_width=64, bins=(32, 16, 8, 4), steps=100, batch_size=2,
     ),
 }
+
+
+NATIVE_STEP, NATIVE_MAX = 64, 512
+
+
+def native_geometry(cfg: PCSNetConfig, shorter_side: int) -> PCSNetConfig:
+    """The input size a part's own pixels support, never upscaled (docs/decision.md section 9).
+
+    S = the shots' shorter side rounded down to a multiple of 64, capped at 512 (cost grows with S^2); the
+    grid and the pyramid bins scale with S as the preset has them (edge: grid S/8, bins S/8 .. S/64), so
+    every stride stays exact for ONNX.
+    """
+    size = max(NATIVE_STEP, min(NATIVE_MAX, int(shorter_side) // NATIVE_STEP * NATIVE_STEP))
+    scale = size / cfg.input_size
+    grid = cfg.grid * scale
+    bins = [b * scale for b in cfg.bins]
+    if not (grid.is_integer() and all(b.is_integer() for b in bins)):
+        raise ConfigError(f"pcsnet: geometry=native needs a preset whose grid and bins scale with the input size; "
+                          f"grid {cfg.grid} at {cfg.input_size} px does not reach {size} px exactly")
+    return replace(cfg, input_size=size, grid=int(grid), bins=tuple(int(b) for b in bins)).validate()
 
 
 def resolve_config(preset: str, overrides: dict | None = None) -> PCSNetConfig:
