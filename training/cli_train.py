@@ -18,7 +18,7 @@ from protospect.errors import ConfigError
 def add_method_arguments(p: argparse.ArgumentParser, default_method: str) -> None:
     """Options shared by `train` and `eval`: which method/preset and the few settings a user overrides."""
     p.add_argument("--method", default=default_method, help=f"registered method name (default {default_method})")
-    p.add_argument("--preset", default="edge", help="method preset: edge (Lite0 @256) or paper (WRN-50)")
+    p.add_argument("--preset", default="edge", help="method preset: edge (Lite0; pcsnet at 512 px, the others at 256) or paper (WRN-50)")
     p.add_argument("--size", type=int, default=None, help="model input size S (default: the preset's)")
     p.add_argument("--backbone-weights", type=Path, default=None,
                    help="state_dict file for the backbone (needed for wide_resnet50_2 / resnet18 offline)")

@@ -210,6 +210,14 @@ def test_native_geometry_follows_the_shots_pixels_and_never_upscales(side, size,
         native_geometry(resolve_config("paper"), 640)
 
 
+def test_a_size_alone_keeps_the_presets_cells_per_pixel():
+    """Rule v3 made 512 px the edge default; `--size 256` is the old 256 px model (grid 32), an explicit grid stays."""
+    assert resolve_config("edge").input_size == 512 and resolve_config("edge").grid == 64
+    old = resolve_config("edge", {"input_size": 256})
+    assert (old.grid, old.bins) == (32, (32, 16, 8, 4))
+    assert resolve_config("edge", {"input_size": 256, "grid": 16, "bins": [16, 8]}).grid == 16
+
+
 def test_native_geometry_model_is_trained_and_saved_at_the_shots_size(tmp_path):
     from protospect.training.artifact import load_artifact, save_artifact  # noqa: PLC0415
 

@@ -85,16 +85,27 @@ PRESETS: dict[str, PCSNetConfig] = {
         backbone="wide_resnet50_2", input_size=224, stages=(1, 2, 3), grid=64,
         k=200, guide_dim=896, cas_width=896, bins=(64, 32, 16, 8), steps=100, batch_size=2,
     ),
-    # Jetson-sized: EfficientNet-Lite0 stages 2-3 (40 + 112 = 152 channels) at 256 -> 32x32 grid.
-    # Chosen by measurement on held-out normals vs pseudo anomalies; see docs/pcsnet.md.
+    # Jetson-sized: EfficientNet-Lite0 stages 2-3 (40 + 112 = 152 channels), grid S/8. The heads were chosen
+    # at 256 px on held-out normals vs pseudo anomalies (docs/pcsnet.md); the input size, 512 -> 64x64 grid,
+    # by rule v3 on held-out train/good images with planted defects (docs/decision.md section 9: small
+    # defects are 3-8 px at 256). About 5x the CPU time of 256; `--size 256` is the old model.
     "edge": PCSNetConfig(
-        backbone="efficientnet_lite0", input_size=256, stages=(2, 3), grid=32,
-        k=16, guide_dim=64, cas_width=64, bins=(32, 16, 8, 4), steps=100, batch_size=2,
+        backbone="efficientnet_lite0", input_size=512, stages=(2, 3), grid=64,
+        k=16, guide_dim=64, cas_width=64, bins=(64, 32, 16, 8), steps=100, batch_size=2,
     ),
 }
 
 
 NATIVE_STEP, NATIVE_MAX = 64, 512
+
+
+def _scaled(cfg: PCSNetConfig, size: int) -> tuple[int, tuple[int, ...]] | None:
+    """(grid, bins) at ``size`` with the preset's cells per pixel, or None when a stride would not be exact."""
+    scale = size / cfg.input_size
+    grid, bins = cfg.grid * scale, [b * scale for b in cfg.bins]
+    if not (grid.is_integer() and all(b.is_integer() and b >= 1 for b in bins)):
+        return None
+    return int(grid), tuple(int(b) for b in bins)
 
 
 def native_geometry(cfg: PCSNetConfig, shorter_side: int) -> PCSNetConfig:
@@ -105,18 +116,27 @@ def native_geometry(cfg: PCSNetConfig, shorter_side: int) -> PCSNetConfig:
     every stride stays exact for ONNX.
     """
     size = max(NATIVE_STEP, min(NATIVE_MAX, int(shorter_side) // NATIVE_STEP * NATIVE_STEP))
-    scale = size / cfg.input_size
-    grid = cfg.grid * scale
-    bins = [b * scale for b in cfg.bins]
-    if not (grid.is_integer() and all(b.is_integer() for b in bins)):
+    scaled = _scaled(cfg, size)
+    if scaled is None:
         raise ConfigError(f"pcsnet: geometry=native needs a preset whose grid and bins scale with the input size; "
                           f"grid {cfg.grid} at {cfg.input_size} px does not reach {size} px exactly")
-    return replace(cfg, input_size=size, grid=int(grid), bins=tuple(int(b) for b in bins)).validate()
+    return replace(cfg, input_size=size, grid=scaled[0], bins=scaled[1]).validate()
 
 
 def resolve_config(preset: str, overrides: dict | None = None) -> PCSNetConfig:
-    """Preset + overrides -> validated config (training/methods/config.py: None keeps the preset's value)."""
-    return resolve_preset("pcsnet", PRESETS, preset, overrides)
+    """Preset + overrides -> validated config (training/methods/config.py: None keeps the preset's value).
+
+    An input size given without a grid or bins keeps the preset's cells per pixel where the strides stay
+    exact (edge: grid S/8), so ``--size 256`` is the 256 px edge model of before rule v3.
+    """
+    kept = {k: v for k, v in (overrides or {}).items() if v is not None}
+    size = kept.get("input_size")
+    if (preset in PRESETS and isinstance(size, int) and not isinstance(size, bool) and size > 0
+            and "grid" not in kept and "bins" not in kept):
+        scaled = _scaled(PRESETS[preset], size)
+        if scaled is not None:
+            kept["grid"], kept["bins"] = scaled
+    return resolve_preset("pcsnet", PRESETS, preset, kept)
 
 
 def config_from_dict(values: dict) -> PCSNetConfig:
