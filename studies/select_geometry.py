@@ -12,7 +12,8 @@ category more than 1 point below size256; the highest mean over categories wins;
 (size256 < native < size512). The rule applies only when every category has all three seeds for every
 size a candidate needs. ``--report`` then prints the test table of the three candidates and PatchCore edge.
 
-    python studies/select_geometry.py runs/decision_v2 runs/geometry --data ../shared/data [--report] [--markdown F]
+    python studies/select_geometry.py runs/decision_v2 runs/geometry --data ../shared/data [--report]
+        [--other-k runs/geometry/k28] [--markdown F]
 """
 from __future__ import annotations
 
@@ -119,12 +120,31 @@ def report_markdown(rows, sizes) -> str:
     return "\n".join(out) + "\n"
 
 
+def other_k_markdown(v2: Path, other: Path) -> str:
+    """Report only: 512 px rows at other K (runs/geometry/k28/<category>_512.jsonl) beside rule v2's 256 px rows."""
+    base = {(r["category"], r["K"], r["seed"]): r for p in sorted(v2.glob("*.jsonl"))
+            for r in map(json.loads, p.read_text().splitlines())}
+    out = ["| category | K | seed | image AUROC 512 / 256 / PatchCore | AUPRO 512 / 256 | escape @ A=5 % 512 / 256 |",
+           "|---|---|---|---|---|---|"]
+    for path in sorted(other.glob("*_512.jsonl")):
+        for r in map(json.loads, path.read_text().splitlines()):
+            o = base.get((r["category"], r["K"], r["seed"]))
+            if o is None:
+                continue
+            a, b, pc = r["variants"][OLD], o["variants"][OLD], o["variants"][PATCHCORE]
+            fmt = lambda key, *vs: " / ".join("-" if v.get(key) is None else f"{v[key]:.1f}" for v in vs)  # noqa: E731
+            out.append(f"| {r['category']} | {r['K']} | {r['seed']} | {fmt('test_image_auroc', a, b, pc)} | "
+                       f"{fmt('test_aupro', a, b)} | {fmt('test_escape_rate_a05', a, b)} |")
+    return "\n".join(out) + "\n"
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("v2_dir", help="rule v2's runs (the 256 px rows)")
     ap.add_argument("geometry_dir", help="this study's runs, <category>_<size>.jsonl")
     ap.add_argument("--data", required=True, help="the dev data (the shots' pixel size decides `native`)")
     ap.add_argument("--report", action="store_true", help="after the choice, print the test table")
+    ap.add_argument("--other-k", default=None, help="with --report: a folder of 512 px rows at other K to report beside 256")
     ap.add_argument("--markdown", default=None)
     args = ap.parse_args(argv)
     rows = load_rows(Path(args.v2_dir), Path(args.geometry_dir))
@@ -139,6 +159,8 @@ def main(argv=None):
         text += f"\nchosen: {choice}\n"
         if args.report:
             text += "\nTest split (report; read after the choice):\n" + report_markdown(rows, sizes)
+            if args.other_k:
+                text += "\nOther K (report only):\n\n" + other_k_markdown(Path(args.v2_dir), Path(args.other_k))
     print(text)
     if args.markdown:
         Path(args.markdown).write_text(text)
