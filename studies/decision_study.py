@@ -57,9 +57,13 @@ class Branches:
     def __init__(self, model: PCSNetModel, images: list[np.ndarray], branches=("pcs", "nn1", "nn4")):
         self.model = model
         self.rotations = [int(b[2:]) for b in branches if b.startswith("nn")]  # the nn banks to compute
-        patches = nn_shot_patches(model, images, rotations=4)  # (K, 4*N, D), views in rotation order
-        self.shot_nn = patches.reshape(len(images), 4, -1, patches.shape[-1])  # (K, 4, N, D)
-        self.nn = NearestNeighbourBranch(0, self.shot_nn.shape[-1], model.cfg.blur_sigma)
+        # the nn branch materialises (batch, N, K*V*N) distances: 8 images at 256 px, 1 at 512 (about 1 GB each)
+        self.batch = 8 if model.cfg.input_size <= 256 or not self.rotations else 1
+        if self.rotations:  # the shots' patches, only for the banks asked for (4 backbone passes per shot for nn4)
+            views = max(self.rotations)
+            patches = nn_shot_patches(model, images, rotations=views)  # (K, V*N, D), views in rotation order
+            self.shot_nn = patches.reshape(len(images), views, -1, patches.shape[-1])  # (K, V, N, D)
+            self.nn = NearestNeighbourBranch(0, self.shot_nn.shape[-1], model.cfg.blur_sigma)
 
     def nn_bank(self, rotations: int, leave_out: int | None = None) -> torch.Tensor:
         keep = [i for i in range(self.shot_nn.shape[0]) if i != leave_out]
@@ -103,8 +107,7 @@ def small_defects(normals, category):
 
 
 def batched_maps(br: Branches, images, batch=None, desc=""):
-    # the nn branch materialises (batch, N, K*V*N) distances: 8 images at 256 px, 1 at 512 (about 1 GB each)
-    batch = batch or (8 if br.model.cfg.input_size <= 256 or not br.rotations else 1)
+    batch = batch or br.batch
     parts = []
     for i in tqdm(range(0, len(images), batch), desc=desc, leave=False, disable=not desc):
         x = to_tensor(list(images[i:i + batch]), br.model.meta["mean"], br.model.meta["std"])
@@ -123,7 +126,7 @@ def normal_maps(br: Branches, images, seed, augments):
         if k > 1:
             model.bank.copy_((per_shot.sum(0) - per_shot[i]) / (k - 1))
         views = [jitter(img, rng) for _ in range(augments)]
-        step = augments if model.cfg.input_size <= 256 or not br.rotations else 1  # memory, as in batched_maps
+        step = min(augments, br.batch)
         for j in range(0, augments, step):
             x = to_tensor(views[j:j + step], model.meta["mean"], model.meta["std"])
             parts.append(br.maps(x, leave_out=i if k > 1 else None))

@@ -11,10 +11,9 @@ PY=.venv/bin
 RT=.venv-runtime/bin
 mkdir -p "$OUT"
 for s in 256 384 512; do
-  g=$((s / 8))
   if [ ! -f "$OUT/s$s/model.onnx" ]; then
     OMP_NUM_THREADS=1 $PY/protospect train --data "$DATA" --category mpdd_metal_plate --shots 4 --seed 0 --out "$OUT/s$s/art" \
-      --size $s --set grid=$g --set "bins=[$g,$((g / 2)),$((g / 4)),$((g / 8))]" --set steps=5
+      --size $s --set steps=5  # a size alone keeps the edge grid of S/8
     $PY/protospect export "$OUT/s$s/art" --out "$OUT/s$s/model.onnx"
   fi
 done

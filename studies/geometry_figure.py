@@ -14,13 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from select_geometry import OLD, PATCHCORE, load_rows  # noqa: E402
-
-
-def mean_of(rows, cat, size, variant, key):
-    vals = [r["variants"][variant].get(key) for r in rows.get((cat, size), {}).values()]
-    vals = [v for v in vals if v is not None]
-    return float(np.mean(vals)) if vals else np.nan
+from select_geometry import OLD, PATCHCORE, load_rows, seed_mean  # noqa: E402
 
 
 def main(argv=None):
@@ -37,7 +31,7 @@ def main(argv=None):
     x = np.arange(len(cats))
     for ax, (key, label) in zip(axes, (("test_image_auroc", "test image AUROC (%)"), ("test_escape_rate_a05", "escape @ A = 5 % (%)"))):
         for i, (name, size, variant, color) in enumerate(bars):
-            vals = [mean_of(rows, c, size, variant, key) for c in cats]
+            vals = [np.nan if (m := seed_mean(rows, c, size, variant, key)) is None else m for c in cats]
             ax.bar(x + (i - 1) * 0.27, vals, 0.27, label=name, color=color)
         ax.set_ylabel(label)
         ax.grid(axis="y", alpha=0.3)

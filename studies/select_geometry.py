@@ -84,6 +84,13 @@ def choose(rows, sizes) -> tuple[str | None, dict[str, dict[str, float]], list[s
     return next(c for c in CANDIDATES if c in eligible and means[c] >= best - TIE), per_cat, []
 
 
+def seed_mean(rows, category: str, size: int, variant: str, key: str) -> float | None:
+    """A test figure of one (category, input size), mean over the seeds that have it; None when none has."""
+    vals = [r["variants"][variant].get(key) for r in rows.get((category, size), {}).values() if variant in r["variants"]]
+    vals = [v for v in vals if v is not None]
+    return float(np.mean(vals)) if vals else None
+
+
 def selection_markdown(choice, per_cat, sizes) -> str:
     cats = sorted(sizes["size256"])
     lines = ["| candidate | " + " | ".join(cats) + " | mean | eligible |", "|---|" + "---|" * (len(cats) + 2)]
@@ -99,8 +106,8 @@ def selection_markdown(choice, per_cat, sizes) -> str:
 def report_markdown(rows, sizes) -> str:
     """Test columns, read only after the choice: mean over seeds per category, then the mean over categories."""
     cats = sorted(sizes["size256"])
-    columns = {cand: (lambda c, cand=cand: (rows.get((c, sizes[cand][c]), {}), OLD)) for cand in CANDIDATES}
-    columns["PatchCore edge (nn1 / none / max, 256)"] = lambda c: (rows.get((c, 256), {}), PATCHCORE)
+    columns = {cand: (lambda c, cand=cand: (sizes[cand][c], OLD)) for cand in CANDIDATES}
+    columns["PatchCore edge (nn1 / none / max, 256)"] = lambda c: (256, PATCHCORE)
     out = []
     for label, key in METRICS:
         out.append(f"\n**{label}** (K = 4, mean of seeds 0-2)\n")
@@ -109,15 +116,17 @@ def report_markdown(rows, sizes) -> str:
         for name, pick in columns.items():
             cells, means = [], []
             for c in cats:
-                by_seed, variant = pick(c)
-                vals = [r["variants"][variant].get(key) for r in by_seed.values() if variant in r["variants"]]
-                vals = [v for v in vals if v is not None]
-                cells.append(f"{np.mean(vals):.1f}" if vals else "-")
-                if vals:
-                    means.append(float(np.mean(vals)))
+                m = seed_mean(rows, c, *pick(c), key)
+                cells.append("-" if m is None else f"{m:.1f}")
+                if m is not None:
+                    means.append(m)
             mean = f"{np.mean(means):.2f}" + ("" if len(means) == len(cats) else "*") if means else "-"
             out.append(f"| {name} | " + " | ".join(cells) + f" | {mean} |")
     return "\n".join(out) + "\n"
+
+
+def _slashed(key: str, *variants: dict) -> str:
+    return " / ".join("-" if v.get(key) is None else f"{v[key]:.1f}" for v in variants)
 
 
 def other_k_markdown(v2: Path, other: Path) -> str:
@@ -132,9 +141,8 @@ def other_k_markdown(v2: Path, other: Path) -> str:
             if o is None:
                 continue
             a, b, pc = r["variants"][OLD], o["variants"][OLD], o["variants"][PATCHCORE]
-            fmt = lambda key, *vs: " / ".join("-" if v.get(key) is None else f"{v[key]:.1f}" for v in vs)  # noqa: E731
-            out.append(f"| {r['category']} | {r['K']} | {r['seed']} | {fmt('test_image_auroc', a, b, pc)} | "
-                       f"{fmt('test_aupro', a, b)} | {fmt('test_escape_rate_a05', a, b)} |")
+            out.append(f"| {r['category']} | {r['K']} | {r['seed']} | {_slashed('test_image_auroc', a, b, pc)} | "
+                       f"{_slashed('test_aupro', a, b)} | {_slashed('test_escape_rate_a05', a, b)} |")
     return "\n".join(out) + "\n"
 
 
