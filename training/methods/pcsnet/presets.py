@@ -88,7 +88,7 @@ PRESETS: dict[str, PCSNetConfig] = {
     # Jetson-sized: EfficientNet-Lite0 stages 2-3 (40 + 112 = 152 channels), grid S/8. The heads were chosen
     # at 256 px on held-out normals vs pseudo anomalies (docs/pcsnet.md); the input size, 512 -> 64x64 grid,
     # by rule v3 on held-out train/good images with planted defects (docs/decision.md section 9: small
-    # defects are 3-8 px at 256). About 5x the CPU time of 256; `--size 256` is the old model.
+    # defects are 3-8 px at 256). About 9x the CPU time of 256; `--size 256` is the old model.
     "edge": PCSNetConfig(
         backbone="efficientnet_lite0", input_size=512, stages=(2, 3), grid=64,
         k=16, guide_dim=64, cas_width=64, bins=(64, 32, 16, 8), steps=100, batch_size=2,
