@@ -124,7 +124,7 @@ def normal_maps(br: Branches, images, seed, augments):
     parts = []
     for i, img in enumerate(images):
         if k > 1:
-            model.bank.copy_((per_shot.sum(0) - per_shot[i]) / (k - 1))
+            model.bank.copy_(model.bank_from_shots(per_shot[[j for j in range(k) if j != i]]))
         views = [jitter(img, rng) for _ in range(augments)]
         step = min(augments, br.batch)
         for j in range(0, augments, step):

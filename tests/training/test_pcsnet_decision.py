@@ -238,3 +238,46 @@ def test_native_geometry_model_is_trained_and_saved_at_the_shots_size(tmp_path):
 def test_decision_config_errors(key, value):
     with pytest.raises(ConfigError, match=key):
         resolve_config("edge", {key: value})
+
+
+def test_greedy_coreset_keeps_one_prototype_per_cluster():
+    from protospect.training.methods.pcsnet.model import greedy_coreset  # noqa: PLC0415
+
+    rng = np.random.default_rng(0)
+    centres = np.array([[0, 0], [10, 0], [0, 10], [10, 10]], np.float32)
+    x = torch.from_numpy(np.repeat(centres, 25, axis=0) + rng.normal(0, 0.1, (100, 2)).astype(np.float32))
+    idx = greedy_coreset(x, 4)
+    assert sorted(int(i) // 25 for i in idx) == [0, 1, 2, 3]  # four distinct clusters, one row each
+    assert torch.equal(idx, greedy_coreset(x, 4))  # deterministic
+
+
+def test_coreset_bank_is_a_subset_of_the_position_means_and_exports(tmp_path):
+    """prototypes=M thins the bank (top-k cost grows with M); calibration, the split export and the
+    artifact all carry the thinned bank."""
+    ort = pytest.importorskip("onnxruntime")
+    from protospect.export.onnx_export import onnx_from_model  # noqa: PLC0415
+    from protospect.training.artifact import load_artifact, save_artifact  # noqa: PLC0415
+    from tests.training.test_pcsnet import _untrained_shot_features  # noqa: PLC0415
+
+    model = fit(parts(), "edge", seed=0, config_overrides={**TINY, "prototypes": 16}, progress=False)
+    mean = _untrained_shot_features(parts()).mean(0)  # (64, D): one row per grid position
+    assert model.bank.shape == (16, mean.shape[1])
+    hits = ((model.bank[:, None] - mean[None]) ** 2).sum(-1).min(dim=1).values  # exact, not cdist's GEMM form
+    assert float(hits.max()) < 1e-8 and len({tuple(r) for r in model.bank.tolist()}) == 16
+    assert model.split()[1].shape == (16, mean.shape[1])
+    save_artifact(model, tmp_path / "art", shots=["a.png"], seed=0, data={"root": "gen", "category": "part"})
+    again, _ = load_artifact(tmp_path / "art")
+    assert torch.equal(again.bank, model.bank)
+    path = tmp_path / "m.onnx"
+    onnx_from_model(model, model.meta, model.calibration, path)
+    img = parts(1, seed=3)[0]
+    got_map, _ = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": img[None]})
+    with torch.no_grad():
+        ref = model(to_tensor([img], model.meta["mean"], model.meta["std"])).anomaly_map.numpy()
+    assert np.abs(got_map - ref).max() <= 1e-4 * float(ref.max() - ref.min())
+
+
+@pytest.mark.parametrize("value", [2, 65])
+def test_prototypes_must_lie_between_k_and_the_grid_positions(value):
+    with pytest.raises(ConfigError, match="prototypes"):
+        resolve_config("edge", {**TINY, "prototypes": value})

@@ -48,6 +48,22 @@ class PCSNetFeatures(nn.Module):
         return as_queries(phi), guide
 
 
+def greedy_coreset(x: torch.Tensor, m: int) -> torch.Tensor:
+    """Indices of m rows of x chosen by farthest-point (k-centre) selection, as PatchCore thins its bank;
+    deterministic: it starts from the row nearest the mean, and every next row is the one farthest from
+    those already chosen, so the kept prototypes cover the features with the smallest radius greedily."""
+    x = x.float()
+    first = int(((x - x.mean(0)) ** 2).sum(1).argmin())
+    chosen = torch.empty(m, dtype=torch.long, device=x.device)
+    chosen[0] = first
+    nearest = ((x - x[first]) ** 2).sum(1)
+    for i in range(1, m):
+        nxt = int(nearest.argmax())
+        chosen[i] = nxt
+        nearest = torch.minimum(nearest, ((x - x[nxt]) ** 2).sum(1))
+    return chosen
+
+
 def as_queries(phi: torch.Tensor) -> torch.Tensor:
     """(B, D, h, w) -> (B, h*w, D), positions in row-major order."""
     return phi.flatten(2).transpose(1, 2)
@@ -85,7 +101,7 @@ class PCSNetModel(nn.Module):
         self.features = PCSNetFeatures(backbone, cfg)
         self.head = PCSNetHead(cfg)
         self.k = int(cfg.k)
-        self.register_buffer("bank", torch.zeros(cfg.grid * cfg.grid, self.features.dim))
+        self.register_buffer("bank", torch.zeros(cfg.n_prototypes, self.features.dim))
         self.meta = meta
         self.calibration: dict = {}
         # image-level decision (scoring.py); None on the original model, which keeps its exact graph
@@ -142,9 +158,18 @@ class PCSNetModel(nn.Module):
         self.eval()
         phi, _ = self.features.from_backbone(feats)
         per_shot = as_queries(phi)
-        self.bank.copy_(per_shot.mean(dim=0))
+        self.bank.copy_(self.bank_from_shots(per_shot))
         self.train(was_training)
         return per_shot
+
+    @torch.no_grad()
+    def bank_from_shots(self, per_shot: torch.Tensor) -> torch.Tensor:
+        """(K, grid^2, D) per-shot features -> the (M, D) bank: their per-position mean, thinned to a
+        greedy coreset when cfg.prototypes is set (the top-k cost grows with M; docs/decision.md section 11).
+        Leave-one-out banks are built by the same function, so calibration sees what the station runs."""
+        mean = per_shot.mean(dim=0)
+        m = self.cfg.prototypes
+        return mean if not m or m >= mean.shape[0] else mean[greedy_coreset(mean, m)]
 
     def knn(self, queries: torch.Tensor) -> torch.Tensor:
         sq, _ = knn_sqdist(queries, self.bank, self.k)

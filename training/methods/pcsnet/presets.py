@@ -13,11 +13,12 @@ class PCSNetConfig:
     backbone: str
     input_size: int  # S: the model sees S x S images and returns S x S maps
     stages: tuple[int, ...]  # timm features_only indices tapped by the PFA
-    grid: int  # every tapped stage is resampled to grid x grid; M = grid^2 prototypes
+    grid: int  # every tapped stage is resampled to grid x grid; M = grid^2 prototypes (unless prototypes is set)
     backbone_weights: str | None = None  # weights file, "random", or None for the default source
     geometry: str = "fixed"  # "fixed": input_size as set | "native": from the shots' own pixels (native_geometry)
     # heads
     k: int = 200  # nearest prototype distances per position fed to CAS
+    prototypes: int = 0  # 0: one per grid position (M = grid^2); else a greedy coreset of M = prototypes of them
     guide_dim: int = 896  # channels of the learned 1x1 guide projection of all D PFA channels
     cas_width: int = 896
     bins: tuple[int, ...] = (64, 32, 16, 8)  # pyramid sizes; each must divide grid
@@ -56,6 +57,11 @@ class PCSNetConfig:
         return (self.fusion == "pcsnet" and self.normalise == "none" and self.image_score == "max"
                 and self.foreground == "none")
 
+    @property
+    def n_prototypes(self) -> int:
+        """M, the rows of the prototype bank."""
+        return self.prototypes or self.grid * self.grid
+
     def validate(self) -> "PCSNetConfig":
         if self.grid < 1 or self.input_size < self.grid:
             raise ConfigError(f"pcsnet: grid {self.grid} must be between 1 and input_size {self.input_size}")
@@ -63,8 +69,11 @@ class PCSNetConfig:
         if bad:
             raise ConfigError(f"pcsnet: pyramid bins {bad} do not divide grid {self.grid}; "
                               f"use divisors such as {self.grid}, {self.grid // 2}, {self.grid // 4} (ONNX needs exact pooling)")
-        if not 1 <= self.k <= self.grid * self.grid:
-            raise ConfigError(f"pcsnet: k={self.k} must be between 1 and grid^2={self.grid ** 2}")
+        if self.prototypes and not self.k <= self.prototypes <= self.grid * self.grid:
+            raise ConfigError(f"pcsnet: prototypes={self.prototypes} must be 0 (one per grid position) or "
+                              f"between k={self.k} and grid^2={self.grid ** 2}")
+        if not 1 <= self.k <= self.n_prototypes:
+            raise ConfigError(f"pcsnet: k={self.k} must be between 1 and the {self.n_prototypes} prototypes")
         if self.loss_k > self.k:
             raise ConfigError(f"pcsnet: loss_k={self.loss_k} must not exceed k={self.k}")
         for key, allowed in (("fusion", ("pcsnet", "pcsnet+nn")), ("normalise", ("none", "global", "position")),

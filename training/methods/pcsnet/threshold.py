@@ -55,7 +55,7 @@ def calibrate(model: PCSNetModel, images: list[np.ndarray], seed: int, shot_prot
               shot_nn: torch.Tensor | None = None) -> dict:
     """Set and return model.calibration = {threshold, map_range, ...} from the shots alone.
 
-    ``shot_prototypes``: the (K, M, D) per-shot features model.bank is the mean of (returned by
+    ``shot_prototypes``: the (K, grid^2, D) per-shot features model.bank is built from (returned by
     model.set_bank_from_backbone before training). ``shot_nn``: the (K, V*N, D) per-shot patches of
     the nearest-neighbour bank (fusion "pcsnet+nn"). The leave-one-out maps of every branch also set
     the fusion's normal statistics (scoring.MapFusion), before any score is taken.
@@ -65,7 +65,7 @@ def calibrate(model: PCSNetModel, images: list[np.ndarray], seed: int, shot_prot
     model.eval()
     device = model.bank.device
     per_shot = shot_prototypes.to(device)
-    if per_shot.shape[0] != len(images) or not torch.allclose(per_shot.mean(0), model.bank, atol=1e-5, rtol=1e-4):
+    if per_shot.shape[0] != len(images) or not torch.allclose(model.bank_from_shots(per_shot), model.bank, atol=1e-5, rtol=1e-4):
         raise ValueError("pcsnet.calibrate: shot_prototypes are not the features the bank was built from")
     if model.nn is not None and (shot_nn is None or shot_nn.shape[0] != len(images)):
         raise ValueError("pcsnet.calibrate: the nearest-neighbour branch needs the per-shot patches (shot_nn)")
@@ -76,9 +76,9 @@ def calibrate(model: PCSNetModel, images: list[np.ndarray], seed: int, shot_prot
     for i, img in enumerate(images):
         nn_bank = None
         if k_shots > 1:  # leave shot i out of both banks
-            model.bank.copy_((per_shot.sum(0) - per_shot[i]) / (k_shots - 1))
+            keep = [j for j in range(k_shots) if j != i]
+            model.bank.copy_(model.bank_from_shots(per_shot[keep]))
             if model.nn is not None:
-                keep = [j for j in range(k_shots) if j != i]
                 nn_bank = shot_nn[keep].reshape(-1, shot_nn.shape[-1]).to(device)
         x = to_tensor([jitter(img, rng) for _ in range(cfg.calib_augments)], model.meta["mean"], model.meta["std"]).to(device)
         held_out.append(_held_out_maps(model, x, nn_bank))

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# CPU cost of PCSNet edge variants in one run (docs/decision.md sections 9 and 11): train a model per variant
+# on the same shots (few steps: the cost is the graph's, not the weights'), export fp32 ONNX, then
+# `protospect bench` each on the same frames, one after the other.
+#   bash studies/cost_bench.sh DATA_DIR OUT_DIR FRAMES VARIANT...
+# variants: s256 s384 s512 (input size; the edge grid stays S/8), m1024 (512 px, a 1,024-prototype coreset),
+# g32 (512 px, grid 32). Results: OUT_DIR/<variant>/bench/bench.json (host_to_host p50 is the rule's cost).
+set -euo pipefail
+DATA=$1; OUT=$2; FRAMES=$3; shift 3
+PY=.venv/bin
+RT=.venv-runtime/bin
+args_for() {
+  case $1 in
+    s256|s384|s512) echo "--size ${1#s}" ;;  # a size alone keeps the edge grid of S/8
+    m1024) echo "--size 512 --set prototypes=1024" ;;
+    g32) echo "--size 512 --set grid=32 --set bins=[32,16,8,4]" ;;
+    *) echo "cost_bench: unknown variant $1" >&2; return 2 ;;
+  esac
+}
+mkdir -p "$OUT"
+for v in "$@"; do
+  if [ ! -f "$OUT/$v/model.onnx" ]; then
+    a=$(args_for "$v")
+    # shellcheck disable=SC2086  # the variant's arguments are meant to split
+    OMP_NUM_THREADS=1 $PY/protospect train --data "$DATA" --category mpdd_metal_plate --shots 4 --seed 0 --out "$OUT/$v/art" \
+      $a --set steps=5
+    $PY/protospect export "$OUT/$v/art" --out "$OUT/$v/model.onnx"
+  fi
+done
+for v in "$@"; do
+  echo "== $v"
+  $RT/protospect bench "$OUT/$v/model.onnx" --frames "$FRAMES" --warmup 30 --out "$OUT/$v/bench" | grep HEADLINE
+done
