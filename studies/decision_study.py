@@ -197,7 +197,8 @@ def run_one(cat, category, k, seed, args, test: TestSet | None, metric_masks: np
     dec = decisions(normal, sets, size)
 
     row = {"category": category, "K": k, "seed": seed, "shots": [p.name for p in shot_paths], "fit_s": round(fit_s, 1),
-           "input_size": size, "n_val_normal": len(normals), "variants": {}}
+           "input_size": size, "grid": cfg.grid, "prototypes": cfg.n_prototypes, "n_val_normal": len(normals),
+           "variants": {}}
     for name, res in dec.items():
         v = {}
         nrm = res["val_normal"][0]
