@@ -1,0 +1,125 @@
+"""Issue [decision]'s acceptance table: old default vs new default vs PatchCore edge at K = 2, 4, 8, seeds 0-2,
+7 dev categories, from the JSON lines of studies/decision_study.py (a report: nothing is chosen here).
+
+Rows are told apart by their geometry, input size / grid / prototypes (rows written before these were
+recorded have grid S/8 and one prototype per grid position; rule v2's rows are 256 px). The old default is
+256 / 32 / 1024 (``pcs|none|max``), PatchCore edge its ``nn1|none|max`` at 256 px, the new default the
+geometry given by --new. Escapes are reported at two thresholds set from held-out good images: ``line``
+(the earlier max + margin rule) and ``A=5 %`` (the conformal rule the station's calibrate uses).
+
+    python studies/acceptance_table.py runs/decision_v2 runs/geometry runs/geometry/k28 runs/full \\
+        [--new 512/64/4096] [--markdown F]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+OLD, PATCHCORE = "pcs|none|max", "nn1|none|max"
+OLD_GEOMETRY = (256, 32, 1024)
+CATEGORIES = ("bottle", "deeppcb_00041", "deeppcb_44000", "elpv_mono", "hazelnut_toy", "juice_bottle_loco",
+              "mpdd_metal_plate")
+KS, SEEDS = (2, 4, 8), (0, 1, 2)
+
+
+def geometry(row: dict) -> tuple[int, int, int]:
+    size = int(row.get("input_size") or 256)
+    grid = int(row.get("grid") or size // 8)
+    return size, grid, int(row.get("prototypes") or grid * grid)
+
+
+def load(dirs) -> dict[tuple, dict]:
+    """(geometry, category, K, seed) -> row; a later directory's row replaces an earlier one."""
+    out = {}
+    for d in dirs:
+        for path in sorted(Path(d).glob("*.jsonl")):
+            for line in path.read_text().splitlines():
+                r = json.loads(line)
+                out[(geometry(r), r["category"], r["K"], r["seed"])] = r
+    return out
+
+
+def value(rows, geom, variant, cat, k, seed, key) -> float | None:
+    r = rows.get((geom, cat, k, seed))
+    v = None if r is None else r["variants"].get(variant, {}).get(key)
+    return None if v is None else float(v)
+
+
+def columns(new_geom):
+    return {"old": (OLD_GEOMETRY, OLD), "new": (new_geom, OLD), "PatchCore": (OLD_GEOMETRY, PATCHCORE)}
+
+
+def paired(rows, new_geom, key, cells) -> dict[str, list[float]]:
+    """column -> values over the (category, K, seed) cells where every column has the metric."""
+    cols = columns(new_geom)
+    out = {c: [] for c in cols}
+    for cat, k, seed in cells:
+        vals = {c: value(rows, g, v, cat, k, seed, key) for c, (g, v) in cols.items()}
+        if key != "test_image_auroc":  # PatchCore's pixel rows are not needed for the checks
+            vals = {c: x for c, x in vals.items() if c != "PatchCore"}
+        if all(x is not None for x in vals.values()):
+            for c, x in vals.items():
+                out[c].append(x)
+    return out
+
+
+def markdown(rows, new_geom) -> str:
+    cols = columns(new_geom)
+    all_cells = [(c, k, s) for c in CATEGORIES for k in KS for s in SEEDS]
+    done = sum(all(rows.get((g, c, k, s)) for g, _ in cols.values()) for c, k, s in all_cells)
+    out = [f"{done} of {len(all_cells)} (category, K, seed) cells have all three columns; means are over those.\n",
+           "| category | K | seeds | image AUROC old / new / PatchCore | pixel AUROC old / new | AUPRO old / new "
+           "| escape @ line old / new | escape @ A=5 % old / new |", "|---|---|---|---|---|---|---|---|"]
+    for cat in CATEGORIES:
+        for k in KS:
+            cells = [(cat, k, s) for s in SEEDS]
+            img = paired(rows, new_geom, "test_image_auroc", cells)
+            if not img["old"]:
+                continue
+            parts = [" / ".join(f"{np.mean(img[c]):.1f}" for c in cols)]
+            for key in ("test_pixel_auroc", "test_aupro", "test_escape_line", "test_escape_rate_a05"):
+                p = paired(rows, new_geom, key, cells)
+                parts.append(" / ".join(f"{np.mean(p[c]):.1f}" for c in ("old", "new")) if p["old"] else "-")
+            out.append(f"| {cat} | {k} | {len(img['old'])} | " + " | ".join(parts) + " |")
+    out += ["", "| K | cells | image AUROC old / new / PatchCore (new - old) | pixel AUROC old / new | AUPRO old / new "
+            "| escape @ line old / new | escape @ A=5 % old / new | false reject @ A=5 % old / new |",
+            "|---|---|---|---|---|---|---|---|"]
+    for ks in [(k,) for k in KS] + [KS]:
+        cells = [(c, k, s) for c in CATEGORIES for k in ks for s in SEEDS]
+        img = paired(rows, new_geom, "test_image_auroc", cells)
+        if not img["old"]:
+            continue
+        gain = np.mean(img["new"]) - np.mean(img["old"])
+        parts = [" / ".join(f"{np.mean(img[c]):.2f}" for c in cols) + f" ({gain:+.2f})"]
+        for key in ("test_pixel_auroc", "test_aupro", "test_escape_line", "test_escape_rate_a05",
+                    "test_false_reject_rate_a05"):
+            p = paired(rows, new_geom, key, cells)
+            parts.append(" / ".join(f"{np.mean(p[c]):.2f}" for c in ("old", "new")) if p["old"] else "-")
+        label = "all" if len(ks) > 1 else str(ks[0])
+        out.append(f"| {label} | {len(img['old'])} | " + " | ".join(parts) + " |")
+    out += ["", "Per category, all K and seeds: new - PatchCore image AUROC (acceptance: none below -1)", ""]
+    for cat in CATEGORIES:
+        img = paired(rows, new_geom, "test_image_auroc", [(cat, k, s) for k in KS for s in SEEDS])
+        if img["old"]:
+            out.append(f"- {cat}: {np.mean(img['new']) - np.mean(img['PatchCore']):+.2f} over {len(img['old'])} cells")
+    return "\n".join(out) + "\n"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("dirs", nargs="+", help="folders of decision_study JSON lines")
+    ap.add_argument("--new", default="512/64/4096", help="the new default's input size / grid / prototypes")
+    ap.add_argument("--markdown", default=None)
+    args = ap.parse_args(argv)
+    new_geom = tuple(int(x) for x in args.new.split("/"))
+    text = markdown(load(args.dirs), new_geom)
+    print(text)
+    if args.markdown:
+        Path(args.markdown).write_text(text)
+
+
+if __name__ == "__main__":
+    main()
