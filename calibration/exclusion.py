@@ -123,7 +123,13 @@ def _query_tensors(index: GraphIndex, above: set[str], image_derived: set[str]) 
         if node.name in above and node.op_type in ("MatMul", "Gemm"):
             a, b = node.input[0], node.input[1]
             if (a in image_derived) != (b in image_derived):
-                queries.append(a if a in image_derived else b)
+                q = a if a in image_derived else b
+                producer = index.producer.get(q)
+                # the export's one-GEMM distance (proto_topk._knn_ranked) multiplies [q, 1, |q|^2]: the
+                # queries are q, so |q|^2 and the Concat fall inside the float distance region too
+                if producer is not None and producer.op_type == "Concat" and producer.input[0] in image_derived:
+                    q = producer.input[0]
+                queries.append(q)
     return queries
 
 

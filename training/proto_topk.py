@@ -8,7 +8,8 @@ Written once and used by PCSNet and PatchCore (docs/contracts.md section 8). Two
   in the kernel);
 * plain torch otherwise: one GEMM in the expanded form ||q||^2 + ||c||^2 - 2 q.c, clamped at 0
   (the expansion can go slightly negative in floating point, defect D7), then ``topk(largest=False)``.
-  This path traces to MatMul / ReduceSum / TopK in ONNX.
+  This path traces to MatMul / ReduceSum / TopK in ONNX; while exporting it is rearranged so the whole
+  N x M matrix is one GEMM (``_knn_ranked``).
 """
 from __future__ import annotations
 
@@ -49,6 +50,20 @@ def _knn_torch(q, bank, k, bank_sqnorm):
     return torch.topk(d, k, dim=-1, largest=False, sorted=True)
 
 
+def _knn_ranked(q, bank, k, bank_sqnorm):
+    """The exported graph's form: the whole N x M matrix ||q||^2 + ||c||^2 - 2 q.c as one GEMM over augmented
+    operands [q, 1, ||q||^2] x [-2c, ||c||^2, 1]^T, then the clamp on the k kept values only. The same
+    distances up to rounding, without the two elementwise passes and the clamp over the N x M matrix that
+    ONNX Runtime otherwise spends a third of the search on (docs/decision.md section 11). The bank side folds
+    into one initializer at export; ||q||^2 stays above the GEMM, inside the float32 distance region."""
+    if bank_sqnorm is None:
+        bank_sqnorm = sqnorm(bank)
+    aug_bank = torch.cat([-2.0 * bank, bank_sqnorm.unsqueeze(-1), torch.ones_like(bank_sqnorm).unsqueeze(-1)], dim=-1)
+    aug_q = torch.cat([q, torch.ones_like(q[..., :1]), sqnorm(q).unsqueeze(-1)], dim=-1)
+    d, idx = torch.topk(torch.matmul(aug_q, aug_bank.t()), k, dim=-1, largest=False, sorted=True)
+    return d.clamp_min(0.0), idx
+
+
 def _knn_fused(op, q, bank, k, bank_sqnorm):
     flat = q.reshape(-1, q.shape[-1])
     dist, idx = op.knn_sqdist(flat.detach().contiguous(), bank.contiguous(), k, bank_sqnorm)
@@ -76,4 +91,6 @@ def knn_sqdist(q: torch.Tensor, bank: torch.Tensor, k: int, bank_sqnorm: torch.T
         supports = getattr(op, "supports", None)
         if op is not None and (supports is None or supports(q.reshape(-1, q.shape[-1]), bank, k)):
             return _knn_fused(op, q, bank, k, bank_sqnorm)
+    if exporting:  # training and the studies keep the plain form; parity tests compare the two
+        return _knn_ranked(q, bank, k, bank_sqnorm)
     return _knn_torch(q, bank, k, bank_sqnorm)

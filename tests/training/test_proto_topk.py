@@ -59,10 +59,28 @@ def test_exports_to_matmul_topk(tmp_path):
     q = torch.randn(1, 20, 12)
     path = tmp_path / "knn.onnx"
     torch.onnx.export(Knn(), (q,), str(path), input_names=["q"], output_names=["d"], dynamo=False)
-    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    graph = onnx.load(str(path)).graph
+    ops = {n.op_type for n in graph.node}
     assert {"MatMul", "TopK"} <= ops
+    # the whole N x M matrix is one GEMM: TopK reads the MatMul directly (no elementwise pass over it)
+    producer = {o: n for n in graph.node for o in n.output}
+    topk = next(n for n in graph.node if n.op_type == "TopK")
+    assert producer[topk.input[0]].op_type == "MatMul"
     got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"q": q.numpy()})[0]
     np.testing.assert_allclose(got, Knn()(q).numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_export_form_ranks_and_measures_like_the_plain_form():
+    from protospect.training.proto_topk import _knn_ranked, _knn_torch
+
+    g = torch.Generator().manual_seed(1)
+    q, bank = torch.randn(3, 70, 24, generator=g) * 3, torch.randn(90, 24, generator=g) * 3
+    d0, i0 = _knn_torch(q, bank, 6, None)
+    d1, i1 = _knn_ranked(q, bank, 6, None)
+    torch.testing.assert_close(d1, d0, rtol=1e-4, atol=1e-3)
+    assert (i0 == i1).float().mean() > 0.99  # only near-ties may swap
+    same, _ = _knn_ranked(bank.clone(), bank, 1, None)  # exact matches: clamped at 0, never negative
+    assert torch.all(same >= 0) and float(same.max()) < 1e-2
 
 
 @pytest.mark.gpu
