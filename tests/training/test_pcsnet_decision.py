@@ -277,7 +277,17 @@ def test_coreset_bank_is_a_subset_of_the_position_means_and_exports(tmp_path):
     assert np.abs(got_map - ref).max() <= 1e-4 * float(ref.max() - ref.min())
 
 
-@pytest.mark.parametrize("value", [2, 65])
-def test_prototypes_must_lie_between_k_and_the_grid_positions(value):
+def test_prototypes_cap_the_bank_and_are_at_least_k():
     with pytest.raises(ConfigError, match="prototypes"):
-        resolve_config("edge", {**TINY, "prototypes": value})
+        resolve_config("edge", {**TINY, "prototypes": 2})  # k = 4
+    assert resolve_config("edge", {**TINY, "prototypes": 65}).n_prototypes == 64  # grid 8: 64 positions
+    assert resolve_config("edge", {**TINY, "prototypes": 0}).n_prototypes == 64
+
+
+def test_edge_default_is_512_px_with_a_1024_prototype_coreset():
+    """Rule v4 (docs/decision.md section 11): the 4,096 grid positions of 512 px thinned to 1,024 prototypes;
+    at 256 px the grid has exactly 1,024 positions, so `--size 256` stays the old model."""
+    cfg = resolve_config("edge")
+    assert (cfg.input_size, cfg.grid, cfg.n_prototypes) == (512, 64, 1024)
+    assert resolve_config("edge", {"input_size": 256}).n_prototypes == 32 * 32
+    assert resolve_config("edge", {"prototypes": 0}).n_prototypes == 4096
