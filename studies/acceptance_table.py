@@ -8,7 +8,7 @@ geometry given by --new. Escapes are reported at two thresholds set from held-ou
 (the earlier max + margin rule) and ``A=5 %`` (the conformal rule the station's calibrate uses).
 
     python studies/acceptance_table.py runs/decision_v2 runs/geometry runs/geometry/k28 runs/full \\
-        [--new 512/64/4096] [--markdown F]
+        [--new 512/64/1024] [--markdown F] [--figure F.png]
 """
 from __future__ import annotations
 
@@ -52,13 +52,14 @@ def columns(new_geom):
     return {"old": (OLD_GEOMETRY, OLD), "new": (new_geom, OLD), "PatchCore": (OLD_GEOMETRY, PATCHCORE)}
 
 
-def paired(rows, new_geom, key, cells) -> dict[str, list[float]]:
-    """column -> values over the (category, K, seed) cells where every column has the metric."""
+def paired(rows, new_geom, key, cells, patchcore: bool | None = None) -> dict[str, list[float]]:
+    """column -> values over the (category, K, seed) cells where every column has the metric; PatchCore's
+    column only for image AUROC unless ``patchcore`` says otherwise (its pixel rows are not needed)."""
     cols = columns(new_geom)
     out = {c: [] for c in cols}
     for cat, k, seed in cells:
         vals = {c: value(rows, g, v, cat, k, seed, key) for c, (g, v) in cols.items()}
-        if key != "test_image_auroc":  # PatchCore's pixel rows are not needed for the checks
+        if not (key == "test_image_auroc" if patchcore is None else patchcore):
             vals = {c: x for c, x in vals.items() if c != "PatchCore"}
         if all(x is not None for x in vals.values()):
             for c, x in vals.items():
@@ -111,14 +112,50 @@ def markdown(rows, new_geom) -> str:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("dirs", nargs="+", help="folders of decision_study JSON lines")
-    ap.add_argument("--new", default="512/64/4096", help="the new default's input size / grid / prototypes")
+    ap.add_argument("--new", default="512/64/1024", help="the new default's input size / grid / prototypes")
     ap.add_argument("--markdown", default=None)
+    ap.add_argument("--figure", default=None, help="a picture of image AUROC and escapes per category and K")
     args = ap.parse_args(argv)
     new_geom = tuple(int(x) for x in args.new.split("/"))
-    text = markdown(load(args.dirs), new_geom)
+    rows = load(args.dirs)
+    text = markdown(rows, new_geom)
     print(text)
     if args.markdown:
         Path(args.markdown).write_text(text)
+    if args.figure:
+        figure(rows, new_geom, args.figure)
+
+
+def figure(rows, new_geom, out: str) -> None:
+    """Two panels, one group of bars per (category, K): image AUROC and escape @ A=5 %, old / new / PatchCore."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    cols = columns(new_geom)
+    colours = {"old": "#9aa5b1", "new": "#1f6feb", "PatchCore": "#d29922"}
+    groups = [(c, k) for c in CATEGORIES for k in KS
+              if paired(rows, new_geom, "test_image_auroc", [(c, k, s) for s in SEEDS])["old"]]
+    fig, axes = plt.subplots(2, 1, figsize=(max(8, 0.55 * len(groups) + 2), 6.5), sharex=True)
+    x = np.arange(len(groups))
+    for ax, (key, label) in zip(axes, (("test_image_auroc", "image AUROC (%)"), ("test_escape_rate_a05", "escape @ A=5 % (%)"))):
+        for j, name in enumerate(cols):
+            vals = []
+            for c, k in groups:
+                p = paired(rows, new_geom, key, [(c, k, s) for s in SEEDS], patchcore=True)
+                vals.append(np.mean(p[name]) if p.get(name) else np.nan)
+            ax.bar(x + (j - 1) * 0.27, vals, 0.27, label=name, color=colours[name])
+        ax.set_ylabel(label)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylim(40, 101)
+    axes[0].legend(ncol=3, fontsize=8, loc="lower left")
+    axes[1].set_xticks(x, [f"{c}\nK={k}" for c, k in groups], rotation=90, fontsize=7)
+    axes[0].set_title(f"Issue [decision] acceptance: old default (256 px) vs new ({'/'.join(map(str, new_geom))}) vs PatchCore edge; "
+                      "mean of the seeds run", fontsize=9)
+    fig.tight_layout()
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
 
 
 if __name__ == "__main__":
