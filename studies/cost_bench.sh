@@ -5,6 +5,8 @@
 #   bash studies/cost_bench.sh DATA_DIR OUT_DIR FRAMES VARIANT...
 # variants: s256 s384 s512 (input size; the edge grid stays S/8), m1024 (512 px, a 1,024-prototype coreset),
 # g32 (512 px, grid 32). Results: OUT_DIR/<variant>/bench/bench.json (host_to_host p50 is the rule's cost).
+# FRAMES=0 only trains and exports (so the bench itself can run later on a quiet machine); a variant folder
+# that already holds model.onnx is benched as it is.
 set -euo pipefail
 DATA=$1; OUT=$2; FRAMES=$3; shift 3
 PY=.venv/bin
@@ -27,6 +29,7 @@ for v in "$@"; do
     $PY/protospect export "$OUT/$v/art" --out "$OUT/$v/model.onnx"
   fi
 done
+[ "$FRAMES" -gt 0 ] || exit 0
 for v in "$@"; do
   echo "== $v"
   $RT/protospect bench "$OUT/$v/model.onnx" --frames "$FRAMES" --warmup 30 --out "$OUT/$v/bench" | grep HEADLINE
