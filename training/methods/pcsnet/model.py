@@ -57,8 +57,8 @@ def greedy_coreset(x: torch.Tensor, m: int) -> torch.Tensor:
     chosen = torch.empty(m, dtype=torch.long, device=x.device)
     chosen[0] = first
     nearest = ((x - x[first]) ** 2).sum(1)
-    for i in range(1, m):
-        nxt = int(nearest.argmax())
+    for i in range(1, m):  # indices stay tensors: no host round trip per step on a GPU
+        nxt = nearest.argmax()
         chosen[i] = nxt
         nearest = torch.minimum(nearest, ((x - x[nxt]) ** 2).sum(1))
     return chosen
@@ -168,8 +168,8 @@ class PCSNetModel(nn.Module):
         greedy coreset when cfg.prototypes is set (the top-k cost grows with M; docs/decision.md section 11).
         Leave-one-out banks are built by the same function, so calibration sees what the station runs."""
         mean = per_shot.mean(dim=0)
-        m = self.cfg.prototypes
-        return mean if not m or m >= mean.shape[0] else mean[greedy_coreset(mean, m)]
+        m = self.cfg.n_prototypes  # the config's cap, already min(prototypes, grid^2)
+        return mean if m >= mean.shape[0] else mean[greedy_coreset(mean, m)]
 
     def knn(self, queries: torch.Tensor) -> torch.Tensor:
         sq, _ = knn_sqdist(queries, self.bank, self.k)
