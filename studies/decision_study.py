@@ -36,6 +36,7 @@ from protospect.training import metrics
 from protospect.training.calibrate import CALIB_SEED_OFFSET, jitter
 from protospect.training.data import MVTecCategory, load_image, sample_shots
 from protospect.training.layers import patch_grid
+from protospect.training.logical_defects import logical_sets
 from protospect.training.fewshot import TestSet, line_good_images, line_metrics
 from protospect.training.methods.pcsnet import PCSNetModel, _check_shots, _create_backbone, _meta, nn_shot_patches
 from protospect.training.methods.pcsnet.model import as_queries
@@ -185,6 +186,8 @@ def run_one(cat, category, k, seed, args, test: TestSet | None, metric_masks: np
     planted = planted_sets(normals, category, args.textures)
     if args.small:
         planted["nsa_small"] = small_defects(normals, category)
+    if args.logical:  # misplaced / missing normal content (training/logical_defects.py, rule v5)
+        planted.update(logical_sets(normals, category))
     sets = {"val_normal": batched_maps(br, normals)}
     for kind, pairs in planted.items():
         sets[f"val_{kind}"] = batched_maps(br, [p[0] for p in pairs])
@@ -259,6 +262,7 @@ def main(argv=None):
     ap.add_argument("--textures", default=None)
     ap.add_argument("--no-test", action="store_true", help="validation columns only")
     ap.add_argument("--small", action="store_true", help="also plant small NSA defects (val_nsa_small)")
+    ap.add_argument("--logical", action="store_true", help="also plant logical defects (val_misplace, val_erase)")
     ap.add_argument("--aupro", action="store_true", help="AUPRO of the kept maps (the pixel variants)")
     ap.add_argument("--diagnose", action="store_true")
     ap.add_argument("--figures", default=None)

@@ -1,0 +1,33 @@
+#!/bin/bash
+# Rule v5 (docs/decision.md section 14): both input-size candidates for every acceptance cell, validation
+# with the logical kinds. Two workers share one queue file; each job runs on one thread.
+#   bash studies/auto_queue.sh OUT_DIR [DATA]
+set -u
+OUT=${1:?usage: auto_queue.sh OUT_DIR [DATA]}; DATA=${2:-../shared/data}
+cd "$(dirname "$0")/.."
+mkdir -p "$OUT"; Q=$OUT/queue.txt
+if [ ! -s "$Q" ]; then
+  for k in 4 2 8; do for c in juice_bottle_loco deeppcb_00041 deeppcb_44000 elpv_mono mpdd_metal_plate hazelnut_toy bottle; do
+    for s in 0 1 2; do
+      test=--no-test
+      case "$c$k$s" in bottle22|bottle82|hazelnut_toy22|hazelnut_toy82) test="";; esac  # cells section 13 lacks
+      echo "$c $k $s 256 $test"; echo "$c $k $s 512 $test"
+    done; done; done > "$Q"
+fi
+PY=${PY:-.venv/bin/python}
+work() {
+  while true; do
+    job=$(flock "$Q.lock" bash -c "head -n1 '$Q'; sed -i 1d '$Q'")
+    [ -z "$job" ] && break
+    set -- $job; c=$1; k=$2; s=$3; size=$4; test=${5:-}; g=$((size/8))
+    br="pcs"; [ -z "$test" ] && [ "$size" = 256 ] && br="pcs nn1"  # PatchCore edge rows where the test is scored
+    name=$OUT/${c}_k${k}_s${s}_${size}
+    echo "$(date +%T) start $job" >> "$OUT/progress.log"
+    OMP_NUM_THREADS=1 "$PY" studies/decision_study.py --data "$DATA" --category "$c" --shots "$k" --seeds "$s" \
+      --val 20 --small --logical --aupro --textures "$DATA/textures" --branches $br --metric-size 256 $test \
+      --set input_size=$size --set grid=$g --set "bins=[$g,$((g/2)),$((g/4)),$((g/8))]" --set prototypes=1024 \
+      --out "$name.jsonl" > "$name.log" 2>&1
+    echo "$(date +%T) done $job rc=$?" >> "$OUT/progress.log"
+  done
+}
+work & work & wait

@@ -1,0 +1,88 @@
+"""Planted *logical* defects: normal content in the wrong place, or missing (docs/decision.md section 14).
+
+NSA and texture blends plant new content (a foreign patch, a texture). Logical anomalies (MVTec LOCO:
+a label missing or misplaced, the wrong fill level) contain nothing a good part does not have somewhere,
+so a model that matches every patch against every prototype without context can miss them. Two kinds:
+
+  misplace  a rectangle of the part moved by a quarter to a half of the image side, pasted with a
+            feathered edge (so the seam is not what gives it away)
+  erase     a rectangle of the part filled in from its surroundings (cv2.inpaint): something is missing
+
+Sizes are fractions of the image side, so a 256 px and a 512 px model see the same defects.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+LOGICAL_SEED = 515151  # the logical kinds' own stream, unrelated to NSA's and training's
+
+
+def _rect_on_part(rng, shape, obj, lo, hi, tries=50):
+    """(y, x, h, w) of a rectangle whose centre lies on the part (anywhere when obj is None)."""
+    H, W = shape
+    for _ in range(tries):
+        h, w = int(H * rng.uniform(lo, hi)), int(W * rng.uniform(lo, hi))
+        y, x = int(rng.integers(0, H - h + 1)), int(rng.integers(0, W - w + 1))
+        if obj is None or obj[y + h // 2, x + w // 2]:
+            return y, x, h, w
+    return None
+
+
+def _feather(h, w, sigma):
+    a = np.zeros((h, w), np.float32)
+    m = max(1, int(round(sigma)))
+    a[m:h - m, m:w - m] = 1.0
+    return cv2.GaussianBlur(a, (0, 0), sigma)[..., None] if sigma > 0 else a[..., None]
+
+
+def misplace(img: np.ndarray, rng: np.random.Generator, obj: np.ndarray | None = None):
+    """(image, mask): a 15-30 % rectangle of the part moved by 25-50 % of the side, feathered in."""
+    H, W = img.shape[:2]
+    rect = _rect_on_part(rng, (H, W), obj, 0.15, 0.30)
+    if rect is None:
+        return None
+    y, x, h, w = rect
+    for _ in range(50):
+        ang = rng.uniform(0, 2 * np.pi)
+        dist = rng.uniform(0.25, 0.5)
+        ty, tx = int(round(y + dist * H * np.sin(ang))), int(round(x + dist * W * np.cos(ang)))
+        if 0 <= ty <= H - h and 0 <= tx <= W - w and (obj is None or obj[ty + h // 2, tx + w // 2]):
+            break
+    else:
+        return None
+    out = img.astype(np.float32).copy()
+    alpha = _feather(h, w, 0.02 * min(H, W))
+    out[ty:ty + h, tx:tx + w] = alpha * img[y:y + h, x:x + w] + (1 - alpha) * out[ty:ty + h, tx:tx + w]
+    mask = np.zeros((H, W), np.uint8)
+    mask[ty:ty + h, tx:tx + w] = (alpha[..., 0] > 0.5)
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8), mask
+
+
+def erase(img: np.ndarray, rng: np.random.Generator, obj: np.ndarray | None = None):
+    """(image, mask): a 10-25 % rectangle of the part inpainted from its surroundings (something missing)."""
+    H, W = img.shape[:2]
+    rect = _rect_on_part(rng, (H, W), obj, 0.10, 0.25)
+    if rect is None:
+        return None
+    y, x, h, w = rect
+    mask = np.zeros((H, W), np.uint8)
+    mask[y:y + h, x:x + w] = 1
+    out = cv2.inpaint(np.ascontiguousarray(img), mask, max(3, int(0.02 * min(H, W))), cv2.INPAINT_TELEA)
+    return out, mask
+
+
+KINDS = {"misplace": misplace, "erase": erase}
+
+
+def logical_sets(normals: list[np.ndarray], category: str | None) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
+    """{kind: [(image, mask), ...]} planted on copies of ``normals``; one stream per kind, fixed seed."""
+    from protospect.training.synthesis import nsa_params_for, object_mask  # noqa: PLC0415
+
+    params = nsa_params_for(category)
+    out = {}
+    for i, (kind, fn) in enumerate(KINDS.items()):
+        rng = np.random.default_rng(LOGICAL_SEED + i)
+        pairs = [fn(img, rng, object_mask(img, params)) for img in normals]
+        out[kind] = [p for p in pairs if p is not None]
+    return out
