@@ -40,6 +40,9 @@ KEYS = ("format", "format_version", "protospect_version", "created", "operating_
 LINE = "line"
 LINE_KEYS = ("trigger", "trigger_source", "modbus", "opcua", "mqtt", "station")
 TRIGGERS = ("free", "plc", "hardware")
+# optional station.json key: what pcsnet geometry=auto chose at registration (input size, each candidate's
+# planted-defect AUROC on the held-out good parts), as the artifact's meta records it
+GEOMETRY_CHOICE = "geometry_choice"
 # operating_point keys (written by protospect.conformal.OperatingPoint.to_dict)
 OPERATING_POINT_KEYS = ("ng_threshold", "review_threshold", "frr", "review_frr", "n", "certified",
                         "certified_frr", "certified_review_frr", "scores")

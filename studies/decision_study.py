@@ -36,7 +36,7 @@ from protospect.training import metrics
 from protospect.training.calibrate import CALIB_SEED_OFFSET, jitter
 from protospect.training.data import MVTecCategory, load_image, sample_shots
 from protospect.training.layers import patch_grid
-from protospect.training.logical_defects import logical_sets
+from protospect.training.logical_defects import logical_sets, small_nsa_defects as small_defects
 from protospect.training.fewshot import TestSet, line_good_images, line_metrics
 from protospect.training.methods.pcsnet import PCSNetModel, _check_shots, _create_backbone, _meta, nn_shot_patches
 from protospect.training.methods.pcsnet.model import as_queries
@@ -85,26 +85,6 @@ class Branches:
 
     def maps(self, x: torch.Tensor, leave_out: int | None = None) -> dict[str, np.ndarray]:
         return {k: v[:, 0].numpy() for k, v in self.tensors(x, leave_out)[0].items()}
-
-
-SMALL_VAL_SEED = 515151
-
-
-def small_defects(normals, category):
-    """NSA self-swap with one patch of half-width 1-3 % of the side (real DeepPCB / MPDD defects are that small;
-    the training family's patches average ~13 %): a planted kind added after the diagnosis (docs/decision.md)."""
-    import dataclasses  # noqa: PLC0415
-
-    from protospect.training.synthesis import make_pseudo_anomaly, nsa_params_for, object_mask  # noqa: PLC0415
-
-    rng = np.random.default_rng(SMALL_VAL_SEED)
-    params = dataclasses.replace(nsa_params_for(category), width_bounds=((0.01, 0.03), (0.01, 0.03)), num_patches=1)
-    out = []
-    for img in normals:
-        pair = make_pseudo_anomaly(img, rng, params, object_mask(img, params))
-        if pair is not None:
-            out.append(pair)
-    return out
 
 
 def batched_maps(br: Branches, images, batch=None, desc=""):

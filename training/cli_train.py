@@ -178,10 +178,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_method_arguments(p, default_method="pcsnet")
 
 
+def holdout_kwargs(fit, holdout_rgb) -> dict:
+    """{"holdout": images} for a method's fit that chooses on held-out good images (pcsnet geometry=auto)."""
+    import inspect  # noqa: PLC0415
+
+    return {"holdout": list(holdout_rgb)} if holdout_rgb and "holdout" in inspect.signature(fit).parameters else {}
+
+
 def train_artifact(shot_paths: list[Path], *, method: str, preset: str, seed: int, overrides: dict, out: Path,
-                   data: dict):
+                   data: dict, holdout_rgb: list | None = None):
     """Fit ``method`` on the shot image files and save the artifact: the one path `train` and `register` share.
-    Returns (model, artifact folder, train seconds)."""
+    ``holdout_rgb``: good images that are not shots, for a fit that chooses on them. Returns (model, artifact
+    folder, train seconds)."""
     from protospect.imageio import read_rgb  # noqa: PLC0415 (heavy imports only when the command runs)
     from protospect.training.artifact import save_artifact  # noqa: PLC0415
     from protospect.training.methods import get_method  # noqa: PLC0415
@@ -190,7 +198,8 @@ def train_artifact(shot_paths: list[Path], *, method: str, preset: str, seed: in
     shots_rgb = [read_rgb(p) for p in shot_paths]
     warn_degenerate_shots(shots_rgb, [Path(p).name for p in shot_paths])
     t0 = time.perf_counter()
-    model = fitter.fit(shots_rgb, preset=preset, seed=seed, config_overrides=overrides, **progress_kwargs(fitter.fit))
+    model = fitter.fit(shots_rgb, preset=preset, seed=seed, config_overrides=overrides, **progress_kwargs(fitter.fit),
+                       **holdout_kwargs(fitter.fit, holdout_rgb))
     train_seconds = time.perf_counter() - t0
     saved = save_artifact(model, out, shots=shot_paths, seed=seed, data=data,
                           extra={"train_seconds": round(train_seconds, 3)})
@@ -199,20 +208,26 @@ def train_artifact(shot_paths: list[Path], *, method: str, preset: str, seed: in
 
 def run(args: argparse.Namespace) -> int:
     from protospect.training.artifact import artifact_sha256  # noqa: PLC0415 (heavy imports only when the command runs)
-    from protospect.training.data import MVTecCategory, sample_shots  # noqa: PLC0415
+    from protospect.imageio import read_rgb  # noqa: PLC0415
+    from protospect.training.data import MVTecCategory, holdout_good, sample_shots  # noqa: PLC0415
     from protospect.training.methods import get_method  # noqa: PLC0415
 
     overrides = config_overrides_from_args(args)
-    get_method(args.method)  # an unknown method is refused before any data is read
+    fitter = get_method(args.method)  # an unknown method is refused before any data is read
     check_out_writable(args.out)  # a read-only or file --out is refused before the fit, not after it
     cat = MVTecCategory(args.data, args.category)
     shot_paths = sample_shots(cat.train_good, args.shots, args.seed)
+    holdout = ([read_rgb(p) for p in holdout_good(cat.train_good, shot_paths, args.seed)]
+               if holdout_kwargs(fitter.fit, [True]) else None)
     overrides = {"category": cat.name, **overrides}  # pcsnet/prn pick their pseudo-anomaly table row with it
     model, out, train_seconds = train_artifact(shot_paths, method=args.method, preset=args.preset, seed=args.seed,
                                                overrides=overrides, out=args.out,
-                                               data={"root": str(cat.root.parent), "category": cat.name})
+                                               data={"root": str(cat.root.parent), "category": cat.name},
+                                               holdout_rgb=holdout)
     print(f"trained {args.method} ({args.preset}, S={model.meta['input_size']}) on K={args.shots} shots of "
           f"{cat.name}, seed {args.seed}: train time {train_seconds:.1f} s")
+    if "geometry_choice" in model.meta and "reason" in model.meta["geometry_choice"]:
+        print(f"geometry auto: {model.meta['geometry_choice']['reason']}")
     print(f"threshold {model.calibration['threshold']:.5g} (from the shots only); "
           f"artifact {out} (sha256 {artifact_sha256(out)[:16]})")
     return 0

@@ -128,6 +128,14 @@ def sample_shots(paths: list[Path], k: int, seed: int) -> list[Path]:
     return [unique[i] for i in sorted(chosen)]
 
 
+def holdout_good(paths: list[Path], shot_paths: list[Path], seed: int, n: int = 20) -> list[Path]:
+    """Up to ``n`` of ``paths`` that are not shots, chosen by ``seed``: the held-out good images a choice made
+    at registration reads (pcsnet geometry=auto), drawn as studies/decision_study.py draws its normals."""
+    shots = set(map(Path, shot_paths))
+    rest = [Path(p) for p in paths if Path(p) not in shots]
+    return [rest[i] for i in np.random.default_rng(seed + 1).permutation(len(rest))[:n]]
+
+
 @lru_cache(maxsize=2048)
 def _load_resized(path: str, size: int, mask_path: str | None) -> tuple[np.ndarray, np.ndarray | None]:
     # Cached so repeated evaluation (several K and seeds) decodes each file once per size.

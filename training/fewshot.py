@@ -10,6 +10,7 @@ the population std so one seed gives 0).
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from protospect.training.calibrate import to_model_input
 from protospect.training.backbones import FeatureStore, memoize_features
 from protospect.errors import ConfigError
 from protospect.conformal import n_needed, operating_point
-from protospect.training.data import MVTecCategory, TestItem, load_image, load_item, sample_shots
+from protospect.training.data import MVTecCategory, TestItem, holdout_good, load_image, load_item, sample_shots
 from protospect.training.methods import get_method
 
 log = logging.getLogger(__name__)
@@ -153,6 +154,9 @@ def aggregate(category: str, method: str, preset: str, k: int, runs: list[dict],
     record["threshold"] = [r["threshold"] for r in runs]
     record["line_threshold"] = [r.get("line_threshold") for r in runs]
     record["shots"] = {str(r["seed"]): r["shots"] for r in runs}
+    if any("geometry_choice" in r for r in runs):  # pcsnet geometry=auto: each seed's input size and its evidence
+        record["geometry_choice"] = {str(r["seed"]): r.get("geometry_choice") for r in runs}
+        record["input_size"] = "auto"  # one results.json identity for the rule, whatever each seed chose
     if any("defect_support" in r for r in runs):  # which test images a method learned from, per seed (not scored)
         record["defect_support"] = {str(r["seed"]): r.get("defect_support", []) for r in runs}
     record["per_seed"] = [{k2: _percent(r.get(k2)) for k2 in PERCENT_KEYS + LINE_KEYS} | {"seed": r["seed"]} for r in runs]
@@ -195,6 +199,8 @@ def evaluate(data_root, category: str | None, method: str, shots_list: list[int]
                 run_overrides, data = split.overrides, {"defects": split.defects, "defect_names": split.defect_names}
                 excluded = {it.path for it in cat.test} - {it.path for it in split.remaining}
             t0 = time.perf_counter()
+            if "holdout" in inspect.signature(module.fit).parameters:  # a choice made on good images only
+                data = {**data, "holdout": [read_rgb(p) for p in holdout_good(cat.train_good, shot_paths, seed)]}
             model = module.fit(shots_rgb, preset=preset, seed=seed, config_overrides=run_overrides, **data)
             train_seconds = time.perf_counter() - t0
             size = int(model.meta["input_size"])
@@ -214,6 +220,8 @@ def evaluate(data_root, category: str | None, method: str, shots_list: list[int]
             good_scores = (score_images(model, np.stack([load_image(p, size) for p in line_paths]), batch_size,
                                         desc="line good parts")[0] if line_paths else None)
             run.update(line_metrics(test.labels, scores, good_scores))
+            if "geometry_choice" in model.meta:  # what geometry=auto chose, and on what
+                run["geometry_choice"] = model.meta["geometry_choice"]
             if excluded:
                 run["defect_support"] = sorted(str(p) for p in excluded)
             run.update(seed=seed, shots=[p.name for p in shot_paths], train_seconds=round(train_seconds, 3),

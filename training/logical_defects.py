@@ -1,4 +1,4 @@
-"""Planted *logical* defects: normal content in the wrong place, or missing (docs/decision.md section 14).
+"""Planted defects for choosing without test images: *logical* ones: normal content in the wrong place, or missing (docs/decision.md section 14).
 
 NSA and texture blends plant new content (a foreign patch, a texture). Logical anomalies (MVTec LOCO:
 a label missing or misplaced, the wrong fill level) contain nothing a good part does not have somewhere,
@@ -15,7 +15,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-LOGICAL_SEED = 515151  # the logical kinds' own stream, unrelated to NSA's and training's
+LOGICAL_SEED = 515151  # the logical kinds' streams (+0 misplace, +1 erase); nsa_small's started from the same number
+SMALL_SEED = 515151  # nsa_small's stream (rule v2's value: kept so every study row stays reproducible)
 
 
 def _rect_on_part(rng, shape, obj, lo, hi, tries=50):
@@ -55,7 +56,7 @@ def misplace(img: np.ndarray, rng: np.random.Generator, obj: np.ndarray | None =
     alpha = _feather(h, w, 0.02 * min(H, W))
     out[ty:ty + h, tx:tx + w] = alpha * img[y:y + h, x:x + w] + (1 - alpha) * out[ty:ty + h, tx:tx + w]
     mask = np.zeros((H, W), np.uint8)
-    mask[ty:ty + h, tx:tx + w] = (alpha[..., 0] > 0.5)
+    mask[ty:ty + h, tx:tx + w] = 1  # the whole rectangle: the feathered rim changed pixels too
     return np.clip(out + 0.5, 0, 255).astype(np.uint8), mask
 
 
@@ -73,6 +74,23 @@ def erase(img: np.ndarray, rng: np.random.Generator, obj: np.ndarray | None = No
 
 
 KINDS = {"misplace": misplace, "erase": erase}
+
+
+def small_nsa_defects(normals: list[np.ndarray], category: str | None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """NSA self-swap with one patch of half-width 1-3 % of the side (real DeepPCB / MPDD defects are that small;
+    the training family's patches average ~13 %): rule v2's planted kind ``nsa_small`` (docs/decision.md)."""
+    import dataclasses  # noqa: PLC0415
+
+    from protospect.training.synthesis import make_pseudo_anomaly, nsa_params_for, object_mask  # noqa: PLC0415
+
+    rng = np.random.default_rng(SMALL_SEED)
+    params = dataclasses.replace(nsa_params_for(category), width_bounds=((0.01, 0.03), (0.01, 0.03)), num_patches=1)
+    out = []
+    for img in normals:
+        pair = make_pseudo_anomaly(img, rng, params, object_mask(img, params))
+        if pair is not None:
+            out.append(pair)
+    return out
 
 
 def logical_sets(normals: list[np.ndarray], category: str | None) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:

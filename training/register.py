@@ -38,6 +38,7 @@ OPSET = 17
 REPORT_DIR = "report"
 SHOTS_DIR = "shots/train/good"   # MVTec layout: `protospect train --data STATION_DIR/shots` works on it too
 GOOD_IN_REPORT = 4
+HOLDOUT_PARTS = 20  # calibration parts a fit that chooses on good images (pcsnet geometry=auto) reads
 
 
 @dataclass
@@ -260,7 +261,11 @@ def _build(args, overrides: dict, cap: Capture, tmp: Path, out: Path, stages: St
     overrides = {"category": "station", **overrides}
     model, art, train_s = train_artifact(shot_paths, method=args.method, preset=args.preset, seed=args.seed,
                                          overrides=overrides, out=tmp / station.ARTIFACT,
-                                         data={"root": str(out), "category": "shots"})
+                                         data={"root": str(out), "category": "shots"},
+                                         # geometry=auto chooses on good parts that are not shots: the first of the
+                                         # calibration parts (the choice is between two models, so the FRR
+                                         # certified on the same parts is at most mildly optimistic; docs/runtime.md)
+                                         holdout_rgb=[c.rgb for c in cap.parts[:HOLDOUT_PARTS]])
     stages.done("train", f"{args.method} ({args.preset}) on K = {len(shot_paths)} shots")
 
     size = input_size_of(model.meta)
@@ -321,6 +326,7 @@ def _build(args, overrides: dict, cap: Capture, tmp: Path, out: Path, stages: St
         "timings_s": dict(stages.times),
         "files": station.hash_files(tmp),
         **({station.LINE: line} if (line := line_settings(args)) else {}),
+        **({station.GEOMETRY_CHOICE: model.meta["geometry_choice"]} if "geometry_choice" in model.meta else {}),
     }
 
 

@@ -49,20 +49,67 @@ def _check_shots(shots_rgb, size: int) -> list[np.ndarray]:
 
 
 def fit(shots_rgb: list[np.ndarray], preset: str = "edge", seed: int = 0,
-        config_overrides: dict | None = None, progress: bool = True, device: str | None = None) -> PCSNetModel:
+        config_overrides: dict | None = None, progress: bool = True, device: str | None = None,
+        holdout: list[np.ndarray] | None = None) -> PCSNetModel:
     """Train PCSNet on K good RGB images; returns the eval-mode model with meta and calibration.
 
     ``config_overrides`` may set any PCSNetConfig field, e.g. {"category": "bottle"} to pick the
     NSA table row, {"backbone_weights": "/path/wrn50.pth"} for the paper backbone, {"steps": 50}.
     ``device``: None = CUDA when available, else CPU; the model is returned on that device.
     Bit-exact repetition for a seed is guaranteed on CPU (CUDA kernels may differ in the last bits).
+    ``holdout``: good RGB images that are not shots; ``geometry=auto`` chooses the input size on them
+    (auto_geometry.py) and keeps the preset's size, saying why, when fewer than MIN_HOLDOUT are given.
     """
-    import torch  # noqa: PLC0415
-
     cfg = resolve_config(preset, config_overrides)
     if cfg.geometry == "native":  # the size is the shots' to decide; the artifact keeps the resolved one
         sides = [min(img.shape[:2]) for img in shots_rgb if getattr(img, "ndim", 0) == 3]
         cfg = native_geometry(cfg, min(sides)) if sides else cfg
+    if cfg.geometry == "auto":
+        return _fit_auto(shots_rgb, preset, seed, cfg, holdout, progress, device)
+    return _fit_config(shots_rgb, preset, seed, cfg, progress, device)
+
+
+def _fit_auto(shots_rgb, preset, seed, cfg: PCSNetConfig, holdout, progress, device) -> PCSNetModel:
+    """Both input sizes trained on the same shots; the one the held-out good images favour is returned."""
+    from . import auto_geometry as ag  # noqa: PLC0415
+
+    large_cfg = dataclasses.replace(cfg, geometry="fixed")
+    small_cfg = ag.small_config(cfg)
+    holdout = _check_images(holdout or [], "held-out good image")
+    record = {"rule": "auto (docs/decision.md section 14)", "margin": ag.MARGIN, "n_holdout": len(holdout)}
+    if small_cfg is None or len(holdout) < ag.MIN_HOLDOUT:
+        record["reason"] = (f"input_size {cfg.input_size} is already the small candidate" if small_cfg is None else
+                            f"{len(holdout)} held-out good images (need {ag.MIN_HOLDOUT}): kept {cfg.input_size} px")
+        model = _fit_config(shots_rgb, preset, seed, large_cfg, progress, device)
+    else:
+        models, scores = {}, {}
+        for name, c in (("small", small_cfg), ("large", large_cfg)):
+            models[name] = _fit_config(shots_rgb, preset, seed, c, progress, device)
+            scores[name] = {"input_size": c.input_size, **ag.validation_score(models[name], holdout, cfg.category)}
+        pick = ag.choose(scores["small"], scores["large"])
+        model = models[pick]
+        record.update(scores=scores, chosen=pick)
+        msg = (f"pcsnet: geometry auto chose {model.cfg.input_size} px (planted-defect AUROC on {len(holdout)} held-out "
+               f"good images: {scores['small']['mean']:.1f} at {small_cfg.input_size} px, "
+               f"{scores['large']['mean']:.1f} at {large_cfg.input_size} px)")
+        log.info(msg)
+        if progress:
+            print(msg)
+    record["input_size"] = int(model.cfg.input_size)
+    model.meta["geometry_choice"] = record
+    return model
+
+
+def _check_images(images, what: str) -> list[np.ndarray]:
+    for i, img in enumerate(images):
+        if not (isinstance(img, np.ndarray) and img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3):
+            raise DataError(f"pcsnet: {what} {i} is {getattr(img, 'shape', type(img).__name__)}; expected uint8 RGB HxWx3")
+    return list(images)
+
+
+def _fit_config(shots_rgb, preset, seed, cfg: PCSNetConfig, progress, device) -> PCSNetModel:
+    import torch  # noqa: PLC0415
+
     images = _check_shots(shots_rgb, cfg.input_size)
     seed_everything(seed)  # the PFA/CAS initialisation is part of what the seed fixes
     backbone = _create_backbone(cfg, cfg.backbone_weights)

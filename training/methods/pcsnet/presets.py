@@ -16,6 +16,8 @@ class PCSNetConfig:
     grid: int  # every tapped stage is resampled to grid x grid; M = grid^2 prototypes (unless prototypes is set)
     backbone_weights: str | None = None  # weights file, "random", or None for the default source
     geometry: str = "fixed"  # "fixed": input_size as set | "native": from the shots' own pixels (native_geometry)
+    # | "auto": auto_small px or input_size, whichever held-out good images with planted defects favour (auto_geometry.py)
+    auto_small: int = 256  # geometry=auto's cheap candidate (grid and bins scaled as native_geometry scales them)
     # heads
     k: int = 200  # nearest prototype distances per position fed to CAS
     prototypes: int = 0  # 0: one per grid position (M = grid^2); else at most this many (a greedy coreset of them)
@@ -77,9 +79,11 @@ class PCSNetConfig:
             raise ConfigError(f"pcsnet: loss_k={self.loss_k} must not exceed k={self.k}")
         for key, allowed in (("fusion", ("pcsnet", "pcsnet+nn")), ("normalise", ("none", "global", "position")),
                              ("image_score", ("max", "top", "peak")), ("nn_rotations", (1, 4)),
-                             ("foreground", ("none", "pca")), ("geometry", ("fixed", "native"))):
+                             ("foreground", ("none", "pca")), ("geometry", ("fixed", "native", "auto"))):
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"pcsnet: {key}={getattr(self, key)!r} is not one of {list(allowed)}")
+        if self.auto_small < NATIVE_STEP or self.auto_small % NATIVE_STEP:
+            raise ConfigError(f"pcsnet: auto_small={self.auto_small} must be a positive multiple of {NATIVE_STEP}")
         if not 0.0 < self.score_top_fraction <= 1.0:
             raise ConfigError(f"pcsnet: score_top_fraction={self.score_top_fraction} must be in (0, 1]")
         if self.steps < 1 or self.batch_size < 1:

@@ -1,0 +1,98 @@
+"""geometry=auto (rule v5, docs/decision.md section 14): planted logical defects, the held-out draw, the choice."""
+import numpy as np
+import pytest
+
+from protospect.training.data import holdout_good
+from protospect.training.logical_defects import erase, logical_sets, misplace, small_nsa_defects
+
+from tests.training.test_pcsnet import TINY, parts
+
+AUTO = {**TINY, "input_size": 128, "grid": 16, "bins": [16, 8, 4], "auto_small": 64, "geometry": "auto"}
+
+
+def _scene(size=128, seed=0):
+    """A part with distinct regions (so a moved rectangle is visibly other content) on a plain background."""
+    rng = np.random.default_rng(seed)
+    img = np.full((size, size, 3), 30, np.uint8)
+    q = size // 8
+    img[q:size - q, q:size - q] = (200, 180, 40)
+    img[2 * q:4 * q, 2 * q:6 * q] = rng.integers(0, 255, size=(2 * q, 4 * q, 3))  # a "label"
+    return img
+
+
+@pytest.mark.parametrize("fn", [misplace, erase])
+def test_logical_defects_change_only_the_marked_rectangle(fn):
+    img = _scene()
+    out, mask = fn(img, np.random.default_rng(3), None)
+    changed = np.abs(out.astype(int) - img.astype(int)).max(-1) > 0
+    assert mask.any() and changed.any()
+    assert not (changed & ~mask.astype(bool)).any()  # nothing outside the mask moves
+    ys, xs = np.nonzero(mask)
+    frac = (np.ptp(ys) + 1) / img.shape[0], (np.ptp(xs) + 1) / img.shape[1]
+    lo, hi = (0.15, 0.30) if fn is misplace else (0.10, 0.25)
+    assert all(lo - 0.05 <= f <= hi + 0.01 for f in frac)  # sizes are fractions of the side
+
+
+def test_logical_sets_are_reproducible_and_scale_with_the_image():
+    small = [_scene(128, s) for s in range(4)]
+    large = [np.repeat(np.repeat(im, 2, 0), 2, 1) for im in small]
+    a, b, c = logical_sets(small, None), logical_sets(small, None), logical_sets(large, None)
+    for kind in ("misplace", "erase"):
+        assert len(a[kind]) == 4
+        assert all(np.array_equal(x[0], y[0]) for x, y in zip(a[kind], b[kind]))
+        fs, fl = np.mean([m.mean() for _, m in a[kind]]), np.mean([m.mean() for _, m in c[kind]])
+        assert fl == pytest.approx(fs, rel=0.2)  # the same defects, relative to the image, at twice the size
+    assert len(small_nsa_defects(small, None)) == 4
+
+
+def test_holdout_good_draws_non_shots_like_the_study(tmp_path):
+    train = [tmp_path / f"{i:03d}.png" for i in range(30)]
+    shots = train[5:9]
+    held = holdout_good(train, shots, seed=2, n=20)
+    assert len(held) == 20 and not set(held) & set(shots)
+    rest = [p for p in train if p not in set(shots)]
+    assert held == [rest[i] for i in np.random.default_rng(3).permutation(len(rest))[:20]]  # decision_study's draw
+    assert held != holdout_good(train, shots, seed=0, n=20)
+
+
+def test_choose_keeps_the_cheap_model_unless_the_large_one_wins_by_the_margin():
+    from protospect.training.methods.pcsnet.auto_geometry import MARGIN, choose
+
+    assert choose({"mean": 90.0}, {"mean": 90.0 + MARGIN}) == "small"
+    assert choose({"mean": 90.0}, {"mean": 90.1 + MARGIN}) == "large"
+    assert choose({"mean": 95.0}, {"mean": 80.0}) == "small"
+
+
+@pytest.mark.torch
+def test_auto_trains_both_sizes_and_keeps_the_one_it_records(tmp_path):
+    pytest.importorskip("torch")
+    from protospect.training.artifact import load_artifact, save_artifact
+    from protospect.training.methods.pcsnet import fit
+    from protospect.training.methods.pcsnet.auto_geometry import choose
+
+    shots = parts(4, size=128, seed=0)
+    holdout = parts(10, size=128, seed=1)
+    model = fit(shots, "edge", seed=0, config_overrides=AUTO, holdout=holdout, progress=False)
+    rec = model.meta["geometry_choice"]
+    assert rec["n_holdout"] == 10 and set(rec["scores"]) == {"small", "large"}
+    assert rec["scores"]["small"]["input_size"] == 64 and rec["scores"]["large"]["input_size"] == 128
+    for s in rec["scores"].values():
+        assert set(s) >= {"nsa_small", "misplace", "erase", "mean"} and 0 <= s["mean"] <= 100
+    assert rec["chosen"] == choose(rec["scores"]["small"], rec["scores"]["large"])
+    assert model.cfg.input_size == rec["scores"][rec["chosen"]]["input_size"] == rec["input_size"]
+    assert model.cfg.geometry == "fixed"  # the artifact rebuilds the chosen model as it is
+    save_artifact(model, tmp_path / "art", shots=["a.png"], seed=0, data={"root": "gen", "category": "part"})
+    again, _ = load_artifact(tmp_path / "art")
+    assert again.meta["input_size"] == rec["input_size"] and again.meta["geometry_choice"] == rec
+
+
+@pytest.mark.torch
+def test_auto_without_enough_held_out_images_keeps_the_presets_size_and_says_why():
+    pytest.importorskip("torch")
+    from protospect.errors import DataError
+    from protospect.training.methods.pcsnet import fit
+
+    model = fit(parts(2, size=128), "edge", seed=0, config_overrides=AUTO, holdout=parts(3, size=128, seed=5), progress=False)
+    assert model.cfg.input_size == 128 and "3 held-out good images" in model.meta["geometry_choice"]["reason"]
+    with pytest.raises(DataError, match="held-out good image 1"):
+        fit(parts(2, size=128), "edge", seed=0, config_overrides=AUTO, holdout=[parts(1, 128)[0], np.zeros((9, 9), np.uint8)])

@@ -1,0 +1,59 @@
+"""geometry=auto: the input size chosen per part at registration, from good images only (rule v5,
+docs/decision.md section 14).
+
+Both candidates are trained on the same shots: the auto_small px model (edge: 256 px, grid 32, the model
+before rule v3) and the preset's own size (edge: 512 px, 1,024 prototypes). Each scores held-out good images of the part
+against three kinds of defects planted on copies of them (small NSA patches, misplaced and erased
+content: logical_defects.py). The larger model is kept only when its mean image AUROC beats the smaller
+one's by more than MARGIN points, since it costs about 5x the CPU time per frame. Without enough held-out
+images the preset's size is kept and the artifact says why.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from protospect.imageio import resize_square
+from protospect.training.logical_defects import logical_sets, small_nsa_defects
+from protospect.training.metrics import image_auroc
+
+MARGIN = 0.5  # AUROC points the larger model must win by
+HOLDOUT = 20  # held-out good images scored per candidate (the study's --val)
+MIN_HOLDOUT = 8  # fewer and the choice is noise: keep the preset's size
+KINDS = ("nsa_small", "misplace", "erase")  # DTD textures are research-only, so not among them
+
+
+def planted(normals: list[np.ndarray], category: str | None) -> dict[str, list]:
+    sets = {"nsa_small": small_nsa_defects(normals, category), **logical_sets(normals, category)}
+    return {k: sets[k] for k in KINDS}
+
+
+def validation_score(model, holdout_rgb: list[np.ndarray], category: str | None) -> dict:
+    """{kind: image AUROC, "mean": ...} of the model's image score on the held-out images vs planted copies."""
+    from .validate import score  # noqa: PLC0415 (torch)
+
+    size = int(model.cfg.input_size)
+    normals = [resize_square(img, size) for img in holdout_rgb]
+    good = score(model, normals).reshape(len(normals), -1).max(1)
+    out = {}
+    for kind, pairs in planted(normals, category).items():
+        bad = score(model, [p[0] for p in pairs]).reshape(len(pairs), -1).max(1)
+        out[kind] = round(100 * image_auroc(np.r_[np.zeros(len(good)), np.ones(len(bad))], np.r_[good, bad]), 3)
+    out["mean"] = round(float(np.mean([out[k] for k in KINDS])), 3)
+    return out
+
+
+def choose(small: dict, large: dict, margin: float = MARGIN) -> str:
+    """"small" unless the larger model's mean beats it by more than ``margin``."""
+    return "large" if large["mean"] > small["mean"] + margin else "small"
+
+
+def small_config(cfg):
+    """The cheap candidate's config: the preset scaled to cfg.auto_small px (edge: 256 px, grid 32, the model
+    before rule v3); None when the input is not larger than that."""
+    from .presets import native_geometry  # noqa: PLC0415
+
+    if cfg.input_size <= cfg.auto_small:
+        return None
+    return native_geometry(dataclasses.replace(cfg, geometry="fixed"), cfg.auto_small)
