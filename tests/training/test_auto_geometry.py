@@ -96,3 +96,44 @@ def test_auto_without_enough_held_out_images_keeps_the_presets_size_and_says_why
     assert model.cfg.input_size == 128 and "3 held-out good images" in model.meta["geometry_choice"]["reason"]
     with pytest.raises(DataError, match="held-out good image 1"):
         fit(parts(2, size=128), "edge", seed=0, config_overrides=AUTO, holdout=[parts(1, 128)[0], np.zeros((9, 9), np.uint8)])
+
+
+@pytest.mark.torch
+def test_auto_at_or_below_the_small_size_is_the_plain_model():
+    pytest.importorskip("torch")
+    from protospect.training.methods.pcsnet import fit
+
+    model = fit(parts(2), "edge", seed=0, config_overrides={**TINY, "geometry": "auto"}, progress=False)  # 64 <= 256
+    assert model.cfg.input_size == 64 and "geometry_choice" not in model.meta
+
+
+@pytest.mark.torch
+def test_eval_hands_held_out_train_images_to_the_fit_and_records_its_choice(tmp_path, monkeypatch):
+    """eval runs the per-part choice inside every (K, seed) from train/good images that are not shots."""
+    import types
+
+    from protospect.imageio import read_rgb
+    from protospect.synthetic_parts import write_mvtec_layout
+    from protospect.training import fewshot
+    from protospect.training.data import MVTecCategory, sample_shots
+
+    cat_dir = write_mvtec_layout(tmp_path / "data", seed=0, n_train=12, n_test_good=3, n_per_defect=2, size=64)
+    cat = MVTecCategory(tmp_path / "data", cat_dir.name)
+    patchcore = fewshot.get_method("patchcore")
+    seen = {}
+
+    def fit(shots, preset, seed, config_overrides, holdout=None):
+        seen[seed] = (shots, holdout)
+        model = patchcore.fit(shots, preset, seed, config_overrides)
+        model.meta["geometry_choice"] = {"chosen": "small", "seed": seed}
+        return model
+
+    monkeypatch.setattr(fewshot, "get_method", lambda name: types.SimpleNamespace(fit=fit))
+    (rec,) = fewshot.evaluate(tmp_path / "data", cat_dir.name, "fake", [2], [0, 1], preset="edge",
+                              config_overrides={"input_size": 64}, plots=False)
+    for seed, (shots, holdout) in seen.items():
+        expect = [read_rgb(p) for p in holdout_good(cat.train_good, sample_shots(cat.train_good, 2, seed), seed)]
+        assert len(holdout) == 10 and all(np.array_equal(a, b) for a, b in zip(holdout, expect))
+        assert not any(np.array_equal(h, s) for h in holdout for s in shots)
+    assert rec["input_size"] == "auto" and rec["geometry_choice"] == {"0": {"chosen": "small", "seed": 0},
+                                                                      "1": {"chosen": "small", "seed": 1}}

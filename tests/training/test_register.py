@@ -266,3 +266,15 @@ def test_bad_line_flags_are_refused_before_capture(tmp_path, capsys, monkeypatch
                  *flags]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0] and not out.exists(), err
+
+
+def test_register_with_geometry_auto_chooses_on_the_good_parts_and_records_it(tmp_path):
+    """geometry=auto reads held-out good parts at registration: the first calibration parts, never the shots."""
+    src = _folder(tmp_path / "line", K + N)
+    out = tmp_path / "station"
+    auto = ["--size", "128", "--set", "grid=16", "--set", "bins=[16,8,4]", "--set", "auto_small=64", "--set", "geometry=auto"]
+    assert _register(src, out, *auto) == 0  # later flags win over TINY's size and grid
+    rec = station.check_bundle(out)
+    choice = rec[station.GEOMETRY_CHOICE]
+    assert choice["n_holdout"] == N and set(choice["scores"]) == {"small", "large"}
+    assert rec["input_size"] == choice["input_size"] == choice["scores"][choice["chosen"]]["input_size"]

@@ -75,11 +75,13 @@ def _fit_auto(shots_rgb, preset, seed, cfg: PCSNetConfig, holdout, progress, dev
 
     large_cfg = dataclasses.replace(cfg, geometry="fixed")
     small_cfg = ag.small_config(cfg)
+    if small_cfg is None:  # an input no larger than the cheap candidate: nothing to choose
+        return _fit_config(shots_rgb, preset, seed, large_cfg, progress, device)
     holdout = _check_images(holdout or [], "held-out good image")
     record = {"rule": "auto (docs/decision.md section 14)", "margin": ag.MARGIN, "n_holdout": len(holdout)}
-    if small_cfg is None or len(holdout) < ag.MIN_HOLDOUT:
-        record["reason"] = (f"input_size {cfg.input_size} is already the small candidate" if small_cfg is None else
-                            f"{len(holdout)} held-out good images (need {ag.MIN_HOLDOUT}): kept {cfg.input_size} px")
+    if len(holdout) < ag.MIN_HOLDOUT:
+        record["reason"] = f"{len(holdout)} held-out good images (need {ag.MIN_HOLDOUT}): kept {cfg.input_size} px"
+        log.warning("pcsnet: geometry auto: %s", record["reason"])
         model = _fit_config(shots_rgb, preset, seed, large_cfg, progress, device)
     else:
         models, scores = {}, {}
