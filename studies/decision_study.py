@@ -39,6 +39,7 @@ from protospect.training.layers import patch_grid
 from protospect.training.logical_defects import logical_sets, small_nsa_defects as small_defects
 from protospect.training.fewshot import TestSet, line_good_images, line_metrics
 from protospect.training.methods.pcsnet import PCSNetModel, _check_shots, _create_backbone, _meta, nn_shot_patches
+from protospect.training.methods.pcsnet.auto_geometry import planted_native
 from protospect.training.methods.pcsnet.model import as_queries
 from protospect.training.methods.pcsnet.presets import resolve_config
 from protospect.training.methods.pcsnet.scoring import MapFusion, NearestNeighbourBranch
@@ -168,9 +169,14 @@ def run_one(cat, category, k, seed, args, test: TestSet | None, metric_masks: np
         planted["nsa_small"] = small_defects(normals, category)
     if args.logical:  # misplaced / missing normal content (training/logical_defects.py, rule v5)
         planted.update(logical_sets(normals, category))
+    native = {}
+    if args.native_plant:  # rule v6: the same kinds planted at the images' own pixels, then resized (valn_*)
+        native = planted_native([read_rgb(p) for p in rest], size, category)
     sets = {"val_normal": batched_maps(br, normals)}
     for kind, pairs in planted.items():
         sets[f"val_{kind}"] = batched_maps(br, [p[0] for p in pairs])
+    for kind, pairs in native.items():
+        sets[f"valn_{kind}"] = batched_maps(br, [p[0] for p in pairs])
     line_paths = line_good_images(cat.train_good, shot_paths, seed) if test is not None else []
     if line_paths:
         sets["line_good"] = batched_maps(br, [load_image(p, size) for p in line_paths])
@@ -185,9 +191,9 @@ def run_one(cat, category, k, seed, args, test: TestSet | None, metric_masks: np
     for name, res in dec.items():
         v = {}
         nrm = res["val_normal"][0]
-        for kind in planted:
-            s = res[f"val_{kind}"][0]
-            v[f"val_{kind}"] = 100 * metrics.image_auroc(np.r_[np.zeros(len(nrm)), np.ones(len(s))], np.r_[nrm, s])
+        for col in [f"val_{kind}" for kind in planted] + [f"valn_{kind}" for kind in native]:
+            s = res[col][0]
+            v[col] = 100 * metrics.image_auroc(np.r_[np.zeros(len(nrm)), np.ones(len(s))], np.r_[nrm, s])
         if test is not None:
             s, fmap = res["test"]
             v["test_image_auroc"] = 100 * metrics.image_auroc(test.labels, s)
@@ -242,6 +248,8 @@ def main(argv=None):
     ap.add_argument("--textures", default=None)
     ap.add_argument("--no-test", action="store_true", help="validation columns only")
     ap.add_argument("--small", action="store_true", help="also plant small NSA defects (val_nsa_small)")
+    ap.add_argument("--native-plant", action="store_true",
+                    help="also plant nsa_small / misplace / erase at the images' own pixels, then resize (valn_*)")
     ap.add_argument("--logical", action="store_true", help="also plant logical defects (val_misplace, val_erase)")
     ap.add_argument("--aupro", action="store_true", help="AUPRO of the kept maps (the pixel variants)")
     ap.add_argument("--diagnose", action="store_true")

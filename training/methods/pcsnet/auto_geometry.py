@@ -29,6 +29,17 @@ def planted(normals: list[np.ndarray], category: str | None) -> dict[str, list]:
     return {k: sets[k] for k in KINDS}
 
 
+def planted_native(images: list[np.ndarray], size: int, category: str | None) -> dict[str, list]:
+    """The KINDS planted on the images at their own pixels, then resized to the model's ``size`` as every frame
+    is: a real defect on a part photographed at 256 px has no 512 px detail, so planting after an upscale
+    would flatter the larger model (rule v6, docs/decision.md section 15)."""
+    import cv2  # noqa: PLC0415
+
+    return {kind: [(resize_square(img, size), cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST))
+                   for img, mask in pairs]
+            for kind, pairs in planted(images, category).items()}
+
+
 def validation_score(model, holdout_rgb: list[np.ndarray], category: str | None) -> dict:
     """{kind: image AUROC, "mean": ...} of the model's image score on the held-out images vs planted copies."""
     from .validate import score  # noqa: PLC0415 (torch)
