@@ -1,6 +1,6 @@
 #!/bin/bash
-# Rule v5 (docs/decision.md section 14): both input-size candidates for every acceptance cell, validation
-# with the logical kinds. Two workers share one queue file; each job runs on one thread.
+# Rules v5 / v6 (docs/decision.md sections 14-15): both input-size candidates for every acceptance cell,
+# validation with the logical kinds, planted at model resolution (val_*) and at native pixels (valn_*). Two workers share one queue file; each job runs on one thread.
 #   bash studies/auto_queue.sh OUT_DIR [DATA]
 set -u
 OUT=${1:?usage: auto_queue.sh OUT_DIR [DATA]}; DATA=${2:-../shared/data}
@@ -24,7 +24,7 @@ work() {
     name=$OUT/${c}_k${k}_s${s}_${size}
     echo "$(date +%T) start $job" >> "$OUT/progress.log"
     OMP_NUM_THREADS=1 "$PY" studies/decision_study.py --data "$DATA" --category "$c" --shots "$k" --seeds "$s" \
-      --val 20 --small --logical --aupro --textures "$DATA/textures" --branches $br --metric-size 256 $test \
+      --val 20 --small --logical --native-plant --aupro --textures "$DATA/textures" --branches $br --metric-size 256 $test \
       --set input_size=$size --set grid=$g --set "bins=[$g,$((g/2)),$((g/4)),$((g/8))]" --set prototypes=1024 \
       --out "$name.jsonl" > "$name.log" 2>&1
     echo "$(date +%T) done $job rc=$?" >> "$OUT/progress.log"
