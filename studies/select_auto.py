@@ -34,21 +34,21 @@ def val_rows(folder) -> dict[tuple, dict]:
     return rows
 
 
-def score(row: dict) -> float:
+def score(row: dict, prefix: str = "val_") -> float:
     v = row["variants"][at.OLD]
-    return float(np.mean([v[k] for k in KINDS]))
+    return float(np.mean([v[prefix + k.removeprefix("val_")] for k in KINDS]))
 
 
-def choices(vals) -> dict[tuple, dict]:
+def choices(vals, prefix: str = "val_") -> dict[tuple, dict]:
     """(category, K, seed) -> {"small", "large", "chosen"} for every cell both candidates ran."""
     out = {}
     for c in at.CATEGORIES:
         for k in at.KS:
             for s in at.SEEDS:
                 a, b = vals.get((SMALL, c, k, s)), vals.get((LARGE, c, k, s))
-                if a is None or b is None:
+                if a is None or b is None or f"{prefix}erase" not in a["variants"][at.OLD]:
                     continue
-                sa, sb = score(a), score(b)
+                sa, sb = score(a, prefix), score(b, prefix)
                 out[(c, k, s)] = {"small": sa, "large": sb, "chosen": LARGE if sb > sa + MARGIN else SMALL}
     return out
 
@@ -72,12 +72,15 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("auto", help="folder of auto_queue.sh's JSON lines")
     ap.add_argument("--report", nargs="*", default=None, help="folders with the test rows (acceptance_table's)")
+    ap.add_argument("--native", action="store_true", help="rule v6: choose on the valn_* columns (planted at native pixels)")
     ap.add_argument("--markdown", default=None)
     ap.add_argument("--figure", default=None)
     args = ap.parse_args(argv)
     vals = val_rows(args.auto)
-    ch = choices(vals)
-    lines = ["| category | K | seeds | val score 256 / 512 (mean of nsa_small, misplace, erase) | chosen |",
+    prefix = "valn_" if args.native else "val_"
+    ch = choices(vals, prefix)
+    lines = [f"Rule {'v6 (planted at native pixels, valn_*)' if args.native else 'v5 (planted at model resolution, val_*)'}\n",
+             "| category | K | seeds | val score 256 / 512 (mean of nsa_small, misplace, erase) | chosen |",
              "|---|---|---|---|---|"]
     for c in at.CATEGORIES:
         for k in at.KS:

@@ -22,6 +22,7 @@ MARGIN = 0.5  # AUROC points the larger model must win by
 HOLDOUT = 20  # held-out good images scored per candidate (the study's --val)
 MIN_HOLDOUT = 8  # fewer and the choice is noise: keep the preset's size
 KINDS = ("nsa_small", "misplace", "erase")  # DTD textures are research-only, so not among them
+NATIVE_PLANT = True  # plant at the images' own pixels, then resize (rule v6, docs/decision.md section 15)
 
 
 def planted(normals: list[np.ndarray], category: str | None) -> dict[str, list]:
@@ -40,15 +41,17 @@ def planted_native(images: list[np.ndarray], size: int, category: str | None) ->
             for kind, pairs in planted(images, category).items()}
 
 
-def validation_score(model, holdout_rgb: list[np.ndarray], category: str | None) -> dict:
-    """{kind: image AUROC, "mean": ...} of the model's image score on the held-out images vs planted copies."""
+def validation_score(model, holdout_rgb: list[np.ndarray], category: str | None, native: bool = NATIVE_PLANT) -> dict:
+    """{kind: image AUROC, "mean": ...} of the model's image score on the held-out images vs planted copies
+    (planted at the images' own pixels when ``native``, else after resizing them to the model's input)."""
     from .validate import score  # noqa: PLC0415 (torch)
 
     size = int(model.cfg.input_size)
     normals = [resize_square(img, size) for img in holdout_rgb]
     good = score(model, normals).reshape(len(normals), -1).max(1)
+    sets = planted_native(holdout_rgb, size, category) if native else planted(normals, category)
     out = {}
-    for kind, pairs in planted(normals, category).items():
+    for kind, pairs in sets.items():
         bad = score(model, [p[0] for p in pairs]).reshape(len(pairs), -1).max(1)
         out[kind] = round(100 * image_auroc(np.r_[np.zeros(len(good)), np.ones(len(bad))], np.r_[good, bad]), 3)
     out["mean"] = round(float(np.mean([out[k] for k in KINDS])), 3)
