@@ -13,9 +13,10 @@ PY=.venv/bin
 RT=.venv-runtime/bin
 args_for() {
   case $1 in
-    s256|s384|s512) echo "--size ${1#s}" ;;  # a size alone keeps the edge grid of S/8
-    m1024) echo "--size 512 --set prototypes=1024" ;;
-    g32) echo "--size 512 --set grid=32 --set bins=[32,16,8,4]" ;;
+    # geometry=fixed: each variant is its own size (the edge default would choose 256 or 512 per part)
+    s256|s384|s512) echo "--size ${1#s} --set geometry=fixed" ;;  # a size alone keeps the edge grid of S/8
+    m1024) echo "--size 512 --set prototypes=1024 --set geometry=fixed" ;;
+    g32) echo "--size 512 --set grid=32 --set bins=[32,16,8,4] --set geometry=fixed" ;;
     *) echo "cost_bench: unknown variant $1" >&2; return 2 ;;
   esac
 }

@@ -46,7 +46,7 @@ def choices(vals, prefix: str = "val_") -> dict[tuple, dict]:
         for k in at.KS:
             for s in at.SEEDS:
                 a, b = vals.get((SMALL, c, k, s)), vals.get((LARGE, c, k, s))
-                if a is None or b is None or f"{prefix}erase" not in a["variants"][at.OLD]:
+                if a is None or b is None or any(f"{prefix}erase" not in r["variants"][at.OLD] for r in (a, b)):
                     continue
                 sa, sb = score(a, prefix), score(b, prefix)
                 out[(c, k, s)] = {"small": sa, "large": sb, "chosen": LARGE if sb > sa + MARGIN else SMALL}

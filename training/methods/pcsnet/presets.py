@@ -101,10 +101,13 @@ PRESETS: dict[str, PCSNetConfig] = {
     # at 256 px on held-out normals vs pseudo anomalies (docs/pcsnet.md); the input size, 512 -> 64x64 grid,
     # by rule v3 on held-out train/good images with planted defects (docs/decision.md section 9: small
     # defects are 3-8 px at 256); at most 1,024 prototypes (a coreset of the 4,096 positions) by rule v4
-    # (section 11: same validation, 5.3x the CPU time of 256 instead of 7.8x). `--size 256` is the old model.
+    # (section 11: same validation, 5.3x the CPU time of 256 instead of 7.8x); per part, 256 or 512 px, whichever
+    # held-out good images with planted defects favour, by rules v5-v6 (sections 14-16; geometry=auto).
+    # `--size 256` is the old model; `--set geometry=fixed` keeps 512 px for every part.
     "edge": PCSNetConfig(
         backbone="efficientnet_lite0", input_size=512, stages=(2, 3), grid=64,
         k=16, guide_dim=64, cas_width=64, bins=(64, 32, 16, 8), steps=100, batch_size=2, prototypes=1024,
+        geometry="auto",
     ),
 }
 
