@@ -126,7 +126,7 @@ def main(argv=None):
         figure(rows, new_geom, args.figure)
 
 
-def figure(rows, new_geom, out: str) -> None:
+def figure(rows, new_geom, out: str, label: str | None = None) -> None:
     """Two panels, one group of bars per (category, K): image AUROC and escape @ A=5 %, old / new / PatchCore."""
     import matplotlib  # noqa: PLC0415
 
@@ -151,7 +151,8 @@ def figure(rows, new_geom, out: str) -> None:
     axes[0].set_ylim(40, 101)
     axes[0].legend(ncol=3, fontsize=8, loc="lower left")
     axes[1].set_xticks(x, [f"{c}\nK={k}" for c, k in groups], rotation=90, fontsize=7)
-    axes[0].set_title(f"Issue [decision] acceptance: old default (256 px) vs new ({'/'.join(map(str, new_geom))}) vs PatchCore edge; "
+    label = label or "/".join(map(str, new_geom))
+    axes[0].set_title(f"Issue [decision] acceptance: old default (256 px) vs new ({label}) vs PatchCore edge; "
                       "mean of the seeds run", fontsize=9)
     fig.tight_layout()
     Path(out).parent.mkdir(parents=True, exist_ok=True)

@@ -111,7 +111,7 @@ def main(argv=None):
         text += "\nAcceptance table, new = auto (per cell the chosen candidate's test row):\n\n" + at.markdown(tests, AUTO)
         text += "\nThe same cells with new = m1024 (rule v4's default):\n\n" + at.markdown(tests, LARGE)
         if args.figure:
-            at.figure(tests, AUTO, args.figure)
+            at.figure(tests, AUTO, args.figure, label=f"geometry=auto, rule {'v6' if args.native else 'v5'}")
     print(text)
     if args.markdown:
         Path(args.markdown).write_text(text)
