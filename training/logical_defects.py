@@ -43,7 +43,12 @@ def misplace(img: np.ndarray, rng: np.random.Generator, obj: np.ndarray | None =
     rect = _rect_on_part(rng, (H, W), obj, 0.15, 0.30)
     if rect is None:
         return None
-    y, x, h, w = rect
+    return _moved(img, rng, obj, *rect)
+
+
+def _moved(img, rng, obj, y, x, h, w):
+    """The rectangle (y, x, h, w) pasted, feathered, 25-50 % of the side away (None when it cannot be placed)."""
+    H, W = img.shape[:2]
     for _ in range(50):
         ang = rng.uniform(0, 2 * np.pi)
         dist = rng.uniform(0.25, 0.5)
@@ -62,14 +67,13 @@ def misplace(img: np.ndarray, rng: np.random.Generator, obj: np.ndarray | None =
 
 def erase(img: np.ndarray, rng: np.random.Generator, obj: np.ndarray | None = None):
     """(image, mask): a 10-25 % rectangle of the part inpainted from its surroundings (something missing)."""
-    H, W = img.shape[:2]
-    rect = _rect_on_part(rng, (H, W), obj, 0.10, 0.25)
+    rect = _rect_on_part(rng, img.shape[:2], obj, 0.10, 0.25)
     if rect is None:
         return None
     y, x, h, w = rect
-    mask = np.zeros((H, W), np.uint8)
+    mask = np.zeros(img.shape[:2], np.uint8)
     mask[y:y + h, x:x + w] = 1
-    out = cv2.inpaint(np.ascontiguousarray(img), mask, max(3, int(0.02 * min(H, W))), cv2.INPAINT_TELEA)
+    out = cv2.inpaint(np.ascontiguousarray(img), mask, max(3, int(0.02 * min(img.shape[:2]))), cv2.INPAINT_TELEA)
     return out, mask
 
 
