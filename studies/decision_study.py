@@ -163,7 +163,8 @@ def run_one(cat, category, k, seed, args, test: TestSet | None, metric_masks: np
 
     rest = [p for p in cat.train_good if p not in set(shot_paths)]
     rest = [rest[i] for i in np.random.default_rng(seed + 1).permutation(len(rest))[: args.val]]
-    normals = [resize_square(read_rgb(p), size) for p in rest]
+    held_out = [read_rgb(p) for p in rest]
+    normals = [resize_square(img, size) for img in held_out]
     planted = planted_sets(normals, category, args.textures)
     if args.small:
         planted["nsa_small"] = small_defects(normals, category)
@@ -171,7 +172,7 @@ def run_one(cat, category, k, seed, args, test: TestSet | None, metric_masks: np
         planted.update(logical_sets(normals, category))
     native = {}
     if args.native_plant:  # rule v6: the same kinds planted at the images' own pixels, then resized (valn_*)
-        native = planted_native([read_rgb(p) for p in rest], size, category)
+        native = planted_native(held_out, size, category)
     sets = {"val_normal": batched_maps(br, normals)}
     for kind, pairs in planted.items():
         sets[f"val_{kind}"] = batched_maps(br, [p[0] for p in pairs])

@@ -12,7 +12,6 @@ the same models' test rows: training is bit-exact per seed on CPU, checked here 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -23,15 +22,6 @@ SMALL, LARGE = (256, 32, 1024), (512, 64, 1024)
 AUTO = (0, 0, 0)  # the geometry key the report gives the chosen rows
 KINDS = ("val_nsa_small", "val_misplace", "val_erase")
 MARGIN, ADOPT_SLACK = 0.5, 0.25
-
-
-def val_rows(folder) -> dict[tuple, dict]:
-    rows = {}
-    for path in sorted(Path(folder).glob("*.jsonl")):
-        for line in path.read_text().splitlines():
-            r = json.loads(line)
-            rows[(at.geometry(r), r["category"], r["K"], r["seed"])] = r
-    return rows
 
 
 def score(row: dict, prefix: str = "val_") -> float:
@@ -76,7 +66,7 @@ def main(argv=None):
     ap.add_argument("--markdown", default=None)
     ap.add_argument("--figure", default=None)
     args = ap.parse_args(argv)
-    vals = val_rows(args.auto)
+    vals = at.load([args.auto])
     prefix = "valn_" if args.native else "val_"
     ch = choices(vals, prefix)
     lines = [f"Rule {'v6 (planted at native pixels, valn_*)' if args.native else 'v5 (planted at model resolution, val_*)'}\n",

@@ -178,13 +178,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_method_arguments(p, default_method="pcsnet")
 
 
-def holdout_kwargs(fit, holdout_rgb) -> dict:
-    """{"holdout": images} for a method's fit that chooses on held-out good images (pcsnet geometry=auto)."""
-    import inspect  # noqa: PLC0415
-
-    return {"holdout": list(holdout_rgb)} if holdout_rgb and "holdout" in inspect.signature(fit).parameters else {}
-
-
 def train_artifact(shot_paths: list[Path], *, method: str, preset: str, seed: int, overrides: dict, out: Path,
                    data: dict, holdout_rgb: list | None = None):
     """Fit ``method`` on the shot image files and save the artifact: the one path `train` and `register` share.
@@ -193,6 +186,7 @@ def train_artifact(shot_paths: list[Path], *, method: str, preset: str, seed: in
     from protospect.imageio import read_rgb  # noqa: PLC0415 (heavy imports only when the command runs)
     from protospect.training.artifact import save_artifact  # noqa: PLC0415
     from protospect.training.methods import get_method  # noqa: PLC0415
+    from protospect.training.methods.base import holdout_kwargs  # noqa: PLC0415
 
     fitter = get_method(method)
     shots_rgb = [read_rgb(p) for p in shot_paths]
@@ -211,6 +205,7 @@ def run(args: argparse.Namespace) -> int:
     from protospect.imageio import read_rgb  # noqa: PLC0415
     from protospect.training.data import MVTecCategory, holdout_good, sample_shots  # noqa: PLC0415
     from protospect.training.methods import get_method  # noqa: PLC0415
+    from protospect.training.methods.base import takes_holdout  # noqa: PLC0415
 
     overrides = config_overrides_from_args(args)
     fitter = get_method(args.method)  # an unknown method is refused before any data is read
@@ -218,7 +213,7 @@ def run(args: argparse.Namespace) -> int:
     cat = MVTecCategory(args.data, args.category)
     shot_paths = sample_shots(cat.train_good, args.shots, args.seed)
     holdout = ([read_rgb(p) for p in holdout_good(cat.train_good, shot_paths, args.seed)]
-               if holdout_kwargs(fitter.fit, [True]) else None)
+               if takes_holdout(fitter.fit) else None)
     overrides = {"category": cat.name, **overrides}  # pcsnet/prn pick their pseudo-anomaly table row with it
     model, out, train_seconds = train_artifact(shot_paths, method=args.method, preset=args.preset, seed=args.seed,
                                                overrides=overrides, out=args.out,

@@ -128,7 +128,10 @@ def sample_shots(paths: list[Path], k: int, seed: int) -> list[Path]:
     return [unique[i] for i in sorted(chosen)]
 
 
-def holdout_good(paths: list[Path], shot_paths: list[Path], seed: int, n: int = 20) -> list[Path]:
+HOLDOUT_GOOD = 20  # held-out good images a choice at registration reads (the studies' --val)
+
+
+def holdout_good(paths: list[Path], shot_paths: list[Path], seed: int, n: int = HOLDOUT_GOOD) -> list[Path]:
     """Up to ``n`` of ``paths`` that are not shots, chosen by ``seed``: the held-out good images a choice made
     at registration reads (pcsnet geometry=auto), drawn as studies/decision_study.py draws its normals."""
     shots = set(map(Path, shot_paths))

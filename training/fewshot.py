@@ -10,7 +10,6 @@ the population std so one seed gives 0).
 """
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from protospect.errors import ConfigError
 from protospect.conformal import n_needed, operating_point
 from protospect.training.data import MVTecCategory, TestItem, holdout_good, load_image, load_item, sample_shots
 from protospect.training.methods import get_method
+from protospect.training.methods.base import takes_holdout
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +199,7 @@ def evaluate(data_root, category: str | None, method: str, shots_list: list[int]
                 run_overrides, data = split.overrides, {"defects": split.defects, "defect_names": split.defect_names}
                 excluded = {it.path for it in cat.test} - {it.path for it in split.remaining}
             t0 = time.perf_counter()
-            if "holdout" in inspect.signature(module.fit).parameters:  # a choice made on good images only
+            if takes_holdout(module.fit):  # a choice made on good images only
                 data = {**data, "holdout": [read_rgb(p) for p in holdout_good(cat.train_good, shot_paths, seed)]}
             model = module.fit(shots_rgb, preset=preset, seed=seed, config_overrides=run_overrides, **data)
             train_seconds = time.perf_counter() - t0

@@ -38,7 +38,6 @@ OPSET = 17
 REPORT_DIR = "report"
 SHOTS_DIR = "shots/train/good"   # MVTec layout: `protospect train --data STATION_DIR/shots` works on it too
 GOOD_IN_REPORT = 4
-HOLDOUT_PARTS = 20  # calibration parts a fit that chooses on good images (pcsnet geometry=auto) reads
 
 
 @dataclass
@@ -249,6 +248,7 @@ def _build(args, overrides: dict, cap: Capture, tmp: Path, out: Path, stages: St
     from protospect.conformal import operating_point
     from protospect.training.artifact import artifact_sha256
     from protospect.training.cli_train import train_artifact
+    from protospect.training.data import HOLDOUT_GOOD
 
     shots_dir = tmp / SHOTS_DIR
     shots_dir.mkdir(parents=True)
@@ -265,7 +265,7 @@ def _build(args, overrides: dict, cap: Capture, tmp: Path, out: Path, stages: St
                                          # geometry=auto chooses on good parts that are not shots: the first of the
                                          # calibration parts (the choice is between two models, so the FRR
                                          # certified on the same parts is at most mildly optimistic; docs/runtime.md)
-                                         holdout_rgb=[c.rgb for c in cap.parts[:HOLDOUT_PARTS]])
+                                         holdout_rgb=[c.rgb for c in cap.parts[:HOLDOUT_GOOD]])
     stages.done("train", f"{args.method} ({args.preset}) on K = {len(shot_paths)} shots")
 
     size = input_size_of(model.meta)

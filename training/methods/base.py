@@ -30,6 +30,18 @@ class EvalSplit(NamedTuple):
     remaining: list          # the test items to score
 
 
+def holdout_kwargs(fit, holdout_rgb=None) -> dict:
+    """{"holdout": images} for a method whose fit chooses on held-out good images (pcsnet geometry=auto), else {}.
+    ``takes_holdout(fit)`` says whether it does, before any image is read."""
+    return {"holdout": list(holdout_rgb)} if holdout_rgb and takes_holdout(fit) else {}
+
+
+def takes_holdout(fit) -> bool:
+    import inspect  # noqa: PLC0415
+
+    return "holdout" in inspect.signature(fit).parameters
+
+
 def model_meta(method: str, preset: str, backbone_name: str, input_size: int, spec, config: dict, **extra) -> dict:
     """The meta every AnomalyModel carries (contracts section 4); ``spec`` is the backbone's BackboneSpec."""
     return {"method": method, "preset": preset, "backbone": backbone_name, "input_size": int(input_size),

@@ -39,13 +39,15 @@ def _meta(cfg: PCSNetConfig, preset: str, spec) -> dict:
 def _check_shots(shots_rgb, size: int) -> list[np.ndarray]:
     if len(shots_rgb) == 0:
         raise DataError("pcsnet: no good images given; pass at least one (K >= 1)")
-    out = []
-    for i, img in enumerate(shots_rgb):
+    return [resize_square(img, size) for img in _check_images(shots_rgb, "shot")]
+
+
+def _check_images(images, what: str) -> list[np.ndarray]:
+    for i, img in enumerate(images):
         if not (isinstance(img, np.ndarray) and img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3):
             got = getattr(img, "shape", type(img).__name__), getattr(img, "dtype", "")
-            raise DataError(f"pcsnet: shot {i} is {got}; expected uint8 RGB HxWx3 (use protospect.imageio.read_rgb)")
-        out.append(resize_square(img, size))
-    return out
+            raise DataError(f"pcsnet: {what} {i} is {got}; expected uint8 RGB HxWx3 (use protospect.imageio.read_rgb)")
+    return list(images)
 
 
 def fit(shots_rgb: list[np.ndarray], preset: str = "edge", seed: int = 0,
@@ -85,9 +87,10 @@ def _fit_auto(shots_rgb, preset, seed, cfg: PCSNetConfig, holdout, progress, dev
         model = _fit_config(shots_rgb, preset, seed, large_cfg, progress, device)
     else:
         models, scores = {}, {}
+        native_sets = ag.planted(holdout, cfg.category)  # planted once at the images' pixels; each candidate resizes
         for name, c in (("small", small_cfg), ("large", large_cfg)):
             models[name] = _fit_config(shots_rgb, preset, seed, c, progress, device)
-            scores[name] = {"input_size": c.input_size, **ag.validation_score(models[name], holdout, cfg.category)}
+            scores[name] = {"input_size": c.input_size, **ag.validation_score(models[name], holdout, native_sets)}
         pick = ag.choose(scores["small"], scores["large"])
         model = models[pick]
         record.update(scores=scores, chosen=pick)
@@ -100,13 +103,6 @@ def _fit_auto(shots_rgb, preset, seed, cfg: PCSNetConfig, holdout, progress, dev
     record["input_size"] = int(model.cfg.input_size)
     model.meta["geometry_choice"] = record
     return model
-
-
-def _check_images(images, what: str) -> list[np.ndarray]:
-    for i, img in enumerate(images):
-        if not (isinstance(img, np.ndarray) and img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3):
-            raise DataError(f"pcsnet: {what} {i} is {getattr(img, 'shape', type(img).__name__)}; expected uint8 RGB HxWx3")
-    return list(images)
 
 
 def _fit_config(shots_rgb, preset, seed, cfg: PCSNetConfig, progress, device) -> PCSNetModel:

@@ -1,12 +1,12 @@
-"""geometry=auto: the input size chosen per part at registration, from good images only (rule v5,
-docs/decision.md section 14).
+"""geometry=auto: the input size chosen per part at registration, from good images only (rules v5-v6,
+docs/decision.md sections 14-16).
 
 Both candidates are trained on the same shots: the auto_small px model (edge: 256 px, grid 32, the model
-before rule v3) and the preset's own size (edge: 512 px, 1,024 prototypes). Each scores held-out good images of the part
-against three kinds of defects planted on copies of them (small NSA patches, misplaced and erased
-content: logical_defects.py). The larger model is kept only when its mean image AUROC beats the smaller
-one's by more than MARGIN points, since it costs about 5x the CPU time per frame. Without enough held-out
-images the preset's size is kept and the artifact says why.
+before rule v3) and the preset's own size (edge: 512 px, 1,024 prototypes). Each scores held-out good images
+of the part against three kinds of defects planted on copies of them at their own pixels and then resized to
+its input (small NSA patches, misplaced and erased content: logical_defects.py). The larger model is kept
+only when its mean image AUROC beats the smaller one's by more than MARGIN points, since it costs about 5x
+the CPU time per frame. Without enough held-out images the preset's size is kept and the artifact says why.
 """
 from __future__ import annotations
 
@@ -19,39 +19,39 @@ from protospect.training.logical_defects import logical_sets, small_nsa_defects
 from protospect.training.metrics import image_auroc
 
 MARGIN = 0.5  # AUROC points the larger model must win by
-HOLDOUT = 20  # held-out good images scored per candidate (the study's --val)
 MIN_HOLDOUT = 8  # fewer and the choice is noise: keep the preset's size
 KINDS = ("nsa_small", "misplace", "erase")  # DTD textures are research-only, so not among them
-NATIVE_PLANT = True  # plant at the images' own pixels, then resize (rule v6, docs/decision.md section 15)
 
 
-def planted(normals: list[np.ndarray], category: str | None) -> dict[str, list]:
-    sets = {"nsa_small": small_nsa_defects(normals, category), **logical_sets(normals, category)}
+def planted(images: list[np.ndarray], category: str | None) -> dict[str, list]:
+    """{kind: [(image, mask), ...]}: the KINDS planted on copies of ``images`` at their own pixels."""
+    sets = {"nsa_small": small_nsa_defects(images, category), **logical_sets(images, category)}
     return {k: sets[k] for k in KINDS}
 
 
-def planted_native(images: list[np.ndarray], size: int, category: str | None) -> dict[str, list]:
-    """The KINDS planted on the images at their own pixels, then resized to the model's ``size`` as every frame
-    is: a real defect on a part photographed at 256 px has no 512 px detail, so planting after an upscale
-    would flatter the larger model (rule v6, docs/decision.md section 15)."""
+def resized(sets: dict[str, list], size: int) -> dict[str, list]:
+    """Planted sets resized to a model's input as every frame is: a real defect on a part photographed at 256 px
+    has no 512 px detail, so planting after an upscale would flatter the larger model (rule v6, section 15)."""
     import cv2  # noqa: PLC0415
 
     return {kind: [(resize_square(img, size), cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST))
-                   for img, mask in pairs]
-            for kind, pairs in planted(images, category).items()}
+                   for img, mask in pairs] for kind, pairs in sets.items()}
 
 
-def validation_score(model, holdout_rgb: list[np.ndarray], category: str | None, native: bool = NATIVE_PLANT) -> dict:
-    """{kind: image AUROC, "mean": ...} of the model's image score on the held-out images vs planted copies
-    (planted at the images' own pixels when ``native``, else after resizing them to the model's input)."""
+def planted_native(images: list[np.ndarray], size: int, category: str | None) -> dict[str, list]:
+    """The KINDS planted at the images' own pixels, then resized to ``size`` (what the studies score)."""
+    return resized(planted(images, category), size)
+
+
+def validation_score(model, holdout_rgb: list[np.ndarray], native_sets: dict[str, list]) -> dict:
+    """{kind: image AUROC, "mean": ...} of the model's image score on the held-out images against
+    ``native_sets`` (planted(holdout_rgb): planted once, resized here to each candidate's input)."""
     from .validate import score  # noqa: PLC0415 (torch)
 
     size = int(model.cfg.input_size)
-    normals = [resize_square(img, size) for img in holdout_rgb]
-    good = score(model, normals).reshape(len(normals), -1).max(1)
-    sets = planted_native(holdout_rgb, size, category) if native else planted(normals, category)
+    good = score(model, [resize_square(img, size) for img in holdout_rgb]).reshape(len(holdout_rgb), -1).max(1)
     out = {}
-    for kind, pairs in sets.items():
+    for kind, pairs in resized(native_sets, size).items():
         bad = score(model, [p[0] for p in pairs]).reshape(len(pairs), -1).max(1)
         out[kind] = round(100 * image_auroc(np.r_[np.zeros(len(good)), np.ones(len(bad))], np.r_[good, bad]), 3)
     out["mean"] = round(float(np.mean([out[k] for k in KINDS])), 3)
