@@ -15,7 +15,7 @@ import numpy as np
 @dataclass(frozen=True)
 class AugmentConfig:
     per_image: int | None = None  # augmented copies per image (original always kept); None: enough for MIN_FRAMES
-    max_shift: float = 0.03       # fraction of the side
+    max_shift: float = 0.03       # fraction of each side (of W in x, of H in y)
     brightness: float = 0.10      # multiplicative, 1 +- this
     noise_sigma: float = 2.0      # grey levels
     seed: int = 0
@@ -26,7 +26,7 @@ class AugmentConfig:
 
 
 def augment(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
-    """One augmented copy of a uint8 RGB S x S image."""
+    """One augmented copy of a uint8 RGB H x W image (the shift is a fraction of each side)."""
     h, w = image.shape[:2]
     dx, dy = rng.uniform(-cfg.max_shift, cfg.max_shift, size=2) * (w, h)
     shifted = cv2.warpAffine(image, np.float32([[1, 0, dx], [0, 1, dy]]), (w, h), borderMode=cv2.BORDER_REFLECT_101)

@@ -8,7 +8,7 @@ import numpy as np
 from protospect._optional import require
 from protospect.calibration.augment import AugmentConfig, expand, pseudo_anomalies
 from protospect.errors import DataError
-from protospect.imageio import IMAGE_SUFFIXES, read_rgb, resize_square
+from protospect.imageio import IMAGE_SUFFIXES, read_rgb, resize_image
 
 _quant = require("onnxruntime.quantization", extra="runtime")
 
@@ -24,10 +24,10 @@ def images_in(folder: str | Path) -> list[Path]:
     return files
 
 
-def int8_calibration_frames(images, size: int, cfg: AugmentConfig, with_anomalies: bool = False) -> list[np.ndarray]:
-    """Paths or uint8 RGB arrays -> resized (shared resize) and augmented uint8 S x S x 3 frames,
-    followed, with ``with_anomalies``, by ``cfg.pseudo_anomalies`` NSA copies of each image."""
-    base = [resize_square(read_rgb(i) if isinstance(i, (str, Path)) else i, size) for i in images]
+def int8_calibration_frames(images, size: int | tuple[int, int], cfg: AugmentConfig, with_anomalies: bool = False) -> list[np.ndarray]:
+    """Paths or uint8 RGB arrays -> resized to ``size`` (S, or (H, W); the shared resize) and augmented uint8
+    H x W x 3 frames, followed, with ``with_anomalies``, by ``cfg.pseudo_anomalies`` NSA copies of each image."""
+    base = [resize_image(read_rgb(i) if isinstance(i, (str, Path)) else i, size) for i in images]
     if not base:
         raise DataError("INT8 calibration needs at least one normal image")
     frames = expand(base, cfg)

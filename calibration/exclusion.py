@@ -10,8 +10,8 @@ Found from the graph's structure, never from node names:
   last ``float_tail`` decoder layers, the upsample, blur and max stay float (pixel maps degrade
   first under PTQ, anomalib #2298). PatchCore has no learned layer after its TopK: all float.
 * stem: the first ``float_stem`` learned layers from the input (default 0), and every learned
-  layer and residual Add before the TopKs whose output is at stride <= ``float_stride`` (default 4: output side
-  >= S/4, S the side of the first learned layer's input; shapes from ONNX shape inference).
+  layer and residual Add before the TopKs whose output is at stride <= ``float_stride`` (default 4: output width
+  >= W/4, W the width of the first learned layer's input, square or not; shapes from ONNX shape inference).
   Why stride <= 4: those are the backbone's most INT8-sensitive layers (figures: docs/export.md, docs/results/
   pcsnet_precision.md, from studies/int8_sensitivity.py without test images). The rule reads strides, not
   layer counts, so it means the same for a backbone with more or fewer layers per stage.
@@ -84,8 +84,9 @@ def float_regions(model: onnx.ModelProto, float_tail: int = 1, float_stem: int =
 
 def _fine_layers(model: onnx.ModelProto, front: list[onnx.NodeProto], adds: list[onnx.NodeProto],
                  float_stride: int) -> set[str]:
-    """Learned layers and Adds (NCHW outputs) whose output side is >= side / float_stride, where side
-    is the spatial side of the first learned layer's input (the normalised image)."""
+    """Learned layers and Adds (NCHW outputs) whose output width is >= side / float_stride, where side
+    is the width of the first learned layer's input (the normalised image; the stride is read along W, the
+    same along H, so a non-square input gives the same layers)."""
     inferred = onnx.shape_inference.infer_shapes(model)
     shapes = {}
     for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):

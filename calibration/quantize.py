@@ -29,7 +29,7 @@ from protospect.calibration.exclusion import float_regions
 from protospect.calibration.qdq_check import QDQReport, check_qdq
 from protospect.errors import ArtifactError, ConfigError
 from protospect.files import write_atomic
-from protospect.metadata import input_size_of_props, read_metadata, set_metadata
+from protospect.metadata import input_hw_of_props, read_metadata, set_metadata
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def int8_from_onnx(onnx_path, out_path, images, *, augment: AugmentConfig | None
     regions = float_regions(model, float_tail=float_tail, float_stem=float_stem, float_stride=float_stride)
     # an INT8 decoder after the top-k also sees pseudo anomalies, so defect activations are in range
     with_anomalies = bool(regions.decoder_int8) and augment.pseudo_anomalies > 0
-    frames = int8_calibration_frames(images, input_size_of_props(props, onnx_path), augment, with_anomalies=with_anomalies)
+    frames = int8_calibration_frames(images, input_hw_of_props(props, onnx_path), augment, with_anomalies=with_anomalies)
     if len(frames) < MIN_FRAMES:
         log.warning("only %d calibration frames (< %d): activation ranges may be noisy; add normal images "
                     "with --int8-calib-images DIR or raise --int8-calib-augment", len(frames), MIN_FRAMES)

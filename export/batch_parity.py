@@ -57,7 +57,7 @@ def chunks(n_items: int, batch: int | str) -> list[list[int]]:
 
 def batch_parity(batched_path: str | Path, single_path: str | Path, frames, threshold: float,
                  batch: int | str) -> BatchParityReport:
-    """Compare ``batched_path`` per item with ``single_path`` on uint8 S x S x 3 ``frames``."""
+    """Compare ``batched_path`` per item with ``single_path`` on uint8 H x W x 3 ``frames``."""
     from protospect.export.ort_session import cpu_session
 
     frames = [np.ascontiguousarray(f, dtype=np.uint8) for f in frames]

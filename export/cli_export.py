@@ -220,12 +220,12 @@ def _check(args, model, manifest: dict, precision: str) -> bool:
         log.warning("--check compares the full graph; the split graphs are covered by tests/export")
         return True
     from protospect.calibration.data_reader import images_in
-    from protospect.metadata import input_size_of
+    from protospect.metadata import input_hw_of
     from protospect.export.parity import parity_from_model, shot_views
     from protospect.export.shots import shot_paths
 
     images = (images_in(args.check_images) if args.check_images
-              else shot_views(shot_paths(manifest), input_size_of(model.meta)))
+              else shot_views(shot_paths(manifest), input_hw_of(model.meta)))
     report = parity_from_model(model, args.out, images)
     print(report.format())
     return precision != "fp32" or report.ok
@@ -235,9 +235,9 @@ def _check_images(args, model, manifest: dict):
     from protospect.calibration.data_reader import images_in
     from protospect.export.parity import load_images, shot_views
     from protospect.export.shots import shot_paths
-    from protospect.metadata import input_size_of
+    from protospect.metadata import input_hw_of
 
-    size = input_size_of(model.meta)
+    size = input_hw_of(model.meta)
     if args.check_images:
         return list(load_images(images_in(args.check_images), size))
     return shot_views(shot_paths(manifest), size)

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import onnx
 
-from protospect.contract import KEY_BATCH, KEY_INPUT_SIZE, KEY_MEAN, KEY_PRECISION, KEY_STD, KEY_THRESHOLD
+from protospect.contract import KEY_BATCH, KEY_MEAN, KEY_PRECISION, KEY_STD, KEY_THRESHOLD
 from protospect.files import write_atomic
+from protospect.metadata import input_hw_of_props
 
 CONFIG_NAME = "config_infer_primary_protospect.txt"
 NETWORK_MODE = {"fp32": 0, "int8": 1, "fp16": 2}  # nvinfer's network-mode
@@ -35,8 +36,7 @@ def nvinfer_normalisation(mean, std) -> tuple[float, list[float]] | None:
 def config_text(graph_path: Path, engine_path: Path | None = None) -> str:
     graph = onnx.load(str(graph_path), load_external_data=False)
     props = {p.key: p.value for p in graph.metadata_props}
-    size = json.loads(props[KEY_INPUT_SIZE])
-    size = size[0] if isinstance(size, list) else int(size)
+    h, w = input_hw_of_props(props, str(graph_path))
     batch = props.get(KEY_BATCH, "1")
     precision = props.get(KEY_PRECISION, "fp32")
     mean, std = json.loads(props[KEY_MEAN]), json.loads(props[KEY_STD])
@@ -47,7 +47,7 @@ def config_text(graph_path: Path, engine_path: Path | None = None) -> str:
     engine = engine_path or graph_path.with_suffix(".engine")
     return "\n".join([
         f"# protospect: nvinfer config for {graph_path.name} (export --deepstream). UNVERIFIED: no DeepStream here.",
-        "# Read anomaly_map [1,S,S] and image_score [1] from NvDsInferTensorMeta (output-tensor-meta=1): docs/runtime.md.",
+        f"# Read anomaly_map [1,{h},{w}] and image_score [1] from NvDsInferTensorMeta (output-tensor-meta=1): docs/runtime.md.",
         f"# Judge: NG when image_score >= {props.get(KEY_THRESHOLD, '?')} (protospect.threshold of this graph).",
         "# The graph takes uint8 NHWC RGB and normalises inside; nvinfer feeds float: pixels pass unchanged below.",
         norm_line,
@@ -63,7 +63,7 @@ def config_text(graph_path: Path, engine_path: Path | None = None) -> str:
         "gie-unique-id=1",
         "model-color-format=0",
         "network-input-order=1",
-        f"infer-dims={size};{size};3",
+        f"infer-dims={h};{w};3",
         "maintain-aspect-ratio=0",
         "net-scale-factor=1.0",
         "offsets=0;0;0",

@@ -1,7 +1,7 @@
 """Wrappers that make an AnomalyModel take what a station has: one uint8 RGB NHWC frame.
 
 Decision (docs/export.md): cast, /255, mean/std normalisation and NHWC->NCHW live inside the graph,
-so the runtime only decodes and resizes (imageio.resize_square) and needs no per-model arithmetic.
+so the runtime only decodes and resizes (imageio.resize_image) and needs no per-model arithmetic.
 Resize stays outside: the camera frame size is not known at export time and the graph keeps
 static shapes. The Cast is the first op on `image` because TensorRT accepts uint8 only as a
 network input that is cast straight away.
@@ -15,7 +15,7 @@ from protospect.training.layers import Normalize
 
 
 class UInt8Preprocess(nn.Module):
-    """uint8 (B,S,S,3) RGB -> float (B,3,S,S) normalised with the model's mean/std."""
+    """uint8 (B,H,W,3) RGB -> float (B,3,H,W) normalised with the model's mean/std."""
 
     def __init__(self, mean, std):
         super().__init__()

@@ -23,7 +23,7 @@ from protospect.export.deploy import FeaturesGraph, FullGraph, FullGraphBankInpu
 from protospect.onnx_graph import ensure_node_names, topk_values
 from protospect.contract import (ANOMALY_MAP, BANK, DYNAMIC_BATCH, GUIDE, IMAGE_SCORE, INPUT, KNN_SQDIST, QUERIES,
                                  bank_sha256, parse_batch)
-from protospect.metadata import build_metadata, input_size_of, set_metadata
+from protospect.metadata import build_metadata, input_hw_of, set_metadata
 from protospect.files import write_atomic
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,9 @@ def _load(art_dir):
 def onnx_from_model(model: nn.Module, meta: dict, calibration: dict, out_path: str | Path, *,
                     artifact_sha256: str = "", bank_as_input: bool = False, opset: int = MIN_OPSET,
                     batch: int | str = 1) -> ExportedGraph:
-    """Export ``model`` (contract section 4) as the default graph: `image` uint8 [1,S,S,3] -> anomaly_map, image_score.
+    """Export ``model`` (contract section 4) as the default graph: `image` uint8 [1,H,W,3] -> anomaly_map, image_score.
+
+    (H, W) is the model's input size (meta["input_size"]: S for S x S, or [H, W]); the map is [1,1,H,W].
 
     With ``bank_as_input`` the prototype bank becomes a graph input `bank` [M, D] (same M and D as
     exported: shapes stay static) so a new bank can be swapped in without re-export. ``batch`` N > 1
@@ -70,10 +72,10 @@ def onnx_from_model(model: nn.Module, meta: dict, calibration: dict, out_path: s
         raise ConfigError(str(err)) from None
     if batch != 1 and bank_as_input:
         raise ConfigError("--batch with --bank-as-input is not supported; export one of them")
-    size = input_size_of(meta)
+    h, w = input_hw_of(meta)
     model = model.eval()
     trace_n = 2 if batch == DYNAMIC_BATCH else batch  # trace dynamic with 2 so no dimension is folded to 1
-    image = torch.zeros(trace_n, size, size, 3, dtype=torch.uint8)
+    image = torch.zeros(trace_n, h, w, 3, dtype=torch.uint8)
     if bank_as_input:
         buffer_name, bank = find_bank_buffer(model)
         wrapper = FullGraphBankInput(model, meta["mean"], meta["std"], buffer_name)
@@ -86,12 +88,12 @@ def onnx_from_model(model: nn.Module, meta: dict, calibration: dict, out_path: s
     onnx_model = _trace(wrapper.eval(), args, input_names, [ANOMALY_MAP, IMAGE_SCORE], opset, dynamic_axes)
     _check_topk(onnx_model, where="the full graph")
     if batch == DYNAMIC_BATCH:
-        _declare_output_shapes(onnx_model, {ANOMALY_MAP: ["batch", 1, size, size], IMAGE_SCORE: ["batch"]})
+        _declare_output_shapes(onnx_model, {ANOMALY_MAP: ["batch", 1, h, w], IMAGE_SCORE: ["batch"]})
     props = build_metadata(meta, calibration, artifact_sha256=artifact_sha256, graph="full",
                            extra=None if batch == 1 else {"batch": str(batch)})
     set_metadata(onnx_model, props)
     n = None if batch == DYNAMIC_BATCH else batch
-    expected = {INPUT: [n, size, size, 3], ANOMALY_MAP: [n, 1, size, size], IMAGE_SCORE: [n]}
+    expected = {INPUT: [n, h, w, 3], ANOMALY_MAP: [n, 1, h, w], IMAGE_SCORE: [n]}
     if bank_as_input:
         expected["bank"] = list(bank.shape)
     return ExportedGraph(save_checked(onnx_model, out_path, expected), props)
@@ -103,7 +105,7 @@ def split_from_model(model: nn.Module, meta: dict, calibration: dict, out_dir: s
     _check_opset(opset)
     if not hasattr(model, "split"):
         raise ConfigError(f"method '{meta.get('method')}' has no split(); export the full graph (drop --split)")
-    size = input_size_of(meta)
+    h, w = input_hw_of(meta)
     features, bank, k, head = model.split()
     k = int(k)
     bank = bank.detach().float().cpu()
@@ -113,7 +115,7 @@ def split_from_model(model: nn.Module, meta: dict, calibration: dict, out_dir: s
         raise ConfigError(f"top-k k={k} exceeds TensorRT's TopK limit of {TRT_MAX_TOPK}; lower k in the method config")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    image = torch.zeros(1, size, size, 3, dtype=torch.uint8)
+    image = torch.zeros(1, h, w, 3, dtype=torch.uint8)
     feats_wrapper = FeaturesGraph(features.eval(), meta["mean"], meta["std"]).eval()
     with torch.no_grad():
         feats_out = feats_wrapper(image)
@@ -123,13 +125,13 @@ def split_from_model(model: nn.Module, meta: dict, calibration: dict, out_dir: s
     n, d = queries.shape[1], queries.shape[2]
     if d != bank.shape[1]:
         raise ArtifactError(f"split(): queries have D={d} but the bank has D={bank.shape[1]}")
-    grid = list(guide.shape[-2:]) if guide is not None else _square_grid(n)
+    grid = list(guide.shape[-2:]) if guide is not None else _grid_of(n, h, w)
     feat_names = [QUERIES, GUIDE] if has_guide else [QUERIES]
     feats_onnx = _trace(feats_wrapper, (image,), [INPUT], feat_names, opset)
     bank_hash = bank_sha256(bank.numpy())  # the runtime refuses a bank.npy that is not this one
     extra = {"split_k": str(k), "grid": grid, "bank_sha256": bank_hash}
     set_metadata(feats_onnx, build_metadata(meta, calibration, artifact_sha256=artifact_sha256, graph="features", extra=extra))
-    expected = {INPUT: [1, size, size, 3], QUERIES: [1, n, d]}
+    expected = {INPUT: [1, h, w, 3], QUERIES: [1, n, d]}
     if has_guide:
         expected[GUIDE] = list(guide.shape)
     paths = {"features": save_checked(feats_onnx, out_dir / "features.onnx", expected)}
@@ -140,7 +142,7 @@ def split_from_model(model: nn.Module, meta: dict, calibration: dict, out_dir: s
     head_onnx = _trace(HeadGraph(head.eval()).eval(), head_args, head_names, [ANOMALY_MAP, IMAGE_SCORE], opset)
     head_extra = {"split_k": str(k), "bank_sha256": bank_hash}
     set_metadata(head_onnx, build_metadata(meta, calibration, artifact_sha256=artifact_sha256, graph="head", extra=head_extra))
-    expected = {KNN_SQDIST: [1, n, k], ANOMALY_MAP: [1, 1, size, size], IMAGE_SCORE: [1]}
+    expected = {KNN_SQDIST: [1, n, k], ANOMALY_MAP: [1, 1, h, w], IMAGE_SCORE: [1]}
     paths["head"] = save_checked(head_onnx, out_dir / "head.onnx", expected)
     paths["bank"] = out_dir / "bank.npy"
     buf = io.BytesIO()
@@ -182,7 +184,12 @@ def _declare_output_shapes(model: onnx.ModelProto, shapes: dict[str, list]) -> N
                     dim.dim_value = value
 
 
-def _square_grid(n: int) -> list[int]:
+def _grid_of(n: int, h: int, w: int) -> list[int]:
+    """The query grid [gh, gw] of a split graph without a guide: a square grid for a square input. A non-square
+    input's grid is not guessed from N (several factorisations fit): its features must output the guide."""
+    if h != w:
+        raise ArtifactError(f"split(): the input is {h}x{w} (not square) and no guide gives the shape of the "
+                            f"{n}-position query grid; export the full graph (drop --split)")
     side = int(round(n ** 0.5))
     if side * side != n:
         raise ArtifactError(f"split(): {n} query positions do not form a square grid and no guide gives its shape")

@@ -1,4 +1,4 @@
-"""PyTorch vs ONNX Runtime (CPU) on real images through the same preprocessing (imageio.resize_square).
+"""PyTorch vs ONNX Runtime (CPU) on real images through the same preprocessing (imageio.resize_image).
 
 Reports the worst map difference relative to the maps' range, the worst score difference, how many
 OK/NG decisions differ at the model's threshold and, given labels, image AUROC from both.
@@ -15,8 +15,8 @@ from tqdm import tqdm
 from protospect.contract import ANOMALY_MAP, IMAGE_SCORE, INPUT
 from protospect.errors import DataError
 from protospect.export.deploy import FullGraph
-from protospect.metadata import input_size_of
-from protospect.imageio import read_rgb, resize_square
+from protospect.metadata import input_hw_of
+from protospect.imageio import read_rgb, resize_image
 
 MAP_TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "int8": None}  # None: report only
 
@@ -55,18 +55,18 @@ class ParityReport:
         return "\n".join(lines)
 
 
-def load_images(images, size: int) -> np.ndarray:
-    """Paths or uint8 RGB arrays -> uint8 (N, S, S, 3) through the shared resize."""
+def load_images(images, size: int | tuple[int, int]) -> np.ndarray:
+    """Paths or uint8 RGB arrays -> uint8 (N, H, W, 3) through the shared resize (``size``: S or (H, W))."""
     frames = []
     for item in images:
         img = read_rgb(item) if isinstance(item, (str, Path)) else item
-        frames.append(resize_square(img, size))
+        frames.append(resize_image(img, size))
     if not frames:
         raise DataError("parity check got no images")
     return np.stack(frames)
 
 
-def shot_views(paths, size: int, views: int = 2, seed: int = 0) -> list[np.ndarray]:
+def shot_views(paths, size: int | tuple[int, int], views: int = 2, seed: int = 0) -> list[np.ndarray]:
     """Augmented views (shift, brightness, noise) of the shots, without the shots themselves.
 
     A memory-bank model maps its own shots to distance ~0, where sqrt turns float rounding of
@@ -104,7 +104,7 @@ def parity_from_model(model, onnx_path, images, labels=None) -> ParityReport:
     from protospect.export.ort_session import cpu_session, graph_precision
 
     meta, calibration = model.meta, model.calibration
-    frames = load_images(images, input_size_of(meta))
+    frames = load_images(images, input_hw_of(meta))
     precision = graph_precision(onnx_path)
     session = cpu_session(onnx_path, simulate_qdq=precision == "int8")  # see cpu_session: what TensorRT computes
     feed_extra = {}

@@ -127,16 +127,16 @@ def plan_config_text(meta: dict, name: str, *, instances: int = 1) -> str:
     build-engine builds static shapes (no optimization profile), so the engine's batch is the graph's
     static batch (1 unless export --batch N): max_batch_size 0 (the batch is in dims), no dynamic_batching.
     """
-    from protospect.contract import KEY_BATCH, KEY_INPUT_SIZE
+    from protospect.contract import KEY_BATCH
+    from protospect.metadata import input_hw_of_props
 
-    size = json.loads(meta[KEY_INPUT_SIZE])
-    size = int(size[0] if isinstance(size, list) else size)
+    h, w = input_hw_of_props(meta, "the engine's sidecar")
     batch = str(meta.get(KEY_BATCH, "1"))
     if not batch.isdigit():
         raise ConfigError(f"the engine's graph has batch {batch!r}; build-engine builds static shapes only")
     n = int(batch)
-    tensors = _tensor_block("input", [("image", "TYPE_UINT8", [n, size, size, 3])]) + _tensor_block(
-        "output", [("anomaly_map", "TYPE_FP32", [n, 1, size, size]), ("image_score", "TYPE_FP32", [n])])
+    tensors = _tensor_block("input", [("image", "TYPE_UINT8", [n, h, w, 3])]) + _tensor_block(
+        "output", [("anomaly_map", "TYPE_FP32", [n, 1, h, w]), ("image_score", "TYPE_FP32", [n])])
     params = {k: str(v) for k, v in meta.items() if k.startswith(PREFIX)}
     return (f'name: "{name}"\nplatform: "tensorrt_plan"\nmax_batch_size: 0\n' + tensors
             + f"instance_group [\n  {{\n    count: {instances}\n    kind: KIND_GPU\n  }}\n]\n" + _param_text(params))

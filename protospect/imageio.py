@@ -149,17 +149,35 @@ def read_mask(path: str | Path, expected_hw: tuple[int, int] | None = None) -> n
     return (m > (127 if m.max() > 127 else 0)).astype(np.uint8)
 
 
-def resize_square(img: np.ndarray, size: int) -> np.ndarray:
-    """Resize an RGB image to size x size: area filter when shrinking (no aliasing), bilinear when growing."""
+def hw_of(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    """(H, W) of a model input size (square models keep the int form S): an int S is S x S; a pair (list from JSON, or tuple) is (H, W)."""
+    if isinstance(size, (list, tuple)):
+        if len(size) != 2:
+            raise DataError(f"input size {size!r} is neither S nor [H, W]")
+        return int(size[0]), int(size[1])
+    return int(size), int(size)
+
+
+def canonical_size(size: int | tuple[int, int] | list[int]) -> int | tuple[int, int]:
+    """S when the input is square, else the tuple (H, W): one hashable form for caches and records."""
+    h, w = hw_of(size)
+    return h if h == w else (h, w)
+
+
+def resize_image(img: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """Resize an RGB image to the model input (S, or (H, W)): area filter when shrinking (no aliasing),
+    bilinear when growing."""
+    th, tw = hw_of(size)
     h, w = img.shape[:2]
-    interp = cv2.INTER_AREA if (h > size or w > size) else cv2.INTER_LINEAR
-    return cv2.resize(img, (size, size), interpolation=interp)
+    interp = cv2.INTER_AREA if (h > th or w > tw) else cv2.INTER_LINEAR
+    return cv2.resize(img, (tw, th), interpolation=interp)
 
 
-def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
-    """The same geometry as resize_square, for a {0,1} mask (nearest, stays binary).
+def resize_mask(mask: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """The same geometry as resize_image, for a {0,1} mask (nearest, stays binary).
 
     INTER_NEAREST_EXACT samples each output pixel's centre, as the area / bilinear image resize does;
     plain INTER_NEAREST samples its top-left corner and shifts the mask by up to half an input cell.
     """
-    return cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST_EXACT)
+    th, tw = hw_of(size)
+    return cv2.resize(mask, (tw, th), interpolation=cv2.INTER_NEAREST_EXACT)

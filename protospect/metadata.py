@@ -15,29 +15,28 @@ from protospect.contract import (FORMAT_VERSION, GRAPHS, INPUT_LAYOUT, KEY_ARTIF
                                  KEY_PRESET, KEY_STD, KEY_THRESHOLD, METADATA_HASH, PREFIX, PRECISIONS, key,
                                  with_metadata_hash)
 from protospect.errors import ArtifactError
+from protospect.imageio import hw_of
 
 
-def input_size_of(meta: dict) -> int:
-    """The square model input side S from a model's meta (int, or [S, S])."""
+def input_hw_of(meta: dict) -> tuple[int, int]:
+    """The model input (H, W) from a model's meta (int S for S x S, or [H, W])."""
     size = meta.get("input_size")
-    if isinstance(size, (list, tuple)):
-        if len(size) != 2 or size[0] != size[1]:
-            raise ArtifactError(f"model meta input_size {size} is not square; protospect models take S x S input")
-        size = size[0]
-    if not isinstance(size, int) or size <= 0:
+    ok = (isinstance(size, int) or (isinstance(size, (list, tuple)) and len(size) == 2
+                                    and all(isinstance(v, int) for v in size)))
+    if not ok or min(hw_of(size)) <= 0:
         raise ArtifactError(f"model meta has no usable 'input_size' (got {size!r}); re-train or fix the artifact")
-    return size
+    return hw_of(size)
 
 
-def input_size_of_props(props: dict[str, str], where="the graph") -> int:
-    """S from a graph's protospect.input_size ("[S, S]")."""
+def input_hw_of_props(props: dict[str, str], where="the graph") -> tuple[int, int]:
+    """(H, W) from a graph's protospect.input_size ("[H, W]")."""
     try:
-        h, w = json.loads(props[KEY_INPUT_SIZE])
+        h, w = (int(v) for v in json.loads(props[KEY_INPUT_SIZE]))
     except (KeyError, ValueError, TypeError) as err:
         raise ArtifactError(f"{where} has no valid {KEY_INPUT_SIZE} metadata; export it with `protospect export`") from err
-    if h != w:
-        raise ArtifactError(f"{where} input size {h}x{w} is not square")
-    return int(h)
+    if h <= 0 or w <= 0:
+        raise ArtifactError(f"{where} input size {h}x{w} is not positive")
+    return h, w
 
 
 def build_metadata(meta: dict, calibration: dict, *, artifact_sha256: str, precision: str = "fp32",
@@ -50,7 +49,7 @@ def build_metadata(meta: dict, calibration: dict, *, artifact_sha256: str, preci
     missing = [k for k in ("threshold", "map_range") if k not in calibration]
     if missing:
         raise ArtifactError(f"model calibration lacks {missing}; the artifact was saved before fit() calibrated it")
-    size = input_size_of(meta)
+    h, w = input_hw_of(meta)
     lo, hi = (float(v) for v in calibration["map_range"])
     if not math.isfinite(float(calibration["threshold"])):
         raise ArtifactError(f"model calibration threshold {calibration['threshold']} is not finite; re-train the artifact")
@@ -59,7 +58,7 @@ def build_metadata(meta: dict, calibration: dict, *, artifact_sha256: str, preci
         KEY_METHOD: str(meta.get("method", "")),
         KEY_PRESET: str(meta.get("preset", "")),
         KEY_INPUT_LAYOUT: INPUT_LAYOUT,
-        KEY_INPUT_SIZE: json.dumps([size, size]),
+        KEY_INPUT_SIZE: json.dumps([h, w]),
         KEY_MEAN: json.dumps([float(v) for v in meta["mean"]]),
         KEY_STD: json.dumps([float(v) for v in meta["std"]]),
         KEY_THRESHOLD: repr(float(calibration["threshold"])),

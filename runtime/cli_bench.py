@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", type=int, required=True, help="timed frames")
     parser.add_argument("--warmup", type=int, default=50, help="untimed frames first (default 50)")
     parser.add_argument("--frame-size", default=None, metavar="WxH", type=frame_size,
-                        help="size of the in-memory frame without --source (default: the model's S x S)")
+                        help="size of the in-memory frame without --source (default: the model's input size)")
     parser.add_argument("--out", type=Path, default=Path("bench_out"), help="folder for latency_hist.png and bench.json")
 
 
@@ -55,9 +55,9 @@ def run(args: argparse.Namespace) -> int:
     backend, station = open_backend(args)
     with backend:
         use_threshold(backend, args.threshold, station)
-        s = backend.info.input_size
         if args.source is None:
-            w, h = args.frame_size or (s, s)
+            mh, mw = backend.info.input_hw
+            w, h = args.frame_size or (mw, mh)
             frame = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
             source = ArraySource([frame], loop=True, bgr=False, name=f"host memory {w}x{h}")
         else:

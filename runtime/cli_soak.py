@@ -64,10 +64,10 @@ def run(args: argparse.Namespace) -> int:
     backend, _ = open_backend(args)  # a station bundle: verified, then its graph
     probe = RssProbe(args.rss_every or max(1, args.frames // 10))
     with backend:
-        s = backend.info.input_size
         if args.source is None:
-            frame = np.random.default_rng(0).integers(0, 256, (s, s, 3), dtype=np.uint8)
-            source = ArraySource([frame], loop=True, bgr=False, name=f"host memory {s}x{s}")
+            h, w = backend.info.input_hw
+            frame = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
+            source = ArraySource([frame], loop=True, bgr=False, name=f"host memory {w}x{h}")
         else:
             source = open_source(args.source, loop=True)
         sinks = [JsonlSink(args.sink / "verdicts.jsonl")] if args.sink else []

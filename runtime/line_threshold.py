@@ -35,6 +35,8 @@ FORMAT_V1 = "protospect.line_threshold/1"    # one threshold, max + margin x (ma
 MIN_FRAMES = 10          # (earlier rule) fewer good frames say too little about where good parts end
 DEFAULT_MARGIN = 0.25
 IDENTITY = ("artifact_sha256", "precision", "input_size", "method")  # must match the running model
+# "input_size" is written S for a square model (as every file before non-square models) and [H, W] otherwise;
+# files are compared in the (H, W) form, so S and [S, S] are the same size.
 
 
 def choose(scores: np.ndarray, margin: float = DEFAULT_MARGIN) -> float:
@@ -56,7 +58,27 @@ def check_margin(margin: float) -> None:
 
 
 def identity(info: ModelInfo) -> dict:
-    return {**{k: getattr(info, k) for k in IDENTITY}, "graph": info.graph, "preset": info.preset}
+    h, w = info.input_hw
+    return {"artifact_sha256": info.artifact_sha256, "precision": info.precision,
+            "input_size": h if h == w else [h, w], "method": info.method, "graph": info.graph, "preset": info.preset}
+
+
+def _as_hw(size) -> tuple[int, int] | None:
+    """A file's "input_size" (S or [H, W]) as (H, W); None when it is neither."""
+    def is_int(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if is_int(size):
+        return size, size
+    if isinstance(size, list) and len(size) == 2 and all(is_int(v) for v in size):
+        return size[0], size[1]
+    return None
+
+
+def _same(key: str, file_value, model_value) -> bool:
+    if key == "input_size":
+        return _as_hw(file_value) is not None and _as_hw(file_value) == _as_hw(model_value)
+    return file_value == model_value
 
 
 def record(op: OperatingPoint, info: ModelInfo, model: str, source: str, rejected: int = 0) -> dict:
@@ -130,7 +152,7 @@ def load(path: Path, info: ModelInfo) -> dict:
         raise ArtifactError(f"{path}: its \"model\" field is {type(want).__name__} {_short(want)}, not the model identity "
                             "`protospect calibrate` writes; recalibrate with `protospect calibrate`")
     differ = [f"{k} {want.get(k)!r} (file) vs {got[k]!r} (model)" for k in IDENTITY
-              if want.get(k) != got[k]]
+              if not _same(k, want.get(k), got[k])]
     if differ:
         raise ArtifactError(f"{path} was measured with another model: {'; '.join(differ)}. "
                             "Scores of one model say nothing about another: recalibrate with `protospect calibrate`")

@@ -15,9 +15,15 @@ from protospect.errors import ArtifactError
 REQUIRED = ("input_size", "threshold", "map_range")
 
 
+def size_text(hw: tuple[int, int]) -> str:
+    """A model input size for logs: "512" for 512 x 512, "HxW" ("704x384") when not square."""
+    h, w = hw
+    return str(h) if h == w else f"{h}x{w}"
+
+
 @dataclass(frozen=True)
 class ModelInfo:
-    input_size: int                      # S: the model takes S x S x 3 uint8 RGB
+    input_hw: tuple[int, int]            # (H, W): the model takes H x W x 3 uint8 RGB (H == W for square models)
     threshold: float                     # NG when image_score >= threshold
     map_range: tuple[float, float]       # anomaly map values mapped to the colour scale's ends
     method: str = "unknown"
@@ -51,10 +57,7 @@ class ModelInfo:
                 f"{where} lacks metadata {', '.join(PREFIX + k for k in missing)}; "
                 "it was not written by `protospect export` (re-export the artifact)")
         try:
-            size = _json(p["input_size"])
-            size = [int(s) for s in size] if isinstance(size, list) else [int(size), int(size)]
-            if len(size) != 2 or size[0] != size[1] or size[0] <= 0:
-                raise ValueError(f"input_size {p['input_size']} is not a square [S, S]")
+            input_hw = _input_hw(p["input_size"])
             lo, hi = (float(v) for v in _json(p["map_range"]))
             if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
                 raise ValueError(f"map_range {p['map_range']} is not a finite [lo, hi] with hi > lo")
@@ -63,7 +66,7 @@ class ModelInfo:
                 raise ValueError(f"threshold {p['threshold']} is not a finite number")
             grid = p.get("grid")
             return cls(
-                input_size=size[0],
+                input_hw=input_hw,
                 threshold=threshold,
                 map_range=(lo, hi),
                 method=str(p.get("method", "unknown")),
@@ -80,8 +83,19 @@ class ModelInfo:
 
     def describe(self) -> str:
         review = "" if self.review_threshold is None else f" review={self.review_threshold:.6g}"
-        return (f"{self.method}/{self.preset} {self.precision} {self.input_size}px "
+        return (f"{self.method}/{self.preset} {self.precision} {size_text(self.input_hw)}px "
                 f"threshold={self.threshold:.6g}{review} ({self.threshold_source}) graph={self.graph}")
+
+
+def _input_hw(value) -> tuple[int, int]:
+    """protospect.input_size "[H, W]" (export writes this) or a bare S -> (H, W); ValueError unless two positive ints."""
+    size = _json(value)
+    if isinstance(size, bool) or not isinstance(size, (int, list)):
+        raise ValueError(f"input_size {value} is not [H, W]")
+    dims = size if isinstance(size, list) else [size, size]
+    if len(dims) != 2 or any(isinstance(d, bool) or not isinstance(d, int) or d <= 0 for d in dims):
+        raise ValueError(f"input_size {value} is not [H, W] with two positive integers")
+    return int(dims[0]), int(dims[1])
 
 
 def _unprefixed(props: dict) -> dict:

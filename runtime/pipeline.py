@@ -6,7 +6,7 @@
 
 Stages timed per frame (milliseconds, all host clocks):
   wait          capture stamp -> the loop takes the frame (queueing)
-  preprocess    conversion to RGB uint8 + resize to S x S
+  preprocess    conversion to RGB uint8 + resize to the model's H x W
   infer         backend.infer (host -> device -> host for GPU backends)
   postprocess   verdict from the thresholds (OK / REVIEW / NG), p-value, drift watch
   host_to_host  preprocess + infer + postprocess: frame in host memory -> verdict on host
@@ -56,7 +56,7 @@ class Prepared:
     """A frame after preprocess, waiting for its map and score (the multi-camera batcher holds several)."""
 
     frame: Frame
-    model_in: object          # uint8 S x S x 3 RGB
+    model_in: object          # uint8 H x W x 3 RGB (the model input)
     rgb_fn: object            # full-resolution RGB on first use
     t0: int                   # monotonic ns: the loop took the frame
     t1: int                   # preprocess done
@@ -204,7 +204,7 @@ class Pipeline:
         self._handled += 1
         t0 = time.monotonic_ns()
         try:
-            model_in, rgb_fn = preprocess(frame, info.input_size)
+            model_in, rgb_fn = preprocess(frame, info.input_hw)
         except FrameRejected as rej:
             self.reject(frame, rej.reason, rej.reason, trig)
             return None

@@ -66,7 +66,7 @@ class Result:
     ms: dict                     # stage -> milliseconds
     backend: str
     rgb_fn: Callable[[], np.ndarray]  # full-resolution frame, uint8 RGB, converted on first use
-    anomaly_map: np.ndarray      # S x S float32
+    anomaly_map: np.ndarray      # H x W float32 (the model input's size)
     origin: str = ""
     counters: dict = field(default_factory=dict)
     notes: dict = field(default_factory=dict)  # added by sinks that run first (the NG image's name) for the log

@@ -25,9 +25,11 @@ CATEGORIES = ("bottle", "deeppcb_00041", "deeppcb_44000", "elpv_mono", "hazelnut
 KS, SEEDS = (2, 4, 8), (0, 1, 2)
 
 
-def geometry(row: dict) -> tuple[int, int, int]:
-    size = int(row.get("input_size") or 256)
-    grid = int(row.get("grid") or size // 8)
+def geometry(row: dict) -> tuple:
+    """(input size, grid, prototypes); the size is S, or (H, W) for a non-square input (aspect=keep)."""
+    raw = row.get("input_size") or 256
+    size = tuple(int(v) for v in raw) if isinstance(raw, list) else int(raw)
+    grid = int(row.get("grid") or (size if isinstance(size, int) else max(size)) // 8)
     return size, grid, int(row.get("prototypes") or grid * grid)
 
 

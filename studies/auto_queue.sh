@@ -1,5 +1,6 @@
 #!/bin/bash
 # Rules v5 / v6 (docs/decision.md sections 14-15): both input-size candidates for every acceptance cell,
+# WORKERS=1 leaves a core free; a queue.txt written by hand runs only those jobs.
 # validation with the logical kinds, planted at model resolution (val_*) and at native pixels (valn_*). Two workers share one queue file; each job runs on one thread.
 #   bash studies/auto_queue.sh OUT_DIR [DATA]
 set -u
@@ -30,4 +31,4 @@ work() {
     echo "$(date +%T) done $job rc=$?" >> "$OUT/progress.log"
   done
 }
-work & work & wait
+for _ in $(seq "${WORKERS:-2}"); do work & done; wait

@@ -4,7 +4,8 @@
 # `protospect bench` each on the same frames, one after the other.
 #   bash studies/cost_bench.sh DATA_DIR OUT_DIR FRAMES VARIANT...
 # variants: s256 s384 s512 (input size; the edge grid stays S/8), m1024 (512 px, a 1,024-prototype coreset),
-# g32 (512 px, grid 32). Results: OUT_DIR/<variant>/bench/bench.json (host_to_host p50 is the rule's cost).
+# g32 (512 px, grid 32), a256 / a512 (aspect=keep on juice_bottle_loco's 1:2 images: 384 x 192 and 704 x 384,
+# rule v7, section 17). Results: OUT_DIR/<variant>/bench/bench.json (host_to_host p50 is the rule's cost).
 # FRAMES=0 only trains and exports (so the bench itself can run later on a quiet machine); a variant folder
 # that already holds model.onnx is benched as it is.
 set -euo pipefail
@@ -17,6 +18,7 @@ args_for() {
     s256|s384|s512) echo "--size ${1#s} --set geometry=fixed" ;;  # a size alone keeps the edge grid of S/8
     m1024) echo "--size 512 --set prototypes=1024 --set geometry=fixed" ;;
     g32) echo "--size 512 --set grid=32 --set bins=[32,16,8,4] --set geometry=fixed" ;;
+    a256|a512) echo "--size ${1#a} --set geometry=fixed --set aspect=keep" ;;
     *) echo "cost_bench: unknown variant $1" >&2; return 2 ;;
   esac
 }
@@ -24,8 +26,9 @@ mkdir -p "$OUT"
 for v in "$@"; do
   if [ ! -f "$OUT/$v/model.onnx" ]; then
     a=$(args_for "$v")
+    cat=mpdd_metal_plate; case $v in a*) cat=juice_bottle_loco ;; esac  # a non-square part for aspect=keep
     # shellcheck disable=SC2086  # the variant's arguments are meant to split
-    OMP_NUM_THREADS=1 $PY/protospect train --data "$DATA" --category mpdd_metal_plate --shots 4 --seed 0 --out "$OUT/$v/art" \
+    OMP_NUM_THREADS=1 $PY/protospect train --data "$DATA" --category "$cat" --shots 4 --seed 0 --out "$OUT/$v/art" \
       $a --set steps=5
     $PY/protospect export "$OUT/$v/art" --out "$OUT/$v/model.onnx"
   fi

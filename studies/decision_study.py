@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from protospect.imageio import read_rgb, resize_square
+from protospect.imageio import read_rgb, resize_image
 from protospect.runtime import line_threshold
 from protospect.training import metrics
 from protospect.training.calibrate import CALIB_SEED_OFFSET, jitter
@@ -38,7 +38,7 @@ from protospect.training.data import MVTecCategory, load_image, sample_shots
 from protospect.training.layers import patch_grid
 from protospect.training.logical_defects import logical_sets, small_nsa_defects as small_defects
 from protospect.training.fewshot import TestSet, line_good_images, line_metrics
-from protospect.training.methods.pcsnet import PCSNetModel, _check_shots, _create_backbone, _meta, nn_shot_patches
+from protospect.training.methods.pcsnet import PCSNetModel, _check_shots, _create_backbone, _meta, nn_shot_patches, with_aspect
 from protospect.training.methods.pcsnet.auto_geometry import planted_native
 from protospect.training.methods.pcsnet.model import as_queries
 from protospect.training.methods.pcsnet.presets import resolve_config
@@ -60,7 +60,7 @@ class Branches:
         self.model = model
         self.rotations = [int(b[2:]) for b in branches if b.startswith("nn")]  # the nn banks to compute
         # the nn branch materialises (batch, N, K*V*N) distances: 8 images at 256 px, 1 at 512 (about 1 GB each)
-        self.batch = 8 if model.cfg.input_size <= 256 or not self.rotations else 1
+        self.batch = 8 if model.cfg.hw[0] * model.cfg.hw[1] <= 256 * 256 or not self.rotations else 1
         if self.rotations:  # the shots' patches, only for the banks asked for (4 backbone passes per shot for nn4)
             views = max(self.rotations)
             patches = nn_shot_patches(model, images, rotations=views)  # (K, V*N, D), views in rotation order
@@ -139,17 +139,20 @@ def decisions(normal: dict, evaluated: dict[str, dict], size: int) -> dict:
     return out
 
 
-def at_size(maps: np.ndarray, size: int) -> np.ndarray:
-    """Maps (N, S, S) area-resampled to size x size, so models of different input sizes are scored on the same masks."""
-    if maps.shape[-1] == size:
+def at_size(maps: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """Maps (N, H, W) area-resampled to hw, so models of different input sizes are scored on the same masks."""
+    if tuple(maps.shape[-2:]) == tuple(hw):
         return maps
-    return np.stack([cv2.resize(m, (size, size), interpolation=cv2.INTER_AREA) for m in maps])
+    return np.stack([cv2.resize(m, (hw[1], hw[0]), interpolation=cv2.INTER_AREA) for m in maps])
 
 
-def run_one(cat, category, k, seed, args, test: TestSet | None, metric_masks: np.ndarray | None = None):
+def run_one(cat, category, k, seed, args, tests, metric_masks: np.ndarray | None = None):
+    """``tests(size)``: the test set at a model input size (None with --no-test)."""
     shot_paths = sample_shots(cat.train_good, k, seed)
-    cfg = resolve_config("edge", {"category": category, **_parse_set(args.set)})
-    images = _check_shots([read_rgb(p) for p in shot_paths], cfg.input_size)
+    shots_rgb = [read_rgb(p) for p in shot_paths]
+    cfg = with_aspect(resolve_config("edge", {"category": category, **_parse_set(args.set)}), shots_rgb)
+    images = _check_shots(shots_rgb, cfg.size)
+    test = tests(cfg.size)
     seed_everything(seed)
     backbone = _create_backbone(cfg, None)
     model = PCSNetModel(backbone, cfg, _meta(cfg, "edge", backbone.spec))
@@ -159,12 +162,12 @@ def run_one(cat, category, k, seed, args, test: TestSet | None, metric_masks: np
     model.eval()
     br = Branches(model, images, args.branches)
     br.per_shot_protos = log.shot_prototypes
-    size = cfg.input_size
+    size = cfg.size
 
     rest = [p for p in cat.train_good if p not in set(shot_paths)]
     rest = [rest[i] for i in np.random.default_rng(seed + 1).permutation(len(rest))[: args.val]]
     held_out = [read_rgb(p) for p in rest]
-    normals = [resize_square(img, size) for img in held_out]
+    normals = [resize_image(img, size) for img in held_out]
     planted = planted_sets(normals, category, args.textures)
     if args.small:
         planted["nsa_small"] = small_defects(normals, category)
@@ -187,7 +190,8 @@ def run_one(cat, category, k, seed, args, test: TestSet | None, metric_masks: np
     dec = decisions(normal, sets, size)
 
     row = {"category": category, "K": k, "seed": seed, "shots": [p.name for p in shot_paths], "fit_s": round(fit_s, 1),
-           "input_size": size, "grid": cfg.grid, "prototypes": cfg.n_prototypes, "n_val_normal": len(normals),
+           "input_size": size if isinstance(size, int) else list(size), "grid": cfg.grid, "prototypes": cfg.n_prototypes,
+           "n_val_normal": len(normals),
            "variants": {}}
     for name, res in dec.items():
         v = {}
@@ -200,7 +204,7 @@ def run_one(cat, category, k, seed, args, test: TestSet | None, metric_masks: np
             v["test_image_auroc"] = 100 * metrics.image_auroc(test.labels, s)
             masks = test.masks if metric_masks is None else metric_masks
             if fmap is not None and masks is not None:
-                fmap = at_size(fmap, masks.shape[-1])
+                fmap = at_size(fmap, masks.shape[-2:])
                 v["test_pixel_auroc"] = 100 * metrics.pixel_auroc(masks, fmap)
                 if args.aupro:
                     v["test_aupro"] = 100 * metrics.aupro(masks, fmap)
@@ -264,16 +268,22 @@ def main(argv=None):
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     cat = MVTecCategory(args.data, args.category)
-    size = resolve_config("edge", _parse_set(args.set)).input_size
-    test = None if args.no_test else TestSet.load(cat, size)
+    loaded: dict = {}
+
+    def tests(size):  # the test split at each input size a run needs (aspect=keep: the shots decide it)
+        if args.no_test:
+            return None
+        if size not in loaded:
+            loaded[size] = TestSet.load(cat, size)
+        return loaded[size]
     metric_masks = None
-    if test is not None and args.metric_size and args.metric_size != size and test.masks is not None:
-        metric_masks = TestSet.load(cat, args.metric_size).masks
+    if not args.no_test and args.metric_size and cat.has_masks:
+        metric_masks = tests(args.metric_size).masks
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     for k in args.shots:
         for seed in args.seeds:
-            row = run_one(cat, cat.name, k, seed, args, test, metric_masks)
+            row = run_one(cat, cat.name, k, seed, args, tests, metric_masks)
             with out.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             best = max(row["variants"], key=lambda n: np.mean([v for key, v in row["variants"][n].items() if key.startswith("val_")]))

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from protospect.metadata import input_size_of_props, read_metadata
+from protospect.imageio import canonical_size
+from protospect.metadata import input_hw_of_props, read_metadata
 from protospect.export.ort_session import cpu_session, graph_precision
 
 
@@ -30,7 +31,7 @@ def evaluate(graphs: list[Path], data: Path, category: str | None, int8_kernels:
     rows = []
     for path in graphs:
         props = read_metadata(onnx.load(str(path), load_external_data=False))
-        size = input_size_of_props(props, path)
+        size = canonical_size(input_hw_of_props(props, path))
         precision = graph_precision(path)
         session = cpu_session(path, threads=threads, simulate_qdq=precision == "int8" and not int8_kernels)
         labels, scores, maps, masks = [], [], [], []

@@ -12,7 +12,7 @@ import argparse
 import numpy as np
 import torch
 
-from protospect.imageio import read_rgb, resize_square
+from protospect.imageio import read_rgb, resize_image
 from protospect.training.backbones import create_backbone
 from protospect.training.data import MVTecCategory, sample_shots
 from protospect.training.layers import patch_grid
@@ -38,7 +38,7 @@ def main(argv=None):
     fig, axes = plt.subplots(len(args.categories), 12, figsize=(18, 1.7 * len(args.categories)), squeeze=False)
     for row, name in enumerate(args.categories):
         cat = MVTecCategory(args.data, name)
-        imgs = [resize_square(read_rgb(p), 256) for p in sample_shots(cat.train_good, 4, 0)]
+        imgs = [resize_image(read_rgb(p), 256) for p in sample_shots(cat.train_good, 4, 0)]
         with torch.no_grad():
             g = patch_grid(bb(to_tensor(imgs, bb.spec.mean, bb.spec.std)))
         fm = ForegroundMask(g.shape[1])

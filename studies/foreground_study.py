@@ -22,7 +22,7 @@ import torch
 
 from decision_report import add_run_arguments
 from decision_study import Branches, batched_maps, normal_maps, small_defects
-from protospect.imageio import read_rgb, resize_square
+from protospect.imageio import read_rgb, resize_image
 from protospect.training import metrics
 from protospect.training.data import MVTecCategory, sample_shots
 from protospect.training.fewshot import TestSet
@@ -83,7 +83,7 @@ def run_one(cat, k, seed, args, test):
     size = cfg.input_size
     rest = [p for p in cat.train_good if p not in set(shot_paths)]
     rest = [rest[i] for i in np.random.default_rng(seed + 1).permutation(len(rest))[: args.val]]
-    normals = [resize_square(read_rgb(p), size) for p in rest]
+    normals = [resize_image(read_rgb(p), size) for p in rest]
     planted = planted_sets(normals, cat.name, args.textures)
     planted.pop("nsa")
     planted["nsa_small"] = small_defects(normals, cat.name)

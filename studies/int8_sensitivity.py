@@ -36,7 +36,8 @@ from protospect.calibration.exclusion import _is_learned, float_regions
 from protospect.calibration.qdq_check import check_qdq
 from protospect.calibration.quantize import quantize_qdq
 from protospect.onnx_graph import GraphIndex
-from protospect.metadata import input_size_of_props, read_metadata
+from protospect.imageio import canonical_size
+from protospect.metadata import input_hw_of_props, read_metadata
 from protospect.export.ort_session import cpu_session
 
 # module path -> block label (analysis only; the export's rule is structural, calibration.exclusion)
@@ -71,8 +72,9 @@ def learned_blocks(model: onnx.ModelProto) -> dict[str, list[str]]:
     return blocks
 
 
-def evaluation_set(art: Path, data: Path, category: str | None, n_val: int, textures: str | None, size: int):
-    from protospect.imageio import read_rgb, resize_square
+def evaluation_set(art: Path, data: Path, category: str | None, n_val: int, textures: str | None,
+                   size: int | tuple[int, int]):
+    from protospect.imageio import read_rgb, resize_image
     from protospect.training.artifact import read_manifest as load_manifest
     from protospect.training.data import MVTecCategory
     from protospect.training.methods.pcsnet.validate import planted_sets
@@ -83,7 +85,7 @@ def evaluation_set(art: Path, data: Path, category: str | None, n_val: int, text
     shots = set(manifest.get("shots") or [])
     rest = [p for p in cat.train_good if Path(p).name not in shots]
     rest = [rest[i] for i in np.random.default_rng(1).permutation(len(rest))[:n_val]]
-    normals = [resize_square(read_rgb(p), size) for p in rest]
+    normals = [resize_image(read_rgb(p), size) for p in rest]
     planted = [pair for pairs in planted_sets(normals, category, textures).values() for pair in pairs]
     return normals, planted
 
@@ -133,7 +135,7 @@ def main(argv=None) -> int:
 
     model = onnx.load(str(args.fp32))
     props = read_metadata(model)
-    size = input_size_of_props(props, args.fp32)
+    size = canonical_size(input_hw_of_props(props, args.fp32))
     normals, planted = evaluation_set(args.artifact, args.data, args.category, args.val, args.textures, size)
     images = normals + [p[0] for p in planted]
     masks = np.stack([p[1] for p in planted]).astype(bool)

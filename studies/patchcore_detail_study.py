@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from protospect.imageio import read_rgb, resize_square
+from protospect.imageio import read_rgb, resize_image
 from protospect.training import metrics
 from protospect.training.backbones import create_backbone
 from protospect.training.data import MVTecCategory, sample_shots
@@ -45,7 +45,7 @@ SIZE = 256
 
 def resize(img: np.ndarray, how: str) -> np.ndarray:
     if how == "area":
-        return resize_square(img, SIZE)
+        return resize_image(img, SIZE)
     return np.asarray(Image.fromarray(img).resize((SIZE, SIZE), Image.BILINEAR))
 
 

@@ -16,7 +16,7 @@ import time
 import numpy as np
 import torch
 
-from protospect.imageio import read_rgb, resize_square
+from protospect.imageio import read_rgb, resize_image
 from protospect.training.data import MVTecCategory, sample_shots
 from protospect.training.methods import get_method
 from protospect.training.methods.pcsnet.validate import _parse_set, evaluate, planted_sets
@@ -42,7 +42,7 @@ def main(argv=None):
     t0, c0 = time.time(), time.process_time()
     model = get_method(args.method).fit([read_rgb(p) for p in shots], "edge", args.seed, overrides)
     wall, cpu = time.time() - t0, time.process_time() - c0
-    normals = [resize_square(read_rgb(p), model.meta["input_size"]) for p in rest]
+    normals = [resize_image(read_rgb(p), model.meta["input_size"]) for p in rest]
     rows = evaluate(model, normals, planted_sets(normals, cat.name, args.textures))
     print(json.dumps({"method": args.method, "overrides": overrides, "fit_wall_s": round(wall, 1), "fit_cpu_s": round(cpu, 1),
                       "train_loss": model.meta.get("train_loss"), "support": model.meta.get("support_source"), **rows},

@@ -29,17 +29,18 @@ def score(row: dict, prefix: str = "val_") -> float:
     return float(np.mean([v[prefix + k.removeprefix("val_")] for k in KINDS]))
 
 
-def choices(vals, prefix: str = "val_") -> dict[tuple, dict]:
-    """(category, K, seed) -> {"small", "large", "chosen"} for every cell both candidates ran."""
+def choices(vals, prefix: str = "val_", small=SMALL, large=LARGE) -> dict[tuple, dict]:
+    """(category, K, seed) -> {"small", "large", "chosen"} for every cell both candidates ran (keys: the
+    candidates' geometries)."""
     out = {}
     for c in at.CATEGORIES:
         for k in at.KS:
             for s in at.SEEDS:
-                a, b = vals.get((SMALL, c, k, s)), vals.get((LARGE, c, k, s))
+                a, b = vals.get((small, c, k, s)), vals.get((large, c, k, s))
                 if a is None or b is None or any(f"{prefix}erase" not in r["variants"][at.OLD] for r in (a, b)):
                     continue
                 sa, sb = score(a, prefix), score(b, prefix)
-                out[(c, k, s)] = {"small": sa, "large": sb, "chosen": LARGE if sb > sa + MARGIN else SMALL}
+                out[(c, k, s)] = {"small": sa, "large": sb, "chosen": large if sb > sa + MARGIN else small}
     return out
 
 

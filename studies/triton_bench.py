@@ -48,6 +48,7 @@ from triton_server import SERVER_ENV, TritonServer, server_env_problem  # noqa: 
 from protospect.runtime.backends.triton import TritonBackend  # noqa: E402
 from protospect.runtime.frames import Frame  # noqa: E402
 from protospect.runtime.preprocess import preprocess  # noqa: E402
+from protospect.runtime.model_info import size_text  # noqa: E402
 
 NAME = "part"
 FRAME = (160, 120)   # W x H of the generated frames (as the tests' replay video): preprocess really resizes
@@ -212,12 +213,12 @@ def main() -> int:
                   f"{config.get('dynamic_batching', {}).get('max_queue_delay_microseconds')} us, instances "
                   f"{config['instance_group'][0].get('count')} x {config['instance_group'][0].get('kind')}")
             with TritonBackend(NAME, server.url) as probe:
-                size = probe.info.input_size
+                size = probe.info.input_hw
             rng = np.random.default_rng(3)
             from fixture_models import render_part
             images = [preprocess(Frame(seq=i, t_capture_ns=0, t_wall=0.0, image=render_part(rng, FRAME, defect=i % 4 == 3)),
                                  size)[0] for i in range(N_IMAGES)]
-            print(f"input {size} px; each client: {WARMUP} warm-up frames, then {a.frames} timed frames, one at a time")
+            print(f"input {size_text(size)} px; each client: {WARMUP} warm-up frames, then {a.frames} timed frames, one at a time")
             served = 0
             for rep in range(a.repeats):
                 for n in (1, a.clients):

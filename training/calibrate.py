@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 import torch
 
-from protospect.imageio import resize_square
+from protospect.imageio import resize_image
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def jitter(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def to_model_input(images_rgb: Sequence[np.ndarray], size: int, mean, std) -> torch.Tensor:
     """uint8 RGB images of any size -> float (B, 3, size, size) normalised, through the shared resize."""
-    batch = np.stack([resize_square(im, size) for im in images_rgb])
+    batch = np.stack([resize_image(im, size) for im in images_rgb])
     x = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
     mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)

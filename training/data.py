@@ -6,7 +6,7 @@
     <category>/ground_truth/<defect>/<stem>_mask.png
 
 MPDD, VisA and BTAD work once converted to this layout. Images and masks go through
-protospect.imageio's resize_square / resize_mask, so they always share one geometry.
+protospect.imageio's resize_image / resize_mask, so they always share one geometry.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from typing import NamedTuple
 import numpy as np
 
 from protospect.errors import ConfigError, DataError
-from protospect.imageio import IMAGE_SUFFIXES, read_mask, read_rgb, resize_mask, resize_square
+from protospect.imageio import IMAGE_SUFFIXES, canonical_size, hw_of, read_mask, read_rgb, resize_image, resize_mask
 
 log = logging.getLogger(__name__)
 
@@ -140,11 +140,11 @@ def holdout_good(paths: list[Path], shot_paths: list[Path], seed: int, n: int = 
 
 
 @lru_cache(maxsize=2048)
-def _load_resized(path: str, size: int, mask_path: str | None) -> tuple[np.ndarray, np.ndarray | None]:
+def _load_resized(path: str, size: int | tuple[int, int], mask_path: str | None) -> tuple[np.ndarray, np.ndarray | None]:
     # Cached so repeated evaluation (several K and seeds) decodes each file once per size.
     img = read_rgb(path)
     mask = read_mask(mask_path, expected_hw=img.shape[:2]) if mask_path else None
-    img = resize_square(img, size)
+    img = resize_image(img, size)
     mask = resize_mask(mask, size) if mask is not None else None
     img.setflags(write=False)
     if mask is not None:
@@ -152,21 +152,21 @@ def _load_resized(path: str, size: int, mask_path: str | None) -> tuple[np.ndarr
     return img, mask
 
 
-def load_image(path: str | Path, size: int) -> np.ndarray:
-    """A train/shot image as uint8 RGB size x size (a fresh, writable copy)."""
-    return _load_resized(str(path), int(size), None)[0].copy()
+def load_image(path: str | Path, size: int | tuple[int, int]) -> np.ndarray:
+    """A train/shot image as uint8 RGB at the model input (S, or (H, W)) (a fresh, writable copy)."""
+    return _load_resized(str(path), canonical_size(size), None)[0].copy()
 
 
-def load_item(item: TestItem, size: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """(image uint8 SxSx3, mask uint8 SxS in {0,1}) for a test item.
+def load_item(item: TestItem, size: int | tuple[int, int]) -> tuple[np.ndarray, np.ndarray | None]:
+    """(image uint8 HxWx3, mask uint8 HxW in {0,1}) at the model input (S, or (H, W)) for a test item.
 
     Good images get an all-zero mask. A defective image without a mask file gets ``None``
     (its category has ``has_masks`` False, so only image-level metrics use it).
     A mask whose size differs from its image's is a DataError.
     """
-    img, mask = _load_resized(str(item.path), int(size), str(item.mask_path) if item.mask_path else None)
+    img, mask = _load_resized(str(item.path), canonical_size(size), str(item.mask_path) if item.mask_path else None)
     if mask is None:
-        return img.copy(), (np.zeros((size, size), np.uint8) if item.label == 0 else None)
+        return img.copy(), (np.zeros(hw_of(size), np.uint8) if item.label == 0 else None)
     return img.copy(), mask.copy()
 
 

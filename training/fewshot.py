@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from protospect.errors import DataError
-from protospect.imageio import read_rgb
+from protospect.imageio import canonical_size, read_rgb
 from protospect.training import metrics
 from protospect.training.calibrate import to_model_input
 from protospect.training.backbones import FeatureStore, memoize_features
@@ -74,7 +74,7 @@ class TestSet:
 @torch.no_grad()
 def score_images(model, images: np.ndarray, batch_size: int = 4, desc: str = "score") -> tuple[np.ndarray, np.ndarray]:
     """(image scores (N,), maps (N, S, S)) of uint8 SxS RGB images, in batches, no grad."""
-    mean, std, size = model.meta["mean"], model.meta["std"], int(model.meta["input_size"])
+    mean, std, size = model.meta["mean"], model.meta["std"], canonical_size(model.meta["input_size"])
     device = next(iter(model.buffers()), torch.zeros(0)).device  # a method may return a CUDA model
     scores, maps = [], []
     for start in tqdm(range(0, len(images), batch_size), desc=desc, leave=False, unit="batch"):
@@ -203,7 +203,7 @@ def evaluate(data_root, category: str | None, method: str, shots_list: list[int]
                 data = {**data, "holdout": [read_rgb(p) for p in holdout_good(cat.train_good, shot_paths, seed)]}
             model = module.fit(shots_rgb, preset=preset, seed=seed, config_overrides=run_overrides, **data)
             train_seconds = time.perf_counter() - t0
-            size = int(model.meta["input_size"])
+            size = canonical_size(model.meta["input_size"])
             if size not in tests:
                 tests[size] = TestSet.load(cat, size)
             test = tests[size].without(excluded) if excluded else tests[size]
@@ -225,7 +225,7 @@ def evaluate(data_root, category: str | None, method: str, shots_list: list[int]
             if excluded:
                 run["defect_support"] = sorted(str(p) for p in excluded)
             run.update(seed=seed, shots=[p.name for p in shot_paths], train_seconds=round(train_seconds, 3),
-                       test_ms_per_image=round(test_ms, 2), test_features_cached=cached, input_size=size,
+                       test_ms_per_image=round(test_ms, 2), test_features_cached=cached, input_size=size if isinstance(size, int) else list(size),
                        threshold=threshold)
             runs.append(run)
             log.info("%s %s K=%d seed=%d: image AUROC %.1f, pixel AUROC %s, AUPRO %s, fit %.1f s", cat.name, method, k, seed,

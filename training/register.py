@@ -159,8 +159,8 @@ def capture(spec: str, k: int, n: int, *, every: int = 1, confirm=input, open_so
             size = (int(rgb.shape[1]), int(rgb.shape[0]))
             if size not in cap.sizes:
                 if cap.sizes:
-                    log.warning("frame %d is %dx%d, earlier frames %dx%d: resized to the model's S x S the same way "
-                                "as served frames (protospect.imageio.resize_square)", index, *size, *cap.sizes[0])
+                    log.warning("frame %d is %dx%d, earlier frames %dx%d: resized to the model's input size the same way "
+                                "as served frames (protospect.imageio.resize_image)", index, *size, *cap.sizes[0])
                 cap.sizes.append(size)
             got.append(Captured(index, src.origin, rgb))
             bar.update(1)
@@ -241,9 +241,9 @@ def register(args) -> Path:
 
 def _build(args, overrides: dict, cap: Capture, tmp: Path, out: Path, stages: Stages) -> dict:
     from protospect.export import onnx_export
-    from protospect.metadata import input_size_of
+    from protospect.metadata import input_hw_of
     from protospect.export.parity import parity_from_model, shot_views
-    from protospect.imageio import resize_square
+    from protospect.imageio import canonical_size, resize_image
     from protospect.runtime.backends import select_backend
     from protospect.conformal import operating_point
     from protospect.training.artifact import artifact_sha256
@@ -268,7 +268,7 @@ def _build(args, overrides: dict, cap: Capture, tmp: Path, out: Path, stages: St
                                          holdout_rgb=[c.rgb for c in cap.parts[:HOLDOUT_GOOD]])
     stages.done("train", f"{args.method} ({args.preset}) on K = {len(shot_paths)} shots")
 
-    size = input_size_of(model.meta)
+    size = input_hw_of(model.meta)
     fp32 = tmp / station.MODEL
     onnx_export.onnx_from_model(model, model.meta, model.calibration, fp32, artifact_sha256=artifact_sha256(art),
                                 opset=OPSET)
@@ -293,7 +293,7 @@ def _build(args, overrides: dict, cap: Capture, tmp: Path, out: Path, stages: St
     with backend:
         info = backend.info
         for c in tqdm(cap.parts, desc="score", unit="part", disable=not sys.stderr.isatty()):
-            amap, score = backend.infer(resize_square(c.rgb, info.input_size))
+            amap, score = backend.infer(resize_image(c.rgb, info.input_hw))
             scores.append(score)
             if len(maps) < GOOD_IN_REPORT:
                 maps.append(amap)
@@ -321,7 +321,7 @@ def _build(args, overrides: dict, cap: Capture, tmp: Path, out: Path, stages: St
         "model": served.name,
         "model_int8": station.MODEL_INT8 if args.int8 else None,
         "method": args.method, "preset": args.preset, "seed": args.seed,
-        "input_size": int(info.input_size), "artifact_sha256": artifact_sha256(art),
+        "input_size": canonical_size(info.input_hw), "artifact_sha256": artifact_sha256(art),
         "train_seconds": round(train_s, 3),
         "timings_s": dict(stages.times),
         "files": station.hash_files(tmp),

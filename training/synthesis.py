@@ -3,7 +3,7 @@
 Follows algorithms.md section 1.6 (Schlueter et al.'s NSA as configured by PCSNet: same image,
 hard swap, random shift, no resize, binary label, tol = 1), with three deliberate changes:
 
-* It runs on the image *at the model resolution* S, after ``resize_square``; the mask is made on
+* It runs on the image *at the model resolution* S, after ``resize_image``; the mask is made on
   the same pixels, so image and mask share one geometry (defect D2 of the published code).
 * Pixels whose change is too small to survive the label's median filter are put back, so the mask
   contains every changed pixel: a "pseudo anomaly" never hides unlabelled changes.

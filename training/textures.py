@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from protospect.errors import DataError
-from protospect.imageio import IMAGE_SUFFIXES, read_rgb, resize_square
+from protospect.imageio import IMAGE_SUFFIXES, read_rgb, resize_image
 
 TEXTURE_SUFFIXES = IMAGE_SUFFIXES
 
@@ -178,10 +178,10 @@ class TextureFolder:
     def __len__(self) -> int:
         return len(self.files)
 
-    def load(self, index: int, size: int) -> np.ndarray:
+    def load(self, index: int, size: int | tuple[int, int]) -> np.ndarray:
         key = (index, size)
         if key not in self._cache:
-            self._cache[key] = resize_square(read_rgb(self.files[index]), size)  # RGB: fixes P10
+            self._cache[key] = resize_image(read_rgb(self.files[index]), size)  # RGB: fixes P10
         return self._cache[key]
 
 
@@ -200,11 +200,10 @@ class DraemSynthesizer:
 
     def __call__(self, image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         h, w = image.shape[:2]
-        if h != w:
-            raise ValueError(f"expected a square image (resize_square first), got {w}x{h}")
         if rng.random() < self.rotate_prob:
             image = _rotate(image, float(rng.uniform(-90, 90)), border=cv2.BORDER_REFLECT)
-        mask = perlin_mask(h, rng)
-        texture = augment_texture(self.textures.load(int(rng.integers(len(self.textures))), h), rng)
+        # a non-square image (aspect=keep) takes the top-left h x w of a square noise field: same blob scale
+        mask = perlin_mask(max(h, w), rng)[:h, :w]
+        texture = augment_texture(self.textures.load(int(rng.integers(len(self.textures))), h if h == w else (h, w)), rng)
         beta = float(rng.uniform(0.0, self.beta_max))
         return draem_blend(image, texture, mask, beta), mask

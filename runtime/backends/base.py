@@ -1,7 +1,7 @@
 """The one interface every backend offers, and the checks they share.
 
     with backend:                      # loads the model, allocates buffers (constructors do nothing)
-        amap, score = backend.infer(img)   # img: uint8 S x S x 3 RGB -> (S x S float32, float)
+        amap, score = backend.infer(img)   # img: uint8 H x W x 3 RGB -> (H x W float32, float)
     backend.describe()                 # dict for logs and the JSON-lines records
 
 ``last_device_ms`` is the GPU-only time of the last infer() where the backend can measure it
@@ -16,22 +16,24 @@ import numpy as np
 
 from protospect.contract import ANOMALY_MAP, IMAGE_SCORE
 from protospect.errors import ArtifactError, ConfigError
-from protospect.runtime.model_info import ModelInfo
+from protospect.imageio import canonical_size
+from protospect.runtime.model_info import ModelInfo, size_text
 
 BANK_INPUT_HINT = ("it takes the prototype bank as input 'bank' (exported with --bank-as-input), which protospect "
                    "does not feed; re-export without --bank-as-input, or feed 'bank' from your own code")
 
 
-def check_output_shapes(shapes: dict, size: int, where: str) -> None:
-    """anomaly_map [1,1,S,S] and image_score [1] (contract 6), checked at load so a wrong graph fails
+def check_output_shapes(shapes: dict, hw: tuple[int, int], where: str) -> None:
+    """anomaly_map [1,1,H,W] and image_score [1] (contract 6), checked at load so a wrong graph fails
     here and not with a reshape error on the first frame. Dynamic dims (not a non-negative int) pass."""
-    for name, want in ((ANOMALY_MAP, (1, 1, size, size)), (IMAGE_SCORE, (1,))):
+    h, w = hw
+    for name, want in ((ANOMALY_MAP, (1, 1, h, w)), (IMAGE_SCORE, (1,))):
         got = shapes.get(name)
         if got is None:
             continue
-        if len(got) != len(want) or any(isinstance(d, int) and d >= 0 and d != w for d, w in zip(got, want)):
-            raise ArtifactError(f"{where}: output '{name}' has shape {list(got)} but its metadata (input size {size}) "
-                                f"says {list(want)}; re-export it with `protospect export`")
+        if len(got) != len(want) or any(isinstance(d, int) and d >= 0 and d != x for d, x in zip(got, want)):
+            raise ArtifactError(f"{where}: output '{name}' has shape {list(got)} but its metadata (input size "
+                                f"{size_text(hw)}) says {list(want)}; re-export it with `protospect export`")
 
 
 @runtime_checkable
@@ -89,12 +91,12 @@ class BackendBase:
     def infer(self, image_u8: np.ndarray) -> tuple[np.ndarray, float]:
         if not self._active:
             raise RuntimeError(f"{self.name} backend used outside `with backend:`")
-        s = self.info.input_size
-        if image_u8.dtype != np.uint8 or image_u8.shape != (s, s, 3):
-            raise ConfigError(f"{self.name} backend expects uint8 {s}x{s}x3 RGB, got {image_u8.dtype} {image_u8.shape} "
-                              "(frames go through runtime.preprocess first)")
+        h, w = self.info.input_hw
+        if image_u8.dtype != np.uint8 or image_u8.shape != (h, w, 3):
+            raise ConfigError(f"{self.name} backend expects uint8 {h}x{w}x3 RGB (H x W x 3), got {image_u8.dtype} "
+                              f"{image_u8.shape} (frames go through runtime.preprocess first)")
         amap, score = self.infer_impl(np.ascontiguousarray(image_u8))
-        return amap.reshape(s, s), float(np.asarray(score).reshape(-1)[0])
+        return amap.reshape(h, w), float(np.asarray(score).reshape(-1)[0])
 
     def infer_impl(self, image_u8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
@@ -102,7 +104,7 @@ class BackendBase:
     def describe(self) -> dict:
         d = {"backend": self.name}
         if self.info is not None:
-            d.update(method=self.info.method, precision=self.info.precision, input_size=self.info.input_size,
+            d.update(method=self.info.method, precision=self.info.precision, input_size=canonical_size(self.info.input_hw),
                      threshold=self.info.threshold, threshold_source=self.info.threshold_source)
             if self.info.review_threshold is not None:
                 d["review_threshold"] = self.info.review_threshold

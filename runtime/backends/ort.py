@@ -72,7 +72,7 @@ class OrtBackend(BackendBase):
         self._session = open_session(self.path, device=self.device, threads=self.threads)
         self.providers = self._session.get_providers()
         self.info = session_info(self._session, self.path)
-        check_io(self._session, self.path, self.info.input_size)
+        check_io(self._session, self.path, self.info.input_hw)
         log.info("onnxruntime session on %s (%s), %s", self.path.name, ", ".join(self.providers), self.info.describe())
 
     def deactivate(self) -> None:
@@ -89,38 +89,39 @@ class OrtBackend(BackendBase):
         return bool(shape) and not isinstance(shape[0], int)
 
     def infer_batch(self, images_u8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """uint8 [n,S,S,3] -> (float32 maps [n,S,S], float64 scores [n]) in one run of a dynamic-batch graph."""
+        """uint8 [n,H,W,3] -> (float32 maps [n,H,W], float64 scores [n]) in one run of a dynamic-batch graph."""
         if self._session is None:
             raise RuntimeError("ort backend used outside `with backend:`")
-        s = self.info.input_size
+        h, w = self.info.input_hw
         amap, score = self._session.run(list(OUTPUTS), {INPUT: np.ascontiguousarray(images_u8, dtype=np.uint8)})
         n = images_u8.shape[0]
-        return np.asarray(amap, np.float32).reshape(n, s, s), np.asarray(score, np.float64).reshape(n)
+        return np.asarray(amap, np.float32).reshape(n, h, w), np.asarray(score, np.float64).reshape(n)
 
     def describe(self) -> dict:
         return {**super().describe(), "providers": self.providers, "model": str(self.path)}
 
 
-def check_io(session, path: Path, size: int) -> None:
-    """The contract's I/O (uint8 [1,S,S,3] -> anomaly_map, image_score), or an ArtifactError saying what differs."""
+def check_io(session, path: Path, hw: tuple[int, int]) -> None:
+    """The contract's I/O (uint8 [1,H,W,3] -> anomaly_map, image_score), or an ArtifactError saying what differs."""
+    h, w = hw
     inputs = {i.name: i for i in session.get_inputs()}
     outputs = {o.name: o.shape for o in session.get_outputs()}
     if "bank" in inputs:
         raise ArtifactError(f"{path}: {BANK_INPUT_HINT}")
     if INPUT not in inputs or inputs[INPUT].type != "tensor(uint8)":
         got = ", ".join(f"{i.name}:{i.type}" for i in inputs.values())
-        raise ArtifactError(f"{path} must take input '{INPUT}' uint8 [1,{size},{size},3] (NHWC RGB); it takes {got}")
+        raise ArtifactError(f"{path} must take input '{INPUT}' uint8 [1,{h},{w},3] (NHWC RGB); it takes {got}")
     shape = inputs[INPUT].shape
     if shape and isinstance(shape[0], int) and shape[0] > 1:  # export --batch N (issue 18); dynamic batch is fed 1 frame
         raise ArtifactError(f"{path} is a batch-{shape[0]} graph (protospect export --batch {shape[0]}) but serve feeds one "
                             "camera's frame at a time: re-export with --batch 1 (the default) or --batch dynamic "
                             "(serve --config batches a dynamic graph across cameras)")
-    if len(shape) != 4 or any(isinstance(d, int) and d != want for d, want in zip(shape, (1, size, size, 3))):
-        raise ArtifactError(f"{path}: input '{INPUT}' has shape {shape}, metadata says [1,{size},{size},3]")
+    if len(shape) != 4 or any(isinstance(d, int) and d != want for d, want in zip(shape, (1, h, w, 3))):
+        raise ArtifactError(f"{path}: input '{INPUT}' has shape {shape}, metadata says [1,{h},{w},3]")
     extra = [name for name in inputs if name != INPUT]
     if extra:  # infer() feeds `image` only: ORT would fail on the first frame
         raise ArtifactError(f"{path} takes input(s) {', '.join(extra)} besides '{INPUT}'; protospect feeds '{INPUT}' only")
     missing = [o for o in OUTPUTS if o not in outputs]
     if missing:
         raise ArtifactError(f"{path} lacks output(s) {', '.join(missing)} (has {', '.join(sorted(outputs))})")
-    check_output_shapes(outputs, size, str(path))
+    check_output_shapes(outputs, hw, str(path))

@@ -107,7 +107,7 @@ class SplitOrtBackend(BackendBase):
             raise ArtifactError(f"{self.folder}: features.onnx must output 'queries' and head.onnx take 'knn_sqdist' "
                                 f"(have {sorted(f_out)} -> {sorted(h_in)})")
         self._has_guide = GUIDE in f_out and GUIDE in h_in
-        check_output_shapes({o.name: o.shape for o in self._head.get_outputs()}, self.info.input_size,
+        check_output_shapes({o.name: o.shape for o in self._head.get_outputs()}, self.info.input_hw,
                             str(self.folder / "head.onnx"))
         log.info("split path on CPU: features.onnx -> numpy top-%d over %d prototypes -> head.onnx%s",
                  self.k, self._bank.shape[0], " (with guide)" if self._has_guide else "")
@@ -166,10 +166,10 @@ class SplitTrtBackend(BackendBase):
         head_info = ModelInfo.from_metadata(load_sidecar(h_path)["onnx_metadata"], str(sidecar_path(h_path)))
         check_pieces(self.info, head_info, bank, self.folder)
         self.k = _split_k(self.info, bank, str(sidecar_path(f_path)))
-        s = self.info.input_size
+        h, w = self.info.input_hw
         try:
             self._stream = cuda.Stream()
-            self._features = TrtEngine(f_path, {INPUT: (1, s, s, 3)}, (QUERIES,), optional_outputs=(GUIDE,))
+            self._features = TrtEngine(f_path, {INPUT: (1, h, w, 3)}, (QUERIES,), optional_outputs=(GUIDE,))
             self._features.load()
             q = self._features.plan[QUERIES]
             n, d = int(q.shape[1]), int(q.shape[2])
@@ -180,7 +180,7 @@ class SplitTrtBackend(BackendBase):
                 head_inputs[GUIDE] = self._features.plan[GUIDE].shape
             self._head = TrtEngine(h_path, head_inputs, (ANOMALY_MAP, IMAGE_SCORE))
             self._head.load()
-            check_output_shapes({n: self._head.plan[n].shape for n in (ANOMALY_MAP, IMAGE_SCORE)}, s, str(h_path))
+            check_output_shapes({n: self._head.plan[n].shape for n in (ANOMALY_MAP, IMAGE_SCORE)}, (h, w), str(h_path))
             if self._head.plan[KNN_SQDIST].dtype != np.float32:
                 raise ArtifactError(f"{h_path}: input knn_sqdist must be float32 (the kernel writes float32); "
                                     "export the head with fp32 I/O (keep_io_types)")

@@ -55,10 +55,11 @@ def config_params(config: dict) -> dict:
     return {k: v.get("string_value", "") for k, v in (config.get("parameters") or {}).items()}
 
 
-def check_config(config: dict, size: int, where: str) -> None:
-    """The contract's I/O in the served model's config: uint8 image [S,S,3] (per item), the two outputs."""
+def check_config(config: dict, hw: tuple[int, int], where: str) -> None:
+    """The contract's I/O in the served model's config: uint8 image [H,W,3] (per item), the two outputs."""
     batched = int(config.get("max_batch_size", 0) or 0) > 0
-    want = [size, size, 3] if batched else [1, size, size, 3]
+    h, w = hw
+    want = [h, w, 3] if batched else [1, h, w, 3]
     inputs = {i["name"]: i for i in config.get("input", [])}
     image = inputs.get(INPUT)
     if image is None or image.get("data_type") != "TYPE_UINT8":
@@ -141,7 +142,7 @@ class TritonBackend(BackendBase):
         except ArtifactError:
             self._close_client()
             raise
-        check_config(config, self.info.input_size, self.where)
+        check_config(config, self.info.input_hw, self.where)
         self.batched = int(config.get("max_batch_size", 0) or 0) > 0
         self._lost = False
         log.info("triton: %s (%s, max_batch_size %s), %s", self.where, config.get("platform") or config.get("backend"),
@@ -206,12 +207,12 @@ class TritonBackend(BackendBase):
         return self._outputs(result)
 
     def _outputs(self, result):
-        s = self.info.input_size
+        h, w = self.info.input_hw
         amap, score = result.as_numpy(OUTPUTS[0]), result.as_numpy(OUTPUTS[1])
-        if amap is None or score is None or amap.size != s * s or score.size < 1:
+        if amap is None or score is None or amap.size != h * w or score.size < 1:
             self.failed_frames += 1
             got = "missing" if amap is None or score is None else f"{amap.size} map values, {score.size} scores"
-            raise BackendUnavailable(f"{self.where} answered with {got}, expected {s}x{s} map values and 1 score "
+            raise BackendUnavailable(f"{self.where} answered with {got}, expected {h}x{w} map values and 1 score "
                                      "(a python-backend server whose Python has numpy 2 answers empty tensors: "
                                      "docs/runtime.md [fleet])")
         return amap, score

@@ -202,14 +202,14 @@ class TrtBackend(BackendBase):
         self._events = ()
 
     def activate(self) -> None:
-        sidecar = load_sidecar(self.path)  # the metadata first: it gives S for the input shape
+        sidecar = load_sidecar(self.path)  # the metadata first: it gives (H, W) for the input shape
         self.info = ModelInfo.from_metadata(sidecar["onnx_metadata"], str(sidecar_path(self.path)))
-        s = self.info.input_size
-        self._engine = TrtEngine(self.path, {INPUT: (1, s, s, 3)}, OUTPUTS)
+        h, w = self.info.input_hw
+        self._engine = TrtEngine(self.path, {INPUT: (1, h, w, 3)}, OUTPUTS)
         try:
             self._engine.load()
             plan = self._engine.plan
-            check_output_shapes({n: plan[n].shape for n in OUTPUTS}, s, str(self.path))
+            check_output_shapes({n: plan[n].shape for n in OUTPUTS}, (h, w), str(self.path))
             self._stream = cuda.Stream()
             self._pinned_in = cuda.PinnedBuffer(plan[INPUT].nbytes)
             self._pinned_map = cuda.PinnedBuffer(plan[ANOMALY_MAP].nbytes)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from protospect.imageio import read_rgb, resize_square
+from protospect.imageio import read_rgb, resize_image
 
 SIZE = 64
 SHOTS = 2
@@ -39,14 +39,14 @@ def fit_patchcore_artifact(category: Path, out: Path):
 def test_set(category: Path) -> tuple[list[np.ndarray], list[int]]:
     """uint8 SIZE x SIZE frames of the generated test split and their labels (1 = defect)."""
     items = sorted((category / "test").glob("*/*.png"))
-    frames = [resize_square(read_rgb(p), SIZE) for p in items]
+    frames = [resize_image(read_rgb(p), SIZE) for p in items]
     return frames, [0 if p.parent.name == "good" else 1 for p in items]
 
 
 def held_out_normals(category: Path) -> list[np.ndarray]:
     """Train images that are not shots: normal, and not in the bank."""
     items = sorted((category / "train" / "good").glob("*.png"))[SHOTS:]
-    return [resize_square(read_rgb(p), SIZE) for p in items]
+    return [resize_image(read_rgb(p), SIZE) for p in items]
 
 
 # Session fixtures shared by tests/export and tests/calibration (each conftest imports them).

@@ -63,3 +63,28 @@ def test_int8_quantizes_decoder_but_not_its_last_layer(pcsnet, tmp_path):
     assert result.qdq.ok
     assert float_cas[0] in result.qdq.float_layers
     assert sum(1 for n in result.qdq.quantized if "/head/cas/" in n) == len(cas_convs) - 1
+
+
+def test_a_non_square_pcsnet_exports_with_parity_and_serves(tmp_path):
+    """aspect=keep (docs/decision.md section 17): a 1:2 part's H x W model through the full and split graphs and
+    the ORT backend, every frame resized to H x W as the station does."""
+    from protospect.export.onnx_export import split_from_model
+    from protospect.runtime.backends.ort import OrtBackend
+    from protospect.training.methods import get_method
+    from tests.training.test_aspect import KEEP, tall_parts
+
+    model = get_method("pcsnet").fit(tall_parts(2), preset="edge", seed=0, config_overrides=KEEP, progress=False)
+    assert model.cfg.hw == (192, 96)
+    graph = onnx_from_model(model, model.meta, model.calibration, tmp_path / "tall.onnx").path
+    frames = tall_parts(3, seed=7)
+    frames[2][120:150, 20:60] = (255, 0, 255)
+    report = parity_from_model(model, graph, frames, [0, 0, 1])
+    assert report.ok and report.map_max_rel <= 1e-4, report.format()
+    from protospect.imageio import resize_image
+    with OrtBackend(graph, device="cpu") as backend:
+        assert backend.info.input_hw == (192, 96)
+        amap, score = backend.infer(resize_image(frames[2], backend.info.input_hw))
+    assert np.asarray(amap).squeeze().shape == (192, 96) and np.isfinite(score)
+    paths = split_from_model(model, model.meta, model.calibration, tmp_path / "split")
+    queries, guide = cpu_session(paths["features"]).run(None, {"image": resize_image(frames[0], (192, 96))[None]})
+    assert queries.shape[1] == 24 * 12 and guide.shape[-2:] == (24, 12)

@@ -165,7 +165,7 @@ def test_exported_metadata_and_sidecar_read_back_by_the_runtime(tmp_path):
         extra={"split_k": "3", "grid": [2, 2], "bank_sha256": bank_sha256(bank)})
     graph = _onnx(tmp_path / "g.onnx", props)
     info = session_info(open_session(graph, device="cpu"), graph)
-    assert (info.input_size, info.threshold, info.map_range) == (4, 0.125, (0.0, 0.5))
+    assert (info.input_hw, info.threshold, info.map_range) == ((4, 4), 0.125, (0.0, 0.5))
     assert (info.method, info.preset, info.precision, info.graph) == ("pcsnet", "edge", "int8", "features")
     assert (info.artifact_sha256, info.split_k, info.grid) == ("ab" * 32, 3, (2, 2))
     check_pieces(info, info, bank, tmp_path)  # the exported bank hash is the one the runtime computes

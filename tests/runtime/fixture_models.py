@@ -2,7 +2,7 @@
 and frames of a simple part with an optional planted defect.
 
 The "difference from a reference" model is a real anomaly model with the contract's I/O:
-    map   = box blur of mean_c |image/255 - ref|          anomaly_map [1,1,S,S]
+    map   = box blur of mean_c |image/255 - ref|          anomaly_map [1,1,H,W] (H x W = the reference's size)
     score = max(map)                                       image_score [1]
 Run as a script to write one for `protospect bench` / `serve`:
     python tests/runtime/fixture_models.py --out /tmp/fixture --size 256
@@ -41,11 +41,12 @@ def render_part(rng: np.random.Generator, size: tuple[int, int] = (160, 120), de
     return img
 
 
-def reference_rgb(size: int, frame_size=(160, 120)) -> np.ndarray:
-    """The noise-free good part as the model sees it: RGB, resized to size x size like the runtime does."""
-    from protospect.imageio import resize_square, to_rgb_uint8
+def reference_rgb(size: int | tuple[int, int], frame_size=(160, 120)) -> np.ndarray:
+    """The noise-free good part as the model sees it: RGB, resized to the model input (S, or (H, W)) like the
+    runtime does."""
+    from protospect.imageio import resize_image, to_rgb_uint8
 
-    return resize_square(to_rgb_uint8(render_part(np.random.default_rng(0), frame_size, noise=0.0)), size)
+    return resize_image(to_rgb_uint8(render_part(np.random.default_rng(0), frame_size, noise=0.0)), size)
 
 
 def _meta(model: onnx.ModelProto, props: dict) -> None:
@@ -55,8 +56,9 @@ def _meta(model: onnx.ModelProto, props: dict) -> None:
     set_metadata(model, {k: v if isinstance(v, str) else json.dumps(v) for k, v in props.items()})
 
 
-def contract_props(size: int, threshold: float, map_range, graph: str = "full", **extra) -> dict:
-    """The protospect.* props export writes (protospect.metadata.build_metadata), for a refdiff model."""
+def contract_props(size: int | list[int], threshold: float, map_range, graph: str = "full", **extra) -> dict:
+    """The protospect.* props export writes (protospect.metadata.build_metadata), for a refdiff model
+    (``size``: S, or [H, W] as a non-square model's meta holds it)."""
     from protospect.metadata import build_metadata
 
     meta = {"method": "refdiff", "preset": "test", "input_size": size, "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
@@ -64,8 +66,8 @@ def contract_props(size: int, threshold: float, map_range, graph: str = "full", 
     return build_metadata(meta, calibration, artifact_sha256="0" * 64, graph=graph, extra=extra)
 
 
-def _normalised_nchw_nodes(size: int, ref_rgb: np.ndarray):
-    """image uint8 [1,S,S,3] -> |x/255 - ref| mean over channels as [1,1,S,S] ('diff')."""
+def _normalised_nchw_nodes(ref_rgb: np.ndarray):
+    """image uint8 [1,H,W,3] -> |x/255 - ref| mean over channels as [1,1,H,W] ('diff')."""
     ref = (ref_rgb.astype(np.float32) / 255.0)[None]
     inits = [numpy_helper.from_array(ref, "ref"), numpy_helper.from_array(np.array(255.0, np.float32), "c255")]
     nodes = [
@@ -79,6 +81,11 @@ def _normalised_nchw_nodes(size: int, ref_rgb: np.ndarray):
     return nodes, inits
 
 
+def _meta_size(h: int, w: int) -> int | list[int]:
+    """meta["input_size"] as training writes it: S when square, [H, W] otherwise."""
+    return h if h == w else [h, w]
+
+
 def _box_blur(src: str, dst: str, ksize: int):
     kernel = np.full((1, 1, ksize, ksize), 1.0 / ksize ** 2, np.float32)
     pad = ksize // 2
@@ -88,11 +95,12 @@ def _box_blur(src: str, dst: str, ksize: int):
 
 def build_diff_model(path: str | Path, ref_rgb: np.ndarray, *, threshold: float, map_range=(0.0, 0.5),
                      blur: int = 5, props_override: dict | None = None, map_pool: int = 1, batch: int | str = 1) -> Path:
-    """``map_pool`` > 1 average-pools the map: anomaly_map [1,1,S/p,S/p], against the contract (load-check tests).
+    """The model's input is the reference's H x W (non-square when it is). ``map_pool`` > 1 average-pools the
+    map: anomaly_map [1,1,H/p,W/p], against the contract (load-check tests).
     ``batch`` "dynamic" gives the batch dimension a name (as export --batch dynamic does, with its metadata)."""
     n = "batch" if batch == "dynamic" else batch
-    size = ref_rgb.shape[0]
-    nodes, inits = _normalised_nchw_nodes(size, ref_rgb)
+    h, w = ref_rgb.shape[:2]
+    nodes, inits = _normalised_nchw_nodes(ref_rgb)
     blurred = "anomaly_map" if map_pool == 1 else "blurred"
     bn, bi = _box_blur("diff", blurred, blur)
     nodes += bn
@@ -101,18 +109,17 @@ def build_diff_model(path: str | Path, ref_rgb: np.ndarray, *, threshold: float,
                                       strides=[map_pool] * 2))
     nodes.append(helper.make_node("ReduceMax", ["anomaly_map"], ["score0"], axes=[1, 2, 3], keepdims=0))
     inits += bi
-    map_side = size // map_pool
     graph = helper.make_graph(
         nodes, "refdiff",
-        [helper.make_tensor_value_info("image", TensorProto.UINT8, [n, size, size, 3])],
-        [helper.make_tensor_value_info("anomaly_map", TensorProto.FLOAT, [n, 1, map_side, map_side]),
+        [helper.make_tensor_value_info("image", TensorProto.UINT8, [n, h, w, 3])],
+        [helper.make_tensor_value_info("anomaly_map", TensorProto.FLOAT, [n, 1, h // map_pool, w // map_pool]),
          helper.make_tensor_value_info("image_score", TensorProto.FLOAT, [n])],
         inits)
     # ReduceMax over axes 1-3 of [1,1,S,S] is already [1]: rename instead of an extra node
     graph.node[-1].output[0] = "image_score"
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = 8
-    props = contract_props(size, threshold, map_range)
+    props = contract_props(_meta_size(h, w), threshold, map_range)
     if batch != 1:
         props["protospect.batch"] = str(batch)
     props.update(props_override or {})
@@ -132,8 +139,8 @@ def build_split_model(folder: str | Path, ref_rgb: np.ndarray, *, k: int, cell: 
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    size = ref_rgb.shape[0]
-    gh = gw = size // cell
+    h, w = ref_rgb.shape[:2]
+    gh, gw = h // cell, w // cell
     n = gh * gw
     c255 = numpy_helper.from_array(np.array(255.0, np.float32), "c255")
     fnodes = [
@@ -145,7 +152,7 @@ def build_split_model(folder: str | Path, ref_rgb: np.ndarray, *, k: int, cell: 
         helper.make_node("Transpose", ["q_cn"], ["queries"], perm=[0, 2, 1]),
     ]
     fgraph = helper.make_graph(
-        fnodes, "features", [helper.make_tensor_value_info("image", TensorProto.UINT8, [1, size, size, 3])],
+        fnodes, "features", [helper.make_tensor_value_info("image", TensorProto.UINT8, [1, h, w, 3])],
         [helper.make_tensor_value_info("queries", TensorProto.FLOAT, [1, n, 3])],
         [c255, numpy_helper.from_array(np.array([1, 3, n], np.int64), "shape_q")])
     fmodel = helper.make_model(fgraph, opset_imports=[helper.make_opsetid("", OPSET)])
@@ -156,7 +163,7 @@ def build_split_model(folder: str | Path, ref_rgb: np.ndarray, *, k: int, cell: 
     bank = np.ascontiguousarray(bank, np.float32)
     np.save(folder / "bank.npy", bank)
     bank_sha = hashlib.sha256(bank.tobytes()).hexdigest()  # what export writes: the bank's float32 bytes
-    _meta(fmodel, contract_props(size, threshold, map_range, graph="features", split_k=k, grid=[gh, gw], bank_sha256=bank_sha))
+    _meta(fmodel, contract_props(_meta_size(h, w), threshold, map_range, graph="features", split_k=k, grid=[gh, gw], bank_sha256=bank_sha))
     onnx.checker.check_model(fmodel)
     onnx.save(fmodel, str(folder / "features.onnx"))
 
@@ -170,14 +177,14 @@ def build_split_model(folder: str | Path, ref_rgb: np.ndarray, *, k: int, cell: 
     ]
     hgraph = helper.make_graph(
         hnodes, "head", [helper.make_tensor_value_info("knn_sqdist", TensorProto.FLOAT, [1, n, k])],
-        [helper.make_tensor_value_info("anomaly_map", TensorProto.FLOAT, [1, 1, size, size]),
+        [helper.make_tensor_value_info("anomaly_map", TensorProto.FLOAT, [1, 1, h, w]),
          helper.make_tensor_value_info("image_score", TensorProto.FLOAT, [1])],
         [numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
          numpy_helper.from_array(np.array([1, 1, gh, gw], np.int64), "shape_grid"),
-         numpy_helper.from_array(np.array([1, 1, size, size], np.int64), "out_size")])
+         numpy_helper.from_array(np.array([1, 1, h, w], np.int64), "out_size")])
     hmodel = helper.make_model(hgraph, opset_imports=[helper.make_opsetid("", OPSET)])
     hmodel.ir_version = 8
-    _meta(hmodel, contract_props(size, threshold, map_range, graph="head", bank_sha256=bank_sha))
+    _meta(hmodel, contract_props(_meta_size(h, w), threshold, map_range, graph="head", bank_sha256=bank_sha))
     onnx.checker.check_model(hmodel)
     onnx.save(hmodel, str(folder / "head.onnx"))
     return folder
@@ -187,11 +194,11 @@ def calibrate_threshold(model_path: Path, good_frames_bgr: list[np.ndarray], mar
     """Threshold from good frames only (never from the frames a test then judges)."""
     import onnxruntime as ort
 
-    from protospect.imageio import resize_square, to_rgb_uint8
+    from protospect.imageio import resize_image, to_rgb_uint8
 
     sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    size = sess.get_inputs()[0].shape[1]
-    scores = [float(sess.run(["image_score"], {"image": resize_square(to_rgb_uint8(f), size)[None]})[0][0])
+    size = tuple(sess.get_inputs()[0].shape[1:3])  # (H, W)
+    scores = [float(sess.run(["image_score"], {"image": resize_image(to_rgb_uint8(f), size)[None]})[0][0])
               for f in good_frames_bgr]
     return max(scores) * margin
 

@@ -14,7 +14,7 @@ from onnx import TensorProto, helper
 from fixture_models import build_diff_model, build_split_model, reference_rgb, render_part
 from protospect.contract import with_metadata_hash
 from protospect.errors import ArtifactError, ConfigError, CudaError, MissingDependencyError
-from protospect.imageio import resize_square, to_rgb_uint8
+from protospect.imageio import resize_image, to_rgb_uint8
 from protospect.runtime import cuda
 from protospect.runtime.backends import select_backend
 from protospect.runtime.backends.ort import OrtBackend
@@ -37,9 +37,9 @@ def _numpy_refdiff(img_u8, ref_u8, blur=5):
 
 def test_ort_backend_matches_numpy_and_reads_metadata(fx):
     rng = np.random.default_rng(3)
-    img = resize_square(to_rgb_uint8(render_part(rng, (160, 120), defect=True)), 64)
+    img = resize_image(to_rgb_uint8(render_part(rng, (160, 120), defect=True)), 64)
     with OrtBackend(fx.model) as b:
-        assert b.info.input_size == 64 and b.info.threshold == pytest.approx(fx.threshold)
+        assert b.info.input_hw == (64, 64) and b.info.threshold == pytest.approx(fx.threshold)
         assert b.info.map_range == (0.0, 0.3) and b.info.method == "refdiff"
         amap, score = b.infer(img)
         assert b.providers[-1] == "CPUExecutionProvider"
@@ -66,9 +66,10 @@ def test_model_without_protospect_metadata_is_refused(tmp_path):
             pass
     with pytest.raises(ArtifactError, match="lacks metadata protospect.threshold"):
         ModelInfo.from_props({"protospect.input_size": "[8, 8]", "protospect.map_range": "[0, 1]"}, "x.onnx")
-    with pytest.raises(ArtifactError, match="not a square"):
-        ModelInfo.from_props({"protospect.input_size": "[8, 16]", "protospect.map_range": "[0, 1]",
-                              "protospect.threshold": "1"}, "x.onnx")
+    for bad in ("[8]", "[8, 16, 3]", "[0, 8]", "[8, -1]", "[8.5, 8]", "\"8\"", "[true, 8]"):
+        with pytest.raises(ArtifactError, match=r"malformed protospect metadata: input_size .* is not \[H, W\]"):
+            ModelInfo.from_props({"protospect.input_size": bad, "protospect.map_range": "[0, 1]",
+                                  "protospect.threshold": "1"}, "x.onnx")
 
 
 @pytest.mark.parametrize("key, value, message", [
@@ -136,7 +137,7 @@ def test_split_cpu_path_equals_direct_computation(tmp_path):
     rng = np.random.default_rng(0)
     bank = rng.uniform(0, 1, (40, 3)).astype(np.float32)
     folder = build_split_model(tmp_path / "split", ref, k=3, cell=8, threshold=0.1, bank=bank)
-    img = resize_square(to_rgb_uint8(render_part(rng, (160, 120), defect=True)), 64)
+    img = resize_image(to_rgb_uint8(render_part(rng, (160, 120), defect=True)), 64)
     with SplitOrtBackend(folder) as b:
         amap, score = b.infer(img)
         assert b.k == 3 and set(b.last_stage_ms) == {"features", "topk", "head"}
@@ -300,7 +301,7 @@ def test_trt_engine_roundtrip_on_gpu(fx, tmp_path):
     (tmp_path / "model.engine.json").write_text(json.dumps(
         {"tensorrt_version": trt.__version__, "gpu_name": name, "compute_capability": cc, "onnx_sha256": "",
          "engine_sha256": hashlib.sha256(engine.read_bytes()).hexdigest(), "onnx_metadata": dict(meta)}))
-    img = resize_square(to_rgb_uint8(render_part(np.random.default_rng(1), (160, 120), defect=True)), 64)
+    img = resize_image(to_rgb_uint8(render_part(np.random.default_rng(1), (160, 120), defect=True)), 64)
     with OrtBackend(fx.model) as o, TrtBackend(engine) as t:
         m_o, s_o = o.infer(img)
         m_t, s_t = t.infer(img)

@@ -136,7 +136,7 @@ def test_slow_model_drops_oldest_frames_and_queue_stays_bounded(fx):
 
 
 def test_preprocess_fast_path_gives_the_contract_pixels():
-    from protospect.imageio import resize_square, to_rgb_uint8
+    from protospect.imageio import resize_image, to_rgb_uint8
     from protospect.runtime.frames import stamp
     from protospect.runtime.preprocess import preprocess
 
@@ -144,10 +144,10 @@ def test_preprocess_fast_path_gives_the_contract_pixels():
     for h, w in [(480, 640), (120, 160), (40, 30), (256, 256)]:  # shrink, grow, and identity
         bgr = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
         model_in, full = preprocess(stamp(0, bgr, bgr=True), 64)
-        assert np.array_equal(model_in, resize_square(to_rgb_uint8(bgr, bgr=True), 64))
+        assert np.array_equal(model_in, resize_image(to_rgb_uint8(bgr, bgr=True), 64))
         assert np.array_equal(full(), to_rgb_uint8(bgr, bgr=True))
         rgb_in, _ = preprocess(stamp(0, bgr, bgr=False), 64)  # an RGB source is not swapped
-        assert np.array_equal(rgb_in, resize_square(bgr, 64))
+        assert np.array_equal(rgb_in, resize_image(bgr, 64))
 
 
 class LateQueue(LatestFrameQueue):

@@ -91,7 +91,7 @@ def test_triton_verdicts_and_maps_equal_the_local_onnxruntime_backend(server, fx
         assert remote_b.info.map_range == (lo, hi)
         worst = 0.0
         for seq, img in enumerate(decode_video(fx.video)):
-            model_in, _ = preprocess(Frame(seq=seq, t_capture_ns=0, t_wall=0.0, image=img), remote_b.info.input_size)
+            model_in, _ = preprocess(Frame(seq=seq, t_capture_ns=0, t_wall=0.0, image=img), remote_b.info.input_hw)
             (ma, sa), (mb, sb) = remote_b.infer(model_in), local_b.infer(model_in)
             worst = max(worst, float(np.abs(ma - mb).max()))
             assert sa == pytest.approx(sb, rel=1e-5)

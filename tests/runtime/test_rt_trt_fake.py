@@ -15,7 +15,7 @@ import pytest
 import fake_gpu
 from fixture_models import build_diff_model, build_split_model, reference_rgb, render_part
 from protospect.errors import ArtifactError
-from protospect.imageio import resize_square, to_rgb_uint8
+from protospect.imageio import resize_image, to_rgb_uint8
 from protospect.runtime.backends import select_backend
 from protospect.runtime.backends.ort import OrtBackend
 from protospect.runtime.backends.split import SplitOrtBackend, SplitTrtBackend
@@ -67,7 +67,7 @@ def _engine(path, onnx_path, **kw):
 
 
 def _frame(seed=1, defect=True):
-    return resize_square(to_rgb_uint8(render_part(np.random.default_rng(seed), (160, 120), defect=defect)), 64)
+    return resize_image(to_rgb_uint8(render_part(np.random.default_rng(seed), (160, 120), defect=defect)), 64)
 
 
 def test_trt_backend_data_path_matches_ort_and_frees_everything(fx, tmp_path, fake_stack):
@@ -192,6 +192,38 @@ def test_split_trt_path_matches_split_ort(tmp_path, fake_stack, fake_kernel_tool
     with pytest.raises(ArtifactError, match="bank.npy is not the bank"):
         with select_backend(folder):
             pass
+
+
+def test_trt_backends_take_a_non_square_input(tmp_path, fake_stack, fake_kernel_toolchain, monkeypatch):
+    """An H x W = 48 x 80 model: the engines' input shape is (1, H, W, 3), maps come back H x W, same as ORT."""
+    import protospect.cpp_ext.launcher as launcher
+
+    monkeypatch.setattr(launcher, "ProtoTopK", FakeProtoTopK)
+    rt, _ = fake_stack
+    h, w = 48, 80
+    ref = reference_rgb((h, w))
+    img = resize_image(to_rgb_uint8(render_part(np.random.default_rng(1), (160, 120), defect=True)), (h, w))
+    model = build_diff_model(tmp_path / "wide.onnx", ref, threshold=0.1)
+    with OrtBackend(model) as o:
+        want_map, want_score = o.infer(img)
+    with TrtBackend(_engine(tmp_path / "wide.engine", model)) as t:
+        assert t.info.input_hw == (h, w) and t._engine.plan["image"].shape == (1, h, w, 3)
+        amap, score = t.infer(img)
+    assert amap.shape == (h, w) and np.array_equal(amap, want_map) and score == want_score
+
+    folder = build_split_model(tmp_path / "split", ref, k=3, cell=8, threshold=0.1,
+                               bank=np.random.default_rng(0).uniform(0, 1, (40, 3)).astype(np.float32))
+    with SplitOrtBackend(folder) as cpu:
+        want_map, want_score = cpu.infer(img)
+    _engine(folder / "features.engine", folder / "features.onnx")
+    _engine(folder / "head.engine", folder / "head.onnx")
+    backend = select_backend(folder)
+    assert isinstance(backend, SplitTrtBackend)
+    with backend:
+        assert backend._features.plan["image"].shape == (1, h, w, 3) and backend._n == (h // 8) * (w // 8)
+        amap, score = backend.infer(img)
+    assert amap.shape == (h, w) and np.abs(amap - want_map).max() < 1e-6 and score == pytest.approx(want_score)
+    assert rt.allocs == {}
 
 
 def test_serve_and_bench_report_the_tensorrt_version(fx, tmp_path, fake_stack):

@@ -141,7 +141,7 @@ def test_eval_hands_held_out_train_images_to_the_fit_and_records_its_choice(tmp_
 
 def test_native_planting_resizes_the_defect_as_a_frame_is_resized():
     """Rule v6: the defect is planted at the image's own pixels (here 96 x 192, juice-like) and then resized."""
-    from protospect.imageio import resize_square
+    from protospect.imageio import resize_image
     from protospect.training.methods.pcsnet.auto_geometry import KINDS, planted_native
 
     imgs = [np.ascontiguousarray(np.concatenate([_scene(96, s), _scene(96, s + 9)], 0)) for s in range(3)]  # H 192, W 96
@@ -151,7 +151,7 @@ def test_native_planting_resizes_the_defect_as_a_frame_is_resized():
         assert len(pairs) == 3
         for (img, mask), src in zip(pairs, imgs):
             assert img.shape == (128, 128, 3) and mask.shape == (128, 128)
-            diff = np.abs(img.astype(int) - resize_square(src, 128).astype(int)).max(-1) > 8
+            diff = np.abs(img.astype(int) - resize_image(src, 128).astype(int)).max(-1) > 8
             assert diff.any() and diff[mask.astype(bool)].mean() > diff[~mask.astype(bool)].mean()
     again = planted_native(imgs, 128, None)
     assert all(np.array_equal(a[0], b[0]) for a, b in zip(sets["misplace"], again["misplace"]))

@@ -7,7 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from protospect.errors import ConfigError  # noqa: E402
-from protospect.imageio import resize_square  # noqa: E402
+from protospect.imageio import resize_image  # noqa: E402
 from protospect.training.backbones import BackboneSpec, create_backbone, list_backbones, register_backbone  # noqa: E402
 from protospect.training.backbones import resnet  # noqa: E402
 from protospect.training.backbones.efficientnet_lite import create_lite_classifier  # noqa: E402
@@ -30,8 +30,8 @@ def lite0():
 
 
 def normalised(img: np.ndarray, spec: BackboneSpec, size: int) -> torch.Tensor:
-    """The contract's preprocessing: resize_square, /255, (x - mean) / std, NCHW."""
-    x = resize_square(img, size).astype(np.float32) / 255.0
+    """The contract's preprocessing: resize_image, /255, (x - mean) / std, NCHW."""
+    x = resize_image(img, size).astype(np.float32) / 255.0
     x = (x - np.array(spec.mean, np.float32)) / np.array(spec.std, np.float32)
     return torch.from_numpy(x).permute(2, 0, 1)[None]
 

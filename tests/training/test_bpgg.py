@@ -181,9 +181,9 @@ def test_loss_decreases_and_backbone_stays_frozen(data):
     cfg = resolve_config("edge", {**TINY, "steps": 30, "lr": 3e-3})
     torch.manual_seed(0)
     model = assemble(cfg, create_backbone(cfg, "random"), {})
-    from protospect.imageio import resize_mask, resize_square
+    from protospect.imageio import resize_mask, resize_image
 
-    ds = SupportSet(model, [resize_square(s[0], 64) for s in supports] + [resize_square(s, 64) for s in shots],
+    ds = SupportSet(model, [resize_image(s[0], 64) for s in supports] + [resize_image(s, 64) for s in shots],
                     [resize_mask(s[1], 64) for s in supports] + [np.zeros((64, 64), np.uint8)] * 3, 3, cfg)
     before = copy.deepcopy(model.features.backbone.state_dict())
     modes = []
@@ -220,13 +220,13 @@ def test_artifact_round_trip(fitted, tmp_path):
 def test_onnx_parity(fitted, data, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     from protospect.export.onnx_export import onnx_from_model
-    from protospect.imageio import resize_square
+    from protospect.imageio import resize_image
 
     path = onnx_from_model(fitted, fitted.meta, fitted.calibration, tmp_path / "bpgg.onnx").path
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     mean = torch.tensor(fitted.meta["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(fitted.meta["std"]).view(1, 3, 1, 1)
-    for frame in (resize_square(data[1][0][0], 64), np.random.default_rng(3).integers(0, 256, (64, 64, 3), dtype=np.uint8)):
+    for frame in (resize_image(data[1][0][0], 64), np.random.default_rng(3).integers(0, 256, (64, 64, 3), dtype=np.uint8)):
         got_map, got_score = sess.run(["anomaly_map", "image_score"], {"image": frame[None]})
         x = torch.from_numpy(frame[None]).permute(0, 3, 1, 2).float() / 255.0
         with torch.no_grad():

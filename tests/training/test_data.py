@@ -152,13 +152,13 @@ def test_load_item_same_geometry_for_image_and_mask(tmp_path):
 @pytest.mark.parametrize("src, size", [(900, 256), (1024, 256), (512, 224), (40, 32)])
 def test_mask_and_image_resize_share_one_centre(src, size):
     """A defect's mask must land where the defect's pixels land (the published code's masks were shifted)."""
-    from protospect.imageio import resize_mask, resize_square
+    from protospect.imageio import resize_mask, resize_image
     rng, grid, offsets = np.random.default_rng(0), np.mgrid[0:size, 0:size], []
     for _ in range(40):  # random boxes: one box's binary edges alone can move its centroid by ~0.4 px
         m = np.zeros((src, src), np.uint8)
         (y, x), (h, w) = rng.integers(0, src // 2, 2), rng.integers(src // 10, src // 3, 2)
         m[y:y + h, x:x + w] = 1
-        img = resize_square(np.repeat(m[..., None] * 255, 3, axis=2), size)[..., 0].astype(np.float64)
+        img = resize_image(np.repeat(m[..., None] * 255, 3, axis=2), size)[..., 0].astype(np.float64)
         mask = resize_mask(m, size)
         offsets.append([(g * img).sum() / img.sum() - (g * mask).sum() / mask.sum() for g in grid])
     # INTER_NEAREST (top-left sampling) gave a mean offset of 0.36-0.53 px at these sizes

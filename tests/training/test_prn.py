@@ -168,10 +168,10 @@ def _tiny_model(shots, **overrides):
 @pytest.mark.slow
 def test_loss_decreases_and_backbone_stays_frozen_in_eval(shots):
     from protospect.training.methods.prn.fit import NSASynth
-    from protospect.imageio import resize_square
+    from protospect.imageio import resize_image
 
     cfg, model = _tiny_model(shots, steps=12, lr=3e-3)
-    small = [resize_square(s, 64) for s in shots]
+    small = [resize_image(s, 64) for s in shots]
     samples = TrainingSamples(small, cfg, NSASynth(None), [], np.random.default_rng(0), leave_one_out=True)
     fixed = FixedBatch(samples, 4)
     assert fixed.items[1][2:].sum() > 0  # the anomalous half really has anomalies
@@ -192,10 +192,10 @@ def test_loss_decreases_and_backbone_stays_frozen_in_eval(shots):
 
 
 def test_training_samples_leave_one_out_and_real_examples(shots):
-    from protospect.imageio import resize_square
+    from protospect.imageio import resize_image
 
     cfg = resolve_config("edge", TINY)
-    small = [resize_square(s, 64) for s in shots]
+    small = [resize_image(s, 64) for s in shots]
     real_mask = np.zeros((64, 64), np.uint8)
     real_mask[10:20, 10:20] = 1
     real = [(small[0], real_mask)]

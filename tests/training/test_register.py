@@ -237,7 +237,7 @@ def test_capture_takes_every_nth_frame_and_says_when_a_frame_has_another_size(ca
         cap = capture("x", 2, 6, every=1, open_source=lambda s, loop: src)
     assert cap.sizes == [(96, 72), (128, 96)] and cap.parts[5].rgb.shape == (96, 128, 3)
     said = [r.getMessage() for r in caplog.records if "128x96" in r.getMessage()]
-    assert len(said) == 1 and "resized to the model's S x S the same way as served frames" in said[0]
+    assert len(said) == 1 and "resized to the model's input size the same way as served frames" in said[0]
 
 
 def test_register_stores_the_line_settings_that_serve_station_dir_uses(bundle, tmp_path):

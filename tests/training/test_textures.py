@@ -97,12 +97,13 @@ def test_augment_texture_keeps_shape_and_dtype():
         assert out.shape == tex.shape and out.dtype == np.uint8
 
 
-def test_synthesizer_changes_only_the_masked_pixels(texture_dir):
+@pytest.mark.parametrize("hw", [(64, 64), (96, 48)])  # (96, 48): a non-square input (aspect=keep)
+def test_synthesizer_changes_only_the_masked_pixels(texture_dir, hw):
     synth = DraemSynthesizer(texture_dir)
-    image = np.full((64, 64, 3), 128, np.uint8)
+    image = np.full((*hw, 3), 128, np.uint8)
     out, mask = synth(image, np.random.default_rng(5))
     assert out.shape == image.shape and out.dtype == np.uint8
-    assert mask.shape == (64, 64) and mask.sum() > 0
+    assert mask.shape == hw and mask.sum() > 0
     changed = np.abs(out.astype(int) - image.astype(int)).sum(-1) > 0
     assert not changed[mask == 0].any()
     assert changed[mask == 1].mean() > 0.5

@@ -6,6 +6,7 @@ from typing import NamedTuple
 import torch
 
 from protospect import contract
+from protospect.imageio import canonical_size
 
 
 class ModelOutputs(NamedTuple):
@@ -42,7 +43,11 @@ def takes_holdout(fit) -> bool:
     return "holdout" in inspect.signature(fit).parameters
 
 
-def model_meta(method: str, preset: str, backbone_name: str, input_size: int, spec, config: dict, **extra) -> dict:
-    """The meta every AnomalyModel carries (contracts section 4); ``spec`` is the backbone's BackboneSpec."""
-    return {"method": method, "preset": preset, "backbone": backbone_name, "input_size": int(input_size),
+def model_meta(method: str, preset: str, backbone_name: str, input_size: int | tuple[int, int], spec, config: dict,
+               **extra) -> dict:
+    """The meta every AnomalyModel carries (contracts section 4); ``spec`` is the backbone's BackboneSpec.
+    ``input_size``: S for an S x S input, (H, W) otherwise (stored as [H, W])."""
+    size = canonical_size(input_size)
+    return {"method": method, "preset": preset, "backbone": backbone_name,
+            "input_size": size if isinstance(size, int) else list(size),
             "mean": [float(v) for v in spec.mean], "std": [float(v) for v in spec.std], "config": config, **extra}

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from protospect.errors import ConfigError, DataError
 from protospect.progress import progress_enabled
-from protospect.imageio import resize_mask, resize_square
+from protospect.imageio import resize_mask, resize_image
 from protospect.training.calibrate import to_model_input
 from protospect.training.methods.base import model_meta
 from protospect.training.methods.prn.calibration import calibrate_with_pseudo
@@ -114,7 +114,7 @@ def _defect_supports(given, names, shots: list[np.ndarray], cfg: BPGGConfig, rng
             m = resize_mask((mask > 0).astype(np.uint8), size)
             if not m.any():
                 raise DataError(f"bpgg: defect support {i} has an empty mask at {size}x{size}; a defective support needs defect pixels")
-            out.append((resize_square(img, size), m))
+            out.append((resize_image(img, size), m))
         return out, list(names or [f"support_{i}" for i in range(len(out))]), "given"
     synth, out, names = NSASynth(cfg.category), [], []
     for i in range(cfg.pseudo_supports * 4):  # a few spare attempts: NSA may fail on a draw
@@ -156,7 +156,7 @@ def fit(shots_rgb: list[np.ndarray], preset: str = "edge", seed: int = 0, config
     backbone = create_backbone(cfg, cfg.backbone_weights)
     model = assemble(cfg, backbone, _meta(cfg, preset, backbone))
 
-    shots = [resize_square(s, cfg.input_size) for s in shots_rgb]
+    shots = [resize_image(s, cfg.input_size) for s in shots_rgb]
     if not defects and cfg.support_data:
         defects, defect_names = _support_from_folder(cfg, seed)
     defects, names, source = _defect_supports(defects, defect_names, shots, cfg, rng)

@@ -12,11 +12,11 @@ import logging
 import numpy as np
 
 from protospect.errors import ConfigError, DataError
-from protospect.imageio import resize_square
+from protospect.imageio import resize_image
 from protospect.training.methods.base import model_meta
 
 from .model import PCSNetModel
-from .presets import PRESETS, PCSNetConfig, config_from_dict, native_geometry, resolve_config
+from .presets import PRESETS, PCSNetConfig, aspect_geometry, config_from_dict, native_geometry, resolve_config
 from .scoring import patch_grid, rotated_views
 from .threshold import calibrate
 from .train_loop import seed_everything, to_tensor, train
@@ -33,13 +33,32 @@ def _create_backbone(cfg: PCSNetConfig, weights):
 
 def _meta(cfg: PCSNetConfig, preset: str, spec) -> dict:
     config = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
-    return model_meta("pcsnet", preset, cfg.backbone, cfg.input_size, spec, config)
+    return model_meta("pcsnet", preset, cfg.backbone, cfg.size, spec, config)
 
 
-def _check_shots(shots_rgb, size: int) -> list[np.ndarray]:
+def size_label(cfg: PCSNetConfig) -> str:
+    """"512 px", or "704x384 px" (H x W) for a non-square input."""
+    h, w = cfg.hw
+    return f"{h} px" if h == w else f"{h}x{w} px"
+
+
+def json_size(cfg: PCSNetConfig) -> int | list[int]:
+    """The input size as records store it: S, or [H, W]."""
+    return cfg.size if isinstance(cfg.size, int) else list(cfg.size)
+
+
+def with_aspect(cfg: PCSNetConfig, shots_rgb) -> PCSNetConfig:
+    """aspect=keep: the input H x W from the shots' median height / width (presets.aspect_geometry)."""
+    ratios = [img.shape[0] / img.shape[1] for img in shots_rgb if getattr(img, "ndim", 0) == 3 and min(img.shape[:2])]
+    if cfg.aspect != "keep" or not ratios:
+        return cfg
+    return aspect_geometry(cfg, float(np.median(ratios)))
+
+
+def _check_shots(shots_rgb, size) -> list[np.ndarray]:
     if len(shots_rgb) == 0:
         raise DataError("pcsnet: no good images given; pass at least one (K >= 1)")
-    return [resize_square(img, size) for img in _check_images(shots_rgb, "shot")]
+    return [resize_image(img, size) for img in _check_images(shots_rgb, "shot")]
 
 
 def _check_images(images, what: str) -> list[np.ndarray]:
@@ -66,6 +85,7 @@ def fit(shots_rgb: list[np.ndarray], preset: str = "edge", seed: int = 0,
     if cfg.geometry == "native":  # the size is the shots' to decide; the artifact keeps the resolved one
         sides = [min(img.shape[:2]) for img in shots_rgb if getattr(img, "ndim", 0) == 3]
         cfg = native_geometry(cfg, min(sides)) if sides else cfg
+    cfg = with_aspect(cfg, shots_rgb)
     if cfg.geometry == "auto":
         return _fit_auto(shots_rgb, preset, seed, cfg, holdout, progress, device)
     return _fit_config(shots_rgb, preset, seed, cfg, progress, device)
@@ -77,12 +97,13 @@ def _fit_auto(shots_rgb, preset, seed, cfg: PCSNetConfig, holdout, progress, dev
 
     large_cfg = dataclasses.replace(cfg, geometry="fixed")
     small_cfg = ag.small_config(cfg)
+    small_cfg = small_cfg and with_aspect(small_cfg, shots_rgb)
     if small_cfg is None:  # an input no larger than the cheap candidate: nothing to choose
         return _fit_config(shots_rgb, preset, seed, large_cfg, progress, device)
     holdout = _check_images(holdout or [], "held-out good image")
     record = {"rule": "auto (docs/decision.md section 14)", "margin": ag.MARGIN, "n_holdout": len(holdout)}
     if len(holdout) < ag.MIN_HOLDOUT:
-        record["reason"] = f"{len(holdout)} held-out good images (need {ag.MIN_HOLDOUT}): kept {cfg.input_size} px"
+        record["reason"] = f"{len(holdout)} held-out good images (need {ag.MIN_HOLDOUT}): kept {size_label(cfg)}"
         log.warning("pcsnet: geometry auto: %s", record["reason"])
         model = _fit_config(shots_rgb, preset, seed, large_cfg, progress, device)
     else:
@@ -90,17 +111,17 @@ def _fit_auto(shots_rgb, preset, seed, cfg: PCSNetConfig, holdout, progress, dev
         native_sets = ag.planted(holdout, cfg.category)  # planted once at the images' pixels; each candidate resizes
         for name, c in (("small", small_cfg), ("large", large_cfg)):
             models[name] = _fit_config(shots_rgb, preset, seed, c, progress, device)
-            scores[name] = {"input_size": c.input_size, **ag.validation_score(models[name], holdout, native_sets)}
+            scores[name] = {"input_size": json_size(c), **ag.validation_score(models[name], holdout, native_sets)}
         pick = ag.choose(scores["small"], scores["large"])
         model = models[pick]
         record.update(scores=scores, chosen=pick)
-        msg = (f"pcsnet: geometry auto chose {model.cfg.input_size} px (planted-defect AUROC on {len(holdout)} held-out "
-               f"good images: {scores['small']['mean']:.1f} at {small_cfg.input_size} px, "
-               f"{scores['large']['mean']:.1f} at {large_cfg.input_size} px)")
+        msg = (f"pcsnet: geometry auto chose {size_label(model.cfg)} (planted-defect AUROC on {len(holdout)} held-out "
+               f"good images: {scores['small']['mean']:.1f} at {size_label(small_cfg)}, "
+               f"{scores['large']['mean']:.1f} at {size_label(large_cfg)})")
         log.info(msg)
         if progress:
             print(msg)
-    record["input_size"] = int(model.cfg.input_size)
+    record["input_size"] = json_size(model.cfg)
     model.meta["geometry_choice"] = record
     return model
 
@@ -108,7 +129,7 @@ def _fit_auto(shots_rgb, preset, seed, cfg: PCSNetConfig, holdout, progress, dev
 def _fit_config(shots_rgb, preset, seed, cfg: PCSNetConfig, progress, device) -> PCSNetModel:
     import torch  # noqa: PLC0415
 
-    images = _check_shots(shots_rgb, cfg.input_size)
+    images = _check_shots(shots_rgb, cfg.size)
     seed_everything(seed)  # the PFA/CAS initialisation is part of what the seed fixes
     backbone = _create_backbone(cfg, cfg.backbone_weights)
     model = PCSNetModel(backbone, cfg, _meta(cfg, preset, backbone.spec))

@@ -14,7 +14,7 @@ import dataclasses
 
 import numpy as np
 
-from protospect.imageio import resize_square
+from protospect.imageio import hw_of, resize_image
 from protospect.training.logical_defects import logical_sets, small_nsa_defects
 from protospect.training.metrics import image_auroc
 
@@ -29,16 +29,17 @@ def planted(images: list[np.ndarray], category: str | None) -> dict[str, list]:
     return {k: sets[k] for k in KINDS}
 
 
-def resized(sets: dict[str, list], size: int) -> dict[str, list]:
+def resized(sets: dict[str, list], size: int | tuple[int, int]) -> dict[str, list]:
     """Planted sets resized to a model's input as every frame is: a real defect on a part photographed at 256 px
     has no 512 px detail, so planting after an upscale would flatter the larger model (rule v6, section 15)."""
     import cv2  # noqa: PLC0415
 
-    return {kind: [(resize_square(img, size), cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST))
+    h, w = hw_of(size)
+    return {kind: [(resize_image(img, size), cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST))
                    for img, mask in pairs] for kind, pairs in sets.items()}
 
 
-def planted_native(images: list[np.ndarray], size: int, category: str | None) -> dict[str, list]:
+def planted_native(images: list[np.ndarray], size: int | tuple[int, int], category: str | None) -> dict[str, list]:
     """The KINDS planted at the images' own pixels, then resized to ``size`` (what the studies score)."""
     return resized(planted(images, category), size)
 
@@ -48,8 +49,8 @@ def validation_score(model, holdout_rgb: list[np.ndarray], native_sets: dict[str
     ``native_sets`` (planted(holdout_rgb): planted once, resized here to each candidate's input)."""
     from .validate import score  # noqa: PLC0415 (torch)
 
-    size = int(model.cfg.input_size)
-    good = score(model, [resize_square(img, size) for img in holdout_rgb]).reshape(len(holdout_rgb), -1).max(1)
+    size = model.cfg.size
+    good = score(model, [resize_image(img, size) for img in holdout_rgb]).reshape(len(holdout_rgb), -1).max(1)
     out = {}
     for kind, pairs in resized(native_sets, size).items():
         bad = score(model, [p[0] for p in pairs]).reshape(len(pairs), -1).max(1)

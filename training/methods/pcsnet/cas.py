@@ -1,8 +1,8 @@
 """CAS: context-aware segmentation head (algorithms.md 1.5; PFENet's feature enrichment module).
 
 Inputs are the guide features G (B, Gd, h, w) and the k nearest-prototype distances S (B, k, h, w).
-Changes from the published head: pyramid bins divide the grid and pooling uses kernel = stride
-(exact, exports to ONNX AveragePool), the dead ``inner_cls`` branch is gone (D13), and the output
+Changes from the published head: pyramid levels pool with kernel = stride = grid / bin cells (exact,
+exports to ONNX AveragePool, and the same stride on both sides of a non-square grid), the dead ``inner_cls`` branch is gone (D13), and the output
 stays at grid resolution: the caller resizes it to the input size it was given.
 """
 from __future__ import annotations
@@ -20,20 +20,20 @@ def _double3x3(width):
     return nn.Sequential(_conv(width, width, 3), nn.ReLU(), _conv(width, width, 3), nn.ReLU())
 
 
-def pool_to(x: torch.Tensor, bins: int) -> torch.Tensor:
-    """Average-pool a (B,C,n,n) map to bins x bins; bins divides n (checked by the config)."""
-    step = x.shape[-1] // bins
+def pool_by(x: torch.Tensor, step: int) -> torch.Tensor:
+    """Average-pool a (B,C,h,w) map by step x step cells; step divides h and w (checked by the config)."""
     return x if step == 1 else F.avg_pool2d(x, kernel_size=step, stride=step)
 
 
 class CAS(nn.Module):
-    def __init__(self, guide_dim: int, k: int, width: int, bins: tuple[int, ...], dropout: float = 0.1):
+    def __init__(self, guide_dim: int, k: int, width: int, steps: tuple[int, ...], dropout: float = 0.1):
         super().__init__()
-        self.bins = tuple(bins)
-        self.corr = nn.ModuleList(nn.Sequential(_conv(guide_dim + k, width), nn.ReLU()) for _ in bins)
-        self.merge = nn.ModuleList(nn.Sequential(_conv(2 * width, width), nn.ReLU()) for _ in bins[1:])
-        self.refine = nn.ModuleList(_double3x3(width) for _ in bins)
-        self.fuse = nn.Sequential(_conv(len(bins) * width, width), nn.ReLU())
+        self.steps = tuple(steps)  # pooling strides in grid cells, finest first (PCSNetConfig.pool_steps)
+        n = len(self.steps)
+        self.corr = nn.ModuleList(nn.Sequential(_conv(guide_dim + k, width), nn.ReLU()) for _ in range(n))
+        self.merge = nn.ModuleList(nn.Sequential(_conv(2 * width, width), nn.ReLU()) for _ in range(n - 1))
+        self.refine = nn.ModuleList(_double3x3(width) for _ in range(n))
+        self.fuse = nn.Sequential(_conv(n * width, width), nn.ReLU())
         self.fuse_refine = _double3x3(width)
         self.cls = nn.Sequential(_conv(width, width, 3), nn.ReLU(), nn.Dropout2d(dropout),
                                  nn.Conv2d(width, 1, kernel_size=1, bias=True))
@@ -44,12 +44,12 @@ class CAS(nn.Module):
         x = torch.cat([guide, dist], dim=1)
         levels = []
         prev = None
-        for i, b in enumerate(self.bins):
-            m = self.corr[i](pool_to(x, b))
-            if prev is not None:
-                m = m + self.merge[i - 1](torch.cat([m, pool_to(prev, b)], dim=1))
+        for i, step in enumerate(self.steps):
+            m = self.corr[i](pool_by(x, step))
+            if prev is not None:  # prev is at full grid resolution: pooled by the same step
+                m = m + self.merge[i - 1](torch.cat([m, pool_by(prev, step)], dim=1))
             m = m + self.refine[i](m)
-            if b != h:
+            if step != 1:
                 m = F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)
             levels.append(m)
             prev = m

@@ -74,7 +74,7 @@ class PCSNetLoss(nn.Module):
         return terms
 
 
-def grid_cell_mask(masks: torch.Tensor, grid: int, threshold: float) -> torch.Tensor:
-    """(B,1,S,S) {0,1} masks -> (B, grid*grid) bool: cells whose pseudo-anomalous fraction >= threshold."""
-    frac = F.adaptive_avg_pool2d(masks, grid)  # S is a multiple of grid in every preset
+def grid_cell_mask(masks: torch.Tensor, grid: int | tuple[int, int], threshold: float) -> torch.Tensor:
+    """(B,1,H,W) {0,1} masks -> (B, gh*gw) bool: cells whose pseudo-anomalous fraction >= threshold."""
+    frac = F.adaptive_avg_pool2d(masks, grid)  # H and W are multiples of the grid in every preset
     return (frac >= threshold).flatten(1)

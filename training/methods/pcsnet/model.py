@@ -24,14 +24,15 @@ SQRT_EPS = 1e-12  # distances are square-rooted after clamping here: no NaN, fin
 
 
 class PCSNetFeatures(nn.Module):
-    """normalised image (B,3,S,S) -> queries (B, N, D) row-major grid positions, guide (B, G, h, w)."""
+    """normalised image (B,3,H,W) -> queries (B, N, D) row-major grid positions, guide (B, G, h, w)."""
 
     def __init__(self, backbone: nn.Module, cfg: PCSNetConfig):
         super().__init__()
         self.backbone = backbone
         spec = backbone.spec
-        sizes = [cfg.input_size // r for r in spec.reductions]
-        self.pfa = PFA(list(spec.channels), sizes, cfg.grid)
+        h, w = cfg.hw
+        sizes = [(h // r, w // r) for r in spec.reductions]
+        self.pfa = PFA(list(spec.channels), sizes, cfg.grid_hw)
         self.guide = nn.Conv2d(self.pfa.dim, cfg.guide_dim, kernel_size=1, bias=True)
 
     @property
@@ -70,13 +71,13 @@ def as_queries(phi: torch.Tensor) -> torch.Tensor:
 
 
 class PCSNetHead(nn.Module):
-    """k nearest squared distances (B, N, k) + guide (B, G, h, w) -> ModelOutputs at S x S."""
+    """k nearest squared distances (B, N, k) + guide (B, G, h, w) -> ModelOutputs at the input's H x W."""
 
     def __init__(self, cfg: PCSNetConfig):
         super().__init__()
-        self.cas = CAS(cfg.guide_dim, cfg.k, cfg.cas_width, cfg.bins, cfg.dropout)
+        self.cas = CAS(cfg.guide_dim, cfg.k, cfg.cas_width, cfg.pool_steps, cfg.dropout)
         self.blur = GaussianBlur(cfg.blur_sigma)
-        self.out_size = int(cfg.input_size)
+        self.out_size = cfg.hw
 
     def logits(self, knn_sq: torch.Tensor, guide: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
         """Raw (unblurred) segmentation map (B, 1, *out_size); what L_SEG trains."""
@@ -87,7 +88,7 @@ class PCSNetHead(nn.Module):
         return F.interpolate(m, size=out_size, mode="bilinear", align_corners=False)
 
     def forward(self, knn_sqdist: torch.Tensor, guide: torch.Tensor, out_size: tuple[int, int] | None = None) -> ModelOutputs:
-        size = out_size if out_size is not None else (self.out_size, self.out_size)
+        size = out_size if out_size is not None else self.out_size
         m = self.blur(self.logits(knn_sqdist, guide, size))
         return ModelOutputs(anomaly_map=m, image_score=m.flatten(1).amax(dim=1))
 
@@ -109,7 +110,7 @@ class PCSNetModel(nn.Module):
         self.nn = (NearestNeighbourBranch(nn_rows, sum(backbone.spec.channels), cfg.blur_sigma)
                    if cfg.fusion == "pcsnet+nn" else None)
         self.fusion = (None if cfg.plain else
-                       MapFusion(2 if self.nn is not None else 1, cfg.input_size, cfg.normalise,
+                       MapFusion(2 if self.nn is not None else 1, cfg.hw, cfg.normalise,
                                  cfg.image_score, cfg.score_top_fraction))
         self.foreground = ForegroundMask(sum(backbone.spec.channels)) if cfg.foreground == "pca" else None
         self.eval()
@@ -126,7 +127,7 @@ class PCSNetModel(nn.Module):
         self.meta["nn_bank_shape"] = list(self.nn.bank.shape)
 
     def branch_maps(self, x: torch.Tensor, nn_bank: torch.Tensor | None = None) -> list[torch.Tensor]:
-        """The maps the decision fuses, (B, 1, S, S) each: PCSNet's CAS map [, the nearest-neighbour map]
+        """The maps the decision fuses, (B, 1, H, W) each: PCSNet's CAS map [, the nearest-neighbour map]
         [, the foreground mask]."""
         size = (int(x.shape[-2]), int(x.shape[-1]))
         feats = self.features.backbone(x)
@@ -164,7 +165,7 @@ class PCSNetModel(nn.Module):
 
     @torch.no_grad()
     def bank_from_shots(self, per_shot: torch.Tensor) -> torch.Tensor:
-        """(K, grid^2, D) per-shot features -> the (M, D) bank: their per-position mean, thinned to a
+        """(K, gh*gw, D) per-shot features -> the (M, D) bank: their per-position mean, thinned to a
         greedy coreset when cfg.prototypes is set (the top-k cost grows with M; docs/decision.md section 11).
         Leave-one-out banks are built by the same function, so calibration sees what the station runs."""
         mean = per_shot.mean(dim=0)

@@ -22,10 +22,10 @@ def coordinate_channels(h: int, w: int) -> torch.Tensor:
 class CoordConv1x1(nn.Module):
     """1x1 conv over [x, coords]; the coordinates are a buffer sized for the stage's fixed grid."""
 
-    def __init__(self, channels: int, size: int):
+    def __init__(self, channels: int, size: tuple[int, int]):
         super().__init__()
         self.conv = nn.Conv2d(channels + 2, channels, kernel_size=1, bias=True)
-        self.register_buffer("coords", coordinate_channels(size, size), persistent=False)
+        self.register_buffer("coords", coordinate_channels(*size), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         coords = self.coords.expand(x.shape[0], -1, -1, -1)
@@ -33,11 +33,11 @@ class CoordConv1x1(nn.Module):
 
 
 class PFA(nn.Module):
-    """list of backbone stage maps -> phi (B, D, grid, grid), D = sum of the stage channels."""
+    """list of backbone stage maps -> phi (B, D, gh, gw), D = sum of the stage channels."""
 
-    def __init__(self, channels: list[int], stage_sizes: list[int], grid: int):
+    def __init__(self, channels: list[int], stage_sizes: list[tuple[int, int]], grid: tuple[int, int]):
         super().__init__()
-        self.grid = grid
+        self.grid = tuple(grid)
         self.adapters = nn.ModuleList(CoordConv1x1(c, s) for c, s in zip(channels, stage_sizes))
         self.dim = int(sum(channels))
 
@@ -45,15 +45,15 @@ class PFA(nn.Module):
         out = []
         for f, adapter in zip(feats, self.adapters):
             f = adapter(F.avg_pool2d(f, kernel_size=3, stride=1, padding=1))
-            if f.shape[-1] != self.grid:
+            if tuple(f.shape[-2:]) != self.grid:
                 f = _to_grid(f, self.grid)
             out.append(f)
         return torch.cat(out, dim=1)
 
 
-def _to_grid(f: torch.Tensor, grid: int) -> torch.Tensor:
+def _to_grid(f: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """Upsample bilinearly; a finer stage is average-pooled instead (bilinear shrinking aliases)."""
-    size = f.shape[-1]
-    if size > grid and size % grid == 0:
-        return F.avg_pool2d(f, kernel_size=size // grid, stride=size // grid)
-    return F.interpolate(f, size=(grid, grid), mode="bilinear", align_corners=False)
+    (h, w), (gh, gw) = f.shape[-2:], grid
+    if h > gh and h % gh == 0 and w // gw == h // gh and w % gw == 0:
+        return F.avg_pool2d(f, kernel_size=h // gh, stride=h // gh)
+    return F.interpolate(f, size=(gh, gw), mode="bilinear", align_corners=False)

@@ -1,6 +1,7 @@
 """PCSNet configuration: one frozen dataclass, two named presets, and validated overrides."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 from protospect.errors import ConfigError
@@ -11,16 +12,19 @@ from protospect.training.methods.config import config_from_values, resolve_prese
 class PCSNetConfig:
     # backbone and geometry
     backbone: str
-    input_size: int  # S: the model sees S x S images and returns S x S maps
+    input_size: int  # S: the model sees S x S images and returns S x S maps (or input_hw, below)
     stages: tuple[int, ...]  # timm features_only indices tapped by the PFA
     grid: int  # every tapped stage is resampled to grid x grid; M = grid^2 prototypes (unless prototypes is set)
     backbone_weights: str | None = None  # weights file, "random", or None for the default source
     geometry: str = "fixed"  # "fixed": input_size as set | "native": from the shots' own pixels (native_geometry)
     # | "auto": auto_small px or input_size, whichever held-out good images with planted defects favour (auto_geometry.py)
     auto_small: int = 256  # geometry=auto's cheap candidate (grid and bins scaled as native_geometry scales them)
+    aspect: str = "squash"  # "squash": every image to S x S | "keep": H x W with the shots' aspect and S^2
+    # pixels (aspect_geometry), resolved into input_hw at fit
+    input_hw: tuple[int, ...] = ()  # (H, W) of a non-square input; () = S x S. The grid keeps grid/S cells per pixel
     # heads
     k: int = 200  # nearest prototype distances per position fed to CAS
-    prototypes: int = 0  # 0: one per grid position (M = grid^2); else at most this many (a greedy coreset of them)
+    prototypes: int = 0  # 0: one per grid position (M = gh * gw); else at most this many (a greedy coreset of them)
     guide_dim: int = 896  # channels of the learned 1x1 guide projection of all D PFA channels
     cas_width: int = 896
     bins: tuple[int, ...] = (64, 32, 16, 8)  # pyramid sizes; each must divide grid
@@ -60,9 +64,32 @@ class PCSNetConfig:
                 and self.foreground == "none")
 
     @property
+    def hw(self) -> tuple[int, int]:
+        """(H, W) of the model input and its map."""
+        return (int(self.input_hw[0]), int(self.input_hw[1])) if self.input_hw else (self.input_size, self.input_size)
+
+    @property
+    def size(self) -> int | tuple[int, int]:
+        """The input as resize_image takes it: S when square, else (H, W)."""
+        h, w = self.hw
+        return h if h == w else (h, w)
+
+    @property
+    def grid_hw(self) -> tuple[int, int]:
+        """Grid cells (h, w): grid per input_size pixels along each side."""
+        h, w = self.hw
+        return h * self.grid // self.input_size, w * self.grid // self.input_size
+
+    @property
+    def pool_steps(self) -> tuple[int, ...]:
+        """The CAS pyramid as pooling strides in grid cells (grid / bin): the same on both sides."""
+        return tuple(self.grid // b for b in self.bins)
+
+    @property
     def n_prototypes(self) -> int:
-        """M, the rows of the prototype bank: grid^2, capped at ``prototypes`` when that is set."""
-        return min(self.prototypes, self.grid * self.grid) if self.prototypes else self.grid * self.grid
+        """M, the rows of the prototype bank: one per grid position (gh * gw), capped at ``prototypes`` when set."""
+        h, w = self.grid_hw
+        return min(self.prototypes, h * w) if self.prototypes else h * w
 
     def validate(self) -> "PCSNetConfig":
         if self.grid < 1 or self.input_size < self.grid:
@@ -71,6 +98,14 @@ class PCSNetConfig:
         if bad:
             raise ConfigError(f"pcsnet: pyramid bins {bad} do not divide grid {self.grid}; "
                               f"use divisors such as {self.grid}, {self.grid // 2}, {self.grid // 4} (ONNX needs exact pooling)")
+        if self.input_hw:
+            if len(self.input_hw) != 2 or min(self.input_hw) < 1:
+                raise ConfigError(f"pcsnet: input_hw={list(self.input_hw)} must be [H, W] or empty")
+            unit = self.input_size // math.gcd(self.input_size, self.grid)  # pixels per whole number of cells
+            cells = [side * self.grid // self.input_size for side in self.hw]
+            if any(side % unit for side in self.hw) or any(c % st for c in cells for st in self.pool_steps):
+                raise ConfigError(f"pcsnet: input {self.hw[0]}x{self.hw[1]} does not give whole grid cells and pyramid "
+                                  f"bins at grid {self.grid} per {self.input_size} px (use aspect=keep to choose one)")
         if self.prototypes and self.prototypes < self.k:
             raise ConfigError(f"pcsnet: prototypes={self.prototypes} must be 0 (one per grid position) or at least k={self.k}")
         if not 1 <= self.k <= self.n_prototypes:
@@ -79,9 +114,13 @@ class PCSNetConfig:
             raise ConfigError(f"pcsnet: loss_k={self.loss_k} must not exceed k={self.k}")
         for key, allowed in (("fusion", ("pcsnet", "pcsnet+nn")), ("normalise", ("none", "global", "position")),
                              ("image_score", ("max", "top", "peak")), ("nn_rotations", (1, 4)),
-                             ("foreground", ("none", "pca")), ("geometry", ("fixed", "native", "auto"))):
+                             ("foreground", ("none", "pca")), ("geometry", ("fixed", "native", "auto")),
+                             ("aspect", ("squash", "keep"))):
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"pcsnet: {key}={getattr(self, key)!r} is not one of {list(allowed)}")
+        if self.input_hw and self.hw[0] != self.hw[1] and self.nn_rotations != 1:
+            raise ConfigError("pcsnet: nn_rotations=4 needs a square input (a quarter turn of an H x W shot is W x H); "
+                              "use --set nn_rotations=1 or --set aspect=squash")
         if self.auto_small < NATIVE_STEP or self.auto_small % NATIVE_STEP:
             raise ConfigError(f"pcsnet: auto_small={self.auto_small} must be a positive multiple of {NATIVE_STEP}")
         if not 0.0 < self.score_top_fraction <= 1.0:
@@ -136,7 +175,21 @@ def native_geometry(cfg: PCSNetConfig, shorter_side: int) -> PCSNetConfig:
     if scaled is None:
         raise ConfigError(f"pcsnet: geometry=native needs a preset whose grid and bins scale with the input size; "
                           f"grid {cfg.grid} at {cfg.input_size} px does not reach {size} px exactly")
-    return replace(cfg, input_size=size, grid=scaled[0], bins=scaled[1]).validate()
+    return replace(cfg, input_size=size, grid=scaled[0], bins=scaled[1], input_hw=()).validate()
+
+
+def aspect_geometry(cfg: PCSNetConfig, ratio: float) -> PCSNetConfig:
+    """H x W for a part whose images are ``ratio`` = height / width, at the same pixel count as S x S
+    (docs/decision.md section 17): H = S sqrt(ratio), W = S / sqrt(ratio), each rounded to the step that keeps
+    the grid and every pyramid bin whole (edge: 64 px). Square parts (and near-square ones, which round to S)
+    get input_hw = (), the S x S model exactly as before."""
+    step = cfg.input_size * max(cfg.pool_steps) // cfg.grid  # pixels of the coarsest pyramid cell
+    if step * cfg.grid != cfg.input_size * max(cfg.pool_steps) or not ratio > 0:
+        raise ConfigError(f"pcsnet: aspect=keep needs whole grid cells per pixel; grid {cfg.grid} at "
+                          f"{cfg.input_size} px has none")
+    root = math.sqrt(ratio)
+    h, w = (max(step, int(round(cfg.input_size * f / step)) * step) for f in (root, 1 / root))
+    return replace(cfg, input_hw=() if h == w else (h, w)).validate()
 
 
 def resolve_config(preset: str, overrides: dict | None = None) -> PCSNetConfig:

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from protospect.imageio import hw_of
 from protospect.training.layers import GaussianBlur, patch_grid
 from protospect.training.proto_topk import knn_sqdist
 
@@ -149,18 +150,19 @@ class ForegroundMask(nn.Module):
 
 
 class MapFusion(nn.Module):
-    """Branch maps (B,1,S,S) each -> one map: sum of (map - mean) / std per branch, then the image score."""
+    """Branch maps (B,1,H,W) each -> one map: sum of (map - mean) / std per branch, then the image score."""
 
-    def __init__(self, branches: int, size: int, normalise: str, image_score: str, top_fraction: float):
+    def __init__(self, branches: int, size: int | tuple[int, int], normalise: str, image_score: str, top_fraction: float):
         super().__init__()
-        side = size if normalise == "position" else 1
-        self.register_buffer("mean", torch.zeros(branches, side, side))
-        self.register_buffer("std", torch.ones(branches, side, side))
+        h, w = hw_of(size)
+        side = (h, w) if normalise == "position" else (1, 1)
+        self.register_buffer("mean", torch.zeros(branches, *side))
+        self.register_buffer("std", torch.ones(branches, *side))
         self.normalise = normalise
         self.image_score = image_score
-        self.top = max(1, int(round(top_fraction * size * size)))
-        # background window: a quarter of the side, counted in pooled cells, odd so it is centred
-        self.peak_window = 2 * max(1, size // (PEAK_POOL * 8)) + 1
+        self.top = max(1, int(round(top_fraction * h * w)))
+        # background window: a quarter of the shorter side, counted in pooled cells, odd so it is centred
+        self.peak_window = 2 * max(1, min(h, w) // (PEAK_POOL * 8)) + 1
 
     def fuse(self, maps: list[torch.Tensor]) -> torch.Tensor:
         if self.normalise == "none":

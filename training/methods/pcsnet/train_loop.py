@@ -136,7 +136,7 @@ def train(model: PCSNetModel, images: list[np.ndarray], seed: int, progress: boo
 
 
 def _step(model, criterion, optimizer, clean_feats, idx, source, cfg):
-    s = cfg.input_size
+    h, w = cfg.hw
     anom_imgs, anom_masks = source.draw(len(idx))
     feats = [f[idx] for f in clean_feats]
     if anom_imgs:
@@ -144,15 +144,15 @@ def _step(model, criterion, optimizer, clean_feats, idx, source, cfg):
         feats = [torch.cat([a, b]) for a, b in zip(feats, anom_feats)]
     n_clean, n_anom = len(idx), len(anom_imgs)
     labels = torch.tensor([0] * n_clean + [1] * n_anom)
-    masks = torch.zeros(n_clean + n_anom, 1, s, s)
+    masks = torch.zeros(n_clean + n_anom, 1, h, w)
     if n_anom:
         masks[n_clean:, 0] = torch.from_numpy(np.stack(anom_masks)).float()
     labels, masks = labels.to(model.bank.device), masks.to(model.bank.device)
 
     phi, guide = model.features.from_backbone(feats)
     sq = model.knn(as_queries(phi))
-    logits = model.head.logits(sq, guide, (s, s))
-    terms = criterion(sq, labels, grid_cell_mask(masks, cfg.grid, cfg.afs_mask_threshold), logits, masks)
+    logits = model.head.logits(sq, guide, (h, w))
+    terms = criterion(sq, labels, grid_cell_mask(masks, cfg.grid_hw, cfg.afs_mask_threshold), logits, masks)
     optimizer.zero_grad(set_to_none=True)
     terms["total"].backward()
     optimizer.step()

@@ -18,7 +18,7 @@ import time
 import numpy as np
 import torch
 
-from protospect.imageio import read_rgb, resize_square
+from protospect.imageio import hw_of, read_rgb, resize_image
 from protospect.training.cli_train import parse_settings
 from protospect.training.data import MVTecCategory, sample_shots
 from protospect.training.metrics import image_auroc, pixel_auroc
@@ -86,7 +86,7 @@ def evaluate(model, normals, sets):
 
 @torch.no_grad()
 def latency_ms(model, size, repeats=10):
-    x = torch.randn(1, 3, size, size)
+    x = torch.randn(1, 3, *hw_of(size))
     model(x)
     t = time.perf_counter()
     for _ in range(repeats):
@@ -125,7 +125,7 @@ def main(argv=None):
 
         model = get_method(args.method).fit([read_rgb(p) for p in shots], args.preset, args.seed, None)
     size = model.meta["input_size"]
-    normals = [resize_square(read_rgb(p), size) for p in rest]
+    normals = [resize_image(read_rgb(p), size) for p in rest]
     rows = evaluate(model, normals, planted_sets(normals, category, args.textures))
     result = {"data": args.data, "method": args.method, "K": args.shots, "seed": args.seed, "overrides": overrides,
               "latency_ms_cpu1": round(latency_ms(model, size), 1), "params_total": count(model), **rows}

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from protospect.errors import ConfigError, DataError
 from protospect.progress import progress_enabled
-from protospect.imageio import resize_mask, resize_square
+from protospect.imageio import resize_mask, resize_image
 from protospect.training.calibrate import to_model_input
 from protospect.training.methods.base import model_meta
 from protospect.training.methods.prn.calibration import calibrate_with_pseudo
@@ -137,7 +137,7 @@ def _real_examples(examples, size: int) -> list[tuple[np.ndarray, np.ndarray]]:
             raise ConfigError(f"prn: defects[{i}] must be an (rgb, mask) pair") from err
         if mask.shape[:2] != img.shape[:2]:
             raise DataError(f"prn: defect example {i}: mask {mask.shape[:2]} and image {img.shape[:2]} differ in size")
-        out.append((resize_square(img, size), (resize_mask((mask > 0).astype(np.uint8), size))))
+        out.append((resize_image(img, size), (resize_mask((mask > 0).astype(np.uint8), size))))
     return out
 
 
@@ -157,7 +157,7 @@ def fit(shots_rgb: list[np.ndarray], preset: str = "edge", seed: int = 0, config
     backbone = create_backbone(cfg, cfg.backbone_weights)
     mean, std, size = backbone.spec.mean, backbone.spec.std, cfg.input_size
 
-    shots = [resize_square(s, size) for s in shots_rgb]
+    shots = [resize_image(s, size) for s in shots_rgb]
     with torch.no_grad():
         shot_feats = backbone(to_model_input(shots, size, mean, std))
     protos, proto_source = prototype_maps(shot_feats, cfg.max_prototypes, seed)
