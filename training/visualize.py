@@ -62,14 +62,16 @@ OUTCOME_TEXT = {"TP": "TP caught", "FN": "FN MISSED", "FP": "FP false alarm", "T
 
 
 def _tile(image, amap, mask, score, threshold, map_range, caption, label: int = 0) -> np.ndarray:
-    tile = cv2.resize(overlay(image, amap, map_range, mask), (TILE, TILE), interpolation=cv2.INTER_AREA)
+    h, w = image.shape[:2]
+    th = int(round(TILE * h / w))  # the image's own aspect (an aspect=keep model's H x W input); TILE wide
+    tile = cv2.resize(overlay(image, amap, map_range, mask), (TILE, th), interpolation=cv2.INTER_AREA)
     verdict = "NG" if score >= threshold else "OK"
     mark = outcome(label, score, threshold)
     # verdict badge: filled red NG / green OK in the tile's corner
     cv2.rectangle(tile, (0, 0), (34, 18), RED if verdict == "NG" else GREEN, -1)
     cv2.putText(tile, verdict, (5, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, WHITE, 1, cv2.LINE_AA)
     if mark in ("FN", "FP"):  # a wrong verdict gets a yellow frame
-        cv2.rectangle(tile, (0, 0), (TILE - 1, TILE - 1), YELLOW, 3)
+        cv2.rectangle(tile, (0, 0), (TILE - 1, th - 1), YELLOW, 3)
     band = np.zeros((34, TILE, 3), np.uint8)
     truth = "good" if not label else caption.split("/")[0]
     cv2.putText(band, f"truth {truth}: {caption.split('/')[-1]}"[:30], (4, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.38, WHITE, 1,

@@ -72,3 +72,17 @@ def test_ground_truth_is_cyan_and_outcomes_are_marked(tmp_path):
 
 
 TILE_MID = 96
+
+
+def test_a_tall_models_tiles_keep_the_parts_aspect(tmp_path):
+    """aspect=keep maps (H x W, here 2:1) are drawn tall, not squashed into squares."""
+    from protospect.training.visualize import TILE, heatmap_grid
+
+    test, scores, maps = _test_set()
+    test.images = np.repeat(test.images, 2, axis=1)
+    test.masks = np.repeat(test.masks, 2, axis=1)
+    maps = np.repeat(maps, 2, axis=1)
+    path = heatmap_grid(test, scores, maps, {"threshold": 2.0, "map_range": [0.0, 100.0]}, tmp_path / "g.png",
+                        n_good=3, n_defective=2, columns=5)
+    img = cv2.imread(str(path))
+    assert img.shape[1] == 5 * TILE and img.shape[0] - 44 == 2 * TILE + 34  # header, one row of 2:1 tiles, band
