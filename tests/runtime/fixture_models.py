@@ -93,6 +93,18 @@ def _box_blur(src: str, dst: str, ksize: int):
             [numpy_helper.from_array(kernel, "blur_w")])
 
 
+def numpy_refdiff(img_u8, ref_u8, blur=5):
+    """What build_diff_model's graph computes, in numpy: box blur of the channel mean of |img - ref| (zero padding)."""
+    d = np.abs(img_u8.astype(np.float32) / 255 - ref_u8.astype(np.float32) / 255).mean(axis=2)
+    pad = blur // 2
+    padded = np.pad(d, pad)
+    out = np.zeros_like(d)
+    for dy in range(blur):
+        for dx in range(blur):
+            out += padded[dy:dy + d.shape[0], dx:dx + d.shape[1]]
+    return out / blur ** 2
+
+
 def build_diff_model(path: str | Path, ref_rgb: np.ndarray, *, threshold: float, map_range=(0.0, 0.5),
                      blur: int = 5, props_override: dict | None = None, map_pool: int = 1, batch: int | str = 1) -> Path:
     """The model's input is the reference's H x W (non-square when it is). ``map_pool`` > 1 average-pools the

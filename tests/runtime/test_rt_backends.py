@@ -11,7 +11,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from fixture_models import build_diff_model, build_split_model, reference_rgb, render_part
+from fixture_models import build_diff_model, build_split_model, numpy_refdiff, reference_rgb, render_part
 from protospect.contract import with_metadata_hash
 from protospect.errors import ArtifactError, ConfigError, CudaError, MissingDependencyError
 from protospect.imageio import resize_image, to_rgb_uint8
@@ -24,17 +24,6 @@ from protospect.runtime.backends.trt import (TensorSpec, TrtBackend, check_engin
 from protospect.runtime.model_info import ModelInfo
 
 
-def _numpy_refdiff(img_u8, ref_u8, blur=5):
-    d = np.abs(img_u8.astype(np.float32) / 255 - ref_u8.astype(np.float32) / 255).mean(axis=2)
-    pad = blur // 2
-    padded = np.pad(d, pad)
-    out = np.zeros_like(d)
-    for dy in range(blur):
-        for dx in range(blur):
-            out += padded[dy:dy + d.shape[0], dx:dx + d.shape[1]]
-    return out / blur ** 2
-
-
 def test_ort_backend_matches_numpy_and_reads_metadata(fx):
     rng = np.random.default_rng(3)
     img = resize_image(to_rgb_uint8(render_part(rng, (160, 120), defect=True)), 64)
@@ -45,7 +34,7 @@ def test_ort_backend_matches_numpy_and_reads_metadata(fx):
         assert b.providers[-1] == "CPUExecutionProvider"
         with pytest.raises(ConfigError, match="expects uint8 64x64x3"):
             b.infer(img[:32])
-    want = _numpy_refdiff(img, fx.ref)
+    want = numpy_refdiff(img, fx.ref)
     assert amap.shape == (64, 64) and amap.dtype == np.float32
     assert np.abs(amap - want).max() < 1e-5
     assert score == pytest.approx(float(want.max()), abs=1e-6)

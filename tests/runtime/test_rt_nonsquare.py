@@ -10,7 +10,7 @@ import json
 import cv2
 import numpy as np
 import pytest
-from fixture_models import build_diff_model, build_split_model, calibrate_threshold, reference_rgb, render_part
+from fixture_models import build_diff_model, build_split_model, calibrate_threshold, numpy_refdiff, reference_rgb, render_part
 
 from protospect.cli import main as cli_main
 from protospect.conformal import operating_point
@@ -33,18 +33,6 @@ from protospect.runtime.sources import ArraySource
 H, W = 48, 80          # the model input: wider than tall
 FRAME = (160, 120)     # W x H of the camera frames: another size and another aspect (4:3, not 5:3)
 DEFECTS = {2, 5}
-
-
-def _numpy_refdiff(img_u8, ref_u8, blur=5):
-    """What the fixture graph computes, in numpy: box blur of the channel mean of |img - ref| (zero padding)."""
-    d = np.abs(img_u8.astype(np.float32) / 255 - ref_u8.astype(np.float32) / 255).mean(axis=2)
-    pad = blur // 2
-    padded = np.pad(d, pad)
-    out = np.zeros_like(d)
-    for dy in range(blur):
-        for dx in range(blur):
-            out += padded[dy:dy + d.shape[0], dx:dx + d.shape[1]]
-    return out / blur ** 2
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +89,7 @@ def test_ort_backend_serves_a_non_square_model(wide):
         with pytest.raises(ConfigError, match="expects uint8 48x80x3"):
             b.infer(np.zeros((64, 64, 3), np.uint8))
     assert amap.shape == (H, W) and amap.dtype == np.float32
-    want = _numpy_refdiff(img, ref)
+    want = numpy_refdiff(img, ref)
     assert np.abs(amap - want).max() < 1e-5
     assert score == pytest.approx(float(want.max()), rel=1e-5)
     assert score >= threshold  # the planted pit is found
@@ -128,7 +116,7 @@ def test_dynamic_batch_of_non_square_frames(wide, tmp_path):
     assert maps.shape == (3, H, W) and scores.shape == (3,)
     for i, (m, s) in enumerate(singles):
         assert np.allclose(maps[i], m, atol=1e-6) and scores[i] == pytest.approx(s, rel=1e-6)
-        assert np.abs(m - _numpy_refdiff(frames[i], ref)).max() < 1e-5
+        assert np.abs(m - numpy_refdiff(frames[i], ref)).max() < 1e-5
 
 
 def test_split_path_on_a_non_square_grid(wide, tmp_path):
