@@ -58,7 +58,9 @@ def main(argv=None):
         text += (f"\nAdoption ({len(cells)} of 9 cells): aspect=keep {mk:.2f} vs squash {mq:.2f} (slack {SLACK}): "
                  f"{verdict}\n")
     if args.report is not None:
-        rows = at.load(args.report + [args.auto, args.aspect])
+        rows = at.load(args.report)  # the squashed models' test rows (auto_queue.sh ran most cells with --no-test)
+        for key, r in at.load([args.auto, args.aspect]).items():
+            rows.setdefault(key, r)
         for key, x in squash.items():  # geometry=auto's squashed choice, every category (rule v6)
             if (x["chosen"],) + key in rows:
                 rows[(sa.AUTO,) + key] = rows[(x["chosen"],) + key]
