@@ -34,6 +34,31 @@ def label(geom) -> str:
     return f"{size}" if isinstance(size, int) else f"{size[0]}x{size[1]}"
 
 
+def juice_figure(rows, out: str, verdict: str) -> None:
+    """Image AUROC and escape @ A = 5 % on juice's test split per K: 256 px, auto squashed, auto aspect=keep, PatchCore."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    cols = {"256 px (old)": (at.OLD_GEOMETRY, at.OLD), "auto, squashed (default)": (sa.AUTO, at.OLD),
+            f"auto, aspect=keep ({verdict})": (ASPECT, at.OLD), "PatchCore": (at.OLD_GEOMETRY, at.PATCHCORE)}
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, name in zip(axes, ("test_image_auroc", "test_escape_rate_a05"), ("image AUROC", "escape @ A = 5 %")):
+        for i, (lab, (g, v)) in enumerate(cols.items()):
+            vals = [np.mean([x for s in at.SEEDS if (x := at.value(rows, g, v, PART, k, s, key)) is not None] or [np.nan])
+                    for k in at.KS]
+            ax.bar(np.arange(len(at.KS)) + (i - 1.5) * 0.2, vals, 0.2, label=lab)
+        ax.set_xticks(range(len(at.KS)), [f"K={k}" for k in at.KS])
+        ax.set_title(f"{PART}: {name} (test split, mean of seeds 0-2)", fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylim(70, 100)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=4, fontsize=8)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("aspect", help="folder of aspect_queue.sh's JSON lines")
@@ -54,9 +79,9 @@ def main(argv=None):
     text = "\n".join(lines) + "\n"
     if cells:
         mk, mq = np.mean([chosen_score(keep[c]) for c in cells]), np.mean([chosen_score(squash[c]) for c in cells])
-        verdict = "ADOPTED" if len(cells) == 9 and mk >= mq - SLACK else ("not adopted" if len(cells) == 9 else "incomplete")
+        verdict = "adopted" if len(cells) == 9 and mk >= mq - SLACK else ("not adopted" if len(cells) == 9 else "incomplete")
         text += (f"\nAdoption ({len(cells)} of 9 cells): aspect=keep {mk:.2f} vs squash {mq:.2f} (slack {SLACK}): "
-                 f"{verdict}\n")
+                 f"{verdict.upper()}\n")
     if args.report is not None:
         rows = at.load(args.report)  # the squashed models' test rows (auto_queue.sh ran most cells with --no-test)
         for key, r in at.load([args.auto, args.aspect]).items():
@@ -73,7 +98,7 @@ def main(argv=None):
         text += "\nnew = auto, aspect=keep (rule v7):\n\n" + at.markdown(sub, ASPECT).split("\n", 1)[1]
         text += "\nAcceptance table, new = auto with aspect=keep:\n\n" + at.markdown(rows, ASPECT)
         if args.figure:
-            at.figure(rows, ASPECT, args.figure, label="geometry=auto + aspect=keep, rule v7")
+            juice_figure(rows, args.figure, verdict if cells else "incomplete")
     print(text)
     if args.markdown:
         Path(args.markdown).write_text(text)
