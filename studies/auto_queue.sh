@@ -28,7 +28,8 @@ work() {
       --val 20 --small --logical --native-plant --aupro --textures "$DATA/textures" --branches $br --metric-size 256 $test \
       --set input_size=$size --set grid=$g --set "bins=[$g,$((g/2)),$((g/4)),$((g/8))]" --set prototypes=1024 \
       --out "$name.jsonl" > "$name.log" 2>&1
-    echo "$(date +%T) done $job rc=$?" >> "$OUT/progress.log"
+    rc=$?  # before $(date) resets it
+    echo "$(date +%T) done $job rc=$rc" >> "$OUT/progress.log"
   done
 }
 for _ in $(seq "${WORKERS:-2}"); do work & done; wait
