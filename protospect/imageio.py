@@ -164,6 +164,12 @@ def canonical_size(size: int | tuple[int, int] | list[int]) -> int | tuple[int, 
     return h if h == w else (h, w)
 
 
+def size_text(size: int | tuple[int, int] | list[int]) -> str:
+    """A model input size for logs: "512" for 512 x 512, "HxW" ("704x384") when not square."""
+    h, w = hw_of(size)
+    return str(h) if h == w else f"{h}x{w}"
+
+
 def resize_image(img: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     """Resize an RGB image to the model input (S, or (H, W)): area filter when shrinking (no aliasing),
     bilinear when growing."""

@@ -11,14 +11,9 @@ from dataclasses import dataclass, field
 
 from protospect.contract import PREFIX, check_contract
 from protospect.errors import ArtifactError
+from protospect.imageio import size_text
 
 REQUIRED = ("input_size", "threshold", "map_range")
-
-
-def size_text(hw: tuple[int, int]) -> str:
-    """A model input size for logs: "512" for 512 x 512, "HxW" ("704x384") when not square."""
-    h, w = hw
-    return str(h) if h == w else f"{h}x{w}"
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,7 @@ from triton_server import SERVER_ENV, TritonServer, server_env_problem  # noqa: 
 from protospect.runtime.backends.triton import TritonBackend  # noqa: E402
 from protospect.runtime.frames import Frame  # noqa: E402
 from protospect.runtime.preprocess import preprocess  # noqa: E402
-from protospect.runtime.model_info import size_text  # noqa: E402
+from protospect.imageio import size_text  # noqa: E402
 
 NAME = "part"
 FRAME = (160, 120)   # W x H of the generated frames (as the tests' replay video): preprocess really resizes

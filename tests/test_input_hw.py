@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 
 from protospect.errors import ArtifactError, DataError
-from protospect.imageio import canonical_size, hw_of, resize_image, resize_mask
+from protospect.imageio import canonical_size, hw_of, resize_image, resize_mask, size_text
 from protospect.metadata import build_metadata, input_hw_of, input_hw_of_props
 
 
 def test_sizes_are_s_or_h_w():
     assert hw_of(256) == (256, 256) and hw_of([704, 384]) == (704, 384) and hw_of((48, 80)) == (48, 80)
     assert canonical_size(256) == 256 and canonical_size([256, 256]) == 256 and canonical_size([704, 384]) == (704, 384)
+    assert (size_text(512), size_text([512, 512]), size_text((704, 384))) == ("512", "512", "704x384")
     with pytest.raises(DataError):
         hw_of([1, 2, 3])
 

@@ -16,8 +16,8 @@ import numpy as np
 
 from protospect.contract import ANOMALY_MAP, IMAGE_SCORE
 from protospect.errors import ArtifactError, ConfigError
-from protospect.imageio import canonical_size
-from protospect.runtime.model_info import ModelInfo, size_text
+from protospect.imageio import canonical_size, size_text
+from protospect.runtime.model_info import ModelInfo
 
 BANK_INPUT_HINT = ("it takes the prototype bank as input 'bank' (exported with --bank-as-input), which protospect "
                    "does not feed; re-export without --bank-as-input, or feed 'bank' from your own code")

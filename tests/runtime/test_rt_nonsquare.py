@@ -23,7 +23,8 @@ from protospect.runtime.backends.base import check_output_shapes
 from protospect.runtime.backends.ort import OrtBackend
 from protospect.runtime.backends.split import SplitOrtBackend
 from protospect.runtime.backends.triton import check_config
-from protospect.runtime.model_info import ModelInfo, size_text
+from protospect.imageio import size_text
+from protospect.runtime.model_info import ModelInfo
 from protospect.runtime.pipeline import Pipeline
 from protospect.runtime.preprocess import preprocess
 from protospect.runtime.frames import stamp

@@ -12,7 +12,7 @@ import logging
 import numpy as np
 
 from protospect.errors import ConfigError, DataError
-from protospect.imageio import resize_image
+from protospect.imageio import resize_image, size_text
 from protospect.training.methods.base import model_meta
 
 from .model import PCSNetModel
@@ -38,8 +38,7 @@ def _meta(cfg: PCSNetConfig, preset: str, spec) -> dict:
 
 def size_label(cfg: PCSNetConfig) -> str:
     """"512 px", or "704x384 px" (H x W) for a non-square input."""
-    h, w = cfg.hw
-    return f"{h} px" if h == w else f"{h}x{w} px"
+    return f"{size_text(cfg.hw)} px"
 
 
 def json_size(cfg: PCSNetConfig) -> int | list[int]:
