@@ -166,20 +166,26 @@ class FakeProtoTopK:
         self.closed = True
 
 
-def test_split_trt_path_matches_split_ort(tmp_path, fake_stack, fake_kernel_toolchain, monkeypatch):
-    import protospect.cpp_ext.launcher as launcher
-
-    monkeypatch.setattr(launcher, "ProtoTopK", FakeProtoTopK)
-    rng = np.random.default_rng(0)
-    folder = build_split_model(tmp_path / "split", reference_rgb(64), k=3, cell=8, threshold=0.1,
-                               bank=rng.uniform(0, 1, (40, 3)).astype(np.float32))
-    img = _frame()
+def _split_engines(folder, ref, img):
+    """A split model (k = 3, 8 px cells) with fake engines for both graphs: (folder, the TRT backend selected for it,
+    and the split ORT backend's map and score for ``img``, the reference)."""
+    folder = build_split_model(folder, ref, k=3, cell=8, threshold=0.1,
+                               bank=np.random.default_rng(0).uniform(0, 1, (40, 3)).astype(np.float32))
     with SplitOrtBackend(folder) as cpu:
         want_map, want_score = cpu.infer(img)
     _engine(folder / "features.engine", folder / "features.onnx")
     _engine(folder / "head.engine", folder / "head.onnx")
     backend = select_backend(folder)
     assert isinstance(backend, SplitTrtBackend)
+    return folder, backend, want_map, want_score
+
+
+def test_split_trt_path_matches_split_ort(tmp_path, fake_stack, fake_kernel_toolchain, monkeypatch):
+    import protospect.cpp_ext.launcher as launcher
+
+    monkeypatch.setattr(launcher, "ProtoTopK", FakeProtoTopK)
+    img = _frame()
+    folder, backend, want_map, want_score = _split_engines(tmp_path / "split", reference_rgb(64), img)
     rt, _ = fake_stack
     with backend:
         amap, score = backend.infer(img)
@@ -211,14 +217,7 @@ def test_trt_backends_take_a_non_square_input(tmp_path, fake_stack, fake_kernel_
         amap, score = t.infer(img)
     assert amap.shape == (h, w) and np.array_equal(amap, want_map) and score == want_score
 
-    folder = build_split_model(tmp_path / "split", ref, k=3, cell=8, threshold=0.1,
-                               bank=np.random.default_rng(0).uniform(0, 1, (40, 3)).astype(np.float32))
-    with SplitOrtBackend(folder) as cpu:
-        want_map, want_score = cpu.infer(img)
-    _engine(folder / "features.engine", folder / "features.onnx")
-    _engine(folder / "head.engine", folder / "head.onnx")
-    backend = select_backend(folder)
-    assert isinstance(backend, SplitTrtBackend)
+    _, backend, want_map, want_score = _split_engines(tmp_path / "split", ref, img)
     with backend:
         assert backend._features.plan["image"].shape == (1, h, w, 3) and backend._n == (h // 8) * (w // 8)
         amap, score = backend.infer(img)
