@@ -164,6 +164,24 @@ def canonical_size(size: int | tuple[int, int] | list[int]) -> int | tuple[int, 
     return h if h == w else (h, w)
 
 
+def parse_hw(value) -> tuple[int, int] | None:
+    """A stored input size (S, or [H, W]: ints, not bools, all positive) as (H, W); None when it is neither.
+    The one strict reader for model meta, graph metadata and line-threshold files."""
+    def is_int(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    dims = [value, value] if is_int(value) else value
+    if not (isinstance(dims, (list, tuple)) and len(dims) == 2 and all(is_int(v) and v > 0 for v in dims)):
+        return None
+    return int(dims[0]), int(dims[1])
+
+
+def size_record(size: int | tuple[int, int] | list[int]) -> int | list[int]:
+    """The input size as records and meta store it (JSON): S when square, else [H, W]."""
+    h, w = hw_of(size)
+    return h if h == w else [h, w]
+
+
 def size_text(size: int | tuple[int, int] | list[int]) -> str:
     """A model input size for logs: "512" for 512 x 512, "HxW" ("704x384") when not square."""
     h, w = hw_of(size)

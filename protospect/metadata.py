@@ -15,17 +15,16 @@ from protospect.contract import (FORMAT_VERSION, GRAPHS, INPUT_LAYOUT, KEY_ARTIF
                                  KEY_PRESET, KEY_STD, KEY_THRESHOLD, METADATA_HASH, PREFIX, PRECISIONS, key,
                                  with_metadata_hash)
 from protospect.errors import ArtifactError
-from protospect.imageio import hw_of
+from protospect.imageio import parse_hw
 
 
 def input_hw_of(meta: dict) -> tuple[int, int]:
     """The model input (H, W) from a model's meta (int S for S x S, or [H, W])."""
-    size = meta.get("input_size")
-    ok = (isinstance(size, int) or (isinstance(size, (list, tuple)) and len(size) == 2
-                                    and all(isinstance(v, int) for v in size)))
-    if not ok or min(hw_of(size)) <= 0:
-        raise ArtifactError(f"model meta has no usable 'input_size' (got {size!r}); re-train or fix the artifact")
-    return hw_of(size)
+    hw = parse_hw(meta.get("input_size"))
+    if hw is None:
+        raise ArtifactError(f"model meta has no usable 'input_size' (got {meta.get('input_size')!r}); "
+                            "re-train or fix the artifact")
+    return hw
 
 
 def input_hw_of_props(props: dict[str, str], where="the graph") -> tuple[int, int]:

@@ -27,6 +27,7 @@ import numpy as np
 
 from protospect.errors import ArtifactError, ConfigError
 from protospect.files import write_atomic
+from protospect.imageio import parse_hw, size_record
 from protospect.runtime.model_info import ModelInfo
 from protospect.conformal import OperatingPoint
 
@@ -58,26 +59,13 @@ def check_margin(margin: float) -> None:
 
 
 def identity(info: ModelInfo) -> dict:
-    h, w = info.input_hw
     return {"artifact_sha256": info.artifact_sha256, "precision": info.precision,
-            "input_size": h if h == w else [h, w], "method": info.method, "graph": info.graph, "preset": info.preset}
-
-
-def _as_hw(size) -> tuple[int, int] | None:
-    """A file's "input_size" (S or [H, W]) as (H, W); None when it is neither."""
-    def is_int(v) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    if is_int(size):
-        return size, size
-    if isinstance(size, list) and len(size) == 2 and all(is_int(v) for v in size):
-        return size[0], size[1]
-    return None
+            "input_size": size_record(info.input_hw), "method": info.method, "graph": info.graph, "preset": info.preset}
 
 
 def _same(key: str, file_value, model_value) -> bool:
     if key == "input_size":
-        return _as_hw(file_value) is not None and _as_hw(file_value) == _as_hw(model_value)
+        return parse_hw(file_value) is not None and parse_hw(file_value) == parse_hw(model_value)
     return file_value == model_value
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from protospect.contract import PREFIX, check_contract
 from protospect.errors import ArtifactError
-from protospect.imageio import size_text
+from protospect.imageio import parse_hw, size_text
 
 REQUIRED = ("input_size", "threshold", "map_range")
 
@@ -84,13 +84,10 @@ class ModelInfo:
 
 def _input_hw(value) -> tuple[int, int]:
     """protospect.input_size "[H, W]" (export writes this) or a bare S -> (H, W); ValueError unless two positive ints."""
-    size = _json(value)
-    if isinstance(size, bool) or not isinstance(size, (int, list)):
-        raise ValueError(f"input_size {value} is not [H, W]")
-    dims = size if isinstance(size, list) else [size, size]
-    if len(dims) != 2 or any(isinstance(d, bool) or not isinstance(d, int) or d <= 0 for d in dims):
+    hw = parse_hw(_json(value))
+    if hw is None:
         raise ValueError(f"input_size {value} is not [H, W] with two positive integers")
-    return int(dims[0]), int(dims[1])
+    return hw
 
 
 def _unprefixed(props: dict) -> dict:

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from protospect.imageio import read_rgb, resize_image
+from protospect.imageio import read_rgb, resize_image, size_record
 from protospect.runtime import line_threshold
 from protospect.training import metrics
 from protospect.training.calibrate import CALIB_SEED_OFFSET, jitter
@@ -190,7 +190,7 @@ def run_one(cat, category, k, seed, args, tests, metric_masks: np.ndarray | None
     dec = decisions(normal, sets, size)
 
     row = {"category": category, "K": k, "seed": seed, "shots": [p.name for p in shot_paths], "fit_s": round(fit_s, 1),
-           "input_size": size if isinstance(size, int) else list(size), "grid": cfg.grid, "prototypes": cfg.n_prototypes,
+           "input_size": size_record(size), "grid": cfg.grid, "prototypes": cfg.n_prototypes,
            "n_val_normal": len(normals),
            "variants": {}}
     for name, res in dec.items():

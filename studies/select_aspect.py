@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from protospect.imageio import size_text
+
 import acceptance_table as at
 import select_auto as sa
 
@@ -30,8 +32,7 @@ def chosen_score(x: dict) -> float:
 
 
 def label(geom) -> str:
-    size = geom[0]
-    return f"{size}" if isinstance(size, int) else f"{size[0]}x{size[1]}"
+    return size_text(geom[0])
 
 
 def juice_figure(rows, out: str, verdict: str) -> None:

@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from protospect.errors import DataError
-from protospect.imageio import canonical_size, read_rgb
+from protospect.imageio import canonical_size, read_rgb, size_record
 from protospect.training import metrics
 from protospect.training.calibrate import to_model_input
 from protospect.training.backbones import FeatureStore, memoize_features
@@ -225,7 +225,7 @@ def evaluate(data_root, category: str | None, method: str, shots_list: list[int]
             if excluded:
                 run["defect_support"] = sorted(str(p) for p in excluded)
             run.update(seed=seed, shots=[p.name for p in shot_paths], train_seconds=round(train_seconds, 3),
-                       test_ms_per_image=round(test_ms, 2), test_features_cached=cached, input_size=size if isinstance(size, int) else list(size),
+                       test_ms_per_image=round(test_ms, 2), test_features_cached=cached, input_size=size_record(size),
                        threshold=threshold)
             runs.append(run)
             log.info("%s %s K=%d seed=%d: image AUROC %.1f, pixel AUROC %s, AUPRO %s, fit %.1f s", cat.name, method, k, seed,

@@ -243,7 +243,7 @@ def _build(args, overrides: dict, cap: Capture, tmp: Path, out: Path, stages: St
     from protospect.export import onnx_export
     from protospect.metadata import input_hw_of
     from protospect.export.parity import parity_from_model, shot_views
-    from protospect.imageio import canonical_size, resize_image
+    from protospect.imageio import resize_image, size_record
     from protospect.runtime.backends import select_backend
     from protospect.conformal import operating_point
     from protospect.training.artifact import artifact_sha256
@@ -321,7 +321,7 @@ def _build(args, overrides: dict, cap: Capture, tmp: Path, out: Path, stages: St
         "model": served.name,
         "model_int8": station.MODEL_INT8 if args.int8 else None,
         "method": args.method, "preset": args.preset, "seed": args.seed,
-        "input_size": canonical_size(info.input_hw), "artifact_sha256": artifact_sha256(art),
+        "input_size": size_record(info.input_hw), "artifact_sha256": artifact_sha256(art),
         "train_seconds": round(train_s, 3),
         "timings_s": dict(stages.times),
         "files": station.hash_files(tmp),

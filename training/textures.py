@@ -204,6 +204,6 @@ class DraemSynthesizer:
             image = _rotate(image, float(rng.uniform(-90, 90)), border=cv2.BORDER_REFLECT)
         # a non-square image (aspect=keep) takes the top-left h x w of a square noise field: same blob scale
         mask = perlin_mask(max(h, w), rng)[:h, :w]
-        texture = augment_texture(self.textures.load(int(rng.integers(len(self.textures))), h if h == w else (h, w)), rng)
+        texture = augment_texture(self.textures.load(int(rng.integers(len(self.textures))), (h, w)), rng)
         beta = float(rng.uniform(0.0, self.beta_max))
         return draem_blend(image, texture, mask, beta), mask

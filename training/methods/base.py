@@ -6,7 +6,7 @@ from typing import NamedTuple
 import torch
 
 from protospect import contract
-from protospect.imageio import canonical_size
+from protospect.imageio import size_record
 
 
 class ModelOutputs(NamedTuple):
@@ -47,7 +47,5 @@ def model_meta(method: str, preset: str, backbone_name: str, input_size: int | t
                **extra) -> dict:
     """The meta every AnomalyModel carries (contracts section 4); ``spec`` is the backbone's BackboneSpec.
     ``input_size``: S for an S x S input, (H, W) otherwise (stored as [H, W])."""
-    size = canonical_size(input_size)
-    return {"method": method, "preset": preset, "backbone": backbone_name,
-            "input_size": size if isinstance(size, int) else list(size),
+    return {"method": method, "preset": preset, "backbone": backbone_name, "input_size": size_record(input_size),
             "mean": [float(v) for v in spec.mean], "std": [float(v) for v in spec.std], "config": config, **extra}

@@ -12,7 +12,7 @@ import logging
 import numpy as np
 
 from protospect.errors import ConfigError, DataError
-from protospect.imageio import resize_image, size_text
+from protospect.imageio import resize_image, size_record, size_text
 from protospect.training.methods.base import model_meta
 
 from .model import PCSNetModel
@@ -41,15 +41,12 @@ def size_label(cfg: PCSNetConfig) -> str:
     return f"{size_text(cfg.hw)} px"
 
 
-def json_size(cfg: PCSNetConfig) -> int | list[int]:
-    """The input size as records store it: S, or [H, W]."""
-    return cfg.size if isinstance(cfg.size, int) else list(cfg.size)
-
-
 def with_aspect(cfg: PCSNetConfig, shots_rgb) -> PCSNetConfig:
     """aspect=keep: the input H x W from the shots' median height / width (presets.aspect_geometry)."""
+    if cfg.aspect != "keep":
+        return cfg
     ratios = [img.shape[0] / img.shape[1] for img in shots_rgb if getattr(img, "ndim", 0) == 3 and min(img.shape[:2])]
-    if cfg.aspect != "keep" or not ratios:
+    if not ratios:
         return cfg
     return aspect_geometry(cfg, float(np.median(ratios)))
 
@@ -96,9 +93,9 @@ def _fit_auto(shots_rgb, preset, seed, cfg: PCSNetConfig, holdout, progress, dev
 
     large_cfg = dataclasses.replace(cfg, geometry="fixed")
     small_cfg = ag.small_config(cfg)
-    small_cfg = small_cfg and with_aspect(small_cfg, shots_rgb)
     if small_cfg is None:  # an input no larger than the cheap candidate: nothing to choose
         return _fit_config(shots_rgb, preset, seed, large_cfg, progress, device)
+    small_cfg = with_aspect(small_cfg, shots_rgb)  # native_geometry rescaled it square
     holdout = _check_images(holdout or [], "held-out good image")
     record = {"rule": "auto (docs/decision.md section 14)", "margin": ag.MARGIN, "n_holdout": len(holdout)}
     if len(holdout) < ag.MIN_HOLDOUT:
@@ -110,7 +107,7 @@ def _fit_auto(shots_rgb, preset, seed, cfg: PCSNetConfig, holdout, progress, dev
         native_sets = ag.planted(holdout, cfg.category)  # planted once at the images' pixels; each candidate resizes
         for name, c in (("small", small_cfg), ("large", large_cfg)):
             models[name] = _fit_config(shots_rgb, preset, seed, c, progress, device)
-            scores[name] = {"input_size": json_size(c), **ag.validation_score(models[name], holdout, native_sets)}
+            scores[name] = {"input_size": size_record(c.hw), **ag.validation_score(models[name], holdout, native_sets)}
         pick = ag.choose(scores["small"], scores["large"])
         model = models[pick]
         record.update(scores=scores, chosen=pick)
@@ -120,7 +117,7 @@ def _fit_auto(shots_rgb, preset, seed, cfg: PCSNetConfig, holdout, progress, dev
         log.info(msg)
         if progress:
             print(msg)
-    record["input_size"] = json_size(model.cfg)
+    record["input_size"] = size_record(model.cfg.hw)
     model.meta["geometry_choice"] = record
     return model
 

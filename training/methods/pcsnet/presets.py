@@ -5,6 +5,7 @@ import math
 from dataclasses import dataclass, replace
 
 from protospect.errors import ConfigError
+from protospect.imageio import canonical_size
 from protospect.training.methods.config import config_from_values, resolve_preset
 
 
@@ -71,8 +72,7 @@ class PCSNetConfig:
     @property
     def size(self) -> int | tuple[int, int]:
         """The input as resize_image takes it: S when square, else (H, W)."""
-        h, w = self.hw
-        return h if h == w else (h, w)
+        return canonical_size(self.hw)
 
     @property
     def grid_hw(self) -> tuple[int, int]:
