@@ -190,14 +190,15 @@ class MqttSink(Sink):
                     topic = self.topics["event"] if is_event(json.loads(line)) else self.topics["verdict"]
                     infos.append(self.client.publish(topic, line, qos=1))
                 deadline = time.monotonic() + self.ack_timeout_s
-                while not all(i.is_published() for i in infos):
-                    if self._epoch != epoch or time.monotonic() > deadline or self._stop.is_set():
+                while not all(_acknowledged(i) for i in infos):
+                    if (self._epoch != epoch or time.monotonic() > deadline or self._stop.is_set()
+                            or any(_refused(i) for i in infos)):
                         break
                     time.sleep(0.002)
                 else:
                     self._acked(start, sum(len(line) + 1 for line in lines), len(lines))
                     continue
-                self._not_acked(sum(not i.is_published() for i in infos))
+                self._not_acked(sum(not _acknowledged(i) for i in infos))
             except Exception:  # never let the feed die silently; the spool keeps the lines
                 log.exception("MQTT publisher")
                 time.sleep(0.5)
@@ -264,6 +265,24 @@ class MqttSink(Sink):
                 "connect_failures": self.connect_failures, "refused": self.refused, "overflow": self.overflow,
                 "spool_failures": self.spool_failures,
                 "pending_bytes": self._size - self._sent_off}
+
+
+def _acknowledged(info) -> bool:
+    """PUBACK received. paho's is_published() raises when publish() itself failed (e.g. called while the broker
+    was just lost: "not currently connected"); such a message is not acknowledged and goes again from the spool."""
+    try:
+        return info.is_published()
+    except (RuntimeError, ValueError):
+        return False
+
+
+def _refused(info) -> bool:
+    """publish() failed at once (not connected, queue full): waiting for its PUBACK would only wait out the timeout."""
+    try:
+        info.is_published()
+    except (RuntimeError, ValueError):
+        return True
+    return False
 
 
 def _trim_torn(fd: int) -> int:
