@@ -218,9 +218,27 @@ def run_one(cat, category, k, seed, args, tests, metric_masks: np.ndarray | None
                     if key != "line_threshold" and val is not None:
                         v[f"test_{key}"] = 100 * val
         row["variants"][name] = {key: round(float(val), 3) for key, val in v.items()}
+    if args.save_scores:  # per-image scores, for fusions of models trained in separate jobs (rule v8)
+        save_scores(Path(args.out), k, seed, dec, test)
     if test is not None and args.diagnose and seed == args.seeds[0]:
         row["diagnosis"] = diagnose(test, dec, category, k, args)
     return row
+
+
+SAVED_VARIANTS = ("pcs|none|max", "nn1|none|max")
+
+
+def save_scores(out: Path, k: int, seed: int, dec: dict, test: TestSet | None) -> Path:
+    """``<out>.k<K>s<seed>.npz``: every set's image scores of the plain-maximum decisions (keys ``variant::set``,
+    sets as in decisions(): normal_calib, val_normal, val_* / valn_* kinds, line_good, test) and the test labels.
+    The image order is fixed by the seed, so two jobs of one cell at different input sizes line up image by image."""
+    arrays = {f"{name}::{set_name}": np.asarray(res[0], np.float64)
+              for name in SAVED_VARIANTS if name in dec for set_name, res in dec[name].items()}
+    if test is not None:
+        arrays["test_labels"] = np.asarray(test.labels, np.int8)
+    path = out.with_name(f"{out.name}.k{k}s{seed}.npz")
+    np.savez_compressed(path, **arrays)
+    return path
 
 
 def diagnose(test: TestSet, dec, category, k, args) -> dict:
@@ -257,6 +275,8 @@ def main(argv=None):
                     help="also plant nsa_small / misplace / erase at the images' own pixels, then resize (valn_*)")
     ap.add_argument("--logical", action="store_true", help="also plant logical defects (val_misplace, val_erase)")
     ap.add_argument("--aupro", action="store_true", help="AUPRO of the kept maps (the pixel variants)")
+    ap.add_argument("--save-scores", action="store_true",
+                    help="also write each run's per-image scores (pcs / nn1, plain maximum) to <out>.k<K>s<seed>.npz")
     ap.add_argument("--diagnose", action="store_true")
     ap.add_argument("--figures", default=None)
     ap.add_argument("--set", action="append", help="PCSNet config override key=value (e.g. input_size=384)")
