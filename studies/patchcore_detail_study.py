@@ -89,6 +89,8 @@ def main(argv=None):
     ap.set_defaults(shots=[4])
     ap.add_argument("--val", type=int, default=20)
     ap.add_argument("--textures", default=None)
+    ap.add_argument("--variants", nargs="+", default=None, metavar="NORM|RESIZE|POOL",
+                    help="only these variants (e.g. 'tflite|area|nopad' 'tflite|area|pad'); default all eight")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -107,6 +109,8 @@ def main(argv=None):
         raw_shots, raw_normals = [read_rgb(p) for p in shot_paths], [read_rgb(p) for p in rest]
         row = {"category": cat.name, "K": k, "seed": seed, "variants": {}}
         for how in RESIZES:
+            if args.variants and not any(v.split("|")[1] == how for v in args.variants):
+                continue
             shots = np.stack([resize(i, how) for i in raw_shots])
             normals = [resize(i, how) for i in raw_normals]
             planted = planted_sets(normals, cat.name, args.textures)
@@ -114,6 +118,8 @@ def main(argv=None):
             planted["nsa_small"] = small_defects(normals, cat.name)
             test = None
             for norm, pool in itertools.product(NORMS, POOLS):
+                if args.variants and f"{norm}|{how}|{pool}" not in args.variants:
+                    continue
                 bank = patch_features(backbone, shots, norm, pool)
                 bank = bank.flatten(2).transpose(1, 2).reshape(-1, bank.shape[1])
                 s_norm = scores(bank, patch_features(backbone, np.stack(normals), norm, pool), blur)
