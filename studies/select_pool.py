@@ -70,7 +70,7 @@ def main(argv=None):
         for v in variants:
             t = [float(np.mean([r["variants"][v]["test_image_auroc"] for r in rows])) for rows in data.values()]
             vv = [float(np.mean([val(r, v) for r in rows])) for rows in data.values()]
-            lines.append(f"| {v} | " + " | ".join(f"{a:.1f} ({b:.1f})" for a, b in zip(t, vv))
+            lines.append(f"| {v.replace('|', ' / ')} | " + " | ".join(f"{a:.1f} ({b:.1f})" for a, b in zip(t, vv))
                          + f" | {np.mean(t):.2f} ({np.mean(vv):.2f}) |")
     text = "\n".join(lines)
     print(text)

@@ -39,4 +39,4 @@ def test_never_adopted_on_part_of_the_cells(tmp_path, capsys):
     assert sel["cells"] == 14 and not sel["adopted"]
     main([str(tmp_path), "--report"])
     out = capsys.readouterr().out
-    assert "NOT ADOPTED" in out and "| tflite|area|pad |" in out and "91.0" in out
+    assert "NOT ADOPTED" in out and "| tflite / area / pad |" in out and "91.0" in out
