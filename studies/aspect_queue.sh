@@ -5,24 +5,17 @@
 set -u
 OUT=${1:?usage: aspect_queue.sh OUT_DIR [DATA]}; DATA=${2:-../shared/data}
 cd "$(dirname "$0")/.."
-mkdir -p "$OUT"; Q=$OUT/queue.txt
-if [ ! -s "$Q" ]; then
-  for k in 4 2 8; do for s in 0 1 2; do echo "juice_bottle_loco $k $s 512"; echo "juice_bottle_loco $k $s 256"; done; done > "$Q"
+mkdir -p "$OUT"
+if [ ! -s "$OUT/queue.txt" ]; then
+  for k in 4 2 8; do for s in 0 1 2; do echo "juice_bottle_loco $k $s 512"; echo "juice_bottle_loco $k $s 256"; done; done > "$OUT/queue.txt"
 fi
 PY=${PY:-.venv/bin/python}
-work() {
-  while true; do
-    job=$(flock "$Q.lock" bash -c "head -n1 '$Q'; sed -i 1d '$Q'")
-    [ -z "$job" ] && break
-    set -- $job; c=$1; k=$2; s=$3; size=$4; g=$((size/8))
-    name=$OUT/${c}_k${k}_s${s}_${size}
-    echo "$(date +%T) start $job" >> "$OUT/progress.log"
-    OMP_NUM_THREADS=1 "$PY" studies/decision_study.py --data "$DATA" --category "$c" --shots "$k" --seeds "$s" \
-      --val 20 --small --logical --native-plant --aupro --textures "$DATA/textures" --branches pcs --metric-size 256 \
-      --set input_size=$size --set grid=$g --set "bins=[$g,$((g/2)),$((g/4)),$((g/8))]" --set prototypes=1024 \
-      --set aspect=keep --out "$name.jsonl" > "$name.log" 2>&1
-    rc=$?  # before $(date) resets it
-    echo "$(date +%T) done $job rc=$rc" >> "$OUT/progress.log"
-  done
+run_job() {  # category K seed size
+  local c=$1 k=$2 s=$3 size=$4 g=$(($4 / 8)) name=$OUT/${1}_k${2}_s${3}_${4}
+  OMP_NUM_THREADS=1 "$PY" studies/decision_study.py --data "$DATA" --category "$c" --shots "$k" --seeds "$s" \
+    --val 20 --small --logical --native-plant --aupro --textures "$DATA/textures" --branches pcs --metric-size 256 \
+    --set input_size="$size" --set grid=$g --set "bins=[$g,$((g/2)),$((g/4)),$((g/8))]" --set prototypes=1024 \
+    --set aspect=keep --out "$name.jsonl" > "$name.log" 2>&1
 }
-for _ in $(seq "${WORKERS:-1}"); do work & done; wait
+. studies/queue_lib.sh
+run_workers 1

@@ -7,27 +7,20 @@
 set -u
 OUT=${1:?usage: fusion_queue.sh OUT_DIR [DATA]}; DATA=${2:-../shared/data}
 cd "$(dirname "$0")/.."
-mkdir -p "$OUT"; Q=$OUT/queue.txt
-if [ ! -s "$Q" ]; then
+mkdir -p "$OUT"
+if [ ! -s "$OUT/queue.txt" ]; then
   for s in 0 1 2; do for c in juice_bottle_loco deeppcb_00041 deeppcb_44000 elpv_mono mpdd_metal_plate hazelnut_toy bottle; do
     echo "$c 4 $s 512"; echo "$c 4 $s 256"
-  done; done > "$Q"
+  done; done > "$OUT/queue.txt"
 fi
 PY=${PY:-.venv/bin/python}
-work() {
-  while true; do
-    job=$(flock "$Q.lock" bash -c "head -n1 '$Q'; sed -i 1d '$Q'")
-    [ -z "$job" ] && break
-    set -- $job; c=$1; k=$2; s=$3; size=$4; g=$((size/8))
-    br="pcs"; [ "$size" = 256 ] && br="pcs nn1"  # PatchCore edge rows beside the 256 px model
-    name=$OUT/${c}_k${k}_s${s}_${size}
-    echo "$(date +%T) start $job" >> "$OUT/progress.log"
-    OMP_NUM_THREADS=1 "$PY" studies/decision_study.py --data "$DATA" --category "$c" --shots "$k" --seeds "$s" \
-      --val 20 --small --logical --native-plant --textures "$DATA/textures" --branches $br --metric-size 256 \
-      --save-scores --set input_size=$size --set grid=$g --set "bins=[$g,$((g/2)),$((g/4)),$((g/8))]" \
-      --set prototypes=1024 --out "$name.jsonl" > "$name.log" 2>&1
-    rc=$?  # before $(date) resets it
-    echo "$(date +%T) done $job rc=$rc" >> "$OUT/progress.log"
-  done
+run_job() {  # category K seed size
+  local c=$1 k=$2 s=$3 size=$4 g=$(($4 / 8)) br="pcs" name=$OUT/${1}_k${2}_s${3}_${4}
+  [ "$size" = 256 ] && br="pcs nn1"  # PatchCore edge rows beside the 256 px model
+  OMP_NUM_THREADS=1 "$PY" studies/decision_study.py --data "$DATA" --category "$c" --shots "$k" --seeds "$s" \
+    --val 20 --small --logical --native-plant --textures "$DATA/textures" --branches $br --metric-size 256 \
+    --save-scores --set input_size="$size" --set grid=$g --set "bins=[$g,$((g/2)),$((g/4)),$((g/8))]" \
+    --set prototypes=1024 --out "$name.jsonl" > "$name.log" 2>&1
 }
-for _ in $(seq "${WORKERS:-2}"); do work & done; wait
+. studies/queue_lib.sh
+run_workers 2

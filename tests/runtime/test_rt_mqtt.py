@@ -198,6 +198,17 @@ def test_malformed_urls_are_one_line_errors():
         assert "\n" not in str(err.value)
 
 
+def connected_sink(tmp_path, port: int, ack_timeout_s: float) -> MqttSink:
+    """A sink on topic root p/ once it has connected (the subscriber started just before gets a moment first)."""
+    time.sleep(0.3)
+    mq = MqttSink(f"mqtt://127.0.0.1:{port}/p", tmp_path / "out", station="st", ack_timeout_s=ack_timeout_s,
+                  reconnect_max_s=0.2)
+    t0 = time.monotonic()
+    while mq.connects < 1 and time.monotonic() - t0 < 10:
+        time.sleep(0.01)
+    return mq
+
+
 @needs_broker
 def test_a_broker_that_stops_answering_is_counted_and_nothing_is_lost(tmp_path, caplog):
     port = free_port()
@@ -205,12 +216,7 @@ def test_a_broker_that_stops_answering_is_counted_and_nothing_is_lost(tmp_path, 
     sub = Subscriber(port, "p/#")
     mq = None
     try:
-        time.sleep(0.3)
-        mq = MqttSink(f"mqtt://127.0.0.1:{port}/p", tmp_path / "out", station="st", ack_timeout_s=0.2,
-                      reconnect_max_s=0.2)
-        t0 = time.monotonic()
-        while mq.connects < 1 and time.monotonic() - t0 < 10:
-            time.sleep(0.01)
+        mq = connected_sink(tmp_path, port, ack_timeout_s=0.2)
         broker.proc.send_signal(signal.SIGSTOP)  # the broker hangs: the connection stays, no PUBACK comes
         for seq in range(20):
             mq.reject({"seq": seq, "verdict": "REJECTED", "reason": "x"})
@@ -330,12 +336,7 @@ def test_a_publish_refused_by_paho_goes_again_without_a_traceback(tmp_path, capl
     sub = Subscriber(port, "p/#")
     mq = None
     try:
-        time.sleep(0.3)
-        mq = MqttSink(f"mqtt://127.0.0.1:{port}/p", tmp_path / "out", station="st", ack_timeout_s=0.5,
-                      reconnect_max_s=0.2)
-        t0 = time.monotonic()
-        while mq.connects < 1 and time.monotonic() - t0 < 10:
-            time.sleep(0.01)
+        mq = connected_sink(tmp_path, port, ack_timeout_s=0.5)
         real_publish, refused = mq.client.publish, []
 
         def publish(topic, payload=None, qos=0, retain=False, properties=None):
