@@ -128,14 +128,21 @@ def test_four_concurrent_clients_are_batched_by_the_server(server, fx):
     for t in threads:
         t.join(timeout=300)
     wall = time.perf_counter() - t0
+    # the server updates its statistics after it has answered: on a loaded machine the last batch can be
+    # missing from them for a moment (seen in CI: 286 of 288), so wait for them to settle
+    expected = n_clients * rounds * len(images)
+    deadline = time.monotonic() + 20
     after = stats()
+    while after[0] - before[0] < expected and time.monotonic() < deadline:
+        time.sleep(0.1)
+        after = stats()
     inferences, executions = after[0] - before[0], after[1] - before[1]
     batched = {b: after[2].get(b, 0) - before[2].get(b, 0) for b in after[2]}
     print(f"4 clients x {rounds * len(images)} frames: {inferences} inferences in {executions} executions, "
           f"batch sizes {dict(sorted(batched.items()))}, {inferences / wall:.1f} frames/s")
     assert all(len(s) == rounds * len(images) for s in scores)
     assert all(s == scores[0] for s in scores)  # every client got the same answers for the same frames
-    assert inferences == n_clients * rounds * len(images)
+    assert inferences == expected
     assert executions < inferences
     assert any(b > 1 and n > 0 for b, n in batched.items())
 
