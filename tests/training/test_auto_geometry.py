@@ -86,6 +86,50 @@ def test_auto_trains_both_sizes_and_keeps_the_one_it_records(tmp_path):
     assert again.meta["input_size"] == rec["input_size"] and again.meta["geometry_choice"] == rec
 
 
+def test_upgrade_to_the_third_size_only_when_it_wins_by_the_margin():
+    from protospect.training.methods.pcsnet.auto_geometry import MARGIN, upgrade
+
+    scores = {"small": {"mean": 80.0}, "large": {"mean": 90.0}}
+    assert upgrade(scores, "large") == "large"  # not trained: nothing to upgrade to
+    assert upgrade({**scores, "xlarge": {"mean": 90.0 + MARGIN}}, "large") == "large"
+    assert upgrade({**scores, "xlarge": {"mean": 90.1 + MARGIN}}, "large") == "xlarge"
+    assert upgrade({**scores, "xlarge": {"mean": 85.0}}, "small") == "xlarge"  # measured against the choice so far
+
+
+def test_the_third_size_never_upscales_a_shot():
+    from protospect.training.methods.pcsnet.auto_geometry import xlarge_config
+    from protospect.training.methods.pcsnet.presets import resolve_config
+
+    cfg = resolve_config("edge", {**AUTO, "auto_large": 192, "geometry": "fixed"})
+    big, why = xlarge_config(cfg, parts(2, size=192))
+    assert why is None and big.input_size == 192 and big.grid == 24 and big.bins == (24, 12, 6)
+    none, why = xlarge_config(cfg, [*parts(1, size=192), *parts(1, size=160)])
+    assert none is None and "160 px" in why and "upscale" in why
+    assert xlarge_config(resolve_config("edge", {**AUTO, "geometry": "fixed", "auto_large": 0}), parts(1, 192)) == (None, None)
+    edge = resolve_config("edge")
+    assert edge.auto_large == 640 and xlarge_config(edge, parts(1, size=512))[0] is None
+
+
+@pytest.mark.torch
+def test_auto_tries_the_third_size_where_the_shots_have_its_pixels(tmp_path):
+    pytest.importorskip("torch")
+    from protospect.training.methods.pcsnet import fit
+    from protospect.training.methods.pcsnet.auto_geometry import choose, upgrade
+
+    over = {**AUTO, "auto_large": 192}
+    model = fit(parts(3, size=192, seed=0), "edge", seed=0, config_overrides=over, holdout=parts(8, size=192, seed=1),
+                progress=False)
+    rec = model.meta["geometry_choice"]
+    assert set(rec["scores"]) == {"small", "large", "xlarge"} and rec["scores"]["xlarge"]["input_size"] == 192
+    assert rec["chosen"] == upgrade(rec["scores"], choose(rec["scores"]["small"], rec["scores"]["large"]))
+    assert model.cfg.input_size == rec["scores"][rec["chosen"]]["input_size"]
+    # 128 px shots: the 192 px model would upscale them, so it is not trained and the record says why
+    model = fit(parts(3, size=128, seed=0), "edge", seed=0, config_overrides=over, holdout=parts(8, size=128, seed=1),
+                progress=False)
+    rec = model.meta["geometry_choice"]
+    assert set(rec["scores"]) == {"small", "large"} and "128 px" in rec["xlarge"]
+
+
 @pytest.mark.torch
 def test_auto_without_enough_held_out_images_keeps_the_presets_size_and_says_why():
     pytest.importorskip("torch")

@@ -109,11 +109,20 @@ def _fit_auto(shots_rgb, preset, seed, cfg: PCSNetConfig, holdout, progress, dev
             models[name] = _fit_config(shots_rgb, preset, seed, c, progress, device)
             scores[name] = {"input_size": size_record(c.hw), **ag.validation_score(models[name], holdout, native_sets)}
         pick = ag.choose(scores["small"], scores["large"])
+        xl_cfg, why_not = ag.xlarge_config(large_cfg, shots_rgb)
+        if xl_cfg is not None:  # rule v10: a third, larger size where the shots have the pixels for it
+            xl_cfg = with_aspect(xl_cfg, shots_rgb)
+            models["xlarge"] = _fit_config(shots_rgb, preset, seed, xl_cfg, progress, device)
+            scores["xlarge"] = {"input_size": size_record(xl_cfg.hw),
+                                **ag.validation_score(models["xlarge"], holdout, native_sets)}
+            pick = ag.upgrade(scores, pick)
+        elif why_not:
+            record["xlarge"] = why_not
         model = models[pick]
         record.update(scores=scores, chosen=pick)
         msg = (f"pcsnet: geometry auto chose {size_label(model.cfg)} (planted-defect AUROC on {len(holdout)} held-out "
-               f"good images: {scores['small']['mean']:.1f} at {size_label(small_cfg)}, "
-               f"{scores['large']['mean']:.1f} at {size_label(large_cfg)})")
+               f"good images: " + ", ".join(f"{scores[n]['mean']:.1f} at {size_label(m.cfg)}" for n, m in models.items())
+               + ")")
         log.info(msg)
         if progress:
             print(msg)

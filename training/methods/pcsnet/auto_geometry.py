@@ -1,12 +1,14 @@
-"""geometry=auto: the input size chosen per part at registration, from good images only (rules v5-v6,
-docs/decision.md sections 14-16).
+"""geometry=auto: the input size chosen per part at registration, from good images only (rules v5-v6 and v10,
+docs/decision.md sections 14-16 and 24-25).
 
 Both candidates are trained on the same shots: the auto_small px model (edge: 256 px, grid 32, the model
 before rule v3) and the preset's own size (edge: 512 px, 1,024 prototypes). Each scores held-out good images
 of the part against three kinds of defects planted on copies of them at their own pixels and then resized to
 its input (small NSA patches, misplaced and erased content: logical_defects.py). The larger model is kept
 only when its mean image AUROC beats the smaller one's by more than MARGIN points, since it costs about 5x
-the CPU time per frame. Without enough held-out images the preset's size is kept and the artifact says why.
+the CPU time per frame. Where every shot is at least auto_large px (edge: 640) on its shorter side, a third model at
+that size is trained too and kept when it beats the choice so far by more than MARGIN (rule v10: never upscaled).
+Without enough held-out images the preset's size is kept and the artifact says why.
 """
 from __future__ import annotations
 
@@ -62,6 +64,32 @@ def validation_score(model, holdout_rgb: list[np.ndarray], native_sets: dict[str
 def choose(small: dict, large: dict, margin: float = MARGIN) -> str:
     """"small" unless the larger model's mean beats it by more than ``margin``."""
     return "large" if large["mean"] > small["mean"] + margin else "small"
+
+
+def upgrade(scores: dict, pick: str, margin: float = MARGIN) -> str:
+    """Rule v10: "xlarge" when it was trained and beats ``pick``'s mean by more than ``margin``, else ``pick``."""
+    if "xlarge" in scores and scores["xlarge"]["mean"] > scores[pick]["mean"] + margin:
+        return "xlarge"
+    return pick
+
+
+def xlarge_config(cfg, shots_rgb: list[np.ndarray]):
+    """geometry=auto's third candidate (rule v10): the preset scaled to cfg.auto_large px (grid and bins with the
+    preset's cells per pixel), or (None, why not) when it is off, not larger than the preset's size, or would
+    upscale a shot (every shot must be at least auto_large px on its shorter side)."""
+    from .presets import _scaled  # noqa: PLC0415
+
+    size = cfg.auto_large
+    if not size or size <= cfg.input_size:
+        return None, None
+    shorter = min(min(img.shape[:2]) for img in shots_rgb)
+    if shorter < size:
+        return None, f"shots are {shorter} px on their shorter side: {size} px not tried (it would upscale them)"
+    scaled = _scaled(cfg, size)
+    if scaled is None:
+        return None, f"grid {cfg.grid} at {cfg.input_size} px does not scale to {size} px exactly: not tried"
+    return dataclasses.replace(cfg, geometry="fixed", input_size=size, grid=scaled[0], bins=scaled[1],
+                               input_hw=()).validate(), None
 
 
 def small_config(cfg):

@@ -20,6 +20,8 @@ class PCSNetConfig:
     geometry: str = "fixed"  # "fixed": input_size as set | "native": from the shots' own pixels (native_geometry)
     # | "auto": auto_small px or input_size, whichever held-out good images with planted defects favour (auto_geometry.py)
     auto_small: int = 256  # geometry=auto's cheap candidate (grid and bins scaled as native_geometry scales them)
+    auto_large: int = 0  # geometry=auto's third candidate, tried only where every shot is at least this many px on
+    # its shorter side (never upscaled; rule v10, docs/decision.md section 24); 0: none
     aspect: str = "squash"  # "squash": every image to S x S | "keep": H x W with the shots' aspect and S^2
     # pixels (aspect_geometry), resolved into input_hw at fit
     input_hw: tuple[int, ...] = ()  # (H, W) of a non-square input; () = S x S. The grid keeps grid/S cells per pixel
@@ -123,6 +125,8 @@ class PCSNetConfig:
                               "use --set nn_rotations=1 or --set aspect=squash")
         if self.auto_small < NATIVE_STEP or self.auto_small % NATIVE_STEP:
             raise ConfigError(f"pcsnet: auto_small={self.auto_small} must be a positive multiple of {NATIVE_STEP}")
+        if self.auto_large < 0 or self.auto_large % NATIVE_STEP:
+            raise ConfigError(f"pcsnet: auto_large={self.auto_large} must be 0 (none) or a multiple of {NATIVE_STEP}")
         if not 0.0 < self.score_top_fraction <= 1.0:
             raise ConfigError(f"pcsnet: score_top_fraction={self.score_top_fraction} must be in (0, 1]")
         if self.steps < 1 or self.batch_size < 1:
@@ -141,12 +145,13 @@ PRESETS: dict[str, PCSNetConfig] = {
     # by rule v3 on held-out train/good images with planted defects (docs/decision.md section 9: small
     # defects are 3-8 px at 256); at most 1,024 prototypes (a coreset of the 4,096 positions) by rule v4
     # (section 11: same validation, 5.3x the CPU time of 256 instead of 7.8x); per part, 256 or 512 px, whichever
-    # held-out good images with planted defects favour, by rules v5-v6 (sections 14-16; geometry=auto).
+    # held-out good images with planted defects favour, by rules v5-v6 (sections 14-16; geometry=auto), and 640 px
+    # as a third candidate for parts photographed at 640 px or more, by rule v10 (sections 24-25).
     # `--size 256` is the old model; `--set geometry=fixed` keeps 512 px for every part.
     "edge": PCSNetConfig(
         backbone="efficientnet_lite0", input_size=512, stages=(2, 3), grid=64,
         k=16, guide_dim=64, cas_width=64, bins=(64, 32, 16, 8), steps=100, batch_size=2, prototypes=1024,
-        geometry="auto",
+        geometry="auto", auto_large=640,
     ),
 }
 
