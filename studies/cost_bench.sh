@@ -3,7 +3,7 @@
 # on the same shots (few steps: the cost is the graph's, not the weights'), export fp32 ONNX, then
 # `protospect bench` each on the same frames, one after the other.
 #   bash studies/cost_bench.sh DATA_DIR OUT_DIR FRAMES VARIANT...
-# variants: s256 s384 s512 (input size; the edge grid stays S/8; the preset's 1,024-prototype cap applies, so
+# variants: s256 s384 s512 s640 (input size; the edge grid stays S/8; the preset's 1,024-prototype cap applies, so
 # since rule v4 s512 is the same model as m1024), p512 (512 px, one prototype per grid position: rule v3's model),
 # m1024 (512 px, a 1,024-prototype coreset),
 # g32 (512 px, grid 32), a256 / a512 (aspect=keep on juice_bottle_loco's 1:2 images: 384 x 192 and 704 x 384,
@@ -17,7 +17,7 @@ RT=.venv-runtime/bin
 args_for() {
   case $1 in
     # geometry=fixed: each variant is its own size (the edge default would choose 256 or 512 per part)
-    s256|s384|s512) echo "--size ${1#s} --set geometry=fixed" ;;  # a size alone keeps the edge grid of S/8
+    s256|s384|s512|s640) echo "--size ${1#s} --set geometry=fixed" ;;  # a size alone keeps the edge grid of S/8
     m1024) echo "--size 512 --set prototypes=1024 --set geometry=fixed" ;;
     p512) echo "--size 512 --set prototypes=0 --set geometry=fixed" ;;
     g32) echo "--size 512 --set grid=32 --set bins=[32,16,8,4] --set geometry=fixed" ;;
