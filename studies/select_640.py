@@ -11,13 +11,14 @@ Only validation arrays are read for that; --report adds the test split.
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
 
 import numpy as np
 
 from protospect.imageio import read_rgb
 from protospect.training.data import MVTecCategory, sample_shots
-from select_fusion import CATEGORIES, MARGIN, PCS, SETS, mean, test_row, val_score
+from select_fusion import CATEGORIES, MARGIN, PCS, SETS, emit, mean, test_row, val_score
 
 GAIN = 0.25
 X = 640
@@ -40,9 +41,14 @@ def load_scores(folder: Path, c: str, k: int, s: int) -> dict | None:
     return out
 
 
+@functools.cache
+def _category(data: str, c: str) -> MVTecCategory:
+    return MVTecCategory(data, c)  # opened once: it reads the folders (and warns about elpv's missing masks)
+
+
 def qualifies(data: str, c: str, k: int, s: int) -> bool:
     """The part's K shots are at least X px on the shorter side (640 px never upscales them)."""
-    shots = sample_shots(MVTecCategory(data, c).train_good, k, s)
+    shots = sample_shots(_category(data, c).train_good, k, s)
     return min(min(read_rgb(p).shape[:2]) for p in shots) >= X
 
 
@@ -109,10 +115,7 @@ def main(argv=None):
             lines.append(f"| **mean of {len(per_cat)}** | - | - | - | "
                          f"{mean([per_cat[c]['v6']['auroc'] for c in per_cat]):.2f} | "
                          f"{mean([per_cat[c]['a']['auroc'] for c in per_cat]):.2f} |")
-    text = "\n".join(lines)
-    print(text)
-    if args.markdown:
-        Path(args.markdown).write_text(text + "\n")
+    emit(lines, args.markdown)
 
 
 if __name__ == "__main__":

@@ -146,10 +146,15 @@ def main(argv=None):
                 f"{table[c]['a3']['auroc'] - table[c]['nn']['auroc']:+.1f}" for c in table)]
             if args.figure:
                 _figure(table, Path(args.figure))
+    emit(lines, args.markdown)
+
+
+def emit(lines: list[str], markdown: str | None) -> None:
+    """The report on stdout, and as a markdown file when asked."""
     text = "\n".join(lines)
     print(text)
-    if args.markdown:
-        Path(args.markdown).write_text(text + "\n")
+    if markdown:
+        Path(markdown).write_text(text + "\n")
 
 
 def _figure(table: dict, path: Path) -> None:

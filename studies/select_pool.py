@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from select_fusion import emit
+
 KINDS = ("val_texture", "val_nsa_small")
 PROJECT, PAD = "tflite|area|nopad", "tflite|area|pad"
 GAIN, SLACK = 0.25, 1.0
@@ -72,10 +74,7 @@ def main(argv=None):
             vv = [float(np.mean([val(r, v) for r in rows])) for rows in data.values()]
             lines.append(f"| {v.replace('|', ' / ')} | " + " | ".join(f"{a:.1f} ({b:.1f})" for a, b in zip(t, vv))
                          + f" | {np.mean(t):.2f} ({np.mean(vv):.2f}) |")
-    text = "\n".join(lines)
-    print(text)
-    if args.markdown:
-        Path(args.markdown).write_text(text + "\n")
+    emit(lines, args.markdown)
 
 
 if __name__ == "__main__":
