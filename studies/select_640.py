@@ -18,7 +18,7 @@ import numpy as np
 
 from protospect.imageio import read_rgb
 from protospect.training.data import MVTecCategory, sample_shots
-from select_fusion import CATEGORIES, MARGIN, PCS, SETS, emit, mean, test_row, val_score
+from select_fusion import CATEGORIES, MARGIN, emit, mean, npz_path, sets_of, test_row, val_score
 
 GAIN = 0.25
 X = 640
@@ -29,13 +29,13 @@ def load_scores(folder: Path, c: str, k: int, s: int) -> dict | None:
     """{"s" / "l" / "x": {set: scores}, "labels": ...}; "x" only where its run exists; None without 256 and 512."""
     out = {}
     for key, size in SIZES.items():
-        p = folder / f"{c}_k{k}_s{s}_{size}.jsonl.k{k}s{s}.npz"
+        p = npz_path(folder, c, k, s, size)
         if not p.exists():
             if key != "x":
                 return None
             continue
         z = np.load(p)
-        out[key] = {st: z[f"{PCS}::{st}"] for st in SETS if f"{PCS}::{st}" in z}
+        out[key] = sets_of(z)
         if "test_labels" in z:
             out["labels"] = z["test_labels"].astype(int)
     return out

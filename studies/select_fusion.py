@@ -36,19 +36,29 @@ MARGIN, GAIN = 0.5, 0.25
 SETS = ("val_normal", *KINDS, "line_good", "test")
 
 
+def npz_path(folder: Path, c: str, k: int, s: int, size: int) -> Path:
+    """Where decision_study.py --save-scores put one job's per-image scores."""
+    return folder / f"{c}_k{k}_s{s}_{size}.jsonl.k{k}s{s}.npz"
+
+
+def sets_of(z, variant: str = PCS) -> dict:
+    """{set: scores} of one variant in a saved file."""
+    return {st: z[f"{variant}::{st}"] for st in SETS if f"{variant}::{st}" in z}
+
+
 def load_cell(folder: Path, c: str, k: int, s: int) -> dict | None:
     """{"s": {set: scores}, "l": ..., "f": ..., "nn": ..., "labels": ...} or None when a size is missing."""
     out = {}
     for key, size in (("s", 256), ("l", 512)):
-        p = folder / f"{c}_k{k}_s{s}_{size}.jsonl.k{k}s{s}.npz"
+        p = npz_path(folder, c, k, s, size)
         if not p.exists():
             return None
         z = np.load(p)
         calib = z[f"{PCS}::normal_calib"]
         mu, sd = float(np.mean(calib)), float(np.std(calib)) or 1.0
-        out[key] = {st: (z[f"{PCS}::{st}"] - mu) / sd for st in SETS if f"{PCS}::{st}" in z}
+        out[key] = {st: (v - mu) / sd for st, v in sets_of(z).items()}
         if key == "s":
-            out["nn"] = {st: z[f"{NN}::{st}"] for st in SETS if f"{NN}::{st}" in z}
+            out["nn"] = sets_of(z, NN)
             if "test_labels" in z:
                 out["labels"] = z["test_labels"].astype(int)
     out["f"] = {st: (out["s"][st] + out["l"][st]) / 2 for st in out["s"] if st in out["l"]}
