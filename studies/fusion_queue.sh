@@ -19,7 +19,7 @@ run_job() {  # category K seed size
   [ "$size" = 256 ] && br="pcs nn1"  # PatchCore edge rows beside the 256 px model
   OMP_NUM_THREADS=1 "$PY" studies/decision_study.py --data "$DATA" --category "$c" --shots "$k" --seeds "$s" \
     --val 20 --small --logical --native-plant --textures "$DATA/textures" --branches $br --metric-size 256 \
-    --save-scores --set input_size="$size" --set grid=$g --set "bins=[$g,$((g/2)),$((g/4)),$((g/8))]" \
+    --save-scores --aupro --set input_size="$size" --set grid=$g --set "bins=[$g,$((g/2)),$((g/4)),$((g/8))]" \
     --set prototypes=1024 --out "$name.jsonl" > "$name.log" 2>&1
 }
 . studies/queue_lib.sh

@@ -7,6 +7,8 @@ so a model that matches every patch against every prototype without context can 
   misplace  a rectangle of the part moved by a quarter to a half of the image side, pasted with a
             feathered edge (so the seam is not what gives it away)
   erase     a rectangle of the part filled in from its surroundings (cv2.inpaint): something is missing
+  transplant  the same rectangle of another good part pasted in place, feathered: each piece is normal, the
+            combination is not (one juice's label on another juice's bottle; rule v11, section 28)
 
 Sizes are fractions of the image side, so a 256 px and a 512 px model see the same defects.
 """
@@ -15,7 +17,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-LOGICAL_SEED = 515151  # the logical kinds' streams (+0 misplace, +1 erase); nsa_small's started from the same number
+LOGICAL_SEED = 515151  # the logical kinds' streams (+0 misplace, +1 erase, +2 transplant); nsa_small's started from the same number
 SMALL_SEED = 515151  # nsa_small's stream (rule v2's value: kept so every study row stays reproducible)
 
 
@@ -77,7 +79,34 @@ def erase(img: np.ndarray, rng: np.random.Generator, obj: np.ndarray | None = No
     return out, mask
 
 
-KINDS = {"misplace": misplace, "erase": erase}
+def transplant(img: np.ndarray, donor: np.ndarray, rng: np.random.Generator, obj: np.ndarray | None = None,
+               min_change: float = 5.0, tries: int = 10):
+    """(image, mask): a 15-30 % rectangle of ``donor`` (another good image, resized to ``img``'s pixels when they
+    differ) pasted at the same place, feathered in. None when no rectangle changes the image by at least
+    ``min_change`` grey levels on average (two identical parts make no defect, only noise)."""
+    import cv2  # noqa: PLC0415
+
+    H, W = img.shape[:2]
+    if donor.shape[:2] != (H, W):
+        donor = cv2.resize(donor, (W, H), interpolation=cv2.INTER_AREA)
+    for _ in range(tries):
+        rect = _rect_on_part(rng, (H, W), obj, 0.15, 0.30)
+        if rect is None:
+            return None
+        y, x, h, w = rect
+        a, b = img[y:y + h, x:x + w].astype(np.float32), donor[y:y + h, x:x + w].astype(np.float32)
+        if np.abs(a - b).mean() < min_change:
+            continue
+        out = img.astype(np.float32).copy()
+        alpha = _feather(h, w, 0.02 * min(H, W))
+        out[y:y + h, x:x + w] = alpha * b + (1 - alpha) * a
+        mask = np.zeros((H, W), np.uint8)
+        mask[y:y + h, x:x + w] = 1
+        return np.clip(out + 0.5, 0, 255).astype(np.uint8), mask
+    return None
+
+
+KINDS = {"misplace": misplace, "erase": erase}  # one image each; transplant takes a second (logical_sets)
 
 
 def small_nsa_defects(normals: list[np.ndarray], category: str | None) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -107,4 +136,11 @@ def logical_sets(normals: list[np.ndarray], category: str | None) -> dict[str, l
         rng = np.random.default_rng(LOGICAL_SEED + i)
         pairs = [fn(img, rng, object_mask(img, params)) for img in normals]
         out[kind] = [p for p in pairs if p is not None]
+    # the donor is another of the same held-out images, never the image itself (needs two)
+    rng = np.random.default_rng(LOGICAL_SEED + len(KINDS))
+    pairs = []
+    for i, img in enumerate(normals if len(normals) > 1 else []):
+        j = (i + 1 + int(rng.integers(len(normals) - 1))) % len(normals)
+        pairs.append(transplant(img, normals[j], rng, object_mask(img, params)))
+    out["transplant"] = [p for p in pairs if p is not None]
     return out

@@ -23,12 +23,13 @@ from protospect.training.metrics import image_auroc
 MARGIN = 0.5  # AUROC points the larger model must win by
 MIN_HOLDOUT = 8  # fewer and the choice is noise: keep the preset's size
 KINDS = ("nsa_small", "misplace", "erase")  # DTD textures are research-only, so not among them
+STUDY_KINDS = (*KINDS, "transplant")  # what the studies plant (rule v11's candidate kind, section 28)
 
 
-def planted(images: list[np.ndarray], category: str | None) -> dict[str, list]:
-    """{kind: [(image, mask), ...]}: the KINDS planted on copies of ``images`` at their own pixels."""
+def planted(images: list[np.ndarray], category: str | None, kinds: tuple[str, ...] = KINDS) -> dict[str, list]:
+    """{kind: [(image, mask), ...]}: ``kinds`` planted on copies of ``images`` at their own pixels."""
     sets = {"nsa_small": small_nsa_defects(images, category), **logical_sets(images, category)}
-    return {k: sets[k] for k in KINDS}
+    return {k: sets[k] for k in kinds}
 
 
 def resized(sets: dict[str, list], size: int | tuple[int, int]) -> dict[str, list]:
@@ -41,9 +42,10 @@ def resized(sets: dict[str, list], size: int | tuple[int, int]) -> dict[str, lis
                    for img, mask in pairs] for kind, pairs in sets.items()}
 
 
-def planted_native(images: list[np.ndarray], size: int | tuple[int, int], category: str | None) -> dict[str, list]:
-    """The KINDS planted at the images' own pixels, then resized to ``size`` (what the studies score)."""
-    return resized(planted(images, category), size)
+def planted_native(images: list[np.ndarray], size: int | tuple[int, int], category: str | None,
+                   kinds: tuple[str, ...] = KINDS) -> dict[str, list]:
+    """``kinds`` planted at the images' own pixels, then resized to ``size`` (what the studies score)."""
+    return resized(planted(images, category, kinds), size)
 
 
 def validation_score(model, holdout_rgb: list[np.ndarray], native_sets: dict[str, list]) -> dict:
