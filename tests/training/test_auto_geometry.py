@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from protospect.training.data import holdout_good
-from protospect.training.logical_defects import erase, logical_sets, misplace, small_nsa_defects
+from protospect.training.logical_defects import erase, logical_sets, misplace, small_nsa_defects, transplant
 
 from tests.training.test_pcsnet import TINY, parts
 
@@ -43,6 +43,24 @@ def test_logical_sets_are_reproducible_and_scale_with_the_image():
         fs, fl = np.mean([m.mean() for _, m in a[kind]]), np.mean([m.mean() for _, m in c[kind]])
         assert fl == pytest.approx(fs, rel=0.2)  # the same defects, relative to the image, at twice the size
     assert len(small_nsa_defects(small, None)) == 4
+
+
+def test_transplant_pastes_the_other_parts_pixels_in_place_and_skips_identical_parts():
+    img, donor = _scene(128, 0), _scene(128, 1)  # the same part, another "label"
+    out, mask = transplant(img, donor, np.random.default_rng(5))
+    m = mask.astype(bool)
+    changed = np.abs(out.astype(int) - img.astype(int)).max(-1) > 0
+    assert changed.any() and not (changed & ~m).any()  # only inside the rectangle
+    ys, xs = np.nonzero(m)
+    cy, cx = (ys.min() + ys.max()) // 2, (xs.min() + xs.max()) // 2  # the centre, inside the feathered rim
+    assert np.abs(out[cy, cx].astype(int) - donor[cy, cx].astype(int)).max() <= 1  # the donor's pixels, same place
+    inside = np.abs(out[m].astype(int) - donor[m].astype(int)).mean()
+    assert inside < 0.5 * np.abs(img[m].astype(int) - donor[m].astype(int)).mean()  # mostly the donor's content
+    assert transplant(img, img.copy(), np.random.default_rng(5)) is None  # nothing differs: no defect
+    big = np.repeat(np.repeat(donor, 2, 0), 2, 1)  # a donor at other pixels is resized to the image's
+    assert transplant(img, big, np.random.default_rng(5))[0].shape == img.shape
+    sets = logical_sets([_scene(128, s) for s in range(4)], None)
+    assert len(sets["transplant"]) == 4 and logical_sets([img], None)["transplant"] == []  # needs a second image
 
 
 def test_holdout_good_draws_non_shots_like_the_study(tmp_path):
