@@ -7,6 +7,11 @@ rule v10 or v11 from validation arrays only (select_v11.pick). The old and Patch
 recomputed from the rerun too (training is bit-exact per seed, so they must match the base; the report says so).
 
     cd studies && python acceptance_table.py --rule v10 ../runs/k8 ../runs/v11 [--markdown F]
+        [--reported 2=../docs/results/size640_v10_k2.md --reported 4=../docs/results/size640_v10.md]
+
+--reported K=FILE takes select_640.py's test table of an earlier session whose runs are gone: where its auto640
+column differs from its rule v6 column, the row's new image AUROC and escape @ A = 5 % become auto640's; that file
+has no pixel AUROC, AUPRO or escape @ line, so those stay rule v6's (the report marks such rows).
 """
 from __future__ import annotations
 
@@ -40,6 +45,19 @@ def base_rows(path: Path) -> dict:
         for c in cells[3:]:
             vals += [_num(x) for x in c.split("/")] if c != "-" else [None, None]
         out[(cells[0], int(cells[1]))] = dict(zip(COLS, vals))
+    return out
+
+
+def reported_rows(path: Path, k: int) -> dict:
+    """{(category, K): (image AUROC, escape @ A = 5 %)} of auto640 where it differs from rule v6 in a select_640
+    report (columns: 256 / 512 / 640 / rule v6 / auto640, each 'AUROC / escape / false reject')."""
+    out = {}
+    for line in path.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 6 or cells[0] not in CATEGORIES or "/" not in cells[5] or cells[4] == cells[5]:
+            continue
+        auroc_, esc = (_num(x) for x in cells[5].split("/")[:2])
+        out[(cells[0], k)] = (auroc_, esc)
     return out
 
 
@@ -81,9 +99,15 @@ def main(argv=None):
     ap.add_argument("--data", default="../../shared/data")
     ap.add_argument("--rule", choices=("v10", "v11"), default="v10")
     ap.add_argument("--markdown", default=None)
+    ap.add_argument("--reported", action="append", default=[], metavar="K=FILE")
     args = ap.parse_args(argv)
     rows = base_rows(Path(args.base))
     source = {key: "rule v6 (base)" for key in rows}
+    for item in args.reported:
+        k, path = item.split("=", 1)
+        for key, (auroc_, esc) in reported_rows(Path(path), int(k)).items():
+            rows[key] = {**rows[key], "img_new": auroc_, "a05_new": esc}
+            source[key] = f"rule v10 reported ({Path(path).name}); pixel / AUPRO / escape @ line: rule v6's model"
     checks = []
     for folder in map(Path, args.folders):
         for (c, k) in list(rows):
