@@ -52,14 +52,19 @@ def qualifies(data: str, c: str, k: int, s: int) -> bool:
     return min(min(read_rgb(p).shape[:2]) for p in shots) >= X
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def selection_args(doc: str, argv=None) -> argparse.Namespace:
+    """The command line every size-selection script shares: a study folder, the data, K, --report, --markdown."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("folder")
     ap.add_argument("--data", default="../../shared/data")
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--report", action="store_true", help="after the choice: the test split")
     ap.add_argument("--markdown", default=None)
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def main(argv=None):
+    args = selection_args(__doc__, argv)
     folder = Path(args.folder)
     lines = ["| category | seed | shots >= 640 px | val score 256 / 512 / 640 | rule v6 | auto640 |", "|---|---|---|---|---|---|"]
     cells, gains, missing = {}, [], []

@@ -11,13 +11,12 @@ AUROC, escape / false reject at A = 5 %, and the jsonl rows' escape @ line, pixe
 """
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import numpy as np
 
-from select_640 import SIZES, load_scores, qualifies
+from select_640 import SIZES, load_scores, qualifies, selection_args
 from select_fusion import CATEGORIES, KINDS, MARGIN, PCS, auroc, emit, mean, npz_path, sets_of, test_row
 
 SIGNAL = 60.0
@@ -44,13 +43,7 @@ def jsonl_row(folder: Path, c: str, k: int, s: int, size: int, variant: str = PC
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("folder")
-    ap.add_argument("--data", default="../../shared/data")
-    ap.add_argument("--k", type=int, default=4)
-    ap.add_argument("--report", action="store_true", help="after the choice: the test split")
-    ap.add_argument("--markdown", default=None)
-    args = ap.parse_args(argv)
+    args = selection_args(__doc__, argv)
     folder = Path(args.folder)
     lines = [f"Rule v11 (section 28), K = {args.k}. Validation: three-kind score (rule v10) and four-kind score "
              "(rule v11) per size, transplant's AUROC per size.", "",
