@@ -39,7 +39,7 @@ from protospect.training.layers import patch_grid
 from protospect.training.logical_defects import logical_sets, small_nsa_defects as small_defects
 from protospect.training.fewshot import TestSet, line_good_images, line_metrics
 from protospect.training.methods.pcsnet import PCSNetModel, _check_shots, _create_backbone, _meta, nn_shot_patches, with_aspect
-from protospect.training.methods.pcsnet.auto_geometry import STUDY_KINDS, planted_native
+from protospect.training.methods.pcsnet.auto_geometry import planted_native
 from protospect.training.methods.pcsnet.model import as_queries
 from protospect.training.methods.pcsnet.presets import resolve_config
 from protospect.training.methods.pcsnet.scoring import MapFusion, NearestNeighbourBranch
@@ -175,7 +175,7 @@ def run_one(cat, category, k, seed, args, tests, metric_masks: np.ndarray | None
         planted.update(logical_sets(normals, category))
     native = {}
     if args.native_plant:  # rule v6: the same kinds planted at the images' own pixels, then resized (valn_*)
-        native = planted_native(held_out, size, category, STUDY_KINDS)
+        native = planted_native(held_out, size, category)
     sets = {"val_normal": batched_maps(br, normals)}
     for kind, pairs in planted.items():
         sets[f"val_{kind}"] = batched_maps(br, [p[0] for p in pairs])

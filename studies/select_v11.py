@@ -88,8 +88,8 @@ def main(argv=None):
             rows = {n_: [] for n_ in ("v10", "v11", "nn", "j10", "j11")}
             for s in (0, 1, 2):
                 d = cells.get((c, s))
-                if d is None or "labels" not in d["sc"]:
-                    continue
+                if d is None or "labels" not in d["sc"] or any("test" not in d["sc"][p] for p in (d["p10"], d["p11"], "s")):
+                    continue  # light jobs (validation only) have no test split
                 sc, lab = d["sc"], d["sc"]["labels"]
                 rows["v10"].append(test_row(sc[d["p10"]], lab))
                 rows["v11"].append(test_row(sc[d["p11"]], lab))

@@ -95,7 +95,9 @@ def test_auto_trains_both_sizes_and_keeps_the_one_it_records(tmp_path):
     assert rec["n_holdout"] == 10 and set(rec["scores"]) == {"small", "large"}
     assert rec["scores"]["small"]["input_size"] == 64 and rec["scores"]["large"]["input_size"] == 128
     for s in rec["scores"].values():
-        assert set(s) >= {"nsa_small", "misplace", "erase", "mean"} and 0 <= s["mean"] <= 100
+        assert set(s) >= {"nsa_small", "misplace", "erase", "transplant", "mean"} and 0 <= s["mean"] <= 100
+        kinds = [s[k] for k in ("nsa_small", "misplace", "erase", "transplant")]
+        assert s["mean"] == pytest.approx(np.mean(kinds), abs=1e-3)  # rule v11: the mean of four kinds
     assert rec["chosen"] == choose(rec["scores"]["small"], rec["scores"]["large"])
     assert model.cfg.input_size == rec["scores"][rec["chosen"]]["input_size"] == rec["input_size"]
     assert model.cfg.geometry == "fixed"  # the artifact rebuilds the chosen model as it is

@@ -1,12 +1,12 @@
-"""geometry=auto: the input size chosen per part at registration, from good images only (rules v5-v6 and v10,
-docs/decision.md sections 14-16 and 24-25).
+"""geometry=auto: the input size chosen per part at registration, from good images only (rules v5-v6, v10 and
+v11, docs/decision.md sections 14-16, 24-25 and 28-30).
 
 Both candidates are trained on the same shots: the auto_small px model (edge: 256 px, grid 32, the model
 before rule v3) and the preset's own size (edge: 512 px, 1,024 prototypes). Each scores held-out good images
-of the part against three kinds of defects planted on copies of them at their own pixels and then resized to
-its input (small NSA patches, misplaced and erased content: logical_defects.py). The larger model is kept
-only when its mean image AUROC beats the smaller one's by more than MARGIN points, since it costs about 5x
-the CPU time per frame. Where every shot is at least auto_large px (edge: 640) on its shorter side, a third model at
+of the part against four kinds of defects planted on copies of them at their own pixels and then resized to
+its input (small NSA patches; misplaced, erased and transplanted content: logical_defects.py; the fourth since
+rule v11). The larger model is kept only when its mean image AUROC beats the smaller one's by more than MARGIN
+points, since it costs about 3x the CPU time per frame. Where every shot is at least auto_large px (edge: 640) on its shorter side, a third model at
 that size is trained too and kept when it beats the choice so far by more than MARGIN (rule v10: never upscaled).
 Without enough held-out images the preset's size is kept and the artifact says why.
 """
@@ -22,8 +22,8 @@ from protospect.training.metrics import image_auroc
 
 MARGIN = 0.5  # AUROC points the larger model must win by
 MIN_HOLDOUT = 8  # fewer and the choice is noise: keep the preset's size
-KINDS = ("nsa_small", "misplace", "erase")  # DTD textures are research-only, so not among them
-STUDY_KINDS = (*KINDS, "transplant")  # what the studies plant (rule v11's candidate kind, section 28)
+# DTD textures are research-only, so not among them; transplant joined by rule v11 (docs/decision.md section 30)
+KINDS = ("nsa_small", "misplace", "erase", "transplant")
 
 
 def planted(images: list[np.ndarray], category: str | None, kinds: tuple[str, ...] = KINDS) -> dict[str, list]:
