@@ -1,148 +1,164 @@
-"""The issue's acceptance table (63 cells: 7 categories x K = 2, 4, 8 x seeds 0-2) under the current default.
+"""Issue [decision]'s acceptance table: old default vs new default vs PatchCore edge at K = 2, 4, 8, seeds 0-2,
+7 dev categories, from the JSON lines of studies/decision_study.py (a report: nothing is chosen here).
 
-Starts from the per-(category, K) rows of rule v6's table (docs/results/auto_v6.md: old 256 px model, rule v6's
-choice, PatchCore edge) and replaces the "new" column of every (category, K) whose three seeds were rerun in a
-study folder of studies/fusion_queue.sh (per-image scores + jsonl rows at every size), choosing per cell with
-rule v10 or v11 from validation arrays only (select_v11.pick). The old and PatchCore columns of a rerun row are
-recomputed from the rerun too (training is bit-exact per seed, so they must match the base; the report says so).
+Rows are told apart by their geometry, input size / grid / prototypes (rows written before these were
+recorded have grid S/8 and one prototype per grid position; rule v2's rows are 256 px). The old default is
+256 / 32 / 1024 (``pcs|none|max``), PatchCore edge its ``nn1|none|max`` at 256 px, the new default the
+geometry given by --new. Escapes are reported at two thresholds set from held-out good images: ``line``
+(the earlier max + margin rule) and ``A=5 %`` (the conformal rule the station's calibrate uses).
 
-    cd studies && python acceptance_table.py --rule v10 ../runs/k8 ../runs/v11 [--markdown F]
-        [--reported 2=../docs/results/size640_v10_k2.md --reported 4=../docs/results/size640_v10.md]
-
---reported K=FILE takes select_640.py's test table of an earlier session whose runs are gone: where its auto640
-column differs from its rule v6 column, the row's new image AUROC and escape @ A = 5 % become auto640's; that file
-has no pixel AUROC, AUPRO or escape @ line, so those stay rule v6's (the report marks such rows).
+    python studies/acceptance_table.py runs/decision_v2 runs/geometry runs/geometry/k28 runs/full \\
+        [--new 512/64/1024] [--markdown F] [--figure F.png]
 """
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
 
-from select_640 import SIZES, load_scores, qualifies
-from select_fusion import CATEGORIES, KINDS, emit, mean, npz_path, sets_of, test_row
-from select_v11 import NEW, jsonl_row, pick, scores
-
-COLS = ("img_old", "img_new", "img_nn", "pix_old", "pix_new", "pro_old", "pro_new", "line_old", "line_new",
-        "a05_old", "a05_new")
-
-
-def _num(t: str):
-    t = t.strip()
-    return None if t in ("-", "") else float(t)
+OLD, PATCHCORE = "pcs|none|max", "nn1|none|max"
+OLD_GEOMETRY = (256, 32, 1024)
+CATEGORIES = ("bottle", "deeppcb_00041", "deeppcb_44000", "elpv_mono", "hazelnut_toy", "juice_bottle_loco",
+              "mpdd_metal_plate")
+KS, SEEDS = (2, 4, 8), (0, 1, 2)
 
 
-def base_rows(path: Path) -> dict:
-    """{(category, K): {col: value}} from the first acceptance table of auto_v6.md (rule v6's; the file's second
-    table is rule v4's m1024 on the same cells)."""
+def geometry(row: dict) -> tuple:
+    """(input size, grid, prototypes); the size is S, or (H, W) for a non-square input (aspect=keep)."""
+    raw = row.get("input_size") or 256
+    size = tuple(int(v) for v in raw) if isinstance(raw, list) else int(raw)
+    grid = int(row.get("grid") or (size if isinstance(size, int) else max(size)) // 8)
+    return size, grid, int(row.get("prototypes") or grid * grid)
+
+
+def load(dirs) -> dict[tuple, dict]:
+    """(geometry, category, K, seed) -> row; a later directory's row replaces an earlier one."""
     out = {}
-    for line in path.read_text().split("The same cells with new = m1024")[0].splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) != 8 or cells[0] not in CATEGORIES:
-            continue
-        vals = []
-        for c in cells[3:]:
-            vals += [_num(x) for x in c.split("/")] if c != "-" else [None, None]
-        out[(cells[0], int(cells[1]))] = dict(zip(COLS, vals))
+    for d in dirs:
+        for path in sorted(Path(d).glob("*.jsonl")):
+            for line in path.read_text().splitlines():
+                r = json.loads(line)
+                out[(geometry(r), r["category"], r["K"], r["seed"])] = r
     return out
 
 
-def reported_rows(path: Path, k: int) -> dict:
-    """{(category, K): (image AUROC, escape @ A = 5 %)} of auto640 where it differs from rule v6 in a select_640
-    report (columns: 256 / 512 / 640 / rule v6 / auto640, each 'AUROC / escape / false reject')."""
-    out = {}
-    for line in path.read_text().splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) != 6 or cells[0] not in CATEGORIES or "/" not in cells[5] or cells[4] == cells[5]:
-            continue
-        auroc_, esc = (_num(x) for x in cells[5].split("/")[:2])
-        out[(cells[0], k)] = (auroc_, esc)
+def value(rows, geom, variant, cat, k, seed, key) -> float | None:
+    r = rows.get((geom, cat, k, seed))
+    v = None if r is None else r["variants"].get(variant, {}).get(key)
+    return None if v is None else float(v)
+
+
+def columns(new_geom):
+    return {"old": (OLD_GEOMETRY, OLD), "new": (new_geom, OLD), "PatchCore": (OLD_GEOMETRY, PATCHCORE)}
+
+
+def paired(rows, new_geom, key, cells, patchcore: bool | None = None) -> dict[str, list[float]]:
+    """column -> values over the (category, K, seed) cells where every column has the metric; PatchCore's
+    column only for image AUROC unless ``patchcore`` says otherwise (its pixel rows are not needed)."""
+    cols = columns(new_geom)
+    out = {c: [] for c in cols}
+    for cat, k, seed in cells:
+        vals = {c: value(rows, g, v, cat, k, seed, key) for c, (g, v) in cols.items()}
+        if not (key == "test_image_auroc" if patchcore is None else patchcore):
+            vals = {c: x for c, x in vals.items() if c != "PatchCore"}
+        if all(x is not None for x in vals.values()):
+            for c, x in vals.items():
+                out[c].append(x)
     return out
 
 
-def rerun_row(folder: Path, c: str, k: int, data: str, rule: str) -> dict | None:
-    """The (category, K) row from a rerun folder, or None unless all three seeds are there."""
-    per = []
-    for s in (0, 1, 2):
-        sc = load_scores(folder, c, k, s)
-        if sc is None or "labels" not in sc:  # light jobs (validation only) have no test split
-            return None
-        ok = qualifies(data, c, k, s)
-        keys = [key for key in SIZES if key in sc]
-        if (ok and "x" not in sc) or (rule == "v11" and any(NEW not in sc[key] for key in keys)):
-            return None
-        kinds = (*KINDS, NEW) if rule == "v11" else KINDS
-        chosen = pick({key: scores(sc[key], kinds) for key in keys}, ok)
-        lab = sc["labels"]
-        new, old = test_row(sc[chosen], lab), test_row(sc["s"], lab)
-        nn = test_row(sets_of(np.load(npz_path(folder, c, k, s, 256)), "nn1|none|max"), lab)
-        jn, jo = jsonl_row(folder, c, k, s, SIZES[chosen]), jsonl_row(folder, c, k, s, 256)
-        per.append({"img_old": old["auroc"], "img_new": new["auroc"], "img_nn": nn["auroc"],
-                    "pix_old": jo.get("test_pixel_auroc"), "pix_new": jn.get("test_pixel_auroc"),
-                    "pro_old": jo.get("test_aupro"), "pro_new": jn.get("test_aupro"),
-                    "line_old": jo.get("test_escape_line"), "line_new": jn.get("test_escape_line"),
-                    "a05_old": old["escape"], "a05_new": new["escape"], "size": SIZES[chosen]})
-    row = {col: (None if np.isnan(m := mean([p[col] for p in per])) else m) for col in COLS}
-    row["sizes"] = "/".join(str(p["size"]) for p in per)
-    return row
-
-
-def fmt(row: dict, *cols) -> str:
-    return " / ".join("-" if row.get(c) is None else f"{row[c]:.1f}" for c in cols)
+def markdown(rows, new_geom) -> str:
+    cols = columns(new_geom)
+    all_cells = [(c, k, s) for c in CATEGORIES for k in KS for s in SEEDS]
+    done = sum(all(rows.get((g, c, k, s)) for g, _ in cols.values()) for c, k, s in all_cells)
+    out = [f"{done} of {len(all_cells)} (category, K, seed) cells have all three columns; means are over those.\n",
+           "| category | K | seeds | image AUROC old / new / PatchCore | pixel AUROC old / new | AUPRO old / new "
+           "| escape @ line old / new | escape @ A=5 % old / new |", "|---|---|---|---|---|---|---|---|"]
+    for cat in CATEGORIES:
+        for k in KS:
+            cells = [(cat, k, s) for s in SEEDS]
+            img = paired(rows, new_geom, "test_image_auroc", cells)
+            if not img["old"]:
+                continue
+            parts = [" / ".join(f"{np.mean(img[c]):.1f}" for c in cols)]
+            for key in ("test_pixel_auroc", "test_aupro", "test_escape_line", "test_escape_rate_a05"):
+                p = paired(rows, new_geom, key, cells)
+                parts.append(" / ".join(f"{np.mean(p[c]):.1f}" for c in ("old", "new")) if p["old"] else "-")
+            out.append(f"| {cat} | {k} | {len(img['old'])} | " + " | ".join(parts) + " |")
+    out += ["", "| K | cells | image AUROC old / new / PatchCore (new - old) | pixel AUROC old / new | AUPRO old / new "
+            "| escape @ line old / new | escape @ A=5 % old / new | false reject @ A=5 % old / new |",
+            "|---|---|---|---|---|---|---|---|"]
+    for ks in [(k,) for k in KS] + [KS]:
+        cells = [(c, k, s) for c in CATEGORIES for k in ks for s in SEEDS]
+        img = paired(rows, new_geom, "test_image_auroc", cells)
+        if not img["old"]:
+            continue
+        gain = np.mean(img["new"]) - np.mean(img["old"])
+        parts = [" / ".join(f"{np.mean(img[c]):.2f}" for c in cols) + f" ({gain:+.2f})"]
+        for key in ("test_pixel_auroc", "test_aupro", "test_escape_line", "test_escape_rate_a05",
+                    "test_false_reject_rate_a05"):
+            p = paired(rows, new_geom, key, cells)
+            parts.append(" / ".join(f"{np.mean(p[c]):.2f}" for c in ("old", "new")) if p["old"] else "-")
+        label = "all" if len(ks) > 1 else str(ks[0])
+        out.append(f"| {label} | {len(img['old'])} | " + " | ".join(parts) + " |")
+    out += ["", "Per category, all K and seeds: new - PatchCore image AUROC (acceptance: none below -1)", ""]
+    for cat in CATEGORIES:
+        img = paired(rows, new_geom, "test_image_auroc", [(cat, k, s) for k in KS for s in SEEDS])
+        if img["old"]:
+            out.append(f"- {cat}: {np.mean(img['new']) - np.mean(img['PatchCore']):+.2f} over {len(img['old'])} cells")
+    return "\n".join(out) + "\n"
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("folders", nargs="*")
-    ap.add_argument("--base", default="../docs/results/auto_v6.md")
-    ap.add_argument("--data", default="../../shared/data")
-    ap.add_argument("--rule", choices=("v10", "v11"), default="v10")
+    ap.add_argument("dirs", nargs="+", help="folders of decision_study JSON lines")
+    ap.add_argument("--new", default="512/64/1024", help="the new default's input size / grid / prototypes")
     ap.add_argument("--markdown", default=None)
-    ap.add_argument("--reported", action="append", default=[], metavar="K=FILE")
+    ap.add_argument("--figure", default=None, help="a picture of image AUROC and escapes per category and K")
     args = ap.parse_args(argv)
-    rows = base_rows(Path(args.base))
-    source = {key: "rule v6 (base)" for key in rows}
-    for item in args.reported:
-        k, path = item.split("=", 1)
-        for key, (auroc_, esc) in reported_rows(Path(path), int(k)).items():
-            rows[key] = {**rows[key], "img_new": auroc_, "a05_new": esc}
-            source[key] = f"rule v10 reported ({Path(path).name}); pixel / AUPRO / escape @ line: rule v6's model"
-    checks = []
-    for folder in map(Path, args.folders):
-        for (c, k) in list(rows):
-            r = rerun_row(folder, c, k, args.data, args.rule)
-            if r is None:
-                continue
-            b = rows[(c, k)]
-            checks.append(f"- {c} K = {k} ({folder.name}): old {r['img_old']:.1f} (base {b['img_old']:.1f}), "
-                          f"PatchCore {r['img_nn']:.1f} (base {b['img_nn']:.1f})")
-            rows[(c, k)] = r
-            source[(c, k)] = f"rule {args.rule}, rerun in {folder.name}/, sizes {r['sizes']}"
-    lines = [f"Acceptance table, new = rule {args.rule} where rerun, rule v6's rows elsewhere "
-             f"(base {Path(args.base).name}).", "",
-             "| category | K | image AUROC old / new / PatchCore | pixel AUROC old / new | AUPRO old / new | "
-             "escape @ line old / new | escape @ A=5 % old / new | new from |", "|---|---|---|---|---|---|---|---|"]
-    for (c, k), r in sorted(rows.items()):
-        lines.append(f"| {c} | {k} | {fmt(r, 'img_old', 'img_new', 'img_nn')} | {fmt(r, 'pix_old', 'pix_new')} | "
-                     f"{fmt(r, 'pro_old', 'pro_new')} | {fmt(r, 'line_old', 'line_new')} | "
-                     f"{fmt(r, 'a05_old', 'a05_new')} | {source[(c, k)]} |")
-    lines += ["", "| K | rows | image AUROC old / new / PatchCore (new - old) | pixel AUROC old / new | AUPRO old / new | "
-              "escape @ line old / new | escape @ A=5 % old / new |", "|---|---|---|---|---|---|---|"]
-    for k in (2, 4, 8, None):
-        sel = [r for (c, kk), r in rows.items() if k is None or kk == k]
-        m = {col: mean([r[col] for r in sel]) for col in COLS}
-        lines.append(f"| {'all' if k is None else k} | {len(sel)} | {m['img_old']:.2f} / {m['img_new']:.2f} / "
-                     f"{m['img_nn']:.2f} ({m['img_new'] - m['img_old']:+.2f}) | {m['pix_old']:.2f} / {m['pix_new']:.2f} | "
-                     f"{m['pro_old']:.2f} / {m['pro_new']:.2f} | {m['line_old']:.2f} / {m['line_new']:.2f} | "
-                     f"{m['a05_old']:.2f} / {m['a05_new']:.2f} |")
-    lines += ["", "Per category, all K: new - PatchCore image AUROC (acceptance: none below -1)", ""]
-    for c in CATEGORIES:
-        sel = [r for (cc, _), r in rows.items() if cc == c]
-        lines.append(f"- {c}: {mean([r['img_new'] - r['img_nn'] for r in sel]):+.2f}")
-    if checks:
-        lines += ["", "Reruns against the base (bit-exact training: old and PatchCore must match)", "", *checks]
-    emit(lines, args.markdown)
+    new_geom = tuple(int(x) for x in args.new.split("/"))
+    rows = load(args.dirs)
+    text = markdown(rows, new_geom)
+    print(text)
+    if args.markdown:
+        Path(args.markdown).write_text(text)
+    if args.figure:
+        figure(rows, new_geom, args.figure)
+
+
+def figure(rows, new_geom, out: str, label: str | None = None) -> None:
+    """Two panels, one group of bars per (category, K): image AUROC and escape @ A=5 %, old / new / PatchCore."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    cols = columns(new_geom)
+    colours = {"old": "#9aa5b1", "new": "#1f6feb", "PatchCore": "#d29922"}
+    groups = [(c, k) for c in CATEGORIES for k in KS
+              if paired(rows, new_geom, "test_image_auroc", [(c, k, s) for s in SEEDS])["old"]]
+    fig, axes = plt.subplots(2, 1, figsize=(max(8, 0.55 * len(groups) + 2), 6.5), sharex=True)
+    x = np.arange(len(groups))
+    for ax, (key, label) in zip(axes, (("test_image_auroc", "image AUROC (%)"), ("test_escape_rate_a05", "escape @ A=5 % (%)"))):
+        for j, name in enumerate(cols):
+            vals = []
+            for c, k in groups:
+                p = paired(rows, new_geom, key, [(c, k, s) for s in SEEDS], patchcore=True)
+                vals.append(np.mean(p[name]) if p.get(name) else np.nan)
+            ax.bar(x + (j - 1) * 0.27, vals, 0.27, label=name, color=colours[name])
+        ax.set_ylabel(label)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylim(40, 101)
+    axes[0].legend(ncol=3, fontsize=8, loc="lower left")
+    axes[1].set_xticks(x, [f"{c}\nK={k}" for c, k in groups], rotation=90, fontsize=7)
+    label = label or "/".join(map(str, new_geom))
+    axes[0].set_title(f"Issue [decision] acceptance: old default (256 px) vs new ({label}) vs PatchCore edge; "
+                      "mean of the seeds run", fontsize=9)
+    fig.tight_layout()
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
 
 
 if __name__ == "__main__":

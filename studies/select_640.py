@@ -18,7 +18,7 @@ import numpy as np
 
 from protospect.imageio import read_rgb
 from protospect.training.data import MVTecCategory, sample_shots
-from select_fusion import CATEGORIES, MARGIN, emit, mean, npz_path, sets_of, test_row, val_score
+from select_fusion import CATEGORIES, MARGIN, NN, emit, mean, npz_path, sets_of, test_row, val_score
 
 GAIN = 0.25
 X = 640
@@ -26,7 +26,8 @@ SIZES = {"s": 256, "l": 512, "x": X}
 
 
 def load_scores(folder: Path, c: str, k: int, s: int) -> dict | None:
-    """{"s" / "l" / "x": {set: scores}, "labels": ...}; "x" only where its run exists; None without 256 and 512."""
+    """{"s" / "l" / "x": {set: scores}, "nn": PatchCore's, "labels": ...}; "x" only where its run exists; None without
+    256 and 512."""
     out = {}
     for key, size in SIZES.items():
         p = npz_path(folder, c, k, s, size)
@@ -36,6 +37,8 @@ def load_scores(folder: Path, c: str, k: int, s: int) -> dict | None:
             continue
         z = np.load(p)
         out[key] = sets_of(z)
+        if key == "s":
+            out["nn"] = sets_of(z, NN)  # PatchCore edge rows beside the 256 px model
         if "test_labels" in z:
             out["labels"] = z["test_labels"].astype(int)
     return out

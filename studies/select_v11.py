@@ -17,10 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from select_640 import SIZES, load_scores, qualifies, selection_args
-from select_fusion import CATEGORIES, KINDS, MARGIN, PCS, auroc, emit, mean, npz_path, sets_of, test_row
+from select_fusion import CATEGORIES, KINDS, MARGIN, PCS, auroc, emit, mean, test_row
 
 SIGNAL = 60.0
 NEW = "valn_transplant"
+RULE_KINDS = {"v10": KINDS, "v11": (*KINDS, NEW)}  # the kinds each rule's validation score averages
 
 
 def scores(sc: dict, kinds) -> float:
@@ -58,8 +59,8 @@ def main(argv=None):
                 missing.append(f"{c} seed {s}")
                 continue
             keys = [key for key in SIZES if key in sc]
-            v3 = {key: scores(sc[key], KINDS) for key in keys}
-            v4 = {key: scores(sc[key], (*KINDS, NEW)) for key in keys}
+            v3 = {key: scores(sc[key], RULE_KINDS["v10"]) for key in keys}
+            v4 = {key: scores(sc[key], RULE_KINDS["v11"]) for key in keys}
             tp = {key: auroc(sc[key]["val_normal"], sc[key][NEW]) for key in keys}
             p10, p11 = pick(v3, ok), pick(v4, ok)
             cells[(c, s)] = dict(sc=sc, v3=v3, v4=v4, tp=tp, p10=p10, p11=p11)
@@ -93,8 +94,7 @@ def main(argv=None):
                 sc, lab = d["sc"], d["sc"]["labels"]
                 rows["v10"].append(test_row(sc[d["p10"]], lab))
                 rows["v11"].append(test_row(sc[d["p11"]], lab))
-                z = np.load(npz_path(folder, c, args.k, s, 256))
-                rows["nn"].append(test_row(sets_of(z, "nn1|none|max"), lab))
+                rows["nn"].append(test_row(sc["nn"], lab))
                 rows["j10"].append(jsonl_row(folder, c, args.k, s, SIZES[d["p10"]]))
                 rows["j11"].append(jsonl_row(folder, c, args.k, s, SIZES[d["p11"]]))
             if not rows["v10"]:

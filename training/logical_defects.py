@@ -59,11 +59,18 @@ def _moved(img, rng, obj, y, x, h, w):
             break
     else:
         return None
+    return _pasted(img, img[y:y + h, x:x + w], ty, tx)
+
+
+def _pasted(img, patch, y, x):
+    """(image, mask): ``patch`` feathered into a copy of ``img`` with its corner at (y, x)."""
+    H, W = img.shape[:2]
+    h, w = patch.shape[:2]
     out = img.astype(np.float32).copy()
     alpha = _feather(h, w, 0.02 * min(H, W))
-    out[ty:ty + h, tx:tx + w] = alpha * img[y:y + h, x:x + w] + (1 - alpha) * out[ty:ty + h, tx:tx + w]
+    out[y:y + h, x:x + w] = alpha * patch + (1 - alpha) * out[y:y + h, x:x + w]
     mask = np.zeros((H, W), np.uint8)
-    mask[ty:ty + h, tx:tx + w] = 1  # the whole rectangle: the feathered rim changed pixels too
+    mask[y:y + h, x:x + w] = 1  # the whole rectangle: the feathered rim changed pixels too
     return np.clip(out + 0.5, 0, 255).astype(np.uint8), mask
 
 
@@ -84,8 +91,6 @@ def transplant(img: np.ndarray, donor: np.ndarray, rng: np.random.Generator, obj
     """(image, mask): a 15-30 % rectangle of ``donor`` (another good image, resized to ``img``'s pixels when they
     differ) pasted at the same place, feathered in. None when no rectangle changes the image by at least
     ``min_change`` grey levels on average (two identical parts make no defect, only noise)."""
-    import cv2  # noqa: PLC0415
-
     H, W = img.shape[:2]
     if donor.shape[:2] != (H, W):
         donor = cv2.resize(donor, (W, H), interpolation=cv2.INTER_AREA)
@@ -94,15 +99,8 @@ def transplant(img: np.ndarray, donor: np.ndarray, rng: np.random.Generator, obj
         if rect is None:
             return None
         y, x, h, w = rect
-        a, b = img[y:y + h, x:x + w].astype(np.float32), donor[y:y + h, x:x + w].astype(np.float32)
-        if np.abs(a - b).mean() < min_change:
-            continue
-        out = img.astype(np.float32).copy()
-        alpha = _feather(h, w, 0.02 * min(H, W))
-        out[y:y + h, x:x + w] = alpha * b + (1 - alpha) * a
-        mask = np.zeros((H, W), np.uint8)
-        mask[y:y + h, x:x + w] = 1
-        return np.clip(out + 0.5, 0, 255).astype(np.uint8), mask
+        if np.abs(img[y:y + h, x:x + w].astype(np.float32) - donor[y:y + h, x:x + w]).mean() >= min_change:
+            return _pasted(img, donor[y:y + h, x:x + w], y, x)
     return None
 
 

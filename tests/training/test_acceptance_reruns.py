@@ -1,4 +1,4 @@
-"""studies/acceptance_table.py reads the committed result files it builds on: rule v6's per-category rows (the first
+"""studies/acceptance_reruns.py reads the committed result files it builds on: rule v6's per-category rows (the first
 table of docs/results/auto_v6.md, not rule v4's second one) and rule v10's reported test rows."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "studies"))
-from acceptance_table import base_rows, main, reported_rows  # noqa: E402 (studies/, not a package)
+from acceptance_reruns import base_rows, main, reported_rows  # noqa: E402 (studies/, not a package)
 
 
 def test_base_rows_are_rule_v6s_table():
