@@ -12,6 +12,10 @@ recomputed from the rerun too (training is bit-exact per seed, so they must matc
 --reported K=FILE takes select_640.py's test table of an earlier session whose runs are gone: where its auto640
 column differs from its rule v6 column, the row's new image AUROC and escape @ A = 5 % become auto640's; that file
 has no pixel AUROC, AUPRO or escape @ line, so those stay rule v6's (the report marks such rows).
+
+Under --rule v11, a (category, K) whose validation arrays (light jobs suffice) show a seed where v11 chooses another
+size than v10, but whose new choice has no test split, keeps no silent rule v10 row: the report marks it STALE and
+the script exits 1.
 """
 from __future__ import annotations
 
@@ -88,6 +92,24 @@ def rerun_row(folder: Path, c: str, k: int, data: str, rule: str) -> dict | None
     return row
 
 
+def changed_choices(folder: Path, c: str, k: int, data: str) -> list[str] | None:
+    """Seeds whose rule v11 choice differs from rule v10's, from validation arrays alone (light jobs count); None
+    unless every seed has the four kinds at every size it needs."""
+    out = []
+    for s in (0, 1, 2):
+        sc = load_scores(folder, c, k, s)
+        if sc is None:
+            return None
+        ok = qualifies(data, c, k, s)
+        keys = [key for key in SIZES if key in sc]
+        if (ok and "x" not in sc) or any(NEW not in sc[key] for key in keys):
+            return None
+        p10, p11 = (pick({key: scores(sc[key], RULE_KINDS[r]) for key in keys}, ok) for r in ("v10", "v11"))
+        if p10 != p11:
+            out.append(f"seed {s} {SIZES[p10]} -> {SIZES[p11]} px")
+    return out
+
+
 def fmt(row: dict, *cols) -> str:
     return " / ".join("-" if row.get(c) is None else f"{row[c]:.1f}" for c in cols)
 
@@ -108,17 +130,25 @@ def main(argv=None):
         for key, (auroc_, esc) in reported_rows(Path(path), int(k)).items():
             rows[key] = {**rows[key], "img_new": auroc_, "a05_new": esc}
             source[key] = f"rule v10 reported ({Path(path).name}); pixel / AUPRO / escape @ line: rule v6's model"
-    checks = []
+    checks, stale, settled = [], {}, set()
     for folder in map(Path, args.folders):
         for (c, k) in list(rows):
             r = rerun_row(folder, c, k, args.data, args.rule)
             if r is None:
+                # a rule v10 row stands for rule v11 only where v11 chooses the same sizes; else it is stale
+                moved = changed_choices(folder, c, k, args.data) if args.rule == "v11" else None
+                if moved and (c, k) not in settled:
+                    stale[(c, k)] = f"{', '.join(moved)} ({folder.name}/, no test split for the new choice)"
                 continue
+            settled.add((c, k))
+            stale.pop((c, k), None)
             b = rows[(c, k)]
             checks.append(f"- {c} K = {k} ({folder.name}): old {r['img_old']:.1f} (base {b['img_old']:.1f}), "
                           f"PatchCore {r['img_nn']:.1f} (base {b['img_nn']:.1f})")
             rows[(c, k)] = r
             source[(c, k)] = f"rule {args.rule}, rerun in {folder.name}/, sizes {r['sizes']}"
+    for key in stale:
+        source[key] = f"STALE: rule v11 moves {stale[key]}; this row is {source[key]}"
     lines = [f"Acceptance table, new = rule {args.rule} where rerun, rule v6's rows elsewhere "
              f"(base {Path(args.base).name}).", "",
              "| category | K | image AUROC old / new / PatchCore | pixel AUROC old / new | AUPRO old / new | "
@@ -140,9 +170,14 @@ def main(argv=None):
     for c in CATEGORIES:
         sel = [r for (cc, _), r in rows.items() if cc == c]
         lines.append(f"- {c}: {mean([r['img_new'] - r['img_nn'] for r in sel]):+.2f}")
+    if stale:
+        lines += ["", f"INCOMPLETE: {len(stale)} rows are not rule {args.rule}'s (their new choice has no test split "
+                  "in the folders; run those jobs with the test split)"]
     if checks:
         lines += ["", "Reruns against the base (bit-exact training: old and PatchCore must match)", "", *checks]
     emit(lines, args.markdown)
+    if stale:
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":
