@@ -92,10 +92,20 @@ def rerun_row(folder: Path, c: str, k: int, data: str, rule: str) -> dict | None
     return row
 
 
-def changed_choices(folder: Path, c: str, k: int, data: str) -> list[str] | None:
-    """Seeds whose rule v11 choice differs from rule v10's, from validation arrays alone (light jobs count); None
-    unless every seed has the four kinds at every size it needs."""
-    out = []
+def base_sizes(path: Path) -> dict:
+    """{(category, K): "512/256/512"}: the sizes rule v6 chose per seed (the first table of auto_v6.md)."""
+    out = {}
+    for line in path.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 5 and cells[0] in CATEGORIES and cells[1].isdigit() and cells[4].count("/") == 2:
+            out.setdefault((cells[0], int(cells[1])), cells[4])
+    return out
+
+
+def changed_choices(folder: Path, c: str, k: int, data: str) -> tuple[list[str], str] | None:
+    """(seeds whose rule v11 choice differs from rule v10's, v11's sizes per seed as "512/256/512"), from
+    validation arrays alone (light jobs count); None unless every seed has the four kinds at every size it needs."""
+    out, sizes = [], []
     for s in (0, 1, 2):
         sc = load_scores(folder, c, k, s)
         if sc is None:
@@ -107,7 +117,8 @@ def changed_choices(folder: Path, c: str, k: int, data: str) -> list[str] | None
         p10, p11 = (pick({key: scores(sc[key], RULE_KINDS[r]) for key in keys}, ok) for r in ("v10", "v11"))
         if p10 != p11:
             out.append(f"seed {s} {SIZES[p10]} -> {SIZES[p11]} px")
-    return out
+        sizes.append(str(SIZES[p11]))
+    return out, "/".join(sizes)
 
 
 def fmt(row: dict, *cols) -> str:
@@ -124,6 +135,7 @@ def main(argv=None):
     ap.add_argument("--reported", action="append", default=[], metavar="K=FILE")
     args = ap.parse_args(argv)
     rows = base_rows(Path(args.base))
+    base, v6_sizes = dict(rows), base_sizes(Path(args.base))
     source = {key: "rule v6 (base)" for key in rows}
     for item in args.reported:
         k, path = item.split("=", 1)
@@ -136,9 +148,15 @@ def main(argv=None):
             r = rerun_row(folder, c, k, args.data, args.rule)
             if r is None:
                 # a rule v10 row stands for rule v11 only where v11 chooses the same sizes; else it is stale
-                moved = changed_choices(folder, c, k, args.data) if args.rule == "v11" else None
-                if moved and (c, k) not in settled:
-                    stale[(c, k)] = f"{', '.join(moved)} ({folder.name}/, no test split for the new choice)"
+                got = changed_choices(folder, c, k, args.data) if args.rule == "v11" else None
+                if got and got[0] and (c, k) not in settled:
+                    if got[1] == v6_sizes.get((c, k)):  # the very models of rule v6's row: that row is v11's
+                        rows[(c, k)], settled = base[(c, k)], settled | {(c, k)}
+                        source[(c, k)] = f"rule v11 moves {', '.join(got[0])} back to rule v6's sizes {got[1]}: " \
+                                         "rule v6's row (same models)"
+                        stale.pop((c, k), None)
+                    else:
+                        stale[(c, k)] = f"{', '.join(got[0])} ({folder.name}/, no test split for the new choice)"
                 continue
             settled.add((c, k))
             stale.pop((c, k), None)

@@ -78,7 +78,8 @@ def main(argv=None):
               f"1. transplant AUROC at rule v10's size, mean: {signal:.2f} (needs >= {SIGNAL})",
               f"2. three-kind score of v11's choices - v10's, mean: {cost:+.3f} (needs >= -{MARGIN})",
               f"3. choices changed: {changed}",
-              f"Rule v11: {'ADOPTED' if adopted else 'NOT ADOPTED' + ('' if complete else ' (incomplete)')}"]
+              f"Rule v11: {'ADOPTED' if adopted else 'NOT ADOPTED' + ('' if complete else ' (incomplete)')}"
+              if args.k == 4 else f"(the gates decide at K = 4, section 30; at K = {args.k} they are reported only)"]
     if args.report:
         lines += ["", "Test split (read after the choice), mean over seeds: image AUROC / escape @ A = 5 % / false "
                   "reject @ A = 5 %; then escape @ line, pixel AUROC, AUPRO of the chosen model", "",

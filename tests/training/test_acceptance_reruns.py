@@ -38,7 +38,8 @@ def test_the_table_without_reruns_reproduces_rule_v6(capsys):
     assert "- juice_bottle_loco: -2.90" in out
 
 
-def _job(folder: Path, seed: int, size: int, shift: dict, rng, with_test: bool) -> None:
+def _job(folder: Path, seed: int, size: int, shift: dict, rng, with_test: bool,
+         cat: str = "juice_bottle_loco") -> None:
     """One juice_bottle_loco K = 4 job's saved scores: normals ~ N(0, 1), each planted kind ~ N(shift, 1); a light
     job (validation only) has no test split."""
     arrays = {}
@@ -49,7 +50,7 @@ def _job(folder: Path, seed: int, size: int, shift: dict, rng, with_test: bool) 
         arrays.update({f"{variant}::{k}": v for k, v in raw.items()})
     if with_test:
         arrays["test_labels"] = np.r_[np.zeros(30), np.ones(30)].astype(np.int8)
-    np.savez(folder / f"juice_bottle_loco_k4_s{seed}_{size}.jsonl.k4s{seed}.npz", **arrays)
+    np.savez(folder / f"{cat}_k4_s{seed}_{size}.jsonl.k4s{seed}.npz", **arrays)
 
 
 @pytest.mark.parametrize("with_test", [False, True])
@@ -72,3 +73,19 @@ def test_a_cell_rule_v11_moves_is_never_left_with_rule_v10s_row(tmp_path, monkey
     else:
         assert "STALE: rule v11 moves seed 0 512 -> 256 px, seed 1 512 -> 256 px, seed 2 512 -> 256 px" in row
         assert "82.1" in row  # rule v6's row is still shown, marked
+
+
+def test_a_move_back_to_rule_v6s_sizes_takes_rule_v6s_row(tmp_path, monkeypatch, capsys):
+    """deeppcb_00041 K = 4: rule v10 picks 640 px, v11 picks 512 px as rule v6 did (auto_v6.md: 512/512/512), so
+    rule v6's row is v11's, without a test split (training is bit-exact: the same models)."""
+    monkeypatch.setattr(acceptance_reruns, "qualifies", lambda *a: True)
+    rng = np.random.default_rng(1)
+    for s in (0, 1, 2):
+        _job(tmp_path, s, 256, {**dict.fromkeys(KINDS, 0.5), NEW: 0.5}, rng, False, "deeppcb_00041")
+        _job(tmp_path, s, 512, {**dict.fromkeys(KINDS, 1.5), NEW: 3.0}, rng, False, "deeppcb_00041")
+        _job(tmp_path, s, 640, {**dict.fromkeys(KINDS, 1.8), NEW: 0.5}, rng, False, "deeppcb_00041")
+    main(["--rule", "v11", str(tmp_path), "--base", str(ROOT / "docs/results/auto_v6.md"),
+          "--reported", f"4={ROOT / 'docs/results/size640_v10.md'}"])
+    row = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("| deeppcb_00041 | 4 |"))
+    assert "| 62.9 / 83.0 / 50.7 |" in row  # rule v6's 512 px row, not rule v10's reported 85.0
+    assert "back to rule v6's sizes 512/512/512" in row
