@@ -157,6 +157,8 @@ def main(argv=None):
                         stale.pop((c, k), None)
                     else:
                         stale[(c, k)] = f"{', '.join(got[0])} ({folder.name}/, no test split for the new choice)"
+                elif got and source[(c, k)] == "rule v6 (base)" and got[1] == v6_sizes.get((c, k)):
+                    source[(c, k)] = f"rule v6 (base); rule v11 chooses the same sizes {got[1]} ({folder.name}/)"
                 continue
             settled.add((c, k))
             stale.pop((c, k), None)
