@@ -1,0 +1,62 @@
+"""How sure is a category's gap to PatchCore? A paired bootstrap over its test images, all (K, seed) cells at once.
+
+Reads the per-image scores of studies/fusion_queue.sh (the folders hold every seed at K = 2, 4, 8), takes rule
+v11's choice per cell from validation only (select_v11.pick), and resamples the test split's good and defective
+images separately, the same resample in every cell (the cells share one test split, so the comparison stays
+paired). Prints the mean new - PatchCore and old - PatchCore image AUROC over the cells, with 95 % intervals.
+
+    cd studies && python paired_bootstrap.py juice_bottle_loco 2=../runs/v11k 4=../runs/v11 8=../runs/v11k
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from select_640 import load_scores, qualifies
+from select_v11 import RULE_KINDS, pick, scores
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("category")
+    ap.add_argument("folders", nargs="+", metavar="K=FOLDER")
+    ap.add_argument("--data", default="../../shared/data")
+    ap.add_argument("--resamples", type=int, default=2000)
+    args = ap.parse_args(argv)
+    cells = []
+    for item in args.folders:
+        k, folder = item.split("=", 1)
+        for s in (0, 1, 2):
+            sc = load_scores(Path(folder), args.category, int(k), s)
+            if sc is None or "labels" not in sc:
+                raise SystemExit(f"{args.category} K = {k} seed {s}: no test split in {folder}")
+            keys = [key for key in ("s", "l", "x") if key in sc]
+            chosen = pick({key: scores(sc[key], RULE_KINDS["v11"]) for key in keys},
+                          qualifies(args.data, args.category, int(k), s))
+            cells.append((sc["labels"], sc[chosen]["test"], sc["s"]["test"], sc["nn"]["test"]))
+    labels = cells[0][0]
+    if any(len(c[0]) != len(labels) or (c[0] != labels).any() for c in cells):
+        raise SystemExit("the cells do not share one test split")
+
+    def gaps(idx):
+        a = lambda x: roc_auc_score(labels[idx], x[idx])  # noqa: E731
+        return (100 * np.mean([a(new) - a(nn) for _, new, _, nn in cells]),
+                100 * np.mean([a(old) - a(nn) for _, _, old, nn in cells]))
+
+    rng = np.random.default_rng(0)
+    pos, neg = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
+    boot = np.array([gaps(np.r_[rng.choice(pos, len(pos)), rng.choice(neg, len(neg))])
+                     for _ in range(args.resamples)])
+    point = gaps(np.arange(len(labels)))
+    print(f"{args.category}: {len(cells)} cells, test split {len(neg)} good / {len(pos)} defective")
+    for i, name in enumerate(("new (rule v11) - PatchCore", "old (256 px) - PatchCore")):
+        lo, hi = np.percentile(boot[:, i], [2.5, 97.5])
+        print(f"{name}: {point[i]:+.2f}, 95 % interval {lo:+.2f} to {hi:+.2f}, "
+              f"share of resamples >= -1: {np.mean(boot[:, i] >= -1):.2f}")
+
+
+if __name__ == "__main__":
+    main()
