@@ -3,7 +3,7 @@
 Starts from the per-(category, K) rows of rule v6's table (docs/results/auto_v6.md: old 256 px model, rule v6's
 choice, PatchCore edge) and replaces the "new" column of every (category, K) whose three seeds were rerun in a
 study folder of studies/fusion_queue.sh (per-image scores + jsonl rows at every size), choosing per cell with
-rule v10 or v11 from validation arrays only (select_v11.pick). The old and PatchCore columns of a rerun row are
+rule v10 or v11 from validation arrays only (select_v11.rule_pick). The old and PatchCore columns of a rerun row are
 recomputed from the rerun too (training is bit-exact per seed, so they must match the base; the report says so).
 
     cd studies && python acceptance_reruns.py --rule v10 ../runs/k8 ../runs/v11 [--markdown F]
@@ -26,7 +26,7 @@ import numpy as np
 
 from select_640 import SIZES, load_scores, qualifies
 from select_fusion import CATEGORIES, emit, mean, test_row
-from select_v11 import NEW, RULE_KINDS, jsonl_row, pick, scores
+from select_v11 import RULE_KINDS, jsonl_row, rule_pick
 
 COLS = ("img_old", "img_new", "img_nn", "pix_old", "pix_new", "pro_old", "pro_new", "line_old", "line_new",
         "a05_old", "a05_new")
@@ -37,12 +37,16 @@ def _num(t: str):
     return None if t in ("-", "") else float(t)
 
 
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
 def base_rows(path: Path) -> dict:
     """{(category, K): {col: value}} from the first acceptance table of auto_v6.md (rule v6's; the file's second
     table is rule v4's m1024 on the same cells)."""
     out = {}
     for line in path.read_text().split("The same cells with new = m1024")[0].splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        cells = _cells(line)
         if len(cells) != 8 or cells[0] not in CATEGORIES:
             continue
         vals = []
@@ -52,12 +56,22 @@ def base_rows(path: Path) -> dict:
     return out
 
 
+def base_sizes(path: Path) -> dict:
+    """{(category, K): "512/256/512"}: the sizes rule v6 chose per seed (the first table of auto_v6.md)."""
+    out = {}
+    for line in path.read_text().splitlines():
+        cells = _cells(line)
+        if len(cells) == 5 and cells[0] in CATEGORIES and cells[1].isdigit() and cells[4].count("/") == 2:
+            out.setdefault((cells[0], int(cells[1])), cells[4])
+    return out
+
+
 def reported_rows(path: Path, k: int) -> dict:
     """{(category, K): (image AUROC, escape @ A = 5 %)} of auto640 where it differs from rule v6 in a select_640
     report (columns: 256 / 512 / 640 / rule v6 / auto640, each 'AUROC / escape / false reject')."""
     out = {}
     for line in path.read_text().splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        cells = _cells(line)
         if len(cells) != 6 or cells[0] not in CATEGORIES or "/" not in cells[5] or cells[4] == cells[5]:
             continue
         auroc_, esc = (_num(x) for x in cells[5].split("/")[:2])
@@ -65,19 +79,28 @@ def reported_rows(path: Path, k: int) -> dict:
     return out
 
 
-def rerun_row(folder: Path, c: str, k: int, data: str, rule: str) -> dict | None:
-    """The (category, K) row from a rerun folder, or None unless all three seeds are there."""
-    per = []
+def seed_scores(folder: Path, c: str, k: int, data: str, rule: str) -> list[tuple[dict, bool]] | None:
+    """[(load_scores's dict, 640 px allowed)] for seeds 0-2, or None unless every seed has what the rule's choice
+    reads at every size it needs (validation arrays; light jobs count)."""
+    out = []
     for s in (0, 1, 2):
         sc = load_scores(folder, c, k, s)
-        if sc is None or "labels" not in sc:  # light jobs (validation only) have no test split
+        if sc is None:
             return None
         ok = qualifies(data, c, k, s)
-        keys = [key for key in SIZES if key in sc]
-        if (ok and "x" not in sc) or (rule == "v11" and any(NEW not in sc[key] for key in keys)):
+        if (ok and "x" not in sc) or any(kind not in sc[key] for key in SIZES if key in sc for kind in RULE_KINDS[rule]):
             return None
-        chosen = pick({key: scores(sc[key], RULE_KINDS[rule]) for key in keys}, ok)
-        if "test" not in sc[chosen] or "test" not in sc["s"]:  # a light job among full ones
+        out.append((sc, ok))
+    return out
+
+
+def rerun_row(folder: Path, c: str, k: int, cells: list[tuple[dict, bool]], rule: str) -> dict | None:
+    """The (category, K) row from a rerun folder, or None unless all three seeds have the test split of the chosen
+    model and of the 256 px one."""
+    per = []
+    for s, (sc, ok) in enumerate(cells):
+        chosen = rule_pick(sc, ok, rule)
+        if "labels" not in sc or "test" not in sc[chosen] or "test" not in sc["s"]:  # light jobs: validation only
             return None
         lab = sc["labels"]
         new, old, nn = test_row(sc[chosen], lab), test_row(sc["s"], lab), test_row(sc["nn"], lab)
@@ -92,33 +115,15 @@ def rerun_row(folder: Path, c: str, k: int, data: str, rule: str) -> dict | None
     return row
 
 
-def base_sizes(path: Path) -> dict:
-    """{(category, K): "512/256/512"}: the sizes rule v6 chose per seed (the first table of auto_v6.md)."""
-    out = {}
-    for line in path.read_text().splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) == 5 and cells[0] in CATEGORIES and cells[1].isdigit() and cells[4].count("/") == 2:
-            out.setdefault((cells[0], int(cells[1])), cells[4])
-    return out
-
-
-def changed_choices(folder: Path, c: str, k: int, data: str) -> tuple[list[str], str] | None:
-    """(seeds whose rule v11 choice differs from rule v10's, v11's sizes per seed as "512/256/512"), from
-    validation arrays alone (light jobs count); None unless every seed has the four kinds at every size it needs."""
-    out, sizes = [], []
-    for s in (0, 1, 2):
-        sc = load_scores(folder, c, k, s)
-        if sc is None:
-            return None
-        ok = qualifies(data, c, k, s)
-        keys = [key for key in SIZES if key in sc]
-        if (ok and "x" not in sc) or any(NEW not in sc[key] for key in keys):
-            return None
-        p10, p11 = (pick({key: scores(sc[key], RULE_KINDS[r]) for key in keys}, ok) for r in ("v10", "v11"))
+def changed_choices(cells: list[tuple[dict, bool]]) -> tuple[list[str], str]:
+    """(seeds whose rule v11 choice differs from rule v10's, v11's sizes per seed as "512/256/512")."""
+    moved, sizes = [], []
+    for s, (sc, ok) in enumerate(cells):
+        p10, p11 = rule_pick(sc, ok, "v10"), rule_pick(sc, ok, "v11")
         if p10 != p11:
-            out.append(f"seed {s} {SIZES[p10]} -> {SIZES[p11]} px")
+            moved.append(f"seed {s} {SIZES[p10]} -> {SIZES[p11]} px")
         sizes.append(str(SIZES[p11]))
-    return out, "/".join(sizes)
+    return moved, "/".join(sizes)
 
 
 def fmt(row: dict, *cols) -> str:
@@ -142,31 +147,30 @@ def main(argv=None):
         for key, (auroc_, esc) in reported_rows(Path(path), int(k)).items():
             rows[key] = {**rows[key], "img_new": auroc_, "a05_new": esc}
             source[key] = f"rule v10 reported ({Path(path).name}); pixel / AUPRO / escape @ line: rule v6's model"
-    checks, stale, settled = [], {}, set()
-    for folder in map(Path, args.folders):
-        for (c, k) in list(rows):
-            r = rerun_row(folder, c, k, args.data, args.rule)
-            if r is None:
-                # a rule v10 row stands for rule v11 only where v11 chooses the same sizes; else it is stale
-                got = changed_choices(folder, c, k, args.data) if args.rule == "v11" else None
-                if got and got[0] and (c, k) not in settled:
-                    if got[1] == v6_sizes.get((c, k)):  # the very models of rule v6's row: that row is v11's
-                        rows[(c, k)], settled = base[(c, k)], settled | {(c, k)}
-                        source[(c, k)] = f"rule v11 moves {', '.join(got[0])} back to rule v6's sizes {got[1]}: " \
-                                         "rule v6's row (same models)"
-                        stale.pop((c, k), None)
-                    else:
-                        stale[(c, k)] = f"{', '.join(got[0])} ({folder.name}/, no test split for the new choice)"
-                elif got and source[(c, k)] == "rule v6 (base)" and got[1] == v6_sizes.get((c, k)):
-                    source[(c, k)] = f"rule v6 (base); rule v11 chooses the same sizes {got[1]} ({folder.name}/)"
-                continue
-            settled.add((c, k))
-            stale.pop((c, k), None)
-            b = rows[(c, k)]
-            checks.append(f"- {c} K = {k} ({folder.name}): old {r['img_old']:.1f} (base {b['img_old']:.1f}), "
-                          f"PatchCore {r['img_nn']:.1f} (base {b['img_nn']:.1f})")
-            rows[(c, k)] = r
-            source[(c, k)] = f"rule {args.rule}, rerun in {folder.name}/, sizes {r['sizes']}"
+    checks, stale = [], {}
+    folders = list(map(Path, args.folders))
+    for (c, k) in list(rows):
+        found = [(f, cells) for f in folders if (cells := seed_scores(f, c, k, args.data, args.rule))]
+        reruns = [(f, r) for f, cells in found if (r := rerun_row(f, c, k, cells, args.rule))]
+        b = base[(c, k)]
+        for f, r in reruns:  # listed folder by folder below
+            checks.append((folders.index(f), f"- {c} K = {k} ({f.name}): old {r['img_old']:.1f} (base {b['img_old']:.1f}), "
+                          f"PatchCore {r['img_nn']:.1f} (base {b['img_nn']:.1f})"))
+        if reruns:  # the last folder's rerun wins
+            f, rows[(c, k)] = reruns[-1]
+            source[(c, k)] = f"rule {args.rule}, rerun in {f.name}/, sizes {rows[(c, k)]['sizes']}"
+        elif args.rule == "v11" and found:
+            # a rule v10 row stands for rule v11 only where v11 chooses the same sizes; else it is stale
+            f, cells = found[-1]
+            moved, sizes = changed_choices(cells)
+            if sizes == v6_sizes.get((c, k)) and moved:  # the very models of rule v6's row: that row is v11's
+                rows[(c, k)] = base[(c, k)]
+                source[(c, k)] = f"rule v11 moves {', '.join(moved)} back to rule v6's sizes {sizes}: rule v6's row " \
+                                 "(same models)"
+            elif moved:
+                stale[(c, k)] = f"{', '.join(moved)} ({f.name}/, no test split for the new choice)"
+            elif source[(c, k)] == "rule v6 (base)" and sizes == v6_sizes.get((c, k)):
+                source[(c, k)] = f"rule v6 (base); rule v11 chooses the same sizes {sizes} ({f.name}/)"
     for key in stale:
         source[key] = f"STALE: rule v11 moves {stale[key]}; this row is {source[key]}"
     lines = [f"Acceptance table, new = rule {args.rule} where rerun, rule v6's rows elsewhere "
@@ -194,7 +198,8 @@ def main(argv=None):
         lines += ["", f"INCOMPLETE: {len(stale)} rows are not rule {args.rule}'s (their new choice has no test split "
                   "in the folders; run those jobs with the test split)"]
     if checks:
-        lines += ["", "Reruns against the base (bit-exact training: old and PatchCore must match)", "", *checks]
+        lines += ["", "Reruns against the base (bit-exact training: old and PatchCore must match)", "",
+                  *(line for _, line in sorted(checks, key=lambda t: t[0]))]
     emit(lines, args.markdown)
     if stale:
         raise SystemExit(1)

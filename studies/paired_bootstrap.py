@@ -13,10 +13,10 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
+from protospect.training.metrics import image_auroc
 from select_640 import load_scores, qualifies
-from select_v11 import RULE_KINDS, pick, scores
+from select_v11 import rule_pick
 
 
 def main(argv=None):
@@ -33,16 +33,14 @@ def main(argv=None):
             sc = load_scores(Path(folder), args.category, int(k), s)
             if sc is None or "labels" not in sc:
                 raise SystemExit(f"{args.category} K = {k} seed {s}: no test split in {folder}")
-            keys = [key for key in ("s", "l", "x") if key in sc]
-            chosen = pick({key: scores(sc[key], RULE_KINDS["v11"]) for key in keys},
-                          qualifies(args.data, args.category, int(k), s))
+            chosen = rule_pick(sc, qualifies(args.data, args.category, int(k), s), "v11")
             cells.append((sc["labels"], sc[chosen]["test"], sc["s"]["test"], sc["nn"]["test"]))
     labels = cells[0][0]
     if any(len(c[0]) != len(labels) or (c[0] != labels).any() for c in cells):
         raise SystemExit("the cells do not share one test split")
 
     def gaps(idx):
-        a = lambda x: roc_auc_score(labels[idx], x[idx])  # noqa: E731
+        a = lambda x: image_auroc(labels[idx], x[idx])  # noqa: E731
         return (100 * np.mean([a(new) - a(nn) for _, new, _, nn in cells]),
                 100 * np.mean([a(old) - a(nn) for _, _, old, nn in cells]))
 

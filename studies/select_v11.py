@@ -34,6 +34,11 @@ def pick(v: dict, ok: bool) -> str:
     return "x" if ok and "x" in v and v["x"] > v[p] + MARGIN else p
 
 
+def rule_pick(sc: dict, ok: bool, rule: str) -> str:
+    """The size key a rule chooses for one cell (sc: load_scores's dict; ok: 640 px allowed)."""
+    return pick({key: scores(sc[key], RULE_KINDS[rule]) for key in SIZES if key in sc}, ok)
+
+
 def jsonl_row(folder: Path, c: str, k: int, s: int, size: int, variant: str = PCS) -> dict:
     """The study's own metrics of one job (escape @ line, pixel AUROC, AUPRO)."""
     p = folder / f"{c}_k{k}_s{s}_{size}.jsonl"
