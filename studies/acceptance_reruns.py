@@ -138,6 +138,8 @@ def main(argv=None):
     ap.add_argument("--rule", choices=("v10", "v11"), default="v10")
     ap.add_argument("--markdown", default=None)
     ap.add_argument("--reported", action="append", default=[], metavar="K=FILE")
+    ap.add_argument("--old-for", nargs="*", default=[], metavar="CATEGORY",
+                    help="arithmetic only, never a rule: these categories' new columns replaced by the old 256 px model's")
     args = ap.parse_args(argv)
     rows = base_rows(Path(args.base))
     base, v6_sizes = dict(rows), base_sizes(Path(args.base))
@@ -171,6 +173,10 @@ def main(argv=None):
                 stale[(c, k)] = f"{', '.join(moved)} ({f.name}/, no test split for the new choice)"
             elif source[(c, k)] == "rule v6 (base)" and sizes == v6_sizes.get((c, k)):
                 source[(c, k)] = f"rule v6 (base); rule v11 chooses the same sizes {sizes} ({f.name}/)"
+    for (c, k), r in rows.items():
+        if c in args.old_for:
+            rows[(c, k)] = {**r, **{col: r[col.replace("_new", "_old")] for col in COLS if col.endswith("_new")}}
+            source[(c, k)] += "; new replaced by old (--old-for: arithmetic, not a rule)"
     for key in stale:
         source[key] = f"STALE: rule v11 moves {stale[key]}; this row is {source[key]}"
     lines = [f"Acceptance table, new = rule {args.rule} where rerun, rule v6's rows elsewhere "

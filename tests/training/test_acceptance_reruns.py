@@ -89,3 +89,13 @@ def test_a_move_back_to_rule_v6s_sizes_takes_rule_v6s_row(tmp_path, monkeypatch,
     row = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("| deeppcb_00041 | 4 |"))
     assert "| 62.9 / 83.0 / 50.7 |" in row  # rule v6's 512 px row, not rule v10's reported 85.0
     assert "back to rule v6's sizes 512/512/512" in row
+
+
+def test_old_for_is_arithmetic_on_the_rows(capsys):
+    """--old-for puts the old 256 px model's columns in the new ones for the named categories, and says so."""
+    main(["--base", str(ROOT / "docs/results/auto_v6.md"), "--old-for", "juice_bottle_loco"])
+    out = capsys.readouterr().out
+    row = next(x for x in out.splitlines() if x.startswith("| juice_bottle_loco | 4 |"))
+    assert row.startswith("| juice_bottle_loco | 4 | 87.7 / 87.7 / 86.1 |") and "arithmetic, not a rule" in row
+    assert "- juice_bottle_loco: +2.60" in out  # the old model's gap to PatchCore over its 9 cells
+    assert "- mpdd_metal_plate: +1.00" in out  # other categories untouched
