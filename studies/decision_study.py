@@ -39,7 +39,7 @@ from protospect.training.layers import patch_grid
 from protospect.training.logical_defects import logical_sets, small_nsa_defects as small_defects
 from protospect.training.fewshot import TestSet, line_good_images, line_metrics
 from protospect.training.methods.pcsnet import PCSNetModel, _check_shots, _create_backbone, _meta, nn_shot_patches, with_aspect
-from protospect.training.methods.pcsnet.auto_geometry import planted_native
+from protospect.training.methods.pcsnet.auto_geometry import KINDS, planted_native
 from protospect.training.methods.pcsnet.model import as_queries
 from protospect.training.methods.pcsnet.presets import resolve_config
 from protospect.training.methods.pcsnet.scoring import MapFusion, NearestNeighbourBranch
@@ -175,7 +175,7 @@ def run_one(cat, category, k, seed, args, tests, metric_masks: np.ndarray | None
         planted.update(logical_sets(normals, category))
     native = {}
     if args.native_plant:  # rule v6: the same kinds planted at the images' own pixels, then resized (valn_*)
-        native = planted_native(held_out, size, category)
+        native = planted_native(held_out, size, category, KINDS + (("warp",) if args.warp else ()))
     sets = {"val_normal": batched_maps(br, normals)}
     for kind, pairs in planted.items():
         sets[f"val_{kind}"] = batched_maps(br, [p[0] for p in pairs])
@@ -273,6 +273,7 @@ def main(argv=None):
     ap.add_argument("--small", action="store_true", help="also plant small NSA defects (val_nsa_small)")
     ap.add_argument("--native-plant", action="store_true",
                     help="also plant nsa_small / misplace / erase at the images' own pixels, then resize (valn_*)")
+    ap.add_argument("--warp", action="store_true", help="with --native-plant: also the warp kind (valn_warp, rule v13)")
     ap.add_argument("--logical", action="store_true", help="also plant logical defects (val_misplace, val_erase)")
     ap.add_argument("--aupro", action="store_true", help="AUPRO of the kept maps (the pixel variants)")
     ap.add_argument("--save-scores", action="store_true",

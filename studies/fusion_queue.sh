@@ -2,7 +2,7 @@
 # Rule v8 (docs/decision.md section 20): both input sizes of every K = 4 acceptance cell, with the test split
 # and per-image scores saved (--save-scores), so select_fusion.py can fuse the two models' image scores.
 # A job line is `category K seed size [lean|light]`. Two workers share one queue file; each job runs on one thread (WORKERS=1 leaves a core free); a queue.txt
-# written by hand runs only those jobs.
+# written by hand runs only those jobs. STUDY_FLAGS adds decision_study.py flags to every job (rule v13: --warp).
 #   bash studies/fusion_queue.sh OUT_DIR [DATA]
 set -u
 OUT=${1:?usage: fusion_queue.sh OUT_DIR [DATA]}; DATA=${2:-../shared/data}
@@ -26,7 +26,7 @@ run_job() {  # category K seed size [lean|light]
   esac
   OMP_NUM_THREADS=1 "$PY" studies/decision_study.py --data "$DATA" --category "$c" --shots "$k" --seeds "$s" \
     --val 20 --native-plant --branches $br "${extra[@]}" \
-    --save-scores --set input_size="$size" --set grid=$g --set "bins=[$g,$((g/2)),$((g/4)),$((g/8))]" \
+    --save-scores ${STUDY_FLAGS:-} --set input_size="$size" --set grid=$g --set "bins=[$g,$((g/2)),$((g/4)),$((g/8))]" \
     --set prototypes=1024 --out "$name.jsonl" > "$name.log" 2>&1
 }
 . studies/queue_lib.sh

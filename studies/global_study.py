@@ -8,6 +8,7 @@ test split when the saved file has it) and writes `g`'s score of every image, in
 backbone only. Array lengths are checked against the saved PCSNet scores, so a set drawn differently stops the run.
 
     cd studies && python global_study.py ../runs/v12 [--k 2 4 8] [--only juice_bottle_loco] [--data ../../shared/data]
+    cd studies && python global_study.py ../runs/v13g --k 4 --warp --scores ../runs/v13   (rule v13, section 34)
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from protospect.training.calibrate import CALIB_SEED_OFFSET, jitter
 from protospect.training.data import MVTecCategory, load_image, sample_shots
 from protospect.training.fewshot import TestSet, line_good_images
 from protospect.training.methods.pcsnet import _check_shots
-from protospect.training.methods.pcsnet.auto_geometry import planted_native
+from protospect.training.methods.pcsnet.auto_geometry import KINDS, planted_native
 from protospect.training.methods.pcsnet.presets import resolve_config
 from protospect.training.methods.pcsnet.train_loop import to_tensor
 
@@ -58,7 +59,8 @@ class GlobalBranch:
         return torch.cdist(desc, bank).min(1).values.numpy().astype(np.float64)
 
 
-def cell_sets(cat: MVTecCategory, c: str, k: int, seed: int, size: int, with_line: bool, with_test: bool):
+def cell_sets(cat: MVTecCategory, c: str, k: int, seed: int, size: int, with_line: bool, with_test: bool,
+              kinds: tuple[str, ...] = KINDS):
     """(shots at the model size, {set: images}, calibration views per shot), drawn as decision_study.run_one draws them."""
     shot_paths = sample_shots(cat.train_good, k, seed)
     cfg = resolve_config("edge", {"category": c, "input_size": size})
@@ -67,7 +69,7 @@ def cell_sets(cat: MVTecCategory, c: str, k: int, seed: int, size: int, with_lin
     rest = [rest[i] for i in np.random.default_rng(seed + 1).permutation(len(rest))[:VAL]]
     held_out = [read_rgb(p) for p in rest]
     sets = {"val_normal": [resize_image(img, size) for img in held_out]}
-    for kind, pairs in planted_native(held_out, size, c).items():
+    for kind, pairs in planted_native(held_out, size, c, kinds).items():
         sets[f"valn_{kind}"] = [p[0] for p in pairs]
     if with_line:
         sets["line_good"] = [load_image(p, size) for p in line_good_images(cat.train_good, shot_paths, seed)]
@@ -96,6 +98,9 @@ def main(argv=None):
     ap.add_argument("--only", nargs="+", default=list(CATEGORIES))
     ap.add_argument("--data", default="../../shared/data")
     ap.add_argument("--runs", default="..", help="the folder holding runs/v11 and runs/v11k")
+    ap.add_argument("--scores", default=None,
+                    help="where the chosen size's saved PCSNet scores are (default: runs/v11 or v11k; rule v13: runs/v13)")
+    ap.add_argument("--warp", action="store_true", help="also the warp kind (valn_warp, rule v13)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     out = Path(args.out)
@@ -112,15 +117,17 @@ def main(argv=None):
             raise SystemExit(f"global_study: no saved scores for {c} K={k} seed {s} in {folder}")
         key = rule_pick(sc, qualifies(args.data, c, k, s), "v11")
         size = SIZES[key]
-        saved = np.load(npz_path(folder, c, k, s, size))
+        scores_dir = Path(args.scores) if args.scores else folder
+        saved = np.load(npz_path(scores_dir, c, k, s, size))
         saved_sets = {n.split("::")[1]: saved[n] for n in saved.files if n.startswith("pcs|none|max::")}
         cat = MVTecCategory(args.data, c)
-        shots, sets, views = cell_sets(cat, c, k, s, size, "line_good" in saved_sets, "test" in saved_sets)
+        shots, sets, views = cell_sets(cat, c, k, s, size, "line_good" in saved_sets, "test" in saved_sets,
+                                       KINDS + (("warp",) if args.warp else ()))
         g = global_scores(gb, shots, sets, views)
         for name, arr in g.items():
             if name in saved_sets and len(saved_sets[name]) != len(arr):
                 raise SystemExit(f"global_study: {c} K={k} seed {s}: {name} has {len(arr)} images here, "
-                                 f"{len(saved_sets[name])} in {npz_path(folder, c, k, s, size)}")
+                                 f"{len(saved_sets[name])} in {npz_path(scores_dir, c, k, s, size)}")
         np.savez_compressed(dest, size=size, **{f"g::{n}": a for n, a in g.items()})
 
 

@@ -33,7 +33,7 @@ CATEGORIES = ("bottle", "deeppcb_00041", "deeppcb_44000", "elpv_mono", "hazelnut
 KINDS = ("valn_nsa_small", "valn_misplace", "valn_erase")
 PCS, NN = "pcs|none|max", "nn1|none|max"
 MARGIN, GAIN = 0.5, 0.25
-SETS = ("val_normal", *KINDS, "valn_transplant", "line_good", "test")  # transplant: rule v11 (select_v11.py)
+SETS = ("val_normal", *KINDS, "valn_transplant", "valn_warp", "line_good", "test")  # transplant: rule v11; warp: v13
 
 
 def npz_path(folder: Path, c: str, k: int, s: int, size: int) -> Path:

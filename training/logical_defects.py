@@ -9,6 +9,8 @@ so a model that matches every patch against every prototype without context can 
   erase     a rectangle of the part filled in from its surroundings (cv2.inpaint): something is missing
   transplant  the same rectangle of another good part pasted in place, feathered: each piece is normal, the
             combination is not (one juice's label on another juice's bottle; rule v11, section 28)
+  warp      a band of the part moved along one axis by a smooth bump (no seam, no new content): the proportions
+            are wrong, every patch is a slightly stretched normal one (a fill level, a label height; rule v13)
 
 Sizes are fractions of the image side, so a 256 px and a 512 px model see the same defects.
 """
@@ -19,6 +21,7 @@ import numpy as np
 
 LOGICAL_SEED = 515151  # the logical kinds' streams (+0 misplace, +1 erase, +2 transplant); nsa_small's started from the same number
 SMALL_SEED = 515151  # nsa_small's stream (rule v2's value: kept so every study row stays reproducible)
+WARP_SEED = 616161  # warp's own stream: asking for it leaves every other kind's images as they were
 
 
 def _rect_on_part(rng, shape, obj, lo, hi, tries=50):
@@ -102,6 +105,37 @@ def transplant(img: np.ndarray, donor: np.ndarray, rng: np.random.Generator, obj
         if np.abs(img[y:y + h, x:x + w].astype(np.float32) - donor[y:y + h, x:x + w]).mean() >= min_change:
             return _pasted(img, donor[y:y + h, x:x + w], y, x)
     return None
+
+
+def warp(img: np.ndarray, rng: np.random.Generator, min_change: float = 5.0, tries: int = 10):
+    """(image, mask): content shifted along one axis by a * exp(-(t - c)^2 / 2 s^2), a = 6-12 % of the side (either
+    sign), c in the middle half, s = 10-20 % and >= |a| / 0.7, so |slope| <= 0.43 and the remap folds nothing. None when no draw changes the
+    moved band by ``min_change`` grey levels on average (a flat or periodic part can hide a shift)."""
+    H, W = img.shape[:2]
+    for _ in range(tries):
+        axis = int(rng.integers(2))
+        n = H if axis == 0 else W
+        a = rng.uniform(0.06, 0.12) * n * rng.choice((-1.0, 1.0))
+        c, s = rng.uniform(0.25, 0.75) * n, rng.uniform(max(0.10, abs(a) / n / 0.7), 0.20) * n
+        t = np.arange(n, dtype=np.float32)
+        src = (t - a * np.exp(-((t - c) ** 2) / (2 * s * s))).astype(np.float32)  # output pixel t shows input src(t)
+        ys, xs = np.mgrid[0:H, 0:W].astype(np.float32)
+        if axis == 0:
+            ys = np.repeat(src[:, None], W, 1)
+        else:
+            xs = np.repeat(src[None, :], H, 0)
+        out = cv2.remap(img, xs, ys, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        moved = np.abs(src - t) >= 0.02 * n
+        mask = (moved[:, None] if axis == 0 else moved[None, :]) & np.ones((H, W), bool)
+        if mask.any() and np.abs(out.astype(np.float32) - img)[mask].mean() >= min_change:
+            return out, mask.astype(np.uint8)
+    return None
+
+
+def warp_defects(normals: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Rule v13's planted kind ``warp`` on copies of ``normals`` (docs/decision.md section 34)."""
+    rng = np.random.default_rng(WARP_SEED)
+    return [p for p in (warp(img, rng) for img in normals) if p is not None]
 
 
 KINDS = {"misplace": misplace, "erase": erase}  # one image each; transplant takes a second (logical_sets)

@@ -17,7 +17,7 @@ import dataclasses
 import numpy as np
 
 from protospect.imageio import hw_of, resize_image
-from protospect.training.logical_defects import logical_sets, small_nsa_defects
+from protospect.training.logical_defects import logical_sets, small_nsa_defects, warp_defects
 from protospect.training.metrics import image_auroc
 
 MARGIN = 0.5  # AUROC points the larger model must win by
@@ -29,6 +29,8 @@ KINDS = ("nsa_small", "misplace", "erase", "transplant")
 def planted(images: list[np.ndarray], category: str | None, kinds: tuple[str, ...] = KINDS) -> dict[str, list]:
     """{kind: [(image, mask), ...]}: ``kinds`` planted on copies of ``images`` at their own pixels."""
     sets = {"nsa_small": small_nsa_defects(images, category), **logical_sets(images, category)}
+    if "warp" in kinds:  # rule v13's study kind (section 34), planted only when asked
+        sets["warp"] = warp_defects(images)
     return {k: sets[k] for k in kinds}
 
 
