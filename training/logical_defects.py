@@ -118,7 +118,8 @@ def warp(img: np.ndarray, rng: np.random.Generator, min_change: float = 5.0, tri
         a = rng.uniform(0.06, 0.12) * n * rng.choice((-1.0, 1.0))
         c, s = rng.uniform(0.25, 0.75) * n, rng.uniform(max(0.10, abs(a) / n / 0.7), 0.20) * n
         t = np.arange(n, dtype=np.float32)
-        src = (t - a * np.exp(-((t - c) ** 2) / (2 * s * s))).astype(np.float32)  # output pixel t shows input src(t)
+        src = t - a * np.exp(-((t - c) ** 2) / (2 * s * s))  # the output pixel t shows the input at src(t)
+        src = np.clip(src, 0, n - 1).astype(np.float32)  # at the edge: the edge pixel, never a mirror (a seam)
         ys, xs = np.mgrid[0:H, 0:W].astype(np.float32)
         if axis == 0:
             ys = np.repeat(src[:, None], W, 1)

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from protospect.training.data import holdout_good
-from protospect.training.logical_defects import erase, logical_sets, misplace, small_nsa_defects, transplant
+from protospect.training.logical_defects import erase, logical_sets, misplace, small_nsa_defects, transplant, warp, warp_defects
+from protospect.training.methods.pcsnet.auto_geometry import planted
 
 from tests.training.test_pcsnet import TINY, parts
 
@@ -61,6 +62,31 @@ def test_transplant_pastes_the_other_parts_pixels_in_place_and_skips_identical_p
     assert transplant(img, big, np.random.default_rng(5))[0].shape == img.shape
     sets = logical_sets([_scene(128, s) for s in range(4)], None)
     assert len(sets["transplant"]) == 4 and logical_sets([img], None)["transplant"] == []  # needs a second image
+
+
+def test_warp_moves_a_band_smoothly_without_new_content_or_folds():
+    size = 128
+    ramp = np.linspace(0, 255, size, dtype=np.float32)
+    img = np.stack([np.repeat(ramp[:, None], size, 1), np.repeat(ramp[None, :], size, 0),
+                    np.full((size, size), 90, np.float32)], -1).astype(np.uint8)  # rows in red, columns in green
+    for seed in range(6):
+        out, mask = warp(img, np.random.default_rng(seed))
+        m = mask.astype(bool)
+        assert out.shape == img.shape and 0 < m.mean() < 1
+        assert np.abs(out.astype(int) - img.astype(int))[m].mean() >= 5  # the band really moved
+        assert np.array_equal(out[..., 2], img[..., 2])  # nothing foreign pasted in: a flat channel stays flat
+        for ch, ax in ((0, 0), (1, 1)):  # each ramp stays monotonic along its own axis: the remap folds nothing
+            prof = out[..., ch].astype(int).take(size // 2, axis=1 - ax)
+            assert (np.diff(prof) >= -1).all()
+    assert warp(np.full((64, 64, 3), 77, np.uint8), np.random.default_rng(0)) is None  # a flat part hides any shift
+
+
+def test_asking_for_warp_leaves_the_other_kinds_as_they_were():
+    imgs = [_scene(96, s) for s in range(3)]
+    old, new = planted(imgs, None), planted(imgs, None, ("nsa_small", "misplace", "erase", "transplant", "warp"))
+    for kind, pairs in old.items():
+        assert all(np.array_equal(a[0], b[0]) for a, b in zip(pairs, new[kind]))
+    assert len(new["warp"]) == 3 and all(np.array_equal(a[0], b[0]) for a, b in zip(new["warp"], warp_defects(imgs)))
 
 
 def test_holdout_good_draws_non_shots_like_the_study(tmp_path):
