@@ -118,6 +118,9 @@ def main(argv=None):
         key = rule_pick(sc, qualifies(args.data, c, k, s), "v11")
         size = SIZES[key]
         scores_dir = Path(args.scores) if args.scores else folder
+        if not npz_path(scores_dir, c, k, s, size).exists():  # a queue still running: rerun to complete
+            print(f"global_study: {c} K={k} seed {s}: no {npz_path(scores_dir, c, k, s, size).name} yet, skipped")
+            continue
         saved = np.load(npz_path(scores_dir, c, k, s, size))
         saved_sets = {n.split("::")[1]: saved[n] for n in saved.files if n.startswith("pcs|none|max::")}
         cat = MVTecCategory(args.data, c)
