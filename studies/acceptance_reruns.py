@@ -130,6 +130,31 @@ def fmt(row: dict, *cols) -> str:
     return " / ".join("-" if row.get(c) is None else f"{row[c]:.1f}" for c in cols)
 
 
+def table_lines(rows: dict, source: dict, title: str) -> list[str]:
+    """The acceptance table: one line per (category, K), the means per K and overall, new - PatchCore per category."""
+    lines = [title, "",
+             "| category | K | image AUROC old / new / PatchCore | pixel AUROC old / new | AUPRO old / new | "
+             "escape @ line old / new | escape @ A=5 % old / new | new from |", "|---|---|---|---|---|---|---|---|"]
+    for (c, k), r in sorted(rows.items()):
+        lines.append(f"| {c} | {k} | {fmt(r, 'img_old', 'img_new', 'img_nn')} | {fmt(r, 'pix_old', 'pix_new')} | "
+                     f"{fmt(r, 'pro_old', 'pro_new')} | {fmt(r, 'line_old', 'line_new')} | "
+                     f"{fmt(r, 'a05_old', 'a05_new')} | {source[(c, k)]} |")
+    lines += ["", "| K | rows | image AUROC old / new / PatchCore (new - old) | pixel AUROC old / new | AUPRO old / new | "
+              "escape @ line old / new | escape @ A=5 % old / new |", "|---|---|---|---|---|---|---|"]
+    for k in (2, 4, 8, None):
+        sel = [r for (c, kk), r in rows.items() if k is None or kk == k]
+        m = {col: mean([r[col] for r in sel]) for col in COLS}
+        lines.append(f"| {'all' if k is None else k} | {len(sel)} | {m['img_old']:.2f} / {m['img_new']:.2f} / "
+                     f"{m['img_nn']:.2f} ({m['img_new'] - m['img_old']:+.2f}) | {m['pix_old']:.2f} / {m['pix_new']:.2f} | "
+                     f"{m['pro_old']:.2f} / {m['pro_new']:.2f} | {m['line_old']:.2f} / {m['line_new']:.2f} | "
+                     f"{m['a05_old']:.2f} / {m['a05_new']:.2f} |")
+    lines += ["", "Per category, all K: new - PatchCore image AUROC (acceptance: none below -1)", ""]
+    for c in CATEGORIES:
+        sel = [r for (cc, _), r in rows.items() if cc == c]
+        lines.append(f"- {c}: {mean([r['img_new'] - r['img_nn'] for r in sel]):+.2f}")
+    return lines
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("folders", nargs="*")
@@ -179,27 +204,8 @@ def main(argv=None):
             source[(c, k)] += "; new replaced by old (--old-for: arithmetic, not a rule)"
     for key in stale:
         source[key] = f"STALE: rule v11 moves {stale[key]}; this row is {source[key]}"
-    lines = [f"Acceptance table, new = rule {args.rule} where rerun, rule v6's rows elsewhere "
-             f"(base {Path(args.base).name}).", "",
-             "| category | K | image AUROC old / new / PatchCore | pixel AUROC old / new | AUPRO old / new | "
-             "escape @ line old / new | escape @ A=5 % old / new | new from |", "|---|---|---|---|---|---|---|---|"]
-    for (c, k), r in sorted(rows.items()):
-        lines.append(f"| {c} | {k} | {fmt(r, 'img_old', 'img_new', 'img_nn')} | {fmt(r, 'pix_old', 'pix_new')} | "
-                     f"{fmt(r, 'pro_old', 'pro_new')} | {fmt(r, 'line_old', 'line_new')} | "
-                     f"{fmt(r, 'a05_old', 'a05_new')} | {source[(c, k)]} |")
-    lines += ["", "| K | rows | image AUROC old / new / PatchCore (new - old) | pixel AUROC old / new | AUPRO old / new | "
-              "escape @ line old / new | escape @ A=5 % old / new |", "|---|---|---|---|---|---|---|"]
-    for k in (2, 4, 8, None):
-        sel = [r for (c, kk), r in rows.items() if k is None or kk == k]
-        m = {col: mean([r[col] for r in sel]) for col in COLS}
-        lines.append(f"| {'all' if k is None else k} | {len(sel)} | {m['img_old']:.2f} / {m['img_new']:.2f} / "
-                     f"{m['img_nn']:.2f} ({m['img_new'] - m['img_old']:+.2f}) | {m['pix_old']:.2f} / {m['pix_new']:.2f} | "
-                     f"{m['pro_old']:.2f} / {m['pro_new']:.2f} | {m['line_old']:.2f} / {m['line_new']:.2f} | "
-                     f"{m['a05_old']:.2f} / {m['a05_new']:.2f} |")
-    lines += ["", "Per category, all K: new - PatchCore image AUROC (acceptance: none below -1)", ""]
-    for c in CATEGORIES:
-        sel = [r for (cc, _), r in rows.items() if cc == c]
-        lines.append(f"- {c}: {mean([r['img_new'] - r['img_nn'] for r in sel]):+.2f}")
+    lines = table_lines(rows, source, f"Acceptance table, new = rule {args.rule} where rerun, rule v6's rows "
+                                      f"elsewhere (base {Path(args.base).name}).")
     if stale:
         lines += ["", f"INCOMPLETE: {len(stale)} rows are not rule {args.rule}'s (their new choice has no test split "
                   "in the folders; run those jobs with the test split)"]

@@ -1,13 +1,14 @@
 """Rule v13 (docs/decision.md section 34): the planted kind `warp` decides, per part, between PCSNet's image score
 `p` and its fusion `p+g` with the global branch (section 32).
 
-Reads, per K = 4 cell: rule v11's chosen size and the model's saved scores (runs/v11), the same model's `warp`
-scores (runs/v13, retrained bit-exact), `g`'s scores (runs/v12) and `g` on `warp` (runs/v13g). The sets both runs
+Reads, per cell: rule v11's chosen size and the model's saved scores (runs/v11 at K = 4, runs/v11k at K = 2 / 8), the
+same model's `warp` scores (runs/v13 / runs/v13k, retrained bit-exact), `g`'s scores (runs/v12) and `g` on `warp`
+(runs/v13g). The sets both runs
 hold must be equal, else the cell is refused and the script exits 1. auto-w takes `p+g` when its five-kind score
 beats `p`'s by more than MARGIN. Adopted when (1) auto-w's mean five-kind score is >= GAIN above `p`'s and (2) its
 mean four-kind score is not below `p`'s by more than MARGIN. --report adds the test split where it was saved.
 
-    cd studies && python select_v13.py [--runs ..] [--report] [--markdown F]
+    cd studies && python select_v13.py [--runs ..] [--k 4] [--report] [--markdown F]
 """
 from __future__ import annotations
 
@@ -45,12 +46,12 @@ def differs(a: dict, b: dict) -> list[str]:
 
 def cell(runs: Path, data: str, c: str, s: int, k: int = 4) -> dict:
     """The cell's p, g, p+g (with warp), validation scores and choice; {"error": ...} when the runs disagree."""
-    base = runs / "runs" / "v11"
+    base = runs / "runs" / ("v11" if k == 4 else "v11k")
     sc = load_scores(base, c, k, s)
     if sc is None:
         return {"error": "no rule v11 scores"}
     size = SIZES[rule_pick(sc, qualifies(data, c, k, s), "v11")]
-    paths = {"p13": npz_path(runs / "runs" / "v13", c, k, s, size), "g": runs / "runs" / "v12" / f"{c}_k{k}_s{s}.npz",
+    paths = {"p13": npz_path(runs / "runs" / ("v13" if k == 4 else "v13k"), c, k, s, size), "g": runs / "runs" / "v12" / f"{c}_k{k}_s{s}.npz",
              "g13": runs / "runs" / "v13g" / f"{c}_k{k}_s{s}.npz"}
     missing = [str(p) for p in paths.values() if not p.exists()]
     if missing:
@@ -72,17 +73,18 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", default="..", help="the folder holding runs/v11, v12, v13, v13g")
     ap.add_argument("--data", default="../../shared/data")
+    ap.add_argument("--k", type=int, default=4, help="the gates decide at K = 4; K = 2 / 8 are reported")
     ap.add_argument("--report", action="store_true", help="after the choice: the test split")
     ap.add_argument("--markdown", default=None)
     args = ap.parse_args(argv)
-    lines = ["Rule v13 (section 34), K = 4. warp AUROC, five-kind and four-kind validation scores of p (rule v11's "
+    lines = [f"Rule v13 (section 34), K = {args.k}. warp AUROC, five-kind and four-kind validation scores of p (rule v11's "
              "model) and p+g, and auto-w's choice.", "",
              "| category | seed | size | warp: p / g / p+g | 5 kinds: p / p+g | 4 kinds: p / p+g | auto-w |",
              "|---|---|---|---|---|---|---|"]
     cells, errors = {}, []
     for c in CATEGORIES:
         for s in (0, 1, 2):
-            d = cell(Path(args.runs), args.data, c, s)
+            d = cell(Path(args.runs), args.data, c, s, args.k)
             if "error" in d:
                 errors.append(f"{c} seed {s}: {d['error']}")
                 continue
@@ -102,7 +104,8 @@ def main(argv=None):
               f"1. auto-w - p, five-kind score: {gain5:+.3f} (needs >= {GAIN})",
               f"2. auto-w - p, four-kind score: {cost4:+.3f} (needs >= -{MARGIN})",
               f"p+g chosen in {sum(d['pick'] == 'pg' for d in cells.values())} cells",
-              f"Rule v13: {'ADOPTED' if adopted else 'NOT ADOPTED' + ('' if complete else ' (incomplete)')}"]
+              f"Rule v13: {'ADOPTED' if adopted else 'NOT ADOPTED' + ('' if complete else ' (incomplete)')}"
+              if args.k == 4 else f"(the gates decide at K = 4; at K = {args.k} they are reported only)"]
     if args.report:
         lines += ["", "Test split (read after the choice), mean over the seeds with saved test scores: image AUROC / "
                   "escape @ A = 5 % / false reject @ A = 5 %", "",

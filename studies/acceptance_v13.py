@@ -1,0 +1,110 @@
+"""The acceptance table under rule v13 (docs/decision.md section 34): rule v11's table with, in every seed where
+auto-w chooses `p+g`, that seed's image-level columns moved from `p` to `p+g`.
+
+The maps do not change under rule v13 (only the image score does), so pixel AUROC and AUPRO stay rule v11's. Each
+row is a mean over seeds 0-2, so a seed that moves adds (value of p+g - value of p) / 3 to image AUROC, escape @ line
+and escape @ A = 5 %, both read from the same saved per-image scores. Those test scores come from the rule v11 runs
+where they were saved and otherwise from lean reruns of the chosen model (--tests, checked to be the same model:
+equal validation arrays), with `g` on the same test images (--g-tests, global_study.py --scores on those reruns).
+A moved seed without them is listed as MISSING and the script exits 1.
+
+    cd studies && python acceptance_v13.py [--table ../docs/results/acceptance_v11.md] [--runs ..]
+        [--tests ../runs/v13t] [--g-tests ../runs/v13gt] [--markdown F]
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from acceptance_reruns import COLS, _cells, _num, table_lines
+from protospect.runtime import line_threshold
+from protospect.training import metrics
+from select_fusion import CATEGORIES, emit, npz_path, test_row
+from select_v12 import fuse
+from select_v13 import SHARED, _g, _p, cell
+
+MOVED = ("img_new", "line_new", "a05_new")
+
+
+def table_rows(path: Path) -> dict:
+    """{(category, K): {col: value}} from the first table of an acceptance_reruns.py report (acceptance_v11.md)."""
+    out = {}
+    for line in path.read_text().splitlines():
+        cells = _cells(line)
+        if len(cells) != 8 or cells[0] not in CATEGORIES:
+            continue
+        vals = [_num(x) for c in cells[2:7] for x in c.split("/")]
+        out[(cells[0], int(cells[1]))] = dict(zip(COLS, vals))
+    return out
+
+
+def image_columns(sets: dict, labels: np.ndarray) -> dict:
+    """image AUROC, escape @ line (the line threshold from the line images) and escape @ A = 5 %, in %."""
+    row = test_row(sets, labels)
+    at = metrics.threshold_stats(labels, sets["test"], line_threshold.choose(sets["line_good"]))
+    return {"img_new": row["auroc"], "line_new": 100 * at["escape_rate"], "a05_new": row["escape"]}
+
+
+def with_tests(d: dict, tests: Path, g_tests: Path, c: str, k: int, s: int) -> tuple[dict, dict] | None:
+    """(p, g) with test and line scores: the cell's own, else the lean rerun's (same model) and g on its images."""
+    p, g = d["p"], d["g"]
+    if "test" in p and "test" in g:
+        return p, g
+    rp, rg = npz_path(tests, c, k, s, d["size"]), g_tests / f"{c}_k{k}_s{s}.npz"
+    if not (rp.exists() and rg.exists()):
+        return None
+    tp, tg = _p(rp), _g(rg)
+    if any(not np.array_equal(p[key], tp[key]) for key in SHARED) or "test" not in tp or "test" not in tg:
+        raise SystemExit(f"acceptance_v13: {rp} is not the model of rule v11's {c} K={k} seed {s}")
+    return {**p, **tp}, {**g, **tg}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--table", default="../docs/results/acceptance_v11.md")
+    ap.add_argument("--runs", default="..")
+    ap.add_argument("--data", default="../../shared/data")
+    ap.add_argument("--tests", default="../runs/v13t")
+    ap.add_argument("--g-tests", default="../runs/v13gt")
+    ap.add_argument("--markdown", default=None)
+    args = ap.parse_args(argv)
+    rows = table_rows(Path(args.table))
+    source = {key: "rule v11 (acceptance_v11.md)" for key in rows}
+    missing, errors, checks = [], [], []
+    for (c, k) in sorted(rows):
+        moved = []
+        for s in (0, 1, 2):
+            d = cell(Path(args.runs), args.data, c, s, k)
+            if "error" in d:
+                errors.append(f"{c} K={k} seed {s}: {d['error']}")
+                continue
+            if d["pick"] != "pg":
+                continue
+            both = with_tests(d, Path(args.tests), Path(args.g_tests), c, k, s)
+            if both is None:
+                missing.append(f"{c} K={k} seed {s} ({d['size']} px)")
+                continue
+            p, g = both
+            before, after = image_columns(p, d["labels"]), image_columns(fuse(p, g), d["labels"])
+            for col in MOVED:
+                if rows[(c, k)][col] is not None and after[col] is not None and before[col] is not None:
+                    rows[(c, k)][col] += (after[col] - before[col]) / 3
+            moved.append(f"seed {s}")
+            checks.append(f"- {c} K = {k} seed {s}: image AUROC p {before['img_new']:.1f} -> p+g {after['img_new']:.1f}")
+        if moved:
+            source[(c, k)] = f"rule v13: p+g in {', '.join(moved)}; maps (pixel, AUPRO) rule v11's"
+    lines = table_lines(rows, source, f"Acceptance table, new = rule v13 (rule v11's rows, image columns moved to "
+                                      f"p+g where auto-w chooses it; base {Path(args.table).name}).")
+    if checks:
+        lines += ["", "Seeds that moved", "", *checks]
+    if missing or errors:
+        lines += ["", f"INCOMPLETE: {'; '.join(errors + [m + ': no test scores' for m in missing])}"]
+    emit(lines, args.markdown)
+    if missing or errors:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()
