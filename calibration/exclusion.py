@@ -39,10 +39,14 @@ class FloatRegions:
     tail: set[str] = field(default_factory=set)
     stem: set[str] = field(default_factory=set)
     decoder_int8: set[str] = field(default_factory=set)
+    # fixed linear resamplers: a constant matrix on the LEFT of a MatMul (PCSNet's global branch resizes the frame
+    # to 256 px that way). The quantizer would take the constant for the weight and leave the activation, now on
+    # the right, without the Q/DQ pair TensorRT needs; they are cheap and exact in float.
+    resample: set[str] = field(default_factory=set)
 
     @property
     def all(self) -> list[str]:
-        return sorted(self.distance | self.tail | self.stem)
+        return sorted(self.distance | self.tail | self.stem | self.resample)
 
 
 def float_regions(model: onnx.ModelProto, float_tail: int = 1, float_stem: int = 0, float_stride: int = 0) -> FloatRegions:
@@ -71,6 +75,8 @@ def float_regions(model: onnx.ModelProto, float_tail: int = 1, float_stem: int =
     regions.tail = after - keep_int8
     regions.decoder_int8 = keep_int8
     front = [n for n in index.nodes if n.name not in after and n.name not in regions.distance and _is_learned(index, n)]
+    regions.resample = {n.name for n in index.nodes
+                        if n.op_type == "MatMul" and n.input[0] in index.initializers and n.input[1] in image_derived}
     if float_stem > 0:
         front_names = {n.name for n in front}
         regions.stem = {n.name for n in front

@@ -43,6 +43,9 @@ TRIGGERS = ("free", "plc", "hardware")
 # optional station.json key: what pcsnet geometry=auto chose at registration (input size, each candidate's
 # planted-defect AUROC on the held-out good parts), as the artifact's meta records it
 GEOMETRY_CHOICE = "geometry_choice"
+# optional station.json key: whether pcsnet image_branch=auto added the global branch to the image score (rule v13),
+# with both candidates' planted-defect AUROC
+IMAGE_BRANCH_CHOICE = "image_branch_choice"
 # operating_point keys (written by protospect.conformal.OperatingPoint.to_dict)
 OPERATING_POINT_KEYS = ("ng_threshold", "review_threshold", "frr", "review_frr", "n", "certified",
                         "certified_frr", "certified_review_frr", "scores")

@@ -9,7 +9,7 @@ equal validation arrays), with `g` on the same test images (--g-tests, global_st
 A moved seed without them is listed as MISSING and the script exits 1.
 
     cd studies && python acceptance_v13.py [--table ../docs/results/acceptance_v11.md] [--runs ..]
-        [--tests ../runs/v13t] [--g-tests ../runs/v13gt] [--markdown F]
+        [--tests ../runs/v13t ../runs/v13k] [--g-tests ../runs/v13gt ../runs/v13g] [--markdown F]
 """
 from __future__ import annotations
 
@@ -47,14 +47,17 @@ def image_columns(sets: dict, labels: np.ndarray) -> dict:
     return {"img_new": row["auroc"], "line_new": 100 * at["escape_rate"], "a05_new": row["escape"]}
 
 
-def with_tests(d: dict, tests: Path, g_tests: Path, c: str, k: int, s: int) -> tuple[dict, dict] | None:
-    """(p, g) with test and line scores: the cell's own, else the lean rerun's (same model) and g on its images."""
+def with_tests(d: dict, tests: list[Path], g_tests: list[Path], c: str, k: int, s: int) -> tuple[dict, dict] | None:
+    """(p, g) with test and line scores: the cell's own, else a lean rerun's (same model) and g on its images."""
     p, g = d["p"], d["g"]
     if "test" in p and "test" in g:
         return p, g
-    rp, rg = npz_path(tests, c, k, s, d["size"]), g_tests / f"{c}_k{k}_s{s}.npz"
-    if not (rp.exists() and rg.exists()):
+    found = [f for f in tests if npz_path(f, c, k, s, d["size"]).exists()]
+    gfound = [f / f"{c}_k{k}_s{s}.npz" for f in g_tests if (f / f"{c}_k{k}_s{s}.npz").exists()]
+    gfound = [f for f in gfound if "g::test" in np.load(f).files]
+    if not found or not gfound:
         return None
+    rp, rg = npz_path(found[0], c, k, s, d["size"]), gfound[0]
     tp, tg = _p(rp), _g(rg)
     if any(not np.array_equal(p[key], tp[key]) for key in SHARED) or "test" not in tp or "test" not in tg:
         raise SystemExit(f"acceptance_v13: {rp} is not the model of rule v11's {c} K={k} seed {s}")
@@ -66,8 +69,10 @@ def main(argv=None):
     ap.add_argument("--table", default="../docs/results/acceptance_v11.md")
     ap.add_argument("--runs", default="..")
     ap.add_argument("--data", default="../../shared/data")
-    ap.add_argument("--tests", default="../runs/v13t")
-    ap.add_argument("--g-tests", default="../runs/v13gt")
+    ap.add_argument("--tests", nargs="+", default=["../runs/v13t", "../runs/v13k"],
+                    help="folders of lean reruns (with the test split) of rule v11's chosen models")
+    ap.add_argument("--g-tests", nargs="+", default=["../runs/v13gt", "../runs/v13g"],
+                    help="global_study.py outputs holding g on those reruns' test images")
     ap.add_argument("--markdown", default=None)
     args = ap.parse_args(argv)
     rows = table_rows(Path(args.table))
@@ -82,7 +87,7 @@ def main(argv=None):
                 continue
             if d["pick"] != "pg":
                 continue
-            both = with_tests(d, Path(args.tests), Path(args.g_tests), c, k, s)
+            both = with_tests(d, [Path(f) for f in args.tests], [Path(f) for f in args.g_tests], c, k, s)
             if both is None:
                 missing.append(f"{c} K={k} seed {s} ({d['size']} px)")
                 continue

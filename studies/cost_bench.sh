@@ -7,7 +7,8 @@
 # since rule v4 s512 is the same model as m1024), p512 (512 px, one prototype per grid position: rule v3's model),
 # m1024 (512 px, a 1,024-prototype coreset),
 # g32 (512 px, grid 32), a256 / a512 (aspect=keep on juice_bottle_loco's 1:2 images: 384 x 192 and 704 x 384,
-# rule v7, section 17). Results: OUT_DIR/<variant>/bench/bench.json (host_to_host p50 is the rule's cost).
+# rule v7, section 17), g256 / g512 (the global branch of rule v13, section 34).
+# Results: OUT_DIR/<variant>/bench/bench.json (host_to_host p50 is the rule's cost).
 # FRAMES=0 only trains and exports (so the bench itself can run later on a quiet machine); a variant folder
 # that already holds model.onnx is benched as it is.
 set -euo pipefail
@@ -17,11 +18,13 @@ RT=.venv-runtime/bin
 args_for() {
   case $1 in
     # geometry=fixed: each variant is its own size (the edge default would choose 256 or 512 per part)
-    s256|s384|s512|s640) echo "--size ${1#s} --set geometry=fixed" ;;  # a size alone keeps the edge grid of S/8
-    m1024) echo "--size 512 --set prototypes=1024 --set geometry=fixed" ;;
-    p512) echo "--size 512 --set prototypes=0 --set geometry=fixed" ;;
-    g32) echo "--size 512 --set grid=32 --set bins=[32,16,8,4] --set geometry=fixed" ;;
-    a256|a512) echo "--size ${1#a} --set geometry=fixed --set aspect=keep" ;;
+    s256|s384|s512|s640) echo "--size ${1#s} --set geometry=fixed --set image_branch=none" ;;  # a size alone keeps the edge grid of S/8
+    m1024) echo "--size 512 --set prototypes=1024 --set geometry=fixed --set image_branch=none" ;;
+    p512) echo "--size 512 --set prototypes=0 --set geometry=fixed --set image_branch=none" ;;
+    g32) echo "--size 512 --set grid=32 --set bins=[32,16,8,4] --set geometry=fixed --set image_branch=none" ;;
+    a256|a512) echo "--size ${1#a} --set geometry=fixed --set aspect=keep --set image_branch=none" ;;
+    # the global branch on (rule v13, section 34); every other variant pins image_branch=none
+    g256|g512) echo "--size ${1#g} --set geometry=fixed --set image_branch=global" ;;
     *) echo "cost_bench: unknown variant $1" >&2; return 2 ;;
   esac
 }

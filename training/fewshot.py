@@ -157,6 +157,8 @@ def aggregate(category: str, method: str, preset: str, k: int, runs: list[dict],
     if any("geometry_choice" in r for r in runs):  # pcsnet geometry=auto: each seed's input size and its evidence
         record["geometry_choice"] = {str(r["seed"]): r.get("geometry_choice") for r in runs}
         record["input_size"] = "auto"  # one results.json identity for the rule, whatever each seed chose
+    if any("image_branch_choice" in r for r in runs):  # pcsnet image_branch=auto (rule v13): each seed's choice
+        record["image_branch_choice"] = {str(r["seed"]): r.get("image_branch_choice") for r in runs}
     if any("defect_support" in r for r in runs):  # which test images a method learned from, per seed (not scored)
         record["defect_support"] = {str(r["seed"]): r.get("defect_support", []) for r in runs}
     record["per_seed"] = [{k2: _percent(r.get(k2)) for k2 in PERCENT_KEYS + LINE_KEYS} | {"seed": r["seed"]} for r in runs]
@@ -222,6 +224,8 @@ def evaluate(data_root, category: str | None, method: str, shots_list: list[int]
             run.update(line_metrics(test.labels, scores, good_scores))
             if "geometry_choice" in model.meta:  # what geometry=auto chose, and on what
                 run["geometry_choice"] = model.meta["geometry_choice"]
+            if "image_branch_choice" in model.meta:  # and whether the global branch joined the image score
+                run["image_branch_choice"] = model.meta["image_branch_choice"]
             if excluded:
                 run["defect_support"] = sorted(str(p) for p in excluded)
             run.update(seed=seed, shots=[p.name for p in shot_paths], train_seconds=round(train_seconds, 3),

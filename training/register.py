@@ -327,6 +327,8 @@ def _build(args, overrides: dict, cap: Capture, tmp: Path, out: Path, stages: St
         "files": station.hash_files(tmp),
         **({station.LINE: line} if (line := line_settings(args)) else {}),
         **({station.GEOMETRY_CHOICE: model.meta["geometry_choice"]} if "geometry_choice" in model.meta else {}),
+        **({station.IMAGE_BRANCH_CHOICE: model.meta["image_branch_choice"]}
+           if "image_branch_choice" in model.meta else {}),
     }
 
 

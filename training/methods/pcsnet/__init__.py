@@ -31,6 +31,15 @@ def _create_backbone(cfg: PCSNetConfig, weights):
     return create_backbone(cfg.backbone, stages=tuple(cfg.stages), weights=weights, input_size=cfg.input_size)
 
 
+def _create_global_backbone(cfg: PCSNetConfig, weights):
+    """The global branch's own frozen copy of the backbone, tapped at stages 3 / 4 for 256 px (global_branch.py)."""
+    from protospect.training.backbones import create_backbone  # noqa: PLC0415 (heavy import)
+
+    from .global_branch import G_SIZE, G_STAGES  # noqa: PLC0415
+
+    return create_backbone(cfg.backbone, stages=G_STAGES, weights=weights, input_size=G_SIZE)
+
+
 def _meta(cfg: PCSNetConfig, preset: str, spec) -> dict:
     config = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
     return model_meta("pcsnet", preset, cfg.backbone, cfg.size, spec, config)
@@ -83,8 +92,12 @@ def fit(shots_rgb: list[np.ndarray], preset: str = "edge", seed: int = 0,
         cfg = native_geometry(cfg, min(sides)) if sides else cfg
     cfg = with_aspect(cfg, shots_rgb)
     if cfg.geometry == "auto":
-        return _fit_auto(shots_rgb, preset, seed, cfg, holdout, progress, device)
-    return _fit_config(shots_rgb, preset, seed, cfg, progress, device)
+        model = _fit_auto(shots_rgb, preset, seed, cfg, holdout, progress, device)
+    else:
+        model = _fit_config(shots_rgb, preset, seed, cfg, progress, device)
+    if cfg.image_branch == "auto":  # rule v13: after the size, the image score (docs/decision.md section 34)
+        _choose_image_branch(model, _check_images(holdout or [], "held-out good image"), progress)
+    return model
 
 
 def _fit_auto(shots_rgb, preset, seed, cfg: PCSNetConfig, holdout, progress, device) -> PCSNetModel:
@@ -131,12 +144,64 @@ def _fit_auto(shots_rgb, preset, seed, cfg: PCSNetConfig, holdout, progress, dev
     return model
 
 
+def _choose_image_branch(model: PCSNetModel, holdout: list[np.ndarray], progress: bool) -> None:
+    """Rule v13 (docs/decision.md section 34): attach the global branch when the held-out good images with the five
+    planted kinds (rule v11's four and `warp`) score p+g above p by more than the margin; record the choice."""
+    from . import auto_geometry as ag  # noqa: PLC0415
+
+    record = {"rule": "v13 (docs/decision.md section 34)", "margin": ag.MARGIN, "n_holdout": len(holdout)}
+    if len(holdout) < ag.MIN_HOLDOUT:
+        record["reason"] = f"{len(holdout)} held-out good images (need {ag.MIN_HOLDOUT}): kept the map's image score"
+        log.warning("pcsnet: image_branch auto: %s", record["reason"])
+        _set_image_branch(model, "none")
+    else:
+        native_sets = ag.planted(holdout, model.cfg.category, ag.KINDS + ("warp",))
+        before = ag.validation_score(model, holdout, native_sets, ag.KINDS + ("warp",))
+        calibration = dict(model.calibration)
+        attach_global_branch(model)
+        after = ag.validation_score(model, holdout, native_sets, ag.KINDS + ("warp",))
+        record.update(scores={"map": before, "map+global": after})
+        if after["mean"] > before["mean"] + ag.MARGIN:
+            record["chosen"] = "global"
+        else:
+            record["chosen"] = "none"
+            model.global_branch, model.calibration = None, calibration
+            model.meta.pop("global_bank_shape", None)
+            _set_image_branch(model, "none")
+        msg = (f"pcsnet: image score {'map + global branch' if record['chosen'] == 'global' else 'map only'} "
+               f"(planted-defect AUROC with warp: {before['mean']:.1f} map, {after['mean']:.1f} map + global)")
+        log.info(msg)
+        if progress:
+            print(msg)
+    model.meta["image_branch_choice"] = record
+
+
+def _set_image_branch(model: PCSNetModel, value: str) -> None:
+    """The resolved choice goes into the config the artifact records, so build() makes the same graph."""
+    model.cfg = dataclasses.replace(model.cfg, image_branch=value)
+    model.meta["config"]["image_branch"] = value
+
+
+def attach_global_branch(model: PCSNetModel) -> PCSNetModel:
+    """Give a trained model the global branch: the shots' descriptors as its bank, then calibration again (the
+    threshold is on z(p) + z(g) now). Needs the shots and per-shot prototypes _fit_config kept on the model."""
+    shots, per_shot = model._shots, model._shot_prototypes
+    model.attach_global(_create_global_backbone(model.cfg, model.cfg.backbone_weights), len(shots))
+    model.global_branch.set_bank(to_tensor(shots, model.meta["mean"], model.meta["std"]).to(model.bank.device))
+    model.meta["global_bank_shape"] = list(model.global_branch.bank.shape)
+    _set_image_branch(model, "global")
+    calibrate(model, shots, model._seed, per_shot, model._shot_nn)
+    return model
+
+
 def _fit_config(shots_rgb, preset, seed, cfg: PCSNetConfig, progress, device) -> PCSNetModel:
     import torch  # noqa: PLC0415
 
     images = _check_shots(shots_rgb, cfg.size)
     seed_everything(seed)  # the PFA/CAS initialisation is part of what the seed fixes
     backbone = _create_backbone(cfg, cfg.backbone_weights)
+    want_global = cfg.image_branch == "global"
+    cfg = dataclasses.replace(cfg, image_branch="none") if cfg.image_branch != "none" else cfg  # attached below
     model = PCSNetModel(backbone, cfg, _meta(cfg, preset, backbone.spec))
     model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     train_log = train(model, images, seed, progress=progress)
@@ -147,6 +212,10 @@ def _fit_config(shots_rgb, preset, seed, cfg: PCSNetConfig, progress, device) ->
     if model.foreground is not None:  # label-free part mask from the shots (scoring.ForegroundMask)
         model.meta["foreground"] = model.foreground.fit(shot_patch_grids(model, images))
     calibrate(model, images, seed, train_log.shot_prototypes, shot_nn)
+    # what attach_global_branch needs to calibrate again (image_branch auto / global); plain attributes, never saved
+    model._shots, model._seed, model._shot_prototypes, model._shot_nn = images, seed, train_log.shot_prototypes, shot_nn
+    if want_global:
+        attach_global_branch(model)
     train_log.shot_prototypes = None  # (K, M, D): not worth keeping on the model
     model.meta["train_seconds"] = round(train_log.seconds, 2)
     model.train_log = train_log
@@ -187,4 +256,5 @@ def build(meta: dict) -> PCSNetModel:
         raise ConfigError(f"pcsnet.build: meta is not a pcsnet model's (method={meta.get('method')!r})")
     cfg = config_from_dict(dict(meta["config"]))
     backbone = _create_backbone(cfg, "random")  # weights come from the artifact's state_dict
-    return PCSNetModel(backbone, cfg, dict(meta))
+    g_backbone = _create_global_backbone(cfg, "random") if cfg.image_branch == "global" else None
+    return PCSNetModel(backbone, cfg, dict(meta), g_backbone)

@@ -50,18 +50,19 @@ def planted_native(images: list[np.ndarray], size: int | tuple[int, int], catego
     return resized(planted(images, category, kinds), size)
 
 
-def validation_score(model, holdout_rgb: list[np.ndarray], native_sets: dict[str, list]) -> dict:
+def validation_score(model, holdout_rgb: list[np.ndarray], native_sets: dict[str, list],
+                     kinds: tuple[str, ...] = KINDS) -> dict:
     """{kind: image AUROC, "mean": ...} of the model's image score on the held-out images against
     ``native_sets`` (planted(holdout_rgb): planted once, resized here to each candidate's input)."""
-    from .validate import score  # noqa: PLC0415 (torch)
+    from .validate import image_scores  # noqa: PLC0415 (torch)
 
     size = model.cfg.size
-    good = score(model, [resize_image(img, size) for img in holdout_rgb]).reshape(len(holdout_rgb), -1).max(1)
+    good = image_scores(model, [resize_image(img, size) for img in holdout_rgb])
     out = {}
     for kind, pairs in resized(native_sets, size).items():
-        bad = score(model, [p[0] for p in pairs]).reshape(len(pairs), -1).max(1)
+        bad = image_scores(model, [p[0] for p in pairs])
         out[kind] = round(100 * image_auroc(np.r_[np.zeros(len(good)), np.ones(len(bad))], np.r_[good, bad]), 3)
-    out["mean"] = round(float(np.mean([out[k] for k in KINDS])), 3)
+    out["mean"] = round(float(np.mean([out[k] for k in kinds])), 3)
     return out
 
 

@@ -16,6 +16,7 @@ from protospect.training.proto_topk import knn_sqdist
 from protospect.errors import ConfigError
 
 from .cas import CAS
+from .global_branch import GlobalBranch
 from .pfa import PFA
 from .presets import PCSNetConfig
 from .scoring import ForegroundMask, MapFusion, NearestNeighbourBranch
@@ -96,7 +97,7 @@ class PCSNetHead(nn.Module):
 class PCSNetModel(nn.Module):
     """AnomalyModel: forward(normalised x) -> ModelOutputs; carries meta, calibration and the bank."""
 
-    def __init__(self, backbone: nn.Module, cfg: PCSNetConfig, meta: dict):
+    def __init__(self, backbone: nn.Module, cfg: PCSNetConfig, meta: dict, global_backbone: nn.Module | None = None):
         super().__init__()
         self.cfg = cfg
         self.features = PCSNetFeatures(backbone, cfg)
@@ -113,7 +114,15 @@ class PCSNetModel(nn.Module):
                        MapFusion(2 if self.nn is not None else 1, cfg.hw, cfg.normalise,
                                  cfg.image_score, cfg.score_top_fraction))
         self.foreground = ForegroundMask(sum(backbone.spec.channels)) if cfg.foreground == "pca" else None
+        self.global_branch = None  # rule v13's whole-image score (global_branch.py), fused into image_score
+        if cfg.image_branch == "global":
+            if global_backbone is None:
+                raise ConfigError("pcsnet: image_branch=global needs its backbone (global_branch.G_STAGES at 256 px)")
+            self.attach_global(global_backbone, int((meta.get("global_bank_shape") or [1])[0]))
         self.eval()
+
+    def attach_global(self, global_backbone: nn.Module, shots: int) -> None:
+        self.global_branch = GlobalBranch(global_backbone, self.cfg.hw, shots).to(self.bank.device)
 
     @property
     def n_maps(self) -> int:
@@ -178,12 +187,19 @@ class PCSNetModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> ModelOutputs:
         if self.fusion is not None:
-            return self.decide(self.branch_maps(x))
-        queries, guide = self.features(x)
-        return self.head(self.knn(queries), guide, out_size=(int(x.shape[-2]), int(x.shape[-1])))
+            out = self.decide(self.branch_maps(x))
+        else:
+            queries, guide = self.features(x)
+            out = self.head(self.knn(queries), guide, out_size=(int(x.shape[-2]), int(x.shape[-1])))
+        if self.global_branch is not None:  # the map stays PCSNet's; the image score adds the composition
+            out = ModelOutputs(anomaly_map=out.anomaly_map, image_score=self.global_branch.fuse(out.image_score, x))
+        return out
 
     def split(self) -> tuple[nn.Module, torch.Tensor, int, nn.Module]:
         """(features_module, bank (M, D), k, head_module) for the split export (the plain model only)."""
+        if self.global_branch is not None:
+            raise ConfigError("the split export (custom top-k kernel) does not carry the global branch "
+                              "(image_branch=global); export this model as one graph instead")
         if self.fusion is not None:
             raise ConfigError("the split export (custom top-k kernel) supports only the plain PCSNet map "
                               "(--set fusion=pcsnet --set normalise=none --set image_score=max); "

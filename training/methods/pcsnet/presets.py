@@ -59,6 +59,8 @@ class PCSNetConfig:
     image_score: str = "max"  # "max" | "top" (mean of the top score_top_fraction) | "peak" (max above the local mean)
     score_top_fraction: float = 0.01
     foreground: str = "none"  # "none" | "pca": the image score reads the part only (label-free mask, scoring.py)
+    image_branch: str = "none"  # "none" | "global": image score z(p) + z(g), g a whole-image descriptor distance
+    # (global_branch.py, rule v13) | "auto": global where held-out planted defects with `warp` favour it (geometry=auto)
 
     @property
     def plain(self) -> bool:
@@ -117,6 +119,7 @@ class PCSNetConfig:
         for key, allowed in (("fusion", ("pcsnet", "pcsnet+nn")), ("normalise", ("none", "global", "position")),
                              ("image_score", ("max", "top", "peak")), ("nn_rotations", (1, 4)),
                              ("foreground", ("none", "pca")), ("geometry", ("fixed", "native", "auto")),
+                             ("image_branch", ("none", "global", "auto")),
                              ("aspect", ("squash", "keep"))):
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"pcsnet: {key}={getattr(self, key)!r} is not one of {list(allowed)}")
@@ -147,11 +150,15 @@ PRESETS: dict[str, PCSNetConfig] = {
     # (section 11: same validation, 5.3x the CPU time of 256 instead of 7.8x); per part, 256 or 512 px, whichever
     # held-out good images with planted defects favour, by rules v5-v6 (sections 14-16; geometry=auto), and 640 px
     # as a third candidate for parts photographed at 640 px or more, by rule v10 (sections 24-25).
-    # `--size 256` is the old model; `--set geometry=fixed` keeps 512 px for every part.
+    # Then, per part, the image score: the map's maximum, or that plus a whole-image descriptor distance
+    # (global_branch.py), whichever the same images with a fifth, seamless kind (`warp`) favour, by rule v13
+    # (sections 32-35; image_branch=auto).
+    # `--size 256` is the old model; `--set geometry=fixed` keeps 512 px for every part; `--set image_branch=none`
+    # keeps the map's maximum.
     "edge": PCSNetConfig(
         backbone="efficientnet_lite0", input_size=512, stages=(2, 3), grid=64,
         k=16, guide_dim=64, cas_width=64, bins=(64, 32, 16, 8), steps=100, batch_size=2, prototypes=1024,
-        geometry="auto", auto_large=640,
+        geometry="auto", auto_large=640, image_branch="auto",
     ),
 }
 

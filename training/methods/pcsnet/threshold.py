@@ -72,16 +72,19 @@ def calibrate(model: PCSNetModel, images: list[np.ndarray], seed: int, shot_prot
     full_bank = model.bank.clone()
     k_shots = per_shot.shape[0]
 
-    held_out = []  # per shot: the branch maps of its jittered copies, scored without that shot
+    gb = model.global_branch
+    held_out, g_held_out = [], []  # per shot: the branch maps (and g) of its jittered copies, scored without that shot
     for i, img in enumerate(images):
         nn_bank = None
-        if k_shots > 1:  # leave shot i out of both banks
-            keep = [j for j in range(k_shots) if j != i]
+        keep = [j for j in range(k_shots) if j != i] or [i]  # K = 1: the full bank is all there is
+        if k_shots > 1:  # leave shot i out of every bank
             model.bank.copy_(model.bank_from_shots(per_shot[keep]))
             if model.nn is not None:
                 nn_bank = shot_nn[keep].reshape(-1, shot_nn.shape[-1]).to(device)
         x = to_tensor([jitter(img, rng) for _ in range(cfg.calib_augments)], model.meta["mean"], model.meta["std"]).to(device)
         held_out.append(_held_out_maps(model, x, nn_bank))
+        if gb is not None:
+            g_held_out.append(gb.scores(x, gb.bank[keep]))
     model.bank.copy_(full_bank)
     branches = [torch.cat([maps[b] for maps in held_out]) for b in range(len(held_out[0]))]
     if model.fusion is not None:
@@ -91,6 +94,11 @@ def calibrate(model: PCSNetModel, images: list[np.ndarray], seed: int, shot_prot
     else:
         normal_maps = [branches[0].cpu().numpy()]
         normal = branches[0].flatten(1).amax(dim=1).cpu().numpy()
+    if gb is not None:  # rule v13: the image score is z(p) + z(g), each standardised on these views
+        p_normal, g_normal = torch.from_numpy(normal).to(device), torch.cat(g_held_out)
+        gb.set_statistics(p_normal, g_normal)
+        s = gb.stats
+        normal = (((p_normal - s[0]) / s[1]) + ((g_normal - s[2]) / s[3])).cpu().numpy()
 
     params = nsa_params_for(cfg.category)
     anomalies = []

@@ -61,6 +61,16 @@ def score(model, images, chunk=4):
     return np.concatenate(maps)
 
 
+@torch.no_grad()
+def image_scores(model, images, chunk=4) -> np.ndarray:
+    """The model's image score (what the station thresholds: the map's maximum, or z(p) + z(g) with the global branch)."""
+    out = []
+    for i in range(0, len(images), chunk):
+        x = to_tensor(images[i:i + chunk], model.meta["mean"], model.meta["std"])
+        out.append(model(x.to(next(iter(model.buffers())).device)).image_score.cpu().numpy())
+    return np.concatenate(out)
+
+
 def evaluate(model, normals, sets):
     normal_maps = score(model, normals)
     rows = {}

@@ -1,0 +1,121 @@
+"""Rule v13's global branch in the product (training/methods/pcsnet/global_branch.py): the in-graph resize, the
+fused image score and its calibration, the per-part choice, the artifact round trip and the exported graph."""
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+cv2 = pytest.importorskip("cv2")
+
+from protospect.errors import ConfigError  # noqa: E402
+from protospect.training.methods.pcsnet import build, fit  # noqa: E402
+from protospect.training.methods.pcsnet.global_branch import resample_matrix  # noqa: E402
+from protospect.training.methods.pcsnet.train_loop import to_tensor  # noqa: E402
+
+from tests.training.test_pcsnet import TINY, parts  # noqa: E402
+
+pytestmark = pytest.mark.torch
+
+GLOBAL = {**TINY, "image_branch": "global"}
+
+
+@pytest.fixture(scope="module")
+def global_model():
+    return fit(parts(), "edge", seed=0, config_overrides=GLOBAL, progress=False)
+
+
+@pytest.mark.parametrize("n_in,interp", [(512, cv2.INTER_AREA), (640, cv2.INTER_AREA), (300, cv2.INTER_AREA),
+                                         (64, cv2.INTER_LINEAR), (256, None)])
+def test_resample_matrix_is_the_resize_the_study_used(n_in, interp):
+    img = np.random.default_rng(0).uniform(0, 255, (n_in, n_in)).astype(np.float32)
+    r = resample_matrix(n_in, 256)
+    got = r @ img @ r.T
+    want = img if interp is None else cv2.resize(img, (256, 256), interpolation=interp)
+    assert np.abs(got - want).max() < 1e-2 * 255
+
+
+def test_image_score_is_the_sum_of_both_standardised_scores(global_model):
+    m, gb = global_model, global_model.global_branch
+    assert m.meta["global_bank_shape"] == [4, gb.dim] and m.meta["config"]["image_branch"] == "global"
+    x = to_tensor(parts(3, seed=7), m.meta["mean"], m.meta["std"])
+    with torch.no_grad():
+        out = m(x)
+        p = out.anomaly_map.flatten(1).amax(1)  # the map is PCSNet's; its maximum is p
+        s = gb.stats
+        want = (p - s[0]) / s[1] + (gb.scores(x) - s[2]) / s[3]
+    assert torch.allclose(out.image_score, want, atol=1e-5)
+    assert float(s[1]) > 0 and float(s[3]) > 0 and not torch.equal(out.image_score, p)
+
+
+def test_calibration_standardises_on_the_leave_one_out_views(global_model):
+    normal = np.array(global_model.calibration["normal_scores"])
+    assert len(normal) == 4 * TINY["calib_augments"]
+    assert abs(normal.mean()) < 1e-4  # z(p) + z(g) over the very views the statistics came from
+    assert global_model.calibration["threshold"] > normal.max()
+
+
+def test_round_trip_restores_the_branch(global_model):
+    rebuilt = build(global_model.meta)
+    rebuilt.load_state_dict(global_model.state_dict())
+    rebuilt.eval()
+    x = to_tensor(parts(2, seed=9), global_model.meta["mean"], global_model.meta["std"])
+    with torch.no_grad():
+        a, b = global_model(x), rebuilt(x)
+    assert torch.equal(a.anomaly_map, b.anomaly_map) and torch.equal(a.image_score, b.image_score)
+
+
+def test_split_export_refuses_the_global_branch(global_model):
+    with pytest.raises(ConfigError, match="global branch"):
+        global_model.split()
+
+
+def test_global_model_exports_with_parity(global_model, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    from protospect.export.onnx_export import onnx_from_model  # noqa: PLC0415
+
+    path = tmp_path / "global.onnx"
+    onnx_from_model(global_model, global_model.meta, global_model.calibration, path)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for seed in (3, 4):
+        img = parts(1, seed=seed)[0]
+        got_map, got_score = sess.run(None, {"image": img[None]})
+        with torch.no_grad():
+            ref = global_model(to_tensor([img], global_model.meta["mean"], global_model.meta["std"]))
+        span = float(ref.anomaly_map.max() - ref.anomaly_map.min())
+        assert np.abs(got_map - ref.anomaly_map.numpy()).max() <= 1e-4 * span
+        assert abs(float(got_score[0]) - float(ref.image_score[0])) <= 1e-4 * max(1.0, abs(float(ref.image_score[0])))
+        thr = global_model.calibration["threshold"]
+        assert (float(got_score[0]) >= thr) == (float(ref.image_score[0]) >= thr)  # the same OK / NG
+
+
+def test_auto_records_both_scores_and_builds_what_it_chose():
+    shots, holdout = parts(4, seed=0), parts(10, seed=1)
+    m = fit(shots, "edge", seed=0, config_overrides={**TINY, "image_branch": "auto"}, progress=False, holdout=holdout)
+    rec = m.meta["image_branch_choice"]
+    assert set(rec["scores"]) == {"map", "map+global"}
+    for s in rec["scores"].values():
+        assert set(s) >= {"nsa_small", "misplace", "erase", "transplant", "warp", "mean"}
+    gain = rec["scores"]["map+global"]["mean"] - rec["scores"]["map"]["mean"]
+    assert rec["chosen"] == ("global" if gain > rec["margin"] else "none")
+    assert (m.global_branch is not None) == (rec["chosen"] == "global") == (m.meta["config"]["image_branch"] == "global")
+    rebuilt = build(m.meta)
+    rebuilt.load_state_dict(m.state_dict())  # the recorded config makes the same modules
+    few = fit(shots, "edge", seed=0, config_overrides={**TINY, "image_branch": "auto"}, progress=False, holdout=holdout[:3])
+    assert few.global_branch is None and "need" in few.meta["image_branch_choice"]["reason"]
+
+
+def test_global_model_quantizes_to_int8_and_runs(global_model, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from protospect.calibration.quantize import int8_from_onnx  # noqa: PLC0415
+    from protospect.export.onnx_export import onnx_from_model  # noqa: PLC0415
+    from protospect.export.ort_session import cpu_session  # noqa: PLC0415
+
+    graph = onnx_from_model(global_model, global_model.meta, global_model.calibration, tmp_path / "g.onnx").path
+    result = int8_from_onnx(graph, tmp_path / "g.int8.onnx", parts(4, seed=11))
+    assert result.qdq.ok
+    from protospect.calibration.exclusion import float_regions  # noqa: PLC0415
+    import onnx  # noqa: PLC0415
+
+    resample = float_regions(onnx.load(str(graph))).resample
+    assert len(resample) == 1 and resample <= set(result.qdq.float_layers)  # the constant-left resize stays float
+    amap, score = cpu_session(tmp_path / "g.int8.onnx").run(None, {"image": parts(1, seed=3)[0][None]})
+    assert np.isfinite(amap).all() and np.isfinite(score).all()

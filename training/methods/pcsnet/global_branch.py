@@ -1,0 +1,87 @@
+"""The global branch `g` of rules v12 / v13 (docs/decision.md sections 32-35): a training-free whole-image score
+beside PCSNet's map, for parts whose defects are in the composition (a label at the wrong height, a wrong fill
+level) rather than in any one patch.
+
+The frame the model sees is resampled to 256 x 256 px (area weights when shrinking, linear when growing, as
+protospect.imageio.resize_image does, but as two matrix products so the graph needs no resize op), the frozen
+backbone's stage 3 and 4 outputs are averaged over all positions and L2-normalised, and `g` is the distance to the
+nearest shot's descriptor. The image score becomes z(p) + z(g): each standardised by the mean and std of its own
+scores on the calibration views (leave-one-out, jittered shots), which threshold.calibrate sets. The map is
+unchanged. Everything (bank, statistics, resampling weights) is a buffer, so it lives in the artifact and the graph.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+G_SIZE = 256  # the whole part at the backbone's home resolution
+G_STAGES = (3, 4)  # stride 16 / 32 on EfficientNet-Lite
+
+
+def resample_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) weights of a 1-D resize: pixel-area overlap when shrinking (cv2.INTER_AREA), linear with
+    half-pixel centres when growing (cv2.INTER_LINEAR); the identity when the sizes are equal."""
+    m = np.zeros((n_out, n_in), np.float64)
+    if n_in == n_out:
+        return np.eye(n_in, dtype=np.float32)
+    scale = n_in / n_out
+    if n_in > n_out:
+        for j in range(n_out):
+            lo, hi = j * scale, (j + 1) * scale
+            for i in range(int(np.floor(lo)), min(int(np.ceil(hi)), n_in)):
+                m[j, i] = min(hi, i + 1) - max(lo, i)
+        m /= scale
+    else:
+        for j in range(n_out):
+            src = min(max((j + 0.5) * scale - 0.5, 0.0), n_in - 1.0)
+            i0 = int(np.floor(src))
+            i1, f = min(i0 + 1, n_in - 1), src - i0
+            m[j, i0] += 1 - f
+            m[j, i1] += f
+    return m.astype(np.float32)
+
+
+class GlobalBranch(nn.Module):
+    """Normalised frame (B, 3, H, W) -> g (B,); fuse() turns PCSNet's image score into z(p) + z(g)."""
+
+    def __init__(self, backbone: nn.Module, hw: tuple[int, int], shots: int):
+        super().__init__()
+        self.backbone = backbone  # frozen (FrozenBackbone), tapped at G_STAGES, its own copy of the weights
+        self.register_buffer("rows", torch.from_numpy(resample_matrix(hw[0], G_SIZE)))
+        self.register_buffer("cols", torch.from_numpy(resample_matrix(hw[1], G_SIZE)).t().contiguous())
+        self.dim = sum(backbone.spec.channels)
+        self.register_buffer("bank", torch.zeros(shots, self.dim))
+        # mean / std of p, then of g, on the calibration views; (0, 1, 0, 1) until calibrate sets them
+        self.register_buffer("stats", torch.tensor([0.0, 1.0, 0.0, 1.0]))
+
+    def descriptors(self, x: torch.Tensor) -> torch.Tensor:
+        small = torch.matmul(self.rows, torch.matmul(x, self.cols))  # (B, 3, 256, 256)
+        feats = self.backbone(small)
+        return torch.cat([F.normalize(f.mean(dim=(2, 3)), dim=1) for f in feats], 1)
+
+    def scores(self, x: torch.Tensor, bank: torch.Tensor | None = None) -> torch.Tensor:
+        """Distance of each frame's descriptor to the nearest row of ``bank`` (default: every shot)."""
+        d = self.descriptors(x)
+        b = self.bank if bank is None else bank
+        sq = (d * d).sum(1, keepdim=True) - 2 * d @ b.t() + (b * b).sum(1)[None]
+        return sq.clamp_min(0).amin(dim=1).sqrt()
+
+    def fuse(self, p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        s = self.stats
+        return (p - s[0]) / s[1] + (self.scores(x) - s[2]) / s[3]
+
+    @torch.no_grad()
+    def set_bank(self, shot_x: torch.Tensor) -> torch.Tensor:
+        """The K shots' descriptors become the bank (K rows, recorded in meta by the caller for build())."""
+        self.bank = self.descriptors(shot_x).contiguous()
+        return self.bank
+
+    @torch.no_grad()
+    def set_statistics(self, p_normal: torch.Tensor, g_normal: torch.Tensor) -> None:
+        def ms(v):
+            v = v.double()
+            sd = float(v.std(unbiased=False))
+            return float(v.mean()), sd if sd > 1e-12 else 1.0
+        self.stats = torch.tensor([*ms(p_normal), *ms(g_normal)], dtype=torch.float32, device=self.bank.device)
