@@ -47,11 +47,11 @@ def image_columns(sets: dict, labels: np.ndarray) -> dict:
     return {"img_new": row["auroc"], "line_new": 100 * at["escape_rate"], "a05_new": row["escape"]}
 
 
-def with_tests(d: dict, tests: list[Path], g_tests: list[Path], c: str, k: int, s: int) -> tuple[dict, dict] | None:
-    """(p, g) with test and line scores: the cell's own, else a lean rerun's (same model) and g on its images."""
+def with_tests(d: dict, tests: list[Path], g_tests: list[Path], c: str, k: int, s: int) -> tuple | None:
+    """(p, g, test labels) with test and line scores: the cell's own, else a lean rerun's (same model) and g on its images."""
     p, g = d["p"], d["g"]
     if "test" in p and "test" in g:
-        return p, g
+        return p, g, d["labels"]
     found = [f for f in tests if npz_path(f, c, k, s, d["size"]).exists()]
     gfound = [f / f"{c}_k{k}_s{s}.npz" for f in g_tests if (f / f"{c}_k{k}_s{s}.npz").exists()]
     gfound = [f for f in gfound if "g::test" in np.load(f).files]
@@ -61,7 +61,7 @@ def with_tests(d: dict, tests: list[Path], g_tests: list[Path], c: str, k: int, 
     tp, tg = _p(rp), _g(rg)
     if any(not np.array_equal(p[key], tp[key]) for key in SHARED) or "test" not in tp or "test" not in tg:
         raise SystemExit(f"acceptance_v13: {rp} is not the model of rule v11's {c} K={k} seed {s}")
-    return {**p, **tp}, {**g, **tg}
+    return {**p, **tp}, {**g, **tg}, np.load(rp)["test_labels"].astype(int)
 
 
 def main(argv=None):
@@ -91,8 +91,8 @@ def main(argv=None):
             if both is None:
                 missing.append(f"{c} K={k} seed {s} ({d['size']} px)")
                 continue
-            p, g = both
-            before, after = image_columns(p, d["labels"]), image_columns(fuse(p, g), d["labels"])
+            p, g, labels = both
+            before, after = image_columns(p, labels), image_columns(fuse(p, g), labels)
             for col in MOVED:
                 if rows[(c, k)][col] is not None and after[col] is not None and before[col] is not None:
                     rows[(c, k)][col] += (after[col] - before[col]) / 3

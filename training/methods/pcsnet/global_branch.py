@@ -65,8 +65,9 @@ class GlobalBranch(nn.Module):
         """Distance of each frame's descriptor to the nearest row of ``bank`` (default: every shot)."""
         d = self.descriptors(x)
         b = self.bank if bank is None else bank
-        sq = (d * d).sum(1, keepdim=True) - 2 * d @ b.t() + (b * b).sum(1)[None]
-        return sq.clamp_min(0).amin(dim=1).sqrt()
+        # the difference itself, not |d|^2 - 2 d.b + |b|^2: unit vectors a few hundredths apart would lose most of
+        # their float32 digits to cancellation, and the standardisation divides by a spread of that size (K <= 8 rows)
+        return (d[:, None, :] - b[None]).pow(2).sum(-1).amin(dim=1).sqrt()
 
     def fuse(self, p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         s = self.stats
