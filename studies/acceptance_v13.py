@@ -3,7 +3,8 @@ auto-w chooses `p+g`, that seed's image-level columns moved from `p` to `p+g`.
 
 The maps do not change under rule v13 (only the image score does), so pixel AUROC and AUPRO stay rule v11's. Each
 row is a mean over seeds 0-2, so a seed that moves adds (value of p+g - value of p) / 3 to image AUROC, escape @ line
-and escape @ A = 5 %, both read from the same saved per-image scores. Those test scores come from the rule v11 runs
+and escape @ A = 5 %, both read from the same saved per-image scores. Where all three seeds' per-image test scores
+(and PatchCore's) were saved, the row's image columns are recomputed from them instead, unrounded. Those test scores come from the rule v11 runs
 where they were saved and otherwise from lean reruns of the chosen model (--tests, checked to be the same model:
 equal validation arrays), with `g` on the same test images (--g-tests, global_study.py --scores on those reruns).
 A moved seed without them is listed as MISSING and the script exits 1.
@@ -79,13 +80,15 @@ def main(argv=None):
     source = {key: "rule v11 (acceptance_v11.md)" for key in rows}
     missing, errors, checks = [], [], []
     for (c, k) in sorted(rows):
-        moved = []
+        moved, exact = [], []  # exact: every seed's chosen score on the test split (then the row is recomputed)
         for s in (0, 1, 2):
             d = cell(Path(args.runs), args.data, c, s, k)
             if "error" in d:
                 errors.append(f"{c} K={k} seed {s}: {d['error']}")
                 continue
             if d["pick"] != "pg":
+                if "test" in d["p"] and d["labels"] is not None and d["nn"] and "test" in d["nn"]:
+                    exact.append((image_columns(d["p"], d["labels"]), d["nn"], d["labels"]))
                 continue
             both = with_tests(d, [Path(f) for f in args.tests], [Path(f) for f in args.g_tests], c, k, s)
             if both is None:
@@ -93,6 +96,8 @@ def main(argv=None):
                 continue
             p, g, labels = both
             before, after = image_columns(p, labels), image_columns(fuse(p, g), labels)
+            if d["nn"] and "test" in d["nn"] and d["labels"] is not None:
+                exact.append((after, d["nn"], labels))
             for col in MOVED:
                 if rows[(c, k)][col] is not None and after[col] is not None and before[col] is not None:
                     rows[(c, k)][col] += (after[col] - before[col]) / 3
@@ -100,6 +105,12 @@ def main(argv=None):
             checks.append(f"- {c} K = {k} seed {s}: image AUROC p {before['img_new']:.1f} -> p+g {after['img_new']:.1f}")
         if moved:
             source[(c, k)] = f"rule v13: p+g in {', '.join(moved)}; maps (pixel, AUPRO) rule v11's"
+        if len(exact) == 3:  # the table's rows are rounded to 0.1: recompute what the saved scores allow
+            for col in MOVED:
+                vals = [e[0][col] for e in exact]
+                rows[(c, k)][col] = None if any(v is None for v in vals) else float(np.mean(vals))
+            rows[(c, k)]["img_nn"] = float(np.mean([test_row(nn, lab)["auroc"] for _, nn, lab in exact]))
+            source[(c, k)] += "; image columns recomputed from all three seeds' per-image scores"
     lines = table_lines(rows, source, f"Acceptance table, new = rule v13 (rule v11's rows, image columns moved to "
                                       f"p+g where auto-w chooses it; base {Path(args.table).name}).")
     if checks:
