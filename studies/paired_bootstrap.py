@@ -6,6 +6,7 @@ images separately, the same resample in every cell (the cells share one test spl
 paired). Prints the mean new - PatchCore and old - PatchCore image AUROC over the cells, with 95 % intervals.
 
     cd studies && python paired_bootstrap.py juice_bottle_loco 2=../runs/v11k 4=../runs/v11 8=../runs/v11k
+    cd studies && python paired_bootstrap.py juice_bottle_loco 2=../runs/v11k 4=../runs/v11 8=../runs/v11k --rule v13
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import numpy as np
 
 from protospect.training.metrics import image_auroc
 from select_640 import load_scores, qualifies
+import select_v13
 from select_v11 import rule_pick
 
 
@@ -25,6 +27,9 @@ def main(argv=None):
     ap.add_argument("folders", nargs="+", metavar="K=FOLDER")
     ap.add_argument("--data", default="../../shared/data")
     ap.add_argument("--resamples", type=int, default=2000)
+    ap.add_argument("--rule", choices=("v11", "v13"), default="v11",
+                    help="v13: the new score is auto-w's (select_v13.cell: p or p+g per cell, section 34)")
+    ap.add_argument("--runs", default="..", help="--rule v13: the folder holding runs/v11, v11k, v12, v13, v13k, v13g")
     args = ap.parse_args(argv)
     cells = []
     for item in args.folders:
@@ -33,8 +38,14 @@ def main(argv=None):
             sc = load_scores(Path(folder), args.category, int(k), s)
             if sc is None or "labels" not in sc:
                 raise SystemExit(f"{args.category} K = {k} seed {s}: no test split in {folder}")
-            chosen = rule_pick(sc, qualifies(args.data, args.category, int(k), s), "v11")
-            cells.append((sc["labels"], sc[chosen]["test"], sc["s"]["test"], sc["nn"]["test"]))
+            if args.rule == "v13":
+                d = select_v13.cell(Path(args.runs), args.data, args.category, s, int(k))
+                if "error" in d:
+                    raise SystemExit(f"{args.category} K = {k} seed {s}: {d['error']}")
+                new = d[d["pick"]]["test"]
+            else:
+                new = sc[rule_pick(sc, qualifies(args.data, args.category, int(k), s), "v11")]["test"]
+            cells.append((sc["labels"], new, sc["s"]["test"], sc["nn"]["test"]))
     labels = cells[0][0]
     if any(len(c[0]) != len(labels) or (c[0] != labels).any() for c in cells):
         raise SystemExit("the cells do not share one test split")
@@ -50,7 +61,7 @@ def main(argv=None):
                      for _ in range(args.resamples)])
     point = gaps(np.arange(len(labels)))
     print(f"{args.category}: {len(cells)} cells, test split {len(neg)} good / {len(pos)} defective")
-    for i, name in enumerate(("new (rule v11) - PatchCore", "old (256 px) - PatchCore")):
+    for i, name in enumerate((f"new (rule {args.rule}) - PatchCore", "old (256 px) - PatchCore")):
         lo, hi = np.percentile(boot[:, i], [2.5, 97.5])
         print(f"{name}: {point[i]:+.2f}, 95 % interval {lo:+.2f} to {hi:+.2f}, "
               f"share of resamples >= -1: {np.mean(boot[:, i] >= -1):.2f}")
