@@ -216,6 +216,7 @@ def test_eval_hands_held_out_train_images_to_the_fit_and_records_its_choice(tmp_
         seen[seed] = (shots, holdout)
         model = patchcore.fit(shots, preset, seed, config_overrides)
         model.meta["geometry_choice"] = {"chosen": "small", "seed": seed}
+        model.meta["image_branch_choice"] = {"chosen": "global" if seed else "none"}
         return model
 
     monkeypatch.setattr(fewshot, "get_method", lambda name: types.SimpleNamespace(fit=fit))
@@ -227,6 +228,7 @@ def test_eval_hands_held_out_train_images_to_the_fit_and_records_its_choice(tmp_
         assert not any(np.array_equal(h, s) for h in holdout for s in shots)
     assert rec["input_size"] == "auto" and rec["geometry_choice"] == {"0": {"chosen": "small", "seed": 0},
                                                                       "1": {"chosen": "small", "seed": 1}}
+    assert rec["image_branch_choice"] == {"0": {"chosen": "none"}, "1": {"chosen": "global"}}  # rule v13, per seed
 
 
 def test_native_planting_resizes_the_defect_as_a_frame_is_resized():

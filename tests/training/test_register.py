@@ -278,3 +278,7 @@ def test_register_with_geometry_auto_chooses_on_the_good_parts_and_records_it(tm
     choice = rec[station.GEOMETRY_CHOICE]
     assert choice["n_holdout"] == N and set(choice["scores"]) == {"small", "large"}
     assert rec["input_size"] == choice["input_size"] == choice["scores"][choice["chosen"]]["input_size"]
+    branch = rec[station.IMAGE_BRANCH_CHOICE]  # then rule v13 on the same parts: the image score's choice
+    assert branch["n_holdout"] == N and set(branch["scores"]) == {"map", "map+global"}
+    gain = branch["scores"]["map+global"]["mean"] - branch["scores"]["map"]["mean"]
+    assert branch["chosen"] == ("global" if gain > branch["margin"] else "none")
