@@ -25,7 +25,7 @@ from protospect import __version__
 from protospect._optional import require
 from protospect.calibration.augment import MIN_FRAMES, AugmentConfig
 from protospect.calibration.data_reader import Int8CalibrationReader, int8_calibration_frames
-from protospect.calibration.exclusion import float_regions
+from protospect.calibration.exclusion import LEARNED_OPS, float_regions
 from protospect.calibration.qdq_check import QDQReport, check_qdq
 from protospect.errors import ArtifactError, ConfigError
 from protospect.files import write_atomic
@@ -91,8 +91,11 @@ def int8_from_onnx(onnx_path, out_path, images, *, augment: AugmentConfig | None
 
     reader = Int8CalibrationReader(frames)
     with tempfile.TemporaryDirectory(prefix="protospect-int8-") as tmp:
-        tmp_out = Path(tmp) / "int8.onnx"
-        quantize_qdq(onnx_path, tmp_out, reader, method, regions.all)
+        tmp_out, source = Path(tmp) / "int8.onnx", onnx_path
+        if unshare_weights(model):  # one weight per layer, so a DQ never feeds a layer that stays float
+            source = Path(tmp) / "fp32_unshared.onnx"
+            onnx.save(model, str(source))
+        quantize_qdq(source, tmp_out, reader, method, regions.all)
         quantized = onnx.load(str(tmp_out))
     set_metadata(quantized, {**props, KEY_PRECISION: "int8"})
     onnx.checker.check_model(quantized, full_check=True)
@@ -103,6 +106,30 @@ def int8_from_onnx(onnx_path, out_path, images, *, augment: AugmentConfig | None
         write_atomic(cached, data)  # the graph first, then the digest that vouches for it
         write_atomic(_digest_path(cached), hashlib.sha256(data).hexdigest().encode())
     return _finish(out_path, regions, len(frames), cache_hit=False, with_anomalies=with_anomalies)
+
+
+def unshare_weights(model: onnx.ModelProto) -> int:
+    """Give every learned layer its own copy of a weight initializer that several layers read; returns how many
+    copies were made. The exporter stores identical weights once (PCSNet's global branch is a second copy of the
+    backbone), and the quantizer would put one DQ on the shared weight for a layer that stays float and one that
+    does not. Node names and every other tensor are unchanged, so the float regions still apply."""
+    inits = {t.name: t for t in model.graph.initializer}
+    seen: dict[str, int] = {}
+    copies = 0
+    for node in model.graph.node:
+        if node.op_type not in LEARNED_OPS:
+            continue
+        for j, name in enumerate(node.input):
+            if name not in inits:
+                continue
+            seen[name] = seen.get(name, 0) + 1
+            if seen[name] > 1:
+                dup = copy.deepcopy(inits[name])
+                dup.name = f"{name}__{node.name or j}_{seen[name]}"
+                model.graph.initializer.append(dup)
+                node.input[j] = dup.name
+                copies += 1
+    return copies
 
 
 def _digest_path(cached: Path) -> Path:

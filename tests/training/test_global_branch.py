@@ -119,3 +119,22 @@ def test_global_model_quantizes_to_int8_and_runs(global_model, tmp_path):
     assert len(resample) == 1 and resample <= set(result.qdq.float_layers)  # the constant-left resize stays float
     amap, score = cpu_session(tmp_path / "g.int8.onnx").run(None, {"image": parts(1, seed=3)[0][None]})
     assert np.isfinite(amap).all() and np.isfinite(score).all()
+
+
+def test_int8_with_the_package_weights_gives_the_shared_backbone_weights_one_copy_per_layer(tmp_path):
+    """With real weights the exporter stores the two backbones' identical weights once; INT8 copies them per layer, so
+    a float layer of one backbone never reads the DQ of a quantized layer of the other."""
+    pytest.importorskip("onnxruntime")
+    import onnx  # noqa: PLC0415
+
+    from protospect.calibration.quantize import int8_from_onnx, unshare_weights  # noqa: PLC0415
+    from protospect.export.onnx_export import onnx_from_model  # noqa: PLC0415
+
+    cfg = {**GLOBAL, "input_size": 128, "grid": 16, "bins": [16, 8, 4]}
+    cfg.pop("backbone_weights")
+    m = fit(parts(size=128), "edge", seed=0, config_overrides=cfg, progress=False)
+    graph = onnx_from_model(m, m.meta, m.calibration, tmp_path / "g.onnx").path
+    assert unshare_weights(onnx.load(str(graph))) > 0  # the two backbones did share weights
+    for stride in (0, 4):
+        result = int8_from_onnx(graph, tmp_path / f"g{stride}.int8.onnx", parts(4, size=128, seed=11), float_stride=stride)
+        assert result.qdq.ok
