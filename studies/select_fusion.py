@@ -87,6 +87,13 @@ def test_row(sc: dict, labels: np.ndarray) -> dict:
     return row
 
 
+def verdict_line(rule: str, adopted: bool, complete: bool, k: int) -> str:
+    """The last line of a selection: the rule's outcome at K = 4, where its gates decide; a note at other K."""
+    if k != 4:
+        return f"(the gates decide at K = 4; at K = {k} they are reported only)"
+    return f"Rule {rule}: {'ADOPTED' if adopted else 'NOT ADOPTED' + ('' if complete else ' (incomplete)')}"
+
+
 def mean(xs):
     xs = [x for x in xs if x is not None]
     return float(np.mean(xs)) if xs else float("nan")

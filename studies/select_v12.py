@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from select_640 import SIZES, load_scores, qualifies
-from select_fusion import CATEGORIES, GAIN, MARGIN, PCS, emit, mean, npz_path, test_row
+from select_fusion import CATEGORIES, GAIN, MARGIN, PCS, emit, mean, npz_path, test_row, verdict_line
 from select_v11 import RULE_KINDS, rule_pick, scores
 
 KINDS = RULE_KINDS["v11"]
@@ -51,6 +51,30 @@ def cell(v11: Path, v12: Path, data: str, c: str, k: int, s: int) -> dict | None
     return d
 
 
+def test_table(cells: dict, columns: dict[str, str]) -> list[str]:
+    """The test split, read after the choice: per category, the mean over the seeds whose test scores were saved of
+    image AUROC / escape @ A = 5 % / false reject @ A = 5 % for each column (a score set of the cell; "auto" is the
+    cell's choice, "nn" PatchCore edge)."""
+    lines = ["", "Test split (read after the choice), mean over the seeds with saved test scores: image AUROC / "
+             "escape @ A = 5 % / false reject @ A = 5 %", "",
+             "| category | seeds | " + " | ".join(columns.values()) + " |", "|---|---|" + "---|" * len(columns)]
+    for c in CATEGORIES:
+        rows = {n: [] for n in columns}
+        for s in (0, 1, 2):
+            d = cells.get((c, s))
+            if d is None or d["labels"] is None or any("test" not in d[n] for n in ("p", "g", "pg")):
+                continue
+            for n in columns:
+                sets = d[d["pick"]] if n == "auto" else d[n]
+                if sets and "test" in sets:
+                    rows[n].append(test_row(sets, d["labels"]))
+        if rows["p"]:
+            def t(rs):
+                return " / ".join(f"{mean([r[m] for r in rs]):.1f}" for m in ("auroc", "escape", "frr")) if rs else "-"
+            lines.append(f"| {c} | {len(rows['p'])} | " + " | ".join(t(rows[n]) for n in columns) + " |")
+    return lines
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("folder", help="global_study.py's output (runs/v12)")
@@ -81,30 +105,9 @@ def main(argv=None):
     lines += ["", f"{len(cells)} cells" + (f"; missing: {', '.join(missing)}" if missing else "") + ".",
               f"auto-g - rule v11, mean validation score: {gain:+.3f} (needs >= {GAIN}); "
               f"p+g chosen in {sum(d['pick'] == 'pg' for d in cells.values())} cells",
-              f"Rule v12: {'ADOPTED' if adopted else 'NOT ADOPTED' + ('' if complete else ' (incomplete)')}"
-              if args.k == 4 else f"(the gate decides at K = 4; at K = {args.k} it is reported only)"]
+              verdict_line("v12", adopted, complete, args.k)]
     if args.report:
-        lines += ["", "Test split (read after the choice), mean over the seeds with saved test scores: image AUROC / "
-                  "escape @ A = 5 % / false reject @ A = 5 %", "",
-                  "| category | seeds | p (rule v11) | g | p+g | auto-g | PatchCore edge |", "|---|---|---|---|---|---|---|"]
-        for c in CATEGORIES:
-            rows = {n: [] for n in ("p", "g", "pg", "auto", "nn")}
-            for s in (0, 1, 2):
-                d = cells.get((c, s))
-                if d is None or d["labels"] is None or "test" not in d["p"]:
-                    continue
-                for n in ("p", "g", "pg"):
-                    rows[n].append(test_row(d[n], d["labels"]))
-                rows["auto"].append(test_row(d[d["pick"]], d["labels"]))
-                if d["nn"] and "test" in d["nn"]:
-                    rows["nn"].append(test_row(d["nn"], d["labels"]))
-            if not rows["p"]:
-                continue
-
-            def t(rs):
-                return " / ".join(f"{mean([r[m] for r in rs]):.1f}" for m in ("auroc", "escape", "frr")) if rs else "-"
-            lines.append(f"| {c} | {len(rows['p'])} | {t(rows['p'])} | {t(rows['g'])} | {t(rows['pg'])} | "
-                         f"{t(rows['auto'])} | {t(rows['nn'])} |")
+        lines += test_table(cells, {"p": "p (rule v11)", "g": "g", "pg": "p+g", "auto": "auto-g", "nn": "PatchCore edge"})
     emit(lines, args.markdown)
 
 

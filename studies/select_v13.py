@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from select_640 import SIZES, load_scores, qualifies
-from select_fusion import CATEGORIES, GAIN, MARGIN, PCS, auroc, emit, mean, npz_path, sets_of, test_row
+from select_fusion import CATEGORIES, GAIN, MARGIN, PCS, auroc, emit, mean, npz_path, sets_of, verdict_line
 from select_v11 import RULE_KINDS, rule_pick, scores
-from select_v12 import fuse
+from select_v12 import fuse, test_table
 
 NEW = "valn_warp"
 FOUR = RULE_KINDS["v11"]
@@ -104,28 +104,9 @@ def main(argv=None):
               f"1. auto-w - p, five-kind score: {gain5:+.3f} (needs >= {GAIN})",
               f"2. auto-w - p, four-kind score: {cost4:+.3f} (needs >= -{MARGIN})",
               f"p+g chosen in {sum(d['pick'] == 'pg' for d in cells.values())} cells",
-              f"Rule v13: {'ADOPTED' if adopted else 'NOT ADOPTED' + ('' if complete else ' (incomplete)')}"
-              if args.k == 4 else f"(the gates decide at K = 4; at K = {args.k} they are reported only)"]
+              verdict_line("v13", adopted, complete, args.k)]
     if args.report:
-        lines += ["", "Test split (read after the choice), mean over the seeds with saved test scores: image AUROC / "
-                  "escape @ A = 5 % / false reject @ A = 5 %", "",
-                  "| category | seeds | p (rule v11) | p+g | auto-w | PatchCore edge |", "|---|---|---|---|---|---|"]
-        for c in CATEGORIES:
-            rows = {n: [] for n in ("p", "pg", "auto", "nn")}
-            for s in (0, 1, 2):
-                d = cells.get((c, s))
-                if d is None or d["labels"] is None or "test" not in d["p"] or "test" not in d["g"]:
-                    continue
-                for n in ("p", "pg"):
-                    rows[n].append(test_row(d[n], d["labels"]))
-                rows["auto"].append(test_row(d[d["pick"]], d["labels"]))
-                if d["nn"] and "test" in d["nn"]:
-                    rows["nn"].append(test_row(d["nn"], d["labels"]))
-            if rows["p"]:
-                def t(rs):
-                    return " / ".join(f"{mean([r[m] for r in rs]):.1f}" for m in ("auroc", "escape", "frr")) if rs else "-"
-                lines.append(f"| {c} | {len(rows['p'])} | {t(rows['p'])} | {t(rows['pg'])} | {t(rows['auto'])} | "
-                             f"{t(rows['nn'])} |")
+        lines += test_table(cells, {"p": "p (rule v11)", "pg": "p+g", "auto": "auto-w", "nn": "PatchCore edge"})
     emit(lines, args.markdown)
     if errors:
         raise SystemExit(1)
