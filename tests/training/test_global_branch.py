@@ -119,3 +119,15 @@ def test_int8_with_the_package_weights_gives_the_shared_backbone_weights_one_cop
     for stride in (0, 4):
         result = int8_from_onnx(graph, tmp_path / f"g{stride}.int8.onnx", parts(4, size=128, seed=11), float_stride=stride)
         assert result.qdq.ok
+
+
+@pytest.mark.parametrize("hw", [(512, 512), (256, 256), (512, 768), (640, 640)])
+def test_in_graph_resize_is_the_area_resize_whatever_path_it_takes(hw):
+    """A whole-number shrink is an average pool and 256 px passes through; both equal the resample matrices."""
+    from protospect.training.backbones import create_backbone  # noqa: PLC0415
+    from protospect.training.methods.pcsnet.global_branch import G_SIZE, G_STAGES, GlobalBranch  # noqa: PLC0415
+
+    gb = GlobalBranch(create_backbone("efficientnet_lite0", stages=G_STAGES, weights="random", input_size=G_SIZE), hw, 2)
+    x = torch.from_numpy(np.random.default_rng(0).normal(size=(1, 3, *hw)).astype(np.float32))
+    rows, cols = (torch.from_numpy(resample_matrix(n, G_SIZE)) for n in hw)
+    assert torch.allclose(gb.resized(x), rows @ x @ cols.t(), atol=1e-5)

@@ -97,6 +97,8 @@ def fit(shots_rgb: list[np.ndarray], preset: str = "edge", seed: int = 0,
         model = _fit_config(shots_rgb, preset, seed, cfg, progress, device)
     if cfg.image_branch == "auto":  # rule v13: after the size, the image score (docs/decision.md section 34)
         _choose_image_branch(model, _check_images(holdout or [], "held-out good image"), progress)
+        for name in ("_shots", "_seed", "_shot_prototypes", "_shot_nn"):
+            model.__dict__.pop(name, None)
     return model
 
 
@@ -155,11 +157,25 @@ def _choose_image_branch(model: PCSNetModel, holdout: list[np.ndarray], progress
         log.warning("pcsnet: image_branch auto: %s", record["reason"])
         _set_image_branch(model, "none")
     else:
-        native_sets = ag.planted(holdout, model.cfg.category, ag.KINDS + ("warp",))
-        before = ag.validation_score(model, holdout, native_sets, ag.KINDS + ("warp",))
+        import torch  # noqa: PLC0415
+
+        from .validate import global_scores, image_scores  # noqa: PLC0415 (torch)
+
+        kinds = ag.KINDS + ("warp",)
+        native_sets = ag.planted(holdout, model.cfg.category, kinds)
+        size = model.cfg.size
+        p_good, p_bad = ag.planted_scores(lambda imgs: image_scores(model, imgs), size, holdout, native_sets)
+        before = ag.auroc_record(p_good, p_bad, kinds)
         calibration = dict(model.calibration)
-        attach_global_branch(model)
-        after = ag.validation_score(model, holdout, native_sets, ag.KINDS + ("warp",))
+        _attach_global(model, model._shots)
+        calibrate(model, model._shots, model._seed, model._shot_prototypes, model._shot_nn)  # threshold on z(p) + z(g)
+        # p is the map's and unchanged: only g is scored again, and fused as forward() fuses it
+        g_good, g_bad = ag.planted_scores(lambda imgs: global_scores(model, imgs), size, holdout, native_sets)
+        gb = model.global_branch
+
+        def fused(p, g):
+            return gb.combine(torch.from_numpy(p), torch.from_numpy(g)).numpy()
+        after = ag.auroc_record(fused(p_good, g_good), {k: fused(p_bad[k], g_bad[k]) for k in p_bad}, kinds)
         record.update(scores={"map": before, "map+global": after})
         if after["mean"] > before["mean"] + ag.MARGIN:
             record["chosen"] = "global"
@@ -182,16 +198,13 @@ def _set_image_branch(model: PCSNetModel, value: str) -> None:
     model.meta["config"]["image_branch"] = value
 
 
-def attach_global_branch(model: PCSNetModel) -> PCSNetModel:
-    """Give a trained model the global branch: the shots' descriptors as its bank, then calibration again (the
-    threshold is on z(p) + z(g) now). Needs the shots and per-shot prototypes _fit_config kept on the model."""
-    shots, per_shot = model._shots, model._shot_prototypes
+def _attach_global(model: PCSNetModel, shots: list[np.ndarray]) -> None:
+    """Give a trained model the global branch with the shots' descriptors as its bank; calibrate() comes after (the
+    threshold is on z(p) + z(g) then)."""
     model.attach_global(_create_global_backbone(model.cfg, model.cfg.backbone_weights), len(shots))
     model.global_branch.set_bank(to_tensor(shots, model.meta["mean"], model.meta["std"]).to(model.bank.device))
     model.meta["global_bank_shape"] = list(model.global_branch.bank.shape)
     _set_image_branch(model, "global")
-    calibrate(model, shots, model._seed, per_shot, model._shot_nn)
-    return model
 
 
 def _fit_config(shots_rgb, preset, seed, cfg: PCSNetConfig, progress, device) -> PCSNetModel:
@@ -200,8 +213,8 @@ def _fit_config(shots_rgb, preset, seed, cfg: PCSNetConfig, progress, device) ->
     images = _check_shots(shots_rgb, cfg.size)
     seed_everything(seed)  # the PFA/CAS initialisation is part of what the seed fixes
     backbone = _create_backbone(cfg, cfg.backbone_weights)
-    want_global = cfg.image_branch == "global"
-    cfg = dataclasses.replace(cfg, image_branch="none") if cfg.image_branch != "none" else cfg  # attached below
+    branch = cfg.image_branch
+    cfg = dataclasses.replace(cfg, image_branch="none") if branch != "none" else cfg  # attached below
     model = PCSNetModel(backbone, cfg, _meta(cfg, preset, backbone.spec))
     model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     train_log = train(model, images, seed, progress=progress)
@@ -211,11 +224,11 @@ def _fit_config(shots_rgb, preset, seed, cfg: PCSNetConfig, progress, device) ->
         model.set_nn_bank(shot_nn)
     if model.foreground is not None:  # label-free part mask from the shots (scoring.ForegroundMask)
         model.meta["foreground"] = model.foreground.fit(shot_patch_grids(model, images))
+    if branch == "global":
+        _attach_global(model, images)
     calibrate(model, images, seed, train_log.shot_prototypes, shot_nn)
-    # what attach_global_branch needs to calibrate again (image_branch auto / global); plain attributes, never saved
-    model._shots, model._seed, model._shot_prototypes, model._shot_nn = images, seed, train_log.shot_prototypes, shot_nn
-    if want_global:
-        attach_global_branch(model)
+    if branch == "auto":  # what _choose_image_branch needs to calibrate again; plain attributes, dropped after it
+        model._shots, model._seed, model._shot_prototypes, model._shot_nn = images, seed, train_log.shot_prototypes, shot_nn
     train_log.shot_prototypes = None  # (K, M, D): not worth keeping on the model
     model.meta["train_seconds"] = round(train_log.seconds, 2)
     model.train_log = train_log

@@ -56,12 +56,20 @@ def validation_score(model, holdout_rgb: list[np.ndarray], native_sets: dict[str
     ``native_sets`` (planted(holdout_rgb): planted once, resized here to each candidate's input)."""
     from .validate import image_scores  # noqa: PLC0415 (torch)
 
-    size = model.cfg.size
-    good = image_scores(model, [resize_image(img, size) for img in holdout_rgb])
-    out = {}
-    for kind, pairs in resized(native_sets, size).items():
-        bad = image_scores(model, [p[0] for p in pairs])
-        out[kind] = round(100 * image_auroc(np.r_[np.zeros(len(good)), np.ones(len(bad))], np.r_[good, bad]), 3)
+    return auroc_record(*planted_scores(lambda imgs: image_scores(model, imgs), model.cfg.size, holdout_rgb,
+                                        native_sets), kinds)
+
+
+def planted_scores(score_fn, size, holdout_rgb: list[np.ndarray], native_sets: dict[str, list]):
+    """(scores of the held-out images, {kind: scores of its planted images}), every image resized to ``size``."""
+    good = score_fn([resize_image(img, size) for img in holdout_rgb])
+    return good, {kind: score_fn([p[0] for p in pairs]) for kind, pairs in resized(native_sets, size).items()}
+
+
+def auroc_record(good: np.ndarray, bad: dict[str, np.ndarray], kinds: tuple[str, ...] = KINDS) -> dict:
+    """{kind: image AUROC of the good images against that kind, "mean": over ``kinds``}."""
+    out = {kind: round(100 * image_auroc(np.r_[np.zeros(len(good)), np.ones(len(b))], np.r_[good, b]), 3)
+           for kind, b in bad.items()}
     out["mean"] = round(float(np.mean([out[k] for k in kinds])), 3)
     return out
 

@@ -3,7 +3,8 @@ beside PCSNet's map, for parts whose defects are in the composition (a label at 
 level) rather than in any one patch.
 
 The frame the model sees is resampled to 256 x 256 px (area weights when shrinking, linear when growing, as
-protospect.imageio.resize_image does, but as two matrix products so the graph needs no resize op), the frozen
+protospect.imageio.resize_image does: an average pool for a whole-number shrink, else two matrix products, so the
+graph needs no resize op), the frozen
 backbone's stage 3 and 4 outputs are averaged over all positions and L2-normalised, and `g` is the distance to the
 nearest shot's descriptor. The image score becomes z(p) + z(g): each standardised by the mean and std of its own
 scores on the calibration views (leave-one-out, jittered shots), which threshold.calibrate sets. The map is
@@ -49,16 +50,25 @@ class GlobalBranch(nn.Module):
     def __init__(self, backbone: nn.Module, hw: tuple[int, int], shots: int):
         super().__init__()
         self.backbone = backbone  # frozen (FrozenBackbone), tapped at G_STAGES, its own copy of the weights
-        self.register_buffer("rows", torch.from_numpy(resample_matrix(hw[0], G_SIZE)))
-        self.register_buffer("cols", torch.from_numpy(resample_matrix(hw[1], G_SIZE)).t().contiguous())
+        # area weights of a whole-number shrink are a plain average pool, and 256 px needs nothing: the matrices
+        # (two MatMuls per frame) only for the other sizes
+        self.pool = tuple(side // G_SIZE for side in hw) if all(side % G_SIZE == 0 for side in hw) else None
+        if self.pool is None:
+            self.register_buffer("rows", torch.from_numpy(resample_matrix(hw[0], G_SIZE)))
+            self.register_buffer("cols", torch.from_numpy(resample_matrix(hw[1], G_SIZE)).t().contiguous())
         self.dim = sum(backbone.spec.channels)
         self.register_buffer("bank", torch.zeros(shots, self.dim))
         # mean / std of p, then of g, on the calibration views; (0, 1, 0, 1) until calibrate sets them
         self.register_buffer("stats", torch.tensor([0.0, 1.0, 0.0, 1.0]))
 
+    def resized(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, 3, 256, 256)."""
+        if self.pool is None:
+            return torch.matmul(self.rows, torch.matmul(x, self.cols))
+        return x if self.pool == (1, 1) else F.avg_pool2d(x, self.pool)
+
     def descriptors(self, x: torch.Tensor) -> torch.Tensor:
-        small = torch.matmul(self.rows, torch.matmul(x, self.cols))  # (B, 3, 256, 256)
-        feats = self.backbone(small)
+        feats = self.backbone(self.resized(x))
         return torch.cat([F.normalize(f.mean(dim=(2, 3)), dim=1) for f in feats], 1)
 
     def scores(self, x: torch.Tensor, bank: torch.Tensor | None = None) -> torch.Tensor:
@@ -69,15 +79,18 @@ class GlobalBranch(nn.Module):
         # their float32 digits to cancellation, and the standardisation divides by a spread of that size (K <= 8 rows)
         return (d[:, None, :] - b[None]).pow(2).sum(-1).amin(dim=1).sqrt()
 
-    def fuse(self, p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def combine(self, p: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """z(p) + z(g) with the calibration's statistics."""
         s = self.stats
-        return (p - s[0]) / s[1] + (self.scores(x) - s[2]) / s[3]
+        return (p - s[0]) / s[1] + (g - s[2]) / s[3]
+
+    def fuse(self, p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self.combine(p, self.scores(x))
 
     @torch.no_grad()
-    def set_bank(self, shot_x: torch.Tensor) -> torch.Tensor:
+    def set_bank(self, shot_x: torch.Tensor) -> None:
         """The K shots' descriptors become the bank (K rows, recorded in meta by the caller for build())."""
         self.bank = self.descriptors(shot_x).contiguous()
-        return self.bank
 
     @torch.no_grad()
     def set_statistics(self, p_normal: torch.Tensor, g_normal: torch.Tensor) -> None:

@@ -97,8 +97,7 @@ def calibrate(model: PCSNetModel, images: list[np.ndarray], seed: int, shot_prot
     if gb is not None:  # rule v13: the image score is z(p) + z(g), each standardised on these views
         p_normal, g_normal = torch.from_numpy(normal).to(device), torch.cat(g_held_out)
         gb.set_statistics(p_normal, g_normal)
-        s = gb.stats
-        normal = (((p_normal - s[0]) / s[1]) + ((g_normal - s[2]) / s[3])).cpu().numpy()
+        normal = gb.combine(p_normal, g_normal).cpu().numpy()
 
     params = nsa_params_for(cfg.category)
     anomalies = []

@@ -51,24 +51,28 @@ def planted_sets(normals, category, textures):
     return sets
 
 
+def _batches(model, images, chunk):
+    """Normalised tensors of ``images`` in chunks, on the model's device."""
+    device = next(iter(model.buffers())).device
+    for i in range(0, len(images), chunk):
+        yield to_tensor(images[i:i + chunk], model.meta["mean"], model.meta["std"]).to(device)
+
+
 @torch.no_grad()
 def score(model, images, chunk=4):
-    maps = []
-    for i in range(0, len(images), chunk):
-        x = to_tensor(images[i:i + chunk], model.meta["mean"], model.meta["std"])
-        x = x.to(next(iter(model.buffers())).device)
-        maps.append(model(x).anomaly_map[:, 0].cpu().numpy())
-    return np.concatenate(maps)
+    return np.concatenate([model(x).anomaly_map[:, 0].cpu().numpy() for x in _batches(model, images, chunk)])
 
 
 @torch.no_grad()
 def image_scores(model, images, chunk=4) -> np.ndarray:
     """The model's image score (what the station thresholds: the map's maximum, or z(p) + z(g) with the global branch)."""
-    out = []
-    for i in range(0, len(images), chunk):
-        x = to_tensor(images[i:i + chunk], model.meta["mean"], model.meta["std"])
-        out.append(model(x.to(next(iter(model.buffers())).device)).image_score.cpu().numpy())
-    return np.concatenate(out)
+    return np.concatenate([model(x).image_score.cpu().numpy() for x in _batches(model, images, chunk)])
+
+
+@torch.no_grad()
+def global_scores(model, images, chunk=4) -> np.ndarray:
+    """g alone (global_branch.py): the distance of each image's descriptor to the nearest shot's."""
+    return np.concatenate([model.global_branch.scores(x).cpu().numpy() for x in _batches(model, images, chunk)])
 
 
 def evaluate(model, normals, sets):
