@@ -41,16 +41,17 @@ def _cells(line: str) -> list[str]:
     return [c.strip() for c in line.strip().strip("|").split("|")]
 
 
-def base_rows(path: Path) -> dict:
+def base_rows(path: Path, first: int = 3, last: int = 8) -> dict:
     """{(category, K): {col: value}} from the first acceptance table of auto_v6.md (rule v6's; the file's second
-    table is rule v4's m1024 on the same cells)."""
+    table is rule v4's m1024 on the same cells); the value columns are cells[first:last] (an acceptance_reruns
+    report: 2, 7)."""
     out = {}
     for line in path.read_text().split("The same cells with new = m1024")[0].splitlines():
         cells = _cells(line)
         if len(cells) != 8 or cells[0] not in CATEGORIES:
             continue
         vals = []
-        for c in cells[3:]:
+        for c in cells[first:last]:
             vals += [_num(x) for x in c.split("/")] if c != "-" else [None, None]
         out[(cells[0], int(cells[1]))] = dict(zip(COLS, vals))
     return out

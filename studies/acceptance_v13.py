@@ -19,26 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
-from acceptance_reruns import COLS, _cells, _num, table_lines
+from acceptance_reruns import base_rows, table_lines
 from protospect.runtime import line_threshold
 from protospect.training import metrics
-from select_fusion import CATEGORIES, emit, npz_path, test_row
+from select_fusion import emit, npz_path, test_row
 from select_v12 import fuse
 from select_v13 import SHARED, _g, _p, cell
 
 MOVED = ("img_new", "line_new", "a05_new")
-
-
-def table_rows(path: Path) -> dict:
-    """{(category, K): {col: value}} from the first table of an acceptance_reruns.py report (acceptance_v11.md)."""
-    out = {}
-    for line in path.read_text().splitlines():
-        cells = _cells(line)
-        if len(cells) != 8 or cells[0] not in CATEGORIES:
-            continue
-        vals = [_num(x) for c in cells[2:7] for x in c.split("/")]
-        out[(cells[0], int(cells[1]))] = dict(zip(COLS, vals))
-    return out
 
 
 def image_columns(sets: dict, labels: np.ndarray) -> dict:
@@ -76,7 +64,7 @@ def main(argv=None):
                     help="global_study.py outputs holding g on those reruns' test images")
     ap.add_argument("--markdown", default=None)
     args = ap.parse_args(argv)
-    rows = table_rows(Path(args.table))
+    rows = base_rows(Path(args.table), 2, 7)  # an acceptance_reruns report: values in cells 2-6
     source = {key: "rule v11 (acceptance_v11.md)" for key in rows}
     missing, errors, checks = [], [], []
     for (c, k) in sorted(rows):

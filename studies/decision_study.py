@@ -97,17 +97,27 @@ def batched_maps(br: Branches, images, batch=None, desc=""):
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
+def calib_views(images, seed, augments) -> list[list[np.ndarray]]:
+    """Each shot's jittered views, drawn from the stream and in the order threshold.calibrate draws them."""
+    rng = np.random.default_rng(seed + CALIB_SEED_OFFSET)
+    return [[jitter(img, rng) for _ in range(augments)] for img in images]
+
+
+def held_out_paths(cat, shot_paths, seed, val):
+    """Up to ``val`` train/good images that are not shots, in the seed's order (the held-out normals)."""
+    rest = [p for p in cat.train_good if p not in set(shot_paths)]
+    return [rest[i] for i in np.random.default_rng(seed + 1).permutation(len(rest))[:val]]
+
+
 def normal_maps(br: Branches, images, seed, augments):
     """Leave-one-out + jitter maps of the shots, in the order threshold.calibrate draws them."""
-    rng = np.random.default_rng(seed + CALIB_SEED_OFFSET)
     model, k = br.model, len(images)
     per_shot = br.per_shot_protos
     full = model.bank.clone()
     parts = []
-    for i, img in enumerate(images):
+    for i, (img, views) in enumerate(zip(images, calib_views(images, seed, augments))):
         if k > 1:
             model.bank.copy_(model.bank_from_shots(per_shot[[j for j in range(k) if j != i]]))
-        views = [jitter(img, rng) for _ in range(augments)]
         step = min(augments, br.batch)
         for j in range(0, augments, step):
             x = to_tensor(views[j:j + step], model.meta["mean"], model.meta["std"])
@@ -164,9 +174,7 @@ def run_one(cat, category, k, seed, args, tests, metric_masks: np.ndarray | None
     br.per_shot_protos = log.shot_prototypes
     size = cfg.size
 
-    rest = [p for p in cat.train_good if p not in set(shot_paths)]
-    rest = [rest[i] for i in np.random.default_rng(seed + 1).permutation(len(rest))[: args.val]]
-    held_out = [read_rgb(p) for p in rest]
+    held_out = [read_rgb(p) for p in held_out_paths(cat, shot_paths, seed, args.val)]
     normals = [resize_image(img, size) for img in held_out]
     planted = planted_sets(normals, category, args.textures)
     if args.small:

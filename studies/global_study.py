@@ -6,6 +6,8 @@ the 20 held-out normals, the four kinds planted at native pixels, the calibratio
 test split when the saved file has it) and writes `g`'s score of every image, in the saved file's order, to
 ``OUT/<category>_k<K>_s<seed>.npz`` (keys ``g::<set>``, plus ``size``). No model is trained; `g` reads the frozen
 backbone only. Array lengths are checked against the saved PCSNet scores, so a set drawn differently stops the run.
+The product's branch is training/methods/pcsnet/global_branch.py (it resizes in the graph, on floats); this study
+keeps its own uint8 resize so that the tables of sections 33-35 regenerate as recorded.
 
     cd studies && python global_study.py ../runs/v12 [--k 2 4 8] [--only juice_bottle_loco] [--data ../../shared/data]
     cd studies && python global_study.py ../runs/v13g --k 4 --warp --scores ../runs/v13   (rule v13, section 34)
@@ -21,7 +23,6 @@ from tqdm import tqdm
 
 from protospect.imageio import read_rgb, resize_image
 from protospect.training.backbones import create_backbone
-from protospect.training.calibrate import CALIB_SEED_OFFSET, jitter
 from protospect.training.data import MVTecCategory, load_image, sample_shots
 from protospect.training.fewshot import TestSet, line_good_images
 from protospect.training.methods.pcsnet import _check_shots
@@ -29,6 +30,7 @@ from protospect.training.methods.pcsnet.auto_geometry import KINDS, planted_nati
 from protospect.training.methods.pcsnet.presets import resolve_config
 from protospect.training.methods.pcsnet.train_loop import to_tensor
 
+from decision_study import calib_views, held_out_paths
 from select_640 import SIZES, load_scores, qualifies
 from select_fusion import CATEGORIES, npz_path
 from select_v11 import rule_pick
@@ -65,9 +67,7 @@ def cell_sets(cat: MVTecCategory, c: str, k: int, seed: int, size: int, with_lin
     shot_paths = sample_shots(cat.train_good, k, seed)
     cfg = resolve_config("edge", {"category": c, "input_size": size})
     shots = _check_shots([read_rgb(p) for p in shot_paths], size)
-    rest = [p for p in cat.train_good if p not in set(shot_paths)]
-    rest = [rest[i] for i in np.random.default_rng(seed + 1).permutation(len(rest))[:VAL]]
-    held_out = [read_rgb(p) for p in rest]
+    held_out = [read_rgb(p) for p in held_out_paths(cat, shot_paths, seed, VAL)]
     sets = {"val_normal": [resize_image(img, size) for img in held_out]}
     for kind, pairs in planted_native(held_out, size, c, kinds).items():
         sets[f"valn_{kind}"] = [p[0] for p in pairs]
@@ -75,9 +75,7 @@ def cell_sets(cat: MVTecCategory, c: str, k: int, seed: int, size: int, with_lin
         sets["line_good"] = [load_image(p, size) for p in line_good_images(cat.train_good, shot_paths, seed)]
     if with_test:
         sets["test"] = TestSet.load(cat, size).images
-    rng = np.random.default_rng(seed + CALIB_SEED_OFFSET)  # decision_study.normal_maps' stream, same draw order
-    views = [[jitter(img, rng) for _ in range(cfg.calib_augments)] for img in shots]
-    return shots, sets, views
+    return shots, sets, calib_views(shots, seed, cfg.calib_augments)
 
 
 def global_scores(gb: GlobalBranch, shots, sets: dict, views) -> dict[str, np.ndarray]:
