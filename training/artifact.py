@@ -160,8 +160,11 @@ def load_artifact(art_dir):
         state = torch.load(art / WEIGHTS, map_location="cpu", weights_only=True)
         model.load_state_dict(state, strict=True)
     except (RuntimeError, OSError, ValueError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ArtifactError(f"{art / WEIGHTS} does not fit a {manifest['method']} model of this meta: {first_line}") from err
+        # torch's message spans lines (the header, then the missing / unexpected keys): keep it on one line and
+        # short, since the keys are what tell an engineer which version wrote the artifact
+        detail = " ".join(str(err).split()) or type(err).__name__
+        detail = detail if len(detail) <= 300 else detail[:297] + "..."
+        raise ArtifactError(f"{art / WEIGHTS} does not fit a {manifest['method']} model of this meta: {detail}") from err
     model.calibration = manifest["calibration"]
     model.eval()
     return model, manifest

@@ -113,6 +113,7 @@ def test_foreign_or_missing_manifest_is_refused(art, tmp_path):
 def test_weights_of_another_shape_are_refused(art, tmp_path):
     state = torch.load(art / "weights.pt", weights_only=True)
     state["bank"] = state["bank"][:10]  # consistent hashes, wrong content
+    state["left_by_an_older_version"] = torch.zeros(1)
     torch.save(state, art / "weights.pt")
     manifest = json.loads((art / "manifest.json").read_text())
     manifest["files"]["weights.pt"] = hashlib.sha256((art / "weights.pt").read_bytes()).hexdigest()
@@ -120,5 +121,7 @@ def test_weights_of_another_shape_are_refused(art, tmp_path):
     manifest.pop("content_sha256")
     manifest["content_sha256"] = _content_sha256(manifest)
     (art / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ArtifactError, match=r"weights\.pt does not fit"):
+    with pytest.raises(ArtifactError, match=r"weights\.pt does not fit") as err:
         load_artifact(art)
+    # one line that names the key another version wrote, so the engineer knows why
+    assert "\n" not in str(err.value) and "left_by_an_older_version" in str(err.value)
