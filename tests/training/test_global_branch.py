@@ -131,3 +131,40 @@ def test_in_graph_resize_is_the_area_resize_whatever_path_it_takes(hw):
     x = torch.from_numpy(np.random.default_rng(0).normal(size=(1, 3, *hw)).astype(np.float32))
     rows, cols = (torch.from_numpy(resample_matrix(n, G_SIZE)) for n in hw)
     assert torch.allclose(gb.resized(x), rows @ x @ cols.t(), atol=1e-5)
+
+
+def test_a_256_px_model_reads_stage_3_from_the_main_backbone(tmp_path):
+    """At 256 px the branch's frame is the model's, so with the same weights (the package's) its stages 0-3 are the
+    main backbone's: the shared trunk gives the same score, and the graph runs the stem once."""
+    onnx = pytest.importorskip("onnx")
+    from protospect.export.onnx_export import onnx_from_model  # noqa: PLC0415
+
+    cfg = {**GLOBAL, "input_size": 256, "grid": 32, "bins": [32, 16, 8]}
+    cfg.pop("backbone_weights")
+    m = fit(parts(size=256), "edge", seed=0, config_overrides=cfg, progress=False)
+    gb = m.global_branch
+    assert gb._trunk and gb._trunk[0] is m.features.backbone
+    x = to_tensor(parts(3, size=256, seed=7), m.meta["mean"], m.meta["std"])
+    with torch.no_grad():
+        shared = gb.scores(x)
+        gb._trunk = ()  # the branch's own copy, stem to stage 4
+        own = gb.scores(x)
+        gb.share_trunk(m.features.backbone)
+        m.global_branch = None
+        convs_map = _conv_count(onnx, onnx_from_model(m, m.meta, m.calibration, tmp_path / "map.onnx").path)
+        m.global_branch = gb
+    assert torch.allclose(shared, own, atol=1e-6)
+    assert_onnx_parity(m, tmp_path / "shared.onnx", seeds=(3,), score_units=lambda v: max(1.0, abs(v)), size=256)
+    stage4 = gb.backbone.body.blocks[gb.backbone.body.tap_after[0] + 1:]
+    # the branch adds its stage 4 convolutions and nothing else
+    assert _conv_count(onnx, tmp_path / "shared.onnx") == convs_map + sum(isinstance(mod, torch.nn.Conv2d) for mod in stage4.modules())
+    # and the artifact does not change: the branch keeps its own stages 0-3, so either version reads it
+    assert any(k.startswith("global_branch.backbone.body.conv_stem") for k in m.state_dict())
+
+
+def test_other_sizes_keep_the_branch_own_trunk(global_model):
+    assert global_model.cfg.hw == (64, 64) and not global_model.global_branch._trunk
+
+
+def _conv_count(onnx, path):
+    return sum(n.op_type == "Conv" for n in onnx.load(str(path)).graph.node)

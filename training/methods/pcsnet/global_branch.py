@@ -57,6 +57,7 @@ class GlobalBranch(nn.Module):
             self.register_buffer("rows", torch.from_numpy(resample_matrix(hw[0], G_SIZE)))
             self.register_buffer("cols", torch.from_numpy(resample_matrix(hw[1], G_SIZE)).t().contiguous())
         self.dim = sum(backbone.spec.channels)
+        self._trunk: tuple[nn.Module, ...] = ()  # share_trunk(): the main backbone, held unregistered (its owner saves it)
         self.register_buffer("bank", torch.zeros(shots, self.dim))
         # mean / std of p, then of g, on the calibration views; (0, 1, 0, 1) until calibrate sets them
         self.register_buffer("stats", torch.tensor([0.0, 1.0, 0.0, 1.0]))
@@ -67,13 +68,32 @@ class GlobalBranch(nn.Module):
             return torch.matmul(self.rows, torch.matmul(x, self.cols))
         return x if self.pool == (1, 1) else F.avg_pool2d(x, self.pool)
 
-    def descriptors(self, x: torch.Tensor) -> torch.Tensor:
-        feats = self.backbone(self.resized(x))
+    def share_trunk(self, main: nn.Module) -> bool:
+        """Read stage 3 from the main model's backbone instead of computing it again, where that is the same
+        computation: a 256 px model (the branch's frame is the model's) whose backbone is this one's network and
+        normalisation tapped last at stage 3 (the edge preset: stages 2-3). Only the stage 4 blocks then run per
+        frame (docs/decision.md section 36). Both copies load the same weights (the package's, or the config's
+        backbone_weights); the branch's copy of stages 0-3 stays in the artifact, so artifacts read either way."""
+        a, b = main.spec, self.backbone.spec
+        ok = (self.pool == (1, 1) and a.name == b.name and a.mean == b.mean and a.std == b.std
+              and a.stages[-1] == b.stages[0] and hasattr(self.backbone.body, "resume"))
+        self._trunk = (main,) if ok else ()
+        return ok
+
+    def descriptors(self, x: torch.Tensor, trunk_feats: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """(B, dim) unit-norm stage means; ``trunk_feats`` is the main backbone's output on ``x`` when the caller
+        already has it (the model's forward), used only with a shared trunk."""
+        if self._trunk:
+            stage3 = (trunk_feats if trunk_feats is not None else self._trunk[0](x))[-1]
+            feats = [stage3, *self.backbone.body.resume(stage3)]
+        else:
+            feats = self.backbone(self.resized(x))
         return torch.cat([F.normalize(f.mean(dim=(2, 3)), dim=1) for f in feats], 1)
 
-    def scores(self, x: torch.Tensor, bank: torch.Tensor | None = None) -> torch.Tensor:
+    def scores(self, x: torch.Tensor, bank: torch.Tensor | None = None,
+               trunk_feats: list[torch.Tensor] | None = None) -> torch.Tensor:
         """Distance of each frame's descriptor to the nearest row of ``bank`` (default: every shot)."""
-        d = self.descriptors(x)
+        d = self.descriptors(x, trunk_feats)
         b = self.bank if bank is None else bank
         # the difference itself, not |d|^2 - 2 d.b + |b|^2: unit vectors a few hundredths apart would lose most of
         # their float32 digits to cancellation, and the standardisation divides by a spread of that size (K <= 8 rows)
@@ -84,8 +104,8 @@ class GlobalBranch(nn.Module):
         s = self.stats
         return (p - s[0]) / s[1] + (g - s[2]) / s[3]
 
-    def fuse(self, p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return self.combine(p, self.scores(x))
+    def fuse(self, p: torch.Tensor, x: torch.Tensor, trunk_feats: list[torch.Tensor] | None = None) -> torch.Tensor:
+        return self.combine(p, self.scores(x, trunk_feats=trunk_feats))
 
     @torch.no_grad()
     def set_bank(self, shot_x: torch.Tensor) -> None:

@@ -123,6 +123,7 @@ class PCSNetModel(nn.Module):
 
     def attach_global(self, global_backbone: nn.Module, shots: int) -> None:
         self.global_branch = GlobalBranch(global_backbone, self.cfg.hw, shots).to(self.bank.device)
+        self.global_branch.share_trunk(self.features.backbone)
 
     @property
     def n_maps(self) -> int:
@@ -135,11 +136,12 @@ class PCSNetModel(nn.Module):
         self.nn.bank = per_shot.reshape(-1, per_shot.shape[-1]).contiguous().to(self.bank.device)
         self.meta["nn_bank_shape"] = list(self.nn.bank.shape)
 
-    def branch_maps(self, x: torch.Tensor, nn_bank: torch.Tensor | None = None) -> list[torch.Tensor]:
+    def branch_maps(self, x: torch.Tensor, nn_bank: torch.Tensor | None = None,
+                    feats: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
         """The maps the decision fuses, (B, 1, H, W) each: PCSNet's CAS map [, the nearest-neighbour map]
-        [, the foreground mask]."""
+        [, the foreground mask]. ``feats``: the backbone's output on x, when the caller has it."""
         size = (int(x.shape[-2]), int(x.shape[-1]))
-        feats = self.features.backbone(x)
+        feats = self.features.backbone(x) if feats is None else feats
         phi, guide = self.features.from_backbone(feats)
         maps = [self.head(self.knn(as_queries(phi)), guide, out_size=size).anomaly_map]
         # the nn branch and the foreground mask read the same patch grid: pooled once per frame
@@ -186,13 +188,15 @@ class PCSNetModel(nn.Module):
         return sq
 
     def forward(self, x: torch.Tensor) -> ModelOutputs:
+        feats = self.features.backbone(x)  # once: the global branch may read its last stage too
         if self.fusion is not None:
-            out = self.decide(self.branch_maps(x))
+            out = self.decide(self.branch_maps(x, feats=feats))
         else:
-            queries, guide = self.features(x)
-            out = self.head(self.knn(queries), guide, out_size=(int(x.shape[-2]), int(x.shape[-1])))
+            phi, guide = self.features.from_backbone(feats)
+            out = self.head(self.knn(as_queries(phi)), guide, out_size=(int(x.shape[-2]), int(x.shape[-1])))
         if self.global_branch is not None:  # the map stays PCSNet's; the image score adds the composition
-            out = ModelOutputs(anomaly_map=out.anomaly_map, image_score=self.global_branch.fuse(out.image_score, x))
+            out = ModelOutputs(anomaly_map=out.anomaly_map,
+                               image_score=self.global_branch.fuse(out.image_score, x, feats))
         return out
 
     def split(self) -> tuple[nn.Module, torch.Tensor, int, nn.Module]:
