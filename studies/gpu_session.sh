@@ -103,7 +103,9 @@ if wants hotspots; then  # Nsight Compute: source-line stall samples + summary s
   TAIL=8 step hot_sizes 10 ls -la "$OUT"
 fi
 if wants cost && [ -d .costart ]; then  # the global branch's GPU cost (decision.md section 36): PyTorch, fp32 and fp16
-  TAIL=14 step cost 300 $PY studies/torch_graph_bench.py $(ls -d .costart/*/ | sort) --runs 300 --json "$OUT/cost.json"
+  # the old default first (the ratios printed are to it), then each size without and with the branch
+  ARTS=$(for v in s256 g256 m1024 g512; do [ -d ".costart/$v" ] && echo ".costart/$v"; done)
+  TAIL=14 step cost 300 $PY studies/torch_graph_bench.py $ARTS --runs 300 --json "$OUT/cost.json"
 fi
 if wants train && [ -d .devdata ]; then
   for cat in ${TRAIN_SETS:-$(ls .devdata)}; do
