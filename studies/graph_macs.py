@@ -1,9 +1,9 @@
 """Multiply-accumulates per frame of exported graphs, by operator type: a machine-independent cost beside the timings.
 
 A timing says what one machine did under its load; the MAC count says what any machine must compute. It is the
-nearest this project gets to a GPU cost without a GPU: on a GPU the convolutions dominate as long as the graph is
-large enough to keep the device busy, so the ratio of two graphs' MACs bounds the ratio of their GPU times from
-above only loosely (small graphs are launch-bound there, and their ratio is nearer 1). Conv, ConvTranspose,
+nearest this project gets to a GPU cost without a GPU, and a proxy only, not a bound: the convolutions dominate a
+GPU's time only while the graph keeps the device busy (small graphs are launch-bound there, and their ratio is
+nearer 1), and memory traffic is not counted. Conv, ConvTranspose,
 MatMul and Gemm are counted from the shapes ONNX's shape inference gives (batch 1); everything else is listed by
 node count only.
 

@@ -121,9 +121,9 @@ def test_calibration_leaves_each_shot_out_of_the_deployed_bank(monkeypatch):
         banks.append(model.bank.clone())
         return real_score(model, images)
 
-    def recording_held_out(model, x, nn_bank):
+    def recording_held_out(model, x, nn_bank, feats):
         banks.append(model.bank.clone())
-        return real_held_out(model, x, nn_bank)
+        return real_held_out(model, x, nn_bank, feats)
 
     monkeypatch.setattr(threshold, "_score", recording_score)
     monkeypatch.setattr(threshold, "_held_out_maps", recording_held_out)

@@ -187,13 +187,16 @@ class PCSNetModel(nn.Module):
         sq, _ = knn_sqdist(queries, self.bank, self.k)
         return sq
 
+    def map_outputs(self, x: torch.Tensor, feats: list[torch.Tensor]) -> ModelOutputs:
+        """The map and its image score without the global branch, from the backbone's output ``feats`` on x."""
+        if self.fusion is not None:
+            return self.decide(self.branch_maps(x, feats=feats))
+        phi, guide = self.features.from_backbone(feats)
+        return self.head(self.knn(as_queries(phi)), guide, out_size=(int(x.shape[-2]), int(x.shape[-1])))
+
     def forward(self, x: torch.Tensor) -> ModelOutputs:
         feats = self.features.backbone(x)  # once: the global branch may read its last stage too
-        if self.fusion is not None:
-            out = self.decide(self.branch_maps(x, feats=feats))
-        else:
-            phi, guide = self.features.from_backbone(feats)
-            out = self.head(self.knn(as_queries(phi)), guide, out_size=(int(x.shape[-2]), int(x.shape[-1])))
+        out = self.map_outputs(x, feats)
         if self.global_branch is not None:  # the map stays PCSNet's; the image score adds the composition
             out = ModelOutputs(anomaly_map=out.anomaly_map,
                                image_score=self.global_branch.fuse(out.image_score, x, feats))

@@ -33,9 +33,13 @@ def _score(model: PCSNetModel, images: list[np.ndarray]) -> tuple[np.ndarray, np
     return out.image_score.cpu().numpy(), out.anomaly_map.cpu().numpy()
 
 
-def _held_out_maps(model: PCSNetModel, x: torch.Tensor, nn_bank: torch.Tensor | None) -> list[torch.Tensor]:
-    """Every branch map of ``x`` against the banks in place (the leave-one-out pass of one shot)."""
-    return model.branch_maps(x, nn_bank) if model.fusion is not None else [model(x).anomaly_map]
+def _held_out_maps(model: PCSNetModel, x: torch.Tensor, nn_bank: torch.Tensor | None,
+                   feats: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Every branch map of ``x`` (backbone output ``feats``) against the banks in place (the leave-one-out pass of
+    one shot); never the global branch, which calibrate scores on the same ``feats``."""
+    if model.fusion is not None:
+        return model.branch_maps(x, nn_bank, feats=feats)
+    return [model.map_outputs(x, feats).anomaly_map]
 
 
 def choose_threshold(normal: np.ndarray, anomalous: np.ndarray) -> float:
@@ -82,9 +86,10 @@ def calibrate(model: PCSNetModel, images: list[np.ndarray], seed: int, shot_prot
             if model.nn is not None:
                 nn_bank = shot_nn[keep].reshape(-1, shot_nn.shape[-1]).to(device)
         x = to_tensor([jitter(img, rng) for _ in range(cfg.calib_augments)], model.meta["mean"], model.meta["std"]).to(device)
-        held_out.append(_held_out_maps(model, x, nn_bank))
+        feats = model.features.backbone(x)
+        held_out.append(_held_out_maps(model, x, nn_bank, feats))
         if gb is not None:
-            g_held_out.append(gb.scores(x, gb.bank[keep]))
+            g_held_out.append(gb.scores(x, gb.bank[keep], trunk_feats=feats))
     model.bank.copy_(full_bank)
     branches = [torch.cat([maps[b] for maps in held_out]) for b in range(len(held_out[0]))]
     if model.fusion is not None:
