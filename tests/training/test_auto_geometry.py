@@ -87,6 +87,8 @@ def test_asking_for_warp_leaves_the_other_kinds_as_they_were():
     for kind, pairs in old.items():
         assert all(np.array_equal(a[0], b[0]) for a, b in zip(pairs, new[kind]))
     assert len(new["warp"]) == 3 and all(np.array_equal(a[0], b[0]) for a, b in zip(new["warp"], warp_defects(imgs)))
+    alone = planted(imgs, None, ("warp",))  # what the image branch's choice plants after geometry=auto's kinds
+    assert list(alone) == ["warp"] and all(np.array_equal(a[0], b[0]) for a, b in zip(alone["warp"], new["warp"]))
 
 
 def test_holdout_good_draws_non_shots_like_the_study(tmp_path):
@@ -186,6 +188,24 @@ def test_auto_without_enough_held_out_images_keeps_the_presets_size_and_says_why
     assert model.cfg.input_size == 128 and "3 held-out good images" in model.meta["geometry_choice"]["reason"]
     with pytest.raises(DataError, match="held-out good image 1"):
         fit(parts(2, size=128), "edge", seed=0, config_overrides=AUTO, holdout=[parts(1, 128)[0], np.zeros((9, 9), np.uint8)])
+
+
+@pytest.mark.torch
+def test_the_image_branch_choice_reuses_the_chosen_sizes_scores_and_scores_only_warp(monkeypatch):
+    pytest.importorskip("torch")
+    from protospect.training.methods.pcsnet import fit, validate
+
+    scored, real = [], validate.image_scores
+    monkeypatch.setattr(validate, "image_scores", lambda model, imgs, **kw: scored.append(len(imgs)) or real(model, imgs, **kw))
+    holdout = parts(10, size=128, seed=1)
+    model = fit(parts(4, size=128), "edge", seed=0, config_overrides={**AUTO, "image_branch": "auto"}, holdout=holdout,
+                progress=False)
+    geo, branch = model.meta["geometry_choice"], model.meta["image_branch_choice"]
+    kinds = ("nsa_small", "misplace", "erase", "transplant")
+    assert {k: branch["scores"]["map"][k] for k in kinds} == {k: geo["scores"][geo["chosen"]][k] for k in kinds}
+    per_size = [len(holdout)] + [len(pairs) for pairs in planted(holdout, None).values()]
+    assert scored == per_size + per_size + [len(planted(holdout, None, ("warp",))["warp"])]  # two sizes, then warp
+    assert not hasattr(model, "_planted")  # the shared scores are not kept on the model
 
 
 @pytest.mark.torch

@@ -97,8 +97,8 @@ def fit(shots_rgb: list[np.ndarray], preset: str = "edge", seed: int = 0,
         model = _fit_config(shots_rgb, preset, seed, cfg, progress, device)
     if cfg.image_branch == "auto":  # rule v13: after the size, the image score (docs/decision.md section 34)
         _choose_image_branch(model, _check_images(holdout or [], "held-out good image"), progress)
-        for name in ("_shots", "_seed", "_shot_prototypes", "_shot_nn"):
-            model.__dict__.pop(name, None)
+    for name in ("_shots", "_seed", "_shot_prototypes", "_shot_nn", "_planted"):  # what the choices shared
+        model.__dict__.pop(name, None)
     return model
 
 
@@ -118,22 +118,24 @@ def _fit_auto(shots_rgb, preset, seed, cfg: PCSNetConfig, holdout, progress, dev
         log.warning("pcsnet: geometry auto: %s", record["reason"])
         model = _fit_config(shots_rgb, preset, seed, large_cfg, progress, device)
     else:
-        models, scores = {}, {}
+        models, scores, raw = {}, {}, {}
         native_sets = ag.planted(holdout, cfg.category)  # planted once at the images' pixels; each candidate resizes
-        for name, c in (("small", small_cfg), ("large", large_cfg)):
+
+        def validate(name, c):
             models[name] = _fit_config(shots_rgb, preset, seed, c, progress, device)
-            scores[name] = {"input_size": size_record(c.hw), **ag.validation_score(models[name], holdout, native_sets)}
+            raw[name] = ag.validation_scores(models[name], holdout, native_sets)
+            scores[name] = {"input_size": size_record(c.hw), **ag.auroc_record(*raw[name])}
+        for name, c in (("small", small_cfg), ("large", large_cfg)):
+            validate(name, c)
         pick = ag.choose(scores["small"], scores["large"])
         xl_cfg, why_not = ag.xlarge_config(large_cfg, shots_rgb)
         if xl_cfg is not None:  # rule v10: a third, larger size where the shots have the pixels for it
-            xl_cfg = with_aspect(xl_cfg, shots_rgb)
-            models["xlarge"] = _fit_config(shots_rgb, preset, seed, xl_cfg, progress, device)
-            scores["xlarge"] = {"input_size": size_record(xl_cfg.hw),
-                                **ag.validation_score(models["xlarge"], holdout, native_sets)}
+            validate("xlarge", with_aspect(xl_cfg, shots_rgb))
             pick = ag.upgrade(scores, pick)
         elif why_not:
             record["xlarge"] = why_not
         model = models[pick]
+        model._planted = (native_sets, *raw[pick])  # the image branch's choice reads the same scores (plain attribute)
         record.update(scores=scores, chosen=pick)
         msg = (f"pcsnet: geometry auto chose {size_label(model.cfg)} (planted-defect AUROC on {len(holdout)} held-out "
                f"good images: " + ", ".join(f"{scores[n]['mean']:.1f} at {size_label(m.cfg)}" for n, m in models.items())
@@ -162,9 +164,18 @@ def _choose_image_branch(model: PCSNetModel, holdout: list[np.ndarray], progress
         from .validate import global_scores, image_scores  # noqa: PLC0415 (torch)
 
         kinds = ag.KINDS + ("warp",)
-        native_sets = ag.planted(holdout, model.cfg.category, kinds)
         size = model.cfg.size
-        p_good, p_bad = ag.planted_scores(lambda imgs: image_scores(model, imgs), size, holdout, native_sets)
+
+        def p_scores(imgs):
+            return image_scores(model, imgs)
+        cached = getattr(model, "_planted", None)
+        if cached is None:
+            native_sets = ag.planted(holdout, model.cfg.category, kinds)
+            p_good, p_bad = ag.planted_scores(p_scores, size, holdout, native_sets)
+        else:  # geometry=auto scored rule v11's kinds with this very model: only warp is new (same images, same scores)
+            native_sets, p_good, p_bad = cached
+            warp_sets = ag.planted(holdout, model.cfg.category, ("warp",))
+            native_sets, p_bad = {**native_sets, **warp_sets}, {**p_bad, **ag.set_scores(p_scores, size, warp_sets)}
         before = ag.auroc_record(p_good, p_bad, kinds)
         calibration = dict(model.calibration)
         _attach_global(model, model._shots)

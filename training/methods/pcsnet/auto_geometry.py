@@ -27,8 +27,13 @@ KINDS = ("nsa_small", "misplace", "erase", "transplant")
 
 
 def planted(images: list[np.ndarray], category: str | None, kinds: tuple[str, ...] = KINDS) -> dict[str, list]:
-    """{kind: [(image, mask), ...]}: ``kinds`` planted on copies of ``images`` at their own pixels."""
-    sets = {"nsa_small": small_nsa_defects(images, category), **logical_sets(images, category)}
+    """{kind: [(image, mask), ...]}: ``kinds`` planted on copies of ``images`` at their own pixels. Each kind draws
+    from its own seeded stream, so a kind's images do not depend on which other kinds are asked for."""
+    sets = {}
+    if "nsa_small" in kinds:
+        sets["nsa_small"] = small_nsa_defects(images, category)
+    if set(kinds) & {"misplace", "erase", "transplant"}:
+        sets.update(logical_sets(images, category))
     if "warp" in kinds:  # rule v13's study kind (section 34), planted only when asked
         sets["warp"] = warp_defects(images)
     return {k: sets[k] for k in kinds}
@@ -50,20 +55,22 @@ def planted_native(images: list[np.ndarray], size: int | tuple[int, int], catego
     return resized(planted(images, category, kinds), size)
 
 
-def validation_score(model, holdout_rgb: list[np.ndarray], native_sets: dict[str, list],
-                     kinds: tuple[str, ...] = KINDS) -> dict:
-    """{kind: image AUROC, "mean": ...} of the model's image score on the held-out images against
-    ``native_sets`` (planted(holdout_rgb): planted once, resized here to each candidate's input)."""
+def validation_scores(model, holdout_rgb: list[np.ndarray], native_sets: dict[str, list]):
+    """(scores of the held-out images, {kind: scores}) of the model's image score, ``native_sets``
+    (planted(holdout_rgb): planted once) resized here to the model's input."""
     from .validate import image_scores  # noqa: PLC0415 (torch)
 
-    return auroc_record(*planted_scores(lambda imgs: image_scores(model, imgs), model.cfg.size, holdout_rgb,
-                                        native_sets), kinds)
+    return planted_scores(lambda imgs: image_scores(model, imgs), model.cfg.size, holdout_rgb, native_sets)
 
 
 def planted_scores(score_fn, size, holdout_rgb: list[np.ndarray], native_sets: dict[str, list]):
     """(scores of the held-out images, {kind: scores of its planted images}), every image resized to ``size``."""
-    good = score_fn([resize_image(img, size) for img in holdout_rgb])
-    return good, {kind: score_fn([p[0] for p in pairs]) for kind, pairs in resized(native_sets, size).items()}
+    return score_fn([resize_image(img, size) for img in holdout_rgb]), set_scores(score_fn, size, native_sets)
+
+
+def set_scores(score_fn, size, native_sets: dict[str, list]) -> dict[str, np.ndarray]:
+    """{kind: scores of its planted images}, resized to ``size``."""
+    return {kind: score_fn([p[0] for p in pairs]) for kind, pairs in resized(native_sets, size).items()}
 
 
 def auroc_record(good: np.ndarray, bad: dict[str, np.ndarray], kinds: tuple[str, ...] = KINDS) -> dict:
