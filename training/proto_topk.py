@@ -6,8 +6,8 @@ Written once and used by PCSNet and PatchCore (docs/contracts.md section 8). Two
   supports the call (CUDA tensors, fp16/fp32, k within its limit); it returns the indices, and
   when gradients are needed the k distances are recomputed from them with autograd (no backward
   in the kernel);
-* plain torch otherwise: one GEMM in the expanded form ||q||^2 + ||c||^2 - 2 q.c, clamped at 0
-  (the expansion can go slightly negative in floating point, defect D7), then ``topk(largest=False)``.
+* plain torch otherwise: one GEMM in the expanded form ||q||^2 + ||c||^2 - 2 q.c, then ``topk(largest=False)``,
+  the k kept clamped at 0 (the expansion can go slightly negative in floating point, defect D7).
   This path traces to MatMul / ReduceSum / TopK in ONNX; while exporting it is rearranged so the whole
   N x M matrix is one GEMM (``_knn_ranked``).
 """
@@ -38,16 +38,19 @@ def sqnorm(x: torch.Tensor) -> torch.Tensor:
 
 
 def pairwise_sqdist(q: torch.Tensor, bank: torch.Tensor, bank_sqnorm: torch.Tensor | None = None) -> torch.Tensor:
-    """(..., N, D) x (M, D) -> (..., N, M) squared L2 distances through one GEMM, clamped at 0."""
+    """(..., N, D) x (M, D) -> (..., N, M) squared L2 distances through one GEMM, NOT clamped: the expansion can go
+    slightly below 0 (D7); callers clamp what they keep. The GEMM's -2 rides in the add (exact: a power of two), one
+    pass over N x M fewer than scaling it apart."""
     if bank_sqnorm is None:
         bank_sqnorm = sqnorm(bank)
-    d = sqnorm(q).unsqueeze(-1) + bank_sqnorm - 2.0 * torch.matmul(q, bank.t())
-    return d.clamp_min(0.0)
+    return torch.add(sqnorm(q).unsqueeze(-1) + bank_sqnorm, torch.matmul(q, bank.t()), alpha=-2.0)
 
 
 def _knn_torch(q, bank, k, bank_sqnorm):
-    d = pairwise_sqdist(q, bank, bank_sqnorm)
-    return torch.topk(d, k, dim=-1, largest=False, sorted=True)
+    # clamp after the top-k: clamping is monotone, so the k values (and their gradients) are those of clamping the whole
+    # N x M matrix first, without two passes over it (forward and backward); ~35 % of this op's training time at 512 px
+    d, idx = torch.topk(pairwise_sqdist(q, bank, bank_sqnorm), k, dim=-1, largest=False, sorted=True)
+    return d.clamp_min(0.0), idx
 
 
 def _knn_ranked(q, bank, k, bank_sqnorm):

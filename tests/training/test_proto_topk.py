@@ -83,6 +83,31 @@ def test_export_form_ranks_and_measures_like_the_plain_form():
     assert torch.all(same >= 0) and float(same.max()) < 1e-2
 
 
+def test_clamping_the_k_kept_is_clamping_the_whole_matrix_bit_for_bit_gradients_included():
+    """The plain path clamps after the top-k (one pass over N x M fewer each way): the same k values, indices and
+    gradients, to the bit, as the form the studies were trained with, exact matches (negative expansions) included."""
+    from protospect.training.proto_topk import _knn_torch, sqnorm
+
+    g = torch.Generator().manual_seed(2)
+    bank = torch.randn(200, 40, generator=g)
+    q0 = torch.randn(2, 300, 40, generator=g)
+    q0[0, :200] = bank  # distance 0 to one prototype: the expansion rounds some of them below 0
+    grads = []
+    for form in ("whole", "kept"):
+        q = q0.clone().requires_grad_(True)
+        if form == "whole":
+            full = (sqnorm(q).unsqueeze(-1) + sqnorm(bank) - 2.0 * torch.matmul(q, bank.t())).clamp_min(0.0)
+            d, i = torch.topk(full, 5, dim=-1, largest=False, sorted=True)
+            raw = sqnorm(q0).unsqueeze(-1) + sqnorm(bank) - 2.0 * torch.matmul(q0, bank.t())
+            assert (raw < 0).any()  # the case this test is about occurs
+        else:
+            d, i = _knn_torch(q, bank, 5, None)
+        (d * torch.linspace(0, 1, d.numel()).view_as(d)).sum().backward()
+        grads.append((d.detach(), i, q.grad))
+    for a, b in zip(*grads):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype,k", [(torch.float16, 10), (torch.float16, 1), (torch.float32, 10)])
 def test_on_cuda_the_training_hook_uses_the_fused_kernel(dtype, k, monkeypatch):
