@@ -43,19 +43,17 @@ class EfficientNetTaps(nn.Module):
         self.tap_after = tuple(e - 1 for e in ends)  # index of the block whose output is tapped
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = self.bn1(self.conv_stem(x))
-        feats = []
-        for i, block in enumerate(self.blocks):
-            x = block(x)
-            if i in self.tap_after:
-                feats.append(x)
-        return feats
+        return self._taps(self.bn1(self.conv_stem(x)), 0)
 
     def resume(self, tapped: torch.Tensor, tap: int = 0) -> list[torch.Tensor]:
         """The taps after tap number ``tap``, computed from that tap's output: lets a second reader of the same
         network start where another module's pass stopped instead of running the stem again."""
-        feats, x = [], tapped
-        for i in range(self.tap_after[tap] + 1, len(self.blocks)):
+        return self._taps(tapped, self.tap_after[tap] + 1)
+
+    def _taps(self, x: torch.Tensor, start: int) -> list[torch.Tensor]:
+        """Blocks ``start``.. on x, the tapped blocks' outputs in order."""
+        feats = []
+        for i in range(start, len(self.blocks)):
             x = self.blocks[i](x)
             if i in self.tap_after:
                 feats.append(x)

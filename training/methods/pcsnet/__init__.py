@@ -165,17 +165,11 @@ def _choose_image_branch(model: PCSNetModel, holdout: list[np.ndarray], progress
 
         kinds = ag.KINDS + ("warp",)
         size = model.cfg.size
-
-        def p_scores(imgs):
-            return image_scores(model, imgs)
-        cached = getattr(model, "_planted", None)
-        if cached is None:
-            native_sets = ag.planted(holdout, model.cfg.category, kinds)
-            p_good, p_bad = ag.planted_scores(p_scores, size, holdout, native_sets)
-        else:  # geometry=auto scored rule v11's kinds with this very model: only warp is new (same images, same scores)
-            native_sets, p_good, p_bad = cached
-            warp_sets = ag.planted(holdout, model.cfg.category, ("warp",))
-            native_sets, p_bad = {**native_sets, **warp_sets}, {**p_bad, **ag.set_scores(p_scores, size, warp_sets)}
+        # the map's scores of rule v11's kinds: geometry=auto already has them for this very model; warp is new
+        native_sets, p_good, p_bad = getattr(model, "_planted", None) or _map_scores(model, holdout)
+        warp_sets = ag.planted(holdout, model.cfg.category, ("warp",))
+        p_bad = {**p_bad, **ag.set_scores(lambda imgs: image_scores(model, imgs), size, warp_sets)}
+        native_sets = {**native_sets, **warp_sets}
         before = ag.auroc_record(p_good, p_bad, kinds)
         calibration = dict(model.calibration)
         _attach_global(model, model._shots)
@@ -201,6 +195,14 @@ def _choose_image_branch(model: PCSNetModel, holdout: list[np.ndarray], progress
         if progress:
             print(msg)
     model.meta["image_branch_choice"] = record
+
+
+def _map_scores(model: PCSNetModel, holdout: list[np.ndarray]) -> tuple:
+    """(planted sets, held-out scores, {kind: scores}) of rule v11's kinds, as _fit_auto keeps them in model._planted."""
+    from . import auto_geometry as ag  # noqa: PLC0415
+
+    sets = ag.planted(holdout, model.cfg.category)
+    return (sets, *ag.validation_scores(model, holdout, sets))
 
 
 def _set_image_branch(model: PCSNetModel, value: str) -> None:

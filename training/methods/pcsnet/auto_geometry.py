@@ -32,7 +32,7 @@ def planted(images: list[np.ndarray], category: str | None, kinds: tuple[str, ..
     sets = {}
     if "nsa_small" in kinds:
         sets["nsa_small"] = small_nsa_defects(images, category)
-    if set(kinds) & {"misplace", "erase", "transplant"}:
+    if any(k not in ("nsa_small", "warp") for k in kinds):  # the logical kinds come as one set
         sets.update(logical_sets(images, category))
     if "warp" in kinds:  # rule v13's study kind (section 34), planted only when asked
         sets["warp"] = warp_defects(images)
